@@ -110,7 +110,10 @@ def feature_frame(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
     for col in contract['features']:
         s, spec = df[col], contract['columns'][col]
         if spec['kind'] == 'numeric': out[col] = pd.to_numeric(s, errors='coerce').astype('float64')
-        else: out[col] = s.astype(object).where(s.notna(), np.nan).map(lambda v: v if v is np.nan or isinstance(v, str) else str(v))
+        else:   # text; a missing value stays missing (NaN), never the text 'nan'
+            miss = s.isna().to_numpy()
+            out[col] = pd.Series([np.nan if m else (v if isinstance(v, str) else str(v)) for v, m in zip(s.tolist(), miss)],
+                                 index=df.index, dtype='str')
     return pd.DataFrame(out, index=df.index)
 
 # %% ../nbs/02_data.ipynb #d6420d15
