@@ -1,0 +1,171 @@
+"""Shared pytest fixtures: real parts only (MLflow on SQLite in a temp workspace, real processes)."""
+import os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long end-to-end test (run by the README test command and CI)')
+
+
+def mlcycle_cmd(*args, cwd=None, env=None, timeout=900, check=False):
+    "Run the real `mlcycle` command; returns the CompletedProcess."
+    exe = shutil.which('mlcycle', path=str(BIN)) or 'mlcycle'
+    e = {**os.environ, **(env or {})}
+    e.pop('MLFLOW_TRACKING_URI', None) if 'MLFLOW_TRACKING_URI' not in (env or {}) else None
+    r = subprocess.run([exe, *map(str, args)], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f'mlcycle {" ".join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
+    return r
+
+
+@pytest.fixture
+def mlcycle():
+    return mlcycle_cmd
+
+
+@pytest.fixture(scope='session')
+def adult_workspace_0102(tmp_path_factory):
+    "A workspace where stages 01 and 02 ran on the bundled Adult data (through the real CLI), shared read-only."
+    d = tmp_path_factory.mktemp('adult0102')
+    mlcycle_cmd('run', '--stages', '01,02', '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
+    return d
+
+
+# ---- stage 05 (deployment, serving): a registry with stand-in models, running servers, a real PostgreSQL ----
+import json as _json, socket as _socket, tempfile as _tempfile, time as _time, signal as _signal
+
+
+def free_port() -> int:
+    with _socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.fixture(scope='session')
+def registry_template(adult_workspace_0102, tmp_path_factory):
+    """A scratch copy of the Adult workspace with three registered stand-in models (deploy.demo_model_version):
+    v1 and v2 passed validation, v3 failed. Tests copy it (`registry_ws`) rather than change it."""
+    from mlcycle.core import Workspace
+    from mlcycle.deploy import demo_model_version, scratch_workspace
+    ws = scratch_workspace(Workspace(adult_workspace_0102/'ws'), tmp_path_factory.mktemp('registry')/'ws')
+    versions = [demo_model_version(ws, max_iter=40), demo_model_version(ws, max_iter=80, seed=1),
+                demo_model_version(ws, max_iter=20, validation_status='failed')]
+    assert versions == ['1', '2', '3']
+    return ws
+
+
+@pytest.fixture
+def registry_ws(registry_template, tmp_path):
+    "A private copy of `registry_template` (its own registry database, audit log and prediction log; artifacts shared read-only)."
+    from mlcycle.core import Workspace
+    dest = tmp_path/'ws'
+    shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*', 'containers'))
+    return Workspace(dest)
+
+
+class ServerProc:
+    "A real `mlcycle serve` subprocess on 127.0.0.1 (started with the stage-05 command line)."
+    def __init__(self, ws, port=None, args=(), env=None):
+        self.ws, self.port, self.args = ws, port or free_port(), list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop('MLFLOW_TRACKING_URI', None)
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.proc = None
+
+    def start(self, timeout=180):
+        self.log = open(Path(self.ws.root)/f'server-{self.port}.log', 'ab')
+        self.proc = subprocess.Popen([sys.executable, '-c', 'from mlcycle.serve import cli_main; cli_main()', 'serve',
+                                      '--workspace', str(self.ws.root), '--port', str(self.port), *self.args],
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_ready(self.url, timeout, self.proc)
+        return self
+
+    def kill9(self):
+        self.proc.send_signal(_signal.SIGKILL); self.proc.wait(30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try: self.proc.wait(30)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait(10)
+        if getattr(self, 'log', None): self.log.close()
+
+
+def wait_ready(url, timeout=180, proc=None):
+    import urllib.request
+    t0 = _time.monotonic()
+    while _time.monotonic() - t0 < timeout:
+        if proc is not None and proc.poll() is not None: raise AssertionError(f'server exited with {proc.returncode}')
+        try:
+            with urllib.request.urlopen(url + '/ready', timeout=2) as r:
+                if r.status == 200: return
+        except OSError: pass
+        _time.sleep(0.1)
+    raise AssertionError(f'{url} not ready after {timeout}s')
+
+
+@pytest.fixture
+def start_server():
+    "Factory: start_server(ws, args=[...], env={...}) → a ready ServerProc; all are stopped at teardown."
+    started = []
+    def start(ws, args=(), env=None, port=None):
+        s = ServerProc(ws, port, args, env); started.append(s); return s.start()
+    yield start
+    for s in started: s.stop()
+
+
+@pytest.fixture(scope='session')
+def champion_server(registry_template, tmp_path_factory):
+    "One server for read-only checks: a copy of the registry with v1 champion, admin token 'test-token'."
+    from mlcycle.core import Workspace
+    from mlcycle.deploy import promote
+    dest = tmp_path_factory.mktemp('served')/'ws'
+    shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*'))
+    ws = Workspace(dest)
+    promote(ws, '1', reason='test server')
+    s = ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'test-token'}).start()
+    yield s
+    s.stop()
+
+
+def _pg_bin():
+    for d in sorted(Path('/usr/lib/postgresql').glob('*/bin'), reverse=True):
+        if (d/'pg_ctl').exists() and (d/'initdb').exists(): return d
+    return None
+
+
+@pytest.fixture(scope='session')
+def postgres_url():
+    """A real PostgreSQL server (Debian's `postgresql` package) in a temp folder on 127.0.0.1 and a free port, run as
+    the `postgres` user; yields a SQLAlchemy URL. Skips only when the binaries are not installed."""
+    import pwd
+    bindir = _pg_bin()
+    if bindir is None: pytest.skip('PostgreSQL binaries not installed (apt-get install postgresql); the PostgreSQL log path is untested here')
+    user = 'postgres'
+    try: pw = pwd.getpwnam(user)
+    except KeyError: pytest.skip('no `postgres` system user to run the server as (install Debian\'s postgresql package)')
+    d = Path(_tempfile.mkdtemp(prefix='mlcycle-pg-'))
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    as_pg = (['runuser', '-u', user, '--'] if os.geteuid() == 0 else [])
+    port = free_port()
+    subprocess.run(as_pg + [str(bindir/'initdb'), '-D', str(d/'data'), '-U', 'postgres', '--auth=trust', '-E', 'UTF8'],
+                   check=True, capture_output=True, timeout=120)
+    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={d} -c fsync=on -c max_connections=50"
+    subprocess.run(as_pg + [str(bindir/'pg_ctl'), '-D', str(d/'data'), '-o', opts, '-l', str(d/'log'), '-w', '-t', '60', 'start'],
+                   check=True, capture_output=True, timeout=90)
+    try:
+        yield f'postgresql+psycopg://postgres@127.0.0.1:{port}/postgres'
+    finally:
+        subprocess.run(as_pg + [str(bindir/'pg_ctl'), '-D', str(d/'data'), '-m', 'fast', '-w', 'stop'], capture_output=True, timeout=60)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def adult_records():
+    "Rows of the Adult test file as JSON records (what clients send)."
+    from mlcycle.data import adult
+    return _json.loads(adult('test').drop(columns=['income']).to_json(orient='records'))
