@@ -291,8 +291,12 @@ def setup_mlflow(ws: Workspace, experiment: str):
     logging.getLogger('mlflow').setLevel(logging.WARNING)
     os.environ.setdefault('MLFLOW_ENABLE_ASYNC_LOGGING', 'false')
     uri = ws.tracking_uri
+    saved = {k: os.environ.get(k) for k in ('MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI')}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for k, v in saved.items():   # MLflow exports the URI to the environment; undo that, or the next Workspace in this process would inherit it
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
     try:
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
