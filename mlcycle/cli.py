@@ -12,8 +12,9 @@ import mlcycle
 from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json
 
 # %% auto #0
-__all__ = ['STAGE_RE', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages', 'notebook_to_html', 'execute_stage',
-           'StageFailed', 'new_run_id', 'write_index', 'log_run_to_mlflow', 'run_lifecycle', 'build_parser', 'main']
+__all__ = ['STAGE_RE', 'CIRCLE_PARAMS', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages', 'notebook_to_html',
+           'execute_stage', 'StageFailed', 'new_run_id', 'write_index', 'log_run_to_mlflow', 'run_lifecycle',
+           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #85847cc1
 STAGE_RE = re.compile(r'^(0[1-9])_([a-z0-9_]+)\.ipynb$')
@@ -66,12 +67,13 @@ def _error_line(e: Exception) -> str:
     lines = [l for l in str(evalue).splitlines() if l.strip()]
     return f"{ename}: {' / '.join(lines[:6])}"
 
-def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dict | None = None, html_report: bool = True) -> dict:
-    "Run stage notebook `stage` ('01'…) with papermill into `out_dir`; returns a record with status, seconds and paths."
+def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dict | None = None, html_report: bool = True,
+                  report_name: str | None = None) -> dict:
+    "Run stage notebook `stage` ('01'…) with papermill into `out_dir` (as `report_name`.ipynb); returns status, seconds and paths."
     import papermill as pm
     nb = stage_notebooks()[stage]
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir/nb.name
+    out = out_dir/f'{report_name or nb.stem}.ipynb'
     parameters = {'charter': str(Path(charter).resolve()) if charter else '', 'workspace': str(resolve_workspace(workspace)), **(params or {})}
     t0, err = time.perf_counter(), None
     try:
@@ -79,7 +81,7 @@ def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dic
                             cwd=str(out_dir), log_output=False, report_mode=False)
     except Exception as e:
         err = e
-    rec = {'stage': stage, 'name': nb.stem, 'notebook': out.name, 'seconds': round(time.perf_counter() - t0, 2),
+    rec = {'stage': stage, 'name': nb.stem, 'step': out.stem, 'notebook': out.name, 'seconds': round(time.perf_counter() - t0, 2),
            'status': 'failed' if err else 'ok', 'parameters': parameters}
     if out.exists() and html_report: rec['html'] = notebook_to_html(out).name
     if err is not None:
@@ -133,10 +135,15 @@ def log_run_to_mlflow(ws: Workspace, run_dir: Path, run_id: str, records: list[d
         mlflow.log_metrics({f"seconds_{r['name']}": r['seconds'] for r in records})
         mlflow.log_artifacts(str(run_dir), artifact_path='reports')
 
+def _echo(msg, end='\n'): print(msg, end=end, flush=True)
+
 def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', params: dict | None = None,
-                  hooks: dict | None = None, echo=None) -> dict:
-    "Execute stage notebooks in order into `reports/<run-id>/`; returns the run record (index path, stage records)."
-    echo = echo or (lambda msg, end='\n': print(msg, end=end, flush=True))
+                  circle: dict | None = None, echo=None) -> dict:
+    """Execute stage notebooks in order into `reports/<run-id>/`; returns the run record (index path, stage records).
+
+    `circle` (see `circle_plan`) adds the production part between stages: a model server on loopback, simulated
+    traffic, the A/B test. Whatever it starts is stopped at the end, also on failure."""
+    echo = echo or _echo
     if charter:   # a charter with schema errors fails here, in one line, before any notebook starts
         from mlcycle.charter import load_charter
         load_charter(charter)
@@ -145,31 +152,123 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     run_id = new_run_id()
     run_dir = Path(reports).resolve()/run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    records, ctx, failure = [], {'workspace': ws, 'charter': charter, 'run_dir': run_dir, 'cleanup': [], 'summary': []}, None
+    ctx = {'workspace': ws, 'charter': charter, 'run_dir': run_dir, 'cleanup': [], 'summary': [], 'params': dict(params or {}),
+           'echo': echo, **(circle or {})}
+    steps = circle_plan(stages) if circle is not None else [(s, None, None) for s in stages]
+    records, failure, t_run = [], None, time.perf_counter()
     echo(f'mlcycle run {run_id}: stages {", ".join(stages)} · workspace {ws.root}')
     try:
-        for i, s in enumerate(stages, 1):
-            if hooks and s in hooks.get('before', {}): hooks['before'][s](ctx)
-            name = stage_notebooks()[s].stem
-            echo(f'[{i}/{len(stages)}] {name} ...', end='')
-            try:
-                rec = execute_stage(s, run_dir, charter, ws.root, (params or {}).get(s))
+        for i, (s, report_name, hook) in enumerate(steps, 1):
+            if hook is not None:
+                hook(ctx); continue
+            name = report_name or stage_notebooks()[s].stem
+            echo(f'[{s}] {name} ...', end='')
+            step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
+            try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name)
             except StageFailed as e:
                 records.append(e.record); echo(f" FAILED ({e.record['seconds']:.1f} s)"); failure = e; break
             records.append(rec)
-            echo(f" ok ({rec['seconds']:.1f} s)" + (f' · {_manifest_summary(ws, name)}' if _manifest_summary(ws, name) else ''))
-            if hooks and s in hooks.get('after', {}): hooks['after'][s](ctx)
+            summary = _manifest_summary(ws, stage_notebooks()[s].stem)
+            echo(f" ok ({rec['seconds']:.1f} s)" + (f' · {summary}' if summary else ''))
+    except MlcycleError as e:
+        failure = e; echo(f' FAILED: {e}')
     finally:
         for fn in reversed(ctx['cleanup']):
             try: fn()
             except Exception as e: echo(f'cleanup failed: {e}')
+    seconds = time.perf_counter() - t_run
+    ctx['summary'].insert(0, f'wall time {seconds:.1f} s; stage notebooks {sum(r["seconds"] for r in records):.1f} s')
     index = write_index(run_dir, run_id, records, ws, ctx['summary'])
     try:   # a failed run leaves the workspace (MLflow included) as it was; its reports stay in run_dir
         if not failure and ws.has_stage('01_problem_definition'): log_run_to_mlflow(ws, run_dir, run_id, records)
     except Exception as e: echo(f'warning: could not log the reports to MLflow: {e}')
     if failure: raise MlcycleError(f'{failure} · index: {index}')
-    echo(f'done in {sum(r["seconds"] for r in records):.1f} s · report: {index}')
-    return {'run_id': run_id, 'run_dir': run_dir, 'index': index, 'stages': records}
+    echo(f'done in {seconds:.1f} s · report: {index}')
+    return {'run_id': run_id, 'run_dir': run_dir, 'index': index, 'stages': records, 'seconds': seconds, 'summary': ctx['summary']}
+
+# %% ../nbs/10_cli.ipynb #ecbee24b
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def start_server(ctx: dict, timeout: float = 120) -> str:
+    "Start `mlcycle serve` for the workspace on a free loopback port; returns its URL once `/ready` answers."
+    import subprocess, secrets, urllib.request
+    if ctx.get('server_url'): return ctx['server_url']
+    port, token = _free_port(), os.environ.get('MLCYCLE_ADMIN_TOKEN') or secrets.token_hex(16)
+    os.environ['MLCYCLE_ADMIN_TOKEN'] = token        # stage notebooks (child kernels) reload the server with it
+    log = open(ctx['run_dir']/'server.log', 'ab')
+    proc = subprocess.Popen([sys.executable, '-m', 'mlcycle.cli', 'serve', '--workspace', str(ctx['workspace'].root), '--host', '127.0.0.1',
+                             '--port', str(port)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, 'MLCYCLE_ADMIN_TOKEN': token})
+    def stop():
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        log.close()
+        ctx['echo'](f'server on port {port} stopped')
+    ctx['cleanup'].append(stop)
+    url, deadline = f'http://127.0.0.1:{port}', time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None: raise MlcycleError(f'the model server exited with code {proc.returncode}: see {ctx["run_dir"]/"server.log"}')
+        try:
+            with urllib.request.urlopen(url + '/ready', timeout=2) as r:
+                if r.status == 200: break
+        except Exception: pass
+        if time.monotonic() > deadline: raise MlcycleError(f'the model server did not become ready in {timeout:.0f} s: see {ctx["run_dir"]/"server.log"}')
+        time.sleep(0.3)
+    ctx['server_url'] = url
+    for stage in ('06', '07', '07_retraining-ab', '09'): ctx['params'].setdefault(stage, {}).setdefault('server_url', url)
+    ctx['echo'](f'[--] model server ready at {url} (pid {proc.pid})')
+    return url
+
+def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
+    from mlcycle.simulate import simulate
+    t0 = time.perf_counter()
+    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'recession'), batch=ctx.get('traffic_batch', 20),
+                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed)
+    bad = sum(v for k, v in r['statuses'].items() if k != '200')
+    ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
+                f"{bad} failed requests ({time.perf_counter() - t0:.1f} s) · arms {r['arms']}")
+    ctx['summary'].append(f"{label}: {r['rows_answered']} rows, scenario {r['scenario']}, arms {r['arms']}, labels {r['feedback']['accepted']}")
+    if bad: raise MlcycleError(f'{bad} of {r["requests"]} simulated requests failed during {label}')
+    return r
+
+def production_traffic(ctx: dict):
+    "Hook: start the server and replay production traffic with the drift scenario and delayed labels."
+    start_server(ctx)
+    _traffic(ctx, ctx.get('traffic_rows', 4000), 'production traffic', seed=1)
+
+def ab_traffic(ctx: dict):
+    "Hook: if stage 07 put a challenger in an A/B test, send traffic until the designed sample size per arm is labelled."
+    import math
+    ws = ctx['workspace']
+    design = ws.manifest('07_retraining')['outputs'].get('ab_design') if ws.has_stage('07_retraining') else None
+    if not design:
+        ctx['echo']('[--] no challenger in an A/B test: nothing to send'); ctx['summary'].append('A/B test: no challenger passed the gate'); return
+    if design.get('mode') == 'shadow': need = max(design['champion'], design['challenger'])   # every row is scored by both
+    else: need = max(design['champion'] / max(1 - design['share'], 1e-9), design['challenger'] / max(design['share'], 1e-9))
+    rows = int(math.ceil(need * 1.15))       # routing is by hash, so the split is only near the share
+    start_server(ctx)
+    _traffic(ctx, rows, f"A/B traffic (v{design['champion_version']} vs v{design['challenger_version']})", seed=2)
+
+def circle_plan(stages: list[str]) -> list[tuple]:
+    "The run's steps: (stage, report name, hook); the production hooks only where the stages around them are run."
+    steps = []
+    for s in stages:
+        if s in ('06', '07') and not any(x[2] is production_traffic for x in steps): steps.append((None, None, production_traffic))
+        if s == '07':
+            steps += [('07', '07_retraining', None), (None, None, ab_traffic), ('07', '07_retraining-ab', None)]
+            continue
+        steps.append((s, None, None))
+    return steps
+
+CIRCLE_PARAMS = {   # the stage parameters of the full circle
+    '06': {},
+    '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},
+    '07_retraining-ab': {'phase': 'analyze', 'auto_promote': True},
+    '09': {'reason': 'replaced by the retrained model after drift'},
+}
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
@@ -186,9 +285,10 @@ def _common(p, charter=True):
     if charter: p.add_argument('--charter', '-c', default=None, help='charter YAML (default: the bundled UCI Adult charter)')
 
 def _cmd_run(a):
-    params = {}
-    for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}', {})[name] = _value(value)
-    run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params)
+    params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
+    for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = _value(value)
+    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows}
+    run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle)
 
 def _cmd_stage(a):
     s = parse_stages(a.stage)
@@ -210,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--stages', '-s', default=None, help='stages to run, e.g. 01,02 or 1-4 (default: all)')
     r.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
     r.add_argument('-p', '--param', nargs=3, action='append', metavar=('STAGE', 'NAME', 'VALUE'), help='a notebook parameter for one stage')
+    r.add_argument('--scenario', default='recession', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
+    r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
+    r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser('stage', help='run one stage notebook', description='Execute one stage notebook with papermill.')
     s.add_argument('stage', help='stage number, e.g. 02')
@@ -242,3 +345,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print('mlcycle: interrupted', file=sys.stderr); return 130
     return 0
+
+if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())   # python -m mlcycle.cli (not inside a notebook)
