@@ -15,10 +15,10 @@ import pandas as pd
 from .core import MlcycleError, Workspace, read_json
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'RequestError', 'Parsed', 'RowParser', 'make_scorer', 'bucket', 'route', 'log_engine',
-           'PredictionLog', 'integrity_check', 'read_log', 'Histogram', 'Metrics', 'Served', 'ModelSet',
-           'load_model_set', 'fixed_model_set', 'SensitivePolicy', 'workspace_log_key', 'score_batch', 'Batcher',
-           'create_app', 'serve', 'register_cli', 'cli_main']
+__all__ = ['LATENCY_BUCKETS', 'RequestError', 'Parsed', 'RowParser', 'compile_preprocessor', 'contract_probe', 'make_scorer',
+           'bucket', 'route', 'log_engine', 'PredictionLog', 'integrity_check', 'read_log', 'Histogram', 'Metrics',
+           'Served', 'ModelSet', 'load_model_set', 'fixed_model_set', 'SensitivePolicy', 'workspace_log_key',
+           'score_batch', 'Batcher', 'create_app', 'serve', 'register_cli', 'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #52f7dfb5
 class RequestError(Exception):
@@ -102,8 +102,7 @@ class RowParser:
                                          'found': f'{len(bad)} value(s) like {json.dumps(bad[0])[:60]}',
                                          'fix': f'send finite numbers in {c!r}'}) from None
             lo, hi = self.ranges[c]
-            with np.errstate(invalid='ignore'):
-                out = (arr < lo) | (arr > hi)
+            out = (arr < lo) | (arr > hi)          # NaN compares False: missing is not out of range
             if out.any(): flagged[c + ':out_of_range'] = out
             cols[c] = arr
         for c in self.categorical:
@@ -142,21 +141,151 @@ def _is_num(v):
     except (ValueError, TypeError, OverflowError): return False
 
 # %% ../nbs/05b_serving.ipynb #7c51620c
-def make_scorer(model):
-    "A function `X -> (probability of the positive label, 0/1 label)` for `model`."
+def _is_nan_marker(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+def _compile_step(st):
+    "A numpy function for one fitted step, or None when it is not a supported kind/configuration."
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    if isinstance(st, SimpleImputer):
+        if not _is_nan_marker(st.missing_values): return None
+        stats = st.statistics_
+        numeric = stats.dtype.kind == 'f'
+        if numeric and np.isnan(stats).any(): return None          # a column would be dropped or kept empty: leave it to sklearn
+        ind = st.indicator_.features_ if st.add_indicator and st.indicator_ is not None else None
+        if ind is not None and not numeric: return None
+        def imp(A):
+            if numeric:
+                A = np.asarray(A, dtype='float64'); m = np.isnan(A)
+                out = np.where(m, stats, A)
+            else:
+                A = np.asarray(A, dtype=object); m = pd.isna(A)
+                out = A.copy()
+                if m.any(): out[m] = np.broadcast_to(stats, A.shape)[m]
+            if st.add_indicator: out = np.hstack([out, m[:, ind].astype('float64')])
+            return out
+        return imp
+    if isinstance(st, StandardScaler):
+        mean = st.mean_ if st.with_mean else None
+        scale = st.scale_ if st.with_std else None
+        def sc(A):
+            A = np.asarray(A, dtype='float64')
+            if mean is not None: A = A - mean
+            if scale is not None: A = A / scale
+            return A
+        return sc
+    if isinstance(st, OneHotEncoder):
+        if st.drop_idx_ is not None or getattr(st, 'sparse_output', True) or st.handle_unknown not in ('ignore', 'infrequent_if_exist'): return None
+        infreq = getattr(st, 'infrequent_categories_', [None] * len(st.categories_))
+        plans, width = [], 0
+        for cats, inf in zip(st.categories_, infreq):
+            inf_set = set(inf.tolist()) if inf is not None else set()
+            frequent = [c for c in cats.tolist() if c not in inf_set]
+            col = {c: width + i for i, c in enumerate(frequent)}
+            unknown = -1
+            if inf_set:
+                unknown = width + len(frequent)
+                for c in inf_set: col[c] = unknown
+                width += len(frequent) + 1
+            else: width += len(frequent)
+            if st.handle_unknown == 'ignore': unknown = -1 if not inf_set else unknown
+            plans.append((col, unknown))
+        dtype = st.dtype
+        def oh(A):
+            A = np.asarray(A, dtype=object); n = len(A)
+            out = np.zeros((n, width), dtype=dtype)
+            rows = np.arange(n)
+            for j, (col, unknown) in enumerate(plans):
+                get = col.get
+                c = np.fromiter((get(v, unknown) for v in A[:, j].tolist()), dtype='int64', count=n)
+                ok = c >= 0
+                out[rows[ok], c[ok]] = 1
+            return out
+        return oh
+    return None
+
+def _values(v): return v if isinstance(v, np.ndarray) else v.to_numpy()
+
+def compile_preprocessor(ct):
+    "A numpy re-implementation of a fitted ColumnTransformer of imputer/scaler/one-hot pipelines (DataFrame or dict of column arrays → array), or None."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    if not isinstance(ct, ColumnTransformer) or getattr(ct, 'sparse_output_', False): return None
+    blocks = []
+    for name, trans, cols in ct.transformers_:
+        if isinstance(trans, str):
+            if trans == 'drop': continue
+            return None                                    # passthrough: dtypes could differ, leave it to sklearn
+        steps = trans.steps if isinstance(trans, Pipeline) else [(None, trans)]
+        fns = [_compile_step(st) for _, st in steps]
+        if any(f is None for f in fns) or not isinstance(cols, list) or not all(isinstance(c, str) for c in cols): return None
+        blocks.append((cols, fns))
+    def transform(X: pd.DataFrame) -> np.ndarray:
+        out = []
+        for cols, fns in blocks:
+            A = np.column_stack([_values(X[c]) for c in cols])
+            for f in fns: A = f(A)
+            out.append(A)
+        return np.hstack(out) if len(out) > 1 else out[0]
+    return transform
+
+def contract_probe(contract: dict, n: int = 64) -> pd.DataFrame:
+    "A batch that exercises every path of a preprocessor: every training category, unseen and missing values, range ends."
+    spec, cols = contract['columns'], {}
+    k = max([n] + [len(spec[c].get('categories', [])) + 2 for c in contract['features']])
+    for c in contract['features']:
+        s = spec[c]
+        if s['kind'] == 'numeric':
+            base = [s['min'], s['max'], (s['min'] + s['max']) / 2, np.nan, s['min'] - 1, s['max'] * 2 + 1]
+            cols[c] = np.array([base[i % len(base)] for i in range(k)], dtype='float64')
+        else:
+            base = list(s['categories']) + ['<never-seen-value>', np.nan]
+            arr = np.empty(k, dtype=object); arr[:] = [base[(i * 7 + len(c)) % len(base)] for i in range(k)]
+            cols[c] = arr
+    return pd.DataFrame(cols)
+
+# classifiers whose `predict` is, in scikit-learn's source, the class of `argmax(predict_proba)`: one tree walk, not two
+_ARGMAX_CLASSIFIERS = {'HistGradientBoostingClassifier', 'RandomForestClassifier', 'ExtraTreesClassifier', 'DecisionTreeClassifier'}
+
+def make_scorer(model, probe: pd.DataFrame | None = None):
+    """A function `X -> (probability of the positive label, 0/1 label)` for `model` (X: a DataFrame, or a dict of column
+    arrays in contract order); the scorer's `.fast` says whether a compiled preprocessor (checked on `probe`) replaced scikit-learn's."""
     import sklearn
     from sklearn.pipeline import Pipeline
+    fast = False
     if isinstance(model, Pipeline) and len(model.steps) > 1:
         head, last = model[:-1], model.steps[-1][1]
+        transform = head.transform
+        if len(model.steps) == 2 and probe is not None:
+            compiled = compile_preprocessor(model.steps[0][1])
+            if compiled is not None:
+                try:
+                    with sklearn.config_context(assume_finite=True):
+                        ref, got = head.transform(probe), compiled(probe)
+                    if ref.shape == got.shape and np.allclose(np.asarray(ref, dtype='float64'), got, rtol=1e-12, atol=1e-12, equal_nan=True):
+                        transform, fast = compiled, True
+                except Exception: pass
+        argmax_ok = False
+        if probe is not None and type(last).__name__ in _ARGMAX_CLASSIFIERS and hasattr(last, 'classes_'):
+            try:
+                with sklearn.config_context(assume_finite=True):
+                    Zp = head.transform(probe)
+                    argmax_ok = np.array_equal(last.classes_[np.argmax(last.predict_proba(Zp), axis=1)], last.predict(Zp))
+            except Exception: pass
+        classes = getattr(last, 'classes_', None)
         def fwd(X):
-            Z = head.transform(X)
-            return last.predict_proba(Z)[:, 1], last.predict(Z)
+            Z = transform(X)
+            P = last.predict_proba(Z)
+            return P[:, 1], (classes[np.argmax(P, axis=1)] if argmax_ok else last.predict(Z))
     else:
         def fwd(X): return model.predict_proba(X)[:, 1], model.predict(X)
     def score(X):
+        if isinstance(X, dict) and not fast: X = pd.DataFrame(X)     # column arrays from the parser, in contract order
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             proba, label = fwd(X)
         return np.asarray(proba, dtype='float64'), np.asarray(label).astype('int64')
+    score.fast = fast
     return score
 
 # %% ../nbs/05b_serving.ipynb #e2322600
@@ -396,12 +525,12 @@ class ModelSet:
         if self.challenger: d.update(challenger=self.challenger.version, share=self.share, shadow=self.shadow)
         return d
 
-def _load_version(name: str, version: str) -> Served:
+def _load_version(name: str, version: str, probe=None) -> Served:
     import mlflow
     m = mlflow.sklearn.load_model(f'models:/{name}/{version}')
-    return Served(name, str(version), m, make_scorer(m))
+    return Served(name, str(version), m, make_scorer(m, probe))
 
-def load_model_set(name: str, previous: ModelSet | None = None) -> ModelSet:
+def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None) -> ModelSet:
     "Read `@champion` / `@challenger` of registered model `name` from the registry (MLflow already set up) and load them, reusing loaded versions."
     import mlflow
     cl = mlflow.MlflowClient()
@@ -409,7 +538,7 @@ def load_model_set(name: str, previous: ModelSet | None = None) -> ModelSet:
     except Exception:
         raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)') from None
     cache = {s.version: s for s in ([previous.champion] + ([previous.challenger] if previous.challenger else []))} if previous else {}
-    get = lambda v: cache.get(str(v)) or _load_version(name, str(v))
+    get = lambda v: cache.get(str(v)) or _load_version(name, str(v), probe)
     champion, challenger, share, shadow = get(champ.version), None, 0.0, False
     try: ch = cl.get_model_version_by_alias(name, 'challenger')
     except Exception: ch = None
@@ -418,11 +547,11 @@ def load_model_set(name: str, previous: ModelSet | None = None) -> ModelSet:
         share = float(ch.tags.get('traffic_share', 0.1)); shadow = ch.tags.get('shadow', 'false').lower() == 'true'
     return ModelSet(champion, challenger, min(max(share, 0.0), 1.0), shadow, time.time())
 
-def fixed_model_set(model_uri: str, name: str, version: str) -> ModelSet:
+def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None) -> ModelSet:
     "A `ModelSet` of one model from a path or URI (a container serving one pinned version)."
     import mlflow
     m = mlflow.sklearn.load_model(model_uri)
-    return ModelSet(Served(name, str(version), m, make_scorer(m)), loaded_at=time.time())
+    return ModelSet(Served(name, str(version), m, make_scorer(m, probe)), loaded_at=time.time())
 
 # %% ../nbs/05b_serving.ipynb #5d408078
 class SensitivePolicy:
@@ -460,8 +589,9 @@ def _features_json(cols: dict, features: list, n: int, policy: SensitivePolicy) 
 def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_ids: list[str], arrivals: list[float],
                 policy: SensitivePolicy) -> tuple[list[dict], list[dict]]:
     "Score several parsed requests as one batch; returns per-request answers and the log rows."
-    X = parser.frame(parts)
-    n = len(X)
+    X = parts[0].columns if len(parts) == 1 else {c: np.concatenate([p.columns[c] for p in parts]) for c in parser.features}
+    n = sum(p.n for p in parts)
+    take = lambda idx: X if len(idx) == n else {c: v[idx] for c, v in X.items()}
     rids = [f'{r}-{i}' for r, p in zip(request_ids, parts) for i in range(p.n)]
     keys = [k if k is not None else rid for p in parts for k in (p.keys or [None] * p.n)] if any(p.keys for p in parts) else rids
     keys = [k if k is not None else rid for k, rid in zip(keys, rids)]
@@ -471,15 +601,15 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     versions = np.full(n, ms.champion.version, dtype=object); arms = np.full(n, 'champion', dtype=object)
     idx_c = np.flatnonzero(~to_ch)
     if len(idx_c):
-        pc, lc = ms.champion.score(X if len(idx_c) == n else X.iloc[idx_c]); proba[idx_c] = pc; label[idx_c] = lc
+        pc, lc = ms.champion.score(take(idx_c)); proba[idx_c] = pc; label[idx_c] = lc
     if to_ch.any():
         idx = np.flatnonzero(to_ch)
-        pc, lc = ms.challenger.score(X if len(idx) == n else X.iloc[idx]); proba[idx] = pc; label[idx] = lc
+        pc, lc = ms.challenger.score(take(idx)); proba[idx] = pc; label[idx] = lc
         versions[idx] = ms.challenger.version; arms[idx] = 'challenger'
     shadow = ms.challenger.score(X) if (ms.challenger is not None and ms.shadow) else None
     done = time.time()
     lat = np.concatenate([np.full(p.n, (done - a) * 1000) for p, a in zip(parts, arrivals)])
-    feats = _features_json({c: X[c].to_numpy() for c in parser.features}, parser.features, n, policy)
+    feats = _features_json(X, parser.features, n, policy)
     flags = [f for p in parts for f in p.flags]
     pl, ll, vl, al, latl = proba.tolist(), label.tolist(), versions.tolist(), arms.tolist(), lat.tolist()
     rows = []
@@ -497,15 +627,21 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     return answers, rows
 
 # %% ../nbs/05b_serving.ipynb #c25aa15d
+def _limit_threads(n):
+    "Limit native thread pools (OpenMP, BLAS) of the calling thread: OpenMP's thread count is per thread, so the scorer thread sets its own."
+    if n:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=int(n))
+
 class Batcher:
     "Gathers concurrent requests into one model call (see above)."
     def __init__(self, get_models, parser: RowParser, policy: SensitivePolicy, log: PredictionLog | None, metrics: Metrics,
-                 max_batch_rows: int = 4096, max_wait_ms: float = 2.0):
+                 max_batch_rows: int = 4096, max_wait_ms: float = 2.0, threads: int | None = 1):
         self.get_models, self.parser, self.policy, self.log, self.metrics = get_models, parser, policy, log, metrics
         self.max_batch_rows, self.max_wait = max_batch_rows, max_wait_ms / 1000
         self.q: asyncio.Queue | None = None
         self.incoming = 0          # requests accepted, not yet queued
-        self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix='scorer')
+        self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix='scorer', initializer=_limit_threads, initargs=(threads,))
         self.task = None
 
     def start(self):
@@ -605,7 +741,7 @@ def _client_ip(request) -> str:
 
 def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | None = None, model_version: str | None = None,
                admin_token: str | None = None, max_body_bytes: int = 8 << 20, max_rows: int = 10_000,
-               max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log: bool = True):
+               max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log: bool = True, threads: int | None = 1):
     """The FastAPI app serving workspace `workspace`: `@champion`/`@challenger` of the charter's model from its registry,
     or one pinned model (`model_uri` + `model_version`, as in a container). The admin token defaults to `$MLCYCLE_ADMIN_TOKEN`."""
     from fastapi import FastAPI, Request
@@ -626,13 +762,18 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
     state = {'models': None, 'error': 'loading models', 'log': None}
     positive = c.data.positive_label
 
+    probe = contract_probe(contract)
     def load(previous=None):
-        if model_uri: return fixed_model_set(model_uri, c.name, model_version or 'pinned')
-        from mlcycle.core import setup_mlflow
-        setup_mlflow(ws, c.name)
-        return load_model_set(c.name, previous)
+        if model_uri: ms = fixed_model_set(model_uri, c.name, model_version or 'pinned', probe)
+        else:
+            from mlcycle.core import setup_mlflow
+            setup_mlflow(ws, c.name)
+            ms = load_model_set(c.name, previous, probe)
+        for sv in (ms.champion, ms.challenger):
+            if sv is not None: print(f"mlcycle serve: v{sv.version} preprocessor: {'compiled (checked against scikit-learn)' if sv.score.fast else 'scikit-learn'}", file=sys.stderr, flush=True)
+        return ms
 
-    batcher = Batcher(lambda: state['models'], parser, policy, None, metrics, max_batch_rows, max_wait_ms)
+    batcher = Batcher(lambda: state['models'], parser, policy, None, metrics, max_batch_rows, max_wait_ms, threads)
     reload_lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -661,12 +802,12 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
     def _req(fn):   # this module uses postponed annotations, so give FastAPI the real class for `request`
         fn.__annotations__ = {'request': Request}; return fn
 
-    async def read_json_body(request):
-        n = request.headers.get('content-length')
-        if n is not None and n.isdigit() and int(n) > max_body_bytes:
-            raise RequestError(413, {'error': 'body_too_large', 'expected': f'at most {max_body_bytes} bytes', 'found': f'{n} bytes'})
+    async def read_json_body(length, chunks):
+        "The body as JSON, refusing more than `max_body_bytes` (by Content-Length, or while reading)."
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            raise RequestError(413, {'error': 'body_too_large', 'expected': f'at most {max_body_bytes} bytes', 'found': f'{length} bytes'})
         body, size = [], 0
-        async for chunk in request.stream():
+        async for chunk in chunks:
             size += len(chunk)
             if size > max_body_bytes: raise RequestError(413, {'error': 'body_too_large', 'expected': f'at most {max_body_bytes} bytes'})
             body.append(chunk)
@@ -675,20 +816,41 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
         except (ValueError, RecursionError) as e:
             raise RequestError(400, {'error': 'bad_json', 'expected': 'a JSON body', 'found': str(e)[:200]}) from None
 
-    async def score_records(records_of, request):
-        t0 = time.perf_counter(); arrival = time.time()
+    prefix, counter = secrets.token_hex(5), iter(range(1, 1 << 62))
+    def next_id() -> str: return f'{prefix}{next(counter):06x}'      # unique per process start, cheaper than uuid4
+
+    async def score_records(records_of, length, chunks, t0):
+        arrival = time.time()
         batcher.incoming += 1; queued = False
         try:
             if state['models'] is None: raise RequestError(503, {'error': 'not_ready', 'reason': state['error']})
-            parsed = parser.parse(records_of(await read_json_body(request)))
+            parsed = parser.parse(records_of(await read_json_body(length, chunks)))
             batcher.incoming -= 1; queued = True
-            answers, logf = await batcher.submit(parsed, uuid.uuid4().hex[:16], arrival)
+            answers, logf = await batcher.submit(parsed, next_id(), arrival)
             if logf is not None: await asyncio.wrap_future(logf)
             dt = time.perf_counter() - t0
             for v, a in {(x['model_version'], x['arm']) for x in answers}: metrics.scored(v, a, sum(1 for x in answers if x['model_version'] == v and x['arm'] == a), dt)
-            return answers, dt
+            return answers
         finally:
             if not queued: batcher.incoming -= 1
+
+    async def handle_score(route, header, chunks):
+        "/predict and /invocations: (status, JSON bytes). Shared by the FastAPI routes and the ASGI fast lane below."
+        t0 = time.perf_counter()
+        try:
+            if route == '/invocations':
+                ctype = (header('content-type') or 'application/json').split(';')[0].strip().lower()
+                if ctype not in ('application/json', ''):
+                    raise RequestError(415, {'error': 'unsupported_media_type', 'expected': 'application/json', 'found': ctype})
+                answers = await score_records(_mlflow_records, header('content-length'), chunks, t0)
+                status, content = 200, {'predictions': [a['label'] for a in answers]}
+            else:
+                answers = await score_records(lambda b: b, header('content-length'), chunks, t0)
+                status, content = 200, {'predictions': answers, 'positive_label': positive}
+        except RequestError as e: status, content = e.status, {'detail': e.detail}
+        except Exception as e: status, content = 503, {'detail': {'error': 'unavailable', 'reason': f'{type(e).__name__}: {str(e)[:300]}'}}
+        metrics.request(route, status, time.perf_counter() - t0)
+        return status, json.dumps(content, separators=(',', ':')).encode()
 
     def respond(route, t0, status, content):
         metrics.request(route, status, time.perf_counter() - t0)
@@ -699,32 +861,21 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
     @app.post('/predict', openapi_extra=predict_doc, summary='Score one record or a list of records')
     @_req
     async def predict(request):
-        t0 = time.perf_counter()
-        try:
-            answers, _ = await score_records(lambda b: b, request)
-            return respond('/predict', t0, 200, {'predictions': answers, 'positive_label': positive})
-        except RequestError as e: return respond('/predict', t0, e.status, {'detail': e.detail})
-        except Exception as e: return respond('/predict', t0, 503, {'detail': {'error': 'unavailable', 'reason': f'{type(e).__name__}: {str(e)[:300]}'}})
+        status, body = await handle_score('/predict', request.headers.get, request.stream())
+        return Response(body, status_code=status, media_type='application/json')
 
     @app.post('/invocations', openapi_extra=invocations_doc, summary="MLflow's scoring protocol")
     @_req
     async def invocations(request):
-        t0 = time.perf_counter()
-        ctype = request.headers.get('content-type', 'application/json').split(';')[0].strip().lower()
-        if ctype not in ('application/json', ''):
-            return respond('/invocations', t0, 415, {'detail': {'error': 'unsupported_media_type', 'expected': 'application/json', 'found': ctype}})
-        try:
-            answers, _ = await score_records(_mlflow_records, request)
-            return respond('/invocations', t0, 200, {'predictions': [a['label'] for a in answers]})
-        except RequestError as e: return respond('/invocations', t0, e.status, {'detail': e.detail})
-        except Exception as e: return respond('/invocations', t0, 503, {'detail': {'error': 'unavailable', 'reason': f'{type(e).__name__}: {str(e)[:300]}'}})
+        status, body = await handle_score('/invocations', request.headers.get, request.stream())
+        return Response(body, status_code=status, media_type='application/json')
 
     @app.post('/feedback', openapi_extra=feedback_doc, summary='True labels for earlier request ids (late, in batches)')
     @_req
     async def feedback(request):
         t0 = time.perf_counter()
         try:
-            body = await read_json_body(request)
+            body = await read_json_body(request.headers.get('content-length'), request.stream())
             items = body.get('feedback') if isinstance(body, dict) else body
             if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get('request_id'), str) and 'label' in i
                                                       and isinstance(i['label'], (str, int, float, bool)) and not isinstance(i['label'], dict) for i in items):
@@ -769,23 +920,41 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
         print(f'mlcycle serve: reloaded {before} -> {new.describe()}', file=sys.stderr, flush=True)
         return {'before': before, 'after': new.describe()}
 
+    async def fast_lane(scope, receive, send):
+        "The ASGI app uvicorn runs: POST /predict and /invocations straight to `handle_score`, everything else to FastAPI."
+        if scope['type'] == 'http' and scope['method'] == 'POST' and scope['path'] in ('/predict', '/invocations'):
+            headers = {k.decode('latin-1').lower(): v.decode('latin-1') for k, v in scope['headers']}
+            async def chunks():
+                while True:
+                    m = await receive()
+                    if m['type'] != 'http.request': return
+                    yield m.get('body', b'')
+                    if not m.get('more_body'): return
+            status, body = await handle_score(scope['path'], headers.get, chunks())
+            await send({'type': 'http.response.start', 'status': status,
+                        'headers': [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode())]})
+            await send({'type': 'http.response.body', 'body': body})
+        else: await app(scope, receive, send)
+    app.state.asgi = fast_lane
     return app
 
 # %% ../nbs/05b_serving.ipynb #ec880f28
 def serve(workspace=None, host: str = '127.0.0.1', port: int = 8000, log_url: str | None = None, model_uri: str | None = None,
-          model_version: str | None = None, max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log_level: str = 'warning'):
-    "Run the server (blocks until stopped)."
+          model_version: str | None = None, max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log_level: str = 'warning',
+          threads: int = 1):
+    "Run the server (blocks until stopped). Native thread pools (OpenMP, BLAS) are limited to `threads`: see below."
     import uvicorn
+    os.environ.setdefault('OMP_NUM_THREADS', str(int(threads)))   # for OpenMP runtimes not loaded yet
     app = create_app(workspace, log_url=log_url, model_uri=model_uri, model_version=model_version,
-                     max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms)
+                     max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms, threads=threads)
     if host not in ('127.0.0.1', 'localhost', '::1'):
         print(f'mlcycle serve: listening on {host}, beyond this machine', file=sys.stderr)
-    uvicorn.run(app, host=host, port=int(port), log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
+    uvicorn.run(app.state.asgi, host=host, port=int(port), log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
                 backlog=4096, timeout_keep_alive=30)
 
 def _serve_cmd(args):
     serve(args.workspace or None, args.host, args.port, args.log_url, args.model, args.model_version, args.max_batch_rows,
-          args.max_wait_ms, args.log_level)
+          args.max_wait_ms, args.log_level, args.threads)
 
 def register_cli(subparsers):
     "Add `mlcycle serve` to an argparse subparsers object."
@@ -800,6 +969,7 @@ def register_cli(subparsers):
     p.add_argument('--model-version', default=None, help='the version number to report for --model')
     p.add_argument('--max-batch-rows', type=int, default=4096, help='rows per model call at most')
     p.add_argument('--max-wait-ms', type=float, default=2.0, help='how long a batch waits for requests already arriving')
+    p.add_argument('--threads', type=int, default=1, help='native threads per model call (OpenMP/BLAS; default 1)')
     p.add_argument('--log-level', default='warning')
     p.set_defaults(func=_serve_cmd)
     return p

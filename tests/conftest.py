@@ -169,3 +169,52 @@ def adult_records():
     "Rows of the Adult test file as JSON records (what clients send)."
     from mlcycle.data import adult
     return _json.loads(adult('test').drop(columns=['income']).to_json(orient='records'))
+
+
+# ---- stages 08-09 (governance, retirement): two stand-in versions, and a prediction-log history ----
+def copy_workspace(src, dest, logs=False):
+    """A private copy of workspace `src` at `dest`: its own registry database (and, with `logs`, its audit log and
+    prediction log). MLflow artifacts stay in `src` (the registry points there): never delete them from a copy."""
+    from mlcycle.core import Workspace
+    ignore = ['mlartifacts', 'reports', 'archive', 'containers', 'server-*.log'] + ([] if logs else ['predictions.db*', 'audit.*'])
+    shutil.copytree(src.root, dest, ignore=shutil.ignore_patterns(*ignore))
+    return Workspace(dest)
+
+
+@pytest.fixture(scope='session')
+def lifecycle_template(adult_workspace_0102, tmp_path_factory):
+    "A scratch copy of the Adult workspace with two registered stand-in versions (deploy.demo_model_version), both passed."
+    from mlcycle.core import Workspace
+    from mlcycle.deploy import demo_model_version, scratch_workspace
+    ws = scratch_workspace(Workspace(adult_workspace_0102/'ws'), tmp_path_factory.mktemp('lifecycle')/'ws')
+    assert [demo_model_version(ws, max_iter=40), demo_model_version(ws, max_iter=80, seed=1)] == ['1', '2']
+    return ws
+
+
+@pytest.fixture
+def gov_ws(lifecycle_template, tmp_path):
+    "A private copy of `lifecycle_template` (fresh audit log, no prediction log)."
+    return copy_workspace(lifecycle_template, tmp_path/'ws')
+
+
+@pytest.fixture(scope='session')
+def history_template(lifecycle_template, tmp_path_factory):
+    """v1 @champion and v2 @challenger (A/B, share 0.5) with a prediction-log history written by the log's own writer:
+    v1 1500 rows 120–35 days ago and 600 rows 25–0 days ago; v2 300 rows 25–0 days ago, and 200 rows 90–40 days ago
+    that v1 also scored as the shadow. No row lies between 25 and 35 days old, so a 30-day cutoff is unambiguous."""
+    from mlcycle.deploy import promote
+    from mlcycle.retire import demo_prediction_history
+    ws = copy_workspace(lifecycle_template, tmp_path_factory.mktemp('history')/'ws')
+    promote(ws, '1', reason='test champion')
+    demo_prediction_history(ws, '1', (120, 35), rows=1500, seed=1)
+    demo_prediction_history(ws, '2', (90, 40), rows=200, seed=4, shadow_version='1')
+    promote(ws, '2', as_='challenger', share=0.5, reason='test A/B')
+    demo_prediction_history(ws, '2', (25, 0), rows=300, arm='challenger', seed=2)
+    demo_prediction_history(ws, '1', (25, 0), rows=600, seed=3)
+    return ws
+
+
+@pytest.fixture
+def history_ws(history_template, tmp_path):
+    "A private copy of `history_template`, with its audit log and prediction log."
+    return copy_workspace(history_template, tmp_path/'ws', logs=True)
