@@ -13,8 +13,8 @@ from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json
 
 # %% auto #0
 __all__ = ['STAGE_RE', 'CIRCLE_PARAMS', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages', 'notebook_to_html',
-           'execute_stage', 'StageFailed', 'new_run_id', 'write_index', 'log_run_to_mlflow', 'run_lifecycle',
-           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
+           'execute_stage', 'StageFailed', 'new_run_id', 'write_index', 'log_run_to_mlflow', 'stop_reason',
+           'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #85847cc1
 STAGE_RE = re.compile(r'^(0[1-9])_([a-z0-9_]+)\.ipynb$')
@@ -137,6 +137,14 @@ def log_run_to_mlflow(ws: Workspace, run_dir: Path, run_id: str, records: list[d
 
 def _echo(msg, end='\n'): print(msg, end=end, flush=True)
 
+def stop_reason(ws: Workspace, stage_name: str) -> str | None:
+    "Why the circle must end after this stage (its manifest says `stop`, or the gate failed), else None."
+    if not ws.has_stage(stage_name): return None
+    o = ws.manifest(stage_name).get('outputs', {})
+    if o.get('stop') or (stage_name.startswith('04_') and o.get('validation_status') == 'failed'):
+        return str(o.get('verdict') or o.get('gate_summary') or 'the stage says the circle ends here')
+    return None
+
 def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', params: dict | None = None,
                   circle: dict | None = None, echo=None) -> dict:
     """Execute stage notebooks in order into `reports/<run-id>/`; returns the run record (index path, stage records).
@@ -170,6 +178,10 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
             records.append(rec)
             summary = _manifest_summary(ws, stage_notebooks()[s].stem)
             echo(f" ok ({rec['seconds']:.1f} s)" + (f' · {summary}' if summary else ''))
+            why = stop_reason(ws, stage_notebooks()[s].stem)
+            if why:
+                ctx['summary'].append(f'the circle stopped after {name}: {why}')
+                failure = MlcycleError(f'the circle stopped after {name}: {why}'); break
     except MlcycleError as e:
         failure = e; echo(f' FAILED: {e}')
     finally:
