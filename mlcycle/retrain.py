@@ -151,7 +151,7 @@ def recent_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_r
     return tr.sort_values('_ts', kind='stable').reset_index(drop=True), te.sort_values('_ts', kind='stable').reset_index(drop=True)
 
 # %% ../nbs/07_retraining.ipynb #757e23c3
-def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFrame, family: str = '', seed: int = 0) -> list:
+def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFrame, family: str = '', seed: int = 0, n_jobs: int = 2) -> list:
     "The champion's configuration refitted on `train_df`: the base pipeline, and the mitigated model when the champion had one."
     from sklearn.base import clone
     from mlcycle.train import Candidate, FairMixtureClassifier, FairThresholdClassifier, fit_exponentiated_gradient, fit_threshold_optimizer
@@ -177,7 +177,7 @@ def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFram
         t1 = time.perf_counter()
         o = next((o for o in fair if o.sensitive_feature == sf), fair[0] if fair else None)
         model, _ = fit_threshold_optimizer(base, X, y, sf, o.metric if o else 'demographic_parity_difference',
-                                           cv_folds=c.development.cv_folds, seed=c.development.seed)
+                                           cv_folds=c.development.cv_folds, seed=c.development.seed, n_jobs=n_jobs)
         out.append(Candidate(name=f'{family}+threshold_optimizer (refit)', family=family, model=model, mitigation='threshold_optimizer',
                              params={**params, 'sensitive_feature': sf}, fit_seconds=time.perf_counter() - t1,
                              note='per-group thresholds refitted on cross-fitted scores of the refitted base'))
@@ -243,16 +243,17 @@ def mcnemar_test(champion_correct, challenger_correct, alpha: float = 0.05) -> d
 # %% ../nbs/07_retraining.ipynb #888a22b8
 def simulate_ab(correct_champion: np.ndarray, correct_challenger: np.ndarray, n_total: int, share: float = 0.5, reps: int = 200,
                 alpha: float = 0.05, looks: int = 1, spending: str = 'obrien_fleming', seed: int = 0) -> dict:
-    """Monte Carlo of the A/B analysis: each replication draws `n_total` rows from the pool (with replacement), routes them with
-    `mlcycle.serve.route` on random ids, and tests at `looks` equally spaced looks (spending 'obrien_fleming' or 'naive')."""
-    from mlcycle.serve import route
+    """Monte Carlo of the A/B analysis: each replication draws `n_total` rows from the pool (with replacement), routes them as the
+    server does (`mlcycle.serve.bucket` of distinct request ids below `share`), and tests at `looks` equally spaced looks
+    (spending 'obrien_fleming' or 'naive')."""
+    from mlcycle.serve import bucket
     rng = np.random.default_rng(seed)
     a, b = np.asarray(correct_champion, bool), np.asarray(correct_challenger, bool)
+    ids = bucket([f'{seed}-{i}' for i in range(max(4 * n_total, 50_000))], salt='sim')    # the router's hash of distinct ids, once
     rejections, first = 0, []
     for r in range(reps):
         rows = rng.integers(0, len(a), n_total)
-        salt = int(rng.integers(1 << 62))
-        to_ch = route([f'{salt}-{i}' for i in range(n_total)], share, salt='sim')
+        to_ch = ids[rng.choice(len(ids), n_total, replace=False)] < share
         spent = 0.0
         for k in range(1, looks + 1):
             m = int(round(n_total * k / looks))
@@ -443,7 +444,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
                 cands = train_candidates(c, contract, parts['train'], parts['validation'], search_iterations=int(search_iterations),
                                          eg_estimator=None, n_jobs=n_jobs, log=log)
             else:
-                cands = refit_candidates(champ_model, c, contract, parts['train'], family, seed=c.development.seed)
+                cands = refit_candidates(champ_model, c, contract, parts['train'], family, seed=c.development.seed, n_jobs=n_jobs)
                 for cand in cands: evaluate_candidate(cand, c, contract, parts['validation'], parts['train'])
             sel = select_model(cands, c)
             log(sel.message)
