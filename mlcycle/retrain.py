@@ -507,7 +507,10 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
             raise MlcycleError(f"@challenger v{al['challenger']} has no recorded A/B design ({design_path}): deploy challengers with the retraining "
                                'stage (it fixes the sample size before the test), or end this test with `end_challenger`')
         design = read_json(design_path)
-        an = analyze_ab(log_df, c, design, al['champion'], al['challenger'], since=design['start_ts'], looks_so_far=design.get('looks', []))
+        if design.get('final'):          # the test is over: its result is not re-computed on later data (that would be another look)
+            an = {**design['final'], 'design': design, 'reused': True}
+        else:
+            an = analyze_ab(log_df, c, design, al['champion'], al['challenger'], since=design['start_ts'], looks_so_far=design.get('looks', []))
         kind = 'ab'
     elif 'previous' in al:
         promoted_at = next((pd.Timestamp(e['ts']).timestamp() for e in reversed(ws.audit.entries())
@@ -518,8 +521,9 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
         raise MlcycleError('nothing to analyze: there is no @challenger (run the train phase first) and no @previous to compare the champion with')
     decision = decision_for(an, promote_if_noninferior)
     acted, moves = False, None
-    command = {'promote': f"mlcycle promote {an.get('challenger_version')}", 'keep': 'end the challenger test: mlcycle.deploy.end_challenger(ws, reason)',
-               'rollback': 'mlcycle rollback --reason "…"', 'continue': 'wait for more labelled traffic, then run the analysis again'}[decision]
+    approve = 'mlcycle retrain -p phase analyze -p auto_promote true'
+    command = {'promote': f"{approve} (or: mlcycle promote {an.get('challenger_version')})", 'keep': f'{approve} (ends the challenger test)',
+               'rollback': f'{approve} (or: mlcycle rollback --reason "…")', 'continue': 'wait for more labelled traffic, then run the analysis again'}[decision]
     evidence = an.get('reason', '')
     if decision != 'continue' and auto_promote:
         why = f'A/B decision {decision}: {evidence}'
@@ -530,9 +534,12 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
     setup_mlflow(ws, c.name)
     cl = mlflow.MlflowClient()
     with ws.stage('07_retraining', charter_hash=c.hash, phase='analyze', auto_promote=bool(auto_promote)) as st:
-        if design is not None and design['method'] == 'sequential' and an.get('looks') != design.get('looks'):
-            st.write_json(f"ab/{c.name}-v{al['challenger']}.json", {**design, 'looks': an['looks']})
-            st.record('ab_look', look=len(an['looks']), **an['looks'][-1])
+        if design is not None and not an.get('reused'):
+            final = {k: v for k, v in an.items() if k != 'design'} if an['status'] == 'complete' else None
+            if an.get('looks') != design.get('looks') or final:
+                st.write_json(f"ab/{c.name}-v{al['challenger']}.json", {**design, 'looks': an.get('looks', []), 'final': final})
+            if design['method'] == 'sequential' and an.get('looks') != design.get('looks'):
+                st.record('ab_look', **an['looks'][-1])
         with mlflow.start_run(run_name='07_retraining analyze', tags={'mlcycle.stage': '07_retraining', 'mlcycle.phase': 'analyze',
                                                                        'ab_decision': decision, 'ab_status': an['status']}) as run:
             mets = {'labelled_champion': an.get('labelled', {}).get('champion', 0), 'labelled_challenger': an.get('labelled', {}).get('challenger', 0)}
