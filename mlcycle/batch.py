@@ -16,7 +16,8 @@ from .core import MlcycleError, Workspace, read_json
 
 # %% auto #0
 __all__ = ['SQL_RE', 'is_sql', 'input_rows', 'iter_chunks', 'chunk_features', 'PredictionWriter', 'check_tracking', 'score_chunk',
-           'score_table', 'spark_available', 'spark_session', 'score_table_spark', 'register_cli']
+           'score_table', 'spark_available', 'spark_session', 'ProbabilityModel', 'spark_model_copy',
+           'score_table_spark', 'register_cli']
 
 # %% ../nbs/11_batch.ipynb #6c16aa68
 SQL_RE = re.compile(r'^\s*(select|with)\b', re.I | re.S)
@@ -229,6 +230,42 @@ def spark_session(master: str = 'local[*]', app: str = 'mlcycle-predict'):
             .config('spark.sql.execution.arrow.pyspark.enabled', 'true')
             .config('spark.sql.execution.arrow.maxRecordsPerBatch', '10000').getOrCreate())
 
+class ProbabilityModel:
+    "A pyfunc model whose `predict` is the probability of the positive label, on the contract's features (what `score_table` writes)."
+    def __init__(self, model, contract: dict): self.model, self.contract = model, contract
+    def predict(self, data, params=None):
+        import sklearn
+        with sklearn.config_context(assume_finite=True):
+            return self.model.predict_proba(chunk_features(pd.DataFrame(data), self.contract))[:, 1]
+
+def _load_pyfunc(path):
+    "pyfunc loader of `spark_model_copy`: the skops model, loaded with mlcycle's trusted-types list, as a `ProbabilityModel`."
+    import json, skops.io as sio
+    from mlcycle.train import SKOPS_TRUSTED_TYPES
+    import yaml
+    path = Path(path)
+    if path.is_dir(): path = path/yaml.safe_load((path/'MLmodel').read_text())['flavors']['sklearn']['pickled_model']
+    return ProbabilityModel(sio.load(path, trusted=SKOPS_TRUSTED_TYPES), json.loads((path.parent/'mlcycle_contract.json').read_text()))
+
+def spark_model_copy(model_uri: str, dst, contract: dict) -> Path:
+    """Download a registered model's artifacts to `dst` and point its pyfunc flavour at `mlcycle.batch` (model files untouched),
+    so `spark_udf` returns the positive-label probability: MLflow's sklearn pyfunc only calls `predict` and ignores a
+    `predict_method` parameter. The copy loads with the package's skops trusted-types list, as `load_model_version` does."""
+    import json, mlflow, yaml
+    try: local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    except Exception as e: raise MlcycleError(f'cannot download {model_uri}: {str(e).strip().splitlines()[0]}') from None
+    mm = yaml.safe_load((local/'MLmodel').read_text())
+    sk = mm['flavors'].get('sklearn', {})
+    if sk.get('serialization_format') != 'skops':
+        raise MlcycleError(f'model {model_uri} is serialized as {sk.get("serialization_format")!r}, not skops: refusing to load it')
+    pf = mm['flavors']['python_function']
+    pf['loader_module'] = 'mlcycle.batch'; pf['model_path'] = sk['pickled_model']
+    for k in ('predict_fn',): pf.pop(k, None)
+    mm.pop('signature', None)   # the copy is called with the contract's features; the contract check ran before
+    (local/'MLmodel').write_text(yaml.safe_dump(mm))
+    (local/'mlcycle_contract.json').write_text(json.dumps(contract))
+    return local
+
 def score_table_spark(source, output, workspace=None, version=None, alias: str = 'champion', master: str = 'local[*]',
                       progress: bool | None = None, charter=None, spark=None) -> dict:
     "`score_table` on Apache Spark: same validation, same output columns and values, written all-or-nothing."
@@ -268,14 +305,13 @@ def score_table_spark(source, output, workspace=None, version=None, alias: str =
               .agg(F.sum('rows').alias('rows'), F.first('found').alias('found')).collect()
     vs = [Violation(r['column'], r['check'], r['expected'], r['found'], int(r['rows']), bool(r['blocking']), r['fix']) for r in found]
     if any(x.blocking for x in vs): raise ContractError(vs, f'input {src}')
-    udf = mlflow.pyfunc.spark_udf(spark, f'models:/{c.name}/{v}', result_type=T.ArrayType(T.DoubleType()), env_manager='local',
-                                  params={'predict_method': 'predict_proba'})
+    local = spark_model_copy(f'models:/{c.name}/{v}', tempfile.mkdtemp(prefix='mlcycle-spark-model-'), contract)
+    udf = mlflow.pyfunc.spark_udf(spark, str(local), result_type='double', env_manager='local')
     # row numbers in file order, then the features cast as the contract says (numbers as double, text as string)
     df = df.withColumn('__row', F.monotonically_increasing_id())
     feats = [F.col(f'`{col}`').cast('double' if contract['columns'][col]['kind'] == 'numeric' else 'string').alias(col) for col in contract['features']]
-    pos = 1
     scored = df.select('__row', *([F.col(f'`{contract["id_column"]}`')] if contract.get('id_column') in df.columns else []),
-                       udf(F.struct(*feats)).getItem(pos).alias('score'))
+                       udf(F.struct(*feats)).alias('score'))
     pdf = scored.orderBy('__row').toPandas()
     out = {'row': np.arange(len(pdf), dtype='int64')}
     if contract.get('id_column') in pdf.columns: out[contract['id_column']] = pdf[contract['id_column']].to_numpy()
