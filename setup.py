@@ -21,6 +21,7 @@ statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Produ
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+spark_requirements = shlex.split(cfg.get('spark_requirements', ''))   # `pip install mlcycle[spark]`: mlcycle predict --engine spark
 
 
 class build_py_with_notebooks(build_py):
@@ -45,7 +46,7 @@ setuptools.setup(
     package_data={cfg['lib_name']: cfg.get('package_data', '').split()},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'spark': spark_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=(here/'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
