@@ -931,7 +931,10 @@ def run_governance(charter=None, workspace=None, model_name: str | None = None, 
         log('stage 02 has not run in this workspace: running it first'); run_data_stage(charter, ws)
     c = workspace_charter(ws, charter)
     name = model_name or c.name
-    if not list_versions(ws, name) and not ws.has_stage('03_model_development'):
+    if not list_versions(ws, name):
+        if ws.has_stage('03_model_development'):
+            raise MlcycleError(f"no version of {name!r} is registered: stage 03 registered none "
+                               f"({ws.manifest('03_model_development')['outputs'].get('verdict', 'see its report')}); there is nothing to govern")
         from mlcycle.train import run_model_development
         log('no model version is registered and stage 03 has not run: running it first'); run_model_development(charter, ws, log=log)
     v = resolve_version(ws, version, name)

@@ -299,7 +299,7 @@ def history_over_time(h: pd.DataFrame, c: Charter, freq: str | None = None) -> p
     "Per period (week, or day for short histories): rows, labelled rows, positive-decision rate, mean score, realized accuracy and ROC AUC."
     from sklearn.metrics import roc_auc_score
     if not len(h): return pd.DataFrame()
-    t = pd.to_datetime(h.ts, unit='s', utc=True)
+    t = pd.to_datetime(h.ts, unit='s')       # UTC, naive (periods carry no time zone)
     freq = freq or ('W' if (t.max() - t.min()) > pd.Timedelta(days=21) else 'D')
     rows = []
     for p, g in h.groupby(t.dt.to_period(freq).astype(str) if freq != 'D' else t.dt.strftime('%Y-%m-%d')):
@@ -313,7 +313,7 @@ def history_over_time(h: pd.DataFrame, c: Charter, freq: str | None = None) -> p
 def group_history(h: pd.DataFrame, c: Charter, freq: str | None = None) -> pd.DataFrame:
     "Selection rate per sensitive group and period, from the log (groups under min_group_size rows in a period left out)."
     if not len(h): return pd.DataFrame()
-    t = pd.to_datetime(h.ts, unit='s', utc=True)
+    t = pd.to_datetime(h.ts, unit='s')       # UTC, naive (periods carry no time zone)
     freq = freq or ('W' if (t.max() - t.min()) > pd.Timedelta(days=21) else 'D')
     per = t.dt.to_period(freq).astype(str) if freq != 'D' else t.dt.strftime('%Y-%m-%d')
     out = []
