@@ -20,8 +20,8 @@ __all__ = ['PSI_WARNING', 'PSI_CRITICAL', 'PSI_EPS', 'MISSING_DELTA', 'MISSING_D
            'VANISHED_MIN_SHARE', 'VANISHED_MIN_EXPECTED', 'MIN_EXPECTED', 'POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING',
            'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING', 'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS',
            'psi', 'ks_test', 'chi2_test', 'proportion_test', 'numeric_edges', 'DriftDetector', 'decide_drift',
-           'drift_summary', 'parse_window', 'read_window', 'log_features', 'prediction_drift', 'serving_skew',
-           'feature_skew', 'wilson_interval', 'auc_delong', 'metric_with_ci', 'realized_performance',
+           'drift_summary', 'parse_window', 'read_window', 'logged_rows', 'log_features', 'prediction_drift',
+           'serving_skew', 'feature_skew', 'wilson_interval', 'auc_delong', 'metric_with_ci', 'realized_performance',
            'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
            'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
            'ensure_champion', 'run_monitoring', 'register_cli']
@@ -241,6 +241,18 @@ def read_window(ws_or_url, window='', model_version='', now: float | None = None
         v = str(model_version)
         log = log[(log.model_version.astype(str) == v) | (log.shadow_version.astype(str) == v)]
     return log.reset_index(drop=True)
+
+def logged_rows(ws_or_url) -> int:
+    "How many predictions the log holds (0 when no server has written it yet)."
+    import sqlalchemy as sa
+    from mlcycle.serve import log_engine
+    url = ws_or_url.prediction_log_url if isinstance(ws_or_url, Workspace) else str(ws_or_url)
+    if url.startswith('sqlite') and not Path(url.split(':///', 1)[-1]).exists(): return 0
+    eng = log_engine(url)
+    try:
+        with eng.connect() as conn: return int(conn.execute(sa.text('SELECT count(*) FROM predictions')).scalar_one())
+    except Exception: return 0
+    finally: eng.dispose()
 
 def log_features(log: pd.DataFrame, contract: dict) -> pd.DataFrame:
     "The logged inputs as the contract's feature frame (columns the log does not hold, e.g. dropped sensitive ones, are left out)."

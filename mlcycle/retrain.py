@@ -410,6 +410,9 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
     contract = read_json(ws.root/'data'/'contract.json')
     al = _aliases(ws)
     if 'champion' not in al: raise MlcycleError(f'{c.name!r} has no @champion: retraining replaces a deployed model; run stages 03-05 first')
+    if 'challenger' in al:
+        raise MlcycleError(f"v{al['challenger']} is @challenger: its test is still open. Decide it first (`mlcycle retrain -p phase analyze`, "
+                           "with `-p auto_promote true` to act), or end it (mlcycle.deploy.end_challenger), then retrain")
     champion_v = al['champion']
     new = load_new_data(ws, c, contract, new_data, new_query, log_url)          # ContractError here: nothing written, champion untouched
     log(f'new data: {len(new)} labelled rows from {new_data}')
@@ -574,17 +577,15 @@ def _retrain_cmd(a):
     params = {n: _value(v) for n, v in (a.param or [])}
     out = Path(a.reports).resolve()/f"retrain-{new_run_id().removeprefix('run-')}"
     ws = Workspace(a.workspace)
-    try: rec = execute_stage('07', out, a.charter, a.workspace, params)
-    finally:
-        if ws.has_stage('07_retraining') and (out/'07_retraining.ipynb').exists():
-            m = ws.manifest('07_retraining')
-            try:
-                c = workspace_charter(ws)
-                setup_mlflow(ws, c.name)
-                with mlflow.start_run(run_id=m['outputs']['mlflow_run_id']):
-                    mlflow.log_artifact(str(out/'07_retraining.ipynb'), 'report')
-                    if (out/'07_retraining.html').exists(): mlflow.log_artifact(str(out/'07_retraining.html'), 'report')
-            except Exception as e: print(f'warning: could not log the report to MLflow: {e}')
+    rec = execute_stage('07', out, a.charter, a.workspace, params)      # a failure raises, naming its report in reports/
+    m = ws.manifest('07_retraining')
+    try:
+        c = workspace_charter(ws)
+        setup_mlflow(ws, c.name)
+        with mlflow.start_run(run_id=m['outputs']['mlflow_run_id']):
+            mlflow.log_artifact(str(out/'07_retraining.ipynb'), 'report')
+            if (out/'07_retraining.html').exists(): mlflow.log_artifact(str(out/'07_retraining.html'), 'report')
+    except Exception as e: print(f'warning: could not log the report to MLflow: {e}')
     o = ws.manifest('07_retraining')['outputs']
     print(f"phase {o.get('phase')}: model v{o.get('model_version')} ({o.get('validation_status')}) · decision {o.get('decision')} · {o.get('recommendation')}")
     print(f"report: {out/rec.get('html', rec['notebook'])}")
