@@ -29,12 +29,12 @@ fi
 
 echo "== notebook tests (nbdev_test, slow cells included)"
 ws=$(mktemp -d)
-MLCYCLE_WORKSPACE="$ws/ws" nbdev_test --n_workers 0 --flags slow --timing
+MLCYCLE_WORKSPACE="$ws/ws" timeout 2700 nbdev_test --n_workers 0 --flags slow --timing
 rm -rf "$ws"
 
 echo "== pytest"
 set +e
-python -m pytest tests -ra "$@"
+python -m pytest tests -ra --durations=15 --timeout 1500 "$@"
 rc=$?
 set -e
 [ $rc = 5 ] && { echo "pytest collected no tests"; exit 1; }
