@@ -130,7 +130,7 @@ def _versions(ws):
 def _bad_file(tmp_path):
     from mlcycle.data import adult
     bad = adult('test').head(2000).drop(columns=['age'])
-    bad.loc[:10, 'hours_per_week'] = 'forty'
+    bad['hours_per_week'] = bad['hours_per_week'].astype(str).where(bad.index > 10, 'forty')
     p = tmp_path/'bad.csv'; bad.to_csv(p, index=False)
     return p
 
