@@ -24,10 +24,10 @@ __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SKOPS_TRUSTED_T
            'candidate_pipeline', 'Candidate', 'search_candidate', 'row_uniforms', 'group_key',
            'FairThresholdClassifier', 'cross_fitted_scores', 'fit_threshold_optimizer', 'FairMixtureClassifier',
            'fairlearn_moment', 'fit_exponentiated_gradient', 'score_rows', 'machine_load', 'latency_context',
-           'single_row_latency', 'evaluate_candidate', 'train_candidates', 'pareto_front', 'objectives_from_metrics',
-           'candidate_table', 'Selection', 'describe_objectives', 'select_model', 'trusted_types_for',
-           'model_requirements', 'register_model', 'load_model_version', 'model_version_info', 'plot_tradeoff',
-           'run_model_development']
+           'single_row_timings', 'single_row_latency', 'evaluate_candidate', 'train_candidates', 'pareto_front',
+           'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives', 'select_model',
+           'trusted_types_for', 'model_requirements', 'register_model', 'load_model_version', 'model_version_info',
+           'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -288,16 +288,18 @@ def fairlearn_moment(metric: str, threshold: float):
     if metric == 'equalized_odds_difference': return EqualizedOdds(difference_bound=threshold / 2)
     raise MlcycleError(f'no fairlearn constraint for metric {metric!r}; known: {", ".join(FAIRLEARN_CONSTRAINTS)}')
 
-def fit_exponentiated_gradient(contract: dict, X: pd.DataFrame, y, sensitive_feature: str, estimator,
+def fit_exponentiated_gradient(contract: dict, X: pd.DataFrame, y, sensitive_feature: str | pd.Series, estimator,
                                metric: str = 'demographic_parity_difference', threshold: float = 0.1,
                                eps: float = 0.01, max_iter: int = 30, seed: int = 0):
-    "fairlearn ExponentiatedGradient on stage 02's features; returns (FairMixtureClassifier, the fitted ExponentiatedGradient)."
+    """fairlearn ExponentiatedGradient on stage 02's features; returns (FairMixtureClassifier, the fitted ExponentiatedGradient).
+    `sensitive_feature` is a column of `X` or the sensitive values themselves (they need not be a model input)."""
     from fairlearn.reductions import ExponentiatedGradient
     features = build_preprocessor(contract).fit(X, np.asarray(y))
     eg = ExponentiatedGradient(clone(estimator), fairlearn_moment(metric, threshold), eps=eps, max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        eg.fit(features.transform(X), np.asarray(y), sensitive_features=group_key(X[sensitive_feature]))
+        sens = sensitive_feature if isinstance(sensitive_feature, pd.Series) else X[sensitive_feature]
+        eg.fit(features.transform(X), np.asarray(y), sensitive_features=group_key(sens).to_numpy())
     return FairMixtureClassifier.from_exponentiated_gradient(eg, features, seed), eg
 
 # %% ../nbs/03_model_development.ipynb #f1c02a32
@@ -319,20 +321,25 @@ def latency_context(load: dict) -> str:
     if load['overloaded']: s += ': the machine was overloaded, so the latency says more about other jobs than about the model; re-measure on a quieter machine'
     return s
 
-def single_row_latency(model, X: pd.DataFrame, rows: int = 50, repeats: int = 3, threads: int | None = 1) -> list[float]:
-    """Milliseconds to score one row (`score_rows`: probability and decision) for each of the first `rows` rows of `X`:
-    the fastest of `repeats` timings per row, on `threads` threads."""
+def single_row_timings(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2, threads: int | None = 1) -> pd.DataFrame:
+    """Milliseconds to score one row (`score_rows`: probability and decision) for each of the first `rows` rows of `X`,
+    on `threads` threads: `cpu_ms` (CPU time of the scoring thread) and `wall_ms`, each the fastest of `repeats`."""
     from threadpoolctl import threadpool_limits
     out = []
     with threadpool_limits(threads):
         score_rows(model, X.iloc[[0]])                                   # warm-up
         for i in range(min(rows, len(X))):
-            row, best = X.iloc[[i]], float('inf')
+            row, cpu, wall = X.iloc[[i]], float('inf'), float('inf')
             for _ in range(repeats):
-                t0 = time.perf_counter(); score_rows(model, row)
-                best = min(best, (time.perf_counter() - t0) * 1000)
-            out.append(best)
-    return out
+                t0, c0 = time.perf_counter(), time.thread_time()
+                score_rows(model, row)
+                cpu, wall = min(cpu, (time.thread_time() - c0) * 1000), min(wall, (time.perf_counter() - t0) * 1000)
+            out.append((cpu, wall))
+    return pd.DataFrame(out, columns=['cpu_ms', 'wall_ms'])
+
+def single_row_latency(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2, threads: int | None = 1, clock: str = 'cpu') -> list[float]:
+    "Per-row scoring time in ms (`clock` 'cpu' or 'wall', see `single_row_timings`): the sample the latency objective's p95 is taken from."
+    return single_row_timings(model, X, rows, repeats, threads)[f'{clock}_ms'].tolist()
 
 # %% ../nbs/03_model_development.ipynb #2a1db5e5
 def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_df: pd.DataFrame,
@@ -340,12 +347,14 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
     "Fill in `cand.objectives`, `cand.metrics` and `cand.latencies_ms` from the validation split (and the training split's primary metric)."
     X, y = feature_frame(validation_df, contract), binary_target(c, validation_df[c.data.target])
     proba, pred = cand.model.predict_proba(X)[:, 1], cand.model.predict(X)
-    cand.latencies_ms = single_row_latency(cand.model, X, latency_rows)
+    tim = single_row_timings(cand.model, X, latency_rows)
+    cand.latencies_ms, load = tim.cpu_ms.tolist(), machine_load()
     cand.objectives = evaluate_objectives(c, y, proba, pred, frame=validation_df, latencies_ms=cand.latencies_ms)
     m = {k: objective_value(k, y, proba, pred) for k in ('roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier')}
     for o in c.objectives_of('fairness'):
         m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, validation_df[o.sensitive_feature].astype(str).to_numpy())
     m['p95_latency_ms'] = float(np.percentile(cand.latencies_ms, 95)) if cand.latencies_ms else float('nan')
+    m['p95_wall_ms'], m['load_average'] = float(tim.wall_ms.quantile(0.95)) if len(tim) else float('nan'), load['load_average']
     if train_df is not None:
         Xt, yt = feature_frame(train_df, contract), binary_target(c, train_df[c.data.target])
         p = c.primary.metric
@@ -387,7 +396,7 @@ def train_candidates(c: Charter, contract: dict, train_df: pd.DataFrame, validat
             params = base.params if base else {}
             t0 = time.perf_counter()
             try:
-                model, eg = fit_exponentiated_gradient(contract, X, y, o.sensitive_feature, base_estimator(eg_estimator, dev.seed).set_params(**params),
+                model, eg = fit_exponentiated_gradient(contract, X, y, train_df[o.sensitive_feature], base_estimator(eg_estimator, dev.seed).set_params(**params),
                                                        o.metric, o.threshold, seed=dev.seed)
                 cands.append(Candidate(name=f'{eg_estimator}+exponentiated_gradient', family=eg_estimator, model=model, mitigation='exponentiated_gradient',
                                        params={**params, 'constraint': type(eg.constraints).__name__, 'bound': o.threshold / 2, 'eps': eg.eps,
@@ -517,8 +526,11 @@ def trusted_types_for(model) -> list[str]:
 
 def model_requirements() -> list[str]:
     "Pinned pip requirements of a logged model: what loads and runs it."
-    from importlib.metadata import version
-    return [f'{p}=={version(p)}' for p in ('mlcycle', 'scikit-learn', 'skops', 'numpy', 'pandas', 'scipy')]
+    from importlib.metadata import PackageNotFoundError, version
+    def v(p):
+        try: return version(p)
+        except PackageNotFoundError: return mlcycle.__version__ if p == 'mlcycle' else None
+    return [f'{p}=={v(p)}' for p in ('mlcycle', 'scikit-learn', 'skops', 'numpy', 'pandas', 'scipy') if v(p)]
 
 # %% ../nbs/03_model_development.ipynb #b64c58ad
 VERSION_TAGS = ('lifecycle', 'validation_status', 'charter_hash', 'data_train_fingerprint', 'data_validation_fingerprint',

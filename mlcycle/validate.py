@@ -16,7 +16,7 @@ from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, evaluate
 from .data import feature_frame
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'ROBUSTNESS_MAX_DROP', 'PROBES', 'bootstrap_indices', 'percentile_ci', 'resampled_metric',
+__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'bootstrap_indices', 'percentile_ci', 'resampled_metric',
            'performance_with_ci', 'resampled_fairness', 'fairness_report', 'slice_report', 'overfit_check',
            'probe_numeric_noise', 'probe_missing_values', 'probe_unseen_categories', 'probe_out_of_range',
            'robustness_report', 'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model',
@@ -159,7 +159,7 @@ def overfit_check(c: Charter, scores: dict) -> dict:
             'passed': bool(np.isnan(g_train) or g_train <= tol)}
 
 # %% ../nbs/04_validation.ipynb #29d00478
-ROBUSTNESS_MAX_DROP = 0.10
+ROBUSTNESS_NOTABLE_DROP = 0.05
 
 def _columns(contract, kind): return [c for c in contract['features'] if contract['columns'][c]['kind'] == kind]
 
@@ -182,13 +182,13 @@ def probe_unseen_categories(X: pd.DataFrame, contract: dict, rate: float = 0.1, 
     for c in _columns(contract, 'categorical'): X[c] = X[c].mask(rng.random(len(X)) < rate, f'never-seen-{c}')
     return X
 
-def probe_out_of_range(X: pd.DataFrame, contract: dict, rate: float = 0.1, seed: int = 0) -> pd.DataFrame:
-    "Push a share `rate` of every numeric feature's cells one training range above the max (or below the min)."
+def probe_out_of_range(X: pd.DataFrame, contract: dict, rate: float = 0.1, seed: int = 0, reach: float = 0.5) -> pd.DataFrame:
+    "Move a share `rate` of every numeric feature's cells above the training max (or below the min), by up to `reach` × the training range."
     rng, X = np.random.default_rng(seed), X.copy()
     for c in _columns(contract, 'numeric'):
         spec = contract['columns'][c]; span = (spec['max'] - spec['min']) or 1.0
-        hit, up = rng.random(len(X)) < rate, rng.random(len(X)) < 0.5
-        X[c] = np.where(hit & up, spec['max'] + span, np.where(hit, spec['min'] - span, X[c].astype(float)))
+        hit, up, off = rng.random(len(X)) < rate, rng.random(len(X)) < 0.5, rng.uniform(1e-9, reach * span, len(X))
+        X[c] = np.where(hit & up, spec['max'] + off, np.where(hit, spec['min'] - off, X[c].astype(float)))
     return X
 
 PROBES = {'numeric_noise': probe_numeric_noise, 'missing_values': probe_missing_values,
@@ -203,8 +203,8 @@ def _output_problem(proba, pred, n) -> str:
     return ''
 
 def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = 'roc_auc', seed: int = 0,
-                      max_drop: float = ROBUSTNESS_MAX_DROP) -> pd.DataFrame:
-    "Each probe: cells changed, the metric and accuracy before and after, the drop, and any error or invalid output."
+                      notable_drop: float = ROBUSTNESS_NOTABLE_DROP) -> pd.DataFrame:
+    "Each probe: cells changed, the metric and accuracy before and after, the drop, any error or invalid output; passed = scored validly."
     y = np.asarray(y).astype(int)
     base_p, base_d = model.predict_proba(X), model.predict(X)
     sign = 1 if METRICS[metric][1] else -1
@@ -223,7 +223,8 @@ def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = '
                 r['drop'] = sign * (base_m - r['perturbed']); r['accuracy_drop'] = base_acc - float((d == y).mean())
         except Exception as e:
             r['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
-        r['passed'] = bool(r['valid_output'] and r['drop'] <= max_drop)
+        r['passed'] = bool(r['valid_output'])
+        r['notable_drop'] = bool(r['valid_output'] and r['drop'] > notable_drop)
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -258,7 +259,7 @@ def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencie
     return t
 
 def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustness: pd.DataFrame | None,
-                  non_inferiority: dict | None = None, max_drop: float = ROBUSTNESS_MAX_DROP, latency_note: str = '') -> dict:
+                  non_inferiority: dict | None = None, latency_note: str = '') -> dict:
     "The gate's rules (objective, value, interval, threshold, passed) and the verdict: passed only if every rule passes."
     rules = []
     for o in objectives.itertuples():
@@ -275,10 +276,12 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
     if robustness is not None:
         bad = robustness[~robustness.passed]
         worst = float(robustness['drop'].max()) if robustness['drop'].notna().any() else float('nan')
-        rules.append({'rule': f'robustness: no errors, valid outputs, {robustness.metric.iloc[0]} drop ≤ {max_drop:g} on every probe',
-                      'kind': 'robustness', 'value': worst, 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': max_drop,
-                      'passed': bool(bad.empty),
-                      'detail': '; '.join(f"{r.probe}: {r.error or f'drop {r.drop:.3f}'}" for r in bad.itertuples()) or 'worst probe shown'})
+        notable = robustness[robustness.get('notable_drop', False) == True]
+        rules.append({'rule': 'robustness: every probe scored without error, with valid outputs', 'kind': 'robustness',
+                      'value': worst, 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': np.nan, 'passed': bool(bad.empty),
+                      'detail': '; '.join([f'{r.probe}: {r.error}' for r in bad.itertuples()] +
+                                          [f'notable {robustness.metric.iloc[0]} drop under {r.probe}: {r.drop:.3f} (not gated)' for r in notable.itertuples()])
+                                or f'value = the largest {robustness.metric.iloc[0]} drop'})
     if non_inferiority is not None:
         ni = non_inferiority
         rules.append({'rule': f"non-inferiority vs @champion: {ni['metric']} difference > −{ni['margin']:g}", 'kind': 'non_inferiority',
@@ -301,13 +304,14 @@ def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, trai
                validation_df: pd.DataFrame | None = None, champion=None, champion_version: str | None = None,
                seed: int | None = None, latency_rows: int = 100) -> dict:
     "All of stage 04's measurements for `model` on `test_df`, and the gate's verdict."
-    from mlcycle.train import latency_context, machine_load, single_row_latency
+    from mlcycle.train import latency_context, machine_load, single_row_timings
     seed = c.development.seed if seed is None else seed
     B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
     X, y = feature_frame(test_df, contract), binary_target(c, test_df[target])
     proba, pred = model.predict_proba(X)[:, 1], model.predict(X)
-    latencies = single_row_latency(model, X, latency_rows)
-    load = machine_load()
+    timings = single_row_timings(model, X, latency_rows)
+    latencies, load = timings.cpu_ms.tolist(), machine_load()
+    load['p95_wall_ms'] = float(timings.wall_ms.quantile(0.95))
     perf = performance_with_ci(y, proba, pred, B, seed)
     scores = {'test': objective_value(c.primary.metric, y, proba, pred)}
     for name, df in (('train', train_df), ('validation', validation_df)):
@@ -328,7 +332,8 @@ def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, trai
                   'ci_low': float('nan'), 'ci_high': float('nan'), 'margin': c.validation.non_inferiority_margin, 'passed': False,
                   'error': f'the champion could not score the test split: {type(e).__name__}: {e}'}
         ni['champion_version'] = champion_version
-    gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=latency_context(load))
+    note = f"CPU time of one scoring thread; wall-clock p95 {load['p95_wall_ms']:.1f} ms, {latency_context(load)}"
+    gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=note)
     return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], objectives=objectives, performance=perf,
                 overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y))
@@ -363,13 +368,13 @@ def plot_fairness(rep: dict, features: list[str] | None = None):
         t.plot.bar(ax=a, rot=20); a.set_title(f'{f}: rates per group (test split)'); a.set_ylim(0, 1); a.legend(fontsize=8)
     fig.tight_layout(); return fig
 
-def plot_robustness(rep: dict, max_drop: float = ROBUSTNESS_MAX_DROP):
-    "The primary metric's drop under each robustness probe, against the allowed drop."
+def plot_robustness(rep: dict, notable: float = ROBUSTNESS_NOTABLE_DROP):
+    "The primary metric's drop under each robustness probe (red: the model errored or gave invalid output)."
     import matplotlib.pyplot as plt
     r = rep['robustness']
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.barh(r.probe, r['drop'].fillna(0), color=['tab:green' if p else 'tab:red' for p in r.passed])
-    ax.axvline(max_drop, color='k', ls='--', label=f'allowed drop {max_drop:g}')
+    ax.axvline(notable, color='k', ls='--', label=f'notable drop {notable:g} (not gated)')
     ax.set_xlabel(f"drop in {r.metric.iloc[0]}"); ax.set_title('Robustness probes'); ax.legend()
     fig.tight_layout(); return fig
 
@@ -381,6 +386,7 @@ def _metrics_for_mlflow(rep: dict) -> dict:
         out.update({f'test_{r.metric}_{r.sensitive_feature}': r.value, f'test_{r.metric}_{r.sensitive_feature}_ci_low': r.ci_low,
                     f'test_{r.metric}_{r.sensitive_feature}_ci_high': r.ci_high})
     out['test_p95_latency_ms'] = float(np.percentile(rep['latencies_ms'], 95))
+    out['test_p95_wall_ms'], out['load_average'] = rep['machine_load']['p95_wall_ms'], rep['machine_load']['load_average']
     for k in ('train', 'validation'):
         if rep['overfit'].get(k) is not None: out[f"{k}_{rep['overfit']['metric']}"] = rep['overfit'][k]
     out['overfit_gap_train_test'] = rep['overfit']['gap_train_test']
@@ -431,7 +437,9 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     rec = report_record(rep)
     with mlflow.start_run(run_name=f'04_validation v{version}', tags={'mlcycle.stage': '04_validation', 'mlcycle.charter_hash': c.hash,
                                                                      'model_version': version, 'validation_status': rep['status']}) as run:
-        mlflow.log_input(mlflow.data.from_pandas(test_df, name=f'{c.name}-test', targets=c.data.target, digest=test_fp), context='test')
+        with warnings.catch_warnings():   # MLflow's hint about integer columns does not apply to a stored snapshot
+            warnings.simplefilter('ignore', UserWarning)
+            mlflow.log_input(mlflow.data.from_pandas(test_df, name=f'{c.name}-test', targets=c.data.target, digest=test_fp), context='test')
         mlflow.log_metrics(_metrics_for_mlflow(rep))
         mlflow.log_text(to_json(rec, indent=2), 'gate.json')
         mlflow.log_text(rep['slices'].to_csv(index=False), 'slices.csv')
