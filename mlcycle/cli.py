@@ -237,7 +237,7 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
 def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
     from mlcycle.simulate import simulate
     t0 = time.perf_counter()
-    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'recession'), batch=ctx.get('traffic_batch', 20),
+    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'new_category'), batch=ctx.get('traffic_batch', 20),
                  concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed)
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--stages', '-s', default=None, help='stages to run, e.g. 01,02 or 1-4 (default: all)')
     r.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
     r.add_argument('-p', '--param', nargs=3, action='append', metavar=('STAGE', 'NAME', 'VALUE'), help='a notebook parameter for one stage')
-    r.add_argument('--scenario', default='recession', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
+    r.add_argument('--scenario', default='new_category', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
     r.set_defaults(func=_cmd_run)
