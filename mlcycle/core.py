@@ -184,6 +184,19 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         self._tracking_uri = tracking_uri
 
+    @classmethod
+    def local(cls, path=None) -> 'Workspace':
+        "A workspace pinned to its own SQLite stores whatever the environment says: for scratch work, demos and tests."
+        ws = cls(path or tempfile.mkdtemp(prefix='mlcycle-scratch-'))
+        atomic_write_bytes(ws.root/'workspace.json', b'{"stores": "local"}\n')
+        return ws
+
+    @property
+    def pinned_local(self) -> bool:
+        "True when `workspace.json` pins this workspace to its own stores (see `Workspace.local`)."
+        p = self.root/'workspace.json'
+        return p.exists() and read_json(p).get('stores') == 'local'
+
     stages_dir = property(lambda self: self.root/'stages')
     data_dir = property(lambda self: self.root/'data')
     artifacts_dir = property(lambda self: self.root/'mlartifacts')
@@ -192,13 +205,15 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        "MLflow tracking URI: explicit, else `$MLFLOW_TRACKING_URI`, else SQLite inside the workspace."
-        return self._tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or f"sqlite:///{self.root/'mlflow.db'}"
+        "MLflow tracking URI: explicit, else `$MLFLOW_TRACKING_URI` (unless pinned local), else SQLite inside the workspace."
+        env = None if self.pinned_local else os.environ.get('MLFLOW_TRACKING_URI')
+        return self._tracking_uri or env or f"sqlite:///{self.root/'mlflow.db'}"
 
     @property
     def prediction_log_url(self) -> str:
         "SQLAlchemy URL of the prediction log: `$MLCYCLE_PREDICTION_LOG_URL`, else SQLite inside the workspace."
-        return os.environ.get('MLCYCLE_PREDICTION_LOG_URL') or f"sqlite:///{self.root/'predictions.db'}"
+        env = None if self.pinned_local else os.environ.get('MLCYCLE_PREDICTION_LOG_URL')
+        return env or f"sqlite:///{self.root/'predictions.db'}"
 
     def manifest_path(self, stage: str) -> Path: return self.stages_dir/f'{stage}.json'
     def has_stage(self, stage: str) -> bool: return self.manifest_path(stage).exists()

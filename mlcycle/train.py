@@ -46,7 +46,7 @@ def base_estimator(family: str, seed: int = 0):
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     if family == 'logistic_regression': return LogisticRegression(solver='liblinear', max_iter=1000, random_state=seed)
-    if family == 'random_forest': return RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=seed)
+    if family == 'random_forest': return RandomForestClassifier(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
     if family == 'hist_gradient_boosting':
         return HistGradientBoostingClassifier(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
     raise MlcycleError(f'unknown candidate family {family!r}; known: {", ".join(SEARCH_SPACES)}')
@@ -343,7 +343,7 @@ def single_row_latency(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2,
 
 # %% ../nbs/03_model_development.ipynb #2a1db5e5
 def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_df: pd.DataFrame,
-                       train_df: pd.DataFrame | None = None, latency_rows: int = 50) -> Candidate:
+                       train_df: pd.DataFrame | None = None, latency_rows: int = 40) -> Candidate:
     "Fill in `cand.objectives`, `cand.metrics` and `cand.latencies_ms` from the validation split (and the training split's primary metric)."
     X, y = feature_frame(validation_df, contract), binary_target(c, validation_df[c.data.target])
     proba, pred = cand.model.predict_proba(X)[:, 1], cand.model.predict(X)
@@ -366,8 +366,15 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
 # %% ../nbs/03_model_development.ipynb #6333b77f
 def train_candidates(c: Charter, contract: dict, train_df: pd.DataFrame, validation_df: pd.DataFrame, *,
                      search_iterations: int | None = None, families: list[str] | None = None, mitigations: bool = True,
-                     eg_estimator: str | None = 'logistic_regression', n_jobs: int = 2, latency_rows: int = 50, log=print) -> list[Candidate]:
-    "Tune, mitigate and evaluate every candidate of charter `c` on the given training and validation splits."
+                     eg_estimator: str | None = 'logistic_regression', n_jobs: int = 2, latency_rows: int = 40, log=print) -> list[Candidate]:
+    """Tune, mitigate and evaluate every candidate of charter `c` on the given training and validation splits.
+    Native thread pools run single-threaded; the parallelism is `n_jobs` worker processes in the search and cross-fitting."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        return _train_candidates(c, contract, train_df, validation_df, search_iterations, families, mitigations, eg_estimator,
+                                 n_jobs, latency_rows, log)
+
+def _train_candidates(c, contract, train_df, validation_df, search_iterations, families, mitigations, eg_estimator, n_jobs, latency_rows, log):
     dev = c.development
     n_iter = search_iterations or dev.search_iterations
     families = families or dev.candidates

@@ -303,7 +303,12 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
 def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, train_df: pd.DataFrame | None = None,
                validation_df: pd.DataFrame | None = None, champion=None, champion_version: str | None = None,
                seed: int | None = None, latency_rows: int = 100) -> dict:
-    "All of stage 04's measurements for `model` on `test_df`, and the gate's verdict."
+    "All of stage 04's measurements for `model` on `test_df`, and the gate's verdict (native thread pools single-threaded, as in stage 03)."
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        return _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
+
+def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
     from mlcycle.train import latency_context, machine_load, single_row_timings
     seed = c.development.seed if seed is None else seed
     B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
