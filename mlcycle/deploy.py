@@ -14,8 +14,8 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 
 # %% auto #0
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table', 'promote',
-           'rollback', 'end_challenger', 'notify_server', 'pinned_requirements', 'build_container_context',
-           'register_cli', 'latest_passed_version', 'run_deployment']
+           'rollback', 'end_challenger', 'notify_server', 'pinned_requirements', 'kubernetes_manifest',
+           'build_container_context', 'register_cli', 'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
 def scratch_workspace(ws: Workspace, path=None) -> Workspace:
@@ -181,11 +181,25 @@ def end_challenger(ws=None, reason: str = '', name: str | None = None) -> dict:
     if old: _tags(cl, name, old, lifecycle='candidate')
     return {'model': name, 'ended': old}
 
-def notify_server(url: str, token: str | None = None, timeout: float = 60) -> dict:
-    "Ask a running `mlcycle serve` at `url` to reload its aliases (`POST /admin/reload` with the bearer token)."
+def notify_server(url, token: str | None = None, timeout: float = 60) -> dict:
+    """Ask a running `mlcycle serve` at `url` to reload its aliases (`POST /admin/reload` with the bearer token).
+    Several servers: a list of URLs or one comma-separated string; every one is tried, the answers come back by URL,
+    and an `MlcycleError` names each one that failed."""
     import urllib.request, urllib.error
     token = token or os.environ.get('MLCYCLE_ADMIN_TOKEN', '')
     if not token: raise MlcycleError('reloading the server needs its admin token: set $MLCYCLE_ADMIN_TOKEN')
+    urls = [u.strip() for u in (url.split(',') if isinstance(url, str) else url) if u and u.strip()]
+    if not urls: raise MlcycleError('which server? pass its URL, e.g. http://127.0.0.1:8000')
+    if len(urls) > 1:
+        done, failed = {}, {}
+        for u in urls:
+            try: done[u] = notify_server(u, token, timeout)
+            except MlcycleError as e: failed[u] = str(e)
+        if failed:
+            raise MlcycleError(f'{len(failed)} of {len(urls)} servers did not reload (the others did: {", ".join(done) or "none"}): '
+                               + '; '.join(failed.values()))
+        return done
+    url = urls[0]
     req = urllib.request.Request(url.rstrip('/') + '/admin/reload', method='POST', data=b'', headers={'Authorization': f'Bearer {token}'})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: return json.loads(r.read())
@@ -242,15 +256,26 @@ ENTRYPOINT ["./entrypoint.sh"]
 
 _ENTRYPOINT = """\
 #!/bin/sh
-# Serve {name} version {version}: `mlcycle serve` on this context's model and workspace.
+# Serve {name}: `mlcycle serve` on this context's workspace (charter and data contract).
 # Environment: PORT (default {port}), MLCYCLE_HOST (default 0.0.0.0 in the image, set 127.0.0.1 to stay local),
-# MLCYCLE_PREDICTION_LOG_URL (default: SQLite in workspace/), MLCYCLE_ADMIN_TOKEN (enables /admin routes).
+# MLCYCLE_PREDICTION_LOG_URL (default: SQLite in workspace/; PostgreSQL for several replicas), MLCYCLE_ADMIN_TOKEN
+# (enables /admin routes), MLCYCLE_MODEL_SOURCE:
+#   image     (default) the version packaged in model/ (v{version}), nothing else;
+#   registry  @champion/@challenger of {name} in the registry at $MLFLOW_TRACKING_URI, re-read every
+#             $MLCYCLE_ALIAS_POLL_SECONDS (default 30), so every replica follows promotions (see kubernetes.yaml).
 set -e
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export PYTHONPATH="$HERE/app${{PYTHONPATH:+:$PYTHONPATH}}"
 export PATH="$HERE/bin:$PATH"
-exec mlcycle serve --workspace "$HERE/workspace" --model "$HERE/model" --model-version {version} \\
-    --host "${{MLCYCLE_HOST:-0.0.0.0}}" --port "${{PORT:-{port}}}" "$@"
+case "${{MLCYCLE_MODEL_SOURCE:-image}}" in
+  image) exec mlcycle serve --workspace "$HERE/workspace" --model "$HERE/model" --model-version {version} \\
+             --host "${{MLCYCLE_HOST:-0.0.0.0}}" --port "${{PORT:-{port}}}" "$@" ;;
+  registry)
+    if [ -z "${{MLFLOW_TRACKING_URI:-}}" ]; then echo "MLCYCLE_MODEL_SOURCE=registry needs MLFLOW_TRACKING_URI (the shared MLflow server)" >&2; exit 2; fi
+    exec mlcycle serve --workspace "$HERE/workspace" --alias-poll-seconds "${{MLCYCLE_ALIAS_POLL_SECONDS:-30}}" \\
+             --host "${{MLCYCLE_HOST:-0.0.0.0}}" --port "${{PORT:-{port}}}" "$@" ;;
+  *) echo "MLCYCLE_MODEL_SOURCE must be image or registry, not '$MLCYCLE_MODEL_SOURCE'" >&2; exit 2 ;;
+esac
 """
 
 _LAUNCHER = """\
@@ -263,8 +288,66 @@ except ImportError:
 main()
 """
 
-def build_container_context(ws=None, version=None, out=None, port: int = 8080, name: str | None = None) -> Path:
-    "Write the container build context for model `version` (default: the champion); returns its folder."
+_K8S_HEADER = """\
+# {name}: {replicas} replicas of the mlcycle server behind one Service (a load balancer inside the cluster).
+# 1. Build and push the image from this folder:  docker build -t {image} . && docker push {image}
+#    (or change `image:` below to where you pushed it).
+# 2. The shared state the replicas need, as a Secret (the prediction log in PostgreSQL, the admin token):
+#      kubectl create secret generic {secret} \\
+#        --from-literal=prediction-log-url='postgresql+psycopg://USER:PASSWORD@HOST:5432/DB' \\
+#        --from-literal=admin-token="$(openssl rand -hex 32)"
+# 3. kubectl apply -f kubernetes.yaml
+# Every replica serves @champion/@challenger of {name} from the MLflow server at MLFLOW_TRACKING_URI
+# (MLCYCLE_MODEL_SOURCE=registry) and re-reads the aliases every MLCYCLE_ALIAS_POLL_SECONDS, so a promotion
+# (`mlcycle promote`) reaches every replica within that interval; POST /admin/reload through the Service reaches
+# only one pod. Request ids are unique across replicas, so all of them write one prediction log; the A/B arm is a
+# hash of the entity key, the same on every replica. /ready gates traffic until the models are loaded; /health is
+# liveness. To serve only the packaged version v{version} instead, set MLCYCLE_MODEL_SOURCE=image (then
+# MLFLOW_TRACKING_URI is not needed, and a new version is a new image rolled out by the Deployment).
+"""
+
+def _k8s_name(name: str) -> str:
+    import re
+    return re.sub(r'[^a-z0-9-]+', '-', name.lower()).strip('-')[:50] or 'mlcycle'
+
+def kubernetes_manifest(name: str, version: str, image: str, port: int = 8080, replicas: int = 2,
+                        tracking_uri: str = 'http://mlflow:5000', alias_poll_seconds: float = 30) -> str:
+    "A Kubernetes Deployment (N replicas, probes, environment from a Secret) and a Service for the server image, as YAML."
+    import yaml
+    app, secret = _k8s_name(name), f'{_k8s_name(name)}-serving'
+    labels = {'app.kubernetes.io/name': app, 'app.kubernetes.io/component': 'model-server', 'app.kubernetes.io/part-of': 'mlcycle'}
+    probe = lambda path, **kw: {'httpGet': {'path': path, 'port': 'http'}, **kw}
+    from_secret = lambda key: {'secretKeyRef': {'name': secret, 'key': key}}
+    env = [{'name': 'PORT', 'value': str(int(port))}, {'name': 'MLCYCLE_HOST', 'value': '0.0.0.0'},
+           {'name': 'MLCYCLE_MODEL_SOURCE', 'value': 'registry'},
+           {'name': 'MLFLOW_TRACKING_URI', 'value': tracking_uri},
+           {'name': 'MLCYCLE_ALIAS_POLL_SECONDS', 'value': f'{alias_poll_seconds:g}'},
+           {'name': 'MLCYCLE_PREDICTION_LOG_URL', 'valueFrom': from_secret('prediction-log-url')},
+           {'name': 'MLCYCLE_ADMIN_TOKEN', 'valueFrom': from_secret('admin-token')}]
+    deployment = {
+        'apiVersion': 'apps/v1', 'kind': 'Deployment',
+        'metadata': {'name': app, 'labels': labels, 'annotations': {'mlcycle/model': name, 'mlcycle/packaged-version': str(version)}},
+        'spec': {'replicas': int(replicas), 'selector': {'matchLabels': {'app.kubernetes.io/name': app}},
+                 'strategy': {'type': 'RollingUpdate', 'rollingUpdate': {'maxUnavailable': 0, 'maxSurge': 1}},
+                 'template': {'metadata': {'labels': labels}, 'spec': {
+                     'terminationGracePeriodSeconds': 30,
+                     'securityContext': {'runAsNonRoot': True, 'runAsUser': 10001},
+                     'containers': [{'name': 'server', 'image': image, 'imagePullPolicy': 'IfNotPresent',
+                                     'ports': [{'name': 'http', 'containerPort': int(port), 'protocol': 'TCP'}],
+                                     'env': env,
+                                     'readinessProbe': probe('/ready', periodSeconds=5, timeoutSeconds=3, failureThreshold=2),
+                                     'livenessProbe': probe('/health', initialDelaySeconds=60, periodSeconds=10, timeoutSeconds=3, failureThreshold=3),
+                                     'resources': {'requests': {'cpu': '1', 'memory': '1Gi'}, 'limits': {'memory': '2Gi'}}}]}}}}
+    service = {'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': app, 'labels': labels},
+               'spec': {'type': 'ClusterIP', 'selector': {'app.kubernetes.io/name': app},
+                        'ports': [{'name': 'http', 'port': 80, 'targetPort': 'http', 'protocol': 'TCP'}]}}
+    head = _K8S_HEADER.format(name=name, version=version, image=image, replicas=int(replicas), secret=secret)
+    return head + yaml.safe_dump_all([deployment, service], sort_keys=False)
+
+def build_container_context(ws=None, version=None, out=None, port: int = 8080, name: str | None = None, replicas: int = 2,
+                            tracking_uri: str | None = None) -> Path:
+    """Write the container build context for model `version` (default: the champion); returns its folder. `kubernetes.yaml`
+    runs `replicas` of it against the MLflow server at `tracking_uri` (default: this workspace's, when it is a server)."""
     import mlflow, mlcycle
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     cl, name = _client(ws, name)
@@ -292,12 +375,15 @@ def build_container_context(ws=None, version=None, out=None, port: int = 8080, n
         (tmp/'bin'/'mlcycle').write_text(_LAUNCHER)
         (tmp/'Dockerfile').write_text(_DOCKERFILE.format(**fmt))
         (tmp/'entrypoint.sh').write_text(_ENTRYPOINT.format(**fmt))
+        server = tracking_uri or (ws.tracking_uri if ws.tracking_uri.startswith(('http://', 'https://')) else 'http://mlflow:5000')
+        (tmp/'kubernetes.yaml').write_text(kubernetes_manifest(name, version, fmt['image'], int(port), replicas, server))
         for p in (tmp/'bin'/'mlcycle', tmp/'entrypoint.sh'): p.chmod(0o755)
         (tmp/'.dockerignore').write_text('**/__pycache__\n**/*.pyc\nworkspace/predictions.db*\n')
         info = {'model': name, 'version': version, 'run_id': mv.run_id, 'source': mv.source,
                 'validation_status': mv.tags.get('validation_status'), 'charter_hash': mv.tags.get('charter_hash'),
                 'image': fmt['image'], 'port': int(port), 'python': fmt['python'], 'mlcycle': mlcycle.__version__,
-                'requirements': reqs, 'entrypoint': './entrypoint.sh', 'created': _now(), 'created_by': current_actor()}
+                'requirements': reqs, 'entrypoint': './entrypoint.sh', 'kubernetes': 'kubernetes.yaml', 'replicas': int(replicas),
+                'created': _now(), 'created_by': current_actor()}
         (tmp/'context.json').write_text(to_json(info, indent=2) + '\n')
         if dest.exists(): shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -320,7 +406,7 @@ def _rollback_cmd(args):
     _print(r)
 
 def _package_cmd(args):
-    print(build_container_context(args.workspace, args.version, args.out, args.port))
+    print(build_container_context(args.workspace, args.version, args.out, args.port, replicas=args.replicas, tracking_uri=args.tracking_uri))
 
 def register_cli(subparsers):
     "Add `promote`, `rollback` and `package` to an argparse subparsers object."
@@ -333,7 +419,7 @@ def register_cli(subparsers):
     p.add_argument('--shadow', action='store_true', help='challenger: score every request, never answer')
     p.add_argument('--force', action='store_true', help='promote a version that did not pass validation (needs --reason)')
     p.add_argument('--reason', default='', help='why (goes into the audit log)')
-    p.add_argument('--reload-url', default=None, help='then POST /admin/reload to this running server ($MLCYCLE_ADMIN_TOKEN)')
+    p.add_argument('--reload-url', default=None, help='then POST /admin/reload to this running server, or to several (comma-separated URLs; $MLCYCLE_ADMIN_TOKEN)')
     p.add_argument('--workspace', default=None, help=ws_help)
     p.set_defaults(func=_promote_cmd)
     r = subparsers.add_parser('rollback', help='move @champion back to @previous in one step')
@@ -343,6 +429,8 @@ def register_cli(subparsers):
     k.add_argument('version', nargs='?', default=None, help='default: the champion')
     k.add_argument('--out', default=None, help='folder (default: <workspace>/containers/<name>-v<version>)')
     k.add_argument('--port', type=int, default=8080); k.add_argument('--workspace', default=None, help=ws_help)
+    k.add_argument('--replicas', type=int, default=2, help='replicas in the generated kubernetes.yaml (default 2)')
+    k.add_argument('--tracking-uri', default=None, help='the MLflow server the replicas read the registry from (kubernetes.yaml)')
     k.set_defaults(func=_package_cmd)
 
 # %% ../nbs/05_deployment.ipynb #87f73bd3

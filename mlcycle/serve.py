@@ -5,7 +5,7 @@
 # %% ../nbs/05b_serving.ipynb #e4a34636
 from __future__ import annotations
 
-import asyncio, concurrent.futures as cf, hashlib, hmac, json, math, os, queue, secrets, sys, threading, time, uuid
+import asyncio, concurrent.futures as cf, hashlib, hmac, json, math, os, queue, random, secrets, sys, threading, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +17,9 @@ from .core import MlcycleError, Workspace, read_json
 # %% auto #0
 __all__ = ['LATENCY_BUCKETS', 'RequestError', 'Parsed', 'RowParser', 'compile_preprocessor', 'contract_probe', 'make_scorer',
            'bucket', 'route', 'log_engine', 'PredictionLog', 'integrity_check', 'read_log', 'Histogram', 'Metrics',
-           'Served', 'ModelSet', 'load_model_set', 'fixed_model_set', 'SensitivePolicy', 'workspace_log_key',
-           'score_batch', 'Batcher', 'create_app', 'serve', 'register_cli', 'cli_main']
+           'Served', 'ModelSet', 'registry_pointer', 'load_model_set', 'fixed_model_set', 'SensitivePolicy',
+           'workspace_log_key', 'score_batch', 'Batcher', 'create_app', 'serve', 'worker_app', 'register_cli',
+           'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #52f7dfb5
 class RequestError(Exception):
@@ -480,6 +481,7 @@ class Metrics:
     def __init__(self):
         self.requests, self.errors, self.rows = {}, {}, {}
         self.latency, self.model_latency, self.batch_rows = {}, {}, Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384))
+        self.reloads = {}        # trigger ('admin' or 'poll') -> model swaps
     def request(self, route: str, status: int, seconds: float):
         k = (route, status); self.requests[k] = self.requests.get(k, 0) + 1
         self.latency.setdefault(route, Histogram()).observe(seconds)
@@ -502,6 +504,9 @@ class Metrics:
         for (v, a), h in sorted(self.model_latency.items()): L += h.lines('mlcycle_prediction_latency_seconds', f'version="{v}",arm="{a}"')
         L += ['# HELP mlcycle_batch_rows Rows per model call (dynamic batching).', '# TYPE mlcycle_batch_rows histogram']
         L += self.batch_rows.lines('mlcycle_batch_rows', 'scope="model"')
+        L += ['# HELP mlcycle_model_reloads_total Model swaps by trigger (admin = /admin/reload, poll = an alias move seen in the registry).',
+              '# TYPE mlcycle_model_reloads_total counter']
+        L += [f'mlcycle_model_reloads_total{{trigger="{t}"}} {n}' for t, n in sorted(self.reloads.items())]
         return '\n'.join(L) + '\n'
 
 # %% ../nbs/05b_serving.ipynb #6d0939f1
@@ -530,22 +535,35 @@ def _load_version(name: str, version: str, probe=None) -> Served:
     m = mlflow.sklearn.load_model(f'models:/{name}/{version}')
     return Served(name, str(version), m, make_scorer(m, probe))
 
-def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None) -> ModelSet:
-    "Read `@champion` / `@challenger` of registered model `name` from the registry (MLflow already set up) and load them, reusing loaded versions."
-    import mlflow
-    cl = mlflow.MlflowClient()
+def _read_aliases(cl, name: str) -> dict:
+    "What the registry says should be served: `{'model', 'champion'[, 'challenger', 'share', 'shadow']}` (the shape of `ModelSet.describe`)."
     try: champ = cl.get_model_version_by_alias(name, 'champion')
-    except Exception:
-        raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)') from None
-    cache = {s.version: s for s in ([previous.champion] + ([previous.challenger] if previous.challenger else []))} if previous else {}
-    get = lambda v: cache.get(str(v)) or _load_version(name, str(v), probe)
-    champion, challenger, share, shadow = get(champ.version), None, 0.0, False
+    except Exception as e:
+        if getattr(e, 'error_code', '') in ('RESOURCE_DOES_NOT_EXIST', 'INVALID_PARAMETER_VALUE', 'NOT_FOUND'):
+            raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)') from None
+        raise MlcycleError(f'cannot read the aliases of {name!r} from the registry: {(str(e).splitlines() or [type(e).__name__])[0][:300]}') from None
+    d = {'model': name, 'champion': str(champ.version)}
     try: ch = cl.get_model_version_by_alias(name, 'challenger')
     except Exception: ch = None
     if ch is not None and str(ch.version) != str(champ.version):
-        challenger = get(ch.version)
-        share = float(ch.tags.get('traffic_share', 0.1)); shadow = ch.tags.get('shadow', 'false').lower() == 'true'
-    return ModelSet(champion, challenger, min(max(share, 0.0), 1.0), shadow, time.time())
+        d.update(challenger=str(ch.version), share=min(max(float(ch.tags.get('traffic_share', 0.1)), 0.0), 1.0),
+                 shadow=ch.tags.get('shadow', 'false').lower() == 'true')
+    return d
+
+def registry_pointer(name: str, client=None) -> dict:
+    "The aliases of `name` as `ModelSet.describe()` would show them once loaded: two registry reads, no model loading."
+    import mlflow
+    return _read_aliases(client or mlflow.MlflowClient(), name)
+
+def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None) -> ModelSet:
+    "Read `@champion` / `@challenger` of registered model `name` from the registry (MLflow already set up) and load them, reusing loaded versions."
+    import mlflow
+    want = _read_aliases(mlflow.MlflowClient(), name)
+    cache = {s.version: s for s in ([previous.champion] + ([previous.challenger] if previous.challenger else []))} if previous else {}
+    get = lambda v: cache.get(str(v)) or _load_version(name, str(v), probe)
+    champion = get(want['champion'])
+    challenger = get(want['challenger']) if 'challenger' in want else None
+    return ModelSet(champion, challenger, want.get('share', 0.0), want.get('shadow', False), time.time())
 
 def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None) -> ModelSet:
     "A `ModelSet` of one model from a path or URI (a container serving one pinned version)."
@@ -741,9 +759,11 @@ def _client_ip(request) -> str:
 
 def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | None = None, model_version: str | None = None,
                admin_token: str | None = None, max_body_bytes: int = 8 << 20, max_rows: int = 10_000,
-               max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log: bool = True, threads: int | None = 1):
+               max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log: bool = True, threads: int | None = 1,
+               alias_poll_seconds: float = 30.0):
     """The FastAPI app serving workspace `workspace`: `@champion`/`@challenger` of the charter's model from its registry,
-    or one pinned model (`model_uri` + `model_version`, as in a container). The admin token defaults to `$MLCYCLE_ADMIN_TOKEN`."""
+    or one pinned model (`model_uri` + `model_version`, as in a container). The admin token defaults to `$MLCYCLE_ADMIN_TOKEN`.
+    Serving the registry, it re-reads the aliases every `alias_poll_seconds` (0: never) and reloads when they moved."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from contextlib import asynccontextmanager
@@ -775,6 +795,37 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
 
     batcher = Batcher(lambda: state['models'], parser, policy, None, metrics, max_batch_rows, max_wait_ms, threads)
     reload_lock = asyncio.Lock()
+    poll = float(alias_poll_seconds or 0) if not model_uri else 0.0
+
+    async def swap(trigger, previous):
+        "Load what the registry names now (reusing loaded versions) and swap it in; returns (before, after)."
+        async with reload_lock:
+            before = state['models'].describe() if state['models'] else None
+            new = await asyncio.get_running_loop().run_in_executor(None, load, state['models'] if previous else None)
+            state['models'], state['error'] = new, None
+        metrics.reloads[trigger] = metrics.reloads.get(trigger, 0) + 1
+        print(f'mlcycle serve: reloaded ({trigger}) {before} -> {new.describe()}', file=sys.stderr, flush=True)
+        return before, new.describe()
+
+    async def follow_registry():
+        "Every `poll` seconds (±10 %, so replicas do not poll in step): compare the aliases with what is loaded; reload on a change."
+        loop, failures, client = asyncio.get_running_loop(), 0, None
+        while True:
+            await asyncio.sleep(poll * random.uniform(0.9, 1.1))
+            try:
+                if state['models'] is None: await swap('poll', False); failures = 0; continue
+                if client is None:
+                    import mlflow
+                    client = mlflow.MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+                want = await loop.run_in_executor(None, registry_pointer, c.name, client)
+                if want != state['models'].describe(): await swap('poll', True)
+                failures = 0
+            except asyncio.CancelledError: raise
+            except Exception as e:           # the registry is down or the new version does not load: keep serving what is loaded
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    print(f'mlcycle serve: alias check failed ({failures}x), still serving {state["models"].describe() if state["models"] else None}: '
+                          f'{(str(e).splitlines() or [type(e).__name__])[0][:300]}', file=sys.stderr, flush=True)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -790,7 +841,9 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
         except Exception as e:
             state['error'] = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"mlcycle serve: not ready: {state['error']}", file=sys.stderr, flush=True)
+        poller = loop.create_task(follow_registry()) if poll > 0 else None
         yield
+        if poller is not None: poller.cancel()
         await batcher.stop()
         if state['log'] is not None: await loop.run_in_executor(None, state['log'].close)
 
@@ -912,13 +965,11 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
     async def reload(request):
         denied = check_admin(request)
         if denied is not None: return denied
-        async with reload_lock:
-            before = state['models'].describe() if state['models'] else None
-            try: new = await asyncio.get_running_loop().run_in_executor(None, load, state['models'])
-            except Exception as e: return err(409 if isinstance(e, MlcycleError) else 503, {'error': 'reload_failed', 'reason': str(e).splitlines()[0][:300], 'serving': before})
-            state['models'], state['error'] = new, None
-        print(f'mlcycle serve: reloaded {before} -> {new.describe()}', file=sys.stderr, flush=True)
-        return {'before': before, 'after': new.describe()}
+        try: before, after = await swap('admin', True)
+        except Exception as e:
+            return err(409 if isinstance(e, MlcycleError) else 503, {'error': 'reload_failed', 'reason': str(e).splitlines()[0][:300],
+                                                                     'serving': state['models'].describe() if state['models'] else None})
+        return {'before': before, 'after': after}
 
     async def fast_lane(scope, receive, send):
         "The ASGI app uvicorn runs: POST /predict and /invocations straight to `handle_score`, everything else to FastAPI."
@@ -941,20 +992,31 @@ def create_app(workspace=None, *, log_url: str | None = None, model_uri: str | N
 # %% ../nbs/05b_serving.ipynb #ec880f28
 def serve(workspace=None, host: str = '127.0.0.1', port: int = 8000, log_url: str | None = None, model_uri: str | None = None,
           model_version: str | None = None, max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log_level: str = 'warning',
-          threads: int = 1):
-    "Run the server (blocks until stopped). Native thread pools (OpenMP, BLAS) are limited to `threads`: see below."
+          threads: int = 1, alias_poll_seconds: float = 30.0, workers: int = 1):
+    """Run the server (blocks until stopped). Native thread pools (OpenMP, BLAS) are limited to `threads`: see below.
+    `workers` > 1 runs that many server processes on one listening socket (uvicorn's workers), each a full replica."""
     import uvicorn
     os.environ.setdefault('OMP_NUM_THREADS', str(int(threads)))   # for OpenMP runtimes not loaded yet
-    app = create_app(workspace, log_url=log_url, model_uri=model_uri, model_version=model_version,
-                     max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms, threads=threads)
+    settings = dict(log_url=log_url, model_uri=model_uri, model_version=model_version, max_batch_rows=max_batch_rows,
+                    max_wait_ms=max_wait_ms, threads=threads, alias_poll_seconds=alias_poll_seconds)
     if host not in ('127.0.0.1', 'localhost', '::1'):
         print(f'mlcycle serve: listening on {host}, beyond this machine', file=sys.stderr)
-    uvicorn.run(app.state.asgi, host=host, port=int(port), log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
-                backlog=4096, timeout_keep_alive=30)
+    opts = dict(host=host, port=int(port), log_level=log_level, access_log=False, timeout_graceful_shutdown=10, backlog=4096, timeout_keep_alive=30)
+    if int(workers) > 1:
+        ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        os.environ['MLCYCLE_SERVE_SETTINGS'] = json.dumps({'workspace': str(ws.root), **settings})   # read by each worker process
+        uvicorn.run('mlcycle.serve:worker_app', factory=True, workers=int(workers), **opts)
+    else:
+        uvicorn.run(create_app(workspace, **settings).state.asgi, **opts)
+
+def worker_app():
+    "The ASGI app of one `mlcycle serve --workers N` process: uvicorn calls this in each worker, with the settings `serve` put in the environment."
+    cfg = json.loads(os.environ['MLCYCLE_SERVE_SETTINGS'])
+    return create_app(cfg.pop('workspace'), **cfg).state.asgi
 
 def _serve_cmd(args):
     serve(args.workspace or None, args.host, args.port, args.log_url, args.model, args.model_version, args.max_batch_rows,
-          args.max_wait_ms, args.log_level, args.threads)
+          args.max_wait_ms, args.log_level, args.threads, args.alias_poll_seconds, args.workers)
 
 def register_cli(subparsers):
     "Add `mlcycle serve` to an argparse subparsers object."
@@ -970,6 +1032,10 @@ def register_cli(subparsers):
     p.add_argument('--max-batch-rows', type=int, default=4096, help='rows per model call at most')
     p.add_argument('--max-wait-ms', type=float, default=2.0, help='how long a batch waits for requests already arriving')
     p.add_argument('--threads', type=int, default=1, help='native threads per model call (OpenMP/BLAS; default 1)')
+    p.add_argument('--alias-poll-seconds', type=float, default=float(os.environ.get('MLCYCLE_ALIAS_POLL_SECONDS', 30)),
+                   help='re-read @champion/@challenger this often and reload when they moved, so every replica follows a promotion '
+                        '(default 30, or $MLCYCLE_ALIAS_POLL_SECONDS; 0: only on /admin/reload)')
+    p.add_argument('--workers', type=int, default=1, help='server processes sharing this port (each a replica with its own batcher and log writer)')
     p.add_argument('--log-level', default='warning')
     p.set_defaults(func=_serve_cmd)
     return p
