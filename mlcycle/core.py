@@ -18,7 +18,7 @@ import mlcycle
 # %% auto #0
 __all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
            'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'current_actor', 'AuditReport',
-           'AuditLog', 'resolve_workspace', 'Workspace', 'StageRun', 'setup_mlflow']
+           'AuditLog', 'resolve_workspace', 'Workspace', 'StageRun', 'setup_mlflow', 'reset_mlflow']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -323,3 +323,13 @@ def setup_mlflow(ws: Workspace, experiment: str):
         raise MlcycleError(f'cannot reach the MLflow tracking store at {uri}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+# %% ../nbs/00_core.ipynb #40dc183d
+def reset_mlflow():
+    "Forget the tracking URI `setup_mlflow` set in this process, leaving `$MLFLOW_TRACKING_URI`/`$MLFLOW_REGISTRY_URI` as they were."
+    import mlflow
+    saved = {k: os.environ.get(k) for k in ('MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI')}
+    mlflow.set_tracking_uri(None)
+    for k, v in saved.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
