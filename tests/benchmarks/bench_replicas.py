@@ -1,0 +1,78 @@
+"""Serving throughput with 1 vs 2 server processes on one PostgreSQL prediction log (run on demand, not by pytest):
+
+    python tests/benchmarks/bench_replicas.py [--seconds 15] [--rounds 3] [--connections 32] [--out replicas.json]
+
+Same machine, same run, same registered Adult model (the stand-in HistGradientBoosting pipeline, 100 iterations),
+same load generator (`wrk`, Debian's package: one Adult test row per POST /predict, 2 threads), same PostgreSQL
+server (Debian's, started here on 127.0.0.1, fsync on). Configurations, interleaved round by round so that both see
+the same machine load: `mlcycle serve` (one process) and `mlcycle serve --workers 2` (two processes on one port,
+each with its own batcher and log writer). Every 200 is a committed row in the log. Reports medians over rounds."""
+import argparse, json, os, statistics, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serving import free_port, postgres, start, stop, wait, wrk   # noqa: E402
+
+
+def log_rows(url):
+    import sqlalchemy as sa
+    eng = sa.create_engine(url)
+    try:
+        with eng.connect() as c: return c.execute(sa.text('SELECT count(*) FROM predictions')).scalar_one()
+    finally: eng.dispose()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--workspace', default=None, help='a workspace where stage 02 ran (default: a new one)')
+    ap.add_argument('--seconds', type=int, default=15); ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--connections', type=int, default=32); ap.add_argument('--out', default=None)
+    a = ap.parse_args()
+    from mlcycle.core import Workspace
+    from mlcycle.data import adult, run_data_stage
+    from mlcycle.deploy import demo_model_version, promote, scratch_workspace
+    home = Workspace(a.workspace or tempfile.mkdtemp(prefix='bench-home-'))
+    if not home.has_stage('02_data'): run_data_stage(workspace=home)
+    ws = scratch_workspace(home)
+    v = demo_model_version(ws, max_iter=100)
+    promote(ws, v, reason='benchmark')
+    body = json.dumps(json.loads(adult('test').head(1).drop(columns=['income']).to_json(orient='records'))).encode()
+    url, down = postgres()
+    if url is None: raise SystemExit('PostgreSQL binaries not found (apt-get install postgresql)')
+    env = {k: v for k, v in os.environ.items() if k not in ('MLFLOW_TRACKING_URI', 'MLCYCLE_PREDICTION_LOG_URL')}
+    configs = {'1 process': [], '2 workers': ['--workers', '2']}
+    runs = {k: [] for k in configs}
+    res = {'machine': {'cpus': os.cpu_count(), 'load_avg_at_start': os.getloadavg()}, 'connections': a.connections, 'seconds': a.seconds}
+    try:
+        for rnd in range(a.rounds):
+            for name, extra in (configs.items() if rnd % 2 == 0 else reversed(configs.items())):
+                port = free_port()
+                p = start([sys.executable, '-c', 'from mlcycle.serve import cli_main; cli_main()', 'serve', '--workspace', str(ws.root),
+                           '--port', str(port), '--log-url', url, *extra], env, ws.root/f'serve-{rnd}-{port}.log')
+                try:
+                    u = f'http://127.0.0.1:{port}/predict'
+                    wait(f'http://127.0.0.1:{port}/ready')
+                    before = log_rows(url)
+                    wrk(u, body, a.connections, 3)                      # warm up (both workers load their models lazily on first batches)
+                    load0 = os.getloadavg()[0]
+                    r = wrk(u, body, a.connections, a.seconds)
+                    r['load_avg_1min'] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+                    time.sleep(1)
+                    r['log_rows_added'] = log_rows(url) - before
+                    runs[name].append(r)
+                    print(json.dumps({'round': rnd, 'config': name, **r}), flush=True)
+                finally: stop(p)
+    finally: down()
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {k: statistics.median(x[k] for x in rs) for k in ('requests_per_s', 'p50_ms', 'p99_ms')}
+        summary[name]['non_2xx'] = sum(x['non_2xx'] for x in rs)
+    summary['ratio_2_workers_vs_1'] = summary['2 workers']['requests_per_s'] / summary['1 process']['requests_per_s']
+    res.update(runs=runs, summary=summary)
+    res['machine']['load_avg_at_end'] = os.getloadavg()
+    print(json.dumps(summary, indent=2))
+    if a.out: Path(a.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == '__main__':
+    main()
