@@ -27,3 +27,106 @@ def test_spark_engine_equals_in_process(registry_ws, tmp_path, mlcycle):
     r = mlcycle('predict', '--engine', 'spark', '--master', 'local[1]', '--input', tmp_path/'bad.parquet', '--output', tmp_path/'bad_out.parquet',
                 '--workspace', registry_ws.root)
     assert r.returncode == 1 and "'age' missing_column" in r.stderr and not (tmp_path/'bad_out.parquet').exists()
+
+
+# --- a shared MLflow tracking server on PostgreSQL ---------------------------------------------------------
+
+def _relaxed_charter(tmp_path):
+    "The bundled charter with the latency SLO relaxed to 1 s, so that a busy shared test machine does not decide the outcome."
+    import yaml
+    from mlcycle.charter import BUNDLED_CHARTER
+    d = yaml.safe_load(BUNDLED_CHARTER.read_text())
+    d['data']['sources'][0]['path'] = str(BUNDLED_CHARTER.parent/d['data']['sources'][0]['path'])
+    for o in d['objectives']:
+        if o['metric'] == 'p95_latency_ms': o['max'] = 1000
+    p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d)); return p
+
+
+@pytest.fixture
+def mlflow_server(postgres_url, tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with its backend store in a fresh PostgreSQL database and an artifact root
+    it serves itself (`--serve-artifacts`); yields its URL."""
+    import subprocess, sys, time, urllib.request, uuid
+    import sqlalchemy as sa
+    from conftest import free_port
+    db = f'mlflow_{uuid.uuid4().hex[:8]}'
+    with sa.create_engine(postgres_url, isolation_level='AUTOCOMMIT').connect() as c: c.execute(sa.text(f'CREATE DATABASE {db}'))
+    store = postgres_url.rsplit('/', 1)[0] + f'/{db}'
+    port = free_port()
+    log = open(tmp_path/'mlflow-server.log', 'wb')
+    proc = subprocess.Popen([sys.executable, '-m', 'mlflow', 'server', '--backend-store-uri', store, '--serve-artifacts',
+                             '--artifacts-destination', str(tmp_path/'server-artifacts'), '--host', '127.0.0.1', '--port', str(port),
+                             '--workers', '1'], stdout=log, stderr=subprocess.STDOUT)
+    url, deadline = f'http://127.0.0.1:{port}', time.monotonic() + 240
+    while True:
+        assert proc.poll() is None, (tmp_path/'mlflow-server.log').read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(url + '/health', timeout=2) as r:
+                if r.status == 200: break
+        except Exception: pass
+        assert time.monotonic() < deadline, 'mlflow server not up in 240 s: ' + (tmp_path/'mlflow-server.log').read_text()[-3000:]
+        time.sleep(0.5)
+    yield {'url': url, 'store': store, 'artifacts': tmp_path/'server-artifacts'}
+    proc.terminate()
+    try: proc.wait(30)
+    except subprocess.TimeoutExpired: proc.kill()
+    log.close()
+
+
+@pytest.mark.slow
+def test_stages_01_to_05_against_an_mlflow_server_on_postgresql(mlflow_server, tmp_path, mlcycle):
+    """MLFLOW_TRACKING_URI alone moves tracking and the registry to a shared server: stages 01-05 run against it, nothing
+    is written to a workspace SQLite file, and a second process (another user) sees the versions, aliases and tags."""
+    import json, subprocess, sys
+    import sqlalchemy as sa
+    env = {'MLFLOW_TRACKING_URI': mlflow_server['url']}
+    ws = tmp_path/'ws'
+    r = mlcycle('run', '--stages', '01-05', '--no-circle', '-c', _relaxed_charter(tmp_path), '-w', ws, '-r', tmp_path/'reports',
+                '-p', '03', 'search_iterations', '2', '-p', '03', 'eg_estimator', '', '-p', '05', 'package', 'false',
+                env=env, timeout=3600, check=True)
+    assert not (ws/'mlflow.db').exists()                                     # nothing went to the embedded default
+    from mlcycle.core import Workspace
+    man = Workspace(ws).manifest('05_deployment')['outputs']
+    # a second process, with nothing but the server URL, reads the shared registry
+    probe = r'''
+import json, sys, mlflow
+c = mlflow.MlflowClient(tracking_uri=sys.argv[1], registry_uri=sys.argv[1])
+out = {}
+for m in c.search_registered_models():
+    vs = c.search_model_versions(f"name='{m.name}'")
+    out[m.name] = {'aliases': {a: c.get_model_version_by_alias(m.name, a).version for a in m.aliases},
+                   'versions': {v.version: dict(v.tags) for v in vs}}
+runs = c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=500)
+out['_runs'] = len(runs)
+print(json.dumps(out))
+'''
+    seen = json.loads(subprocess.run([sys.executable, '-c', probe, mlflow_server['url']], capture_output=True, text=True, check=True,
+                                     timeout=300).stdout)
+    models = {k: v for k, v in seen.items() if not k.startswith('_')}
+    assert len(models) == 1, seen
+    (name, m), = models.items()
+    champion = m['aliases']['champion']
+    assert champion == str(man.get('champion', champion)) and m['versions'][champion]['validation_status'] == 'passed', m
+    assert seen['_runs'] >= 4                                               # one MLflow run per stage at least (01-05)
+    # the server really keeps them in PostgreSQL: its tables hold the registered model and the alias
+    with sa.create_engine(mlflow_server['store'].replace('postgresql://', 'postgresql+psycopg://')).connect() as c:
+        assert c.execute(sa.text('SELECT count(*) FROM registered_models WHERE name = :n'), {'n': name}).scalar() == 1
+        assert c.execute(sa.text('SELECT version FROM registered_model_aliases WHERE name = :n AND alias = :a'),
+                         {'n': name, 'a': 'champion'}).scalar() == int(champion)
+    assert any(mlflow_server['artifacts'].rglob('*'))                      # artifacts went to the server's artifact root
+    # the alias moves are in the workspace's audit trail, which still verifies
+    ws_ = Workspace(ws)
+    moves = [e for e in ws_.audit.entries() if e['event'] == 'alias_moved']
+    assert [(e['details']['alias'], e['details']['to_version']) for e in moves] == [('champion', champion)], moves
+    assert ws_.audit.verify().ok
+    # the model server loads @champion from the shared registry too
+    from conftest import ServerProc
+    import urllib.request
+    s = ServerProc(ws_, env={'MLCYCLE_ADMIN_TOKEN': 't'})
+    s.env['MLFLOW_TRACKING_URI'] = mlflow_server['url']
+    s.start()
+    try:
+        with urllib.request.urlopen(s.url + '/ready', timeout=10) as resp:
+            assert json.loads(resp.read()).get('champion') == champion
+    finally:
+        s.stop()
