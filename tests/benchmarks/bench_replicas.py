@@ -68,6 +68,8 @@ def main():
         summary[name] = {k: statistics.median(x[k] for x in rs) for k in ('requests_per_s', 'p50_ms', 'p99_ms')}
         summary[name]['non_2xx'] = sum(x['non_2xx'] for x in rs)
     summary['ratio_2_workers_vs_1'] = summary['2 workers']['requests_per_s'] / summary['1 process']['requests_per_s']
+    per_round = [w['requests_per_s'] / o['requests_per_s'] for w, o in zip(runs['2 workers'], runs['1 process'])]
+    summary['ratio_per_round'] = [round(x, 2) for x in per_round]; summary['median_ratio_per_round'] = statistics.median(per_round)
     res.update(runs=runs, summary=summary)
     res['machine']['load_avg_at_end'] = os.getloadavg()
     print(json.dumps(summary, indent=2))
