@@ -7,11 +7,24 @@ same load generator (`wrk`, Debian's package: one Adult test row per POST /predi
 server (Debian's, started here on 127.0.0.1, fsync on). Configurations, interleaved round by round so that both see
 the same machine load: `mlcycle serve` (one process) and `mlcycle serve --workers 2` (two processes on one port,
 each with its own batcher and log writer). Every 200 is a committed row in the log. Reports medians over rounds."""
-import argparse, json, os, statistics, sys, tempfile, time
+import argparse, json, os, resource, statistics, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving import free_port, postgres, start, stop, wait, wrk   # noqa: E402
+
+
+def tree_cpu(pid):
+    "CPU seconds (user + system) used so far by process `pid` and its children (uvicorn's workers)."
+    import psutil
+    try:
+        procs = [psutil.Process(pid)]; procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess: return 0.0
+    total = 0.0
+    for q in procs:
+        try: t = q.cpu_times(); total += t.user + t.system
+        except psutil.NoSuchProcess: pass
+    return total
 
 
 def log_rows(url):
@@ -54,8 +67,11 @@ def main():
                     wait(f'http://127.0.0.1:{port}/ready')
                     before = log_rows(url)
                     wrk(u, body, a.connections, 3)                      # warm up (both workers load their models lazily on first batches)
-                    load0 = os.getloadavg()[0]
+                    load0, cpu0, kids0, t0 = os.getloadavg()[0], tree_cpu(p.pid), resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
                     r = wrk(u, body, a.connections, a.seconds)
+                    wall, kids1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+                    r['server_cores_used'] = round((tree_cpu(p.pid) - cpu0) / wall, 2)     # CPU seconds per second of the measured window
+                    r['wrk_cores_used'] = round((kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / wall, 2)
                     r['load_avg_1min'] = [round(load0, 1), round(os.getloadavg()[0], 1)]
                     time.sleep(1)
                     r['log_rows_added'] = log_rows(url) - before
@@ -65,7 +81,7 @@ def main():
     finally: down()
     summary = {}
     for name, rs in runs.items():
-        summary[name] = {k: statistics.median(x[k] for x in rs) for k in ('requests_per_s', 'p50_ms', 'p99_ms')}
+        summary[name] = {k: statistics.median(x[k] for x in rs) for k in ('requests_per_s', 'p50_ms', 'p99_ms', 'server_cores_used', 'wrk_cores_used')}
         summary[name]['non_2xx'] = sum(x['non_2xx'] for x in rs)
     summary['ratio_2_workers_vs_1'] = summary['2 workers']['requests_per_s'] / summary['1 process']['requests_per_s']
     per_round = [w['requests_per_s'] / o['requests_per_s'] for w, o in zip(runs['2 workers'], runs['1 process'])]
