@@ -12,9 +12,10 @@ import mlcycle
 from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json
 
 # %% auto #0
-__all__ = ['STAGE_RE', 'CIRCLE_PARAMS', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages', 'notebook_to_html',
-           'execute_stage', 'StageFailed', 'new_run_id', 'write_index', 'log_run_to_mlflow', 'stop_reason',
-           'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
+__all__ = ['STAGE_RE', 'RUN_HEADING', 'CIRCLE_PARAMS', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages',
+           'notebook_to_html', 'report_notebook', 'execute_stage', 'StageFailed', 'new_run_id', 'write_index',
+           'log_run_to_mlflow', 'stop_reason', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic',
+           'circle_plan', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #85847cc1
 STAGE_RE = re.compile(r'^(0[1-9])_([a-z0-9_]+)\.ipynb$')
@@ -67,22 +68,66 @@ def _error_line(e: Exception) -> str:
     lines = [l for l in str(evalue).splitlines() if l.strip()]
     return f"{ename}: {' / '.join(lines[:6])}"
 
+RUN_HEADING = re.compile(r'^## Run\b')
+
+def _code_lines(src: str) -> list[str]:
+    return [l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith('#')]
+
+def _is_export_cell(src: str) -> bool:
+    return any(re.match(r'#\|\s*export', l.strip()) for l in src.splitlines() if l.strip().startswith('#|'))
+
+def _is_import_cell(src: str) -> bool:
+    lines = _code_lines(src)
+    return bool(lines) and all(l.startswith(('import ', 'from ')) for l in lines)
+
+def report_notebook(nb):
+    "The stage notebook `nb` (nbformat) as a lifecycle run executes it: title, imports, exported code, parameters and the `## Run` section."
+    import copy, nbformat
+    cells = nb.cells
+    start = next((i for i, c in enumerate(cells) if c.cell_type == 'markdown' and RUN_HEADING.match(c.source)), None)
+    if start is None: raise MlcycleError('the stage notebook has no `## Run` section: add one, or run it with full=True (--full-notebooks)')
+    keep = [c for i, c in enumerate(cells) if i >= start or i == 0 or (c.cell_type == 'code' and (
+        'parameters' in c.metadata.get('tags', []) or _is_export_cell(c.source) or _is_import_cell(c.source)))]
+    note = nbformat.v4.new_markdown_cell('*Report mode: `mlcycle run` executed this notebook\'s imports, exported code, parameters '
+                                         'and its Run section; the worked examples and tests in between are in the full notebook '
+                                         '(run them with `nbdev_test`, or `mlcycle run --full-notebooks`).*')
+    out = copy.deepcopy(nb)
+    out.cells = [copy.deepcopy(c) for c in keep[:1]] + [note] + [copy.deepcopy(c) for c in keep[1:]]
+    return out
+
+def _work_seconds(executed: Path) -> float | None:
+    "Seconds spent in the `## Run` cells of an executed notebook (papermill records each cell's duration)."
+    import nbformat
+    try: nb = nbformat.read(str(executed), as_version=4)
+    except Exception: return None
+    start = next((i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown' and RUN_HEADING.match(c.source)), None)
+    if start is None: return None
+    return round(sum((c.metadata.get('papermill', {}).get('duration') or 0) for c in nb.cells[start:] if c.cell_type == 'code'), 2)
+
 def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dict | None = None, html_report: bool = True,
-                  report_name: str | None = None) -> dict:
-    "Run stage notebook `stage` ('01'…) with papermill into `out_dir` (as `report_name`.ipynb); returns status, seconds and paths."
-    import papermill as pm
+                  report_name: str | None = None, full: bool = False) -> dict:
+    """Run stage notebook `stage` ('01'…) with papermill into `out_dir` (as `report_name`.ipynb); returns status, seconds and paths.
+    Report mode (see `report_notebook`) unless `full`."""
+    import nbformat, papermill as pm
     nb = stage_notebooks()[stage]
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir/f'{report_name or nb.stem}.ipynb'
     parameters = {'charter': str(Path(charter).resolve()) if charter else '', 'workspace': str(resolve_workspace(workspace)), **(params or {})}
     t0, err = time.perf_counter(), None
+    src = nb
+    if not full:
+        src = out_dir/f'.{out.stem}.input.ipynb'
+        nbformat.write(report_notebook(nbformat.read(str(nb), as_version=4)), str(src))
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=parameters, kernel_name='python3', progress_bar=False,
+        pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name='python3', progress_bar=False,
                             cwd=str(out_dir), log_output=False, report_mode=False)
     except Exception as e:
         err = e
+    finally:
+        if src != nb: Path(src).unlink(missing_ok=True)
     rec = {'stage': stage, 'name': nb.stem, 'step': out.stem, 'notebook': out.name, 'seconds': round(time.perf_counter() - t0, 2),
-           'status': 'failed' if err else 'ok', 'parameters': parameters}
+           'status': 'failed' if err else 'ok', 'mode': 'full' if full else 'report', 'parameters': parameters}
+    if out.exists(): rec['work_seconds'] = _work_seconds(out)
     if out.exists() and html_report: rec['html'] = notebook_to_html(out).name
     if err is not None:
         rec['error'] = _error_line(err)
@@ -146,7 +191,7 @@ def stop_reason(ws: Workspace, stage_name: str) -> str | None:
     return None
 
 def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', params: dict | None = None,
-                  circle: dict | None = None, echo=None) -> dict:
+                  circle: dict | None = None, echo=None, full_notebooks: bool = False) -> dict:
     """Execute stage notebooks in order into `reports/<run-id>/`; returns the run record (index path, stage records).
 
     `circle` (see `circle_plan`) adds the production part between stages: a model server on loopback, simulated
@@ -172,7 +217,7 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
             name = report_name or stage_notebooks()[s].stem
             echo(f'[{s}] {name} ...', end='')
             step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
-            try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name)
+            try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name, full=full_notebooks)
             except StageFailed as e:
                 records.append(e.record); echo(f" FAILED ({e.record['seconds']:.1f} s)"); failure = e; break
             records.append(rec)
@@ -189,7 +234,10 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
             try: fn()
             except Exception as e: echo(f'cleanup failed: {e}')
     seconds = time.perf_counter() - t_run
-    ctx['summary'].insert(0, f'wall time {seconds:.1f} s; stage notebooks {sum(r["seconds"] for r in records):.1f} s')
+    nb_s, work_s = sum(r['seconds'] for r in records), sum(r.get('work_seconds') or 0 for r in records)
+    ctx['summary'].insert(0, f'wall time {seconds:.1f} s; stage notebooks {nb_s:.1f} s, of which the stages\' own work (the Run cells) '
+                             f'{work_s:.1f} s and notebook machinery (kernel start, imports, definitions) {nb_s - work_s:.1f} s '
+                             f'({(nb_s - work_s) / max(seconds, 1e-9):.0%} of the wall time)')
     index = write_index(run_dir, run_id, records, ws, ctx['summary'])
     try:   # a failed run leaves the workspace (MLflow included) as it was; its reports stay in run_dir
         if not failure and ws.has_stage('01_problem_definition'): log_run_to_mlflow(ws, run_dir, run_id, records)
@@ -237,7 +285,7 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
 def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
     from mlcycle.simulate import simulate
     t0 = time.perf_counter()
-    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'new_category'), batch=ctx.get('traffic_batch', 20),
+    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'gig_economy'), batch=ctx.get('traffic_batch', 20),
                  concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed)
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
@@ -300,12 +348,12 @@ def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = _value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows}
-    run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle)
+    run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
 def _cmd_stage(a):
     s = parse_stages(a.stage)
     if len(s) != 1: raise MlcycleError('mlcycle stage takes one stage number, e.g. `mlcycle stage 02`')
-    run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: _value(v) for n, v in (a.param or [])}})
+    run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: _value(v) for n, v in (a.param or [])}}, full_notebooks=a.full_notebook)
 
 def _cmd_audit(a):
     r = Workspace(a.workspace).audit.verify()
@@ -322,15 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--stages', '-s', default=None, help='stages to run, e.g. 01,02 or 1-4 (default: all)')
     r.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
     r.add_argument('-p', '--param', nargs=3, action='append', metavar=('STAGE', 'NAME', 'VALUE'), help='a notebook parameter for one stage')
-    r.add_argument('--scenario', default='new_category', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
+    r.add_argument('--scenario', default='gig_economy', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
+    r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "
+                   "(default: report mode, the notebooks' exported code and Run sections)")
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser('stage', help='run one stage notebook', description='Execute one stage notebook with papermill.')
     s.add_argument('stage', help='stage number, e.g. 02')
     _common(s)
     s.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
     s.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a notebook parameter (repeatable)')
+    s.add_argument('--full-notebook', action='store_true', help='execute the whole notebook, its examples and tests included')
     s.set_defaults(func=_cmd_stage)
     au = sub.add_parser('audit', help='audit log commands', description='Audit log commands.')
     ausub = au.add_subparsers(dest='audit_command', metavar='ACTION', required=True)

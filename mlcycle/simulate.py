@@ -48,12 +48,21 @@ def _new_category(df, rng, k):
     out.loc[rng.random(len(out)) < 0.3 * k, 'workclass'] = 'Gig-economy'
     return out
 
+def _gig_economy(df, rng, k, positive='>50K', negative='<=50K'):
+    out = df.copy()
+    gig = rng.random(len(out)) < 0.3 * k
+    out.loc[gig, 'workclass'] = 'Gig-economy'
+    if 'income' in out:
+        out.loc[gig, 'income'] = np.where(out.loc[gig, 'hours_per_week'] >= 45, positive, negative)
+    return out
+
 SCENARIOS = {
     'none': (_none, 'nothing changes'),
     'ageing': (_ageing, 'an ageing population: older rows more likely, ages +8 years'),
     'recession': (_recession, 'a recession: capital gains vanish, hours fall 20%, some high earners drop below the threshold'),
     'occupation_shift': (_occupation_shift, 'the occupation mix shifts to tech, professional and managerial jobs'),
     'new_category': (_new_category, "a new workclass value 'Gig-economy' in 30% of rows"),
+    'gig_economy': (_gig_economy, "'Gig-economy' workers (30% of rows) whose income follows a new rule: >50K when working 45+ hours"),
 }
 
 def apply_scenario(df: pd.DataFrame, scenario: str = 'none', intensity: float = 1.0, seed: int = 0) -> pd.DataFrame:
