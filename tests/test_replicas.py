@@ -145,6 +145,13 @@ def test_two_replicas_one_log_one_registry(registry_ws, start_server, log_db, ad
     again = post(b.url, people[:50]) + post(a.url, people[:50])
     assert [x['arm'] for x in again] == [arms[p['person_id']][0] for p in people[:50]] * 2
 
+    # where replicas can be addressed one by one, notify_server reloads all of them at once (no waiting for a poll)
+    from mlcycle.deploy import end_challenger, notify_server
+    end_challenger(registry_ws, reason='replica test: A/B over')
+    done = notify_server(f'{a.url},{b.url}', token=TOKEN)
+    assert set(done) == {a.url, b.url} and all('challenger' not in d['after'] for d in done.values())
+    assert all('challenger' not in get(s.url) for s in (a, b))
+
 
 @pytest.mark.slow
 def test_workers_share_a_port_and_follow_the_registry(registry_ws, start_server, log_db, adult_records):
