@@ -120,7 +120,8 @@ def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dic
         nbformat.write(report_notebook(nbformat.read(str(nb), as_version=4)), str(src))
     try:
         pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name='python3', progress_bar=False,
-                            cwd=str(out_dir), log_output=False, report_mode=False)
+                            cwd=str(out_dir), log_output=False, report_mode=False,
+                            extra_arguments=['--IPKernelApp.log_level=CRITICAL'])   # the kernel's own log lines are noise here
     except Exception as e:
         err = e
     finally:
