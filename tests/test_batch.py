@@ -95,6 +95,7 @@ def test_contract_break_stops_before_any_output(champion_ws, adult_files, tmp_pa
 
 def test_unreachable_tracking_is_one_line(champion_ws, adult_files, tmp_path, mlcycle):
     d, _ = adult_files
+    (champion_ws.root/'workspace.json').unlink()     # follow the environment (the scratch copies are pinned to their own stores)
     uri = f'http://127.0.0.1:{free_port()}'
     r = mlcycle('predict', '--input', d/'test.parquet', '--output', tmp_path/'o.parquet', '--workspace', champion_ws.root,
                 env={'MLFLOW_TRACKING_URI': uri}, timeout=120)
