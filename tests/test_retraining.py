@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ServerProc
+from conftest import ServerProc, relaxed_charter as _relaxed_charter
 
 
 @pytest.fixture(scope='module')
@@ -174,17 +174,6 @@ def test_cli_retrain_on_contract_violating_data_fails_cleanly(served_ws, mlcycle
     assert _versions(ws) == before and aliases(ws) == {'champion': '1'}
     assert list((tmp_path/'reports').glob('retrain-*/07_retraining.html'))          # the failed run still leaves its report
     with urllib.request.urlopen(s.url + '/ready', timeout=10) as r: assert json.loads(r.read())['champion'] == '1'
-
-
-def _relaxed_charter(tmp_path) -> Path:
-    "The bundled charter with the latency SLO relaxed to 1 s, so that a busy shared test machine does not decide the outcome."
-    import yaml
-    from mlcycle.charter import BUNDLED_CHARTER
-    d = yaml.safe_load(BUNDLED_CHARTER.read_text())
-    d['data']['sources'][0]['path'] = str(BUNDLED_CHARTER.parent/d['data']['sources'][0]['path'])
-    for o in d['objectives']:
-        if o['metric'] == 'p95_latency_ms': o['max'] = 1000
-    p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d)); return p
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
-"""Beyond one machine: `mlcycle predict --engine spark` (Spark local mode) equals the in-process path row for row."""
+"""Beyond one machine: `mlcycle predict --engine spark` (Spark local mode) equals the in-process path row for row; stages
+01-05 against a real MLflow tracking server on PostgreSQL."""
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import relaxed_charter as _relaxed_charter
 
 
 @pytest.mark.slow
@@ -30,17 +33,6 @@ def test_spark_engine_equals_in_process(registry_ws, tmp_path, mlcycle):
 
 
 # --- a shared MLflow tracking server on PostgreSQL ---------------------------------------------------------
-
-def _relaxed_charter(tmp_path):
-    "The bundled charter with the latency SLO relaxed to 1 s, so that a busy shared test machine does not decide the outcome."
-    import yaml
-    from mlcycle.charter import BUNDLED_CHARTER
-    d = yaml.safe_load(BUNDLED_CHARTER.read_text())
-    d['data']['sources'][0]['path'] = str(BUNDLED_CHARTER.parent/d['data']['sources'][0]['path'])
-    for o in d['objectives']:
-        if o['metric'] == 'p95_latency_ms': o['max'] = 1000
-    p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d)); return p
-
 
 @pytest.fixture
 def mlflow_server(postgres_url, tmp_path):
