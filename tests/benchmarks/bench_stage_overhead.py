@@ -1,5 +1,6 @@
-"""Notebook overhead of stages 01 and 02: `mlcycle run --stages 01,02` (papermill, one kernel per stage, the
-notebooks' own examples and tests included) against the same exported functions called in one Python process.
+"""Notebook overhead of stages 01 and 02: `mlcycle run --stages 01,02` (papermill, one kernel per stage, in report
+mode: the notebooks' imports, exported code, parameters and Run sections) against the same exported functions
+called in one Python process.
 
     python tests/benchmarks/bench_stage_overhead.py --repeats 5
 
