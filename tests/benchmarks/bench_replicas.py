@@ -11,7 +11,7 @@ import argparse, json, os, resource, statistics, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import free_port, postgres, start, stop, wait, wrk   # noqa: E402
+from bench_serving import demo_champion, free_port, postgres, start, stop, wait, wrk   # noqa: E402
 
 
 def tree_cpu(pid):
@@ -41,14 +41,8 @@ def main():
     ap.add_argument('--seconds', type=int, default=15); ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--connections', type=int, default=32); ap.add_argument('--out', default=None)
     a = ap.parse_args()
-    from mlcycle.core import Workspace
-    from mlcycle.data import adult, run_data_stage
-    from mlcycle.deploy import demo_model_version, promote, scratch_workspace
-    home = Workspace(a.workspace or tempfile.mkdtemp(prefix='bench-home-'))
-    if not home.has_stage('02_data'): run_data_stage(workspace=home)
-    ws = scratch_workspace(home)
-    v = demo_model_version(ws, max_iter=100)
-    promote(ws, v, reason='benchmark')
+    from mlcycle.data import adult
+    ws, v = demo_champion(a.workspace)
     body = json.dumps(json.loads(adult('test').head(1).drop(columns=['income']).to_json(orient='records'))).encode()
     url, down = postgres()
     if url is None: raise SystemExit('PostgreSQL binaries not found (apt-get install postgresql)')

@@ -106,6 +106,19 @@ def postgres():
     return f'postgresql+psycopg://postgres@127.0.0.1:{port}/postgres', down
 
 
+def demo_champion(workspace=None):
+    "A scratch workspace whose @champion is the deployment notebook's stand-in Adult model; returns (workspace, version)."
+    from mlcycle.core import Workspace
+    from mlcycle.data import run_data_stage
+    from mlcycle.deploy import demo_model_version, promote, scratch_workspace
+    home = Workspace(workspace or tempfile.mkdtemp(prefix='bench-home-'))
+    if not home.has_stage('02_data'): run_data_stage(workspace=home)
+    ws = scratch_workspace(home)
+    v = demo_model_version(ws, max_iter=100)
+    promote(ws, v, reason='benchmark')
+    return ws, v
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--workspace', default=None, help='a workspace where stage 02 ran (default: a new one)')
@@ -115,12 +128,7 @@ def main():
     import mlflow
     from mlcycle.core import Workspace, read_json, setup_mlflow
     from mlcycle.data import adult, feature_frame, run_data_stage
-    from mlcycle.deploy import demo_model_version, promote, scratch_workspace
-    home = Workspace(a.workspace or tempfile.mkdtemp(prefix='bench-home-'))
-    if not home.has_stage('02_data'): run_data_stage(workspace=home)
-    ws = scratch_workspace(home)
-    v = demo_model_version(ws, max_iter=100)
-    promote(ws, v, reason='benchmark')
+    ws, v = demo_champion(a.workspace)
     setup_mlflow(ws, 'adult-income')
     model = mlflow.sklearn.load_model(f'models:/adult-income/{v}')
     contract = read_json(ws.root/'data'/'contract.json')
