@@ -14,16 +14,18 @@ import pandas as pd
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .charter import Charter, binary_target, evaluate_objectives, objective_value, workspace_charter
 from .data import feature_frame
+from .stats import GAP_METRICS, bootstrap_indices, fairness_gaps_per_draw, group_rates_per_draw, percentile_ci, performance_with_ci
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'GROUP_RATES', 'GAP_METRICS', 'DISCLAIMER', 'CARD_SECTIONS', 'list_versions', 'resolve_version',
-           'model_id_of', 'version_record', 'version_fingerprints', 'boot_index', 'ci', 'metric_draws',
-           'metrics_with_ci', 'evaluation_split', 'score_version', 'group_labels', 'group_fairness',
-           'fairness_analysis', 'objectives_table', 'plot_group_fairness', 'stage_evidence', 'mitigation_tradeoff',
+__all__ = ['PERFORMANCE', 'GROUP_RATES', 'DISCLAIMER', 'COMPLIANCE_RULES', 'CARD_SECTIONS', 'GOVERNANCE_STAGES', 'DOCUMENT_FILES',
+           'list_versions', 'resolve_version', 'model_id_of', 'version_record', 'version_fingerprints',
+           'evaluation_split', 'score_version', 'group_labels', 'group_fairness', 'fairness_analysis',
+           'objectives_table', 'measure_version', 'plot_group_fairness', 'stage_evidence', 'mitigation_tradeoff',
            'plot_tradeoff', 'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve',
            'evidence_digest', 'sign_off', 'lineage_steps', 'lineage_svg', 'compliance_checklist', 'md_escape',
-           'md_table', 'build_governance', 'card_markdown', 'bias_markdown', 'compliance_markdown', 'lineage_markdown',
-           'to_html', 'render_governance', 'run_governance', 'register_cli']
+           'md_table', 'read_evidence', 'evidence_facts', 'caveats', 'model_card', 'bias_report', 'checklist_facts',
+           'governance_documents', 'build_governance', 'card_markdown', 'bias_markdown', 'compliance_markdown',
+           'lineage_markdown', 'to_html', 'render_governance', 'run_governance', 'register_cli']
 
 # %% ../nbs/08_governance.ipynb #61505571
 def _client(ws: Workspace, name: str | None = None):
@@ -102,48 +104,6 @@ def version_fingerprints(rec: dict) -> dict:
 # %% ../nbs/08_governance.ipynb #2b4e34d4
 PERFORMANCE = ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
 
-def boot_index(n: int, n_boot: int = 300, seed: int = 0) -> np.ndarray:
-    "An (n_boot × n) matrix of row indices drawn with replacement."
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-def ci(values, level: float = 0.95) -> tuple[float, float]:
-    "Percentile interval of bootstrap values, ignoring NaN (draws where the metric is undefined)."
-    v = np.asarray(values, float); v = v[np.isfinite(v)]
-    if not len(v): return (float('nan'), float('nan'))
-    return float(np.quantile(v, (1 - level) / 2)), float(np.quantile(v, (1 + level) / 2))
-
-def _auc_rows(Y: np.ndarray, S: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-    r = rankdata(S, axis=1, method='average'); n1 = Y.sum(1); n0 = Y.shape[1] - n1
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where((n1 > 0) & (n0 > 0), ((r * Y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
-
-def metric_draws(metric: str, y, proba, pred, idx: np.ndarray) -> np.ndarray:
-    "A performance metric on every bootstrap draw (one value per row of `idx`)."
-    y, proba, pred = np.asarray(y).astype(int), np.asarray(proba, float), np.asarray(pred).astype(int)
-    Y, P = y[idx], pred[idx]
-    if metric == 'roc_auc': return _auc_rows(Y, proba[idx])
-    if metric == 'brier': return ((proba - y) ** 2)[idx].mean(1)
-    if metric == 'log_loss':
-        p = np.clip(proba, 1e-15, 1 - 1e-15); return (-(y * np.log(p) + (1 - y) * np.log(1 - p)))[idx].mean(1)
-    tp, pp, pos = (P & Y).sum(1), P.sum(1), Y.sum(1)
-    neg, tn = Y.shape[1] - pos, ((1 - P) & (1 - Y)).sum(1)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        if metric == 'accuracy': return (P == Y).mean(1)
-        if metric == 'precision': return np.where(pp > 0, tp / pp, 0.0)
-        if metric == 'recall': return np.where(pos > 0, tp / pos, 0.0)
-        if metric == 'f1': return np.where(pp + pos > 0, 2 * tp / (pp + pos), 0.0)
-        if metric == 'balanced_accuracy': return (np.where(pos > 0, tp / pos, np.nan) + np.where(neg > 0, tn / neg, np.nan)) / 2
-    raise MlcycleError(f'no bootstrap form for metric {metric!r}; known: {", ".join(PERFORMANCE)}')
-
-def metrics_with_ci(y, proba, pred, idx: np.ndarray, metrics=tuple(PERFORMANCE), level: float = 0.95) -> pd.DataFrame:
-    "Each metric's value (the charter's `objective_value`, i.e. scikit-learn) and its bootstrap interval."
-    rows = []
-    for m in metrics:
-        lo, hi = ci(metric_draws(m, y, proba, pred, idx), level)
-        rows.append({'metric': m, 'value': objective_value(m, y, proba, pred), 'ci_low': lo, 'ci_high': hi})
-    return pd.DataFrame(rows)
-
 def evaluation_split(ws: Workspace) -> tuple[pd.DataFrame, str]:
     "The workspace's test split (stage 02's snapshot) and its fingerprint."
     fp = ws.manifest('02_data')['outputs']['splits']['test']['fingerprint']
@@ -163,7 +123,6 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
 
 # %% ../nbs/08_governance.ipynb #ab6f2a8f
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']
-GAP_METRICS = ['demographic_parity_difference', 'demographic_parity_ratio', 'equalized_odds_difference']
 
 def group_labels(df: pd.DataFrame, features) -> pd.Series:
     "One group name per row: the sensitive values as text (missing shown as '<missing>'), joined by ' & '."
@@ -173,33 +132,10 @@ def group_labels(df: pd.DataFrame, features) -> pd.Series:
     for p in parts[1:]: out = out + ' & ' + p
     return out.rename(' & '.join(features))
 
-def _rates_per_draw(y, pred, codes, k, idx):
-    "Per draw and group: rows and the four rates (NaN where undefined)."
-    B = idx.shape[0]
-    G = codes[idx] + k * np.arange(B)[:, None]
-    Y, P = y[idx], pred[idx]
-    cnt = lambda w=None: np.bincount(G.ravel(), weights=None if w is None else w.ravel(), minlength=B * k).reshape(B, k)
-    n, sel, pos, tp, hit = cnt(), cnt(P), cnt(Y), cnt(P * Y), cnt((P == Y).astype(float))
-    neg, fp = n - pos, sel - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return {'n': n, 'selection_rate': np.where(n > 0, sel / n, np.nan), 'true_positive_rate': np.where(pos > 0, tp / pos, np.nan),
-                'false_positive_rate': np.where(neg > 0, fp / neg, np.nan), 'accuracy': np.where(n > 0, hit / n, np.nan)}
-
-def _gaps(r: dict) -> dict:
-    "Fairness gaps per draw from per-draw group rates (groups absent from a draw left out, as fairlearn does)."
-    with warnings.catch_warnings(), np.errstate(invalid='ignore', divide='ignore'):
-        warnings.simplefilter('ignore', RuntimeWarning)
-        spread = lambda a: np.nanmax(a, 1) - np.nanmin(a, 1)
-        return {'demographic_parity_difference': spread(r['selection_rate']),
-                'demographic_parity_ratio': np.nanmin(r['selection_rate'], 1) / np.nanmax(r['selection_rate'], 1),
-                'equalized_odds_difference': np.fmax(spread(r['true_positive_rate']), spread(r['false_positive_rate']))}
-
-def group_fairness(y, pred, df: pd.DataFrame, features, idx: np.ndarray, min_group_size: int = 50, level: float = 0.95) -> dict:
-    "fairlearn `MetricFrame` for `features` (one feature or an intersection) with bootstrap intervals per group and for the gaps."
+def _metric_frame(y, pred, df: pd.DataFrame, features: list) -> tuple:
+    "fairlearn's `MetricFrame` for `features` and its by-group table (one `group` column, `rows`)."
     import fairlearn.metrics as flm
     from sklearn.metrics import accuracy_score
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    features = [features] if isinstance(features, str) else list(features)
     sf = pd.DataFrame({f: group_labels(df, f).to_numpy() for f in features})
     mf = flm.MetricFrame(metrics={'selection_rate': flm.selection_rate, 'true_positive_rate': flm.true_positive_rate,
                                   'false_positive_rate': flm.false_positive_rate, 'accuracy': accuracy_score, 'count': flm.count},
@@ -208,23 +144,34 @@ def group_fairness(y, pred, df: pd.DataFrame, features, idx: np.ndarray, min_gro
     t.insert(0, 'group', t[features].astype(str).agg(' & '.join, axis=1))
     t = t.drop(columns=features).rename(columns={'count': 'rows'})
     t['rows'] = t['rows'].fillna(0).astype(int)
+    return mf, t
+
+def _gap_table(y, pred, labels, codes, draws: dict, ok: np.ndarray, level: float) -> pd.DataFrame:
+    "fairlearn's gaps with intervals, over all groups and over the groups large enough to judge (`ok`)."
+    import fairlearn.metrics as flm
+    gd = fairness_gaps_per_draw(draws)
+    full = group_rates_per_draw(y, pred, codes, len(ok), np.arange(len(y))[None, :])
+    sub = lambda r: {k: v[:, ok] for k, v in r.items()}
+    judged, judged_draws = (fairness_gaps_per_draw(sub(full)), fairness_gaps_per_draw(sub(draws))) if ok.sum() >= 2 else (None, None)
+    return pd.DataFrame([{'metric': m, 'value': float(getattr(flm, m)(y, pred, sensitive_features=labels)),
+                          **dict(zip(('ci_low', 'ci_high'), percentile_ci(gd[m], level))),
+                          'value_judged_groups': float(judged[m][0]) if judged else float('nan'),
+                          **dict(zip(('judged_ci_low', 'judged_ci_high'), percentile_ci(judged_draws[m], level) if judged else (float('nan'),) * 2))}
+                         for m in GAP_METRICS])
+
+def group_fairness(y, pred, df: pd.DataFrame, features, idx: np.ndarray, min_group_size: int = 50, level: float = 0.95) -> dict:
+    "fairlearn `MetricFrame` for `features` (one feature or an intersection) with bootstrap intervals per group and for the gaps."
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    features = [features] if isinstance(features, str) else list(features)
+    mf, t = _metric_frame(y, pred, df, features)
     labels = group_labels(df, features).to_numpy()
     codes = pd.Index(t.group).get_indexer(labels)
-    draws = _rates_per_draw(y, pred, codes, len(t), idx)
+    draws = group_rates_per_draw(y, pred, codes, len(t), idx)
     for m in GROUP_RATES:
-        bounds = [ci(draws[m][:, j], level) for j in range(len(t))]
+        bounds = [percentile_ci(draws[m][:, j], level) for j in range(len(t))]
         t[f'{m}_lo'], t[f'{m}_hi'] = [b[0] for b in bounds], [b[1] for b in bounds]
     t['too_small'] = t.rows < min_group_size
-    gd = _gaps(draws)
-    ok = ~t.too_small.to_numpy()
-    full = _rates_per_draw(y, pred, codes, len(t), np.arange(len(y))[None, :])
-    sub = lambda r: {k: v[:, ok] for k, v in r.items()}
-    judged, judged_draws = (_gaps(sub(full)), _gaps(sub(draws))) if ok.sum() >= 2 else (None, None)
-    gaps = pd.DataFrame([{'metric': m, 'value': float(getattr(flm, m)(y, pred, sensitive_features=labels)),
-                          **dict(zip(('ci_low', 'ci_high'), ci(gd[m], level))),
-                          'value_judged_groups': float(judged[m][0]) if judged else float('nan'),
-                          **dict(zip(('judged_ci_low', 'judged_ci_high'), ci(judged_draws[m], level) if judged else (float('nan'),) * 2))}
-                         for m in GAP_METRICS])
+    gaps = _gap_table(y, pred, labels, codes, draws, ~t.too_small.to_numpy(), level)
     return {'feature': ' & '.join(features), 'features': features, 'by_group': t, 'gaps': gaps, 'metric_frame': mf}
 
 def fairness_analysis(c: Charter, y, pred, df: pd.DataFrame, idx: np.ndarray, level: float = 0.95) -> list[dict]:
@@ -259,6 +206,18 @@ def objectives_table(c: Charter, y, proba, pred, df: pd.DataFrame, perf: pd.Data
                    for r in t.itertuples()]
     return t[['objective', 'metric', 'sensitive_feature', 'value', 'ci_low', 'ci_high', 'threshold', 'direction', 'primary',
               'measured', 'passed', 'robust', 'source']]
+
+# %% ../nbs/08_governance.ipynb #6901725f
+def measure_version(c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int | None = None, seed: int | None = None,
+                    run_metrics: dict | None = None) -> dict:
+    "Performance, fairness and the charter's objectives with intervals: stage 04's bootstrap (the charter's resamples and seed)."
+    n_boot = int(n_boot) if n_boot else c.validation.bootstrap_resamples
+    seed = c.development.seed if seed is None else int(seed)
+    idx = bootstrap_indices(len(y), n_boot, seed)
+    perf = performance_with_ci(y, proba, pred, idx=idx, metrics=PERFORMANCE, point=objective_value)
+    fair = fairness_analysis(c, y, pred, df, idx)
+    objectives = objectives_table(c, y, proba, pred, df, perf, fair, run_metrics)
+    return {'n_boot': n_boot, 'seed': seed, 'performance': perf, 'fairness': fair, 'objectives': objectives}
 
 # %% ../nbs/08_governance.ipynb #e491486c
 def plot_group_fairness(g: dict, y=None, pred=None):
@@ -497,19 +456,23 @@ DISCLAIMER = ('This checklist is an evidence map, not legal advice and not a con
 
 def _ev(kind, ref, value=None, ok=True) -> dict: return {'kind': kind, 'ref': ref, 'value': value, 'ok': bool(ok)}
 
-def compliance_checklist(f: dict) -> list[dict]:
-    "Checklist items (EU AI Act high-risk obligations, NIST AI RMF functions) from the facts `f`; each with evidence, status and gaps."
-    items = []
-    def item(id_, framework, ref, requirement, evidence, gaps):
-        gaps = [g for g in gaps if g]
-        items.append({'id': id_, 'framework': framework, 'reference': ref, 'requirement': requirement, 'evidence': evidence,
-                      'status': 'gap' if gaps or not all(e['ok'] for e in evidence) else 'pass', 'gaps': gaps})
-    ch, a, pr = f['charter'], f['audit'], f['primary']
-    s01, s02, s04, s05, s06, s07 = (f['stages'].get(k, {'available': False}) for k in ('01', '02', '04', '05', '06', '07'))
-    fair_ok = all(o['passed'] for o in f['fairness_objectives']) if f['fairness_objectives'] else None
-    audit_ev = _ev('audit', 'audit.jsonl (hash chain)', a['summary'], a['ok'])
-    card_ev = _ev('file', f['files']['model_card'], 'all sections filled' if f['card_complete'] else 'sections missing', f['card_complete'])
-    item('EU-AIA-9', 'EU AI Act', 'Art. 9', 'Risk management system: risks identified, estimated and evaluated, and monitored after deployment',
+def _item(id_, framework, ref, requirement, evidence, gaps) -> dict:
+    "One checklist item: `gap` when a gap is named or a piece of evidence is not in order, else `pass`."
+    gaps = [g for g in gaps if g]
+    return {'id': id_, 'framework': framework, 'reference': ref, 'requirement': requirement, 'evidence': evidence,
+            'status': 'gap' if gaps or not all(e['ok'] for e in evidence) else 'pass', 'gaps': gaps}
+
+def _stage(f, k) -> dict: return f['stages'].get(k, {'available': False})
+def _audit_ev(f) -> dict: return _ev('audit', 'audit.jsonl (hash chain)', f['audit']['summary'], f['audit']['ok'])
+def _fair_ok(f): return all(o['passed'] for o in f['fairness_objectives']) if f['fairness_objectives'] else None
+def _s04_here(f) -> bool: return bool(_stage(f, '04')['available'] and _stage(f, '04').get('about_this_version'))
+def _uses_ok(f) -> bool: return bool(f['charter']['intended_use'] and f['charter']['out_of_scope'])
+def _primary_text(pr) -> str: return f"{pr['value']:.4f} [{pr['ci_low']:.4f}, {pr['ci_high']:.4f}]"
+
+# %% ../nbs/08_governance.ipynb #56589b9c
+def _eu_aia_9(f) -> dict:
+    ch, s01, s06, fair_ok = f['charter'], _stage(f, '01'), _stage(f, '06'), _fair_ok(f)
+    return _item('EU-AIA-9', 'EU AI Act', 'Art. 9', 'Risk management system: risks identified, estimated and evaluated, and monitored after deployment',
          [_ev('file', 'charter.json', f"risk level {ch['risk_level']}: {ch['risk_notes'] or 'no notes'}", bool(ch['risk_level'])),
           _ev('file', 'stages/01_problem_definition.json', f"feasibility verdict: {s01.get('verdict', 'none')}", s01['available']),
           _ev('file', f['files']['bias_report'], f"fairness objectives {'met' if fair_ok else 'not all met' if fair_ok is False else 'none set'}", fair_ok is not False),
@@ -517,73 +480,111 @@ def compliance_checklist(f: dict) -> list[dict]:
          ['stage 01 (feasibility and risk analysis) has not run' if not s01['available'] else '',
           'a charter fairness objective is not met on the test split (see the bias report)' if fair_ok is False else '',
           'no post-deployment risk monitoring: stage 06 has not run' if not s06['available'] else ''])
-    item('EU-AIA-10', 'EU AI Act', 'Art. 10', 'Data and data governance: documented sources, preparation, quality, representativeness and examination of biases',
+
+def _eu_aia_10(f) -> dict:
+    s02 = _stage(f, '02')
+    return _item('EU-AIA-10', 'EU AI Act', 'Art. 10', 'Data and data governance: documented sources, preparation, quality, representativeness and examination of biases',
          [_ev('file', 'stages/02_data.json', f"{s02.get('rows', '?')} rows, {s02.get('duplicates', '?')} duplicates, sources fingerprinted", s02['available']),
           _ev('file', 'data/contract.json', 'data contract (columns, types, ranges, categories)', f['contract_exists']),
           _ev('metric', 'label leakage screen (stage 02)', f"{f['leakage_suspects']} suspect column(s)", f['leakage_suspects'] == 0),
           _ev('file', f['files']['bias_report'], f"{f['groups_judged']} groups judged, {f['groups_too_small']} too small to judge", True)],
          ['stage 02 has not run' if not s02['available'] else '', 'no data contract' if not f['contract_exists'] else '',
           'a column is suspected of label leakage' if f['leakage_suspects'] else ''])
-    item('EU-AIA-11', 'EU AI Act', 'Art. 11, Annex IV', 'Technical documentation: purpose, design, data, training, validation, performance, risk management, changes',
+
+def _eu_aia_11(f) -> dict:
+    card_ev = _ev('file', f['files']['model_card'], 'all sections filled' if f['card_complete'] else 'sections missing', f['card_complete'])
+    return _item('EU-AIA-11', 'EU AI Act', 'Art. 11, Annex IV', 'Technical documentation: purpose, design, data, training, validation, performance, risk management, changes',
          [card_ev, _ev('file', f['files']['lineage'], 'charter → data → runs → version → aliases → deployments', True),
           _ev('file', 'MLflow training run', f"run {f['run_id']} ({f['run_status']})", f['run_status'] not in (None, 'not found'))],
          ['the model card has empty sections: ' + ', '.join(f['card_missing']) if not f['card_complete'] else '',
           'the training run is missing from MLflow' if f['run_status'] in (None, 'not found') else ''])
-    item('EU-AIA-12', 'EU AI Act', 'Art. 12', 'Record-keeping: automatic logging of events over the lifetime (traceability)',
-         [audit_ev, _ev('file', 'prediction log (predictions, feedback tables)', f"{f['log_rows']} rows of this version" if f['log_exists'] else 'not created yet', f['log_exists'])],
+
+def _eu_aia_12(f) -> dict:
+    a = f['audit']
+    return _item('EU-AIA-12', 'EU AI Act', 'Art. 12', 'Record-keeping: automatic logging of events over the lifetime (traceability)',
+         [_audit_ev(f), _ev('file', 'prediction log (predictions, feedback tables)', f"{f['log_rows']} rows of this version" if f['log_exists'] else 'not created yet', f['log_exists'])],
          ['the audit log fails verification: ' + a['summary'] if not a['ok'] else '',
           'no prediction log yet: serve the version (stage 05) so every prediction is recorded' if not f['log_exists'] else ''])
-    item('EU-AIA-13', 'EU AI Act', 'Art. 13', 'Transparency and information to deployers: intended purpose, performance with its limits, known risks, human oversight',
-         [_ev('file', f"{f['files']['model_card']} § Intended use", 'intended and out-of-scope use', bool(ch['intended_use'] and ch['out_of_scope'])),
-          _ev('metric', f"{pr['metric']} on the test split", f"{pr['value']:.4f} [{pr['ci_low']:.4f}, {pr['ci_high']:.4f}]", np.isfinite(pr['value'])),
+
+def _eu_aia_13(f) -> dict:
+    pr = f['primary']
+    return _item('EU-AIA-13', 'EU AI Act', 'Art. 13', 'Transparency and information to deployers: intended purpose, performance with its limits, known risks, human oversight',
+         [_ev('file', f"{f['files']['model_card']} § Intended use", 'intended and out-of-scope use', _uses_ok(f)),
+          _ev('metric', f"{pr['metric']} on the test split", _primary_text(pr), np.isfinite(pr['value'])),
           _ev('file', f"{f['files']['model_card']} § Caveats and recommendations", f"{f['caveats']} caveats", f['caveats'] > 0)],
-         ['intended or out-of-scope use missing from the charter' if not (ch['intended_use'] and ch['out_of_scope']) else ''])
+         ['intended or out-of-scope use missing from the charter' if not _uses_ok(f) else ''])
+
+def _eu_aia_14(f) -> dict:
     so = f['sign_off']
-    item('EU-AIA-14', 'EU AI Act', 'Art. 14', 'Human oversight: a person can understand, approve, override and stop the system',
+    return _item('EU-AIA-14', 'EU AI Act', 'Art. 14', 'Human oversight: a person can understand, approve, override and stop the system',
          [_ev('audit', 'audit.jsonl event approval', so['status'], so['approved']),
           _ev('file', 'charter.json intended_use', 'human review required by the intended use' if f['human_review_in_use'] else 'intended use does not mention human review', f['human_review_in_use']),
           _ev('audit', 'alias moves (promote / rollback / retire)', f"{f['alias_moves']} alias moves recorded; rollback via @previous", True)],
          ['no approval covering the current evidence: `mlcycle approve VERSION --by NAME` after review' if not so['approved'] else '',
           'the intended use does not state human review of decisions' if not f['human_review_in_use'] else ''])
+
+def _eu_aia_15(f) -> dict:
+    pr, s04 = f['primary'], _stage(f, '04')
     rob = s04.get('robustness_ok')
-    item('EU-AIA-15', 'EU AI Act', 'Art. 15', 'Accuracy, robustness and cybersecurity: declared accuracy met, resilience to errors and attacks',
-         [_ev('metric', f"{pr['objective']} (test split)", f"{pr['value']:.4f} [{pr['ci_low']:.4f}, {pr['ci_high']:.4f}]", pr['passed']),
-          _ev('file', 'stages/04_validation.json robustness probes', s04.get('note') or ('probes within tolerance' if rob else 'probes failed'), bool(s04['available'] and s04.get('about_this_version') and rob is not False)),
+    return _item('EU-AIA-15', 'EU AI Act', 'Art. 15', 'Accuracy, robustness and cybersecurity: declared accuracy met, resilience to errors and attacks',
+         [_ev('metric', f"{pr['objective']} (test split)", _primary_text(pr), pr['passed']),
+          _ev('file', 'stages/04_validation.json robustness probes', s04.get('note') or ('probes within tolerance' if rob else 'probes failed'), _s04_here(f) and rob is not False),
           _ev('file', 'MLmodel serialization_format', f['serialization'], f['serialization'] == 'skops'),
           _ev('file', 'serving admin routes', 'bearer token required for /admin routes', True)],
          [f"the primary objective {pr['objective']} is not met on the test split" if not pr['passed'] else '',
-          ('robustness not evidenced: ' + (s04.get('note') or 'stage 04 has not run for this version')) if not (s04['available'] and s04.get('about_this_version')) else
+          ('robustness not evidenced: ' + (s04.get('note') or 'stage 04 has not run for this version')) if not _s04_here(f) else
           ('a stage-04 robustness probe failed' if rob is False else ''),
           f"the model is serialized as {f['serialization']!r}, not skops (pickle can run code on load)" if f['serialization'] != 'skops' else ''])
-    vs = f['validation_status']
-    item('EU-AIA-17', 'EU AI Act', 'Art. 17', 'Quality management system: documented procedures, validation before release, records',
+
+def _eu_aia_17(f) -> dict:
+    vs, s04 = f['validation_status'], _stage(f, '04')
+    return _item('EU-AIA-17', 'EU AI Act', 'Art. 17', 'Quality management system: documented procedures, validation before release, records',
          [_ev('metric', 'version tag validation_status', vs, vs == 'passed'),
-          _ev('file', 'stages/04_validation.json', s04.get('note') or f"gate {s04.get('validation_status')}", bool(s04['available'] and s04.get('about_this_version'))),
-          audit_ev],
+          _ev('file', 'stages/04_validation.json', s04.get('note') or f"gate {s04.get('validation_status')}", _s04_here(f)),
+          _audit_ev(f)],
          [f"validation_status is {vs!r}, not passed" if vs != 'passed' else '',
-          ('the validation_status tag is not backed by a stage-04 report for this version: ' + (s04.get('note') or 'stage 04 has not run')) if not (s04['available'] and s04.get('about_this_version')) else '',
-          'the audit log fails verification' if not a['ok'] else ''])
-    item('NIST-GOVERN', 'NIST AI RMF', 'GOVERN', 'Policies, accountability and a culture of risk management are in place',
-         [_ev('file', 'charter.json owners', ', '.join(ch['owners']), bool(ch['owners'])), _ev('audit', 'approval', so['status'], so['approved']), audit_ev],
+          ('the validation_status tag is not backed by a stage-04 report for this version: ' + (s04.get('note') or 'stage 04 has not run')) if not _s04_here(f) else '',
+          'the audit log fails verification' if not f['audit']['ok'] else ''])
+
+# %% ../nbs/08_governance.ipynb #f1836417
+def _nist_govern(f) -> dict:
+    ch, so = f['charter'], f['sign_off']
+    return _item('NIST-GOVERN', 'NIST AI RMF', 'GOVERN', 'Policies, accountability and a culture of risk management are in place',
+         [_ev('file', 'charter.json owners', ', '.join(ch['owners']), bool(ch['owners'])), _ev('audit', 'approval', so['status'], so['approved']), _audit_ev(f)],
          ['no owners named in the charter' if not ch['owners'] else '', 'no accountable sign-off for this evidence' if not so['approved'] else '',
-          'the audit log fails verification' if not a['ok'] else ''])
-    item('NIST-MAP', 'NIST AI RMF', 'MAP', 'Context is established and risks are identified: purpose, users, out-of-scope uses, affected groups',
-         [_ev('file', 'charter.json', f"intended use, out-of-scope use, sensitive features {ch['sensitive_features']}", bool(ch['intended_use'] and ch['out_of_scope'])),
+          'the audit log fails verification' if not f['audit']['ok'] else ''])
+
+def _nist_map(f) -> dict:
+    ch, s01 = f['charter'], _stage(f, '01')
+    return _item('NIST-MAP', 'NIST AI RMF', 'MAP', 'Context is established and risks are identified: purpose, users, out-of-scope uses, affected groups',
+         [_ev('file', 'charter.json', f"intended use, out-of-scope use, sensitive features {ch['sensitive_features']}", _uses_ok(f)),
           _ev('file', 'stages/01_problem_definition.json', f"feasibility {s01.get('verdict', 'not run')}", s01['available'])],
          ['stage 01 has not run' if not s01['available'] else ''])
-    item('NIST-MEASURE', 'NIST AI RMF', 'MEASURE', 'Risks are analysed and tracked: performance and fairness with uncertainty, in testing and in production',
+
+def _nist_measure(f) -> dict:
+    s06 = _stage(f, '06')
+    return _item('NIST-MEASURE', 'NIST AI RMF', 'MEASURE', 'Risks are analysed and tracked: performance and fairness with uncertainty, in testing and in production',
          [_ev('metric', 'performance with 95% intervals (test split)', f"{len(f['metrics'])} metrics", len(f['metrics']) > 0),
           _ev('file', f['files']['bias_report'], f"{len(f['fairness_objectives'])} fairness objectives measured", True),
           _ev('file', 'stages/06_monitoring.json', s06.get('note') or 'drift, realized performance, production fairness', s06['available'])],
          ['production measurement not evidenced: stage 06 has not run' if not s06['available'] else ''])
-    item('NIST-MANAGE', 'NIST AI RMF', 'MANAGE', 'Risks are prioritised and acted on: gates, rollback, retraining, decommissioning',
+
+def _nist_manage(f) -> dict:
+    vs, s05, s07 = f['validation_status'], _stage(f, '05'), _stage(f, '07')
+    return _item('NIST-MANAGE', 'NIST AI RMF', 'MANAGE', 'Risks are prioritised and acted on: gates, rollback, retraining, decommissioning',
          [_ev('metric', 'stage-04 gate', vs, vs == 'passed'),
           _ev('file', 'stages/05_deployment.json', s05.get('note') or f"deployed as {s05.get('deployed_as')}", s05['available']),
           _ev('file', 'stages/07_retraining.json', s07.get('note') or 'retraining decision recorded', s07['available']),
           _ev('file', 'retirement procedure (stage 09 notebook)', 'documented and executable', True)],
          [f"validation_status is {vs!r}" if vs != 'passed' else '', 'no deployment record: stage 05 has not run' if not s05['available'] else '',
           'no retraining record: stage 07 has not run' if not s07['available'] else ''])
-    return items
+
+COMPLIANCE_RULES = [_eu_aia_9, _eu_aia_10, _eu_aia_11, _eu_aia_12, _eu_aia_13, _eu_aia_14, _eu_aia_15, _eu_aia_17,
+                    _nist_govern, _nist_map, _nist_measure, _nist_manage]
+
+def compliance_checklist(f: dict) -> list[dict]:
+    "Checklist items (EU AI Act high-risk obligations, NIST AI RMF functions) from the facts `f`; each with evidence, status and gaps."
+    return [rule(f) for rule in COMPLIANCE_RULES]
 
 # %% ../nbs/08_governance.ipynb #4c326716
 CARD_SECTIONS = ['model_details', 'intended_use', 'factors', 'metrics', 'evaluation_data', 'training_data',
@@ -612,163 +613,238 @@ def md_table(df: pd.DataFrame, nd: int = 4) -> str:
 def _with_ci(value, lo, hi, nd=4) -> str:
     return f'{_f(value, nd)} [{_f(lo, nd)}, {_f(hi, nd)}]'
 
-def build_governance(ws: Workspace, c: Charter, version, name: str | None = None, n_boot: int = 300, seed: int = 0,
-                     files: dict | None = None) -> dict:
-    "Everything governance reports for one version, as dictionaries and tables (reads only; writes nothing)."
-    name = name or c.name
-    files = files or {'model_card': 'model_card.md', 'bias_report': 'bias_report.md', 'compliance': 'compliance.md', 'lineage': 'lineage.md'}
+# %% ../nbs/08_governance.ipynb #6a7c501b
+GOVERNANCE_STAGES = ('01_problem_definition', '02_data', '03_model_development', '04_validation', '05_deployment', '06_monitoring', '07_retraining')
+
+def _version_log_rows(ws: Workspace, version) -> int:
+    "Rows of `version` in the prediction log (0 when there is no log or it cannot be read)."
+    if not _log_exists(ws): return 0
+    import sqlalchemy as sa
+    from mlcycle.serve import log_engine
+    eng = log_engine(ws.prediction_log_url)
+    try:
+        with eng.connect() as conn:
+            return int(conn.execute(sa.text('SELECT count(*) FROM predictions WHERE model_version = :v'), {'v': str(version)}).scalar_one())
+    except Exception: return 0
+    finally: eng.dispose()
+
+def _model_description(model) -> str:
+    "The pipeline's steps by class name (through a post-processor to the pipeline it wraps)."
+    desc = ' → '.join(type(s).__name__ for _, s in getattr(model, 'steps', [])) or type(model).__name__
+    inner = getattr(model, 'estimator', None)
+    if inner is not None and hasattr(inner, 'steps'): desc = f"{type(model).__name__} over " + ' → '.join(type(s).__name__ for _, s in inner.steps)
+    return desc
+
+def read_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -> dict:
+    "Everything governance reads about one version (registry, test split and scores, stage manifests, audit log, prediction log)."
+    name, version = name or c.name, str(version)
     rec = version_record(ws, version, name)
     df, test_fp = evaluation_split(ws)
-    y = binary_target(c, df[c.data.target])
     proba, pred, model = score_version(ws, version, df, name)
-    idx = boot_index(len(y), n_boot, seed)
-    perf = metrics_with_ci(y, proba, pred, idx)
-    fair = fairness_analysis(c, y, pred, df, idx)
-    run_metrics = (rec.get('run') or {}).get('metrics') or {}
-    objectives = objectives_table(c, y, proba, pred, df, perf, fair, run_metrics)
-    stages = {k[:2]: stage_evidence(ws, k, version) for k in ('01_problem_definition', '02_data', '03_model_development', '04_validation',
-                                                           '05_deployment', '06_monitoring', '07_retraining')}
-    tradeoff = mitigation_tradeoff(ws, c, version)
-    production = production_fairness(ws, c, version)
+    stages = {k[:2]: stage_evidence(ws, k, version) for k in GOVERNANCE_STAGES}
     entries = ws.audit.entries()
-    audit = ws.audit.verify()
     events = version_events(entries, name, version)
-    aliases_t = alias_history(events)
-    vfp = version_fingerprints(rec)
-    facts = {'model': name, 'version': str(version), 'run_id': rec['run_id'], 'model_id': rec['model_id'], 'charter_hash': c.hash,
-             'fingerprints': vfp, 'evaluation_fingerprint': test_fp, 'n_boot': n_boot, 'seed': seed,
-             'metrics': {r.metric: round(float(r.value), 6) for r in perf.itertuples() if np.isfinite(r.value)},
-             'objectives': {r.objective: [None if not np.isfinite(r.value) else round(float(r.value), 6), bool(r.passed)] for r in objectives.itertuples()},
-             'validation_status': rec['tags'].get('validation_status')}
-    digest = evidence_digest(facts)
-    so = sign_off([e for e in entries if e['event'] == 'approval' and e['details'].get('model') == name and str(e['details'].get('version')) == str(version)], digest)
-    m02 = stages['02']['outputs'] if stages['02']['available'] else {}
-    s04 = stages['04']
-    v04 = s04['outputs'].get('report') if s04['available'] and s04['about_this_version'] else None
-    lineage = lineage_steps(ws, c, rec, events)
-    # ---- the model card ----
-    model_desc = ' → '.join(type(s).__name__ for _, s in getattr(model, 'steps', [])) or type(model).__name__
-    inner = getattr(model, 'estimator', None)
-    if inner is not None and hasattr(inner, 'steps'): model_desc = f"{type(model).__name__} over " + ' → '.join(type(s).__name__ for _, s in inner.steps)
+    return {'name': name, 'version': version, 'record': rec, 'test': df, 'test_fingerprint': test_fp, 'y': binary_target(c, df[c.data.target]),
+            'proba': proba, 'pred': pred, 'model_description': _model_description(model), 'stages': stages,
+            'sources': ws.manifest('02_data')['inputs'].get('sources', []) if stages['02']['available'] else [],
+            'tradeoff': mitigation_tradeoff(ws, c, version), 'production': production_fairness(ws, c, version),
+            'events': events, 'approvals': [e for e in entries if e['event'] == 'approval' and e['details'].get('model') == name
+                                            and str(e['details'].get('version')) == version],
+            'audit': ws.audit.verify(), 'audit_head': read_json(ws.audit.head_path) if ws.audit.head_path.exists() else None,
+            'contract_exists': (ws.root/'data'/'contract.json').exists(), 'log_exists': _log_exists(ws),
+            'log_rows': _version_log_rows(ws, version), 'lineage': lineage_steps(ws, c, rec, events),
+            'generated_at': _now(), 'generated_by': current_actor()}
+
+# %% ../nbs/08_governance.ipynb #f06298a8
+def evidence_facts(c: Charter, ev: dict, m: dict) -> dict:
+    "The substance a reviewer approves: version, run, charter, data fingerprints, measurements and the validation status."
+    rec, perf, objectives = ev['record'], m['performance'], m['objectives']
+    return {'model': ev['name'], 'version': ev['version'], 'run_id': rec['run_id'], 'model_id': rec['model_id'], 'charter_hash': c.hash,
+            'fingerprints': version_fingerprints(rec), 'evaluation_fingerprint': ev['test_fingerprint'], 'n_boot': m['n_boot'], 'seed': m['seed'],
+            'metrics': {r.metric: round(float(r.value), 6) for r in perf.itertuples() if np.isfinite(r.value)},
+            'objectives': {r.objective: [None if not np.isfinite(r.value) else round(float(r.value), 6), bool(r.passed)] for r in objectives.itertuples()},
+            'validation_status': rec['tags'].get('validation_status')}
+
+def _s04_report(ev: dict) -> dict | None:
+    "Stage 04's recorded report when it validated this very version."
+    s04 = ev['stages']['04']
+    return s04['outputs'].get('report') if s04['available'] and s04['about_this_version'] else None
+
+def caveats(c: Charter, ev: dict, m: dict) -> list[str]:
+    "The card's caveats: small groups, objectives not met or not robust, missing validation or monitoring, out-of-scope use."
+    fair, objectives, tags, s04 = m['fairness'], m['objectives'], ev['record']['tags'], ev['stages']['04']
     small = pd.concat([f['by_group'].assign(feature=f['feature']) for f in fair], ignore_index=True)
     small = small[small.too_small]
-    prim = objectives[objectives.primary].iloc[0]
-    caveats = []
-    if len(small): caveats.append(f"{len(small)} sensitive groups (mostly intersections) have fewer than {c.data.requirements.min_group_size} test rows: "
-                                  f"their rates are too uncertain to judge (e.g. {', '.join(small.group.head(4))}).")
+    out = []
+    if len(small): out.append(f"{len(small)} sensitive groups (mostly intersections) have fewer than {c.data.requirements.min_group_size} test rows: "
+                              f"their rates are too uncertain to judge (e.g. {', '.join(small.group.head(4))}).")
     for r in objectives.itertuples():
-        if r.measured and not r.passed: caveats.append(f'Objective {r.objective} is NOT met on the test split (value {_f(r.value)}).')
-        elif r.measured and not r.robust: caveats.append(f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
-        elif not r.measured: caveats.append(f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
-    if rec['tags'].get('validation_status') != 'passed': caveats.append(f"validation_status is {rec['tags'].get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
-    if not s04['available'] or not s04['about_this_version']: caveats.append('No stage-04 validation report for this version: robustness and overfitting are not evidenced here.')
-    if not stages['06']['available']: caveats.append('No production monitoring yet (stage 06): drift and realized performance are unknown.')
-    caveats.append(f"Out of scope, per the charter: {c.out_of_scope.strip()}")
-    caveats.append('Recommendation: keep a person reviewing every flagged case, re-run governance after each retraining, and re-approve when the evidence digest changes.')
-    card = {
-        'title': f'Model card: {name} v{version}', 'generated_at': _now(), 'generated_by': current_actor(), 'evidence_digest': digest,
-        'model_details': {'name': name, 'version': str(version), 'created': rec['created'], 'model': model_desc,
-                          'family': rec['tags'].get('model_family') or rec['tags'].get('candidate') or 'not recorded',
-                          'mitigation': rec['tags'].get('mitigation', 'none recorded'), 'task': c.task, 'target': c.data.target,
-                          'positive_label': str(c.data.positive_label), 'owners': c.owners, 'charter_hash': c.hash,
-                          'training_run_id': rec['run_id'], 'logged_model_id': rec['model_id'], 'aliases': rec['aliases'],
-                          'lifecycle': rec['tags'].get('lifecycle'), 'validation_status': rec['tags'].get('validation_status'),
-                          'serialization': rec['flavor'].get('serialization_format'), 'sklearn_version': rec['flavor'].get('sklearn_version'),
-                          'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': 'model: as set by the owners; training data UCI Adult CC BY 4.0 when the bundled charter is used',
-                          'contact': ', '.join(c.owners)},
+        if r.measured and not r.passed: out.append(f'Objective {r.objective} is NOT met on the test split (value {_f(r.value)}).')
+        elif r.measured and not r.robust: out.append(f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
+        elif not r.measured: out.append(f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
+    if tags.get('validation_status') != 'passed': out.append(f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
+    if not s04['available'] or not s04['about_this_version']: out.append('No stage-04 validation report for this version: robustness and overfitting are not evidenced here.')
+    if not ev['stages']['06']['available']: out.append('No production monitoring yet (stage 06): drift and realized performance are unknown.')
+    out.append(f"Out of scope, per the charter: {c.out_of_scope.strip()}")
+    out.append('Recommendation: keep a person reviewing every flagged case, re-run governance after each retraining, and re-approve when the evidence digest changes.')
+    return out
+
+# %% ../nbs/08_governance.ipynb #0f385816
+def _card_details(c: Charter, ev: dict) -> dict:
+    rec, name = ev['record'], ev['name']
+    return {'name': name, 'version': ev['version'], 'created': rec['created'], 'model': ev['model_description'],
+            'family': rec['tags'].get('model_family') or rec['tags'].get('candidate') or 'not recorded',
+            'mitigation': rec['tags'].get('mitigation', 'none recorded'), 'task': c.task, 'target': c.data.target,
+            'positive_label': str(c.data.positive_label), 'owners': c.owners, 'charter_hash': c.hash,
+            'training_run_id': rec['run_id'], 'logged_model_id': rec['model_id'], 'aliases': rec['aliases'],
+            'lifecycle': rec['tags'].get('lifecycle'), 'validation_status': rec['tags'].get('validation_status'),
+            'serialization': rec['flavor'].get('serialization_format'), 'sklearn_version': rec['flavor'].get('sklearn_version'),
+            'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': 'model: as set by the owners; training data UCI Adult CC BY 4.0 when the bundled charter is used',
+            'contact': ', '.join(c.owners)}
+
+def _card_data(ev: dict) -> tuple[dict, dict]:
+    "The evaluation-data and training-data sections."
+    s02, y, fp = ev['stages']['02'], ev['y'], ev['test_fingerprint']
+    m02 = s02['outputs'] if s02['available'] else {}
+    vfp = version_fingerprints(ev['record'])
+    evaluation = {'split': 'test (stage 02, untouched until validation)', 'fingerprint': fp, 'rows': int(len(ev['test'])),
+                  'positive_rate': float(y.mean()), 'snapshot': f'data/{fp}.parquet',
+                  'preprocessing': 'the data contract (data/contract.json) and the model pipeline’s own ColumnTransformer'}
+    training = {'fingerprints': vfp, 'sources': ev['sources'], 'splits': m02.get('splits', {}),
+                'quality': {k: m02.get('quality', {}).get(k) for k in ('rows', 'duplicates')},
+                'matches_current_split': vfp.get('train') == m02.get('splits', {}).get('train', {}).get('fingerprint')}
+    return evaluation, training
+
+def _frames_to_records(d: dict) -> dict: return {k: (v.to_dict('records') if isinstance(v, pd.DataFrame) else v) for k, v in d.items()}
+
+def _card_analyses(ev: dict, m: dict) -> dict:
+    "Quantitative analyses: test-split numbers, stage 04's report, stage 06's monitoring, production fairness."
+    s04, s06, v04, version = ev['stages']['04'], ev['stages']['06'], _s04_report(ev), ev['version']
+    return {'performance': m['performance'].to_dict('records'), 'objectives': m['objectives'].to_dict('records'),
+            'fairness_gaps': {f['feature']: f['gaps'].to_dict('records') for f in m['fairness']},
+            'stage_04': ({'status': s04['outputs'].get('validation_status'), 'verdict': s04['outputs'].get('verdict'),
+                          'performance': v04.get('performance'), 'fairness': v04.get('fairness'), 'robustness': v04.get('robustness'),
+                          'overfit': v04.get('overfit')} if v04 else {'note': s04.get('note') or 'stage 04 recorded no report'}),
+            'monitoring': ({k: s06['summary'].get(k) for k in ('alerts_count', 'alerts_critical', 'recommendation', 'recommendation_text')}
+                           | {'window': s06['outputs'].get('window'),
+                              'performance': [r for r in s06['outputs'].get('performance') or [] if str(r.get('model_version')) == version]}
+                           if s06['available'] else {'note': s06['note']}),
+            'production_fairness': _frames_to_records(ev['production'])}
+
+def _card_ethics(c: Charter, ev: dict, m: dict) -> dict:
+    return {'sensitive_data': f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}.",
+            'risk': f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip(),
+            'fairness_objectives': [f"{r.objective}: {_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}] → {'met' if r.passed else 'NOT met'}"
+                                    for r in m['objectives'].itertuples() if r.metric in GAP_METRICS],
+            'mitigation': ev['record']['tags'].get('mitigation', 'none recorded'),
+            'harms': f"Misuse outside the intended use could harm the people scored: {c.out_of_scope.strip()}",
+            'human_oversight': c.intended_use.strip()}
+
+# %% ../nbs/08_governance.ipynb #cfac9513
+def model_card(c: Charter, ev: dict, m: dict, digest: str, so: dict, cav: list[str]) -> dict:
+    "The model card (Mitchell et al.'s nine sections, the sign-off and the audit integrity) as a dictionary."
+    evaluation, training = _card_data(ev)
+    audit = ev['audit']
+    return {
+        'title': f"Model card: {ev['name']} v{ev['version']}", 'generated_at': ev['generated_at'], 'generated_by': ev['generated_by'], 'evidence_digest': digest,
+        'model_details': _card_details(c, ev),
         'intended_use': {'problem': c.problem.strip(), 'primary_intended_uses': c.intended_use.strip(), 'out_of_scope_uses': c.out_of_scope.strip(),
                          'risk_level': c.risk.level, 'risk_framework': c.risk.framework, 'risk_notes': c.risk.notes},
-        'factors': {'sensitive_features': list(c.data.sensitive_features), 'evaluated_groups': [f['feature'] for f in fair],
-                    'groups': {f['feature']: f['by_group'][['group', 'rows', 'too_small']].to_dict('records') for f in fair},
+        'factors': {'sensitive_features': list(c.data.sensitive_features), 'evaluated_groups': [f['feature'] for f in m['fairness']],
+                    'groups': {f['feature']: f['by_group'][['group', 'rows', 'too_small']].to_dict('records') for f in m['fairness']},
                     'min_group_size': c.data.requirements.min_group_size},
-        'metrics': {'performance_measures': list(perf.metric), 'primary': c.primary.describe(),
+        'metrics': {'performance_measures': list(m['performance'].metric), 'primary': c.primary.describe(),
                     'decision_threshold': "the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness mitigation is part of the model",
                     'fairness_measures': GROUP_RATES + GAP_METRICS,
-                    'uncertainty': f'95% percentile bootstrap over the test rows, {n_boot} resamples (seed {seed})'},
-        'evaluation_data': {'split': 'test (stage 02, untouched until validation)', 'fingerprint': test_fp, 'rows': int(len(df)),
-                            'positive_rate': float(y.mean()), 'snapshot': f'data/{test_fp}.parquet',
-                            'preprocessing': 'the data contract (data/contract.json) and the model pipeline’s own ColumnTransformer'},
-        'training_data': {'fingerprints': vfp, 'sources': ws.manifest('02_data')['inputs'].get('sources', []) if stages['02']['available'] else [],
-                          'splits': m02.get('splits', {}),
-                          'quality': {k: m02.get('quality', {}).get(k) for k in ('rows', 'duplicates')},
-                          'matches_current_split': vfp.get('train') == m02.get('splits', {}).get('train', {}).get('fingerprint')},
-        'quantitative_analyses': {'performance': perf.to_dict('records'), 'objectives': objectives.to_dict('records'),
-                                  'fairness_gaps': {f['feature']: f['gaps'].to_dict('records') for f in fair},
-                                  'stage_04': ({'status': s04['outputs'].get('validation_status'), 'verdict': s04['outputs'].get('verdict'),
-                                                'performance': v04.get('performance'), 'fairness': v04.get('fairness'), 'robustness': v04.get('robustness'),
-                                                'overfit': v04.get('overfit')} if v04 else {'note': s04.get('note') or 'stage 04 recorded no report'}),
-                                  'monitoring': ({k: stages['06']['summary'].get(k) for k in ('alerts_count', 'alerts_critical', 'recommendation', 'recommendation_text')}
-                                                 | {'window': stages['06']['outputs'].get('window'),
-                                                    'performance': [r for r in stages['06']['outputs'].get('performance') or [] if str(r.get('model_version')) == str(version)]}
-                                                 if stages['06']['available'] else {'note': stages['06']['note']}),
-                                  'production_fairness': {k: (v.to_dict('records') if isinstance(v, pd.DataFrame) else v) for k, v in production.items()}},
-        'ethical_considerations': {'sensitive_data': f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}.",
-                                   'risk': f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip(),
-                                   'fairness_objectives': [f"{r.objective}: {_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}] → {'met' if r.passed else 'NOT met'}"
-                                                           for r in objectives.itertuples() if r.metric in GAP_METRICS],
-                                   'mitigation': rec['tags'].get('mitigation', 'none recorded'),
-                                   'harms': f"Misuse outside the intended use could harm the people scored: {c.out_of_scope.strip()}",
-                                   'human_oversight': c.intended_use.strip()},
-        'caveats_and_recommendations': caveats,
+                    'uncertainty': f"95% percentile bootstrap over the test rows, {m['n_boot']} resamples (seed {m['seed']})"},
+        'evaluation_data': evaluation, 'training_data': training,
+        'quantitative_analyses': _card_analyses(ev, m),
+        'ethical_considerations': _card_ethics(c, ev, m),
+        'caveats_and_recommendations': cav,
         'sign_off': so,
-        'audit_integrity': {'ok': audit.ok, 'entries': audit.entries, 'summary': str(audit), 'head': (read_json(ws.audit.head_path) if ws.audit.head_path.exists() else None)},
+        'audit_integrity': {'ok': audit.ok, 'entries': audit.entries, 'summary': str(audit), 'head': ev['audit_head']},
     }
-    missing = [s for s in CARD_SECTIONS if not card.get(s)]
-    bias = {'title': f'Bias report: {name} v{version}', 'generated_at': card['generated_at'], 'evidence_digest': digest,
-            'evaluation': {'split': 'test', 'fingerprint': test_fp, 'rows': int(len(df)), 'n_boot': n_boot},
+
+def bias_report(ev: dict, m: dict, card: dict) -> dict:
+    "The bias report: groups and gaps with intervals, the fairness objectives, stage 03's trade-off, stage 04's and production fairness."
+    fair, objectives, tr, v04 = m['fairness'], m['objectives'], ev['tradeoff'], _s04_report(ev)
+    return {'title': f"Bias report: {ev['name']} v{ev['version']}", 'generated_at': card['generated_at'], 'evidence_digest': card['evidence_digest'],
+            'evaluation': {'split': 'test', 'fingerprint': ev['test_fingerprint'], 'rows': int(len(ev['test'])), 'n_boot': m['n_boot']},
             'groups': {f['feature']: f['by_group'].to_dict('records') for f in fair},
             'gaps': {f['feature']: f['gaps'].to_dict('records') for f in fair},
             'objectives': objectives[objectives.metric.isin(GAP_METRICS)].to_dict('records'),
-            'tradeoff': ({'table': tradeoff['table'].to_dict('records'), 'selected': tradeoff['selected'], 'fairness_key': tradeoff['fairness_key'],
-                          'note': tradeoff['note']} if tradeoff['available'] else {'note': tradeoff['note']}),
-            'stage_04': {'fairness': v04.get('fairness')} if v04 else {'note': s04.get('note') or 'stage 04 recorded no report'},
+            'tradeoff': ({'table': tr['table'].to_dict('records'), 'selected': tr['selected'], 'fairness_key': tr['fairness_key'],
+                          'note': tr['note']} if tr['available'] else {'note': tr['note']}),
+            'stage_04': {'fairness': v04.get('fairness')} if v04 else {'note': ev['stages']['04'].get('note') or 'stage 04 recorded no report'},
             'production': card['quantitative_analyses']['production_fairness']}
+
+# %% ../nbs/08_governance.ipynb #984ae558
+def _stage_highlights(ev: dict) -> dict:
+    "Per stage: available, note, whether about this version, and the few outputs the checklist reads."
+    keep = ('verdict', 'rows', 'duplicates', 'validation_status', 'deployed_as', 'alerts_count', 'recommendation')
+    stages = ev['stages']
     h = {k: {'available': v['available'], 'note': v.get('note', ''), 'about_this_version': v.get('about_this_version', False),
-             **{kk: vv for kk, vv in v.get('summary', {}).items() if kk in ('verdict', 'rows', 'duplicates', 'validation_status', 'deployed_as',
-                                                                            'alerts_count', 'recommendation')}} for k, v in stages.items()}
-    if stages['02']['available']: h['02'].update({k: m02.get('quality', {}).get(k) for k in ('rows', 'duplicates')})
-    if s04['available'] and v04:
+             **{kk: vv for kk, vv in v.get('summary', {}).items() if kk in keep}} for k, v in stages.items()}
+    if stages['02']['available']: h['02'].update({k: stages['02']['outputs'].get('quality', {}).get(k) for k in ('rows', 'duplicates')})
+    v04 = _s04_report(ev)
+    if stages['04']['available'] and v04:
         rob = v04.get('robustness') or []
         h['04']['robustness_ok'] = all(r.get('passed', True) for r in rob) if rob else None
-    leak = [r for r in m02.get('quality', {}).get('leakage_top', []) if r.get('leakage_suspect')]
-    log_rows = 0
-    if _log_exists(ws):
-        import sqlalchemy as sa
-        from mlcycle.serve import log_engine
-        eng = log_engine(ws.prediction_log_url)
-        try:
-            with eng.connect() as conn:
-                log_rows = conn.execute(sa.text('SELECT count(*) FROM predictions WHERE model_version = :v'), {'v': str(version)}).scalar_one()
-        except Exception: log_rows = 0
-        finally: eng.dispose()
-    facts_cl = {'charter': {'risk_level': c.risk.level, 'risk_notes': c.risk.notes, 'intended_use': c.intended_use, 'out_of_scope': c.out_of_scope,
-                            'owners': c.owners, 'sensitive_features': c.data.sensitive_features},
-                'audit': {'ok': audit.ok, 'summary': str(audit)}, 'stages': h,
-                'primary': {'objective': prim.objective, 'metric': prim.metric, 'value': float(prim.value), 'ci_low': float(prim.ci_low),
-                            'ci_high': float(prim.ci_high), 'passed': bool(prim.passed)},
-                'fairness_objectives': objectives[objectives.metric.isin(GAP_METRICS)].to_dict('records'), 'files': files,
-                'card_complete': not missing, 'card_missing': missing, 'contract_exists': (ws.root/'data'/'contract.json').exists(),
-                'leakage_suspects': len(leak), 'groups_judged': int(sum((~f['by_group'].too_small).sum() for f in fair)),
-                'groups_too_small': int(sum(f['by_group'].too_small.sum() for f in fair)), 'run_id': rec['run_id'],
-                'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': _log_exists(ws), 'log_rows': int(log_rows),
-                'caveats': len(caveats), 'sign_off': so, 'human_review_in_use': any(w in c.intended_use.lower() for w in ('review', 'human', 'person')),
-                'alias_moves': len(aliases_t), 'serialization': rec['flavor'].get('serialization_format'),
-                'validation_status': rec['tags'].get('validation_status'), 'metrics': perf.to_dict('records')}
-    checklist = compliance_checklist(facts_cl)
+    return h
+
+def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> dict:
+    "The facts `compliance_checklist` judges, from the evidence, the measurements and the card."
+    objectives, fair, rec, audit = m['objectives'], m['fairness'], ev['record'], ev['audit']
+    prim = objectives[objectives.primary].iloc[0]
+    m02 = ev['stages']['02']['outputs'] if ev['stages']['02']['available'] else {}
+    missing = [s for s in CARD_SECTIONS if not card.get(s)]
+    return {'charter': {'risk_level': c.risk.level, 'risk_notes': c.risk.notes, 'intended_use': c.intended_use, 'out_of_scope': c.out_of_scope,
+                        'owners': c.owners, 'sensitive_features': c.data.sensitive_features},
+            'audit': {'ok': audit.ok, 'summary': str(audit)}, 'stages': _stage_highlights(ev),
+            'primary': {'objective': prim.objective, 'metric': prim.metric, 'value': float(prim.value), 'ci_low': float(prim.ci_low),
+                        'ci_high': float(prim.ci_high), 'passed': bool(prim.passed)},
+            'fairness_objectives': objectives[objectives.metric.isin(GAP_METRICS)].to_dict('records'), 'files': files,
+            'card_complete': not missing, 'card_missing': missing, 'contract_exists': ev['contract_exists'],
+            'leakage_suspects': len([r for r in m02.get('quality', {}).get('leakage_top', []) if r.get('leakage_suspect')]),
+            'groups_judged': int(sum((~f['by_group'].too_small).sum() for f in fair)),
+            'groups_too_small': int(sum(f['by_group'].too_small.sum() for f in fair)), 'run_id': rec['run_id'],
+            'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': ev['log_exists'], 'log_rows': int(ev['log_rows']),
+            'caveats': len(card['caveats_and_recommendations']), 'sign_off': card['sign_off'],
+            'human_review_in_use': any(w in c.intended_use.lower() for w in ('review', 'human', 'person')),
+            'alias_moves': len(alias_history(ev['events'])), 'serialization': rec['flavor'].get('serialization_format'),
+            'validation_status': rec['tags'].get('validation_status'), 'metrics': m['performance'].to_dict('records')}
+
+# %% ../nbs/08_governance.ipynb #6155c5f2
+DOCUMENT_FILES = {'model_card': 'model_card.md', 'bias_report': 'bias_report.md', 'compliance': 'compliance.md', 'lineage': 'lineage.md'}
+
+def governance_documents(c: Charter, ev: dict, n_boot: int | None = None, seed: int | None = None, files: dict | None = None) -> dict:
+    "The four documents for one version from its evidence (`read_evidence`): measure, digest, card, bias report, compliance map, lineage."
+    name, version = ev['name'], ev['version']
+    m = measure_version(c, ev['y'], ev['proba'], ev['pred'], ev['test'], n_boot, seed, (ev['record'].get('run') or {}).get('metrics') or {})
+    facts = evidence_facts(c, ev, m)
+    digest = evidence_digest(facts)
+    card = model_card(c, ev, m, digest, sign_off(ev['approvals'], digest), caveats(c, ev, m))
+    bias = bias_report(ev, m, card)
+    cl = checklist_facts(c, ev, m, card, files or DOCUMENT_FILES)
+    checklist = compliance_checklist(cl)
     compliance = {'title': f'Compliance evidence map: {name} v{version}', 'generated_at': card['generated_at'], 'disclaimer': DISCLAIMER,
                   'evidence_digest': digest, 'items': checklist, 'summary': {s: sum(i['status'] == s for i in checklist) for s in ('pass', 'gap')}}
     card['compliance_summary'] = compliance['summary']
-    lin = {'title': f'Lineage: {name} v{version}', 'generated_at': card['generated_at'], 'steps': lineage,
-           'alias_history': aliases_t.to_dict('records'), 'audit_integrity': card['audit_integrity']}
-    return {'model': name, 'version': str(version), 'record': rec, 'card': card, 'bias': bias, 'compliance': compliance, 'lineage': lin,
-            'facts': facts, 'evidence_digest': digest, 'performance': perf, 'fairness': fair, 'objectives': objectives,
-            'tradeoff': tradeoff, 'production': production, 'stages': stages, 'audit': audit, 'card_missing': missing}
+    lin = {'title': f'Lineage: {name} v{version}', 'generated_at': card['generated_at'], 'steps': ev['lineage'],
+           'alias_history': alias_history(ev['events']).to_dict('records'), 'audit_integrity': card['audit_integrity']}
+    return {'model': name, 'version': version, 'record': ev['record'], 'card': card, 'bias': bias, 'compliance': compliance, 'lineage': lin,
+            'facts': facts, 'evidence_digest': digest, 'performance': m['performance'], 'fairness': m['fairness'], 'objectives': m['objectives'],
+            'tradeoff': ev['tradeoff'], 'production': ev['production'], 'stages': ev['stages'], 'audit': ev['audit'], 'card_missing': cl['card_missing']}
+
+def build_governance(ws: Workspace, c: Charter, version, name: str | None = None, n_boot: int | None = None, seed: int | None = None,
+                     files: dict | None = None) -> dict:
+    "Everything governance reports for one version, as dictionaries and tables (reads only; writes nothing)."
+    return governance_documents(c, read_evidence(ws, c, version, name), n_boot, seed, files)
 
 # %% ../nbs/08_governance.ipynb #05476e8e
-def card_markdown(g: dict) -> str:
-    "The model card as Markdown."
-    cd, md = g['card'], []
-    d, iu = cd['model_details'], cd['intended_use']
+def _card_md_intro(cd: dict) -> list[str]:
+    "Title, model details, intended use and factors."
+    d, iu, md = cd['model_details'], cd['intended_use'], []
     md += [f"# {md_escape(cd['title'])}", '',
            f"_Generated {cd['generated_at']} by {md_escape(cd['generated_by'])} · evidence digest `{cd['evidence_digest']}` · "
            f"sections after Mitchell et al., “Model Cards for Model Reporting” (FAT* 2019)._", '',
@@ -781,7 +857,11 @@ def card_markdown(g: dict) -> str:
            f"{', '.join(cd['factors']['evaluated_groups'])}. Groups under {cd['factors']['min_group_size']} test rows are reported but too small to judge.", '']
     for feat, rows in cd['factors']['groups'].items():
         md += [f"- **{md_escape(feat)}**: " + ', '.join(f"{md_escape(r['group'])} ({r['rows']}{', too small' if r['too_small'] else ''})" for r in rows)]
-    m = cd['metrics']
+    return md
+
+def _card_md_data(cd: dict) -> list[str]:
+    "Metrics, evaluation data and training data."
+    m, md = cd['metrics'], []
     md += ['', '## Metrics', '', f"Performance: {', '.join(m['performance_measures'])} (primary objective: `{md_escape(m['primary'])}`). "
            f"Fairness: {', '.join(m['fairness_measures'])}. Decision rule: {m['decision_threshold']}. Uncertainty: {m['uncertainty']}.", '',
            '## Evaluation data', '', md_table(pd.DataFrame(list(cd['evaluation_data'].items()), columns=['field', 'value'])),
@@ -794,7 +874,11 @@ def card_markdown(g: dict) -> str:
         if 'location' in src: src['location'] = [x if '://' in str(x) else Path(str(x)).name for x in src.location]
         md += [md_table(src[[k for k in ('kind', 'location', 'rows', 'columns', 'fingerprint') if k in src]])]
     if td['splits']: md += [md_table(pd.DataFrame(td['splits']).T.reset_index(names='split'))]
-    qa = cd['quantitative_analyses']
+    return md
+
+def _card_md_analyses(cd: dict) -> list[str]:
+    "Quantitative analyses: test-split performance, objectives, gaps, stage 04, monitoring, production fairness."
+    qa, md = cd['quantitative_analyses'], []
     md += ['## Quantitative analyses', '', '### Performance on the test split (95% bootstrap intervals)', '',
            md_table(pd.DataFrame(qa['performance'])), '### The charter’s objectives', '',
            md_table(pd.DataFrame(qa['objectives'])[['objective', 'value', 'ci_low', 'ci_high', 'passed', 'robust', 'source']]),
@@ -816,7 +900,11 @@ def card_markdown(g: dict) -> str:
     pf = qa['production_fairness']
     md += ['### Production fairness', '', f"_{md_escape(pf.get('note') or '')}_", '']
     if pf.get('available') and pf.get('table'): md += [md_table(pd.DataFrame(pf['table']))]
-    ec = cd['ethical_considerations']
+    return md
+
+def _card_md_closing(cd: dict) -> list[str]:
+    "Ethical considerations, caveats, sign-off and the audit log's integrity."
+    ec, md = cd['ethical_considerations'], []
     md += ['## Ethical considerations', '', f"- {md_escape(ec['sensitive_data'])}", f"- {md_escape(ec['risk'])}",
            f"- Fairness mitigation in the model: {md_escape(ec['mitigation'])}."] + [f"- {md_escape(x)}" for x in ec['fairness_objectives']] + \
           [f"- {md_escape(ec['harms'])}", f"- Human oversight (intended use): {md_escape(ec['human_oversight'])}", '',
@@ -829,7 +917,12 @@ def card_markdown(g: dict) -> str:
     md += ['## Audit log integrity', '', f"{'✅' if ai['ok'] else '❌'} {md_escape(ai['summary'])}" +
            (f" (head: entry {ai['head']['seq']}, hash `{ai['head']['hash'][:16]}…`)" if ai.get('head') else ''), '',
            f"Compliance evidence map: {cd['compliance_summary']['pass']} pass, {cd['compliance_summary']['gap']} gap(s) — see [compliance](compliance.md).", '']
-    return '\n'.join(md)
+    return md
+
+def card_markdown(g: dict) -> str:
+    "The model card as Markdown."
+    cd = g['card']
+    return '\n'.join(_card_md_intro(cd) + _card_md_data(cd) + _card_md_analyses(cd) + _card_md_closing(cd))
 
 def bias_markdown(g: dict, figures: dict | None = None) -> str:
     "The bias report as Markdown (`figures`: feature → image file name)."
@@ -921,11 +1014,8 @@ def render_governance(g: dict, c: Charter) -> dict[str, bytes]:
         f"Evidence digest `{g['evidence_digest']}`. JSON: model_card.json, bias_report.json, compliance.json, lineage.json."]), 'governance').encode()
     return files
 
-def run_governance(charter=None, workspace=None, model_name: str | None = None, version=None, output_dir=None, bootstrap: int = 300,
-                   seed: int = 0, manifest: bool = True, log=print) -> dict:
-    "Stage 08: model card, bias report, compliance map and lineage for one version, into `output_dir` and MLflow."
-    import mlflow
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+def _ensure_inputs(ws: Workspace, charter, model_name: str | None, log=print) -> tuple[Charter, str]:
+    "The charter and model name; runs stage 02, and stage 03 when no version is registered, first (as every stage runs its missing upstream)."
     if not ws.has_stage('02_data'):
         from mlcycle.data import run_data_stage
         log('stage 02 has not run in this workspace: running it first'); run_data_stage(charter, ws)
@@ -937,58 +1027,81 @@ def run_governance(charter=None, workspace=None, model_name: str | None = None, 
                                f"({ws.manifest('03_model_development')['outputs'].get('verdict', 'see its report')}); there is nothing to govern")
         from mlcycle.train import run_model_development
         log('no model version is registered and stage 03 has not run: running it first'); run_model_development(charter, ws, log=log)
+    return c, name
+
+def _governance_metrics(g: dict) -> dict:
+    "The numbers logged to MLflow: test-split metrics and lower bounds, fairness gaps, compliance counts, audit state."
+    perf = g['performance'].set_index('metric')
+    mets = {f'test_{m}': perf.loc[m, 'value'] for m in perf.index} | {f'test_{m}_ci_low': perf.loc[m, 'ci_low'] for m in perf.index}
+    for f in g['fairness']:
+        for r in f['gaps'].itertuples(): mets[f"test_{r.metric}_{f['feature'].replace(' & ', '_x_')}"] = r.value
+    mets.update({'compliance_pass': g['compliance']['summary']['pass'], 'compliance_gap': g['compliance']['summary']['gap'],
+                 'audit_ok': float(g['audit'].ok)})
+    return {k: float(x) for k, x in mets.items() if x is not None and np.isfinite(x)}
+
+def _log_governance(ws: Workspace, c: Charter, g: dict, name: str, v: str, folder: Path, card_sha256: str):
+    "A new MLflow run `governance v<N>` with the documents as artifacts; the version tagged with that run and the card's hash."
+    import mlflow
+    setup_mlflow(ws, c.name)
+    with mlflow.start_run(run_name=f'governance v{v}', tags={'mlcycle.stage': '08_governance', 'mlcycle.model_name': name, 'mlcycle.model_version': v,
+                                                            'mlcycle.source_run_id': g['record']['run_id'] or '', 'mlcycle.charter_hash': c.hash,
+                                                            'evidence_digest': g['evidence_digest'], 'sign_off': g['card']['sign_off']['status'][:250]}) as run:
+        mlflow.log_metrics(_governance_metrics(g))
+        mlflow.log_artifacts(str(folder), artifact_path='governance')
+    cl = mlflow.MlflowClient()
+    for k, val in {'governance_run_id': run.info.run_id, 'model_card_sha256': card_sha256,
+                   'governance_evidence_digest': g['evidence_digest'], 'governance_at': g['card']['generated_at']}.items():
+        cl.set_model_version_tag(name, v, k, val)
+    return run.info.run_id
+
+def _publish(tmp: Path, out: Path, files: dict, summary: dict) -> None:
+    "Move the staged files into `out` with `governance.json`; files an earlier pass wrote and this one did not are removed."
+    prev = out/'governance.json'
+    stale = set(read_json(prev).get('files', {})) - set(files) if prev.exists() else set()
+    (tmp/'governance.json').write_text(to_json(summary, indent=2) + '\n')
+    out.mkdir(parents=True, exist_ok=True)
+    for fn in [*files, 'governance.json']: os.replace(tmp/fn, out/fn)
+    for fn in stale:
+        if (out/fn).exists() and fn != 'governance.json': (out/fn).unlink()
+
+def _record_governance(ws: Workspace, c: Charter, g: dict, details: dict, files: dict, manifest: bool = True) -> None:
+    "The `08_governance` manifest with a `governance_report` audit entry (or the audit entry alone)."
+    if not manifest: ws.audit.append('governance_report', **details); return
+    cs, so = g['compliance']['summary'], g['card']['sign_off']
+    with ws.stage('08_governance', charter_hash=c.hash, model=details['model'], version=details['version']) as st:
+        st.manifest['outputs'].update(model_name=details['model'], model_version=details['version'], output_dir=details['output_dir'],
+                                      files=files, mlflow_run_id=details['governance_run_id'], evidence_digest=g['evidence_digest'],
+                                      compliance=cs, compliance_gaps=[i['id'] for i in g['compliance']['items'] if i['status'] == 'gap'],
+                                      sign_off=so['status'], approved=so['approved'], audit_verified=str(g['audit']),
+                                      verdict=f"v{details['version']}: {cs['pass']} pass, {cs['gap']} gap(s); {so['status']}")
+        st.record('governance_report', **details)
+
+def run_governance(charter=None, workspace=None, model_name: str | None = None, version=None, output_dir=None, bootstrap: int | None = None,
+                   seed: int | None = None, manifest: bool = True, log=print) -> dict:
+    "Stage 08: model card, bias report, compliance map and lineage for one version, into `output_dir` and MLflow."
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    c, name = _ensure_inputs(ws, charter, model_name, log)
     v = resolve_version(ws, version, name)
     out = Path(output_dir) if output_dir else ws.root/'reports'/name/v
-    g = build_governance(ws, c, v, name, n_boot=int(bootstrap), seed=seed)
+    g = build_governance(ws, c, v, name, n_boot=int(bootstrap) if bootstrap else None, seed=seed)
     files = render_governance(g, c)
+    hashes = {fn: sha256_bytes(data) for fn, data in files.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.governance-{v}-', dir=out.parent))
     try:
         for fn, data in files.items(): (tmp/fn).write_bytes(data)
-        hashes = {fn: sha256_bytes(data) for fn, data in files.items()}
-        setup_mlflow(ws, c.name)
-        perf = g['performance'].set_index('metric')
-        with mlflow.start_run(run_name=f'governance v{v}', tags={'mlcycle.stage': '08_governance', 'mlcycle.model_name': name, 'mlcycle.model_version': v,
-                                                                'mlcycle.source_run_id': g['record']['run_id'] or '', 'mlcycle.charter_hash': c.hash,
-                                                                'evidence_digest': g['evidence_digest'], 'sign_off': g['card']['sign_off']['status'][:250]}) as run:
-            mets = {f'test_{m}': perf.loc[m, 'value'] for m in perf.index} | {f'test_{m}_ci_low': perf.loc[m, 'ci_low'] for m in perf.index}
-            for f in g['fairness']:
-                for r in f['gaps'].itertuples(): mets[f"test_{r.metric}_{f['feature'].replace(' & ', '_x_')}"] = r.value
-            mets.update({'compliance_pass': g['compliance']['summary']['pass'], 'compliance_gap': g['compliance']['summary']['gap'],
-                         'audit_ok': float(g['audit'].ok)})
-            mlflow.log_metrics({k: float(x) for k, x in mets.items() if x is not None and np.isfinite(x)})
-            mlflow.log_artifacts(str(tmp), artifact_path='governance')
-        cl = mlflow.MlflowClient()
-        for k, val in {'governance_run_id': run.info.run_id, 'model_card_sha256': hashes['model_card.json'],
-                       'governance_evidence_digest': g['evidence_digest'], 'governance_at': g['card']['generated_at']}.items():
-            cl.set_model_version_tag(name, v, k, val)
-        prev = out/'governance.json'
-        stale = set(read_json(prev).get('files', {})) - set(files) if prev.exists() else set()
-        summary = {'model': name, 'version': v, 'generated_at': g['card']['generated_at'], 'evidence_digest': g['evidence_digest'],
-                   'mlflow_run_id': run.info.run_id, 'mlflow_artifact_path': 'governance', 'files': hashes,
-                   'compliance': g['compliance']['summary'], 'sign_off': g['card']['sign_off']['status'], 'audit_ok': g['audit'].ok}
-        (tmp/'governance.json').write_text(to_json(summary, indent=2) + '\n')
-        out.mkdir(parents=True, exist_ok=True)
-        for fn in [*files, 'governance.json']: os.replace(tmp/fn, out/fn)
-        for fn in stale:
-            if (out/fn).exists() and fn != 'governance.json': (out/fn).unlink()
+        run_id = _log_governance(ws, c, g, name, v, tmp, hashes['model_card.json'])
+        _publish(tmp, out, files, {'model': name, 'version': v, 'generated_at': g['card']['generated_at'], 'evidence_digest': g['evidence_digest'],
+                                   'mlflow_run_id': run_id, 'mlflow_artifact_path': 'governance', 'files': hashes,
+                                   'compliance': g['compliance']['summary'], 'sign_off': g['card']['sign_off']['status'], 'audit_ok': g['audit'].ok})
     finally: shutil.rmtree(tmp, ignore_errors=True)
-    details = dict(model=name, version=v, evidence_digest=g['evidence_digest'], governance_run_id=run.info.run_id, output_dir=str(out),
+    details = dict(model=name, version=v, evidence_digest=g['evidence_digest'], governance_run_id=run_id, output_dir=str(out),
                    model_card_sha256=hashes['model_card.json'], compliance=g['compliance']['summary'], sign_off=g['card']['sign_off']['status'],
                    audit_ok=g['audit'].ok)
-    if manifest:
-        with ws.stage('08_governance', charter_hash=c.hash, model=name, version=v) as st:
-            st.manifest['outputs'].update(model_name=name, model_version=v, output_dir=str(out), files=hashes, mlflow_run_id=run.info.run_id,
-                                          evidence_digest=g['evidence_digest'], compliance=g['compliance']['summary'],
-                                          compliance_gaps=[i['id'] for i in g['compliance']['items'] if i['status'] == 'gap'],
-                                          sign_off=g['card']['sign_off']['status'], approved=g['card']['sign_off']['approved'],
-                                          audit_verified=str(g['audit']), verdict=f"v{v}: {g['compliance']['summary']['pass']} pass, "
-                                          f"{g['compliance']['summary']['gap']} gap(s); {g['card']['sign_off']['status']}")
-            st.record('governance_report', **details)
-    else: ws.audit.append('governance_report', **details)
+    _record_governance(ws, c, g, details, hashes, manifest)
     log(f"governance for {name} v{v}: {g['compliance']['summary']['pass']} pass, {g['compliance']['summary']['gap']} gap(s); "
         f"{g['card']['sign_off']['status']} → {out}")
-    return {**g, 'workspace': ws, 'charter': c, 'output_dir': out, 'files': hashes, 'mlflow_run_id': run.info.run_id}
+    return {**g, 'workspace': ws, 'charter': c, 'output_dir': out, 'files': hashes, 'mlflow_run_id': run_id}
 
 # %% ../nbs/08_governance.ipynb #bbc9a8e5
 def _approve_cmd(a):

@@ -14,17 +14,19 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
+from .stats import (N_RESAMPLES, auc_delong, bootstrap_indices, normal_interval, percentile_ci, resampled_metric,
+                           two_proportion_test, wilson_interval)
 
 # %% auto #0
 __all__ = ['PSI_WARNING', 'PSI_CRITICAL', 'PSI_EPS', 'MISSING_DELTA', 'MISSING_DELTA_CRITICAL', 'NEW_CATEGORY_SHARE',
            'VANISHED_MIN_SHARE', 'VANISHED_MIN_EXPECTED', 'MIN_EXPECTED', 'POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING',
            'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING', 'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS',
-           'psi', 'ks_test', 'chi2_test', 'proportion_test', 'numeric_edges', 'DriftDetector', 'decide_drift',
-           'drift_summary', 'parse_window', 'read_window', 'logged_rows', 'log_features', 'prediction_drift',
-           'serving_skew', 'feature_skew', 'wilson_interval', 'auc_delong', 'metric_with_ci', 'realized_performance',
-           'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
-           'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
-           'ensure_champion', 'run_monitoring', 'register_cli']
+           'psi', 'ks_test', 'chi2_test', 'numeric_edges', 'DriftDetector', 'decide_drift', 'drift_summary',
+           'parse_window', 'read_window', 'logged_rows', 'log_features', 'prediction_drift', 'serving_skew',
+           'feature_skew', 'metric_with_ci', 'realized_performance', 'performance_over_time', 'group_rates',
+           'fairness_objectives', 'operations', 'server_error_rate', 'build_alerts', 'recommend', 'plot_drift',
+           'plot_performance', 'plot_groups', 'free_port', 'local_server', 'ensure_champion', 'monitor_window',
+           'run_monitoring', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #50c438a8
 PSI_WARNING, PSI_CRITICAL = 0.10, 0.25     # moderate and major shift (Siddiqi's rule of thumb)
@@ -72,15 +74,6 @@ def chi2_test(ref_counts, cur_counts, min_expected: float = MIN_EXPECTED) -> tup
     ea, eb = tot * na / (na + nb), tot * nb / (na + nb)
     stat = float(np.sum((a - ea) ** 2 / ea) + np.sum((b - eb) ** 2 / eb))
     return stat, float(chi2.sf(stat, len(a) - 1))
-
-def proportion_test(k1: int, n1: int, k2: int, n2: int) -> float:
-    "Two-sided p-value of the pooled two-proportion z-test (1.0 when both rates are identical, NaN when a side is empty)."
-    from scipy.stats import norm
-    if n1 == 0 or n2 == 0: return float('nan')
-    p1, p2, p = k1 / n1, k2 / n2, (k1 + k2) / (n1 + n2)
-    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-    if se == 0: return 1.0
-    return float(2 * norm.sf(abs(p1 - p2) / se))
 
 # %% ../nbs/06_monitoring.ipynb #7bd23b21
 def numeric_edges(values: np.ndarray, n_bins: int = 10) -> np.ndarray:
@@ -168,7 +161,7 @@ class DriftDetector:
                          vanished=', '.join(repr(g) for g in gone))
             m_ref, m_cur = int(sp['counts'][-1]), int(counts[-1])
             r.update(missing_ref=m_ref / self.n_ref if self.n_ref else float('nan'), missing_cur=m_cur / n if n else float('nan'),
-                     missing_p=proportion_test(m_ref, self.n_ref, m_cur, n))
+                     missing_p=two_proportion_test(m_ref, self.n_ref, m_cur, n)['p_value'])
             rows.append(r)
         t = pd.DataFrame(rows)
         for c, d in (('unseen_share', 0.0), ('new_values', ''), ('vanished', ''), ('missing_ref', np.nan), ('missing_cur', np.nan), ('missing_p', np.nan), ('note', '')):
@@ -270,7 +263,7 @@ def prediction_drift(ref_scores, cur_scores, alpha: float = 0.05) -> dict:
     t = DriftDetector(pd.DataFrame({'score': ref})).compare(pd.DataFrame({'score': cur}), alpha=alpha).iloc[0]
     k1, k2 = int((ref >= 0.5).sum()), int((cur >= 0.5).sum())
     pr_ref, pr_cur = (k1 / len(ref) if len(ref) else float('nan')), (k2 / len(cur) if len(cur) else float('nan'))
-    pr_p = proportion_test(k1, len(ref), k2, len(cur))
+    pr_p = two_proportion_test(k1, len(ref), k2, len(cur))['p_value']
     status = str(t.status)      # the score distribution (two tests here: its level is alpha / 2)
     if status == 'ok' and pr_p < alpha / 2 and abs(pr_cur - pr_ref) >= POSITIVE_RATE_DELTA: status = 'warning'
     return {'rows': len(cur), 'psi': float(t.psi), 'ks': float(t.statistic), 'p_value': float(t.p_value),
@@ -307,31 +300,8 @@ def feature_skew(served: pd.DataFrame, raw: pd.DataFrame, contract: dict) -> pd.
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_monitoring.ipynb #48d0b947
-def wilson_interval(k: float, n: float, alpha: float = 0.05) -> tuple[float, float]:
-    "Wilson score interval for a proportion k/n."
-    from scipy.stats import norm
-    if n <= 0: return float('nan'), float('nan')
-    z, p = norm.ppf(1 - alpha / 2), k / n
-    den = 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / den, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, c - h), min(1.0, c + h)
-
-def auc_delong(y, scores) -> tuple[float, float]:
-    "ROC AUC and its DeLong variance (NaN when a class is missing)."
-    from scipy.stats import rankdata
-    y, s = np.asarray(y).astype(int), np.asarray(scores, float)
-    pos, neg = s[y == 1], s[y == 0]
-    m, n = len(pos), len(neg)
-    if m < 2 or n < 2: return float('nan'), float('nan')
-    tz = rankdata(np.concatenate([pos, neg]))
-    tx, ty = rankdata(pos), rankdata(neg)
-    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v01, v10 = (tz[:m] - tx) / n, 1 - (tz[m:] - ty) / m
-    return float(auc), float(v01.var(ddof=1) / m + v10.var(ddof=1) / n)
-
-def metric_with_ci(metric: str, y, proba, pred=None, alpha: float = 0.05, n_boot: int = 200, seed: int = 0) -> tuple[float, float, float]:
-    "A charter metric on labelled rows with a (1 − alpha) interval: DeLong for roc_auc, Wilson for proportions, bootstrap otherwise."
-    from scipy.stats import norm
+def metric_with_ci(metric: str, y, proba, pred=None, alpha: float = 0.05, n_boot: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    "A charter metric on labelled rows with a (1 − alpha) interval: DeLong for roc_auc, Wilson for proportions, percentile bootstrap otherwise."
     from mlcycle.charter import objective_value
     y, proba = np.asarray(y).astype(int), np.asarray(proba, float)
     pred = (proba >= 0.5).astype(int) if pred is None else np.asarray(pred).astype(int)
@@ -339,23 +309,16 @@ def metric_with_ci(metric: str, y, proba, pred=None, alpha: float = 0.05, n_boot
     if metric == 'roc_auc':
         auc, var = auc_delong(y, proba)
         if not np.isfinite(auc): return auc, float('nan'), float('nan')
-        h = norm.ppf(1 - alpha / 2) * math.sqrt(var)
-        return auc, max(0.0, auc - h), min(1.0, auc + h)
+        lo, hi = normal_interval(auc, math.sqrt(var), alpha)
+        return auc, max(0.0, lo), min(1.0, hi)
     prop = {'accuracy': (pred == y, None), 'recall': (pred == 1, y == 1), 'precision': (y == 1, pred == 1)}
     if metric in prop:
         hit, mask = prop[metric]
         hit = hit if mask is None else hit[mask]
         k, n = int(hit.sum()), len(hit)
         return (k / n if n else float('nan'), *wilson_interval(k, n, alpha))
-    v = objective_value(metric, y, proba, pred)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[i])) < 2: continue
-        boots.append(objective_value(metric, y[i], proba[i], pred[i]))
-    lo, hi = (np.quantile(boots, [alpha / 2, 1 - alpha / 2]) if boots else (float('nan'), float('nan')))
-    return float(v), float(lo), float(hi)
+    draws = resampled_metric(metric, y, proba, pred, bootstrap_indices(len(y), n_boot, seed))
+    return float(objective_value(metric, y, proba, pred)), *percentile_ci(draws, 1 - alpha)
 
 def _arms(log: pd.DataFrame) -> pd.DataFrame:
     "One row per logged answer and, for shadow scoring, one per shadow score: version, arm, probability, label."
@@ -669,31 +632,33 @@ def _load_model(ws: Workspace, c: Charter, version: str):
 
 def _metric_key(s: str) -> str: return re.sub(r'[^A-Za-z0-9_.\-/ ]', '_', s)
 
-def run_monitoring(charter=None, workspace=None, window='', model_version='', server_url: str = '', alpha: float = 0.05,
-                   n_bins: int = 10, log_url: str | None = None, raw: pd.DataFrame | None = None, plots: bool = True) -> dict:
-    "Stage 06: drift, skew, realized performance, fairness and operations on a window of the prediction log; alerts and a recommendation."
-    import mlflow
-    t_start = time.perf_counter()
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    c = workspace_charter(ws, charter)
-    m02 = ws.manifest('02_data')
+def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, dict, pd.DataFrame]:
+    "The split fingerprints, the data contract and the log window (an error when the window is empty)."
+    fps = {k: v['fingerprint'] for k, v in ws.manifest('02_data')['outputs']['splits'].items()}
     contract = read_json(ws.root/'data'/'contract.json')
     log = read_window(log_url or ws, window, model_version)
     if not len(log):
         raise MlcycleError(f'the prediction log has no rows in window {window or "all"!r}' + (f' for version {model_version}' if model_version else '') +
                            ': serve traffic first (`mlcycle serve`, `mlcycle simulate`) or widen the window')
-    fps = {k: v['fingerprint'] for k, v in m02['outputs']['splits'].items()}
-    reference = ws.load_snapshot(fps['train'])
+    return fps, contract, log
+
+def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float) -> tuple[pd.DataFrame, float]:
+    "Drift of the window's features against the stage-02 training split, and the seconds the comparison took."
     from mlcycle.data import feature_frame
-    detector = DriftDetector(feature_frame(reference, contract), contract, n_bins=n_bins)
+    detector = DriftDetector(feature_frame(ws.load_snapshot(fps['train']), contract), contract, n_bins=n_bins)
     t0 = time.perf_counter()
     drift = detector.compare(log_features(log, contract), alpha=alpha)
-    drift_seconds = time.perf_counter() - t0
-    versions = sorted(set(log.model_version.astype(str)) | set(log.shadow_version.dropna().astype(str)), key=lambda v: (len(v), v))
-    if model_version: versions = [str(model_version)]
+    return drift, time.perf_counter() - t0
+
+def _versions(log: pd.DataFrame, model_version) -> list[str]:
+    if model_version: return [str(model_version)]
+    return sorted(set(log.model_version.astype(str)) | set(log.shadow_version.dropna().astype(str)), key=lambda v: (len(v), v))
+
+def _score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, versions: list, alpha: float) -> tuple[dict, dict]:
+    "Per version: prediction drift (validation scores vs served and shadow scores) and training–serving skew (served rows re-scored)."
+    from mlcycle.data import feature_frame
     val = feature_frame(ws.load_snapshot(fps['validation']), contract)
-    pred_drift, skew = {}, {}
-    policy = c.retention.log_sensitive_features
+    pred_drift, skew, policy = {}, {}, c.retention.log_sensitive_features
     for v in versions:
         served = log[log.model_version.astype(str) == v]
         try: model = _load_model(ws, c, v)
@@ -707,61 +672,100 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
         if policy != 'store' and c.data.sensitive_features:
             skew[v] = {'checked': 0, 'skew': False, 'note': f'the log {policy}s the sensitive features, so rows cannot be re-scored'}
         elif len(served): skew[v] = serving_skew(served.tail(20_000), model, contract)
-    perf = realized_performance(log, c, alpha)
-    over_time = performance_over_time(log, c, alpha=alpha)
+    return pred_drift, skew
+
+def _fairness_in_production(log: pd.DataFrame, c: Charter, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    "Group rates and the charter's fairness objectives on the window, or why they cannot be computed."
+    policy = c.retention.log_sensitive_features
     if policy == 'drop' and c.data.sensitive_features:
-        rates, fair = pd.DataFrame(), pd.DataFrame()
-        fairness_note = 'the log drops the sensitive features (retention.log_sensitive_features: drop): fairness cannot be monitored'
-    else:
-        rates = pd.concat([group_rates(log, f, alpha) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True)
-        fair = fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
-        fairness_note = 'sensitive values are hashed in the log: group names are opaque' if policy == 'hash' else ''
+        return pd.DataFrame(), pd.DataFrame(), 'the log drops the sensitive features (retention.log_sensitive_features: drop): fairness cannot be monitored'
+    rates = pd.concat([group_rates(log, f, alpha) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True)
+    fair = fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
+    return rates, fair, 'sensitive values are hashed in the log: group names are opaque' if policy == 'hash' else ''
+
+# %% ../nbs/06_monitoring.ipynb #70690de5
+def _monitoring_metrics(c: Charter, r: dict, counts: dict) -> dict:
+    "The numbers logged to MLflow: PSI per feature, counts, per-version realized performance, score PSI and operations."
+    drift, win = r['drift'], r['window']
+    mets = {f'psi.{_metric_key(x.feature)}': x.psi for x in drift.itertuples() if np.isfinite(x.psi)}
+    mets.update({'drifted_features': int(drift.drift.sum()), 'rows': win['rows'], 'labelled': win['labelled'],
+                 'drift_seconds': r['drift_seconds'], **{f'alerts_{k}': v for k, v in counts.items()}})
+    for x in r['performance'].to_dict('records'):
+        k = f"v{x['model_version']}.{x['arm']}"
+        mets.update({f'{k}.{c.primary.metric}': x[c.primary.metric], f'{k}.accuracy': x['accuracy'], f'{k}.coverage': x['coverage']})
+    for v, d in r['prediction_drift'].items(): mets[f'v{v}.score_psi'] = d['psi']
+    for x in r['operations'].to_dict('records'):
+        mets[f"v{x['model_version']}.{x['arm']}.latency_p95_ms"] = x['latency_p95_ms']; mets[f"v{x['model_version']}.{x['arm']}.violation_rate"] = x['violation_rate']
+    return {k: float(v) for k, v in mets.items() if v is not None and np.isfinite(v)}
+
+def _log_monitoring_run(c: Charter, r: dict, counts: dict, plots: bool) -> tuple[str, dict]:
+    "An MLflow run `06_monitoring` with the metrics, the drift table, the alerts and (when `plots`) the figures."
+    import mlflow
+    figs = {}
+    with mlflow.start_run(run_name='06_monitoring', tags={'mlcycle.stage': '06_monitoring', 'mlcycle.charter_hash': c.hash,
+                                                          'recommendation': 'retrain' if r['recommendation']['retrain'] else 'no retrain'}) as run:
+        mlflow.log_metrics(_monitoring_metrics(c, r, counts))
+        mlflow.log_text(r['drift'].to_csv(index=False), 'drift.csv')
+        mlflow.log_dict({'alerts': r['alerts'], 'recommendation': r['recommendation']}, 'alerts.json')
+        if plots:
+            import matplotlib.pyplot as plt
+            figs = {'drift.png': plot_drift(r['drift']), 'performance.png': plot_performance(r['over_time'], c)}
+            if len(r['group_rates']): figs['groups.png'] = plot_groups(r['group_rates'], c)
+            for name, f in figs.items(): mlflow.log_figure(f, name); plt.close(f)
+    return run.info.run_id, figs
+
+def _monitoring_outputs(r: dict, counts: dict, seconds: float) -> dict:
+    "The `06_monitoring` manifest's outputs."
+    rec, fair = r['recommendation'], r['fairness']
+    return dict(mlflow_run_id=r['mlflow_run_id'], window=r['window'], drift=r['drift'].drop(columns=['alpha_per_test']).to_dict('records'),
+                drift_summary=drift_summary(r['drift']), prediction_drift=r['prediction_drift'], serving_skew=r['serving_skew'],
+                performance=r['performance'].to_dict('records'), fairness=fair.to_dict('records') if len(fair) else [],
+                fairness_note=r['fairness_note'], operations=r['operations'].to_dict('records'), errors=r['errors'], alerts=r['alerts'],
+                alerts_count=len([a for a in r['alerts'] if a['severity'] != 'info']), alerts_critical=counts['critical'],
+                recommendation='retrain' if rec['retrain'] else 'no retrain', recommendation_text=rec['text'],
+                recommendation_reasons=rec['reasons'], seconds=round(seconds, 2))
+
+# %% ../nbs/06_monitoring.ipynb #b2dddca6
+def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
+                   alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
+    "Every check of stage 06 on a log window: drift, prediction drift and skew, realized performance, fairness, operations, alerts."
+    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha)
+    versions = _versions(log, model_version)
+    pred_drift, skew = _score_checks(ws, c, contract, fps, log, versions, alpha)
+    perf, over_time = realized_performance(log, c, alpha), performance_over_time(log, c, alpha=alpha)
+    rates, fair, fairness_note = _fairness_in_production(log, c, alpha)
     ops = operations(log)
     errors = server_error_rate(server_url) if server_url else None
     alerts = build_alerts(c, drift, pred_drift, skew, perf, fair, ops, errors)
-    if fairness_note and policy == 'drop': alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, fairness_note))
-    rec = recommend(alerts)
-    skew_table = None
-    if raw is not None: skew_table = feature_skew(log_features(log, contract).tail(len(raw)), raw, contract)
-    counts = {s: sum(a['severity'] == s for a in alerts) for s in ('critical', 'warning', 'info')}
+    if fairness_note and c.retention.log_sensitive_features == 'drop': alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, fairness_note))
     win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
            'labelled': int(log.y_true.notna().sum()), 'versions': versions}
+    return dict(log=log, window=win, drift=drift, drift_seconds=drift_seconds, prediction_drift=pred_drift, serving_skew=skew,
+                feature_skew=feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None,
+                performance=perf, over_time=over_time, group_rates=rates, fairness=fair, fairness_note=fairness_note,
+                operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
+
+_RESULT_KEYS = ('log', 'drift', 'prediction_drift', 'serving_skew', 'feature_skew', 'performance', 'over_time', 'group_rates', 'fairness',
+               'operations', 'errors', 'alerts', 'recommendation', 'figures', 'mlflow_run_id', 'drift_seconds')
+
+def run_monitoring(charter=None, workspace=None, window='', model_version='', server_url: str = '', alpha: float = 0.05,
+                   n_bins: int = 10, log_url: str | None = None, raw: pd.DataFrame | None = None, plots: bool = True) -> dict:
+    "Stage 06: drift, skew, realized performance, fairness and operations on a window of the prediction log; alerts and a recommendation."
+    t_start = time.perf_counter()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    c = workspace_charter(ws, charter)
+    fps, contract, log = _read_inputs(ws, log_url, window, model_version)
+    r = monitor_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
+    counts = {s: sum(a['severity'] == s for a in r['alerts']) for s in ('critical', 'warning', 'info')}
     setup_mlflow(ws, c.name)
-    figs = {}
     with ws.stage('06_monitoring', charter_hash=c.hash, window=str(window or 'all'), model_version=str(model_version or 'all'),
                   reference=fps['train'], prediction_log=(log_url or ws.prediction_log_url).split('@')[-1]) as st:
-        with mlflow.start_run(run_name='06_monitoring', tags={'mlcycle.stage': '06_monitoring', 'mlcycle.charter_hash': c.hash,
-                                                              'recommendation': 'retrain' if rec['retrain'] else 'no retrain'}) as run:
-            mets = {f'psi.{_metric_key(r.feature)}': r.psi for r in drift.itertuples() if np.isfinite(r.psi)}
-            mets.update({'drifted_features': int(drift.drift.sum()), 'rows': len(log), 'labelled': win['labelled'],
-                         'drift_seconds': drift_seconds, **{f'alerts_{k}': v for k, v in counts.items()}})
-            for r in perf.to_dict('records'):
-                k = f"v{r['model_version']}.{r['arm']}"
-                mets.update({f'{k}.{c.primary.metric}': r[c.primary.metric], f'{k}.accuracy': r['accuracy'], f'{k}.coverage': r['coverage']})
-            for v, d in pred_drift.items(): mets[f'v{v}.score_psi'] = d['psi']
-            for r in ops.to_dict('records'):
-                mets[f"v{r['model_version']}.{r['arm']}.latency_p95_ms"] = r['latency_p95_ms']; mets[f"v{r['model_version']}.{r['arm']}.violation_rate"] = r['violation_rate']
-            mlflow.log_metrics({k: float(v) for k, v in mets.items() if v is not None and np.isfinite(v)})
-            mlflow.log_text(drift.to_csv(index=False), 'drift.csv')
-            mlflow.log_dict({'alerts': alerts, 'recommendation': rec}, 'alerts.json')
-            if plots:
-                import matplotlib.pyplot as plt
-                figs = {'drift.png': plot_drift(drift), 'performance.png': plot_performance(over_time, c)}
-                if len(rates): figs['groups.png'] = plot_groups(rates, c)
-                for name, f in figs.items(): mlflow.log_figure(f, name); plt.close(f)
-        st.manifest['outputs'].update(
-            mlflow_run_id=run.info.run_id, window=win, drift=drift.drop(columns=['alpha_per_test']).to_dict('records'),
-            drift_summary=drift_summary(drift), prediction_drift=pred_drift, serving_skew=skew, performance=perf.to_dict('records'),
-            fairness=fair.to_dict('records') if len(fair) else [], fairness_note=fairness_note, operations=ops.to_dict('records'),
-            errors=errors, alerts=alerts, alerts_count=len([a for a in alerts if a['severity'] != 'info']), alerts_critical=counts['critical'],
-            recommendation='retrain' if rec['retrain'] else 'no retrain', recommendation_text=rec['text'],
-            recommendation_reasons=rec['reasons'], seconds=round(time.perf_counter() - t_start, 2))
-        for a in alerts:
+        r['mlflow_run_id'], r['figures'] = _log_monitoring_run(c, r, counts, plots)
+        st.manifest['outputs'].update(_monitoring_outputs(r, counts, time.perf_counter() - t_start))
+        for a in r['alerts']:
             if a['severity'] != 'info': st.record('monitoring_alert', **a)
-        st.record('monitoring_recommendation', retrain=rec['retrain'], why=rec['text'])
-    return dict(charter=c, workspace=ws, log=log, drift=drift, prediction_drift=pred_drift, serving_skew=skew, feature_skew=skew_table,
-                performance=perf, over_time=over_time, group_rates=rates, fairness=fair, operations=ops, errors=errors,
-                alerts=alerts, recommendation=rec, figures=figs, mlflow_run_id=run.info.run_id, drift_seconds=drift_seconds)
+        st.record('monitoring_recommendation', retrain=r['recommendation']['retrain'], why=r['recommendation']['text'])
+    return dict(charter=c, workspace=ws, **{k: r[k] for k in _RESULT_KEYS})
 
 # %% ../nbs/06_monitoring.ipynb #a7378e66
 def _monitor_cmd(a):

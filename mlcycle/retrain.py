@@ -13,12 +13,13 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, fingerprint_df, read_json, setup_mlflow, to_json
 from .charter import Charter, binary_target, workspace_charter
+from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, two_proportion_sample_size, two_proportion_test
 
 # %% auto #0
 __all__ = ['DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
-           'split_for_retraining', 'recent_holdout', 'refit_candidates', 'ab_sample_size', 'paired_sample_size',
-           'obrien_fleming_spent', 'two_proportion_test', 'mcnemar_test', 'simulate_ab', 'ab_design', 'ab_arms',
-           'analyze_ab', 'rollback_check', 'decision_for', 'run_retraining', 'run_ab_analysis', 'register_cli']
+           'split_for_retraining', 'recent_holdout', 'refit_candidates', 'ab_sample_size', 'simulate_ab', 'ab_design',
+           'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for', 'run_retraining', 'run_ab_analysis',
+           'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #1608f441
 def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'feedback', new_query: str = '',
@@ -186,59 +187,12 @@ def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFram
 # %% ../nbs/07_retraining.ipynb #dc53e318
 def ab_sample_size(p_control: float, mde: float, share: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> dict:
     "Labelled rows needed for the two-proportion z-test to detect an accuracy gain of `mde` with a challenger share `share`."
-    from scipy.stats import norm
     if not 0 < share < 1: raise MlcycleError(f'ab_share must be strictly between 0 and 1 for an A/B test, not {share} (use shadow mode to test without traffic)')
     if not 0 < mde < 1: raise MlcycleError(f'min_detectable_effect must be in (0, 1), not {mde}')
     p1 = min(max(float(p_control), 1e-6), 1 - 1e-6); p2 = min(p1 + mde, 1 - 1e-6)
-    d = p2 - p1
-    pbar = (1 - share) * p1 + share * p2
-    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
-    n = (za * math.sqrt(pbar * (1 - pbar) * (1 / (1 - share) + 1 / share)) + zb * math.sqrt(p1 * (1 - p1) / (1 - share) + p2 * (1 - p2) / share)) ** 2 / d ** 2
-    n = math.ceil(n)
+    n = two_proportion_sample_size(p1, p2, share, alpha, power)
     return {'test': 'two-proportion z-test on accuracy', 'p_control': p1, 'p_challenger': p2, 'mde': mde, 'share': share, 'alpha': alpha,
             'power': power, 'total': n, 'champion': math.ceil(n * (1 - share)), 'challenger': math.ceil(n * share)}
-
-def paired_sample_size(p_discordant: float, mde: float, alpha: float = 0.05, power: float = 0.8) -> dict:
-    "Rows needed for McNemar's test (shadow mode) to detect an accuracy gain of `mde` when the models disagree on `p_discordant` of rows."
-    from scipy.stats import norm
-    pd_ = max(float(p_discordant), mde * 1.01)
-    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
-    n = math.ceil((za * math.sqrt(pd_) + zb * math.sqrt(pd_ - mde ** 2)) ** 2 / mde ** 2)
-    return {'test': "McNemar's test on paired correctness (shadow)", 'p_discordant': pd_, 'mde': mde, 'alpha': alpha, 'power': power,
-            'total': n, 'champion': n, 'challenger': n}
-
-def obrien_fleming_spent(t: float, alpha: float = 0.05) -> float:
-    "Cumulative alpha spent at information fraction `t` (Lan–DeMets, O'Brien–Fleming type)."
-    from scipy.stats import norm
-    t = min(max(float(t), 0.0), 1.0)
-    return 0.0 if t == 0 else float(2 - 2 * norm.cdf(norm.ppf(1 - alpha / 2) / math.sqrt(t)))
-
-# %% ../nbs/07_retraining.ipynb #30e1c47e
-def two_proportion_test(k1: int, n1: int, k2: int, n2: int, alpha: float = 0.05) -> dict:
-    "z-test of p2 − p1 (pooled variance for the test, unpooled for the interval): challenger (2) minus champion (1)."
-    from scipy.stats import norm
-    if n1 == 0 or n2 == 0: return {'difference': float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'), 'z': float('nan'), 'p_value': float('nan')}
-    p1, p2 = k1 / n1, k2 / n2
-    p = (k1 + k2) / (n1 + n2)
-    se0 = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    z = (p2 - p1) / se0 if se0 > 0 else 0.0
-    h = norm.ppf(1 - alpha / 2) * se
-    return {'difference': p2 - p1, 'ci_low': p2 - p1 - h, 'ci_high': p2 - p1 + h, 'z': z, 'p_value': float(2 * norm.sf(abs(z)))}
-
-def mcnemar_test(champion_correct, challenger_correct, alpha: float = 0.05) -> dict:
-    "McNemar's z-test on paired correctness, with the paired interval of the accuracy difference (challenger − champion)."
-    from scipy.stats import norm
-    a, b = np.asarray(champion_correct, bool), np.asarray(challenger_correct, bool)
-    n = len(a)
-    if n == 0: return {'difference': float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'), 'z': float('nan'), 'p_value': float('nan')}
-    only_ch, only_c = int((b & ~a).sum()), int((a & ~b).sum())
-    d = (only_ch - only_c) / n
-    z = (only_ch - only_c) / math.sqrt(only_ch + only_c) if only_ch + only_c else 0.0
-    se = math.sqrt(max((only_ch + only_c) / n - d * d, 0) / n)
-    h = norm.ppf(1 - alpha / 2) * se
-    return {'difference': d, 'ci_low': d - h, 'ci_high': d + h, 'z': z, 'p_value': float(2 * norm.sf(abs(z))),
-            'challenger_only_right': only_ch, 'champion_only_right': only_c}
 
 # %% ../nbs/07_retraining.ipynb #888a22b8
 def simulate_ab(correct_champion: np.ndarray, correct_challenger: np.ndarray, n_total: int, share: float = 0.5, reps: int = 200,

@@ -14,10 +14,10 @@ import pandas as pd
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, evaluate_objectives, load_charter, objective_value, workspace_charter
 from .data import feature_frame
+from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'bootstrap_indices', 'percentile_ci', 'resampled_metric',
-           'performance_with_ci', 'resampled_fairness', 'fairness_report', 'slice_report', 'overfit_check',
+__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'fairness_report', 'slice_report', 'overfit_check',
            'probe_numeric_noise', 'probe_missing_values', 'probe_unseen_categories', 'probe_out_of_range',
            'robustness_report', 'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model',
            'plot_performance', 'plot_fairness', 'plot_robustness', 'report_record', 'validate_version',
@@ -26,87 +26,8 @@ __all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'bootstrap_indice
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
 
-def bootstrap_indices(n: int, n_resamples: int = 500, seed: int = 0) -> np.ndarray:
-    "An (n_resamples × n) matrix of row indices drawn with replacement."
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n), dtype=np.int32 if n < 2**31 else np.int64)
-
-def percentile_ci(values, level: float = 0.95) -> tuple[float, float]:
-    "The percentile interval of bootstrap values (NaNs, from draws where the metric is undefined, ignored)."
-    v = np.asarray(values, float); v = v[np.isfinite(v)]
-    if not len(v): return (float('nan'), float('nan'))
-    a = (1 - level) / 2
-    return float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
-
-def _roc_auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    "ROC AUC of each row of (labels, scores) matrices: the Mann-Whitney statistic with tied scores given average ranks."
-    from scipy.stats import rankdata
-    r = rankdata(s, axis=1, method='average')
-    n1 = y.sum(1); n0 = y.shape[1] - n1
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where((n1 > 0) & (n0 > 0), ((r * y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
-
-def resampled_metric(metric: str, y, proba=None, pred=None, idx=None) -> np.ndarray:
-    "`metric` (a performance metric) on every bootstrap draw: one value per row of the index matrix `idx`."
-    y = np.asarray(y).astype(int)
-    if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)
-    Y = y[idx]
-    if metric == 'roc_auc': return _roc_auc_rows(Y, np.asarray(proba, float)[idx])
-    if metric == 'brier': return ((np.asarray(proba, float) - y) ** 2)[idx].mean(1)
-    if metric == 'log_loss':
-        p = np.clip(np.asarray(proba, float), 1e-15, 1 - 1e-15)
-        return (-(y * np.log(p) + (1 - y) * np.log(1 - p)))[idx].mean(1)
-    P = np.asarray(pred).astype(int)[idx]
-    tp, pp, pos = (P & Y).sum(1), P.sum(1), Y.sum(1)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        if metric == 'accuracy': return (P == Y).mean(1)
-        if metric == 'precision': return np.where(pp > 0, tp / pp, 0.0)
-        if metric == 'recall': return np.where(pos > 0, tp / pos, 0.0)
-        if metric == 'f1': return np.where(pp + pos > 0, 2 * tp / (pp + pos), 0.0)
-        if metric == 'balanced_accuracy':
-            neg = Y.shape[1] - pos; tn = ((1 - P) & (1 - Y)).sum(1)
-            return (np.where(pos > 0, tp / pos, np.nan) + np.where(neg > 0, tn / neg, np.nan)) / 2
-    raise MlcycleError(f'no resampled form of metric {metric!r}; known: {", ".join(PERFORMANCE + ["balanced_accuracy"])}')
-
-def performance_with_ci(y, proba, pred=None, n_resamples: int = 500, seed: int = 0, level: float = 0.95,
-                        metrics=tuple(PERFORMANCE)) -> pd.DataFrame:
-    "Each performance metric's value (scikit-learn's function) and percentile-bootstrap interval."
-    idx = bootstrap_indices(len(y), n_resamples, seed)
-    rows = []
-    for m in metrics:
-        lo, hi = percentile_ci(resampled_metric(m, y, proba, pred, idx), level)
-        rows.append({'metric': m, 'value': objective_value(m, y, proba, pred), 'ci_low': lo, 'ci_high': hi})
-    return pd.DataFrame(rows)
-
 # %% ../nbs/04_validation.ipynb #424d8cee
-def _group_rates(y, pred, codes, k, idx):
-    "Per draw and group: rows, selection rate, TPR and FPR (NaN where undefined)."
-    B = idx.shape[0]
-    G = codes[idx] + k * np.arange(B)[:, None]
-    Y, P = y[idx], pred[idx]
-    cnt = lambda w=None: np.bincount(G.ravel(), weights=None if w is None else w.ravel(), minlength=B * k).reshape(B, k)
-    n, sel, pos, tp = cnt(), cnt(P), cnt(Y), cnt(P * Y)
-    neg, fp = n - pos, sel - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return n, np.where(n > 0, sel / n, np.nan), np.where(pos > 0, tp / pos, np.nan), np.where(neg > 0, fp / neg, np.nan)
-
-def _spread(r):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)
-        return np.nanmax(r, 1) - np.nanmin(r, 1)
-
-def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
-    "A fairness metric (demographic parity difference/ratio, equalized odds difference) on every bootstrap draw."
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    codes, uniq = pd.factorize(pd.Series(groups).astype(str), sort=True)
-    n, sel, tpr, fpr = _group_rates(y, pred, codes, len(uniq), idx)
-    with warnings.catch_warnings(), np.errstate(invalid='ignore', divide='ignore'):
-        warnings.simplefilter('ignore', RuntimeWarning)
-        if metric == 'demographic_parity_difference': return _spread(sel)
-        if metric == 'demographic_parity_ratio': return np.nanmin(sel, 1) / np.nanmax(sel, 1)
-        if metric == 'equalized_odds_difference': return np.fmax(_spread(tpr), _spread(fpr))
-    raise MlcycleError(f'unknown fairness metric {metric!r}; known: {", ".join(FAIRNESS_METRICS)}')
-
-def fairness_report(y, pred, frame: pd.DataFrame, features: list[str], n_resamples: int = 500, seed: int = 0, level: float = 0.95) -> dict:
+def fairness_report(y, pred, frame: pd.DataFrame, features: list[str], n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
     "Per sensitive feature: fairlearn MetricFrame by group, and each fairness metric (fairlearn's value) with a bootstrap interval."
     import fairlearn.metrics as flm
     from sklearn.metrics import accuracy_score
@@ -230,7 +151,7 @@ def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = '
 
 # %% ../nbs/04_validation.ipynb #23edbcd1
 def non_inferiority(c: Charter, y, candidate_proba, champion_proba, candidate_pred=None, champion_pred=None,
-                    n_resamples: int = 500, seed: int = 0, level: float = 0.95) -> dict:
+                    n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
     "Paired-bootstrap difference of the primary metric (candidate − champion, positive = better) against the charter's margin."
     m, sign, margin = c.primary.metric, (1 if c.primary.higher_is_better else -1), c.validation.non_inferiority_margin
     idx = bootstrap_indices(len(y), n_resamples, seed)
@@ -241,7 +162,7 @@ def non_inferiority(c: Charter, y, candidate_proba, champion_proba, candidate_pr
             'margin': margin, 'passed': bool(lo > -margin)}
 
 # %% ../nbs/04_validation.ipynb #c4dcceb9
-def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencies_ms=None, n_resamples: int = 500,
+def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencies_ms=None, n_resamples: int = N_RESAMPLES,
                        seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     "`evaluate_objectives` plus a percentile-bootstrap interval for each objective's value."
     t = evaluate_objectives(c, y, proba, pred, frame=frame, latencies_ms=latencies_ms)
@@ -317,7 +238,7 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
     timings = single_row_timings(model, X, latency_rows)
     latencies, load = timings.cpu_ms.tolist(), machine_load()
     load['p95_wall_ms'] = float(timings.wall_ms.quantile(0.95))
-    perf = performance_with_ci(y, proba, pred, B, seed)
+    perf = performance_with_ci(y, proba, pred, B, seed, metrics=PERFORMANCE, point=objective_value)
     scores = {'test': objective_value(c.primary.metric, y, proba, pred)}
     for name, df in (('train', train_df), ('validation', validation_df)):
         if df is not None:
