@@ -14,18 +14,18 @@ import pandas as pd
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .charter import Charter, binary_target, evaluate_objectives, objective_value, workspace_charter
 from .data import feature_frame
-from .stats import GAP_METRICS, bootstrap_indices, fairness_gaps_per_draw, group_rates_per_draw, percentile_ci, performance_with_ci
+from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_markdown, caveats, checklist_facts,
+                                     compliance_checklist, evidence_facts, lineage_svg, md_escape, md_table, model_card,
+                                     plot_group_fairness, render_governance, to_html)
+from .stats import GAP_METRICS, GROUP_RATES, bootstrap_indices, fairness_gaps_per_draw, group_rates_per_draw, percentile_ci, performance_with_ci
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'GROUP_RATES', 'DISCLAIMER', 'COMPLIANCE_RULES', 'CARD_SECTIONS', 'GOVERNANCE_STAGES', 'DOCUMENT_FILES',
-           'list_versions', 'resolve_version', 'model_id_of', 'version_record', 'version_fingerprints',
-           'evaluation_split', 'score_version', 'group_labels', 'group_fairness', 'fairness_analysis',
-           'objectives_table', 'measure_version', 'plot_group_fairness', 'stage_evidence', 'mitigation_tradeoff',
-           'plot_tradeoff', 'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve',
-           'evidence_digest', 'sign_off', 'lineage_steps', 'lineage_svg', 'compliance_checklist', 'md_escape',
-           'md_table', 'read_evidence', 'evidence_facts', 'caveats', 'model_card', 'bias_report', 'checklist_facts',
-           'governance_documents', 'build_governance', 'card_markdown', 'bias_markdown', 'compliance_markdown',
-           'lineage_markdown', 'to_html', 'render_governance', 'run_governance', 'register_cli']
+__all__ = ['PERFORMANCE', 'GOVERNANCE_STAGES', 'list_versions', 'resolve_version', 'model_id_of', 'version_record',
+           'version_fingerprints', 'evaluation_split', 'score_version', 'group_labels', 'group_fairness',
+           'fairness_analysis', 'objectives_table', 'measure_version', 'stage_evidence', 'mitigation_tradeoff',
+           'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve', 'evidence_digest',
+           'sign_off', 'lineage_steps', 'read_evidence', 'governance_documents', 'build_governance', 'run_governance',
+           'register_cli']
 
 # %% ../nbs/08_governance.ipynb #61505571
 def _client(ws: Workspace, name: str | None = None):
@@ -122,8 +122,6 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
     return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype(int), model
 
 # %% ../nbs/08_governance.ipynb #ab6f2a8f
-GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']
-
 def group_labels(df: pd.DataFrame, features) -> pd.Series:
     "One group name per row: the sensitive values as text (missing shown as '<missing>'), joined by ' & '."
     features = [features] if isinstance(features, str) else list(features)
@@ -219,23 +217,6 @@ def measure_version(c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int | 
     objectives = objectives_table(c, y, proba, pred, df, perf, fair, run_metrics)
     return {'n_boot': n_boot, 'seed': seed, 'performance': perf, 'fairness': fair, 'objectives': objectives}
 
-# %% ../nbs/08_governance.ipynb #e491486c
-def plot_group_fairness(g: dict, y=None, pred=None):
-    "Selection rate and true-positive rate per group, with bootstrap intervals (grey: group too small to judge)."
-    import matplotlib.pyplot as plt
-    t = g['by_group'].sort_values('rows')
-    fig, ax = plt.subplots(1, 2, figsize=(12, 0.9 + 0.32 * len(t) + 1.2), sharey=True)
-    colors = ['lightgray' if s else 'tab:blue' for s in t.too_small]
-    for a, m, title in ((ax[0], 'selection_rate', 'Selection rate (share of positive decisions)'),
-                        (ax[1], 'true_positive_rate', 'True-positive rate (recall)')):
-        err = np.vstack([(t[m] - t[f'{m}_lo']).clip(lower=0), (t[f'{m}_hi'] - t[m]).clip(lower=0)]).astype(float)
-        a.barh([f'{gname} (n={n})' for gname, n in zip(t.group, t.rows)], t[m].fillna(0), xerr=np.nan_to_num(err), color=colors, capsize=3)
-        ov = g['metric_frame'].overall[m]
-        a.axvline(ov, color='k', ls='--', lw=1, label=f'overall {ov:.3f}'); a.set_xlim(0, 1); a.set_title(title, fontsize=10); a.legend(fontsize=8)
-    fig.suptitle(f"{g['feature']}: fairlearn MetricFrame with 95% bootstrap intervals", fontsize=11)
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/08_governance.ipynb #b2162fb8
 def stage_evidence(ws: Workspace, stage: str, version=None) -> dict:
     "A stage's latest manifest, summarised: available, when, which version it was about, its scalar outputs."
@@ -265,22 +246,6 @@ def mitigation_tradeoff(ws: Workspace, c: Charter, version=None) -> dict:
                           else f"stage 03 last registered version {ev['outputs'].get('model_version')}, not version {version}: its trade-off is shown for context")
     return {'available': True, 'table': t, 'fairness_key': key, 'selected': ev['outputs'].get('selected'),
             'verdict': ev['outputs'].get('verdict'), 'note': note, 'stage_run': ev['stage_run']}
-
-def plot_tradeoff(tr: dict, c: Charter):
-    "Accuracy against the fairness metric for stage 03's candidates (chosen one ringed), with the charter's limit."
-    import matplotlib.pyplot as plt
-    t, key = tr['table'], tr['fairness_key']
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    if key is None or key not in t or 'accuracy' not in t: return fig
-    for mit, g in t.groupby('mitigation'):
-        ax.scatter(g[key], g['accuracy'], s=60, label=mit)
-    ch = t[t.chosen]
-    ax.scatter(ch[key], ch['accuracy'], s=260, facecolors='none', edgecolors='k', lw=2, label='chosen')
-    o = c.objectives_of('fairness')[0]
-    ax.axvline(o.threshold, color='tab:red', ls='--', label=f'limit {o.describe()}')
-    ax.set_xlabel(f'{key} (validation)'); ax.set_ylabel('accuracy (validation)'); ax.legend(fontsize=8)
-    ax.set_title('Stage 03: the accuracy–fairness trade-off of the candidates'); fig.tight_layout()
-    return fig
 
 def _log_exists(ws: Workspace) -> bool:
     url = ws.prediction_log_url
@@ -409,210 +374,6 @@ def lineage_steps(ws: Workspace, c: Charter, rec: dict, events: list[dict]) -> l
             add(ev.replace('_', ' '), d.get('mlflow_run_id') or d.get('governance_run_id') or '', detail, f"audit #{e['seq']}", e['ts'])
     return rows
 
-def _svg_text(s, n=96) -> str:
-    s = str(s); s = s if len(s) <= n else s[:n - 1] + '…'
-    return html.escape(s, quote=True)
-
-_STEP_COLORS = {'charter': '#f3e8ff', 'data': '#e0f2fe', 'run': '#fef9c3', 'model': '#dcfce7', 'alias': '#ffedd5', 'other': '#f1f5f9'}
-
-def _step_kind(step: str) -> str:
-    if step == 'charter': return 'charter'
-    if 'data' in step or 'split' in step: return 'data'
-    if 'run' in step: return 'run'
-    if step == 'model version': return 'model'
-    if step == 'alias': return 'alias'
-    return 'other'
-
-def lineage_svg(steps: list[dict], width: int = 860, title: str = '') -> str:
-    "The lineage chain as an SVG: one box per kind of step (consecutive steps of a kind grouped), arrows top to bottom."
-    groups = []
-    for s in steps:
-        k = _step_kind(s['step'])
-        if groups and groups[-1]['kind'] == k and k not in ('model', 'charter'): groups[-1]['rows'].append(s)
-        else: groups.append({'kind': k, 'rows': [s]})
-    names = {'charter': 'Charter', 'data': 'Data', 'run': 'Runs', 'model': 'Model version', 'alias': 'Alias history (audit log)', 'other': 'Events'}
-    parts, y = [], 40
-    if title: parts.append(f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{_svg_text(title)}</text>')
-    for gi, g in enumerate(groups):
-        lines = [f"{r['step']}: {r['id']}  {r['detail']}".strip() for r in g['rows']][:8]
-        if len(g['rows']) > 8: lines.append(f"… and {len(g['rows']) - 8} more (see the table)")
-        h = 30 + 17 * len(lines)
-        parts.append(f'<rect x="20" y="{y}" width="{width - 40}" height="{h}" rx="9" fill="{_STEP_COLORS[g["kind"]]}" stroke="#475569"/>')
-        parts.append(f'<text x="36" y="{y + 20}" font-size="13" font-weight="bold">{_svg_text(names[g["kind"]])}</text>')
-        for j, l in enumerate(lines): parts.append(f'<text x="36" y="{y + 39 + 17 * j}" font-size="11.5" font-family="monospace">{_svg_text(l, 112)}</text>')
-        y += h
-        if gi < len(groups) - 1:
-            parts.append(f'<line x1="{width / 2}" y1="{y}" x2="{width / 2}" y2="{y + 24}" stroke="#475569" stroke-width="2" marker-end="url(#arrow)"/>')
-            y += 26
-    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y + 16}" viewBox="0 0 {width} {y + 16}" '
-            f'font-family="system-ui, sans-serif"><defs><marker id="arrow" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto">'
-            '<path d="M0,0 L10,4 L0,8 z" fill="#475569"/></marker></defs><rect width="100%" height="100%" fill="white"/>')
-    return head + ''.join(parts) + '</svg>'
-
-# %% ../nbs/08_governance.ipynb #31e22301
-DISCLAIMER = ('This checklist is an evidence map, not legal advice and not a conformity assessment: it points each obligation '
-              'to the evidence mlcycle holds and names the gaps. Whether the system is high-risk and whether the evidence '
-              'suffices are for the accountable owners and their legal counsel to decide.')
-
-def _ev(kind, ref, value=None, ok=True) -> dict: return {'kind': kind, 'ref': ref, 'value': value, 'ok': bool(ok)}
-
-def _item(id_, framework, ref, requirement, evidence, gaps) -> dict:
-    "One checklist item: `gap` when a gap is named or a piece of evidence is not in order, else `pass`."
-    gaps = [g for g in gaps if g]
-    return {'id': id_, 'framework': framework, 'reference': ref, 'requirement': requirement, 'evidence': evidence,
-            'status': 'gap' if gaps or not all(e['ok'] for e in evidence) else 'pass', 'gaps': gaps}
-
-def _stage(f, k) -> dict: return f['stages'].get(k, {'available': False})
-def _audit_ev(f) -> dict: return _ev('audit', 'audit.jsonl (hash chain)', f['audit']['summary'], f['audit']['ok'])
-def _fair_ok(f): return all(o['passed'] for o in f['fairness_objectives']) if f['fairness_objectives'] else None
-def _s04_here(f) -> bool: return bool(_stage(f, '04')['available'] and _stage(f, '04').get('about_this_version'))
-def _uses_ok(f) -> bool: return bool(f['charter']['intended_use'] and f['charter']['out_of_scope'])
-def _primary_text(pr) -> str: return f"{pr['value']:.4f} [{pr['ci_low']:.4f}, {pr['ci_high']:.4f}]"
-
-# %% ../nbs/08_governance.ipynb #56589b9c
-def _eu_aia_9(f) -> dict:
-    ch, s01, s06, fair_ok = f['charter'], _stage(f, '01'), _stage(f, '06'), _fair_ok(f)
-    return _item('EU-AIA-9', 'EU AI Act', 'Art. 9', 'Risk management system: risks identified, estimated and evaluated, and monitored after deployment',
-         [_ev('file', 'charter.json', f"risk level {ch['risk_level']}: {ch['risk_notes'] or 'no notes'}", bool(ch['risk_level'])),
-          _ev('file', 'stages/01_problem_definition.json', f"feasibility verdict: {s01.get('verdict', 'none')}", s01['available']),
-          _ev('file', f['files']['bias_report'], f"fairness objectives {'met' if fair_ok else 'not all met' if fair_ok is False else 'none set'}", fair_ok is not False),
-          _ev('file', 'stages/06_monitoring.json', s06.get('note') or f"{s06.get('alerts_count', 0)} alerts, recommendation {s06.get('recommendation')}", s06['available'])],
-         ['stage 01 (feasibility and risk analysis) has not run' if not s01['available'] else '',
-          'a charter fairness objective is not met on the test split (see the bias report)' if fair_ok is False else '',
-          'no post-deployment risk monitoring: stage 06 has not run' if not s06['available'] else ''])
-
-def _eu_aia_10(f) -> dict:
-    s02 = _stage(f, '02')
-    return _item('EU-AIA-10', 'EU AI Act', 'Art. 10', 'Data and data governance: documented sources, preparation, quality, representativeness and examination of biases',
-         [_ev('file', 'stages/02_data.json', f"{s02.get('rows', '?')} rows, {s02.get('duplicates', '?')} duplicates, sources fingerprinted", s02['available']),
-          _ev('file', 'data/contract.json', 'data contract (columns, types, ranges, categories)', f['contract_exists']),
-          _ev('metric', 'label leakage screen (stage 02)', f"{f['leakage_suspects']} suspect column(s)", f['leakage_suspects'] == 0),
-          _ev('file', f['files']['bias_report'], f"{f['groups_judged']} groups judged, {f['groups_too_small']} too small to judge", True)],
-         ['stage 02 has not run' if not s02['available'] else '', 'no data contract' if not f['contract_exists'] else '',
-          'a column is suspected of label leakage' if f['leakage_suspects'] else ''])
-
-def _eu_aia_11(f) -> dict:
-    card_ev = _ev('file', f['files']['model_card'], 'all sections filled' if f['card_complete'] else 'sections missing', f['card_complete'])
-    return _item('EU-AIA-11', 'EU AI Act', 'Art. 11, Annex IV', 'Technical documentation: purpose, design, data, training, validation, performance, risk management, changes',
-         [card_ev, _ev('file', f['files']['lineage'], 'charter → data → runs → version → aliases → deployments', True),
-          _ev('file', 'MLflow training run', f"run {f['run_id']} ({f['run_status']})", f['run_status'] not in (None, 'not found'))],
-         ['the model card has empty sections: ' + ', '.join(f['card_missing']) if not f['card_complete'] else '',
-          'the training run is missing from MLflow' if f['run_status'] in (None, 'not found') else ''])
-
-def _eu_aia_12(f) -> dict:
-    a = f['audit']
-    return _item('EU-AIA-12', 'EU AI Act', 'Art. 12', 'Record-keeping: automatic logging of events over the lifetime (traceability)',
-         [_audit_ev(f), _ev('file', 'prediction log (predictions, feedback tables)', f"{f['log_rows']} rows of this version" if f['log_exists'] else 'not created yet', f['log_exists'])],
-         ['the audit log fails verification: ' + a['summary'] if not a['ok'] else '',
-          'no prediction log yet: serve the version (stage 05) so every prediction is recorded' if not f['log_exists'] else ''])
-
-def _eu_aia_13(f) -> dict:
-    pr = f['primary']
-    return _item('EU-AIA-13', 'EU AI Act', 'Art. 13', 'Transparency and information to deployers: intended purpose, performance with its limits, known risks, human oversight',
-         [_ev('file', f"{f['files']['model_card']} § Intended use", 'intended and out-of-scope use', _uses_ok(f)),
-          _ev('metric', f"{pr['metric']} on the test split", _primary_text(pr), np.isfinite(pr['value'])),
-          _ev('file', f"{f['files']['model_card']} § Caveats and recommendations", f"{f['caveats']} caveats", f['caveats'] > 0)],
-         ['intended or out-of-scope use missing from the charter' if not _uses_ok(f) else ''])
-
-def _eu_aia_14(f) -> dict:
-    so = f['sign_off']
-    return _item('EU-AIA-14', 'EU AI Act', 'Art. 14', 'Human oversight: a person can understand, approve, override and stop the system',
-         [_ev('audit', 'audit.jsonl event approval', so['status'], so['approved']),
-          _ev('file', 'charter.json intended_use', 'human review required by the intended use' if f['human_review_in_use'] else 'intended use does not mention human review', f['human_review_in_use']),
-          _ev('audit', 'alias moves (promote / rollback / retire)', f"{f['alias_moves']} alias moves recorded; rollback via @previous", True)],
-         ['no approval covering the current evidence: `mlcycle approve VERSION --by NAME` after review' if not so['approved'] else '',
-          'the intended use does not state human review of decisions' if not f['human_review_in_use'] else ''])
-
-def _eu_aia_15(f) -> dict:
-    pr, s04 = f['primary'], _stage(f, '04')
-    rob = s04.get('robustness_ok')
-    return _item('EU-AIA-15', 'EU AI Act', 'Art. 15', 'Accuracy, robustness and cybersecurity: declared accuracy met, resilience to errors and attacks',
-         [_ev('metric', f"{pr['objective']} (test split)", _primary_text(pr), pr['passed']),
-          _ev('file', 'stages/04_validation.json robustness probes', s04.get('note') or ('probes within tolerance' if rob else 'probes failed'), _s04_here(f) and rob is not False),
-          _ev('file', 'MLmodel serialization_format', f['serialization'], f['serialization'] == 'skops'),
-          _ev('file', 'serving admin routes', 'bearer token required for /admin routes', True)],
-         [f"the primary objective {pr['objective']} is not met on the test split" if not pr['passed'] else '',
-          ('robustness not evidenced: ' + (s04.get('note') or 'stage 04 has not run for this version')) if not _s04_here(f) else
-          ('a stage-04 robustness probe failed' if rob is False else ''),
-          f"the model is serialized as {f['serialization']!r}, not skops (pickle can run code on load)" if f['serialization'] != 'skops' else ''])
-
-def _eu_aia_17(f) -> dict:
-    vs, s04 = f['validation_status'], _stage(f, '04')
-    return _item('EU-AIA-17', 'EU AI Act', 'Art. 17', 'Quality management system: documented procedures, validation before release, records',
-         [_ev('metric', 'version tag validation_status', vs, vs == 'passed'),
-          _ev('file', 'stages/04_validation.json', s04.get('note') or f"gate {s04.get('validation_status')}", _s04_here(f)),
-          _audit_ev(f)],
-         [f"validation_status is {vs!r}, not passed" if vs != 'passed' else '',
-          ('the validation_status tag is not backed by a stage-04 report for this version: ' + (s04.get('note') or 'stage 04 has not run')) if not _s04_here(f) else '',
-          'the audit log fails verification' if not f['audit']['ok'] else ''])
-
-# %% ../nbs/08_governance.ipynb #f1836417
-def _nist_govern(f) -> dict:
-    ch, so = f['charter'], f['sign_off']
-    return _item('NIST-GOVERN', 'NIST AI RMF', 'GOVERN', 'Policies, accountability and a culture of risk management are in place',
-         [_ev('file', 'charter.json owners', ', '.join(ch['owners']), bool(ch['owners'])), _ev('audit', 'approval', so['status'], so['approved']), _audit_ev(f)],
-         ['no owners named in the charter' if not ch['owners'] else '', 'no accountable sign-off for this evidence' if not so['approved'] else '',
-          'the audit log fails verification' if not f['audit']['ok'] else ''])
-
-def _nist_map(f) -> dict:
-    ch, s01 = f['charter'], _stage(f, '01')
-    return _item('NIST-MAP', 'NIST AI RMF', 'MAP', 'Context is established and risks are identified: purpose, users, out-of-scope uses, affected groups',
-         [_ev('file', 'charter.json', f"intended use, out-of-scope use, sensitive features {ch['sensitive_features']}", _uses_ok(f)),
-          _ev('file', 'stages/01_problem_definition.json', f"feasibility {s01.get('verdict', 'not run')}", s01['available'])],
-         ['stage 01 has not run' if not s01['available'] else ''])
-
-def _nist_measure(f) -> dict:
-    s06 = _stage(f, '06')
-    return _item('NIST-MEASURE', 'NIST AI RMF', 'MEASURE', 'Risks are analysed and tracked: performance and fairness with uncertainty, in testing and in production',
-         [_ev('metric', 'performance with 95% intervals (test split)', f"{len(f['metrics'])} metrics", len(f['metrics']) > 0),
-          _ev('file', f['files']['bias_report'], f"{len(f['fairness_objectives'])} fairness objectives measured", True),
-          _ev('file', 'stages/06_monitoring.json', s06.get('note') or 'drift, realized performance, production fairness', s06['available'])],
-         ['production measurement not evidenced: stage 06 has not run' if not s06['available'] else ''])
-
-def _nist_manage(f) -> dict:
-    vs, s05, s07 = f['validation_status'], _stage(f, '05'), _stage(f, '07')
-    return _item('NIST-MANAGE', 'NIST AI RMF', 'MANAGE', 'Risks are prioritised and acted on: gates, rollback, retraining, decommissioning',
-         [_ev('metric', 'stage-04 gate', vs, vs == 'passed'),
-          _ev('file', 'stages/05_deployment.json', s05.get('note') or f"deployed as {s05.get('deployed_as')}", s05['available']),
-          _ev('file', 'stages/07_retraining.json', s07.get('note') or 'retraining decision recorded', s07['available']),
-          _ev('file', 'retirement procedure (stage 09 notebook)', 'documented and executable', True)],
-         [f"validation_status is {vs!r}" if vs != 'passed' else '', 'no deployment record: stage 05 has not run' if not s05['available'] else '',
-          'no retraining record: stage 07 has not run' if not s07['available'] else ''])
-
-COMPLIANCE_RULES = [_eu_aia_9, _eu_aia_10, _eu_aia_11, _eu_aia_12, _eu_aia_13, _eu_aia_14, _eu_aia_15, _eu_aia_17,
-                    _nist_govern, _nist_map, _nist_measure, _nist_manage]
-
-def compliance_checklist(f: dict) -> list[dict]:
-    "Checklist items (EU AI Act high-risk obligations, NIST AI RMF functions) from the facts `f`; each with evidence, status and gaps."
-    return [rule(f) for rule in COMPLIANCE_RULES]
-
-# %% ../nbs/08_governance.ipynb #4c326716
-CARD_SECTIONS = ['model_details', 'intended_use', 'factors', 'metrics', 'evaluation_data', 'training_data',
-                 'quantitative_analyses', 'ethical_considerations', 'caveats_and_recommendations']
-
-def _f(x, nd=4) -> str:
-    if x is None: return '–'
-    if isinstance(x, (bool, np.bool_)): return 'yes' if x else 'no'
-    if isinstance(x, (int, np.integer)): return str(int(x))
-    if isinstance(x, (float, np.floating)): return '–' if not np.isfinite(x) else f'{x:.{nd}f}'
-    return str(x)
-
-def md_escape(s) -> str:
-    "Text safe inside Markdown (and the HTML made from it): `<` escaped (no tag can start), table pipes escaped, one line."
-    return (str(s).replace('<', '&lt;').replace('|', '\\|').replace('[', '\\[').replace(']', '\\]')
-            .replace('\n', ' ').replace('\r', ' '))
-
-def md_table(df: pd.DataFrame, nd: int = 4) -> str:
-    "A Markdown table from a DataFrame (no tabulate needed)."
-    if df is None or not len(df): return '_(none)_\n'
-    cols = list(df.columns)
-    out = ['| ' + ' | '.join(md_escape(c) for c in cols) + ' |', '| ' + ' | '.join('---' for _ in cols) + ' |']
-    for r in df.itertuples(index=False): out.append('| ' + ' | '.join(md_escape(_f(v, nd)) for v in r) + ' |')
-    return '\n'.join(out) + '\n'
-
-def _with_ci(value, lo, hi, nd=4) -> str:
-    return f'{_f(value, nd)} [{_f(lo, nd)}, {_f(hi, nd)}]'
-
 # %% ../nbs/08_governance.ipynb #6a7c501b
 GOVERNANCE_STAGES = ('01_problem_definition', '02_data', '03_model_development', '04_validation', '05_deployment', '06_monitoring', '07_retraining')
 
@@ -653,170 +414,10 @@ def read_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -
             'audit': ws.audit.verify(), 'audit_head': read_json(ws.audit.head_path) if ws.audit.head_path.exists() else None,
             'contract_exists': (ws.root/'data'/'contract.json').exists(), 'log_exists': _log_exists(ws),
             'log_rows': _version_log_rows(ws, version), 'lineage': lineage_steps(ws, c, rec, events),
+            'fingerprints': version_fingerprints(rec), 'alias_history': alias_history(events),
             'generated_at': _now(), 'generated_by': current_actor()}
 
-# %% ../nbs/08_governance.ipynb #f06298a8
-def evidence_facts(c: Charter, ev: dict, m: dict) -> dict:
-    "The substance a reviewer approves: version, run, charter, data fingerprints, measurements and the validation status."
-    rec, perf, objectives = ev['record'], m['performance'], m['objectives']
-    return {'model': ev['name'], 'version': ev['version'], 'run_id': rec['run_id'], 'model_id': rec['model_id'], 'charter_hash': c.hash,
-            'fingerprints': version_fingerprints(rec), 'evaluation_fingerprint': ev['test_fingerprint'], 'n_boot': m['n_boot'], 'seed': m['seed'],
-            'metrics': {r.metric: round(float(r.value), 6) for r in perf.itertuples() if np.isfinite(r.value)},
-            'objectives': {r.objective: [None if not np.isfinite(r.value) else round(float(r.value), 6), bool(r.passed)] for r in objectives.itertuples()},
-            'validation_status': rec['tags'].get('validation_status')}
-
-def _s04_report(ev: dict) -> dict | None:
-    "Stage 04's recorded report when it validated this very version."
-    s04 = ev['stages']['04']
-    return s04['outputs'].get('report') if s04['available'] and s04['about_this_version'] else None
-
-def caveats(c: Charter, ev: dict, m: dict) -> list[str]:
-    "The card's caveats: small groups, objectives not met or not robust, missing validation or monitoring, out-of-scope use."
-    fair, objectives, tags, s04 = m['fairness'], m['objectives'], ev['record']['tags'], ev['stages']['04']
-    small = pd.concat([f['by_group'].assign(feature=f['feature']) for f in fair], ignore_index=True)
-    small = small[small.too_small]
-    out = []
-    if len(small): out.append(f"{len(small)} sensitive groups (mostly intersections) have fewer than {c.data.requirements.min_group_size} test rows: "
-                              f"their rates are too uncertain to judge (e.g. {', '.join(small.group.head(4))}).")
-    for r in objectives.itertuples():
-        if r.measured and not r.passed: out.append(f'Objective {r.objective} is NOT met on the test split (value {_f(r.value)}).')
-        elif r.measured and not r.robust: out.append(f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
-        elif not r.measured: out.append(f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
-    if tags.get('validation_status') != 'passed': out.append(f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
-    if not s04['available'] or not s04['about_this_version']: out.append('No stage-04 validation report for this version: robustness and overfitting are not evidenced here.')
-    if not ev['stages']['06']['available']: out.append('No production monitoring yet (stage 06): drift and realized performance are unknown.')
-    out.append(f"Out of scope, per the charter: {c.out_of_scope.strip()}")
-    out.append('Recommendation: keep a person reviewing every flagged case, re-run governance after each retraining, and re-approve when the evidence digest changes.')
-    return out
-
-# %% ../nbs/08_governance.ipynb #0f385816
-def _card_details(c: Charter, ev: dict) -> dict:
-    rec, name = ev['record'], ev['name']
-    return {'name': name, 'version': ev['version'], 'created': rec['created'], 'model': ev['model_description'],
-            'family': rec['tags'].get('model_family') or rec['tags'].get('candidate') or 'not recorded',
-            'mitigation': rec['tags'].get('mitigation', 'none recorded'), 'task': c.task, 'target': c.data.target,
-            'positive_label': str(c.data.positive_label), 'owners': c.owners, 'charter_hash': c.hash,
-            'training_run_id': rec['run_id'], 'logged_model_id': rec['model_id'], 'aliases': rec['aliases'],
-            'lifecycle': rec['tags'].get('lifecycle'), 'validation_status': rec['tags'].get('validation_status'),
-            'serialization': rec['flavor'].get('serialization_format'), 'sklearn_version': rec['flavor'].get('sklearn_version'),
-            'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': 'model: as set by the owners; training data UCI Adult CC BY 4.0 when the bundled charter is used',
-            'contact': ', '.join(c.owners)}
-
-def _card_data(ev: dict) -> tuple[dict, dict]:
-    "The evaluation-data and training-data sections."
-    s02, y, fp = ev['stages']['02'], ev['y'], ev['test_fingerprint']
-    m02 = s02['outputs'] if s02['available'] else {}
-    vfp = version_fingerprints(ev['record'])
-    evaluation = {'split': 'test (stage 02, untouched until validation)', 'fingerprint': fp, 'rows': int(len(ev['test'])),
-                  'positive_rate': float(y.mean()), 'snapshot': f'data/{fp}.parquet',
-                  'preprocessing': 'the data contract (data/contract.json) and the model pipeline’s own ColumnTransformer'}
-    training = {'fingerprints': vfp, 'sources': ev['sources'], 'splits': m02.get('splits', {}),
-                'quality': {k: m02.get('quality', {}).get(k) for k in ('rows', 'duplicates')},
-                'matches_current_split': vfp.get('train') == m02.get('splits', {}).get('train', {}).get('fingerprint')}
-    return evaluation, training
-
-def _frames_to_records(d: dict) -> dict: return {k: (v.to_dict('records') if isinstance(v, pd.DataFrame) else v) for k, v in d.items()}
-
-def _card_analyses(ev: dict, m: dict) -> dict:
-    "Quantitative analyses: test-split numbers, stage 04's report, stage 06's monitoring, production fairness."
-    s04, s06, v04, version = ev['stages']['04'], ev['stages']['06'], _s04_report(ev), ev['version']
-    return {'performance': m['performance'].to_dict('records'), 'objectives': m['objectives'].to_dict('records'),
-            'fairness_gaps': {f['feature']: f['gaps'].to_dict('records') for f in m['fairness']},
-            'stage_04': ({'status': s04['outputs'].get('validation_status'), 'verdict': s04['outputs'].get('verdict'),
-                          'performance': v04.get('performance'), 'fairness': v04.get('fairness'), 'robustness': v04.get('robustness'),
-                          'overfit': v04.get('overfit')} if v04 else {'note': s04.get('note') or 'stage 04 recorded no report'}),
-            'monitoring': ({k: s06['summary'].get(k) for k in ('alerts_count', 'alerts_critical', 'recommendation', 'recommendation_text')}
-                           | {'window': s06['outputs'].get('window'),
-                              'performance': [r for r in s06['outputs'].get('performance') or [] if str(r.get('model_version')) == version]}
-                           if s06['available'] else {'note': s06['note']}),
-            'production_fairness': _frames_to_records(ev['production'])}
-
-def _card_ethics(c: Charter, ev: dict, m: dict) -> dict:
-    return {'sensitive_data': f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}.",
-            'risk': f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip(),
-            'fairness_objectives': [f"{r.objective}: {_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}] → {'met' if r.passed else 'NOT met'}"
-                                    for r in m['objectives'].itertuples() if r.metric in GAP_METRICS],
-            'mitigation': ev['record']['tags'].get('mitigation', 'none recorded'),
-            'harms': f"Misuse outside the intended use could harm the people scored: {c.out_of_scope.strip()}",
-            'human_oversight': c.intended_use.strip()}
-
-# %% ../nbs/08_governance.ipynb #cfac9513
-def model_card(c: Charter, ev: dict, m: dict, digest: str, so: dict, cav: list[str]) -> dict:
-    "The model card (Mitchell et al.'s nine sections, the sign-off and the audit integrity) as a dictionary."
-    evaluation, training = _card_data(ev)
-    audit = ev['audit']
-    return {
-        'title': f"Model card: {ev['name']} v{ev['version']}", 'generated_at': ev['generated_at'], 'generated_by': ev['generated_by'], 'evidence_digest': digest,
-        'model_details': _card_details(c, ev),
-        'intended_use': {'problem': c.problem.strip(), 'primary_intended_uses': c.intended_use.strip(), 'out_of_scope_uses': c.out_of_scope.strip(),
-                         'risk_level': c.risk.level, 'risk_framework': c.risk.framework, 'risk_notes': c.risk.notes},
-        'factors': {'sensitive_features': list(c.data.sensitive_features), 'evaluated_groups': [f['feature'] for f in m['fairness']],
-                    'groups': {f['feature']: f['by_group'][['group', 'rows', 'too_small']].to_dict('records') for f in m['fairness']},
-                    'min_group_size': c.data.requirements.min_group_size},
-        'metrics': {'performance_measures': list(m['performance'].metric), 'primary': c.primary.describe(),
-                    'decision_threshold': "the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness mitigation is part of the model",
-                    'fairness_measures': GROUP_RATES + GAP_METRICS,
-                    'uncertainty': f"95% percentile bootstrap over the test rows, {m['n_boot']} resamples (seed {m['seed']})"},
-        'evaluation_data': evaluation, 'training_data': training,
-        'quantitative_analyses': _card_analyses(ev, m),
-        'ethical_considerations': _card_ethics(c, ev, m),
-        'caveats_and_recommendations': cav,
-        'sign_off': so,
-        'audit_integrity': {'ok': audit.ok, 'entries': audit.entries, 'summary': str(audit), 'head': ev['audit_head']},
-    }
-
-def bias_report(ev: dict, m: dict, card: dict) -> dict:
-    "The bias report: groups and gaps with intervals, the fairness objectives, stage 03's trade-off, stage 04's and production fairness."
-    fair, objectives, tr, v04 = m['fairness'], m['objectives'], ev['tradeoff'], _s04_report(ev)
-    return {'title': f"Bias report: {ev['name']} v{ev['version']}", 'generated_at': card['generated_at'], 'evidence_digest': card['evidence_digest'],
-            'evaluation': {'split': 'test', 'fingerprint': ev['test_fingerprint'], 'rows': int(len(ev['test'])), 'n_boot': m['n_boot']},
-            'groups': {f['feature']: f['by_group'].to_dict('records') for f in fair},
-            'gaps': {f['feature']: f['gaps'].to_dict('records') for f in fair},
-            'objectives': objectives[objectives.metric.isin(GAP_METRICS)].to_dict('records'),
-            'tradeoff': ({'table': tr['table'].to_dict('records'), 'selected': tr['selected'], 'fairness_key': tr['fairness_key'],
-                          'note': tr['note']} if tr['available'] else {'note': tr['note']}),
-            'stage_04': {'fairness': v04.get('fairness')} if v04 else {'note': ev['stages']['04'].get('note') or 'stage 04 recorded no report'},
-            'production': card['quantitative_analyses']['production_fairness']}
-
-# %% ../nbs/08_governance.ipynb #984ae558
-def _stage_highlights(ev: dict) -> dict:
-    "Per stage: available, note, whether about this version, and the few outputs the checklist reads."
-    keep = ('verdict', 'rows', 'duplicates', 'validation_status', 'deployed_as', 'alerts_count', 'recommendation')
-    stages = ev['stages']
-    h = {k: {'available': v['available'], 'note': v.get('note', ''), 'about_this_version': v.get('about_this_version', False),
-             **{kk: vv for kk, vv in v.get('summary', {}).items() if kk in keep}} for k, v in stages.items()}
-    if stages['02']['available']: h['02'].update({k: stages['02']['outputs'].get('quality', {}).get(k) for k in ('rows', 'duplicates')})
-    v04 = _s04_report(ev)
-    if stages['04']['available'] and v04:
-        rob = v04.get('robustness') or []
-        h['04']['robustness_ok'] = all(r.get('passed', True) for r in rob) if rob else None
-    return h
-
-def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> dict:
-    "The facts `compliance_checklist` judges, from the evidence, the measurements and the card."
-    objectives, fair, rec, audit = m['objectives'], m['fairness'], ev['record'], ev['audit']
-    prim = objectives[objectives.primary].iloc[0]
-    m02 = ev['stages']['02']['outputs'] if ev['stages']['02']['available'] else {}
-    missing = [s for s in CARD_SECTIONS if not card.get(s)]
-    return {'charter': {'risk_level': c.risk.level, 'risk_notes': c.risk.notes, 'intended_use': c.intended_use, 'out_of_scope': c.out_of_scope,
-                        'owners': c.owners, 'sensitive_features': c.data.sensitive_features},
-            'audit': {'ok': audit.ok, 'summary': str(audit)}, 'stages': _stage_highlights(ev),
-            'primary': {'objective': prim.objective, 'metric': prim.metric, 'value': float(prim.value), 'ci_low': float(prim.ci_low),
-                        'ci_high': float(prim.ci_high), 'passed': bool(prim.passed)},
-            'fairness_objectives': objectives[objectives.metric.isin(GAP_METRICS)].to_dict('records'), 'files': files,
-            'card_complete': not missing, 'card_missing': missing, 'contract_exists': ev['contract_exists'],
-            'leakage_suspects': len([r for r in m02.get('quality', {}).get('leakage_top', []) if r.get('leakage_suspect')]),
-            'groups_judged': int(sum((~f['by_group'].too_small).sum() for f in fair)),
-            'groups_too_small': int(sum(f['by_group'].too_small.sum() for f in fair)), 'run_id': rec['run_id'],
-            'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': ev['log_exists'], 'log_rows': int(ev['log_rows']),
-            'caveats': len(card['caveats_and_recommendations']), 'sign_off': card['sign_off'],
-            'human_review_in_use': any(w in c.intended_use.lower() for w in ('review', 'human', 'person')),
-            'alias_moves': len(alias_history(ev['events'])), 'serialization': rec['flavor'].get('serialization_format'),
-            'validation_status': rec['tags'].get('validation_status'), 'metrics': m['performance'].to_dict('records')}
-
 # %% ../nbs/08_governance.ipynb #6155c5f2
-DOCUMENT_FILES = {'model_card': 'model_card.md', 'bias_report': 'bias_report.md', 'compliance': 'compliance.md', 'lineage': 'lineage.md'}
-
 def governance_documents(c: Charter, ev: dict, n_boot: int | None = None, seed: int | None = None, files: dict | None = None) -> dict:
     "The four documents for one version from its evidence (`read_evidence`): measure, digest, card, bias report, compliance map, lineage."
     name, version = ev['name'], ev['version']
@@ -831,7 +432,7 @@ def governance_documents(c: Charter, ev: dict, n_boot: int | None = None, seed: 
                   'evidence_digest': digest, 'items': checklist, 'summary': {s: sum(i['status'] == s for i in checklist) for s in ('pass', 'gap')}}
     card['compliance_summary'] = compliance['summary']
     lin = {'title': f'Lineage: {name} v{version}', 'generated_at': card['generated_at'], 'steps': ev['lineage'],
-           'alias_history': alias_history(ev['events']).to_dict('records'), 'audit_integrity': card['audit_integrity']}
+           'alias_history': ev['alias_history'].to_dict('records'), 'audit_integrity': card['audit_integrity']}
     return {'model': name, 'version': version, 'record': ev['record'], 'card': card, 'bias': bias, 'compliance': compliance, 'lineage': lin,
             'facts': facts, 'evidence_digest': digest, 'performance': m['performance'], 'fairness': m['fairness'], 'objectives': m['objectives'],
             'tradeoff': ev['tradeoff'], 'production': ev['production'], 'stages': ev['stages'], 'audit': ev['audit'], 'card_missing': cl['card_missing']}
@@ -841,179 +442,7 @@ def build_governance(ws: Workspace, c: Charter, version, name: str | None = None
     "Everything governance reports for one version, as dictionaries and tables (reads only; writes nothing)."
     return governance_documents(c, read_evidence(ws, c, version, name), n_boot, seed, files)
 
-# %% ../nbs/08_governance.ipynb #05476e8e
-def _card_md_intro(cd: dict) -> list[str]:
-    "Title, model details, intended use and factors."
-    d, iu, md = cd['model_details'], cd['intended_use'], []
-    md += [f"# {md_escape(cd['title'])}", '',
-           f"_Generated {cd['generated_at']} by {md_escape(cd['generated_by'])} · evidence digest `{cd['evidence_digest']}` · "
-           f"sections after Mitchell et al., “Model Cards for Model Reporting” (FAT* 2019)._", '',
-           '**Related:** [bias report](bias_report.md) · [compliance evidence map](compliance.md) · [lineage](lineage.md)', '',
-           '## Model details', '', md_table(pd.DataFrame([(k.replace('_', ' '), ', '.join(map(str, v)) if isinstance(v, list) else v) for k, v in d.items()], columns=['field', 'value'])),
-           '## Intended use', '', f"**Problem.** {md_escape(iu['problem'])}", '', f"**Primary intended uses.** {md_escape(iu['primary_intended_uses'])}", '',
-           f"**Out-of-scope uses.** {md_escape(iu['out_of_scope_uses'])}", '',
-           f"**Risk.** level `{iu['risk_level']}` under `{iu['risk_framework']}`. {md_escape(iu['risk_notes'])}", '',
-           '## Factors', '', f"Sensitive features: {', '.join(cd['factors']['sensitive_features'])}; evaluated per group and for "
-           f"{', '.join(cd['factors']['evaluated_groups'])}. Groups under {cd['factors']['min_group_size']} test rows are reported but too small to judge.", '']
-    for feat, rows in cd['factors']['groups'].items():
-        md += [f"- **{md_escape(feat)}**: " + ', '.join(f"{md_escape(r['group'])} ({r['rows']}{', too small' if r['too_small'] else ''})" for r in rows)]
-    return md
-
-def _card_md_data(cd: dict) -> list[str]:
-    "Metrics, evaluation data and training data."
-    m, md = cd['metrics'], []
-    md += ['', '## Metrics', '', f"Performance: {', '.join(m['performance_measures'])} (primary objective: `{md_escape(m['primary'])}`). "
-           f"Fairness: {', '.join(m['fairness_measures'])}. Decision rule: {m['decision_threshold']}. Uncertainty: {m['uncertainty']}.", '',
-           '## Evaluation data', '', md_table(pd.DataFrame(list(cd['evaluation_data'].items()), columns=['field', 'value'])),
-           '## Training data', '']
-    td = cd['training_data']
-    md += [f"Fingerprints named by the version: {', '.join(f'{k} `{v}`' for k, v in td['fingerprints'].items()) or 'none recorded'}"
-           f"{' (the current stage-02 training split)' if td['matches_current_split'] else ' (differs from the current stage-02 training split)'}.", '']
-    if td['sources']:
-        src = pd.DataFrame(td['sources'])
-        if 'location' in src: src['location'] = [x if '://' in str(x) else Path(str(x)).name for x in src.location]
-        md += [md_table(src[[k for k in ('kind', 'location', 'rows', 'columns', 'fingerprint') if k in src]])]
-    if td['splits']: md += [md_table(pd.DataFrame(td['splits']).T.reset_index(names='split'))]
-    return md
-
-def _card_md_analyses(cd: dict) -> list[str]:
-    "Quantitative analyses: test-split performance, objectives, gaps, stage 04, monitoring, production fairness."
-    qa, md = cd['quantitative_analyses'], []
-    md += ['## Quantitative analyses', '', '### Performance on the test split (95% bootstrap intervals)', '',
-           md_table(pd.DataFrame(qa['performance'])), '### The charter’s objectives', '',
-           md_table(pd.DataFrame(qa['objectives'])[['objective', 'value', 'ci_low', 'ci_high', 'passed', 'robust', 'source']]),
-           '### Fairness gaps (fairlearn, 95% intervals)', '']
-    for feat, rows in qa['fairness_gaps'].items(): md += [f'**{md_escape(feat)}**', '', md_table(pd.DataFrame(rows))]
-    md += ['Per-group rates with intervals and plots: see the [bias report](bias_report.md).', '', '### Stage 04 (validation)', '']
-    s4 = qa['stage_04']
-    if 'note' in s4: md += [f"_{md_escape(s4['note'])}_", '']
-    else:
-        md += [f"Gate: **{md_escape(s4['status'])}**. {md_escape(s4['verdict'] or '')}", '']
-        if s4.get('performance'): md += [md_table(pd.DataFrame(s4['performance']))]
-        if s4.get('robustness'): md += ['Robustness probes:', '', md_table(pd.DataFrame(s4['robustness']))]
-    md += ['### Monitoring (stage 06)', '']
-    mo = qa['monitoring']
-    if 'note' in mo: md += [f"_{md_escape(mo['note'])}_", '']
-    else:
-        md += [f"{mo.get('alerts_count')} alert(s), {mo.get('alerts_critical')} critical; recommendation: {md_escape(mo.get('recommendation_text') or mo.get('recommendation'))}", '']
-        if mo.get('performance'): md += [md_table(pd.DataFrame(mo['performance']))]
-    pf = qa['production_fairness']
-    md += ['### Production fairness', '', f"_{md_escape(pf.get('note') or '')}_", '']
-    if pf.get('available') and pf.get('table'): md += [md_table(pd.DataFrame(pf['table']))]
-    return md
-
-def _card_md_closing(cd: dict) -> list[str]:
-    "Ethical considerations, caveats, sign-off and the audit log's integrity."
-    ec, md = cd['ethical_considerations'], []
-    md += ['## Ethical considerations', '', f"- {md_escape(ec['sensitive_data'])}", f"- {md_escape(ec['risk'])}",
-           f"- Fairness mitigation in the model: {md_escape(ec['mitigation'])}."] + [f"- {md_escape(x)}" for x in ec['fairness_objectives']] + \
-          [f"- {md_escape(ec['harms'])}", f"- Human oversight (intended use): {md_escape(ec['human_oversight'])}", '',
-           '## Caveats and recommendations', ''] + [f"- {md_escape(x)}" for x in cd['caveats_and_recommendations']]
-    so = cd['sign_off']
-    md += ['', '## Sign-off', '', f"**Status: {md_escape(so['status'])}.** Current evidence digest `{so['evidence_digest']}`.", '']
-    if so['approvals']: md += [md_table(pd.DataFrame(so['approvals'])[['by', 'at', 'recorded_by', 'note', 'audit_seq', 'evidence_digest', 'covers_current_evidence']])]
-    else: md += ['Nobody has approved this version. After reviewing this card: `mlcycle approve VERSION --by "Full Name" --note "…"`, then re-run `mlcycle govern`.', '']
-    ai = cd['audit_integrity']
-    md += ['## Audit log integrity', '', f"{'✅' if ai['ok'] else '❌'} {md_escape(ai['summary'])}" +
-           (f" (head: entry {ai['head']['seq']}, hash `{ai['head']['hash'][:16]}…`)" if ai.get('head') else ''), '',
-           f"Compliance evidence map: {cd['compliance_summary']['pass']} pass, {cd['compliance_summary']['gap']} gap(s) — see [compliance](compliance.md).", '']
-    return md
-
-def card_markdown(g: dict) -> str:
-    "The model card as Markdown."
-    cd = g['card']
-    return '\n'.join(_card_md_intro(cd) + _card_md_data(cd) + _card_md_analyses(cd) + _card_md_closing(cd))
-
-def bias_markdown(g: dict, figures: dict | None = None) -> str:
-    "The bias report as Markdown (`figures`: feature → image file name)."
-    b, md = g['bias'], []
-    md += [f"# {md_escape(b['title'])}", '', f"_Generated {b['generated_at']} · test split `{b['evaluation']['fingerprint']}` "
-           f"({b['evaluation']['rows']} rows) · 95% bootstrap intervals over {b['evaluation']['n_boot']} resamples · evidence digest `{b['evidence_digest']}`._", '',
-           '## The charter’s fairness objectives', '', md_table(pd.DataFrame(b['objectives'])[['objective', 'value', 'ci_low', 'ci_high', 'threshold', 'passed', 'robust']]
-                                                              if b['objectives'] else pd.DataFrame()), '## Per group (fairlearn MetricFrame)', '']
-    for feat, rows in b['groups'].items():
-        t = pd.DataFrame(rows)
-        show = pd.DataFrame({'group': t.group, 'rows': t.rows,
-                             'selection rate': [_with_ci(v, l, h, 3) for v, l, h in zip(t.selection_rate, t.selection_rate_lo, t.selection_rate_hi)],
-                             'TPR': [_with_ci(v, l, h, 3) for v, l, h in zip(t.true_positive_rate, t.true_positive_rate_lo, t.true_positive_rate_hi)],
-                             'FPR': [_with_ci(v, l, h, 3) for v, l, h in zip(t.false_positive_rate, t.false_positive_rate_lo, t.false_positive_rate_hi)],
-                             'accuracy': [_with_ci(v, l, h, 3) for v, l, h in zip(t.accuracy, t.accuracy_lo, t.accuracy_hi)], 'too small': t.too_small})
-        md += [f'### {md_escape(feat)}', '', md_table(show), 'Gaps:', '', md_table(pd.DataFrame(b['gaps'][feat]))]
-        if figures and feat in figures: md += [f'![{md_escape(feat)}]({figures[feat]})', '']
-    md += ['## Mitigation trade-off (stage 03)', '']
-    tr = b['tradeoff']
-    if 'table' in tr:
-        if tr.get('note'): md += [f"_{md_escape(tr['note'])}_", '']
-        md += [f"Chosen: **{md_escape(tr['selected'])}**.", '', md_table(pd.DataFrame(tr['table']))]
-        if figures and 'tradeoff' in figures: md += [f"![trade-off]({figures['tradeoff']})", '']
-    else: md += [f"_{md_escape(tr['note'])}_", '']
-    md += ['## Stage 04 (validation) fairness', '']
-    md += [md_table(pd.DataFrame(b['stage_04']['fairness']))] if b['stage_04'].get('fairness') else [f"_{md_escape(b['stage_04'].get('note', 'none'))}_", '']
-    pf = b['production']
-    md += ['## Production fairness', '', f"_{md_escape(pf.get('note') or '')}_", '']
-    if pf.get('available') and pf.get('table'): md += [md_table(pd.DataFrame(pf['table']))]
-    return '\n'.join(md)
-
-def compliance_markdown(g: dict) -> str:
-    "The compliance evidence map as Markdown."
-    cp, md = g['compliance'], []
-    md += [f"# {md_escape(cp['title'])}", '', f"> **{md_escape(cp['disclaimer'])}**", '',
-           f"_Generated {cp['generated_at']} · evidence digest `{cp['evidence_digest']}` · {cp['summary']['pass']} pass, {cp['summary']['gap']} gap(s)._", '',
-           md_table(pd.DataFrame([{'id': i['id'], 'framework': i['framework'], 'reference': i['reference'], 'status': i['status'].upper(),
-                                   'requirement': i['requirement']} for i in cp['items']])), '## Evidence per item', '']
-    for i in cp['items']:
-        md += [f"### {i['id']} · {i['reference']} — {i['status'].upper()}", '', md_escape(i['requirement']), '',
-               md_table(pd.DataFrame([{'kind': e['kind'], 'evidence': e['ref'], 'value': e['value'], 'ok': e['ok']} for e in i['evidence']]))]
-        if i['gaps']: md += ['Gaps:', ''] + [f'- {md_escape(x)}' for x in i['gaps']] + ['']
-    return '\n'.join(md)
-
-def lineage_markdown(g: dict, svg_name: str = 'lineage.svg') -> str:
-    "The lineage table, the diagram and the audit integrity as Markdown."
-    ln = g['lineage']
-    return '\n'.join([f"# {md_escape(ln['title'])}", '', f'![lineage]({svg_name})', '', md_table(pd.DataFrame(ln['steps'])),
-                      '## Alias history (audit log)', '', md_table(pd.DataFrame(ln['alias_history'])), '## Audit log integrity', '',
-                      f"{'✅' if ln['audit_integrity']['ok'] else '❌'} {md_escape(ln['audit_integrity']['summary'])}", ''])
-
-_CSS = ('body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}'
-        'table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}'
-        'th{background:#f4f4f4}code{background:#f4f4f4;padding:0 .2em}img{max-width:100%}blockquote{border-left:4px solid #c00;margin:0;padding:.2em 1em;background:#fff5f5}')
-
-def to_html(markdown: str, title: str) -> str:
-    "A standalone HTML page from Markdown (nbconvert's mistune renderer); links to `.md` siblings point to their `.html`."
-    from nbconvert.filters.markdown_mistune import markdown2html_mistune
-    body = markdown2html_mistune(markdown)
-    for n in ('model_card', 'bias_report', 'compliance', 'lineage'): body = body.replace(f'href="{n}.md"', f'href="{n}.html"')
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head>"
-            f'<body>{body}</body></html>')
-
 # %% ../nbs/08_governance.ipynb #7c3379fd
-def _fig_bytes(fig) -> bytes:
-    import io, matplotlib.pyplot as plt
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    return buf.getvalue()
-
-def render_governance(g: dict, c: Charter) -> dict[str, bytes]:
-    "File name → content for every governance document, figure and the index."
-    files, figs = {}, {}
-    for f in g['fairness']:
-        fn = 'fairness_' + f['feature'].replace(' & ', '_x_').replace(' ', '_') + '.png'
-        files[fn] = _fig_bytes(plot_group_fairness(f)); figs[f['feature']] = fn
-    if g['tradeoff'].get('available') and len(g['tradeoff']['table']):
-        files['tradeoff.png'] = _fig_bytes(plot_tradeoff(g['tradeoff'], c)); figs['tradeoff'] = 'tradeoff.png'
-    files['lineage.svg'] = lineage_svg(g['lineage']['steps'], title=f"{g['model']} v{g['version']}").encode()
-    docs = {'model_card': (card_markdown(g), g['card']), 'bias_report': (bias_markdown(g, figs), g['bias']),
-            'compliance': (compliance_markdown(g), g['compliance']), 'lineage': (lineage_markdown(g), g['lineage'])}
-    for name, (md, obj) in docs.items():
-        files[f'{name}.md'] = md.encode(); files[f'{name}.json'] = (to_json(obj, indent=2) + '\n').encode()
-        files[f'{name}.html'] = to_html(md, obj['title']).encode()
-    so, cs = g['card']['sign_off'], g['compliance']['summary']
-    files['index.html'] = to_html('\n'.join([f"# Governance: {md_escape(g['model'])} v{g['version']}", '',
-        f"- [Model card](model_card.md) · sign-off: {md_escape(so['status'])}",
-        f"- [Bias report](bias_report.md)", f"- [Compliance evidence map](compliance.md): {cs['pass']} pass, {cs['gap']} gap(s)",
-        f"- [Lineage](lineage.md)", f"- Audit log: {md_escape(g['card']['audit_integrity']['summary'])}", '',
-        f"Evidence digest `{g['evidence_digest']}`. JSON: model_card.json, bias_report.json, compliance.json, lineage.json."]), 'governance').encode()
-    return files
-
 def _ensure_inputs(ws: Workspace, charter, model_name: str | None, log=print) -> tuple[Charter, str]:
     "The charter and model name; runs stage 02, and stage 03 when no version is registered, first (as every stage runs its missing upstream)."
     if not ws.has_stage('02_data'):

@@ -14,187 +14,19 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
+from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
+                           VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
+                           numeric_edges, psi)
 from .stats import (N_RESAMPLES, auc_delong, bootstrap_indices, normal_interval, percentile_ci, resampled_metric,
                            two_proportion_test, wilson_interval)
 
 # %% auto #0
-__all__ = ['PSI_WARNING', 'PSI_CRITICAL', 'PSI_EPS', 'MISSING_DELTA', 'MISSING_DELTA_CRITICAL', 'NEW_CATEGORY_SHARE',
-           'VANISHED_MIN_SHARE', 'VANISHED_MIN_EXPECTED', 'MIN_EXPECTED', 'POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING',
-           'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING', 'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS',
-           'psi', 'ks_test', 'chi2_test', 'numeric_edges', 'DriftDetector', 'decide_drift', 'drift_summary',
-           'parse_window', 'read_window', 'logged_rows', 'log_features', 'prediction_drift', 'serving_skew',
-           'feature_skew', 'metric_with_ci', 'realized_performance', 'performance_over_time', 'group_rates',
-           'fairness_objectives', 'operations', 'server_error_rate', 'build_alerts', 'recommend', 'plot_drift',
-           'plot_performance', 'plot_groups', 'free_port', 'local_server', 'ensure_champion', 'monitor_window',
-           'run_monitoring', 'register_cli']
-
-# %% ../nbs/06_monitoring.ipynb #50c438a8
-PSI_WARNING, PSI_CRITICAL = 0.10, 0.25     # moderate and major shift (Siddiqi's rule of thumb)
-PSI_EPS = 1e-4                             # floor for empty bins in PSI
-MISSING_DELTA, MISSING_DELTA_CRITICAL = 0.05, 0.25   # missing-rate change (absolute) for a warning / critical alert
-NEW_CATEGORY_SHARE = 0.01                  # share of rows with never-seen categories that alerts on its own
-VANISHED_MIN_SHARE, VANISHED_MIN_EXPECTED = 0.01, 10   # a vanished category: reference share and expected rows
-MIN_EXPECTED = 5                           # chi-square: bins expecting fewer rows are pooled
-
-def psi(ref_counts, cur_counts, eps: float = PSI_EPS) -> float:
-    "Population stability index between two count vectors over the same bins (empty bins floored at `eps`)."
-    r, c = np.asarray(ref_counts, float), np.asarray(cur_counts, float)
-    if r.sum() == 0 or c.sum() == 0: return float('nan')
-    p, q = np.maximum(r / r.sum(), eps), np.maximum(c / c.sum(), eps)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-def ks_test(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
-    "Two-sample Kolmogorov–Smirnov statistic and asymptotic p-value; `ref_sorted` is sorted, NaN-free (NaN, NaN when a side is empty)."
-    from scipy.stats import kstwo
-    n1, n2 = len(ref_sorted), len(cur)
-    if n1 == 0 or n2 == 0: return float('nan'), float('nan')
-    cs = np.sort(cur)
-    pts = np.union1d(np.unique(ref_sorted), cs[np.r_[True, cs[1:] != cs[:-1]]])
-    d = float(np.max(np.abs(np.searchsorted(ref_sorted, pts, 'right') / n1 - np.searchsorted(cs, pts, 'right') / n2)))
-    en = n1 * n2 / (n1 + n2)
-    return d, float(np.clip(kstwo.sf(d, max(int(round(en)), 1)), 0, 1))
-
-def chi2_test(ref_counts, cur_counts, min_expected: float = MIN_EXPECTED) -> tuple[float, float]:
-    "Chi-square test of homogeneity on a 2×k table; bins expecting fewer than `min_expected` rows are pooled (NaN when under 2 bins remain)."
-    from scipy.stats import chi2
-    a, b = np.asarray(ref_counts, float), np.asarray(cur_counts, float)
-    keep = (a + b) > 0
-    a, b = a[keep], b[keep]
-    na, nb = a.sum(), b.sum()
-    if na == 0 or nb == 0: return float('nan'), float('nan')
-    tot = a + b
-    small = np.minimum(tot * na, tot * nb) / (na + nb) < min_expected
-    if small.any():
-        a, b = np.append(a[~small], a[small].sum()), np.append(b[~small], b[small].sum())
-        tot = a + b
-        if len(a) > 2 and min(tot[-1] * na, tot[-1] * nb) / (na + nb) < min_expected:   # the pooled bin is still small: merge it into the smallest
-            j = int(np.argmin(tot[:-1])); a[j] += a[-1]; b[j] += b[-1]; a, b = a[:-1], b[:-1]
-    if len(a) < 2: return float('nan'), float('nan')
-    tot = a + b
-    ea, eb = tot * na / (na + nb), tot * nb / (na + nb)
-    stat = float(np.sum((a - ea) ** 2 / ea) + np.sum((b - eb) ** 2 / eb))
-    return stat, float(chi2.sf(stat, len(a) - 1))
-
-# %% ../nbs/06_monitoring.ipynb #7bd23b21
-def numeric_edges(values: np.ndarray, n_bins: int = 10) -> np.ndarray:
-    "Interior cut points for a numeric feature: reference deciles; a point mass gets its own bin and the other values are cut at their own deciles."
-    v = np.asarray(values, float)
-    if len(v) == 0: return np.array([])
-    qs = np.linspace(0, 1, n_bins + 1)[1:-1]
-    edges = np.unique(np.quantile(v, qs))
-    if len(edges) < n_bins - 1:
-        vals, counts = np.unique(v, return_counts=True)
-        top = vals[np.argmax(counts)]
-        rest = v[v != top]
-        extra = np.quantile(rest, qs) if len(rest) else []
-        lower = vals[vals < top]
-        edges = np.unique(np.concatenate([edges, [top], extra, [lower.max()] if len(lower) else []]))
-    return edges
-
-def _numeric_counts(x: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    miss = np.isnan(x)
-    v = x[~miss]
-    counts = np.bincount(np.searchsorted(edges, v, 'left'), minlength=len(edges) + 1)
-    return np.append(counts, miss.sum()), v
-
-def _categorical_counts(s: pd.Series, index: dict):
-    miss = s.isna()
-    vc = s[~miss].value_counts()
-    vals = [str(v) for v in vc.index]
-    cnt = vc.to_numpy()
-    counts = np.zeros(len(index) + 2, dtype=np.int64)      # reference categories, unseen, missing
-    unseen = {}
-    for v, n in zip(vals, cnt):
-        j = index.get(v)
-        if j is None: unseen[v] = int(n); counts[-2] += n
-        else: counts[j] += n
-    counts[-1] = int(miss.sum())
-    return counts, unseen
-
-class DriftDetector:
-    "Per-feature drift against a reference frame (see above): fit once on the reference, `compare` any window."
-    def __init__(self, reference: pd.DataFrame, contract: dict | None = None, features: list | None = None, n_bins: int = 10):
-        self.features = list(features or (contract['features'] if contract else reference.columns))
-        self.n_ref, self.specs = len(reference), {}
-        for col in self.features:
-            if col not in reference.columns: raise MlcycleError(f'drift reference has no column {col!r}')
-            s = reference[col]
-            kind = contract['columns'][col]['kind'] if contract else (
-                'numeric' if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else 'categorical')
-            if kind == 'numeric':
-                x = pd.to_numeric(s, errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
-                v = np.sort(x[~np.isnan(x)])
-                edges = numeric_edges(v, n_bins)
-                counts, _ = _numeric_counts(x, edges)
-                self.specs[col] = {'kind': 'numeric', 'edges': edges, 'sorted': v, 'counts': counts}
-            else:
-                vc = s.dropna().astype(str).value_counts()
-                cats = [str(c) for c in vc.index]
-                index = {c: i for i, c in enumerate(cats)}
-                counts = np.append(vc.to_numpy(), [0, int(s.isna().sum())])
-                self.specs[col] = {'kind': 'categorical', 'categories': cats, 'index': index, 'counts': counts}
-
-    def compare(self, current: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-        "One row per feature: PSI, test, p-values, missing rates, new/vanished categories, the signals and a status."
-        n, rows = len(current), []
-        for col in self.features:
-            sp = self.specs[col]
-            r = {'feature': col, 'kind': sp['kind'], 'rows': n}
-            if col not in current.columns:
-                r.update(psi=float('nan'), test='none', statistic=float('nan'), p_value=float('nan'), note='column absent from the log')
-                rows.append(r); continue
-            if sp['kind'] == 'numeric':
-                x = pd.to_numeric(current[col], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
-                counts, v = _numeric_counts(x, sp['edges'])
-                stat, p = ks_test(sp['sorted'], v)
-                r.update(psi=psi(sp['counts'], counts), test='ks', statistic=stat, p_value=p, unseen_share=0.0, new_values='', vanished='')
-            else:
-                counts, unseen = _categorical_counts(current[col], sp['index'])
-                stat, p = chi2_test(sp['counts'], counts)
-                nonmiss = counts[:-1].sum()
-                ref_share = sp['counts'][:-2] / max(sp['counts'][:-1].sum(), 1)
-                gone = [c for c, q, k in zip(sp['categories'], ref_share, counts[:-2])
-                        if k == 0 and q >= VANISHED_MIN_SHARE and q * nonmiss >= VANISHED_MIN_EXPECTED]
-                top = sorted(unseen.items(), key=lambda kv: -kv[1])[:5]
-                r.update(psi=psi(sp['counts'], counts), test='chi2', statistic=stat, p_value=p,
-                         unseen_share=counts[-2] / n if n else 0.0, new_values=', '.join(f'{k!r} ({v})' for k, v in top),
-                         vanished=', '.join(repr(g) for g in gone))
-            m_ref, m_cur = int(sp['counts'][-1]), int(counts[-1])
-            r.update(missing_ref=m_ref / self.n_ref if self.n_ref else float('nan'), missing_cur=m_cur / n if n else float('nan'),
-                     missing_p=two_proportion_test(m_ref, self.n_ref, m_cur, n)['p_value'])
-            rows.append(r)
-        t = pd.DataFrame(rows)
-        for c, d in (('unseen_share', 0.0), ('new_values', ''), ('vanished', ''), ('missing_ref', np.nan), ('missing_cur', np.nan), ('missing_p', np.nan), ('note', '')):
-            if c not in t: t[c] = d
-            t[c] = t[c].fillna(d) if c in ('note', 'new_values', 'vanished') else t[c]
-        return decide_drift(t, alpha)
-
-def decide_drift(t: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    "Add the signals and a status (ok / warning / critical) to a drift table; the test level is `alpha` over all computed tests."
-    t = t.copy()
-    m = int(np.isfinite(t.p_value).sum() + np.isfinite(t.missing_p).sum())
-    level = alpha / max(m, 1)
-    t['alpha_per_test'] = level
-    sig = t.p_value.lt(level)               # NaN (not computable) is never significant
-    dmiss = (t.missing_cur - t.missing_ref).abs()
-    miss_sig = t.missing_p.lt(level) & dmiss.ge(MISSING_DELTA)
-    new_cat = t.unseen_share.ge(NEW_CATEGORY_SHARE) & (t.unseen_share * t.rows).ge(5)
-    gone = t.vanished.astype(str).str.len().gt(0)
-    crit = (sig & t.psi.ge(PSI_CRITICAL)) | (miss_sig & dmiss.ge(MISSING_DELTA_CRITICAL))
-    warn = (sig & t.psi.ge(PSI_WARNING)) | miss_sig | new_cat | gone
-    t['signals'] = [', '.join(n for n, f in (('distribution', a), ('missing_rate', b), ('new_category', c), ('vanished_category', d)) if f)
-                    for a, b, c, d in zip(sig & t.psi.ge(PSI_WARNING), miss_sig, new_cat, gone)]
-    t['status'] = np.where(crit, 'critical', np.where(warn, 'warning', 'ok'))
-    t['drift'] = t.status.ne('ok')
-    return t
-
-def drift_summary(t: pd.DataFrame) -> dict:
-    "Counts over a drift table; NaN p-values are counted as untested, never as drift."
-    return {'features': len(t), 'drifted': int(t.drift.sum()), 'critical': int(t.status.eq('critical').sum()),
-            'tests_computed': int(np.isfinite(t.p_value).sum() + np.isfinite(t.missing_p).sum()),
-            'tests_not_computable': int((~np.isfinite(t.p_value)).sum() + (~np.isfinite(t.missing_p)).sum()),
-            'max_psi': float(t.psi.max()) if t.psi.notna().any() else float('nan'),
-            'drifted_features': t.loc[t.drift, 'feature'].tolist()}
+__all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
+           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS', 'parse_window', 'read_window', 'logged_rows',
+           'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance',
+           'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
+           'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
+           'ensure_champion', 'monitor_window', 'run_monitoring', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
