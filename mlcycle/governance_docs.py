@@ -503,6 +503,7 @@ def card_markdown(g: dict) -> str:
     cd = g['card']
     return '\n'.join(_card_md_intro(cd) + _card_md_data(cd) + _card_md_analyses(cd) + _card_md_closing(cd))
 
+# %% ../nbs/08b_governance_documents.ipynb #e0dda56a
 def bias_markdown(g: dict, figures: dict | None = None) -> str:
     "The bias report as Markdown (`figures`: feature → image file name)."
     b, md = g['bias'], []
@@ -553,6 +554,7 @@ def lineage_markdown(g: dict, svg_name: str = 'lineage.svg') -> str:
                       '## Alias history (audit log)', '', md_table(pd.DataFrame(ln['alias_history'])), '## Audit log integrity', '',
                       f"{'✅' if ln['audit_integrity']['ok'] else '❌'} {md_escape(ln['audit_integrity']['summary'])}", ''])
 
+# %% ../nbs/08b_governance_documents.ipynb #67a15b7e
 _CSS = ('body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}'
         'table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}'
         'th{background:#f4f4f4}code{background:#f4f4f4;padding:0 .2em}img{max-width:100%}blockquote{border-left:4px solid #c00;margin:0;padding:.2em 1em;background:#fff5f5}')
