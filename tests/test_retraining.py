@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ServerProc, relaxed_charter as _relaxed_charter
+from conftest import ServerProc
 
 
 @pytest.fixture(scope='module')

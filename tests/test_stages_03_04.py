@@ -11,8 +11,6 @@ import pytest
 import yaml
 
 
-
-
 def _open(ws: Path):
     from mlcycle.core import Workspace
     from mlcycle.charter import workspace_charter
