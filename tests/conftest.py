@@ -82,9 +82,10 @@ def adult_circle(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def adult_workspace_0102(tmp_path_factory):
-    "A workspace where stages 01 and 02 ran on the bundled Adult data (through the real CLI), shared read-only."
+    """A workspace where stages 01 and 02 ran on the bundled Adult data (through the real CLI), shared read-only. The charter's
+    latency SLO is relaxed: stage 01 times a quick model, and on a busy machine its p95 went over 50 ms (verdict 'at risk')."""
     d = tmp_path_factory.mktemp('adult0102')
-    mlcycle_cmd('run', '--stages', '01,02', '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
+    mlcycle_cmd('run', '--stages', '01,02', '--charter', relaxed_charter(d), '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
     return d
 
 
