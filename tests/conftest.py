@@ -8,8 +8,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: long end-to-end test (run by the README test command and CI)')
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MLCYCLE_TESTS_NO_SKIP=1 (tests/run_all.sh sets it: it installs what every test needs), a skipped test fails:
+    a skip there means a part of the project went untested without anyone noticing."""
+    outcome = yield
+    rep = outcome.get_result()
+    if os.environ.get('MLCYCLE_TESTS_NO_SKIP') == '1' and rep.skipped and not hasattr(rep, 'wasxfail'):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome, rep.longrepr = 'failed', f'skipped under tests/run_all.sh, which installs what every test needs: {reason}'
 
 
 def mlcycle_cmd(*args, cwd=None, env=None, timeout=900, check=False):
@@ -39,11 +46,46 @@ def mlcycle():
     return mlcycle_cmd
 
 
+# ---- the full circle on Adult: run once per test session, shared ----
+_CIRCLE = r"""
+import shutil, sys
+from pathlib import Path
+import mlcycle.cli as cli
+ws, reports, snap = map(Path, sys.argv[1:4])
+_echo = cli._echo
+def echo(msg, end='\n'):
+    # the first message after stage 04 finished (its ' ok'), before stage 05 starts: keep a copy of the workspace as 01-04 left it
+    if not snap.exists() and (ws/'stages'/'04_validation.json').exists():
+        shutil.copytree(ws, snap/'ws'); shutil.copytree(reports, snap/'reports')
+    _echo(msg, end)
+cli._echo = echo
+sys.exit(cli.main(sys.argv[4:]))
+"""
+
+
+@pytest.fixture(scope='session')
+def adult_circle(tmp_path_factory):
+    """`mlcycle run` on the bundled Adult data, the whole circle (stages 01-09, server, drifted traffic, A/B test), run once per
+    test session in a child process: the `mlcycle` command's own `main` with one hook that copies the workspace and reports
+    right after stage 04 (before stage 05 starts) to `after_04`, for the tests of stages 03-04. Only the charter's latency SLO
+    is relaxed, so that a busy shared test machine does not decide the outcome. Returns the paths and the command's output;
+    the tests of the circle itself check its return code and output."""
+    d = tmp_path_factory.mktemp('circle')
+    wsd, rep, snap = d/'ws', d/'reports', d/'after_04'
+    env = {**os.environ, 'MLCYCLE_ADMIN_TOKEN': 'tok', 'PYTHONUNBUFFERED': '1'}
+    env.pop('MLFLOW_TRACKING_URI', None)
+    r = subprocess.run([sys.executable, '-c', _CIRCLE, wsd, rep, snap, 'run', '-c', relaxed_charter(d), '-w', wsd, '-r', rep],
+                       cwd=d, env=env, capture_output=True, text=True, timeout=3600)
+    return {'ws': wsd, 'reports': rep, 'returncode': r.returncode, 'stdout': r.stdout, 'stderr': r.stderr,
+            'after_04': snap/'ws' if (snap/'ws'/'stages'/'04_validation.json').exists() else None}
+
+
 @pytest.fixture(scope='session')
 def adult_workspace_0102(tmp_path_factory):
-    "A workspace where stages 01 and 02 ran on the bundled Adult data (through the real CLI), shared read-only."
+    """A workspace where stages 01 and 02 ran on the bundled Adult data (through the real CLI), shared read-only. The charter's
+    latency SLO is relaxed: stage 01 times a quick model, and on a busy machine its p95 went over 50 ms (verdict 'at risk')."""
     d = tmp_path_factory.mktemp('adult0102')
-    mlcycle_cmd('run', '--stages', '01,02', '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
+    mlcycle_cmd('run', '--stages', '01,02', '--charter', relaxed_charter(d), '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
     return d
 
 

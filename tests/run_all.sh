@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# Set up and run every test: notebook tests (nbdev_test), the sync check, and pytest (end-to-end, CLI,
-# server, reliability). Works on a fresh machine with Python 3.11; installs what the tests need.
+# Set up and run every test: the sync check, the notebook tests (nbdev_test) and pytest (end-to-end, CLI, server,
+# reliability). Works on a fresh machine with Python 3.11; installs what every test needs, so that no test skips.
+#
+# nbdev_test runs without the `slow` flag (settings.ini `tst_flags`): the cells it marks are each stage notebook's
+# `## Run` section, which the full-circle test (`mlcycle run`, tests/test_retraining.py) executes through papermill, and
+# the CLI notebook's `run_lifecycle` example, which `mlcycle run --stages 01,02` executes in tests/test_foundation.py.
+# tests/test_notebooks.py checks that the flag marks exactly those cells. The notebook tests and pytest then run side by
+# side, one process each on the two cores: neither waits for the other, and their output is printed one after the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+T0=$(date +%s)
+since() { echo "$(( $(date +%s) - $1 )) s"; }
 
 # System packages some tests use (a real PostgreSQL server; the load generator). Installed when we can.
+t=$(date +%s)
 need=()
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v wrk >/dev/null || need+=(wrk)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing system packages: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
-    || echo "warning: could not install ${need[*]}; the tests that need them will be skipped with a reason"
+    || echo "warning: could not install ${need[*]}; the tests that need them will fail with a reason"
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
 export PATH="$PWD/.venv/bin:$PATH"
+echo "== phase install: $(since $t)"
 
 echo "== notebooks and package in sync (nbdev_export changes nothing)"
 nbdev_export
@@ -27,15 +37,27 @@ if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- mlcycle; the
   git --no-pager diff --stat -- mlcycle; echo "mlcycle/ is out of sync with nbs/: run nbdev_export and commit"; exit 1
 fi
 
-echo "== notebook tests (nbdev_test, slow cells included)"
-ws=$(mktemp -d)
-MLCYCLE_WORKSPACE="$ws/ws" timeout 2700 nbdev_test --n_workers 0 --flags slow --timing
-rm -rf "$ws"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "== notebook tests (nbdev_test, in the background; output below when done) and pytest"
+t_nb=$(date +%s)
+( set +e; MLCYCLE_WORKSPACE="$tmp/ws" timeout 2700 nbdev_test --n_workers 0 --timing >"$tmp/nbdev_test.log" 2>&1
+  echo $? >"$tmp/nbdev_test.rc"; echo $(( $(date +%s) - t_nb )) >"$tmp/nbdev_test.s" ) &
+nb_pid=$!
 
-echo "== pytest"
+t=$(date +%s)
 set +e
-python -m pytest tests -ra --durations=15 --timeout 1500 "$@"
+MLCYCLE_TESTS_NO_SKIP=1 python -m pytest tests -ra --durations=10 --timeout 1800 "$@"
 rc=$?
 set -e
+pytest_s=$(since $t)
+wait $nb_pid || true
+echo "== notebook tests output (nbdev_test)"
+cat "$tmp/nbdev_test.log"
+nb_rc=$(cat "$tmp/nbdev_test.rc")
+echo "== phase pytest: $pytest_s (exit $rc)"
+echo "== phase nbdev_test: $(cat "$tmp/nbdev_test.s") s (exit $nb_rc; ran alongside pytest)"
+echo "== total: $(since $T0)"
 [ $rc = 5 ] && { echo "pytest collected no tests"; exit 1; }
+[ "$nb_rc" = 0 ] || { echo "notebook tests failed (exit $nb_rc)"; exit 1; }
 exit $rc

@@ -109,7 +109,6 @@ def test_unreachable_tracking_is_one_line(champion_ws, adult_files, tmp_path, ml
     assert not (tmp_path/'o.parquet').exists()
 
 
-@pytest.mark.slow
 def test_bounded_memory_on_a_large_file(champion_ws, adult_files, tmp_path):
     """Peak RSS of `mlcycle predict` (chunks of 10,000 rows) on 1x and 32x the Adult test file: the 31x extra rows
     must cost far less memory than holding the extra rows' features in memory would."""

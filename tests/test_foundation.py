@@ -138,62 +138,108 @@ def test_user_dataset_with_own_charter(tmp_path):
 
 # --- bad charters and bad data: clear messages, nothing lost ----------------------------------------------
 
-@pytest.mark.parametrize('change, expected', [
+# Each message is checked by a direct call; the first case of each group also goes through the `mlcycle` command (exit code,
+# one line on stderr, no traceback), which is the same code path for every case.
+@pytest.mark.parametrize('change, expected, via', [
     ({'objectives': [{'metric': 'rocauc', 'min': 0.8, 'primary': True}]},
-     "objectives[0].metric: 'rocauc' is not a known metric; allowed: roc_auc"),
+     "objectives[0].metric: 'rocauc' is not a known metric; allowed: roc_auc", 'cli'),
     ({'objectives': [{'metric': 'accuracy', 'min': 1.4, 'primary': True}]},
-     'accuracy is a rate in [0, 1] but the threshold is 1.4'),
+     'accuracy is a rate in [0, 1] but the threshold is 1.4', 'call'),
     ({'objectives': [{'metric': 'roc_auc', 'min': 0.8}]},
-     'exactly one objective must have `primary: true`, found 0'),
+     'exactly one objective must have `primary: true`, found 0', 'call'),
     ({'data': {'sources': [{'kind': 'excel', 'path': 'x.xlsx'}]}},
-     "data.sources[0].kind: Input should be 'csv', 'parquet' or 'sql'"),
+     "data.sources[0].kind: Input should be 'csv', 'parquet' or 'sql'", 'call'),
 ])
-def test_bad_charter_is_refused_in_one_line(tmp_path, change, expected):
+def test_bad_charter_is_refused_in_one_line(tmp_path, change, expected, via):
     base = churn_charter()
     for k, v in change.items(): base[k] = {**base[k], **v} if isinstance(v, dict) else v
     charter = write_churn_project(tmp_path/'p', make_churn_data(600), base)
     ws = tmp_path/'ws'
-    r = mlcycle_cmd('run', '--stages', '01', '--charter', charter, '-w', ws, cwd=tmp_path)
-    assert r.returncode == 1
-    assert expected in r.stderr and 'Traceback' not in r.stderr and 'example' in r.stderr
-    assert r.stderr.startswith('mlcycle: error: invalid charter')
+    if via == 'cli':
+        r = mlcycle_cmd('run', '--stages', '01', '--charter', charter, '-w', ws, cwd=tmp_path)
+        assert r.returncode == 1
+        assert expected in r.stderr and 'Traceback' not in r.stderr and 'example' in r.stderr
+        assert r.stderr.startswith('mlcycle: error: invalid charter')
+    else:
+        from mlcycle.charter import CharterError, load_charter
+        with pytest.raises(CharterError) as e: load_charter(charter)
+        assert expected in str(e.value) and 'example' in str(e.value) and str(e.value).startswith('invalid charter')
     assert not (ws/'stages').exists()
 
 
-@pytest.mark.parametrize('change, expected', [
-    ({'target': 'cancelled'}, "data.target: column 'cancelled' is not in the data"),
-    ({'sensitive_features': ['age_band']}, "data.sensitive_features[0]: column 'age_band' is not in the data"),
-    ({'positive_label': 'true'}, "data.positive_label: 'true' does not occur in target 'churned'"),
+@pytest.mark.parametrize('change, expected, via', [
+    ({'target': 'cancelled'}, "data.target: column 'cancelled' is not in the data", 'cli'),
+    ({'sensitive_features': ['age_band']}, "data.sensitive_features[0]: column 'age_band' is not in the data", 'call'),
+    ({'positive_label': 'true'}, "data.positive_label: 'true' does not occur in target 'churned'", 'call'),
 ])
-def test_charter_that_does_not_fit_the_data(tmp_path, change, expected):
-    c = churn_charter(**change)
-    if 'sensitive_features' in change: pass
-    charter = write_churn_project(tmp_path/'p', make_churn_data(600), c)
-    r = mlcycle_cmd('run', '--stages', '01', '--charter', charter, '-w', tmp_path/'ws', '-r', tmp_path/'reports', cwd=tmp_path)
-    assert r.returncode == 1, r.stdout
-    assert 'stage 01_problem_definition failed: CharterError' in r.stderr and expected in r.stderr, r.stderr
-    assert 'Traceback' not in r.stderr and not (tmp_path/'ws'/'stages').exists()
+def test_charter_that_does_not_fit_the_data(tmp_path, change, expected, via):
+    charter = write_churn_project(tmp_path/'p', make_churn_data(600), churn_charter(**change))
+    if via == 'cli':
+        r = mlcycle_cmd('run', '--stages', '01', '--charter', charter, '-w', tmp_path/'ws', '-r', tmp_path/'reports', cwd=tmp_path)
+        assert r.returncode == 1, r.stdout
+        assert 'stage 01_problem_definition failed: CharterError' in r.stderr and expected in r.stderr, r.stderr
+        assert 'Traceback' not in r.stderr
+    else:
+        import mlflow
+        from mlcycle.charter import CharterError, run_problem_definition
+        from mlcycle.core import Workspace
+        try:
+            with pytest.raises(CharterError, match=re.escape(expected)): run_problem_definition(charter, Workspace(tmp_path/'ws'))
+        finally: mlflow.set_tracking_uri(None)
+    assert not (tmp_path/'ws'/'stages').exists()
 
 
-@pytest.mark.parametrize('breakage, expected', [
-    ('leak', "label leakage: column 'agent_note' alone predicts the target"),
-    ('missing', "data.requirements.max_missing_rate: column 'monthly_fee' is"),
-    ('rows', 'data.requirements.min_rows: 1200 rows, the charter needs at least 2000'),
+@pytest.fixture(scope='module')
+def churn_0102(tmp_path_factory):
+    "The user's churn project after stages 01-02 (direct calls), shared read-only: tests copy it."
+    import mlflow
+    from mlcycle.charter import run_problem_definition
+    from mlcycle.core import Workspace
+    from mlcycle.data import run_data_stage
+    d = tmp_path_factory.mktemp('churn0102')
+    charter = write_churn_project(d/'p', make_churn_data(), churn_charter())
+    ws = Workspace(d/'ws')
+    try: run_problem_definition(charter, ws); run_data_stage(None, ws)
+    finally: mlflow.set_tracking_uri(None)
+    return d
+
+
+@pytest.mark.parametrize('breakage, expected, via', [
+    ('leak', "label leakage: column 'agent_note' alone predicts the target", 'cli'),
+    ('missing', "data.requirements.max_missing_rate: column 'monthly_fee' is", 'call'),
+    ('rows', 'data.requirements.min_rows: 1200 rows, the charter needs at least 2000', 'call'),
 ])
-def test_failing_data_stage_leaves_workspace_unchanged(tmp_path, breakage, expected):
+def test_failing_data_stage_leaves_workspace_unchanged(tmp_path, breakage, expected, via, request):
     df = make_churn_data()
-    project = tmp_path/'p'
-    charter = write_churn_project(project, df, churn_charter())
-    ws = tmp_path/'ws'
-    mlcycle_cmd('run', '--stages', '01,02', '--charter', charter, '-w', ws, '-r', tmp_path/'reports', cwd=tmp_path, check=True)
+    project, ws = tmp_path/'p', tmp_path/'ws'
+    if via == 'cli':     # stages 01-02 through the command, as a user runs them
+        charter = write_churn_project(project, df, churn_charter())
+        mlcycle_cmd('run', '--stages', '01,02', '--charter', charter, '-w', ws, '-r', tmp_path/'reports', cwd=tmp_path, check=True)
+    else:                # the same workspace, built once by direct calls; the charter it holds points to its own project folder
+        import shutil
+        churn_0102 = request.getfixturevalue('churn_0102')
+        shutil.copytree(churn_0102/'ws', ws); shutil.copytree(churn_0102/'p', project)
+        project = churn_0102/'p'
+        assert json.loads((ws/'charter.json').read_text()) and str(project) in (ws/'charter.json').read_text()
     before = tree_digest(ws)
     # the user's data changes under the same charter, and now breaks it
     if breakage == 'leak': bad = df.assign(agent_note=np.where(df.churned == 'yes', 'called: cancelling', 'no action'))
     elif breakage == 'missing': bad = df.assign(monthly_fee=df.monthly_fee.where(np.arange(len(df)) % 2 == 0))
     else: bad = df.head(1200)
-    write_churn_project(project, bad, churn_charter())
-    r = mlcycle_cmd('stage', '02', '-w', ws, '-r', tmp_path/'reports', cwd=tmp_path)
-    assert r.returncode == 1 and expected in r.stderr, r.stderr
+    if via == 'cli':
+        write_churn_project(project, bad, churn_charter())
+        r = mlcycle_cmd('stage', '02', '-w', ws, '-r', tmp_path/'reports', cwd=tmp_path)
+        assert r.returncode == 1 and expected in r.stderr, r.stderr
+    else:
+        import mlflow
+        from mlcycle.core import MlcycleError, Workspace
+        from mlcycle.data import run_data_stage
+        write_churn_project(project, bad, churn_charter())
+        try:
+            with pytest.raises(MlcycleError, match=re.escape(expected)): run_data_stage(None, Workspace(ws))
+        finally:
+            write_churn_project(project, df, churn_charter())      # the shared project's data as it was, for the next case
+            mlflow.set_tracking_uri(None)
     assert tree_digest(ws) == before   # byte for byte, MLflow database included
 
 
@@ -221,7 +267,6 @@ def test_audit_verify_catches_tampering(tmp_path, adult_workspace_0102, tamper, 
 
 # --- a plain, non-editable install from a wheel ----------------------------------------------------------
 
-@pytest.mark.slow
 def test_wheel_install_runs_from_an_empty_folder(tmp_path):
     dist = tmp_path/'dist'
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', dist, ROOT], check=True, timeout=600)

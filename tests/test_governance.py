@@ -143,7 +143,6 @@ def test_approval_is_recorded_shown_and_tampering_detected(gov_ws, tmp_path, mlc
     assert {i['id']: i['status'] for i in g['compliance']['items']}['EU-AIA-12'] == 'gap'
 
 
-@pytest.mark.slow
 def test_govern_command_executes_the_notebook(gov_ws, tmp_path, mlcycle):
     r = mlcycle('govern', '--version', '2', '--bootstrap', '60', '--workspace', gov_ws.root, '--reports', tmp_path/'reports', cwd=tmp_path, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]

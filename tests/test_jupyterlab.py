@@ -75,7 +75,6 @@ def _text(outputs) -> str:
     return '\n'.join(parts)
 
 
-@pytest.mark.slow
 def test_retirement_notebook_runs_in_jupyterlab(lab, history_ws):
     import websocket
     url, token = lab

@@ -157,7 +157,6 @@ def test_monitoring_by_version_and_time_window(served):
         run_monitoring(workspace=ws, model_version='2', plots=False)
 
 
-@pytest.mark.slow
 def test_mlcycle_monitor_cli_writes_the_report(served, mlcycle, tmp_path):
     ws, s = served
     r = mlcycle('monitor', '--workspace', ws.root, '--window', '2000', '--server-url', s.url, '--reports', tmp_path, timeout=1200)

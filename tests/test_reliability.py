@@ -16,7 +16,6 @@ def _bodies(records, n, rows=1):
     return [json.dumps(records[(i * rows) % (len(records) - rows):(i * rows) % (len(records) - rows) + rows]).encode() for i in range(n)]
 
 
-@pytest.mark.slow
 def test_20000_requests_at_32_connections(registry_ws, start_server, adult_records):
     promote(registry_ws, '1')
     s = start_server(registry_ws)

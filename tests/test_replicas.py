@@ -96,7 +96,6 @@ def check_log_matches(url, results):
     return answered, rows
 
 
-@pytest.mark.slow
 def test_two_replicas_one_log_one_registry(registry_ws, start_server, log_db, adult_records):
     from mlcycle.deploy import promote
     from mlcycle.serve import route
@@ -153,7 +152,6 @@ def test_two_replicas_one_log_one_registry(registry_ws, start_server, log_db, ad
     assert all('challenger' not in get(s.url) for s in (a, b))
 
 
-@pytest.mark.slow
 def test_workers_share_a_port_and_follow_the_registry(registry_ws, start_server, log_db, adult_records):
     "`mlcycle serve --workers 2`: two processes on one port (the kernel spreads connections), one log, both follow an alias move."
     from mlcycle.deploy import promote

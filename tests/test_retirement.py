@@ -148,7 +148,6 @@ def test_retiring_the_challenger_drains_a_running_server(history_ws, start_serve
     assert res['purged']['predictions'] == 500 and history_ws.audit.verify().ok
 
 
-@pytest.mark.slow
 def test_snapshots_and_artifacts_deleted_through_mlflow_and_gc(adult_workspace_0102, tmp_path):
     import mlflow
     from mlcycle.core import Workspace
@@ -182,7 +181,6 @@ def test_snapshots_and_artifacts_deleted_through_mlflow_and_gc(adult_workspace_0
     assert {'snapshots_deleted', 'mlflow_deleted', 'mlflow_gc'} <= set(ev) and ws.audit.verify().ok
 
 
-@pytest.mark.slow
 def test_retire_command_dry_run_executes_the_notebook(history_ws, tmp_path, mlcycle):
     before = _state(history_ws)
     r = mlcycle('retire', '1', '--dry-run', '--replacement', '2', '--retention-days', '30', '--workspace', history_ws.root,

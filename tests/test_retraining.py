@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ServerProc, relaxed_charter as _relaxed_charter
+from conftest import ServerProc
 
 
 @pytest.fixture(scope='module')
@@ -162,7 +162,6 @@ def test_no_labelled_traffic_is_a_clear_error(served_ws):
         run_retraining(workspace=ws)
 
 
-@pytest.mark.slow
 def test_cli_retrain_on_contract_violating_data_fails_cleanly(served_ws, mlcycle, tmp_path):
     from mlcycle.deploy import aliases
     ws, s = served_ws
@@ -176,22 +175,20 @@ def test_cli_retrain_on_contract_violating_data_fails_cleanly(served_ws, mlcycle
     with urllib.request.urlopen(s.url + '/ready', timeout=10) as r: assert json.loads(r.read())['champion'] == '1'
 
 
-@pytest.mark.slow
-def test_mlcycle_run_is_the_full_circle(mlcycle, tmp_path):
+def test_mlcycle_run_is_the_full_circle(adult_circle, mlcycle):
     """`mlcycle run` (the README's main command) in a temp workspace: stages 01-05, v1 served by a real server on loopback,
     drifted traffic ('gig_economy', the default: a concept change) with late labels, stage 06 alerts, stage 07 retrains v2 as @challenger and
     reloads the server, A/B traffic through the server, the analysis decides and acts, 08 governs the champion, 09 retires
     the replaced version. The server is stopped at the end, the index links every report, and the audit chain holds.
-    (Only the charter's latency SLO is relaxed, so that a busy shared test machine does not decide the outcome.)"""
+    (Only the charter's latency SLO is relaxed, so that a busy shared test machine does not decide the outcome.) The run is the
+    session's `adult_circle` fixture, which the tests of stages 03-04 also read."""
     import mlflow, socket
     from mlcycle.core import Workspace
     from mlcycle.deploy import aliases
     from mlcycle.train import model_version_info
-    ch = _relaxed_charter(tmp_path)
-    wsd, rep = tmp_path/'ws', tmp_path/'reports'
-    r = mlcycle('run', '-c', ch, '-w', wsd, '-r', rep, timeout=3600, env={'MLCYCLE_ADMIN_TOKEN': 'tok'})
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
-    out = r.stdout
+    wsd, rep = adult_circle['ws'], adult_circle['reports']
+    assert adult_circle['returncode'] == 0, adult_circle['stdout'][-4000:] + adult_circle['stderr'][-3000:]
+    out = adult_circle['stdout']
     # progress as it goes, and the index path at the end
     for step in ('01_problem_definition', '02_data', '03_model_development', '04_validation', '05_deployment', '06_monitoring',
                  '07_retraining', '07_retraining-ab', '08_governance', '09_retirement'):

@@ -7,7 +7,6 @@ import pytest
 from conftest import relaxed_charter as _relaxed_charter
 
 
-@pytest.mark.slow
 def test_spark_engine_equals_in_process(registry_ws, tmp_path, mlcycle):
     from mlcycle.batch import spark_available
     why = spark_available()
@@ -65,7 +64,6 @@ def mlflow_server(postgres_url, tmp_path):
     log.close()
 
 
-@pytest.mark.slow
 def test_stages_01_to_05_against_an_mlflow_server_on_postgresql(mlflow_server, tmp_path, mlcycle):
     """MLFLOW_TRACKING_URI alone moves tracking and the registry to a shared server: stages 01-05 run against it, nothing
     is written to a workspace SQLite file, and a second process (another user) sees the versions, aliases and tags."""

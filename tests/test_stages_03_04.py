@@ -10,29 +10,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, mlcycle_cmd
-
-
-def _cli_runs_stages() -> bool:
-    r = mlcycle_cmd('run', '--help')
-    return r.returncode == 0 and '--stages' in r.stdout
-
-
-def _run_01_to_04(d: Path, charter: Path | None = None) -> Path:
-    "Run stages 01-04 in workspace d/ws: through `mlcycle run` when the CLI has it, else papermill on the notebooks."
-    ws = d/'ws'
-    if _cli_runs_stages():
-        args = ['run', '--stages', '01,02,03,04', '--workspace', ws, '--reports', d/'reports'] + (['--charter', charter] if charter else [])
-        r = mlcycle_cmd(*args, cwd=d, timeout=2400)
-        assert r.returncode == 0, f'mlcycle run failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}'
-        return ws
-    import papermill as pm
-    out = d/'reports'; out.mkdir(parents=True, exist_ok=True)
-    for nb in ['01_problem_definition', '02_data', '03_model_development', '04_validation']:
-        pm.execute_notebook(str(ROOT/'nbs'/f'{nb}.ipynb'), str(out/f'{nb}.ipynb'), cwd=str(out), progress_bar=False,
-                            parameters={'workspace': str(ws), 'charter': str(charter or '')}, kernel_name='python3')
-    return ws
-
 
 def _open(ws: Path):
     from mlcycle.core import Workspace
@@ -42,15 +19,16 @@ def _open(ws: Path):
 
 
 @pytest.fixture(scope='session')
-def adult_0104(tmp_path_factory):
-    "A workspace where stages 01-04 ran on the bundled Adult charter (shared, read-only for the tests below)."
-    d = tmp_path_factory.mktemp('adult0104')
-    return _run_01_to_04(d)
+def adult_0104(adult_circle):
+    """The workspace as stages 01-04 of the session's full circle (`mlcycle run`, conftest's `adult_circle`) left it: copied
+    right after stage 04 and before stage 05 started, with that run's reports next to it (shared, read-only below)."""
+    assert adult_circle['after_04'], ('no copy of the workspace after stage 04: the circle failed before it, or `mlcycle.cli` no longer '
+                                      'reports progress through `_echo` (see conftest.adult_circle):\n' + adult_circle['stdout'][-3000:] + adult_circle['stderr'][-3000:])
+    return adult_circle['after_04']
 
 
 # --- the full circle on Adult ---------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_run_01_to_04_on_adult_passes_the_gate(adult_0104):
     ws, c = _open(adult_0104)
     m3, m4 = ws.manifest('03_model_development')['outputs'], ws.manifest('04_validation')['outputs']
@@ -90,7 +68,6 @@ def test_run_01_to_04_on_adult_passes_the_gate(adult_0104):
     assert reports and 'validation_status' in reports[0].read_text()
 
 
-@pytest.mark.slow
 def test_registered_model_is_skops_with_signature_and_deterministic_decisions(adult_0104):
     ws, c = _open(adult_0104)
     from mlcycle.core import read_json
@@ -130,7 +107,6 @@ def test_registered_model_is_skops_with_signature_and_deterministic_decisions(ad
     with pytest.raises(MlcycleError, match='cannot find model'): load_model_version(ws, c, 'champion')
 
 
-@pytest.mark.slow
 def test_bias_numbers_are_fairlearns_own(adult_0104):
     import fairlearn.metrics as flm
     from sklearn.metrics import accuracy_score
@@ -161,7 +137,6 @@ def test_bias_numbers_are_fairlearns_own(adult_0104):
 
 # --- an objective nothing can meet ----------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_impossible_objective_stops_the_circle_with_a_readable_verdict(tmp_path):
     from mlcycle.core import ASSETS, Workspace
     from mlcycle.charter import run_problem_definition
@@ -199,7 +174,6 @@ def test_impossible_objective_stops_the_circle_with_a_readable_verdict(tmp_path)
 
 # --- non-inferiority against a champion -----------------------------------------------------------------
 
-@pytest.mark.slow
 def test_worse_model_fails_non_inferiority_against_the_champion(tmp_path):
     import mlflow
     from mlcycle.core import Workspace, fingerprint_df
