@@ -116,9 +116,9 @@ class StageParams:
         return {**out, **overrides}
 
 # %% ../nbs/10a_stages.ipynb #464aca04
-def _describe(self) -> str:
-    "The parameters for a command's help: name=default: help; …"
-    return '; '.join(f'{p.name}={p.default!r}: {p.help}' for p in self)
+def _describe(self, skip=('charter', 'workspace')) -> str:
+    "The parameters without a flag of their own, for a command's `-p` help: name=default: help; …"
+    return '; '.join(f'{p.name}={p.default!r}: {p.help}' for p in self if p.name not in skip and not p.flag)
 
 def _add_flags(self, parser):
     "Add the parameters that have a flag to an argparse parser (value None when the flag is not given)."
@@ -126,7 +126,7 @@ def _add_flags(self, parser):
         if not p.flag: continue
         h = p.flag_help or p.help
         if p.type is bool: parser.add_argument(p.flag, dest=p.name, action='store_false' if p.default else 'store_true', default=None, help=h)
-        else: parser.add_argument(p.flag, dest=p.name, type=p.type, default=None, help=f'{h} (default {p.default!r})')
+        else: parser.add_argument(p.flag, dest=p.name, type=p.type, default=None, help=h + (f' (default {p.default!r})' if p.default != '' else ''))
 
 def _to_cell(self) -> str:
     "The notebook's parameters cell, as papermill reads it."
@@ -169,7 +169,7 @@ def add_common_args(p, spec: StageParams | None = None, charter: str | None = CH
     if reports: p.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
     if spec is not None: spec.add_flags(p)
     if param: p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'),
-                             help='a notebook parameter (repeatable)' + (f'; the parameters: {spec.describe()}' if spec is not None else ''))
+                             help='a notebook parameter (repeatable)' + (f'; the others: {spec.describe()}' if spec is not None else ''))
     return p
 
 def stage_args(a, spec: StageParams) -> dict:
