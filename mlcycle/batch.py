@@ -338,6 +338,8 @@ def _predict_cmd(args):
         r = score_table(args.input, args.output, ws, args.version, args.alias, chunk_rows=args.chunk_rows, db_url=args.db, progress=progress)
     print(json.dumps(r, indent=2, default=str))
 
+from .stages import add_common_args
+
 def register_cli(subparsers):
     "Add `predict` to an argparse subparsers object."
     p = subparsers.add_parser('predict', help='score a table (file or SQL query) with a registered model version, in chunks',
@@ -354,5 +356,5 @@ def register_cli(subparsers):
     p.add_argument('--master', default='local[*]', help='Spark master for --engine spark (default local[*])')
     p.add_argument('--tracking-uri', default=None, help='MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the workspace SQLite)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
-    p.add_argument('--workspace', default=None, help='workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)')
+    add_common_args(p, charter=None, reports=False, param=False)
     p.set_defaults(func=_predict_cmd)

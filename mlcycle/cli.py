@@ -10,141 +10,14 @@ from pathlib import Path
 
 import mlcycle
 from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json
+from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_run_id, notebook_dir, notebook_params,
+                     notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
 
 # %% auto #0
-__all__ = ['STAGE_RE', 'RUN_HEADING', 'CIRCLE_PARAMS', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages',
-           'notebook_to_html', 'report_notebook', 'execute_stage', 'StageFailed', 'new_run_id', 'write_index',
-           'log_run_to_mlflow', 'stop_reason', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic',
-           'circle_plan', 'build_parser', 'main']
-
-# %% ../nbs/10_cli.ipynb #85847cc1
-STAGE_RE = re.compile(r'^(0[1-9])_([a-z0-9_]+)\.ipynb$')
-
-def notebook_dir() -> Path:
-    "The folder holding the stage notebooks: the packaged copy if installed from a wheel, else the clone's `nbs/`."
-    pkg = Path(mlcycle.__file__).parent
-    for d in (pkg/'notebooks', pkg.parent/'nbs'):
-        if d.is_dir() and any(STAGE_RE.match(p.name) for p in d.iterdir()): return d
-    raise MlcycleError(f'no stage notebooks found in {pkg/"notebooks"} or {pkg.parent/"nbs"}: reinstall mlcycle')
-
-def stage_notebooks() -> dict[str, Path]:
-    "Stage number ('01'…'09') → notebook path, in order."
-    found = {}
-    for p in sorted(notebook_dir().iterdir()):
-        m = STAGE_RE.match(p.name)
-        if m: found[m.group(1)] = p
-    return found
-
-def parse_stages(spec: str | None) -> list[str]:
-    "'01,02' or '1-4' or None (all) → the stage numbers to run, checked against the notebooks that exist."
-    available = stage_notebooks()
-    if not spec: return list(available)
-    wanted = []
-    for part in str(spec).split(','):
-        part = part.strip()
-        if not part: continue
-        if '-' in part:
-            a, b = part.split('-', 1)
-            if not (a.strip().isdigit() and b.strip().isdigit()): raise MlcycleError(f'--stages: {part!r} is not a range like 01-04')
-            wanted += [f'{i:02d}' for i in range(int(a), int(b) + 1)]
-        elif part.isdigit(): wanted.append(f'{int(part):02d}')
-        else: raise MlcycleError(f'--stages: {part!r} is not a stage number; use e.g. --stages 01,02 or --stages 1-4')
-    unknown = [s for s in wanted if s not in available]
-    if unknown: raise MlcycleError(f"--stages: no stage {', '.join(unknown)}; available: {', '.join(available)}")
-    return sorted(dict.fromkeys(wanted))
-
-# %% ../nbs/10_cli.ipynb #46f9db46
-def notebook_to_html(ipynb: Path) -> Path:
-    "Render an executed notebook to HTML beside it."
-    import nbformat
-    from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
-    out = ipynb.with_suffix('.html')
-    out.write_text(body, encoding='utf-8')
-    return out
-
-def _error_line(e: Exception) -> str:
-    ename, evalue = getattr(e, 'ename', type(e).__name__), getattr(e, 'evalue', str(e))
-    lines = [l for l in str(evalue).splitlines() if l.strip()]
-    return f"{ename}: {' / '.join(lines[:6])}"
-
-RUN_HEADING = re.compile(r'^## Run\b')
-
-def _code_lines(src: str) -> list[str]:
-    return [l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith('#')]
-
-def _is_export_cell(src: str) -> bool:
-    return any(re.match(r'#\|\s*export', l.strip()) for l in src.splitlines() if l.strip().startswith('#|'))
-
-def _is_import_cell(src: str) -> bool:
-    lines = _code_lines(src)
-    return bool(lines) and all(l.startswith(('import ', 'from ')) for l in lines)
-
-def report_notebook(nb):
-    "The stage notebook `nb` (nbformat) as a lifecycle run executes it: title, imports, exported code, parameters and the `## Run` section."
-    import copy, nbformat
-    cells = nb.cells
-    start = next((i for i, c in enumerate(cells) if c.cell_type == 'markdown' and RUN_HEADING.match(c.source)), None)
-    if start is None: raise MlcycleError('the stage notebook has no `## Run` section: add one, or run it with full=True (--full-notebooks)')
-    keep = [c for i, c in enumerate(cells) if i >= start or i == 0 or (c.cell_type == 'code' and (
-        'parameters' in c.metadata.get('tags', []) or _is_export_cell(c.source) or _is_import_cell(c.source)))]
-    note = nbformat.v4.new_markdown_cell('*Report mode: `mlcycle run` executed this notebook\'s imports, exported code, parameters '
-                                         'and its Run section; the worked examples and tests in between are in the full notebook '
-                                         '(run them with `nbdev_test`, or `mlcycle run --full-notebooks`).*')
-    out = copy.deepcopy(nb)
-    out.cells = [copy.deepcopy(c) for c in keep[:1]] + [note] + [copy.deepcopy(c) for c in keep[1:]]
-    return out
-
-def _work_seconds(executed: Path) -> float | None:
-    "Seconds spent in the `## Run` cells of an executed notebook (papermill records each cell's duration)."
-    import nbformat
-    try: nb = nbformat.read(str(executed), as_version=4)
-    except Exception: return None
-    start = next((i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown' and RUN_HEADING.match(c.source)), None)
-    if start is None: return None
-    return round(sum((c.metadata.get('papermill', {}).get('duration') or 0) for c in nb.cells[start:] if c.cell_type == 'code'), 2)
-
-def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dict | None = None, html_report: bool = True,
-                  report_name: str | None = None, full: bool = False) -> dict:
-    """Run stage notebook `stage` ('01'…) with papermill into `out_dir` (as `report_name`.ipynb); returns status, seconds and paths.
-    Report mode (see `report_notebook`) unless `full`."""
-    import nbformat, papermill as pm
-    nb = stage_notebooks()[stage]
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir/f'{report_name or nb.stem}.ipynb'
-    parameters = {'charter': str(Path(charter).resolve()) if charter else '', 'workspace': str(resolve_workspace(workspace)), **(params or {})}
-    t0, err = time.perf_counter(), None
-    src = nb
-    if not full:
-        src = out_dir/f'.{out.stem}.input.ipynb'
-        nbformat.write(report_notebook(nbformat.read(str(nb), as_version=4)), str(src))
-    try:
-        pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name='python3', progress_bar=False,
-                            cwd=str(out_dir), log_output=False, report_mode=False,
-                            extra_arguments=['--IPKernelApp.log_level=CRITICAL'])   # the kernel's own log lines are noise here
-    except Exception as e:
-        err = e
-    finally:
-        if src != nb: Path(src).unlink(missing_ok=True)
-    rec = {'stage': stage, 'name': nb.stem, 'step': out.stem, 'notebook': out.name, 'seconds': round(time.perf_counter() - t0, 2),
-           'status': 'failed' if err else 'ok', 'mode': 'full' if full else 'report', 'parameters': parameters}
-    if out.exists(): rec['work_seconds'] = _work_seconds(out)
-    if out.exists() and html_report: rec['html'] = notebook_to_html(out).name
-    if err is not None:
-        rec['error'] = _error_line(err)
-        raise StageFailed(rec)
-    return rec
-
-class StageFailed(MlcycleError):
-    "A stage notebook failed; `.record` holds its report paths."
-    def __init__(self, record):
-        self.record = record
-        super().__init__(f"stage {record['name']} failed: {record['error']} (report: {record.get('html', record['notebook'])})")
+__all__ = ['CIRCLE_PARAMS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle', 'start_server',
+           'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
-def new_run_id() -> str:
-    return 'run-' + dt.datetime.now().strftime('%Y%m%d-%H%M%S') + '-' + uuid.uuid4().hex[:4]
-
 def _manifest_summary(ws: Workspace, name: str) -> str:
     if not ws.has_stage(name): return ''
     o = ws.manifest(name).get('outputs', {})
@@ -201,8 +74,10 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     if charter:   # a charter with schema errors fails here, in one line, before any notebook starts
         from mlcycle.charter import load_charter
         load_charter(charter)
-    ws = Workspace(workspace)
     stages = parse_stages(stages) if not isinstance(stages, list) else stages
+    for key, values in (params or {}).items():      # a mistyped parameter fails here, in one line, before anything is written
+        if key[:2] in stages: notebook_params(key[:2]).check(values)
+    ws = Workspace(workspace)
     run_id = new_run_id()
     run_dir = Path(reports).resolve()/run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -335,26 +210,16 @@ CIRCLE_PARAMS = {   # the stage parameters of the full circle
 CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
                'mlcycle.retrain', 'mlcycle.governance', 'mlcycle.retire', 'mlcycle.batch']
 
-def _value(v: str):
-    "A -p value: YAML scalars (numbers, true/false, null), else the text."
-    import yaml
-    try: return yaml.safe_load(v)
-    except Exception: return v
-
-def _common(p, charter=True):
-    p.add_argument('--workspace', '-w', default=None, help='workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)')
-    if charter: p.add_argument('--charter', '-c', default=None, help='charter YAML (default: the bundled UCI Adult charter)')
-
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
-    for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = _value(value)
+    for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows}
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
 def _cmd_stage(a):
     s = parse_stages(a.stage)
     if len(s) != 1: raise MlcycleError('mlcycle stage takes one stage number, e.g. `mlcycle stage 02`')
-    run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: _value(v) for n, v in (a.param or [])}}, full_notebooks=a.full_notebook)
+    run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: parse_value(v) for n, v in (a.param or [])}}, full_notebooks=a.full_notebook)
 
 def _cmd_audit(a):
     r = Workspace(a.workspace).audit.verify()
@@ -367,9 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     r = sub.add_parser('run', help='run the lifecycle: the stage notebooks in order, with reports',
                        description='Execute the stage notebooks in order with papermill; reports go to REPORTS/<run-id>/.')
-    _common(r)
+    add_common_args(r, param=False)
     r.add_argument('--stages', '-s', default=None, help='stages to run, e.g. 01,02 or 1-4 (default: all)')
-    r.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
     r.add_argument('-p', '--param', nargs=3, action='append', metavar=('STAGE', 'NAME', 'VALUE'), help='a notebook parameter for one stage')
     r.add_argument('--scenario', default='gig_economy', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
@@ -379,15 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser('stage', help='run one stage notebook', description='Execute one stage notebook with papermill.')
     s.add_argument('stage', help='stage number, e.g. 02')
-    _common(s)
-    s.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
-    s.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a notebook parameter (repeatable)')
+    add_common_args(s)
     s.add_argument('--full-notebook', action='store_true', help='execute the whole notebook, its examples and tests included')
     s.set_defaults(func=_cmd_stage)
     au = sub.add_parser('audit', help='audit log commands', description='Audit log commands.')
     ausub = au.add_subparsers(dest='audit_command', metavar='ACTION', required=True)
     v = ausub.add_parser('verify', help='verify the hash chain; exits 1 naming the first bad entry')
-    _common(v, charter=False)
+    add_common_args(v, charter=None, reports=False, param=False)
     v.set_defaults(func=_cmd_audit)
     for mod in CLI_MODULES:
         try: m = importlib.import_module(mod)

@@ -13,8 +13,8 @@ import pandas as pd
 from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflow, to_json
 
 # %% auto #0
-__all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table', 'promote',
-           'rollback', 'end_challenger', 'notify_server', 'pinned_requirements', 'kubernetes_manifest',
+__all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
+           'promote', 'rollback', 'end_challenger', 'notify_server', 'pinned_requirements', 'kubernetes_manifest',
            'build_container_context', 'register_cli', 'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
@@ -393,6 +393,19 @@ def build_container_context(ws=None, version=None, out=None, port: int = 8080, n
     return dest
 
 # %% ../nbs/05_deployment.ipynb #cb2a112b
+from .stages import Param, StageParams, add_common_args
+
+# the stage's parameters, declared once: the notebook's parameters cell and the Run section's call (checked against each other)
+PARAMS = StageParams('05', [
+    Param('charter', '', 'path to a charter YAML; empty: the one stage 01 recorded (else the bundled Adult charter)'),
+    Param('workspace', '', 'workspace folder; empty: $MLCYCLE_WORKSPACE or ./mlcycle-workspace'),
+    Param('version', '', 'model version to deploy; empty: the latest version that passed the stage-04 gate'),
+    Param('deploy_as', 'champion', 'champion | challenger'),
+    Param('share', 0.1, 'challenger only: share of entities routed to it (A/B)'),
+    Param('shadow', False, 'challenger only: score every request but let the champion answer'),
+    Param('package', True, 'build the container build context for the version'),
+])
+
 def _print(obj): print(json.dumps(obj, indent=2, default=str))
 
 def _promote_cmd(args):
@@ -410,7 +423,7 @@ def _package_cmd(args):
 
 def register_cli(subparsers):
     "Add `promote`, `rollback` and `package` to an argparse subparsers object."
-    ws_help = 'workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)'
+    ws = dict(charter=None, reports=False, param=False)   # only --workspace/-w of the shared options
     p = subparsers.add_parser('promote', help='point @champion (or @challenger) at a validated model version',
                               description='Move @champion (the old one becomes @previous) or @challenger to VERSION. '
                                           'Refuses versions whose validation_status is not passed, unless --force --reason.')
@@ -420,15 +433,15 @@ def register_cli(subparsers):
     p.add_argument('--force', action='store_true', help='promote a version that did not pass validation (needs --reason)')
     p.add_argument('--reason', default='', help='why (goes into the audit log)')
     p.add_argument('--reload-url', default=None, help='then POST /admin/reload to this running server, or to several (comma-separated URLs; $MLCYCLE_ADMIN_TOKEN)')
-    p.add_argument('--workspace', default=None, help=ws_help)
+    add_common_args(p, **ws)
     p.set_defaults(func=_promote_cmd)
     r = subparsers.add_parser('rollback', help='move @champion back to @previous in one step')
-    r.add_argument('--reason', default=''); r.add_argument('--reload-url', default=None); r.add_argument('--workspace', default=None, help=ws_help)
+    r.add_argument('--reason', default=''); r.add_argument('--reload-url', default=None); add_common_args(r, **ws)
     r.set_defaults(func=_rollback_cmd)
     k = subparsers.add_parser('package', help='write a container build context (Dockerfile, pinned requirements, model, entrypoint)')
     k.add_argument('version', nargs='?', default=None, help='default: the champion')
     k.add_argument('--out', default=None, help='folder (default: <workspace>/containers/<name>-v<version>)')
-    k.add_argument('--port', type=int, default=8080); k.add_argument('--workspace', default=None, help=ws_help)
+    k.add_argument('--port', type=int, default=8080); add_common_args(k, **ws)
     k.add_argument('--replicas', type=int, default=2, help='replicas in the generated kubernetes.yaml (default 2)')
     k.add_argument('--tracking-uri', default=None, help='the MLflow server the replicas read the registry from (kubernetes.yaml)')
     k.set_defaults(func=_package_cmd)

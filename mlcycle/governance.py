@@ -20,7 +20,7 @@ from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_mark
 from .stats import GAP_METRICS, GROUP_RATES, bootstrap_indices, fairness_gaps_per_draw, group_rates_per_draw, percentile_ci, performance_with_ci
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'GOVERNANCE_STAGES', 'list_versions', 'resolve_version', 'model_id_of', 'version_record',
+__all__ = ['PERFORMANCE', 'GOVERNANCE_STAGES', 'PARAMS', 'list_versions', 'resolve_version', 'model_id_of', 'version_record',
            'version_fingerprints', 'evaluation_split', 'score_version', 'group_labels', 'group_fairness',
            'fairness_analysis', 'objectives_table', 'measure_version', 'stage_evidence', 'mitigation_tradeoff',
            'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve', 'evidence_digest',
@@ -533,6 +533,18 @@ def run_governance(charter=None, workspace=None, model_name: str | None = None, 
     return {**g, 'workspace': ws, 'charter': c, 'output_dir': out, 'files': hashes, 'mlflow_run_id': run_id}
 
 # %% ../nbs/08_governance.ipynb #bbc9a8e5
+from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
+
+# the stage's parameters, declared once: the notebook's parameters cell, `mlcycle govern`'s flags and help, the Run call
+PARAMS = StageParams('08', [
+    Param('charter', '', 'path to a charter YAML (empty: the one stage 01 recorded, else the bundled Adult charter)'),
+    Param('workspace', '', 'workspace folder (empty: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)'),
+    Param('model_name', '', "registered model (empty: the charter's name)", flag='--model'),
+    Param('version', '', 'model version (empty: @champion, else the newest that passed validation, else the newest)', flag='--version'),
+    Param('output_dir', '', 'folder for the reports (empty: <workspace>/reports/<model>/<version>)'),
+    Param('bootstrap', 300, 'bootstrap resamples for the confidence intervals', flag='--bootstrap'),
+])
+
 def _approve_cmd(a):
     e = approve(a.workspace, a.version, a.by, a.note or '')
     d = e['details']
@@ -540,35 +552,27 @@ def _approve_cmd(a):
           + (f", evidence digest {d['evidence_digest']})" if d['evidence_digest'] else '; no governance report yet: run `mlcycle govern` and approve again after review)'))
 
 def _govern_cmd(a):
-    from mlcycle.cli import _value, execute_stage
+    params = stage_args(a, PARAMS)
     ws = Workspace(a.workspace)
-    c = workspace_charter(ws, a.charter)
-    name = a.model or c.name
-    v = resolve_version(ws, a.version, name)
+    name = params.get('model_name') or workspace_charter(ws, a.charter).name
+    v = resolve_version(ws, params.get('version') or None, name)
     out = Path(a.reports).resolve()/name/v
-    params = {n: _value(val) for n, val in (a.param or [])}
-    params.update(model_name=name, version=v, output_dir=str(out), bootstrap=a.bootstrap)
-    rec = execute_stage('08', out, a.charter, a.workspace, params)
+    params.update(model_name=name, version=v, output_dir=str(out))
+    rec = execute_stage('08', out, charter=a.charter, workspace=a.workspace, params=params)
     s = read_json(out/'governance.json')
     print(f"{name} v{v}: compliance {s['compliance']['pass']} pass, {s['compliance']['gap']} gap(s); {s['sign_off']}; audit {'ok' if s['audit_ok'] else 'BROKEN'}")
     print(f"model card: {out/'model_card.html'}\nreport: {out/rec.get('html', rec['notebook'])}")
 
 def register_cli(subparsers):
     "Add `mlcycle approve` and `mlcycle govern` to an argparse subparsers object."
-    ws_help = 'workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)'
     p = subparsers.add_parser('approve', help='record a human sign-off of a model version in the audit log',
                               description='Record who approved VERSION, when, and the evidence digest of its governance report.')
     p.add_argument('version'); p.add_argument('--by', required=True, help='the person approving (full name)')
-    p.add_argument('--note', default='', help='what was reviewed, conditions'); p.add_argument('--workspace', '-w', default=None, help=ws_help)
+    p.add_argument('--note', default='', help='what was reviewed, conditions')
+    add_common_args(p, charter=None, reports=False, param=False)
     p.set_defaults(func=_approve_cmd)
     g = subparsers.add_parser('govern', help='governance reports for a model version: model card, bias report, compliance map, lineage',
                               description='Execute the governance notebook with papermill into REPORTS/<model>/<version>/.')
-    g.add_argument('--version', default=None, help='default: @champion, else the newest validated version')
-    g.add_argument('--model', default=None, help='registered model (default: the charter name)')
-    g.add_argument('--bootstrap', type=int, default=300, help='bootstrap resamples for the intervals (default 300)')
-    g.add_argument('--workspace', '-w', default=None, help=ws_help)
-    g.add_argument('--charter', '-c', default=None, help='charter YAML (default: the one stage 01 recorded)')
-    g.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
-    g.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a notebook parameter (repeatable)')
+    add_common_args(g, PARAMS)
     g.set_defaults(func=_govern_cmd)
     return p

@@ -22,11 +22,11 @@ from .stats import (N_RESAMPLES, auc_delong, bootstrap_indices, normal_interval,
 
 # %% auto #0
 __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
-           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS', 'parse_window', 'read_window', 'logged_rows',
-           'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance',
-           'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
-           'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
-           'ensure_champion', 'monitor_window', 'run_monitoring', 'register_cli']
+           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS', 'PARAMS', 'parse_window', 'read_window',
+           'logged_rows', 'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci',
+           'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'operations',
+           'server_error_rate', 'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups',
+           'free_port', 'local_server', 'ensure_champion', 'monitor_window', 'run_monitoring', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -600,13 +600,24 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
     return dict(charter=c, workspace=ws, **{k: r[k] for k in _RESULT_KEYS})
 
 # %% ../nbs/06_monitoring.ipynb #a7378e66
+from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
+
+# the stage's parameters, declared once: the notebook's parameters cell, `mlcycle monitor`'s flags and help, the Run call
+PARAMS = StageParams('06', [
+    Param('charter', '', 'path to a charter YAML; empty: the one stage 01 recorded (else the bundled Adult charter)'),
+    Param('workspace', '', 'workspace folder; empty: $MLCYCLE_WORKSPACE or ./mlcycle-workspace'),
+    Param('window', '', 'which logged rows: empty: all; 5000: the last 5000 rows; 30m / 24h / 7d: that much time back', flag='--window'),
+    Param('model_version', '', 'one model version; empty: every version and arm in the window', flag='--model-version'),
+    Param('server_url', '', 'a running server whose /metrics gives the error rate (empty: error rate not measured)', flag='--server-url'),
+    Param('alpha', 0.05, 'family-wise false-alarm rate of the drift tests per run (Bonferroni over all tests)'),
+    Param('demo_rows', 4000, "only when the workspace's own SQLite log is empty: serve the champion locally, replay this many rows (0: never)"),
+    Param('demo_scenario', 'new_category', 'drift scenario of that demo traffic (see 05c_simulate)'),
+])
+
 def _monitor_cmd(a):
-    from mlcycle.cli import _value, execute_stage, new_run_id
-    params = {n: _value(v) for n, v in (a.param or [])}
-    for k in ('window', 'model_version', 'server_url'):
-        if getattr(a, k) is not None: params[k] = getattr(a, k)
+    params = stage_args(a, PARAMS)
     out = Path(a.reports).resolve()/f"monitor-{new_run_id().removeprefix('run-')}"
-    rec = execute_stage('06', out, a.charter, a.workspace, params)
+    rec = execute_stage('06', out, charter=a.charter, workspace=a.workspace, params=params)
     ws = Workspace(a.workspace)
     m = ws.manifest('06_monitoring')['outputs']
     print(f"{m['alerts_count']} alert(s), {m['alerts_critical']} critical · {m['recommendation_text']}")
@@ -617,12 +628,6 @@ def register_cli(subparsers):
     "Add `mlcycle monitor` to an argparse subparsers object."
     p = subparsers.add_parser('monitor', help='run the monitoring stage (06) on the prediction log: drift, performance, fairness, operations',
                               description='Execute the monitoring notebook with papermill; the executed notebook (and HTML) is the report.')
-    p.add_argument('--workspace', '-w', default=None, help='workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)')
-    p.add_argument('--charter', '-c', default=None, help='charter YAML (default: the one stage 01 recorded)')
-    p.add_argument('--window', default=None, help='rows to check: a count (5000) or a span (30m, 24h, 7d); default all')
-    p.add_argument('--model-version', default=None, help='one model version (default: every version and arm in the window)')
-    p.add_argument('--server-url', default=None, help='a running server whose /metrics gives the error rate')
-    p.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
-    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a notebook parameter (repeatable)')
+    add_common_args(p, PARAMS)
     p.set_defaults(func=_monitor_cmd)
     return p

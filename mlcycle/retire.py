@@ -6,21 +6,57 @@
 from __future__ import annotations
 
 import datetime as dt, json, os, shutil, subprocess, sys, tempfile, time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, atomic_write_json, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .charter import Charter, binary_target, workspace_charter
-from .governance import (_client, _log_exists, group_labels, list_versions, md_escape, md_table, stage_evidence,
+from .governance import (group_labels, list_versions, md_escape, md_table, stage_evidence,
                                 to_html, version_events, version_fingerprints, version_record)
+from .stages import Param, StageParams, add_common_args, execute_stage, stage_args
 
 # %% auto #0
-__all__ = ['INCIDENT_EVENTS', 'demo_prediction_history', 'cutoff_ts', 'log_counts', 'table_counts', 'snapshot_plan',
-           'mlflow_plan', 'retirement_plan', 'plan_table', 'purge_log', 'version_history', 'history_over_time',
-           'group_history', 'lifetime', 'plot_history', 'knowledge_transfer', 'kt_markdown', 'retire_version',
+__all__ = ['PARAMS', 'INCIDENT_EVENTS', 'RETIREMENT_STEPS', 'demo_prediction_history', 'cutoff_ts', 'log_counts', 'table_counts',
+           'snapshot_plan', 'mlflow_plan', 'retirement_plan', 'plan_table', 'purge_log', 'version_history',
+           'history_over_time', 'group_history', 'lifetime', 'plot_history', 'knowledge_transfer', 'kt_markdown',
+           'Done', 'Retirement', 'carry_out', 'retire_version', 'finish_retirement', 'announce', 'govern_first',
+           'promote_replacement', 'drain', 'remove_aliases', 'reload_server', 'archive_lineage', 'tag_retired',
+           'purge_prediction_log', 'delete_snapshots', 'delete_from_mlflow', 'collect_garbage', 'write_report',
            'register_cli']
+
+# %% ../nbs/09_retirement.ipynb #a401955a
+def _client(ws: Workspace, name: str | None = None):
+    "The MLflow client on the workspace's registry, and the model name (default: the charter's)."
+    import mlflow
+    c = workspace_charter(ws)
+    setup_mlflow(ws, c.name)
+    return mlflow.MlflowClient(), name or c.name
+
+def _log_exists(ws: Workspace) -> bool:
+    "Whether the workspace's prediction log exists (an external database always counts as existing)."
+    url = ws.prediction_log_url
+    return not url.startswith('sqlite') or Path(url.split(':///', 1)[-1]).exists()
+
+# %% ../nbs/09_retirement.ipynb #c2083e44
+PARAMS = StageParams('09', [
+    Param('charter', '', 'path to a charter YAML (empty: the one stage 01 recorded, else the bundled Adult charter)'),
+    Param('workspace', '', 'workspace folder (empty: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)'),
+    Param('model_name', '', "registered model (empty: the charter's name)", flag='--model'),
+    Param('version', '', 'version to retire (empty: the @previous version, the champion before the last promotion, if any)'),
+    Param('reason', '', 'why it is retired (version tags, audit log, hand-over report)', flag='--reason'),
+    Param('replacement', '', 'the version that replaces it; required to retire the serving @champion (it is promoted first)', flag='--replacement'),
+    Param('retention_days', -1.0, "keep this version's log rows newer than this many days; -1 for the charter's retention, 0 to purge all", flag='--retention-days'),
+    Param('dry_run', False, 'list exactly what would change and be deleted, and change nothing', flag='--dry-run'),
+    Param('server_url', '', 'a running mlcycle serve to reload, token from $MLCYCLE_ADMIN_TOKEN (empty: skip with a note)', flag='--server-url'),
+    Param('delete_artifacts', True, "delete the version's training run and logged model through MLflow (restorable until gc)", flag='--keep-artifacts', flag_help='do not delete the training run and logged model in MLflow'),
+    Param('gc', False, 'then purge them for good with mlflow gc', flag='--gc'),
+    Param('batch_size', 5000, 'prediction-log rows deleted per transaction'),
+    Param('output_dir', '', 'folder for the hand-over report (empty: <workspace>/reports/<model>/<version>)'),
+])
 
 # %% ../nbs/09_retirement.ipynb #b47b7391
 def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float], rows: int = 2000, arm: str = 'champion',
@@ -506,17 +542,63 @@ def _archive_lineage(ws: Workspace, plan: dict, dest: Path, output_dir: Path | N
     return {'path': str(dest.relative_to(ws.root)) if dest.is_relative_to(ws.root) else str(dest), 'sha256': sha256_bytes((dest/'lineage.json').read_bytes()),
             'governance_files': copied}
 
+# %% ../nbs/09_retirement.ipynb #2077f31a
+@dataclass
+class Done:
+    "What a retirement step did: a line for the summary (or None) and its audit entry (None when the callee audits it itself)."
+    text: str | None
+    event: str | None = None
+    details: dict = field(default_factory=dict)
+
+@dataclass
+class Retirement:
+    "One retirement under way: what the steps read (workspace, charter, plan) and what they leave for the later steps and the report."
+    ws: Workspace
+    c: Charter
+    plan: dict
+    reason: str
+    server_url: str = ''
+    batch_size: int = 5000
+    output_dir: Path | None = None
+    log: Any = print
+    done: list = field(default_factory=list)
+    lineage: dict | None = None
+    kt: dict | None = None
+    purged: dict = field(default_factory=lambda: {'predictions': 0, 'feedback': 0, 'shadow_scores_cleared': 0, 'batches': 0})
+    removed: list = field(default_factory=list)
+    gc: dict | None = None
+    files: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str: return self.plan['model']
+    @property
+    def version(self) -> str: return self.plan['version']
+    @property
+    def first(self) -> bool: return not self.plan['already_decommissioned']     # False when resuming an interrupted retirement
+    @property
+    def out(self) -> Path: return Path(self.output_dir) if self.output_dir else self.ws.root/'reports'/self.name/self.version
+    @property
+    def archive(self) -> Path: return self.ws.root/'archive'/self.name/f'v{self.version}'
+    @property
+    def client(self): return _client(self.ws, self.name)[0]
+
+def carry_out(r: Retirement, steps: list) -> Retirement:
+    """Run the steps in order. Each step is a generator that yields a `Done` right after each thing it changed; here, and only
+    here, that becomes an audit entry and a line of progress, before the step goes on. A step that raises stops the run."""
+    for step in steps:
+        for d in step(r):
+            if d.event: r.ws.audit.append(d.event, **d.details)
+            if d.text: r.done.append(d.text); r.log(f'  {step.__name__}: {d.text}')
+    return r
+
+# %% ../nbs/09_retirement.ipynb #1e8633d2
 def retire_version(ws=None, version=None, reason: str = '', replacement=None, retention_days: float = -1, dry_run: bool = False,
                    server_url: str = '', delete_artifacts: bool = True, gc: bool = False, batch_size: int = 5000, output_dir=None,
                    name: str | None = None, log=print) -> dict:
-    "Retire `version` (see the steps above); returns the plan, what was done, and the report paths."
-    import mlflow
-    from mlcycle.deploy import end_challenger, notify_server, promote
+    "Retire `version`: the plan, then `RETIREMENT_STEPS` in order, then the stage's manifest; returns the plan, what was done, the report paths."
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
-    c = workspace_charter(ws)
-    cl, name = _client(ws, name)
-    plan = retirement_plan(ws, version, replacement, retention_days, delete_artifacts, gc, name)
-    v = plan['version']
+    plan = retirement_plan(ws, version, replacement, retention_days, delete_artifacts, gc, _client(ws, name)[1])
+    name, v = plan['model'], plan['version']
     reason = (reason or '').strip() or (f"replaced by v{plan['replacement']}" if plan['replacement'] else 'retired')
     if dry_run:
         log(f"dry run: retiring {name} v{v} would change {len(plan['alias_changes'])} alias(es), delete {plan['deletes']['predictions']} prediction and "
@@ -526,124 +608,186 @@ def retire_version(ws=None, version=None, reason: str = '', replacement=None, re
     if plan['nothing_to_do']:
         log(f'{name} v{v} is already retired and there is nothing left to delete: nothing to do')
         return {'dry_run': False, 'noop': True, 'plan': plan, 'done': [], 'workspace': ws}
-    done, A = [], ws.audit.append
-    out = Path(output_dir) if output_dir else ws.root/'reports'/name/v
-    archive = ws.root/'archive'/name/f'v{v}'
-    first = not plan['already_decommissioned']
-    kt, hist = None, None
-    A('retirement_started', model=name, version=v, reason=reason, replacement=plan['replacement'], dry_run=False,
-      planned={k: (len(x) if isinstance(x, list) else x) for k, x in plan['deletes'].items()}, cutoff=plan['cutoff'])
-    if first and not plan['governed'] and plan['mlflow']['model_state'] == 'active':
-        from mlcycle.governance import run_governance
-        log(f'v{v} has no governance report: making one now, before its model is deleted')
-        run_governance(workspace=ws, model_name=name, version=v, output_dir=out, manifest=False, log=log)
-        done.append('governance report made'); plan = {**plan, 'record': version_record(ws, v, name), 'governed': True}
-    if first:
-        hist = version_history(ws, c, v)
-    if plan['promote_replacement']:
-        promote(ws, plan['replacement'], reason=f'replaces v{v}, which is being retired: {reason}', name=name)
-        done.append(f"promoted v{plan['replacement']} to @champion")
-    cur = version_record(ws, v, name)['aliases']
-    if 'challenger' in cur:
-        end_challenger(ws, reason=f'drain: v{v} is being retired ({reason})', name=name); done.append('ended @challenger (traffic drained)')
-    for a in version_record(ws, v, name)['aliases']:
-        cl.delete_registered_model_alias(name, a)
-        A('alias_removed', model=name, alias=a, from_version=v, reason=f'v{v} retired: {reason}'); done.append(f'removed @{a}')
-    if server_url:
-        try: res = notify_server(server_url)
-        except MlcycleError as e:
-            A('server_reload_failed', model=name, version=v, url=server_url, error=str(e))
-            raise MlcycleError(f'{e}. The aliases are already moved; nothing was deleted. Reload the server, then run the retirement again') from None
-        A('server_reloaded', model=name, version=v, url=server_url, before=res.get('before'), after=res.get('after')); done.append('server reloaded')
-    elif plan['aliases']:
-        A('server_reload_skipped', model=name, version=v, note='no server URL given: a running server keeps its models until POST /admin/reload')
-    lineage = _archive_lineage(ws, plan, archive, out) if first else None
-    if lineage: A('lineage_archived', model=name, version=v, path=lineage['path'], sha256=lineage['sha256'], governance_files=lineage['governance_files']); done.append('lineage archived')
-    if first:
-        kt = knowledge_transfer(ws, c, plan, reason, hist, archive_dir=lineage['path'], output_dir=str(out))
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
-        tags = {'lifecycle': 'retired', 'retired_reason': reason[:4900], 'retired_at': now, 'retired_by': current_actor(),
-                'retention_days': str(plan['retention_days']), 'archive': lineage['path'], **({'replaced_by': plan['replacement']} if plan['replacement'] else {})}
-        for k, x in tags.items(): cl.set_model_version_tag(name, v, k, str(x))
-        A('version_retired', model=name, version=v, reason=reason, replacement=plan['replacement'], tags=tags); done.append('tagged lifecycle=retired')
-    purged = {'predictions': 0, 'feedback': 0, 'shadow_scores_cleared': 0, 'batches': 0}
-    if _log_exists(ws) and (plan['deletes']['predictions'] or plan['deletes']['shadow_scores_cleared']):
-        purged = purge_log(ws.prediction_log_url, v, plan['cutoff_ts'], batch_size)
-        A('prediction_log_purged', model=name, version=v, cutoff=plan['cutoff'], retention_days=plan['retention_days'], **purged)
-        done.append(f"purged {purged['predictions']} predictions, {purged['feedback']} feedback rows")
-    removed = []
-    for s in plan['snapshots']:
-        if s['action'] == 'delete' and (ws.root/s['path']).exists():
-            (ws.root/s['path']).unlink(); removed.append(s['fingerprint'])
-    if removed: A('snapshots_deleted', model=name, version=v, fingerprints=removed); done.append(f'deleted {len(removed)} snapshot(s)')
-    ml = plan['mlflow']
-    if ml['soft_delete']['logged_model']: cl.delete_logged_model(ml['model_id'])
-    if ml['soft_delete']['run']: cl.delete_run(ml['run_id'])
-    if any(ml['soft_delete'].values()):
-        A('mlflow_deleted', model=name, version=v, run_id=ml['run_id'] if ml['soft_delete']['run'] else None,
-          logged_model_id=ml['model_id'] if ml['soft_delete']['logged_model'] else None, restorable=True)
-        done.append('soft-deleted the training run and logged model in MLflow')
-    gc_res = None
-    if ml['gc_run_ids'] or ml['gc_model_ids']:
-        gc_res = _mlflow_gc(ws, ml['gc_run_ids'], ml['gc_model_ids'])
-        A('mlflow_gc', model=name, version=v, run_ids=ml['gc_run_ids'], logged_model_ids=ml['gc_model_ids'], files=ml['files'], bytes=ml['bytes'],
-          also_purged_experiments=ml['gc_also_purges_deleted_experiments']); done.append('mlflow gc')
-    files = {}
-    setup_mlflow(ws, c.name)
-    if kt is not None:
-        import matplotlib.pyplot as plt, io
-        tabs = kt.pop('_tables')
-        fig = plot_history(tabs['over_time'], tabs['groups'], c, f'{name} v{v}: life in production')
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
-        from mlcycle.core import atomic_write_bytes
-        with mlflow.start_run(run_name=f'retirement v{v}', tags={'mlcycle.stage': '09_retirement', 'mlcycle.model_name': name, 'mlcycle.model_version': v,
-                                                                'mlcycle.source_run_id': ml['run_id'] or '', 'mlcycle.charter_hash': c.hash,
-                                                                'retired_reason': reason[:250]}) as run:
-            kt['archive']['retirement_run_id'] = run.info.run_id
-            kt['retirement']['done'] = done + ['knowledge-transfer report written']
-            kt['retirement']['purged'] = purged
-            md = kt_markdown(kt)
-            files = {'knowledge_transfer.md': md.encode(), 'knowledge_transfer.html': to_html(md, kt['title']).encode(),
-                     'knowledge_transfer.json': (to_json(kt, indent=2) + '\n').encode(), 'knowledge_transfer.png': buf.getvalue()}
-            mlflow.log_metrics({'purged_predictions': purged['predictions'], 'purged_feedback': purged['feedback'],
-                                'snapshots_deleted': len(removed), 'predictions_logged': kt['lifetime']['predictions_logged']})
-            with tempfile.TemporaryDirectory() as d:
-                for fn, data in files.items(): (Path(d)/fn).write_bytes(data)
-                shutil.copy2(archive/'lineage.json', Path(d)/'lineage.json')
-                mlflow.log_artifacts(d, artifact_path='retirement')
-        out.mkdir(parents=True, exist_ok=True)
-        for fn, data in files.items(): atomic_write_bytes(out/fn, data); atomic_write_bytes(archive/fn, data)
+    r = Retirement(ws, workspace_charter(ws), plan, reason, server_url=server_url, batch_size=batch_size, output_dir=output_dir, log=log)
+    return finish_retirement(carry_out(r, RETIREMENT_STEPS))
+
+def finish_retirement(r: Retirement) -> dict:
+    "Mark the version decommissioned and commit the stage's manifest (`retirement_completed`); the result of `retire_version`."
+    ws, name, v, plan, ml = r.ws, r.name, r.version, r.plan, r.plan['mlflow']
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
-    cl.set_model_version_tag(name, v, 'decommissioned_at', now)
-    summary = {'model': name, 'version': v, 'reason': reason, 'replacement': plan['replacement'], 'done': done, 'purged': purged,
-               'snapshots_deleted': removed, 'mlflow': {k: ml[k] for k in ('run_id', 'model_id', 'soft_delete', 'gc_run_ids', 'gc_model_ids')},
-               'gc': gc_res, 'archive': lineage['path'] if lineage else str(archive.relative_to(ws.root)),
-               'report': {fn: str(out/fn) for fn in files}, 'decommissioned_at': now}
-    with ws.stage('09_retirement', charter_hash=c.hash, model=name, version=v, reason=reason, replacement=plan['replacement'],
+    r.client.set_model_version_tag(name, v, 'decommissioned_at', now)
+    run_id = r.kt['archive']['retirement_run_id'] if r.kt else None
+    summary = {'model': name, 'version': v, 'reason': r.reason, 'replacement': plan['replacement'], 'done': r.done, 'purged': r.purged,
+               'snapshots_deleted': r.removed, 'mlflow': {k: ml[k] for k in ('run_id', 'model_id', 'soft_delete', 'gc_run_ids', 'gc_model_ids')},
+               'gc': r.gc, 'archive': r.lineage['path'] if r.lineage else str(r.archive.relative_to(ws.root)),
+               'report': {fn: str(r.out/fn) for fn in r.files}, 'decommissioned_at': now}
+    with ws.stage('09_retirement', charter_hash=r.c.hash, model=name, version=v, reason=r.reason, replacement=plan['replacement'],
                   retention_days=plan['retention_days']) as st:
-        st.manifest['outputs'].update(model_name=name, model_version=v, retired=True, dry_run=False, replacement=plan['replacement'], reason=reason,
-                                      done=done, purged=purged, snapshots_deleted=removed, mlflow=summary['mlflow'], archive=summary['archive'],
-                                      report_files={fn: sha256_bytes(d) for fn, d in files.items()}, output_dir=str(out),
-                                      retirement_run_id=kt['archive']['retirement_run_id'] if kt else None,
-                                      verdict=f"v{v} retired: {'; '.join(done)}")
-        st.record('retirement_completed', model=name, version=v, reason=reason, replacement=plan['replacement'], purged=purged,
-                  snapshots_deleted=removed, retirement_run_id=kt['archive']['retirement_run_id'] if kt else None)
-    log(f"{name} v{v} retired: {'; '.join(done)}")
-    return {'dry_run': False, 'noop': False, 'plan': plan, 'done': done, 'purged': purged, 'snapshots_deleted': removed, 'gc': gc_res,
-            'knowledge_transfer': kt, 'output_dir': out, 'archive': archive, 'workspace': ws, 'summary': summary}
+        st.manifest['outputs'].update(model_name=name, model_version=v, retired=True, dry_run=False, replacement=plan['replacement'], reason=r.reason,
+                                      done=r.done, purged=r.purged, snapshots_deleted=r.removed, mlflow=summary['mlflow'], archive=summary['archive'],
+                                      report_files={fn: sha256_bytes(d) for fn, d in r.files.items()}, output_dir=str(r.out),
+                                      retirement_run_id=run_id, verdict=f"v{v} retired: {'; '.join(r.done)}")
+        st.record('retirement_completed', model=name, version=v, reason=r.reason, replacement=plan['replacement'], purged=r.purged,
+                  snapshots_deleted=r.removed, retirement_run_id=run_id)
+    r.log(f"{name} v{v} retired: {'; '.join(r.done)}")
+    return {'dry_run': False, 'noop': False, 'plan': plan, 'done': r.done, 'purged': r.purged, 'snapshots_deleted': r.removed, 'gc': r.gc,
+            'knowledge_transfer': r.kt, 'output_dir': r.out, 'archive': r.archive, 'workspace': ws, 'summary': summary}
+
+# %% ../nbs/09_retirement.ipynb #1863663c
+def announce(r: Retirement):
+    "Audit `retirement_started` with the planned counts and the cutoff."
+    p = r.plan
+    yield Done(None, 'retirement_started', dict(model=r.name, version=r.version, reason=r.reason, replacement=p['replacement'], dry_run=False,
+               planned={k: (len(x) if isinstance(x, list) else x) for k, x in p['deletes'].items()}, cutoff=p['cutoff']))
+
+# %% ../nbs/09_retirement.ipynb #7153d78e
+def govern_first(r: Retirement):
+    "Stage 08's report for a version that has none, before anything of it is deleted."
+    p = r.plan
+    if not (r.first and not p['governed'] and p['mlflow']['model_state'] == 'active'): return
+    from mlcycle.governance import run_governance
+    r.log(f'v{r.version} has no governance report: making one now, before its model is deleted')
+    run_governance(workspace=r.ws, model_name=r.name, version=r.version, output_dir=r.out, manifest=False, log=r.log)
+    r.plan = {**p, 'record': version_record(r.ws, r.version, r.name), 'governed': True}
+    yield Done('governance report made')
+
+# %% ../nbs/09_retirement.ipynb #44132f4a
+def promote_replacement(r: Retirement):
+    "Promote the named replacement to @champion when the retired version serves."
+    if not r.plan['promote_replacement']: return
+    from mlcycle.deploy import promote
+    promote(r.ws, r.plan['replacement'], reason=f'replaces v{r.version}, which is being retired: {r.reason}', name=r.name)
+    yield Done(f"promoted v{r.plan['replacement']} to @champion")
+
+# %% ../nbs/09_retirement.ipynb #e27264b0
+def drain(r: Retirement):
+    "End the version's A/B or shadow test (stage 05's `end_challenger`), so no new traffic reaches it."
+    if 'challenger' not in version_record(r.ws, r.version, r.name)['aliases']: return
+    from mlcycle.deploy import end_challenger
+    end_challenger(r.ws, reason=f'drain: v{r.version} is being retired ({r.reason})', name=r.name)
+    yield Done('ended @challenger (traffic drained)')
+
+# %% ../nbs/09_retirement.ipynb #3c5596f1
+def remove_aliases(r: Retirement):
+    "Delete every alias left on the version."
+    for a in version_record(r.ws, r.version, r.name)['aliases']:
+        r.client.delete_registered_model_alias(r.name, a)
+        yield Done(f'removed @{a}', 'alias_removed', dict(model=r.name, alias=a, from_version=r.version, reason=f'v{r.version} retired: {r.reason}'))
+
+# %% ../nbs/09_retirement.ipynb #6830a080
+def reload_server(r: Retirement):
+    "POST /admin/reload to the running server (`server_url`), or note that none was given."
+    if not r.server_url:
+        if r.plan['aliases']: yield Done(None, 'server_reload_skipped', dict(model=r.name, version=r.version,
+                                          note='no server URL given: a running server keeps its models until POST /admin/reload'))
+        return
+    from mlcycle.deploy import notify_server
+    try: res = notify_server(r.server_url)
+    except MlcycleError as e:
+        yield Done(None, 'server_reload_failed', dict(model=r.name, version=r.version, url=r.server_url, error=str(e)))
+        raise MlcycleError(f'{e}. The aliases are already moved; nothing was deleted. Reload the server, then run the retirement again') from None
+    yield Done('server reloaded', 'server_reloaded', dict(model=r.name, version=r.version, url=r.server_url, before=res.get('before'), after=res.get('after')))
+
+# %% ../nbs/09_retirement.ipynb #a6dd2f6b
+def archive_lineage(r: Retirement):
+    "Archive the version's lineage (`lineage.json`, governance files) to `archive/<model>/v<N>/`."
+    if not r.first: return
+    r.lineage = _archive_lineage(r.ws, r.plan, r.archive, r.out)
+    yield Done('lineage archived', 'lineage_archived', dict(model=r.name, version=r.version, path=r.lineage['path'], sha256=r.lineage['sha256'],
+                                                            governance_files=r.lineage['governance_files']))
+
+# %% ../nbs/09_retirement.ipynb #b8c7c949
+def tag_retired(r: Retirement):
+    "Draw up the knowledge transfer, then tag the version `lifecycle=retired` with reason, date, actor, retention, archive, replacement."
+    if not r.first: return
+    p = r.plan
+    r.kt = knowledge_transfer(r.ws, r.c, p, r.reason, version_history(r.ws, r.c, r.version), archive_dir=r.lineage['path'], output_dir=str(r.out))
+    tags = {'lifecycle': 'retired', 'retired_reason': r.reason[:4900], 'retired_at': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
+            'retired_by': current_actor(), 'retention_days': str(p['retention_days']), 'archive': r.lineage['path'],
+            **({'replaced_by': p['replacement']} if p['replacement'] else {})}
+    for k, x in tags.items(): r.client.set_model_version_tag(r.name, r.version, k, str(x))
+    yield Done('tagged lifecycle=retired', 'version_retired', dict(model=r.name, version=r.version, reason=r.reason, replacement=p['replacement'], tags=tags))
+
+# %% ../nbs/09_retirement.ipynb #c450dd5a
+def purge_prediction_log(r: Retirement):
+    "Purge the version's prediction-log rows older than the cutoff, and its shadow scores."
+    p = r.plan
+    if not (_log_exists(r.ws) and (p['deletes']['predictions'] or p['deletes']['shadow_scores_cleared'])): return
+    r.purged = purge_log(r.ws.prediction_log_url, r.version, p['cutoff_ts'], r.batch_size)
+    yield Done(f"purged {r.purged['predictions']} predictions, {r.purged['feedback']} feedback rows", 'prediction_log_purged',
+               dict(model=r.name, version=r.version, cutoff=p['cutoff'], retention_days=p['retention_days'], **r.purged))
+
+# %% ../nbs/09_retirement.ipynb #633834c0
+def delete_snapshots(r: Retirement):
+    "Delete the data snapshots the plan marked for deletion."
+    for s in r.plan['snapshots']:
+        if s['action'] == 'delete' and (r.ws.root/s['path']).exists():
+            (r.ws.root/s['path']).unlink(); r.removed.append(s['fingerprint'])
+    if r.removed: yield Done(f'deleted {len(r.removed)} snapshot(s)', 'snapshots_deleted', dict(model=r.name, version=r.version, fingerprints=r.removed))
+
+# %% ../nbs/09_retirement.ipynb #225527f9
+def delete_from_mlflow(r: Retirement):
+    "Soft-delete the version's logged model and training run in MLflow."
+    ml = r.plan['mlflow']
+    if ml['soft_delete']['logged_model']: r.client.delete_logged_model(ml['model_id'])
+    if ml['soft_delete']['run']: r.client.delete_run(ml['run_id'])
+    if any(ml['soft_delete'].values()):
+        yield Done('soft-deleted the training run and logged model in MLflow', 'mlflow_deleted',
+                   dict(model=r.name, version=r.version, run_id=ml['run_id'] if ml['soft_delete']['run'] else None,
+                        logged_model_id=ml['model_id'] if ml['soft_delete']['logged_model'] else None, restorable=True))
+
+# %% ../nbs/09_retirement.ipynb #02484cb1
+def collect_garbage(r: Retirement):
+    "`mlflow gc` for the deleted run and logged model, when the plan asks for it."
+    ml = r.plan['mlflow']
+    if not (ml['gc_run_ids'] or ml['gc_model_ids']): return
+    r.gc = _mlflow_gc(r.ws, ml['gc_run_ids'], ml['gc_model_ids'])
+    yield Done('mlflow gc', 'mlflow_gc', dict(model=r.name, version=r.version, run_ids=ml['gc_run_ids'], logged_model_ids=ml['gc_model_ids'],
+                                             files=ml['files'], bytes=ml['bytes'], also_purged_experiments=ml['gc_also_purges_deleted_experiments']))
+
+# %% ../nbs/09_retirement.ipynb #5711c186
+def write_report(r: Retirement):
+    "Write the knowledge-transfer report to the output folder and the archive, and log it to an MLflow run."
+    if r.kt is None: return
+    import io, mlflow, matplotlib.pyplot as plt
+    from mlcycle.core import atomic_write_bytes
+    kt, name, v, ml = r.kt, r.name, r.version, r.plan['mlflow']
+    tabs = kt.pop('_tables')
+    fig = plot_history(tabs['over_time'], tabs['groups'], r.c, f'{name} v{v}: life in production')
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    setup_mlflow(r.ws, r.c.name)
+    with mlflow.start_run(run_name=f'retirement v{v}', tags={'mlcycle.stage': '09_retirement', 'mlcycle.model_name': name, 'mlcycle.model_version': v,
+                                                            'mlcycle.source_run_id': ml['run_id'] or '', 'mlcycle.charter_hash': r.c.hash,
+                                                            'retired_reason': r.reason[:250]}) as run:
+        kt['archive']['retirement_run_id'] = run.info.run_id
+        kt['retirement']['done'] = r.done + ['knowledge-transfer report written']
+        kt['retirement']['purged'] = r.purged
+        md = kt_markdown(kt)
+        r.files = {'knowledge_transfer.md': md.encode(), 'knowledge_transfer.html': to_html(md, kt['title']).encode(),
+                   'knowledge_transfer.json': (to_json(kt, indent=2) + '\n').encode(), 'knowledge_transfer.png': buf.getvalue()}
+        mlflow.log_metrics({'purged_predictions': r.purged['predictions'], 'purged_feedback': r.purged['feedback'],
+                            'snapshots_deleted': len(r.removed), 'predictions_logged': kt['lifetime']['predictions_logged']})
+        with tempfile.TemporaryDirectory() as d:
+            for fn, data in r.files.items(): (Path(d)/fn).write_bytes(data)
+            shutil.copy2(r.archive/'lineage.json', Path(d)/'lineage.json')
+            mlflow.log_artifacts(d, artifact_path='retirement')
+    r.out.mkdir(parents=True, exist_ok=True)
+    for fn, data in r.files.items(): atomic_write_bytes(r.out/fn, data); atomic_write_bytes(r.archive/fn, data)
+    yield Done('knowledge-transfer report written')
+
+# %% ../nbs/09_retirement.ipynb #3e9d4107
+RETIREMENT_STEPS = [announce, govern_first, promote_replacement, drain, remove_aliases, reload_server, archive_lineage, tag_retired,
+                    purge_prediction_log, delete_snapshots, delete_from_mlflow, collect_garbage, write_report]
 
 # %% ../nbs/09_retirement.ipynb #121be6c3
 def _retire_cmd(a):
-    from mlcycle.cli import _value, execute_stage
+    params = stage_args(a, PARAMS)
     ws = Workspace(a.workspace)
-    c = workspace_charter(ws, a.charter)
-    name = a.model or c.name
+    name = params.get('model_name') or workspace_charter(ws, a.charter).name
     v = str(a.version).strip().removeprefix('v')
     out = Path(a.reports).resolve()/name/v
-    params = {n: _value(val) for n, val in (a.param or [])}
-    params.update(model_name=name, version=v, reason=a.reason or '', replacement=a.replacement or '', retention_days=a.retention_days,
-                  dry_run=bool(a.dry_run), server_url=a.server_url or '', delete_artifacts=not a.keep_artifacts, gc=bool(a.gc), output_dir=str(out))
-    rec = execute_stage('09', out, a.charter, a.workspace, params)
+    params.update(model_name=name, version=v, output_dir=str(out))
+    rec = execute_stage('09', out, charter=a.charter, workspace=a.workspace, params=params)
     s = read_json(out/'retirement.json')
     if s['dry_run']:
         print(f"dry run: nothing changed. Retiring {name} v{v} would:")
@@ -657,17 +801,6 @@ def register_cli(subparsers):
     p = subparsers.add_parser('retire', help='retire a model version: drain, remove aliases, purge its data per retention, hand over',
                               description='Execute the retirement notebook with papermill into REPORTS/<model>/<version>/.')
     p.add_argument('version')
-    p.add_argument('--dry-run', action='store_true', help='list what would change and be deleted; change nothing')
-    p.add_argument('--reason', default='', help='why (tags, audit log, hand-over report)')
-    p.add_argument('--replacement', default='', help='the version replacing it (required to retire the serving champion)')
-    p.add_argument('--retention-days', type=float, default=-1, help="keep the version's log rows newer than this (-1: the charter's retention; 0: purge all)")
-    p.add_argument('--server-url', default='', help='a running mlcycle serve to reload ($MLCYCLE_ADMIN_TOKEN)')
-    p.add_argument('--keep-artifacts', action='store_true', help='do not delete the training run and logged model in MLflow')
-    p.add_argument('--gc', action='store_true', help='purge the deleted run and logged model for good with mlflow gc')
-    p.add_argument('--model', default=None, help='registered model (default: the charter name)')
-    p.add_argument('--workspace', '-w', default=None, help='workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)')
-    p.add_argument('--charter', '-c', default=None, help='charter YAML (default: the one stage 01 recorded)')
-    p.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
-    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a notebook parameter (repeatable)')
+    add_common_args(p, PARAMS)
     p.set_defaults(func=_retire_cmd)
     return p

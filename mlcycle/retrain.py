@@ -14,12 +14,39 @@ import pandas as pd
 from .core import MlcycleError, Workspace, current_actor, fingerprint_df, read_json, setup_mlflow, to_json
 from .charter import Charter, binary_target, workspace_charter
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, two_proportion_sample_size, two_proportion_test
+from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
 
 # %% auto #0
-__all__ = ['DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
+__all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
            'split_for_retraining', 'recent_holdout', 'refit_candidates', 'ab_sample_size', 'simulate_ab', 'ab_design',
-           'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for', 'run_retraining', 'run_ab_analysis',
-           'register_cli']
+           'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for', 'champion_to_retrain', 'retraining_parts',
+           'challenger_candidates', 'gate_challenger', 'start_ab_test', 'train_outputs', 'run_retraining',
+           'run_ab_analysis', 'register_cli']
+
+# %% ../nbs/07_retraining.ipynb #e8a2fa92
+PARAMS = StageParams('07', [
+    Param('charter', '', 'path to a charter YAML; empty: the one stage 01 recorded (else the bundled Adult charter)'),
+    Param('workspace', '', 'workspace folder; empty: $MLCYCLE_WORKSPACE or ./mlcycle-workspace'),
+    Param('phase', 'all', 'train (build and deploy a challenger) | analyze (A/B analysis and decision) | all (both)'),
+    Param('new_data', 'feedback', 'feedback (labelled rows of the prediction log), a CSV/Parquet path, or a SQLAlchemy URL'),
+    Param('new_query', '', 'with a SQLAlchemy URL in new_data: the table or SELECT to read'),
+    Param('strategy', 'full', 'full (all history) | window (the most recent rows or days) | weighted (recency-weighted)'),
+    Param('window_rows', 0, 'strategy window: keep the most recent N rows (0: use window_days)'),
+    Param('window_days', 0.0, 'strategy window: keep rows from the last D days (when window_rows is 0)'),
+    Param('half_life', 0.0, 'strategy weighted: weight halves every this many rows back (0: the number of new rows)'),
+    Param('trigger', 'manual', 'manual | drift | schedule: why this run happens (recorded)'),
+    Param('search_iterations', 0, "0: refit the champion's own configuration; N: stage 03's randomized search with N configurations"),
+    Param('test_share', 0.3, 'share of the newest labelled rows held out for the gate (the rest may be trained on)'),
+    Param('ab_share', 0.5, 'share of live traffic routed to the challenger during the A/B test'),
+    Param('shadow', False, 'shadow mode: the challenger scores every request, the champion answers (no user sees it)'),
+    Param('min_ab_samples', 0, 'labelled rows per arm before the A/B test is analyzed; 0: the computed sample size'),
+    Param('ab_method', 'fixed', "fixed (one look at the planned sample size) | sequential (O'Brien-Fleming alpha spending)"),
+    Param('max_looks', 5, 'sequential: planned number of looks'),
+    Param('auto_promote', False, 'act on the decision (promote / end the test / roll back); false: record a recommendation for a person'),
+    Param('server_url', '', 'a running server to reload after alias moves (needs $MLCYCLE_ADMIN_TOKEN)'),
+    Param('demo_rows', 4000, "phase all, no server_url, the workspace's own SQLite log: replay demo traffic locally (0: never)"),
+    Param('demo_scenario', 'new_category', 'drift scenario of that demo traffic'),
+])
 
 # %% ../nbs/07_retraining.ipynb #1608f441
 def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'feedback', new_query: str = '',
@@ -324,6 +351,82 @@ def decision_for(analysis: dict, promote_if_noninferior: bool = True) -> str:
     if r == 'non_inferior' and not promote_if_noninferior: return 'keep'
     return DECISIONS[r]
 
+# %% ../nbs/07_retraining.ipynb #6fc99555
+def champion_to_retrain(ws: Workspace, c: Charter) -> str:
+    "The @champion's version, when retraining may start: a champion exists and no A/B test is open."
+    al = _aliases(ws)
+    if 'champion' not in al: raise MlcycleError(f'{c.name!r} has no @champion: retraining replaces a deployed model; run stages 03-05 first')
+    if 'challenger' in al:
+        raise MlcycleError(f"v{al['challenger']} is @challenger: its test is still open. Decide it first (`mlcycle retrain -p phase analyze`, "
+                           "with `-p auto_promote true` to act), or end it (mlcycle.deploy.end_challenger), then retrain")
+    return al['champion']
+
+def retraining_parts(ws: Workspace, c: Charter, contract: dict, new: pd.DataFrame, test_share: float = 0.3, strategy: str = 'full',
+                     window_rows: int = 0, window_days: float = 0.0, half_life: float = 0.0) -> dict:
+    """The splits a retraining trains and gates on: the newest labelled rows held out for the gate (else stage 02's test split),
+    the rest assembled with the history per `strategy`."""
+    trainable, holdout = recent_holdout(new, c, test_share, seed=c.development.seed)
+    if holdout is None:
+        fps02 = {k: v['fingerprint'] for k, v in ws.manifest('02_data')['outputs']['splits'].items()}
+        holdout = ws.load_snapshot(fps02['test']).assign(_ts=0.0)
+        test_source, holdout_is_new = 'the stage-02 test split (too few new rows to hold out)', False
+    else: test_source, holdout_is_new = f'{len(holdout)} of the new rows (stratified, held out, never trained on)', True
+    assembled, info = assemble_training_set(history_frame(ws, c), trainable, c, contract, strategy, window_rows, window_days, half_life,
+                                            seed=c.development.seed)
+    return {'parts': split_for_retraining(assembled, c, holdout, seed=c.development.seed), 'assembled': assembled, 'info': info,
+            'test_source': test_source, 'holdout_is_new': holdout_is_new}
+
+def challenger_candidates(c: Charter, contract: dict, parts: dict, champion_model, family: str, search_iterations: int = 0,
+                          n_jobs: int = 2, log=print) -> list:
+    "Stage 03's randomized search (`search_iterations` > 0), else the champion's own configuration refitted; each evaluated on validation."
+    from mlcycle.train import evaluate_candidate, train_candidates
+    if search_iterations and search_iterations > 0:
+        return train_candidates(c, contract, parts['train'], parts['validation'], search_iterations=int(search_iterations),
+                                eg_estimator=None, n_jobs=n_jobs, log=log)
+    cands = refit_candidates(champion_model, c, contract, parts['train'], family, seed=c.development.seed, n_jobs=n_jobs)
+    for cand in cands: evaluate_candidate(cand, c, contract, parts['validation'], parts['train'])
+    return cands
+
+def gate_challenger(ws: Workspace, c: Charter, version: str, data: dict, contract: dict, stage_run, log=print) -> dict:
+    "Stage 04's gate on the registered challenger, against the held-out rows; the overfit check on the recent rows it was fitted on."
+    from mlcycle.validate import validate_version
+    parts = data['parts']
+    log(f"registered v{version}; gating it on {data['test_source']}")
+    fit_rows = parts['train_recent'] if data['holdout_is_new'] and len(parts['train_recent']) >= 200 else parts['train']
+    return validate_version(ws, c, version, test_df=parts['test'], train_df=fit_rows, validation_df=parts['validation'],
+                            contract=contract, stage_run=stage_run, log=log)
+
+def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_version: str, champion_model, gate: dict, test_df: pd.DataFrame,
+                  contract: dict, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'fixed', max_looks: int = 5,
+                  min_ab_samples: int = 0, why: str = '') -> dict:
+    "Fix the A/B design from both models' accuracy on the gate's rows, make the version @challenger, and record the design."
+    from mlcycle.data import feature_frame
+    from mlcycle.deploy import promote
+    Xt, yt = feature_frame(test_df, contract), binary_target(c, test_df[c.data.target])
+    right_c = champion_model.predict(Xt) == yt
+    right_n = np.asarray(gate['pred']) == yt
+    design = ab_design(c, float(right_c.mean()), ab_share, shadow, float((right_c != right_n).mean()),
+                       method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
+    promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
+            reason=f'{why}; gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows')
+    design.update(start_ts=time.time(), champion_version=champion_version, challenger_version=version, looks=[])
+    stage_run.write_json(f'ab/{c.name}-v{version}.json', design)
+    stage_run.record('ab_design', **{k: v for k, v in design.items() if k != 'looks'})
+    return design
+
+def train_outputs(run_id: str, trigger: str, strategy: str, new_rows: int, data: dict, fps: dict, champion_version: str, sel,
+                  version, gate, design, seconds: float) -> dict:
+    "The train phase's manifest outputs."
+    return dict(mlflow_run_id=run_id, phase='train', trigger=trigger, strategy=strategy, new_rows=new_rows, data=data['info'],
+                fingerprints=fps, test_source=data['test_source'], champion_version=champion_version, candidates=sel.table.to_dict('records'),
+                selected=sel.chosen.name if sel.chosen else None, selection=sel.message, model_version=version,
+                validation_status=gate['status'] if gate else ('not registered' if version is None else 'pending'),
+                gate_summary=gate['summary'] if gate else sel.message, challenger_version=version if design else None, ab_design=design,
+                decision='continue' if design else 'keep',
+                recommendation=(f"A/B test running: analyze after {design['champion']} + {design['challenger']} labelled rows"
+                                if design else 'keep the champion: no challenger passed the gate'),
+                seconds=round(seconds, 1))
+
 # %% ../nbs/07_retraining.ipynb #f3443d94
 def _client(ws, c):
     import mlflow
@@ -354,96 +457,55 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
     "Phase train: new data → training set → stage 03 training → stage 04 gate → `@challenger` with a fixed A/B design."
     import mlflow
     from mlcycle.data import feature_frame
-    from mlcycle.train import evaluate_candidate, load_model_version, model_version_info, register_model, select_model, train_candidates
-    from mlcycle.validate import validate_version
-    from mlcycle.deploy import promote
+    from mlcycle.train import load_model_version, model_version_info, register_model, select_model
     t_start = time.perf_counter()
     if trigger not in ('manual', 'drift', 'schedule'): raise MlcycleError(f"trigger must be manual, drift or schedule, not {trigger!r}")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     c = workspace_charter(ws, charter)
     contract = read_json(ws.root/'data'/'contract.json')
-    al = _aliases(ws)
-    if 'champion' not in al: raise MlcycleError(f'{c.name!r} has no @champion: retraining replaces a deployed model; run stages 03-05 first')
-    if 'challenger' in al:
-        raise MlcycleError(f"v{al['challenger']} is @challenger: its test is still open. Decide it first (`mlcycle retrain -p phase analyze`, "
-                           "with `-p auto_promote true` to act), or end it (mlcycle.deploy.end_challenger), then retrain")
-    champion_v = al['champion']
+    champion_v = champion_to_retrain(ws, c)
     new = load_new_data(ws, c, contract, new_data, new_query, log_url)          # ContractError here: nothing written, champion untouched
     log(f'new data: {len(new)} labelled rows from {new_data}')
-    trainable, holdout = recent_holdout(new, c, test_share, seed=c.development.seed)
-    if holdout is None:
-        fps02 = {k: v['fingerprint'] for k, v in ws.manifest('02_data')['outputs']['splits'].items()}
-        holdout = ws.load_snapshot(fps02['test']).assign(_ts=0.0)
-        test_source, holdout_is_new = 'the stage-02 test split (too few new rows to hold out)', False
-    else: test_source, holdout_is_new = f'{len(holdout)} of the new rows (stratified, held out, never trained on)', True
-    assembled, info = assemble_training_set(history_frame(ws, c), trainable, c, contract, strategy, window_rows, window_days, half_life,
-                                            seed=c.development.seed)
-    parts = split_for_retraining(assembled, c, holdout, seed=c.development.seed)
+    data = retraining_parts(ws, c, contract, new, test_share, strategy, window_rows, window_days, half_life)
+    parts, source = data['parts'], str(new_data).split('@')[-1]
     champ_model = load_model_version(ws, c, champion_v)
-    champ_info = model_version_info(ws, c, champion_v)
-    family = _champion_family(champ_info, champ_model)
+    family = _champion_family(model_version_info(ws, c, champion_v), champ_model)
     setup_mlflow(ws, c.name)
-    cl = mlflow.MlflowClient()
-    with ws.stage('07_retraining', charter_hash=c.hash, phase='train', trigger=trigger, new_data=str(new_data).split('@')[-1], strategy=strategy,
+    with ws.stage('07_retraining', charter_hash=c.hash, phase='train', trigger=trigger, new_data=source, strategy=strategy,
                   champion=champion_v, search_iterations=search_iterations) as st:
-        st.record('retraining_started', trigger=trigger, strategy=strategy, new_data=str(new_data).split('@')[-1], champion=champion_v)
+        st.record('retraining_started', trigger=trigger, strategy=strategy, new_data=source, champion=champion_v)
         fps = {role: st.snapshot(df, f'retrain_{role}') for role, df in parts.items() if role != 'train_recent'}
-        st.record('retraining_data', fingerprints=fps, **info, test_source=test_source)
+        st.record('retraining_data', fingerprints=fps, **data['info'], test_source=data['test_source'])
         with mlflow.start_run(run_name='07_retraining', tags={'mlcycle.stage': '07_retraining', 'mlcycle.charter_hash': c.hash, 'trigger': trigger,
                                                               'strategy': strategy, 'champion_version': champion_v}) as run:
-            for role, df in ((r, parts[r]) for r in ('train', 'validation', 'test')):
-                mlflow.log_input(mlflow.data.from_pandas(df, name=f'{c.name}-retrain-{role}', targets=c.data.target, digest=fps[role]),
+            for role in ('train', 'validation', 'test'):
+                mlflow.log_input(mlflow.data.from_pandas(parts[role], name=f'{c.name}-retrain-{role}', targets=c.data.target, digest=fps[role]),
                                  context=role, tags={'fingerprint': fps[role]})
             mlflow.log_params({'trigger': trigger, 'strategy': strategy, 'new_rows': len(new), 'search_iterations': search_iterations,
                                'ab_share': ab_share, 'shadow': shadow, 'ab_method': ab_method})
-            mlflow.log_metrics({k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            if search_iterations and search_iterations > 0:
-                cands = train_candidates(c, contract, parts['train'], parts['validation'], search_iterations=int(search_iterations),
-                                         eg_estimator=None, n_jobs=n_jobs, log=log)
-            else:
-                cands = refit_candidates(champ_model, c, contract, parts['train'], family, seed=c.development.seed, n_jobs=n_jobs)
-                for cand in cands: evaluate_candidate(cand, c, contract, parts['validation'], parts['train'])
+            mlflow.log_metrics({k: float(v) for k, v in data['info'].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            cands = challenger_candidates(c, contract, parts, champ_model, family, search_iterations, n_jobs, log)
             sel = select_model(cands, c)
             log(sel.message)
             mlflow.log_text(sel.table.to_csv(index=False), 'candidates.csv')
-            version, gate, design = None, None, None
-            if sel.chosen is not None:
-                version = register_model(ws, c, sel.chosen.model, feature_frame(parts['validation'], contract), fps, sel.chosen.family,
-                                         tags={'mitigation': sel.chosen.mitigation or 'none', 'candidate': sel.chosen.name, 'trigger': trigger,
-                                               'retrained_from': champion_v, 'strategy': strategy, 'stage_run': st.manifest['run_id']})
-        if version is not None:          # stage 04's gate logs its own MLflow run
-            log(f'registered v{version}; gating it on {test_source}')
-            fit_rows = parts['train_recent'] if holdout_is_new and len(parts['train_recent']) >= 200 else parts['train']
-            gate = validate_version(ws, c, version, test_df=parts['test'], train_df=fit_rows, validation_df=parts['validation'],
-                                    contract=contract, stage_run=st, log=log)
-            if gate['status'] == 'passed':
-                Xt, yt = feature_frame(parts['test'], contract), binary_target(c, parts['test'][c.data.target])
-                right_c = champ_model.predict(Xt) == yt
-                right_n = np.asarray(gate['pred']) == yt
-                design = ab_design(c, float(right_c.mean()), ab_share, shadow, float((right_c != right_n).mean()),
-                                   method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
-                promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
-                        reason=f'retrained ({trigger}, {strategy}); gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows')
-                design.update(start_ts=time.time(), champion_version=champion_v, challenger_version=version, looks=[])
-                st.write_json(f'ab/{c.name}-v{version}.json', design)
-                st.record('ab_design', **{k: v for k, v in design.items() if k != 'looks'})
+            version = None if sel.chosen is None else register_model(
+                ws, c, sel.chosen.model, feature_frame(parts['validation'], contract), fps, sel.chosen.family,
+                tags={'mitigation': sel.chosen.mitigation or 'none', 'candidate': sel.chosen.name, 'trigger': trigger,
+                      'retrained_from': champion_v, 'strategy': strategy, 'stage_run': st.manifest['run_id']})
+        gate = None if version is None else gate_challenger(ws, c, version, data, contract, st, log)   # stage 04 logs its own MLflow run
+        design = None if not gate or gate['status'] != 'passed' else start_ab_test(
+            ws, c, st, version, champion_v, champ_model, gate, parts['test'], contract, ab_share=ab_share, shadow=shadow, ab_method=ab_method,
+            max_looks=max_looks, min_ab_samples=min_ab_samples, why=f'retrained ({trigger}, {strategy})')
         with mlflow.start_run(run_id=run.info.run_id):
             if design:
                 mlflow.log_dict(design, 'ab_design.json')
                 mlflow.set_tags({'challenger_version': version, 'ab_needed_per_arm': f"{design['champion']}/{design['challenger']}"})
             mlflow.set_tags({'model_version': version or 'none', 'validation_status': gate['status'] if gate else 'not gated'})
             mlflow.log_metric('stage_seconds', time.perf_counter() - t_start)
-        st.manifest['outputs'].update(
-            mlflow_run_id=run.info.run_id, phase='train', trigger=trigger, strategy=strategy, new_rows=len(new), data=info,
-            fingerprints=fps, test_source=test_source, champion_version=champion_v, candidates=sel.table.to_dict('records'),
-            selected=sel.chosen.name if sel.chosen else None, selection=sel.message, model_version=version,
-            validation_status=gate['status'] if gate else ('not registered' if version is None else 'pending'),
-            gate_summary=gate['summary'] if gate else sel.message, challenger_version=version if design else None, ab_design=design,
-            decision='continue' if design else 'keep', recommendation=('A/B test running: analyze after ' f"{design['champion']} + {design['challenger']} labelled rows"
-                                                                         if design else 'keep the champion: no challenger passed the gate'),
-            seconds=round(time.perf_counter() - t_start, 1))
+        st.manifest['outputs'].update(train_outputs(run.info.run_id, trigger, strategy, len(new), data, fps, champion_v, sel, version, gate, design,
+                                                    time.perf_counter() - t_start))
     if design: _reload(server_url, log)
-    return dict(charter=c, workspace=ws, new=new, assembled=assembled, info=info, parts=parts, fingerprints=fps, candidates=cands,
+    return dict(charter=c, workspace=ws, new=new, assembled=data['assembled'], info=data['info'], parts=parts, fingerprints=fps, candidates=cands,
                 selection=sel, model_version=version, gate=gate, design=design, mlflow_run_id=run.info.run_id)
 
 def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, server_url: str = '', promote_if_noninferior: bool = True,
@@ -526,12 +588,11 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
 
 # %% ../nbs/07_retraining.ipynb #ef39f05c
 def _retrain_cmd(a):
-    from mlcycle.cli import _value, execute_stage, new_run_id
     import mlflow
-    params = {n: _value(v) for n, v in (a.param or [])}
+    params = stage_args(a, PARAMS)
     out = Path(a.reports).resolve()/f"retrain-{new_run_id().removeprefix('run-')}"
     ws = Workspace(a.workspace)
-    rec = execute_stage('07', out, a.charter, a.workspace, params)      # a failure raises, naming its report in reports/
+    rec = execute_stage('07', out, charter=a.charter, workspace=a.workspace, params=params)      # a failure raises, naming its report in reports/
     m = ws.manifest('07_retraining')
     try:
         c = workspace_charter(ws)
@@ -548,11 +609,7 @@ def register_cli(subparsers):
     "Add `mlcycle retrain` to an argparse subparsers object."
     p = subparsers.add_parser('retrain', help='run the retraining stage (07): new data → challenger → A/B test → decision',
                               description='Execute the retraining notebook with papermill (report in REPORTS/retrain-<time>/, logged to MLflow). '
-                                          'Parameters: phase, new_data, new_query, strategy, window_rows, window_days, half_life, trigger, '
-                                          'search_iterations, test_share, ab_share, shadow, min_ab_samples, ab_method, max_looks, auto_promote, server_url.')
-    p.add_argument('--workspace', '-w', default=None, help='workspace folder (default: $MLCYCLE_WORKSPACE or ./mlcycle-workspace)')
-    p.add_argument('--charter', '-c', default=None, help='charter YAML (default: the one stage 01 recorded)')
-    p.add_argument('--reports', '-r', default='reports', help='reports folder (default: ./reports)')
-    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a notebook parameter (repeatable)')
+                                          'Parameters (-p NAME VALUE): ' + ', '.join(n for n in PARAMS.names if n not in ('charter', 'workspace')) + '.')
+    add_common_args(p, PARAMS)
     p.set_defaults(func=_retrain_cmd)
     return p
