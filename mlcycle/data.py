@@ -17,8 +17,8 @@ from .charter import Charter, binary_target, check_charter_against_data, load_ch
 # %% auto #0
 __all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'load_source', 'load_data', 'prepare_adult', 'adult', 'feature_columns',
            'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch',
-           'violations_frame', 'outlier_counts', 'single_feature_auc', 'quality_report', 'check_requirements',
-           'plot_quality', 'build_preprocessor', 'split_data', 'run_data_stage']
+           'violations_frame', 'outlier_counts', 'single_feature_auc', 'column_role', 'quality_report',
+           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -227,10 +227,19 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     t['leakage_suspect'] = t.auc_alone >= LEAKAGE_AUC
     return t
 
+def column_role(c: Charter, col: str) -> str:
+    "What the charter makes of column `col`: target, id, time, dropped, or feature (a model input)."
+    d = c.data
+    if col == d.target: return 'target'
+    if col == d.id_column: return 'id'
+    if col == d.time_column: return 'time'
+    return 'dropped' if col in d.drop_columns else 'feature'
+
 def quality_report(df: pd.DataFrame, c: Charter, contract: dict) -> dict:
-    "Missing values, duplicates, outliers and leakage for `df`, plus the charter requirement checks."
+    "Missing values, duplicates, outliers and leakage for `df`; missing rates are gated only on the model's features."
     miss = df.isna().mean().rename('missing_rate').to_frame()
-    miss['missing'] = df.isna().sum(); miss['over_limit'] = miss.missing_rate > c.data.requirements.max_missing_rate
+    miss['missing'] = df.isna().sum(); miss['role'] = [column_role(c, col) for col in miss.index]
+    miss['over_limit'] = (miss.missing_rate > c.data.requirements.max_missing_rate) & (miss.role == 'feature')
     return {'rows': len(df), 'columns': len(df.columns), 'missing': miss.reset_index(names='column'),
             'duplicates': int(df.duplicated().sum()), 'outliers': outlier_counts(df, contract),
             'leakage': single_feature_auc(df, c, contract)}
@@ -241,6 +250,8 @@ def check_requirements(c: Charter, df: pd.DataFrame, quality: dict) -> list[str]
     if len(df) < req.min_rows: errs.append(f'data.requirements.min_rows: {len(df)} rows, the charter needs at least {req.min_rows}; add data or lower min_rows')
     over = quality['missing'][quality['missing'].over_limit]
     for r in over.itertuples():
+        if r.missing_rate == 1:
+            errs.append(f'data.drop_columns: column {r.column!r} is empty in every row; add it to data.drop_columns or fix the source'); continue
         errs.append(f'data.requirements.max_missing_rate: column {r.column!r} is {r.missing_rate:.1%} missing, above {req.max_missing_rate:.0%}; '
                     'fix the source, drop the column (data.drop_columns) or raise the limit')
     leak = quality['leakage'][quality['leakage'].leakage_suspect]
