@@ -20,9 +20,9 @@ from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, read_json,
 __all__ = ['METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'CANDIDATES', 'EXAMPLES', 'BUNDLED_CHARTER', 'Source',
            'Requirements', 'DataSpec', 'Objective', 'Risk', 'Retention', 'Development', 'ValidationSpec', 'Charter',
            'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
-           'binary_target', 'objective_value', 'evaluate_objectives', 'label_balance', 'group_sizes',
-           'fit_learning_curve', 'feasibility_verdict', 'quick_model_scores', 'feasibility_analysis',
-           'plot_feasibility', 'workspace_charter', 'run_problem_definition']
+           'binary_target', 'judged_groups', 'judged_rows', 'too_small_note', 'objective_value', 'evaluate_objectives',
+           'label_balance', 'group_sizes', 'fit_learning_curve', 'feasibility_verdict', 'quick_model_scores',
+           'feasibility_analysis', 'plot_feasibility', 'workspace_charter', 'run_problem_definition']
 
 # %% ../nbs/01_problem_definition.ipynb #f54a5c74
 METRICS = {
@@ -299,8 +299,30 @@ def binary_target(c: Charter, y: pd.Series) -> np.ndarray:
     return (y.astype(str) == str(c.data.positive_label)).to_numpy(dtype=int)
 
 # %% ../nbs/01_problem_definition.ipynb #bd7d7bfd
-def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, latencies_ms=None) -> float:
-    "Value of one charter metric. `proba`: P(positive); `pred`: 0/1 decisions (default `proba >= 0.5`)."
+def judged_groups(groups, min_group_size: int) -> pd.DataFrame:
+    """Rows per sensitive group among the evaluated rows, with `judged` True for groups of at least `min_group_size`.
+    The one rule of every stage: a group too small to judge is reported and flagged, and left out of the gated value."""
+    vc = pd.Series(np.asarray(groups, dtype=object)).astype(str).value_counts()
+    t = pd.DataFrame({'group': vc.index.astype(str), 'rows': vc.to_numpy(dtype=int)}).sort_values('group', ignore_index=True)
+    t['judged'] = t.rows >= min_group_size
+    return t
+
+def judged_rows(groups, min_group_size: int) -> np.ndarray:
+    "Boolean mask of the rows whose group is judged (`judged_groups`): the rows a gated fairness value is computed on."
+    t = judged_groups(groups, min_group_size)
+    return pd.Series(np.asarray(groups, dtype=object)).astype(str).isin(t.group[t.judged]).to_numpy()
+
+def too_small_note(groups, min_group_size: int) -> str:
+    "'' when every group is judged, else which groups were left out and why (for reports)."
+    t = judged_groups(groups, min_group_size)
+    small = t[~t.judged]
+    if small.empty: return ''
+    return (f"{len(small)} group(s) under min_group_size {min_group_size} in the evaluated rows, reported but not gated: "
+            + ', '.join(f'{r.group} ({r.rows})' for r in small.itertuples()))
+
+def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, latencies_ms=None, min_group_size: int = 1) -> float:
+    """Value of one charter metric. `proba`: P(positive); `pred`: 0/1 decisions (default `proba >= 0.5`).
+    Fairness metrics are computed over the judged groups only (`judged_rows`); NaN when fewer than two are judged."""
     from sklearn import metrics as skm
     y_true = np.asarray(y_true)
     if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)
@@ -308,8 +330,10 @@ def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, 
         return float(np.percentile(latencies_ms, 95)) if latencies_ms is not None and len(latencies_ms) else float('nan')
     if metric in FAIRNESS_METRICS:
         import fairlearn.metrics as flm
-        fn = getattr(flm, metric)
-        return float(fn(y_true, pred, sensitive_features=sensitive))
+        sensitive = np.asarray(sensitive, dtype=object).astype(str)
+        keep = judged_rows(sensitive, min_group_size)
+        if len(np.unique(sensitive[keep])) < 2: return float('nan')
+        return float(getattr(flm, metric)(y_true[keep], np.asarray(pred)[keep], sensitive_features=sensitive[keep]))
     if len(np.unique(y_true)) < 2 and metric in ('roc_auc',): return float('nan')
     if metric == 'roc_auc': return float(skm.roc_auc_score(y_true, proba))
     if metric == 'log_loss': return float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1]))
@@ -321,16 +345,19 @@ def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, 
     return float(fn(y_true, pred))
 
 def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.DataFrame | None = None,
-                        latencies_ms=None) -> pd.DataFrame:
-    "One row per charter objective: value, threshold, passed. `frame` supplies the sensitive columns."
+                        latencies_ms=None, min_group_size: int | None = None) -> pd.DataFrame:
+    """One row per charter objective: value, threshold, passed. `frame` supplies the sensitive columns; fairness is judged
+    on groups of at least `min_group_size` rows (default: the charter's `data.requirements.min_group_size`), the others noted."""
+    n_min = c.data.requirements.min_group_size if min_group_size is None else min_group_size
     rows = []
     for o in c.objectives:
         sens = frame[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None
         if o.family == 'operational' and latencies_ms is None: v = float('nan')
-        else: v = objective_value(o.metric, y_true, proba, pred, sens, latencies_ms)
+        else: v = objective_value(o.metric, y_true, proba, pred, sens, latencies_ms, n_min)
         rows.append({'objective': o.describe(), 'metric': o.metric, 'sensitive_feature': o.sensitive_feature,
                      'value': v, 'threshold': o.threshold, 'direction': 'min' if o.min is not None else 'max',
-                     'primary': o.primary, 'passed': o.met(v), 'measured': not (isinstance(v, float) and math.isnan(v))})
+                     'primary': o.primary, 'passed': o.met(v), 'measured': not (isinstance(v, float) and math.isnan(v)),
+                     'note': too_small_note(sens, n_min) if sens is not None else ''})
     return pd.DataFrame(rows)
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8

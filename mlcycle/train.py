@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 import mlcycle
 from .core import MlcycleError, Workspace, read_json, setup_mlflow, to_json
-from .charter import Charter, binary_target, evaluate_objectives, load_charter, objective_value, workspace_charter
+from .charter import Charter, binary_target, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 
 # %% auto #0
@@ -351,8 +351,10 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
     cand.latencies_ms, load = tim.cpu_ms.tolist(), machine_load()
     cand.objectives = evaluate_objectives(c, y, proba, pred, frame=validation_df, latencies_ms=cand.latencies_ms)
     m = {k: objective_value(k, y, proba, pred) for k in ('roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier')}
-    for o in c.objectives_of('fairness'):
-        m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, validation_df[o.sensitive_feature].astype(str).to_numpy())
+    for o in c.objectives_of('fairness'):   # judged groups only (charter.judged_rows), as every stage gates fairness
+        g = validation_df[o.sensitive_feature].astype(str).to_numpy()
+        m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, g, min_group_size=c.data.requirements.min_group_size)
+        m[f'groups_judged[{o.sensitive_feature}]'] = int(judged_groups(g, c.data.requirements.min_group_size).judged.sum())
     m['p95_latency_ms'] = float(np.percentile(cand.latencies_ms, 95)) if cand.latencies_ms else float('nan')
     m['p95_wall_ms'], m['load_average'] = float(tim.wall_ms.quantile(0.95)) if len(tim) else float('nan'), load['load_average']
     if train_df is not None:

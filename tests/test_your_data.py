@@ -53,3 +53,35 @@ def test_dropped_id_and_time_columns_are_reported_not_gated(tmp_path):
     c2 = load_charter(write_charter(tmp_path/'b', df.drop(columns=['employee_ref']), ATTRITION, AUC))
     errs = check_requirements(c2, df, quality_report(df, c2, infer_contract(df, c2)))
     assert any("'exit_interview'" in e and 'drop_columns' in e for e in errs), errs
+
+
+# --- 2. one judged-groups rule: groups under min_group_size are reported, flagged and not gated ------------------
+
+def test_stage03_gates_fairness_over_judged_groups_only(tmp_path):
+    "Six groups of EducationField, one of 27 rows in all (about 5 in validation): it is reported, not gated."
+    from fairlearn.metrics import demographic_parity_difference
+    from mlcycle.charter import judged_groups, load_charter
+    from mlcycle.data import infer_contract, split_data, feature_frame
+    from mlcycle.train import Candidate, candidate_pipeline, evaluate_candidate, objectives_from_metrics
+    from mlcycle.charter import binary_target
+    data = {**ATTRITION, 'sensitive_features': ['EducationField'], 'requirements': {'min_rows': 1000, 'min_group_size': 40}}
+    c = load_charter(write_charter(tmp_path, attrition(), data,
+                                   AUC + [{'metric': 'demographic_parity_difference', 'max': 0.2, 'sensitive_feature': 'EducationField'}]))
+    s = split_data(attrition(), c)
+    contract = infer_contract(s['train'], c)
+    model = candidate_pipeline('logistic_regression', contract).fit(feature_frame(s['train'], contract), binary_target(c, s['train'].Attrition))
+    cand = evaluate_candidate(Candidate('logistic_regression', 'logistic_regression', model), c, contract, s['validation'], latency_rows=5)
+    g = s['validation'].EducationField.astype(str)
+    jt = judged_groups(g, 40)
+    assert not jt.judged.all() and jt.judged.sum() >= 2, jt
+    keep = g.isin(jt.group[jt.judged]).to_numpy()
+    y, pred = binary_target(c, s['validation'].Attrition), model.predict(feature_frame(s['validation'], contract))
+    judged_only = demographic_parity_difference(y[keep], pred[keep], sensitive_features=g[keep])
+    assert cand.metrics['demographic_parity_difference[EducationField]'] == pytest.approx(judged_only)
+    assert judged_only != pytest.approx(demographic_parity_difference(y, pred, sensitive_features=g))   # all groups differ
+    assert cand.metrics['groups_judged[EducationField]'] == int(jt.judged.sum())
+    note = cand.objectives.set_index('metric').loc['demographic_parity_difference', 'note']
+    assert 'Human_Resources' in note and 'not gated' in note, note
+    # stage 03's selection table reads the same value
+    objs = objectives_from_metrics(c, cand.metrics).set_index('metric')
+    assert objs.loc['demographic_parity_difference', 'value'] == pytest.approx(judged_only)
