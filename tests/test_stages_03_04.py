@@ -164,7 +164,7 @@ def test_bias_numbers_are_fairlearns_own(adult_0104):
 @pytest.mark.slow
 def test_impossible_objective_stops_the_circle_with_a_readable_verdict(tmp_path):
     from mlcycle.core import ASSETS, Workspace
-    from mlcycle.charter import run_problem_definition
+    from mlcycle.feasibility import run_problem_definition
     from mlcycle.data import run_data_stage
     from mlcycle.train import run_model_development
     from mlcycle.validate import run_validation

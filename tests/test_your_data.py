@@ -85,3 +85,53 @@ def test_stage03_gates_fairness_over_judged_groups_only(tmp_path):
     # stage 03's selection table reads the same value
     objs = objectives_from_metrics(c, cand.metrics).set_index('metric')
     assert objs.loc['demographic_parity_difference', 'value'] == pytest.approx(judged_only)
+
+
+# --- 3. small data: repeated CV in stage 03, verifiability in stage 01 ------------------------------------------
+
+MARITAL = {**ATTRITION, 'sensitive_features': ['MaritalStatus']}
+DP_MARITAL = {'metric': 'demographic_parity_difference', 'max': 0.25, 'sensitive_feature': 'MaritalStatus'}
+
+
+def test_small_data_selection_uses_repeated_cv_and_prefers_a_margin(tmp_path):
+    from mlcycle.charter import load_charter
+    from mlcycle.data import infer_contract, split_data
+    from mlcycle.train import SMALL_DATA_ROWS, select_model, train_candidates
+    c = load_charter(write_charter(tmp_path, attrition(), MARITAL, AUC + [DP_MARITAL],
+                                   development={'candidates': ['logistic_regression'], 'search_iterations': 1, 'cv_folds': 3},
+                                   validation={'overfit_tolerance': 0.1}))   # 882 training rows: a train-test gap of 0.06 is expected
+    s = split_data(attrition(), c)
+    assert len(s['validation']) < SMALL_DATA_ROWS
+    cands = train_candidates(c, infer_contract(s['train'], c), s['train'], s['validation'], eg_estimator=None, n_jobs=1, latency_rows=5, log=lambda *_: None)
+    key = 'demographic_parity_difference[MaritalStatus]'
+    for cand in cands:
+        assert cand.metrics['cv_estimate_folds'] == 6 and cand.metrics[f'{key}_sd'] > 0 and cand.metrics['roc_auc_sd'] > 0
+    lr, to = cands[0], cands[1]
+    assert to.mitigation == 'threshold_optimizer' and to.metrics[key] < lr.metrics[key]
+    # a limit the unmitigated model meets on the mean but not by its margin: the mitigated one is preferred
+    m, sd = lr.metrics[key], lr.metrics[f'{key}_sd']
+    limit = m + sd / 2
+    assert to.metrics[key] + to.metrics[f'{key}_sd'] <= limit, (to.metrics[key], to.metrics[f'{key}_sd'], limit)
+    c2 = c.model_copy(update={'objectives': [c.objectives[0], c.objectives[1].model_copy(update={'max': round(limit, 6)})]})
+    sel = select_model(cands, c2)
+    t = sel.table.set_index('candidate')
+    assert t.loc[lr.name, 'meets_objectives'] and not t.loc[lr.name, 'meets_with_margin'] and t.loc[to.name, 'meets_with_margin']
+    assert sel.chosen is to and 'by their uncertainty margin' in sel.message and 'repeated CV' in sel.message, sel.message
+
+
+def test_feasibility_says_whether_the_test_split_can_verify_each_objective(tmp_path):
+    from mlcycle.charter import load_charter
+    from mlcycle.feasibility import feasibility_analysis
+    df = attrition()
+    tight = {**DP_MARITAL, 'max': 0.02}
+    c = load_charter(write_charter(tmp_path, df, MARITAL, AUC + [tight]))
+    fa = feasibility_analysis(c, df)
+    v = fa['verifiability'].set_index('objective')
+    assert list(v.test_rows.unique()) == [294]
+    auc, dp = v.loc['roc_auc ≥ 0.7'], v.loc['demographic_parity_difference[MaritalStatus] ≤ 0.02']
+    assert auc.verifiable and auc.half_width < auc.distance
+    # the quick model's gap is far above 0.02 or near it: either way the text gives half-width, distance and, if not verifiable, rows
+    assert dp.half_width > 0 and ('verifiable' in dp.text)
+    if not dp.verifiable:
+        assert dp.rows_needed > len(df) and any(dp.text in r for r in fa['risks'])
+    assert fa['baselines'].model.nunique() == 3
