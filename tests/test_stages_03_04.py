@@ -170,7 +170,7 @@ def test_impossible_objective_stops_the_circle_with_a_readable_verdict(tmp_path)
     from mlcycle.validate import run_validation
     import mlflow
     d = yaml.safe_load((ASSETS/'adult_charter.yaml').read_text())
-    d['data']['sources'][0]['path'] = str(ASSETS/'adult_train.csv.gz')
+    d['data']['sources'][0]['path'] = str(ASSETS/'adult_train.csv.gz'); d['production']['sources'][0]['path'] = str(ASSETS/'adult_test.csv.gz')
     d['objectives'][0]['min'] = 0.99
     d['development']['search_iterations'] = 2
     (tmp_path/'impossible.yaml').write_text(yaml.safe_dump(d))
