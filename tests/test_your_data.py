@@ -135,3 +135,22 @@ def test_feasibility_says_whether_the_test_split_can_verify_each_objective(tmp_p
     if not dp.verifiable:
         assert dp.rows_needed > len(df) and any(dp.text in r for r in fa['risks'])
     assert fa['baselines'].model.nunique() == 3
+
+
+# --- 5. mlcycle init: a commented starting charter from the data ---------------------------------------------
+
+def test_init_writes_a_commented_charter_that_loads(tmp_path, mlcycle):
+    from mlcycle.charter import load_charter
+    rdata('modeldata', 'mlc_churn').to_csv(tmp_path/'churn.csv', index=False)
+    r = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'churn', '--out', tmp_path/'proj'/'charter.yaml', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path/'proj'/'charter.yaml').read_text()
+    c = load_charter(tmp_path/'proj'/'charter.yaml')
+    assert c.data.target == 'churn' and c.data.positive_label == 'yes' and c.data.sources[0].path == '../churn.csv'
+    assert c.data.time_column is None and c.data.sensitive_features == []          # no name suggests a protected attribute
+    assert 'quick logistic regression, 3-fold CV: ROC AUC 0.' in text and 'verifiable' in text and 'TO CONFIRM' in text
+    assert 0.6 < c.primary.threshold < 0.9 and c.data.requirements.min_rows == 4000
+    again = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'churn', '--out', tmp_path/'proj'/'charter.yaml', cwd=tmp_path)
+    assert again.returncode == 1 and again.stderr.strip().count('\n') == 0 and '--force' in again.stderr
+    bad = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'total_day_minutes', '--out', tmp_path/'x.yaml', cwd=tmp_path)
+    assert bad.returncode == 1 and 'multiclass and regression are not supported yet' in bad.stderr and not (tmp_path/'x.yaml').exists()
