@@ -293,10 +293,13 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
     missing('data.time_column', c.data.time_column)
     if c.data.target in df.columns:
         values = df[c.data.target].dropna().unique().tolist()
-        if c.data.positive_label not in values and str(c.data.positive_label) not in map(str, values):
+        if len(values) < 2:
+            errs.append(f'  - data.target: {c.data.target!r} has {len(values)} class(es) ({", ".join(map(str, values[:1]))}); a model needs two: '
+                        'choose another target or add rows of the other class')
+        elif c.data.positive_label not in values and str(c.data.positive_label) not in map(str, values):
             errs.append(f'  - data.positive_label: {c.data.positive_label!r} does not occur in target {c.data.target!r}; '
                         f'its values are: {sorted(map(str, values))[:10]}')
-        if len(values) != 2:
+        if len(values) > 2:
             errs.append(f'  - data.target: a binary_classification target needs exactly 2 values, '
                         f'{c.data.target!r} has {len(values)}: {sorted(map(str, values))[:10]}; choose another target or fix the column')
     n_min = c.data.requirements.min_group_size

@@ -218,7 +218,7 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     rows = []
     for col in contract['features']:
         s = df[col]
-        if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if len(s) else 0)
+        if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
         else:
             key = s.astype(str).fillna('<missing>')
             score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
@@ -363,6 +363,7 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     prod_warnings = check_production(prod, contract)
     quality = quality_report(df, c, contract)
     errs = check_requirements(c, df, quality)
+    if len(errs) == 1: raise MlcycleError(f'the data does not meet the charter: {errs[0]}')
     if errs: raise MlcycleError('the data does not meet the charter:\n' + '\n'.join(f'  - {e}' for e in errs))
     exp = setup_mlflow(ws, c.name)
     with ws.stage('02_data', charter_hash=c.hash, sources=sources) as st:

@@ -154,3 +154,93 @@ def test_init_writes_a_commented_charter_that_loads(tmp_path, mlcycle):
     assert again.returncode == 1 and again.stderr.strip().count('\n') == 0 and '--force' in again.stderr
     bad = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'total_day_minutes', '--out', tmp_path/'x.yaml', cwd=tmp_path)
     assert bad.returncode == 1 and 'multiclass and regression are not supported yet' in bad.stderr and not (tmp_path/'x.yaml').exists()
+
+
+# --- 6. no Adult outside Adult; bad input in one line, the workspace unchanged ----------------------------------
+
+ADULT_NAMES = ['income', 'workclass', 'fnlwgt', 'education_num', 'marital_status', 'occupation', 'capital_gain', 'capital_loss',
+               'hours_per_week', 'native_country', '>50K', '<=50K', 'Gig-economy', 'adult(', 'adult_test', 'adult_train']
+
+
+def test_no_adult_names_outside_the_bundled_charter_its_loader_and_presets():
+    "Package code names no Adult column, label or file, except the cells of the bundled data's loader and the scenario presets."
+    import re
+    from conftest import ROOT
+    hits = []
+    for f in sorted((ROOT/'mlcycle').glob('*.py')):
+        if f.name == '_modidx.py': continue
+        cells = re.split(r'\n(?=# %% )', f.read_text())
+        for cell in cells:
+            if 'def prepare_adult' in cell or '# --- Adult presets' in cell: continue     # the loader and the presets
+            for line in cell.splitlines():
+                if line.startswith('BUNDLED_CHARTER ='): continue                       # where the bundled charter is
+                hits += [f'{f.name}: {name!r} in: {line.strip()[:120]}' for name in ADULT_NAMES if name.lower() in line.lower()]
+    assert not hits, '\n'.join(hits)
+
+
+def _one_line(e) -> str:
+    msg = str(e.value if hasattr(e, 'value') else e)
+    assert '\n' not in msg.strip(), msg
+    return msg
+
+
+def test_bad_input_one_line_naming_the_field_and_the_fix(tmp_path):
+    from mlcycle.charter import CharterError, check_charter_against_data, load_charter
+    from mlcycle.core import MlcycleError
+    from mlcycle.data import check_production, check_requirements, infer_contract, quality_report
+    df = attrition()
+    def charter(data=None, d=df, **kw):
+        return load_charter(write_charter(tmp_path/str(len(list(tmp_path.iterdir()))), d, {**ATTRITION, **(data or {})}, AUC, **kw))
+    cases = [   # (charter, data, the field, a word of the fix)
+        (charter({'sensitive_features': ['Sex']}), df, 'data.sensitive_features[0]', "'Sex' is not in the data"),
+        (charter(d=df.assign(Attrition='No')), df.assign(Attrition='No'), 'data.target', 'choose another target'),
+        (charter({'sensitive_features': ['Over18']}), df.assign(Over18='Y'), 'data.sensitive_features[0]', 'single group'),
+        (charter({'sensitive_features': ['JobRole'], 'requirements': {'min_group_size': 400}}), df, 'data.sensitive_features[0]', 'lower data.requirements.min_group_size'),
+        (charter({'time_column': 'hired'}), df.assign(hired=['2020-01-0%d' % (i % 9 + 1) for i in range(len(df) - 1)] + ['last spring']), 'data.time_column', "'last spring'"),
+    ]
+    for c, d, field, fix in cases:
+        with pytest.raises(CharterError) as e: check_charter_against_data(c, d)
+        msg = _one_line(e)
+        assert field in msg and fix in msg, msg
+    # an all-missing feature that is not dropped
+    empty = df.assign(notes=np.nan)
+    c = charter(d=empty)
+    errs = check_requirements(c, empty, quality_report(empty, c, infer_contract(empty, c)))
+    assert errs == ["data.drop_columns: column 'notes' is empty in every row; add it to data.drop_columns or fix the source"]
+    # production rows that do not match the contract
+    contract = infer_contract(df, c)
+    with pytest.raises(MlcycleError) as e: check_production(df.drop(columns=['MonthlyIncome']).head(30), contract)
+    msg = _one_line(e)
+    assert msg.startswith("production.sources: column 'MonthlyIncome' missing column") and 'add column' in msg
+    with pytest.raises(MlcycleError) as e: check_production(df.assign(Age='unknown').head(30), contract)
+    assert "'Age' wrong type" in _one_line(e)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def test_a_failed_stage_02_leaves_the_workspace_unchanged(tmp_path):
+    "Production rows that break the contract stop stage 02 in one line; the workspace is byte-identical afterwards."
+    from mlcycle.core import MlcycleError, Workspace
+    from mlcycle.data import run_data_stage
+    from mlcycle.feasibility import run_problem_definition
+    df = attrition()
+    df.drop(columns=['OverTime']).head(100).to_csv(tmp_path/'new_rows.csv', index=False)
+    p = write_charter(tmp_path, df, ATTRITION, AUC, production={'sources': [{'kind': 'csv', 'path': 'new_rows.csv'}]})
+    ws = Workspace(tmp_path/'ws')
+    run_problem_definition(p, ws)
+    before = _tree(ws.root)
+    with pytest.raises(MlcycleError) as e: run_data_stage(None, ws)
+    assert "production.sources: column 'OverTime' missing column" in _one_line(e)
+    assert _tree(ws.root) == before
+
+
+def test_cli_bad_charter_one_line(tmp_path, mlcycle):
+    df = attrition().assign(Over18='Y')
+    p = write_charter(tmp_path, df, {**ATTRITION, 'sensitive_features': ['Over18']}, AUC)
+    r = mlcycle('run', '--stages', '01', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', '--no-circle', cwd=tmp_path)
+    assert r.returncode == 1
+    err = [l for l in r.stderr.splitlines() if l.startswith('mlcycle: error')]
+    assert len(err) == 1 and 'data.sensitive_features[0]' in err[0] and 'single group' in err[0], r.stderr
+    assert not (tmp_path/'ws'/'stages'/'01_problem_definition.json').exists()
