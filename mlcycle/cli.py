@@ -298,7 +298,8 @@ def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
 def production_traffic(ctx: dict):
     "Hook: start the server and replay production traffic with the drift scenario and delayed labels."
     start_server(ctx)
-    _traffic(ctx, ctx.get('traffic_rows', 4000), 'production traffic', seed=1)
+    from mlcycle.simulate import distinct_rows
+    _traffic(ctx, distinct_rows(ctx['workspace'], ctx.get('traffic'), ctx.get('traffic_rows', 4000), ctx['echo']), 'production traffic', seed=1)
 
 def ab_traffic(ctx: dict):
     "Hook: if stage 07 put a challenger in an A/B test, send traffic until the designed sample size per arm is labelled."

@@ -15,7 +15,7 @@ from .core import MlcycleError
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'PRESET_COLUMNS', 'GENERIC', 'apply_scenario', 'parse_scenario', 'pick_column', 'default_scenario',
-           'production_data', 'simulate', 'register_cli']
+           'distinct_rows', 'production_data', 'simulate', 'register_cli']
 
 # %% ../nbs/05c_simulate.ipynb #f60e4381
 # --- Adult presets: the bundled charter's named scenarios (they name its columns); generic scenarios are below
@@ -169,6 +169,13 @@ def default_scenario(contract: dict) -> str:
     return 'gig_economy' if set(PRESET_COLUMNS['gig_economy']) <= set(contract['features']) else 'concept'
 
 # %% ../nbs/05c_simulate.ipynb #b073542c
+def distinct_rows(workspace, traffic, wanted: int, log=print) -> int:
+    """`wanted`, or fewer: the number of production rows there are. Rows replayed twice would reach retraining (stage 07)
+    as duplicates and inflate its validation, so the circle's production traffic sends each row at most once."""
+    n = len(production_data(workspace, traffic)['data'])
+    if n < wanted: log(f'[--] {n} production rows, fewer than the {wanted} asked for: each is sent once')
+    return min(wanted, n)
+
 def production_data(workspace=None, traffic=None) -> dict:
     """The rows the circle replays, with the charter's target, positive label and the data contract: the file `traffic`
     (CSV or Parquet, checked against the contract) when given, else the production rows stage 02 kept in the workspace

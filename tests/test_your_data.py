@@ -244,3 +244,43 @@ def test_cli_bad_charter_one_line(tmp_path, mlcycle):
     err = [l for l in r.stderr.splitlines() if l.startswith('mlcycle: error')]
     assert len(err) == 1 and 'data.sensitive_features[0]' in err[0] and 'single group' in err[0], r.stderr
     assert not (tmp_path/'ws'/'stages'/'01_problem_definition.json').exists()
+
+
+# --- 7. the full circle on real datasets that are not Adult ------------------------------------------------------
+
+CIRCLES = {   # charter under tests/charters, the R dataset it names, and how to write it
+    'attrition': (('modeldata', 'attrition'), 'attrition.csv'),               # 1,470 rows: small data
+    'arrests': (('carData', 'Arrests'), 'arrests.csv'),                       # a time column (year)
+    'health_insurance': (('AER', 'HealthInsurance'), 'health_insurance.csv'),  # two sensitive features, small ethnic groups
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(CIRCLES))
+def test_full_circle_on_your_data(name, tmp_path, mlcycle):
+    "`mlcycle run --charter X`: all nine stages, the server, production traffic, monitoring, the retraining decision, governance, retirement."
+    import json, shutil, time
+    from conftest import ROOT
+    (pkg, ds), csv = CIRCLES[name]
+    rdata(pkg, ds).to_csv(tmp_path/csv, index=False)
+    shutil.copy(ROOT/'tests'/'charters'/f'{name}.yaml', tmp_path/'charter.yaml')
+    t0 = time.perf_counter()
+    r = mlcycle('run', '--charter', tmp_path/'charter.yaml', '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', cwd=tmp_path, timeout=1500)
+    seconds = time.perf_counter() - t0
+    print(f'{name}: full circle in {seconds:.0f} s\n{r.stdout}')
+    assert r.returncode == 0, f'{r.stdout[-4000:]}\n{r.stderr[-3000:]}'
+    ws = tmp_path/'ws'
+    m = lambda s: json.loads((ws/'stages'/f'{s}.json').read_text())['outputs']
+    stages = ['01_problem_definition', '02_data', '03_model_development', '04_validation', '05_deployment', '06_monitoring',
+              '07_retraining', '08_governance']             # 09 writes a manifest only when it retires a version
+    assert all((ws/'stages'/f'{s}.json').exists() for s in stages)
+    assert m('04_validation')['validation_status'] == 'passed'
+    assert 'model server ready' in r.stdout and 'production traffic:' in r.stdout and ' 0 failed requests' in r.stdout
+    assert m('02_data')['production']['rows'] > 0
+    assert m('06_monitoring')['window']['rows'] > 0 and m('06_monitoring')['window']['labelled'] > 0
+    decision = m('07_retraining')['decision']
+    assert decision in ('promote', 'keep', 'rollback'), decision
+    if decision == 'promote':                     # the replaced version is retired
+        assert m('09_retirement')['retired'] and m('09_retirement')['model_version'] == m('07_retraining')['champion_version']
+    run = json.loads(next((tmp_path/'reports').glob('run-*/run.json')).read_text())
+    assert all(s['status'] == 'ok' for s in run['stages']) and len(run['stages']) == 10
