@@ -161,8 +161,8 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
 def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
     from mlcycle.simulate import simulate
     t0 = time.perf_counter()
-    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'gig_economy'), batch=ctx.get('traffic_batch', 20),
-                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed)
+    r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario'), batch=ctx.get('traffic_batch', 20),
+                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed, workspace=ctx['workspace'], traffic=ctx.get('traffic'))
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
                 f"{bad} failed requests ({time.perf_counter() - t0:.1f} s) · arms {r['arms']}")
@@ -173,7 +173,8 @@ def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
 def production_traffic(ctx: dict):
     "Hook: start the server and replay production traffic with the drift scenario and delayed labels."
     start_server(ctx)
-    _traffic(ctx, ctx.get('traffic_rows', 4000), 'production traffic', seed=1)
+    from mlcycle.simulate import distinct_rows
+    _traffic(ctx, distinct_rows(ctx['workspace'], ctx.get('traffic'), ctx.get('traffic_rows', 4000), ctx['echo']), 'production traffic', seed=1)
 
 def ab_traffic(ctx: dict):
     "Hook: if stage 07 put a challenger in an A/B test, send traffic until the designed sample size per arm is labelled."
@@ -208,12 +209,12 @@ CIRCLE_PARAMS = {   # the stage parameters of the full circle
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
-               'mlcycle.retrain', 'mlcycle.governance', 'mlcycle.retire', 'mlcycle.batch']
+               'mlcycle.retrain', 'mlcycle.governance', 'mlcycle.retire', 'mlcycle.batch', 'mlcycle.init']
 
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
-    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows}
+    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic}
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
 def _cmd_stage(a):
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(r, param=False)
     r.add_argument('--stages', '-s', default=None, help='stages to run, e.g. 01,02 or 1-4 (default: all)')
     r.add_argument('-p', '--param', nargs=3, action='append', metavar=('STAGE', 'NAME', 'VALUE'), help='a notebook parameter for one stage')
-    r.add_argument('--scenario', default='gig_economy', help='drift scenario of the simulated production traffic (see `mlcycle simulate --help`)')
+    r.add_argument('--scenario', default=None, help='drift scenario of the simulated production traffic (default: gig_economy on Adult, concept elsewhere; see `mlcycle simulate --help`)')
+    r.add_argument('--traffic', default=None, help="CSV or Parquet file of production rows to replay (default: the rows stage 02 kept: the charter's production section, or held-back rows)")
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
     r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "

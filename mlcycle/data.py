@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from .core import ASSETS, MlcycleError, Workspace, fingerprint_df
-from .charter import Charter, binary_target, check_charter_against_data, load_charter, workspace_charter
+from .charter import Charter, binary_target, check_charter_against_data, load_charter, time_values, workspace_charter
 
 # %% auto #0
 __all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'load_source', 'load_data', 'prepare_adult', 'adult', 'feature_columns',
            'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch',
-           'violations_frame', 'outlier_counts', 'single_feature_auc', 'quality_report', 'check_requirements',
-           'plot_quality', 'build_preprocessor', 'split_data', 'run_data_stage']
+           'violations_frame', 'outlier_counts', 'single_feature_auc', 'column_role', 'quality_report',
+           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production',
+           'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -217,7 +218,7 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     rows = []
     for col in contract['features']:
         s = df[col]
-        if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if len(s) else 0)
+        if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
         else:
             key = s.astype(str).fillna('<missing>')
             score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
@@ -227,10 +228,19 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     t['leakage_suspect'] = t.auc_alone >= LEAKAGE_AUC
     return t
 
+def column_role(c: Charter, col: str) -> str:
+    "What the charter makes of column `col`: target, id, time, dropped, or feature (a model input)."
+    d = c.data
+    if col == d.target: return 'target'
+    if col == d.id_column: return 'id'
+    if col == d.time_column: return 'time'
+    return 'dropped' if col in d.drop_columns else 'feature'
+
 def quality_report(df: pd.DataFrame, c: Charter, contract: dict) -> dict:
-    "Missing values, duplicates, outliers and leakage for `df`, plus the charter requirement checks."
+    "Missing values, duplicates, outliers and leakage for `df`; missing rates are gated only on the model's features."
     miss = df.isna().mean().rename('missing_rate').to_frame()
-    miss['missing'] = df.isna().sum(); miss['over_limit'] = miss.missing_rate > c.data.requirements.max_missing_rate
+    miss['missing'] = df.isna().sum(); miss['role'] = [column_role(c, col) for col in miss.index]
+    miss['over_limit'] = (miss.missing_rate > c.data.requirements.max_missing_rate) & (miss.role == 'feature')
     return {'rows': len(df), 'columns': len(df.columns), 'missing': miss.reset_index(names='column'),
             'duplicates': int(df.duplicated().sum()), 'outliers': outlier_counts(df, contract),
             'leakage': single_feature_auc(df, c, contract)}
@@ -241,6 +251,8 @@ def check_requirements(c: Charter, df: pd.DataFrame, quality: dict) -> list[str]
     if len(df) < req.min_rows: errs.append(f'data.requirements.min_rows: {len(df)} rows, the charter needs at least {req.min_rows}; add data or lower min_rows')
     over = quality['missing'][quality['missing'].over_limit]
     for r in over.itertuples():
+        if r.missing_rate == 1:
+            errs.append(f'data.drop_columns: column {r.column!r} is empty in every row; add it to data.drop_columns or fix the source'); continue
         errs.append(f'data.requirements.max_missing_rate: column {r.column!r} is {r.missing_rate:.1%} missing, above {req.max_missing_rate:.0%}; '
                     'fix the source, drop the column (data.drop_columns) or raise the limit')
     leak = quality['leakage'][quality['leakage'].leakage_suspect]
@@ -286,7 +298,7 @@ def split_data(df: pd.DataFrame, c: Charter, test_size: float = 0.2, validation_
         raise MlcycleError(f'test_size ({test_size}) and validation_size ({validation_size}) must be in (0, 1) and sum to less than 1')
     seed = c.development.seed if seed is None else seed
     if c.data.time_column:
-        d = df.sort_values(c.data.time_column, kind='stable')
+        d = df.iloc[np.argsort(time_values(df[c.data.time_column]).to_numpy(), kind='stable')]
         n = len(d); n_test, n_val = int(round(n * test_size)), int(round(n * validation_size))
         parts = {'train': d.iloc[:n - n_test - n_val], 'validation': d.iloc[n - n_test - n_val:n - n_test], 'test': d.iloc[n - n_test:]}
     else:
@@ -297,6 +309,40 @@ def split_data(df: pd.DataFrame, c: Charter, test_size: float = 0.2, validation_
         parts = {'train': train, 'validation': val, 'test': test}
     return {k: v.reset_index(drop=True) for k, v in parts.items()}
 
+# %% ../nbs/02_data.ipynb #7ddb3b9a
+def hold_back(df: pd.DataFrame, c: Charter, share: float | None = None, seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    "Split `df` into (rows to model, held-back production rows, the rule used): the latest `share` by time_column, else a seeded random share."
+    share = c.production.holdout_share if share is None else share
+    seed = c.development.seed if seed is None else seed
+    n = int(round(len(df) * share))
+    if c.data.time_column:
+        order = np.argsort(time_values(df[c.data.time_column]).to_numpy(), kind='stable')
+        held_idx, rule = order[len(df) - n:], f'the latest {n} rows by {c.data.time_column} ({share:.0%})'
+    else:
+        held_idx, rule = np.sort(np.random.default_rng(seed).permutation(len(df))[:n]), f'a random {share:.0%} ({n} rows, seed {seed})'
+    mask = np.zeros(len(df), bool); mask[held_idx] = True
+    return df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True), rule
+
+def check_production(prod: pd.DataFrame, contract: dict, where: str = 'production.sources') -> list[Violation]:
+    "Validate production rows against the contract; one line naming the first blocking column and its fix, else the warnings."
+    vs = validate_batch(prod, contract, raise_on_blocking=False)
+    bad = [v for v in vs if v.blocking]
+    if bad:
+        v = bad[0]
+        raise MlcycleError(f"{where}: column {v.column!r} {v.check.replace('_', ' ')}: expected {v.expected}, found {v.found}; {v.fix}"
+                           + (f' (and {len(bad) - 1} more blocking problem(s))' if len(bad) > 1 else ''))
+    return vs
+
+def production_rows(c: Charter, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    "(rows to model, production rows, a record of where the production rows came from) for charter `c` and its data `df`."
+    if c.production.sources:
+        frames = [load_source(s, c.base_dir) for s in c.production.sources]
+        prod = pd.concat(frames, ignore_index=True)
+        return df, prod, {'source': 'charter production.sources', 'rule': f'{len(frames)} source(s) named in the charter',
+                          'labelled': c.data.target in prod.columns}
+    rest, prod, rule = hold_back(df, c)
+    return rest, prod, {'source': 'held back by stage 02', 'rule': rule, 'labelled': True}
+
 # %% ../nbs/02_data.ipynb #5e3cf506
 def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validation_size: float = 0.2) -> dict:
     "Stage 02: load, check, split, contract, quality report; snapshots and manifest into the workspace."
@@ -304,21 +350,25 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     from mlcycle.core import setup_mlflow
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('01_problem_definition'):
-        from mlcycle.charter import run_problem_definition
+        from mlcycle.feasibility import run_problem_definition
         print('stage 01 has not run in this workspace: running it first')
         run_problem_definition(charter, ws)
     c = workspace_charter(ws, charter)
     df, sources = load_data(c)
     check_charter_against_data(c, df)
-    splits = split_data(df, c, test_size, validation_size)
+    modelled, prod, prod_rec = production_rows(c, df)
+    splits = split_data(modelled, c, test_size, validation_size)
     contract = infer_contract(splits['train'], c)
-    validate_batch(df, contract, require_target=True, what='the loaded data')
+    validate_batch(modelled, contract, require_target=True, what='the loaded data')
+    prod_warnings = check_production(prod, contract)
     quality = quality_report(df, c, contract)
     errs = check_requirements(c, df, quality)
+    if len(errs) == 1: raise MlcycleError(f'the data does not meet the charter: {errs[0]}')
     if errs: raise MlcycleError('the data does not meet the charter:\n' + '\n'.join(f'  - {e}' for e in errs))
     exp = setup_mlflow(ws, c.name)
     with ws.stage('02_data', charter_hash=c.hash, sources=sources) as st:
         fps = {role: st.snapshot(part, role) for role, part in splits.items()}
+        prod_rec.update(fingerprint=st.snapshot(prod, 'production'), rows=len(prod), warnings=[str(v) for v in prod_warnings])
         st.write_json('data/contract.json', contract)
         with mlflow.start_run(run_name='02_data', tags={'mlcycle.stage': '02_data', 'mlcycle.charter_hash': c.hash}) as run:
             for role, part in splits.items():
@@ -329,12 +379,12 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
                                 **{f'rows_{k}': len(v) for k, v in splits.items()}})
             mlflow.log_dict(contract, 'contract.json')
         st.manifest['outputs'].update(
-            mlflow_run_id=run.info.run_id, contract='data/contract.json', contract_features=contract['features'],
+            mlflow_run_id=run.info.run_id, contract='data/contract.json', contract_features=contract['features'], production=prod_rec,
             splits={k: {'fingerprint': fps[k], 'rows': len(v), 'positive_rate': float(binary_target(c, v[c.data.target]).mean())} for k, v in splits.items()},
             quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
                      'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
                      'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records')})
         st.record('data_accepted', rows=len(df), sources=[s['fingerprint'] for s in sources], splits=fps,
                   why='charter fits the data; requirements met; no leakage suspect')
-    return dict(charter=c, workspace=ws, data=df, splits=splits, contract=contract, quality=quality, fingerprints=fps,
+    return dict(charter=c, workspace=ws, data=df, splits=splits, production=prod, production_record=prod_rec, contract=contract, quality=quality, fingerprints=fps,
                 mlflow_run_id=run.info.run_id)

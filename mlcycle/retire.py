@@ -62,16 +62,18 @@ PARAMS = StageParams('09', [
 def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float], rows: int = 2000, arm: str = 'champion',
                             label_share: float = 0.8, seed: int = 0, shadow_version=None, name: str | None = None) -> int:
     """Write `rows` real predictions of `version` into the workspace's prediction log, time-stamped uniformly between
-    `days_ago[0]` and `days_ago[1]` days ago, with feedback for `label_share` of them (Adult test rows, the registered
+    `days_ago[0]` and `days_ago[1]` days ago, with feedback for `label_share` of them (the workspace's production rows, the registered
     model, the log's own writer). `shadow_version` also scores each row with another version as the shadow. Returns the row count."""
     import mlflow, uuid
-    from mlcycle.data import adult, feature_frame
+    from mlcycle.data import feature_frame
+    from mlcycle.simulate import production_data
     from mlcycle.serve import PredictionLog
     cl, name = _client(ws, name)
     c = workspace_charter(ws)
     contract = read_json(ws.root/'data'/'contract.json')
     rng = np.random.default_rng(seed)
-    df = adult('test').sample(rows, random_state=seed, replace=rows > 16281).reset_index(drop=True)
+    prod = production_data(ws)['data']
+    df = prod.sample(rows, random_state=seed, replace=rows > len(prod)).reset_index(drop=True)
     X = feature_frame(df, contract)
     m = mlflow.sklearn.load_model(f'models:/{name}/{version}')
     proba, pred = m.predict_proba(X)[:, 1], np.asarray(m.predict(X)).astype(int)

@@ -125,7 +125,7 @@ def assemble_training_set(history: pd.DataFrame, new: pd.DataFrame, c: Charter, 
     cols = list(contract['features']) + [c.data.target]
     new, dups_new = dedupe_new_rows(new, c)
     # the same record in history and new data: matched on every column both share, when that is more than the model's
-    # inputs (an id, or a column like fnlwgt): two people with equal features are not duplicates
+    # inputs (an id, or a column like a sampling weight): two people with equal features are not duplicates
     shared = [x for x in history.columns if x in new.columns and not x.startswith('_')]
     extra = [x for x in shared if x not in cols]
     dups_cross = 0

@@ -322,7 +322,7 @@ def _tables(meta):
         sa.Column('shadow_label', sa.Integer))
     fb = sa.Table('feedback', meta,
         sa.Column('request_id', sa.String(64), primary_key=True),
-        sa.Column('label', sa.Text, nullable=False),       # the target value as sent (e.g. '>50K')
+        sa.Column('label', sa.Text, nullable=False),       # the target value as sent (e.g. 'yes')
         sa.Column('y', sa.Integer, nullable=False),        # 1 when it is the charter's positive label
         sa.Column('ts', sa.Float, nullable=False))
     return preds, fb

@@ -14,9 +14,11 @@ import pandas as pd
 from .core import MlcycleError
 
 # %% auto #0
-__all__ = ['SCENARIOS', 'apply_scenario', 'simulate', 'register_cli']
+__all__ = ['SCENARIOS', 'PRESET_COLUMNS', 'GENERIC', 'apply_scenario', 'parse_scenario', 'pick_column', 'default_scenario',
+           'distinct_rows', 'production_data', 'simulate', 'register_cli']
 
 # %% ../nbs/05c_simulate.ipynb #f60e4381
+# --- Adult presets: the bundled charter's named scenarios (they name its columns); generic scenarios are below
 def _resample(df, weights, rng):
     w = np.asarray(weights, float); w = w / w.sum()
     return df.iloc[rng.choice(len(df), size=len(df), replace=True, p=w)].reset_index(drop=True)
@@ -56,7 +58,7 @@ def _gig_economy(df, rng, k, positive='>50K', negative='<=50K'):
         out.loc[gig, 'income'] = np.where(out.loc[gig, 'hours_per_week'] >= 45, positive, negative)
     return out
 
-SCENARIOS = {
+SCENARIOS = {   # Adult presets
     'none': (_none, 'nothing changes'),
     'ageing': (_ageing, 'an ageing population: older rows more likely, ages +8 years'),
     'recession': (_recession, 'a recession: capital gains vanish, hours fall 20%, some high earners drop below the threshold'),
@@ -64,30 +66,160 @@ SCENARIOS = {
     'new_category': (_new_category, "a new workclass value 'Gig-economy' in 30% of rows"),
     'gig_economy': (_gig_economy, "'Gig-economy' workers (30% of rows) whose income follows a new rule: >50K when working 45+ hours"),
 }
+PRESET_COLUMNS = {'ageing': ['age'], 'recession': ['capital_gain', 'hours_per_week'], 'occupation_shift': ['occupation'],
+                  'new_category': ['workclass'], 'gig_economy': ['workclass', 'hours_per_week']}
+# --- end of Adult presets
 
-def apply_scenario(df: pd.DataFrame, scenario: str = 'none', intensity: float = 1.0, seed: int = 0) -> pd.DataFrame:
-    "Rows of `df` reshaped by the named drift scenario (see the table above)."
-    if scenario not in SCENARIOS:
-        raise MlcycleError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
+def apply_scenario(df: pd.DataFrame, scenario: str = 'none', intensity: float = 1.0, seed: int = 0, contract: dict | None = None,
+                   target: str | None = None, positive_label=None) -> pd.DataFrame:
+    "Rows of `df` reshaped by a named preset or a generic scenario `KIND[:COLUMN[=VALUE]]` (see the tables above)."
     if not 0 <= intensity <= 1: raise MlcycleError(f'intensity must be between 0 and 1, not {intensity}')
-    return SCENARIOS[scenario][0](df.reset_index(drop=True), np.random.default_rng(seed), float(intensity))
+    rng, df = np.random.default_rng(seed), df.reset_index(drop=True)
+    if scenario in SCENARIOS:
+        missing = [col for col in PRESET_COLUMNS.get(scenario, []) if col not in df.columns]
+        if missing: raise MlcycleError(f'--scenario {scenario}: this preset needs column(s) {missing}, which the data lacks; '
+                                       f"use a generic scenario instead ({', '.join(GENERIC)}), e.g. --scenario concept")
+        return SCENARIOS[scenario][0](df, rng, float(intensity))
+    kind, col, value = parse_scenario(scenario)
+    contract = contract or _contract_of(df, target)
+    return GENERIC[kind][0](df, rng, float(intensity), col or pick_column(kind, contract), value, contract, target, positive_label)
+
+# %% ../nbs/05c_simulate.ipynb #9da99604
+def _contract_of(df: pd.DataFrame, target: str | None) -> dict:
+    "A minimal contract (feature kinds) inferred from `df` when none is given."
+    cols = {c: {'kind': 'numeric' if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else 'categorical'}
+            for c in df.columns if c != target}
+    return {'features': list(cols), 'columns': cols, 'sensitive_features': []}
+
+def parse_scenario(spec: str) -> tuple[str, str | None, str | None]:
+    "'shift:age=+5' → ('shift', 'age', '+5'); 'concept' → ('concept', None, None)."
+    kind, _, rest = str(spec).partition(':')
+    col, _, value = rest.partition('=')
+    if kind not in GENERIC:
+        raise MlcycleError(f"--scenario: unknown scenario {spec!r}; presets: {', '.join(SCENARIOS)}; generic: "
+                           f"{', '.join(GENERIC)} (e.g. shift:age=+5, novel:region, concept)")
+    return kind, col or None, value or None
+
+def pick_column(kind: str, contract: dict) -> str:
+    "The column a generic scenario changes when the user names none: by kind, from the contract, never a sensitive feature."
+    sens = set(contract.get('sensitive_features') or [])
+    of = lambda k: [c for c in contract['features'] if contract['columns'][c]['kind'] == k and c not in sens]
+    num, cat = of('numeric'), sorted(of('categorical'), key=lambda c: -len(contract['columns'][c].get('categories', [])))
+    pick = (num or cat) if kind in ('shift', 'missing') else (cat or num)
+    if kind == 'shift' and not num or not pick:
+        raise MlcycleError(f'--scenario {kind}: the data contract has no suitable column; name one: --scenario {kind}:COLUMN')
+    return pick[0]
+
+def _check(df, col, kind):
+    if col not in df.columns: raise MlcycleError(f'--scenario {kind}:{col}: no column {col!r} in the rows; columns: {", ".join(map(str, df.columns))}')
+
+def _shift(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'shift'); out = df.copy(); x = pd.to_numeric(out[col], errors='coerce')
+    v = (value or '+1sd').strip()
+    step = float(v.removesuffix('sd')) * (x.std() if v.endswith('sd') else 1.0)
+    spec = contract['columns'].get(col, {})
+    out[col] = (x + k * step).round() if spec.get('integer') else x + k * step
+    return out
+
+def _top(df, col): return df[col].astype(str).value_counts().index[0]
+
+def _mix(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'mix')
+    return _resample(df, np.where(df[col].astype(str) == _top(df, col), 1 / (1 + 3 * k), 1.0), rng)
+
+def _novel(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'novel'); out = df.copy().astype({col: object})
+    out.loc[rng.random(len(out)) < 0.3 * k, col] = value or f'{col}_new'
+    return out
+
+def _missing(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'missing'); out = df.copy()
+    out.loc[rng.random(len(out)) < float(value or 0.5) * k, col] = np.nan
+    return out
+
+def _vanish(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'vanish')
+    gone = df[col].astype(str) == (value or _top(df, col))
+    return _resample(df, np.where(gone, 1 - k, 1.0) + 1e-12 * (k < 1), rng) if gone.any() and (~gone).any() else df.copy()
+
+def _concept(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'concept'); out = df.copy().astype({col: object})
+    seg = rng.random(len(out)) < 0.3 * k
+    out.loc[seg, col] = f'{col}_new'
+    if target and target in out.columns and positive is not None:
+        sens = set(contract.get('sensitive_features') or [])
+        num = [c for c in contract['features'] if contract['columns'][c]['kind'] == 'numeric' and c not in sens and c != col and c in out.columns]
+        others = [v for v in out[target].dropna().unique() if str(v) != str(positive)]
+        if num and others:
+            x = pd.to_numeric(out[num[0]], errors='coerce')
+            out.loc[seg, target] = np.where(x[seg] >= x.median(), positive, others[0])
+    return out
+
+GENERIC = {
+    'shift': (_shift, 'a numeric column moves by VALUE (units, or sd with the suffix sd; default +1 sd)'),
+    'mix': (_mix, 'the categorical mix changes: the most common category becomes rarer'),
+    'novel': (_novel, 'a brand-new category in 30% of rows'),
+    'missing': (_missing, 'the missing rate jumps to VALUE (default 0.5)'),
+    'vanish': (_vanish, 'the most common category (or VALUE) disappears'),
+    'concept': (_concept, 'a segment (30% of rows) with a new category whose label follows a new rule'),
+}
+
+def default_scenario(contract: dict) -> str:
+    "The full circle's scenario: the `gig_economy` preset when the data has its columns, else the generic `concept`."
+    return 'gig_economy' if set(PRESET_COLUMNS['gig_economy']) <= set(contract['features']) else 'concept'
+
+# %% ../nbs/05c_simulate.ipynb #b073542c
+def distinct_rows(workspace, traffic, wanted: int, log=print) -> int:
+    """`wanted`, or fewer: the number of production rows there are. Rows replayed twice would reach retraining (stage 07)
+    as duplicates and inflate its validation, so the circle's production traffic sends each row at most once."""
+    n = len(production_data(workspace, traffic)['data'])
+    if n < wanted: log(f'[--] {n} production rows, fewer than the {wanted} asked for: each is sent once')
+    return min(wanted, n)
+
+def production_data(workspace=None, traffic=None) -> dict:
+    """The rows the circle replays, with the charter's target, positive label and the data contract: the file `traffic`
+    (CSV or Parquet, checked against the contract) when given, else the production rows stage 02 kept in the workspace
+    (the charter's `production.sources`, or the rows it held back)."""
+    from mlcycle.core import Workspace, read_json
+    from mlcycle.charter import Source, workspace_charter
+    from mlcycle.data import check_production, load_source
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if not ws.has_stage('02_data'): raise MlcycleError(f'no production rows: stage 02 has not run in {ws.root}; run it first, or pass --traffic FILE')
+    c, contract = workspace_charter(ws), read_json(ws.root/'data'/'contract.json')
+    if traffic:
+        df = load_source(Source(kind='parquet' if str(traffic).endswith('.parquet') else 'csv', path=str(traffic)))
+        check_production(df, contract, where=f'--traffic {traffic}')
+        source = f'--traffic {traffic}'
+    else:
+        rec = ws.manifest('02_data')['outputs'].get('production')
+        if not rec: raise MlcycleError(f'stage 02 in {ws.root} kept no production rows (it ran before they existed): re-run stage 02, or pass --traffic FILE')
+        df, source = ws.load_snapshot(rec['fingerprint']), f"{rec['source']}: {rec['rule']}"
+    return {'data': df, 'target': c.data.target, 'positive_label': c.data.positive_label, 'contract': contract, 'source': source}
 
 # %% ../nbs/05c_simulate.ipynb #36fa1221
-def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str = 'none', intensity: float = 1.0,
+def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str | None = 'none', intensity: float = 1.0,
              batch: int = 1, concurrency: int = 4, feedback_delay: float = 0.0, feedback_share: float = 1.0,
              feedback_batch: int = 500, seed: int = 0, timeout: float = 30.0, data: pd.DataFrame | None = None,
-             target: str = 'income', max_seconds: float | None = None) -> dict:
-    "Send `rows` held-out rows reshaped by `scenario` to the server at `url`, then their labels as delayed feedback."
+             target: str | None = None, max_seconds: float | None = None, workspace=None, traffic=None,
+             contract: dict | None = None, positive_label=None) -> dict:
+    """Send `rows` production rows reshaped by `scenario` to the server at `url`, then their labels (when the rows have
+    the `target` column) as delayed feedback. The rows are `data`, else the workspace's production rows (`production_data`);
+    `scenario` None picks `default_scenario` for the contract."""
     import requests
     if rows < 1 or batch < 1 or concurrency < 1: raise MlcycleError('rows, batch and concurrency must be at least 1')
     if not 0 <= feedback_share <= 1: raise MlcycleError(f'feedback_share must be between 0 and 1, not {feedback_share}')
-    from mlcycle.data import adult
-    src = adult('test') if data is None else data
+    if data is None:
+        p = production_data(workspace, traffic)
+        data, contract = p['data'], contract or p['contract']
+        target = target or p['target']; positive_label = p['positive_label'] if positive_label is None else positive_label
+    if not len(data): raise MlcycleError('no production rows to replay: give data, a workspace whose stage 02 kept production rows, or --traffic FILE')
+    scenario = scenario or (default_scenario(contract) if contract else 'none')
+    src = data
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.permutation(len(src)) for _ in range(-(-rows // len(src)))])[:rows]
-    df = apply_scenario(src.iloc[idx], scenario, intensity, seed)
-    labels = df[target].astype(str).tolist() if target in df else None
-    payload = json.loads(df.drop(columns=[target], errors='ignore').to_json(orient='records'))
+    df = apply_scenario(src.iloc[idx], scenario, intensity, seed, contract, target, positive_label)
+    labels = df[target].astype(str).tolist() if target and target in df else None
+    payload = json.loads(df.drop(columns=[target] if target else [], errors='ignore').to_json(orient='records'))
     chunks = [(i, payload[i:i + batch]) for i in range(0, rows, batch)]
     url = url.rstrip('/')
     local = threading.local()
@@ -148,23 +280,26 @@ def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str
             'latency_ms_p50': float(np.percentile(lat_ms, 50)) if len(lat_ms) else None,
             'latency_ms_p99': float(np.percentile(lat_ms, 99)) if len(lat_ms) else None,
             'arms': {f'v{v}/{a}': n for (v, a), n in sorted(arms.items())}, 'feedback': fb,
-            'positive_rate': float(np.mean([l == '>50K' for l in labels])) if labels else None}
+            'positive_rate': float(np.mean([l == str(positive_label) for l in labels])) if labels and positive_label is not None else None}
 
 # %% ../nbs/05c_simulate.ipynb #b23c2bd3
 def _simulate_cmd(args):
     r = simulate(args.url, args.rows, args.scenario, args.intensity, args.batch, args.concurrency, args.feedback_delay,
-                 args.feedback_share, seed=args.seed)
+                 args.feedback_share, seed=args.seed, workspace=args.workspace, traffic=args.traffic)
     print(json.dumps(r, indent=2, default=str))
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     if bad: print(f'{bad} of {r["requests"]} requests failed', file=sys.stderr)
 
 def register_cli(subparsers):
     "Add `mlcycle simulate` to an argparse subparsers object."
-    p = subparsers.add_parser('simulate', help='replay held-out Adult rows with a drift scenario against a running server, then send delayed labels',
-                              description='Scenarios: ' + '; '.join(f'{k}: {v[1]}' for k, v in SCENARIOS.items()))
+    p = subparsers.add_parser('simulate', help="replay the workspace's production rows with a drift scenario against a running server, then send delayed labels",
+                              description='Generic scenarios (KIND[:COLUMN[=VALUE]]): ' + '; '.join(f'{k}: {v[1]}' for k, v in GENERIC.items())
+                              + '. Presets for the bundled Adult charter: ' + '; '.join(f'{k}: {v[1]}' for k, v in SCENARIOS.items()))
+    p.add_argument('--workspace', '-w', default=None, help='workspace whose production rows (stage 02) are replayed')
+    p.add_argument('--traffic', default=None, help='a CSV or Parquet file of production rows to replay instead (labels optional)')
     p.add_argument('--url', default='http://127.0.0.1:8000')
     p.add_argument('--rows', type=int, default=1000)
-    p.add_argument('--scenario', default='none', choices=list(SCENARIOS))
+    p.add_argument('--scenario', default=None, help='a generic scenario, e.g. shift:age=+5 or concept, or a preset (default: the circle\'s default for the contract)')
     p.add_argument('--intensity', type=float, default=1.0, help='0-1: how strong the drift is')
     p.add_argument('--batch', type=int, default=1, help='rows per request')
     p.add_argument('--concurrency', type=int, default=4, help='parallel connections')

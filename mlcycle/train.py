@@ -16,18 +16,18 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 import mlcycle
 from .core import MlcycleError, Workspace, read_json, setup_mlflow, to_json
-from .charter import Charter, binary_target, evaluate_objectives, load_charter, objective_value, workspace_charter
+from .charter import Charter, binary_target, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 
 # %% auto #0
-__all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SKOPS_TRUSTED_TYPES', 'VERSION_TAGS', 'base_estimator',
-           'candidate_pipeline', 'Candidate', 'search_candidate', 'row_uniforms', 'group_key',
-           'FairThresholdClassifier', 'cross_fitted_scores', 'fit_threshold_optimizer', 'FairMixtureClassifier',
-           'fairlearn_moment', 'fit_exponentiated_gradient', 'score_rows', 'machine_load', 'latency_context',
-           'single_row_timings', 'single_row_latency', 'evaluate_candidate', 'train_candidates', 'pareto_front',
-           'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives', 'select_model',
-           'trusted_types_for', 'model_requirements', 'register_model', 'load_model_version', 'model_version_info',
-           'plot_tradeoff', 'run_model_development']
+__all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'SKOPS_TRUSTED_TYPES',
+           'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate', 'search_candidate', 'row_uniforms',
+           'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'fit_threshold_optimizer',
+           'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient', 'score_rows', 'machine_load',
+           'latency_context', 'single_row_timings', 'single_row_latency', 'evaluate_candidate', 'train_candidates',
+           'refit_candidate', 'cv_estimates', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
+           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'register_model',
+           'load_model_version', 'model_version_info', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -351,8 +351,10 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
     cand.latencies_ms, load = tim.cpu_ms.tolist(), machine_load()
     cand.objectives = evaluate_objectives(c, y, proba, pred, frame=validation_df, latencies_ms=cand.latencies_ms)
     m = {k: objective_value(k, y, proba, pred) for k in ('roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier')}
-    for o in c.objectives_of('fairness'):
-        m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, validation_df[o.sensitive_feature].astype(str).to_numpy())
+    for o in c.objectives_of('fairness'):   # judged groups only (charter.judged_rows), as every stage gates fairness
+        g = validation_df[o.sensitive_feature].astype(str).to_numpy()
+        m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, g, min_group_size=c.data.requirements.min_group_size)
+        m[f'groups_judged[{o.sensitive_feature}]'] = int(judged_groups(g, c.data.requirements.min_group_size).judged.sum())
     m['p95_latency_ms'] = float(np.percentile(cand.latencies_ms, 95)) if cand.latencies_ms else float('nan')
     m['p95_wall_ms'], m['load_average'] = float(tim.wall_ms.quantile(0.95)) if len(tim) else float('nan'), load['load_average']
     if train_df is not None:
@@ -416,7 +418,51 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
                 log(f'{cands[-1].name}: {cands[-1].note}')
     for cand in cands:
         if cand.model is not None: evaluate_candidate(cand, c, contract, validation_df, train_df, latency_rows)
+    if len(validation_df) < SMALL_DATA_ROWS:
+        log(f'small data: {len(validation_df)} validation rows < {SMALL_DATA_ROWS}: objectives estimated by {dev.cv_folds}-fold CV repeated {CV_REPEATS} times')
+        cv_estimates(cands, c, contract, pd.concat([train_df, validation_df], ignore_index=True), test_rows=len(validation_df), log=log)
     return cands
+
+# %% ../nbs/03_model_development.ipynb #9d585a98
+SMALL_DATA_ROWS = 1000   # a validation split under this many rows: objectives are estimated by repeated CV
+CV_REPEATS = 2           # repeats of the stratified k-fold (k = the charter's development.cv_folds)
+
+def refit_candidate(cand: Candidate, cands: list[Candidate], c: Charter, contract: dict, df: pd.DataFrame):
+    "`cand`'s configuration and mitigation refitted on `df` (its base model's tuned parameters for the mitigations)."
+    dev, fair = c.development, c.objectives_of('fairness')
+    X, y = feature_frame(df, contract), binary_target(c, df[c.data.target])
+    if cand.mitigation is None: return clone(cand.model).fit(X, y)
+    o = next(o for o in fair if o.sensitive_feature == cand.params.get('sensitive_feature'))
+    if cand.mitigation == 'threshold_optimizer':
+        base = clone(cand.model.estimator).fit(X, y)
+        return fit_threshold_optimizer(base, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed)[0]
+    base = next((b for b in cands if b.family == cand.family and b.mitigation is None), None)
+    est = base_estimator(cand.family, dev.seed).set_params(**(base.params if base else {}))
+    return fit_exponentiated_gradient(contract, X, y, df[o.sensitive_feature], est, o.metric, o.threshold, seed=dev.seed)[0]
+
+def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.DataFrame, test_rows: int, repeats: int = CV_REPEATS,
+                 log=print) -> pd.DataFrame:
+    """Every objective of every fitted candidate by repeated stratified CV on `df`: the candidate's `metrics` take the
+    fold mean, and `<key>_sd` the fold standard deviation rescaled to `test_rows`. Returns the per-fold values."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+    y = binary_target(c, df[c.data.target])
+    folds = list(RepeatedStratifiedKFold(n_splits=c.development.cv_folds, n_repeats=repeats, random_state=c.development.seed).split(df, y))
+    keys = {o.describe(): (f'{o.metric}[{o.sensitive_feature}]' if o.sensitive_feature else o.metric) for o in c.objectives if o.family != 'operational'}
+    rows = []
+    for cand in [x for x in cands if x.model is not None and x.deployable]:
+        t0 = time.perf_counter()
+        for k, (tr, te) in enumerate(folds):
+            model, held = refit_candidate(cand, cands, c, contract, df.iloc[tr]), df.iloc[te]
+            proba, pred = score_rows(model, feature_frame(held, contract))
+            t = evaluate_objectives(c, y[te], proba, pred, frame=held)
+            rows += [{'candidate': cand.name, 'fold': k, 'key': keys[r.objective], 'value': r.value} for r in t.itertuples() if r.objective in keys]
+        per = pd.DataFrame([r for r in rows if r['candidate'] == cand.name]).groupby('key')['value']
+        scale = np.sqrt(len(df) / c.development.cv_folds / max(test_rows, 1))
+        for key, mean in per.mean().items():
+            cand.metrics[key], cand.metrics[f'{key}_sd'] = float(mean), float(per.std().get(key, np.nan) * scale)
+        cand.metrics['cv_estimate_folds'] = len(folds)
+        log(f'{cand.name}: objectives from {len(folds)} CV folds ({time.perf_counter() - t0:.1f} s)')
+    return pd.DataFrame(rows)
 
 # %% ../nbs/03_model_development.ipynb #d11f1046
 def pareto_front(accuracy, unfairness) -> np.ndarray:
@@ -436,8 +482,15 @@ def objectives_from_metrics(c: Charter, metrics: dict) -> pd.DataFrame:
         v = float(metrics.get(key, float('nan')))
         rows.append({'objective': o.describe(), 'metric': o.metric, 'sensitive_feature': o.sensitive_feature, 'value': v,
                      'threshold': o.threshold, 'direction': 'min' if o.min is not None else 'max', 'primary': o.primary,
-                     'passed': o.met(v), 'measured': not np.isnan(v)})
+                     'passed': o.met(v), 'measured': not np.isnan(v), 'note': ''})
     return pd.DataFrame(rows)
+
+def _with_margin(o, metrics: dict) -> bool:
+    "Does objective `o` hold by its uncertainty margin (`<key>_sd`, set by `cv_estimates`; 0 when absent)?"
+    key = f'{o.metric}[{o.sensitive_feature}]' if o.sensitive_feature else o.metric
+    v, sd = metrics.get(key, float('nan')), metrics.get(f'{key}_sd', 0.0)
+    sd = 0.0 if not np.isfinite(sd) else sd
+    return o.met(v - sd if o.min is not None else v + sd)
 
 def candidate_table(cands: list[Candidate], c: Charter) -> pd.DataFrame:
     "One row per candidate: CV score, validation metrics, objectives met (for charter `c`), overfitting gap, Pareto-optimality."
@@ -450,7 +503,8 @@ def candidate_table(cands: list[Candidate], c: Charter) -> pd.DataFrame:
             objs = objectives_from_metrics(c, cand.metrics)
             for o in objs.itertuples(): r[f'ok: {o.objective}'] = bool(o.passed)
             r['meets_objectives'] = bool(objs.passed.all())
-        else: r['meets_objectives'] = False
+            r['meets_with_margin'] = bool(r['meets_objectives'] and all(_with_margin(o, cand.metrics) for o in c.objectives))
+        else: r['meets_objectives'] = r['meets_with_margin'] = False
         r['overfit_ok'] = bool(r.get('overfit_gap', 0.0) <= tol)
         r['eligible'] = bool(r['deployable'] and r['meets_objectives'] and r['overfit_ok'])
         r['note'] = cand.note
@@ -489,10 +543,14 @@ def select_model(cands: list[Candidate], c: Charter) -> Selection:
     ok = t[t.eligible].copy()
     if len(ok):
         ok['_simple'] = (ok.mitigation != 'none').astype(int)
-        ok = ok.sort_values([p, '_simple', 'p95_latency_ms', 'candidate'], ascending=[not hib, True, True, True])
+        ok['_margin'] = (~ok.meets_with_margin).astype(int)   # those meeting every objective by their uncertainty margin first
+        ok = ok.sort_values(['_margin', p, '_simple', 'p95_latency_ms', 'candidate'], ascending=[True, not hib, True, True, True])
         best = next(x for x in cands if x.name == ok.candidate.iloc[0])
-        msg = (f'selected {best.name}: {p} {best.metrics[p]:.4f} on the validation split, the best of {len(ok)} candidate(s) '
-               f'meeting every objective ({describe_objectives(objectives_from_metrics(c, best.metrics))})')
+        where = (f"by {best.metrics['cv_estimate_folds']}-fold repeated CV" if best.metrics.get('cv_estimate_folds') else 'on the validation split')
+        margin = ('' if 'cv_estimate_folds' not in best.metrics else ', by their uncertainty margin' if ok.meets_with_margin.iloc[0]
+                  else ', though none by its uncertainty margin: stage 04 may find it short')
+        msg = (f'selected {best.name}: {p} {best.metrics[p]:.4f} {where}, the best of {len(ok)} candidate(s) '
+               f'meeting every objective{margin} ({describe_objectives(objectives_from_metrics(c, best.metrics))})')
         return Selection(best, t, msg)
     scored = [x for x in cands if x.metrics and x.deployable]
     if not scored: return Selection(None, t, 'no candidate could be fitted and evaluated; nothing is registered and the circle stops here')

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
-from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, evaluate_objectives, load_charter, objective_value, workspace_charter
+from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, evaluate_objectives, judged_rows, load_charter, objective_value, workspace_charter
 from .data import feature_frame
 from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
@@ -170,7 +170,9 @@ def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencie
     lo, hi = [], []
     for o in c.objectives:
         if o.family == 'performance': v = resampled_metric(o.metric, y, proba, pred, idx)
-        elif o.family == 'fairness': v = resampled_fairness(o.metric, y, pred, frame[o.sensitive_feature].astype(str).to_numpy(), idx)
+        elif o.family == 'fairness':   # judged groups only (charter.judged_rows), the rows the value itself is computed on
+            g = frame[o.sensitive_feature].astype(str).to_numpy(); keep = judged_rows(g, c.data.requirements.min_group_size)
+            v = resampled_fairness(o.metric, np.asarray(y)[keep], np.asarray(pred)[keep], g[keep], bootstrap_indices(int(keep.sum()), n_resamples, seed))
         elif latencies_ms is not None and len(latencies_ms):
             lat = np.asarray(latencies_ms, float)
             v = np.percentile(lat[bootstrap_indices(len(lat), n_resamples, seed)], 95, axis=1)

@@ -35,7 +35,7 @@ def relaxed_charter(tmp_path) -> Path:
     import yaml
     from mlcycle.charter import BUNDLED_CHARTER
     d = yaml.safe_load(BUNDLED_CHARTER.read_text())
-    d['data']['sources'][0]['path'] = str(BUNDLED_CHARTER.parent/d['data']['sources'][0]['path'])
+    for s in d['data']['sources'] + d.get('production', {}).get('sources', []): s['path'] = str(BUNDLED_CHARTER.parent/s['path'])
     for o in d['objectives']:
         if o['metric'] == 'p95_latency_ms': o['max'] = 1000
     p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d)); return p

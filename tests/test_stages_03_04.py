@@ -139,13 +139,13 @@ def test_bias_numbers_are_fairlearns_own(adult_0104):
 
 def test_impossible_objective_stops_the_circle_with_a_readable_verdict(tmp_path):
     from mlcycle.core import ASSETS, Workspace
-    from mlcycle.charter import run_problem_definition
+    from mlcycle.feasibility import run_problem_definition
     from mlcycle.data import run_data_stage
     from mlcycle.train import run_model_development
     from mlcycle.validate import run_validation
     import mlflow
     d = yaml.safe_load((ASSETS/'adult_charter.yaml').read_text())
-    d['data']['sources'][0]['path'] = str(ASSETS/'adult_train.csv.gz')
+    d['data']['sources'][0]['path'] = str(ASSETS/'adult_train.csv.gz'); d['production']['sources'][0]['path'] = str(ASSETS/'adult_test.csv.gz')
     d['objectives'][0]['min'] = 0.99
     d['development']['search_iterations'] = 2
     (tmp_path/'impossible.yaml').write_text(yaml.safe_dump(d))

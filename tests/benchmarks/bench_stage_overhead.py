@@ -11,7 +11,7 @@ from pathlib import Path
 IN_PROCESS = r'''
 import json, sys, time
 t0 = time.perf_counter()
-from mlcycle.charter import run_problem_definition
+from mlcycle.feasibility import run_problem_definition
 from mlcycle.data import run_data_stage
 t1 = time.perf_counter(); run_problem_definition(None, sys.argv[1])
 t2 = time.perf_counter(); run_data_stage(None, sys.argv[1])
