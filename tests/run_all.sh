@@ -41,7 +41,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "== notebook tests (nbdev_test, in the background; output below when done) and pytest"
 t_nb=$(date +%s)
-( set +e; MLCYCLE_WORKSPACE="$tmp/ws" timeout 2700 nbdev_test --n_workers 0 --timing >"$tmp/nbdev_test.log" 2>&1
+( set +e; MLCYCLE_WORKSPACE="$tmp/ws" timeout 3600 nbdev_test --n_workers 0 --timing >"$tmp/nbdev_test.log" 2>&1
   echo $? >"$tmp/nbdev_test.rc"; echo $(( $(date +%s) - t_nb )) >"$tmp/nbdev_test.s" ) &
 nb_pid=$!
 
