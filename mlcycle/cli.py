@@ -9,7 +9,7 @@ import argparse, datetime as dt, html, importlib, os, re, shutil, sys, time, tra
 from pathlib import Path
 
 import mlcycle
-from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json
+from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json, verify_audit
 
 # %% auto #0
 __all__ = ['STAGE_RE', 'RUN_HEADING', 'CIRCLE_PARAMS', 'CLI_MODULES', 'notebook_dir', 'stage_notebooks', 'parse_stages',
@@ -285,9 +285,11 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
 
 def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
     from mlcycle.simulate import simulate
+    from mlcycle.serve import feedback_token
     t0 = time.perf_counter()
     r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario', 'gig_economy'), batch=ctx.get('traffic_batch', 20),
-                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed)
+                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed,
+                 feedback_token=feedback_token(ctx['workspace']))
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
                 f"{bad} failed requests ({time.perf_counter() - t0:.1f} s) · arms {r['arms']}")
@@ -357,7 +359,7 @@ def _cmd_stage(a):
     run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: _value(v) for n, v in (a.param or [])}}, full_notebooks=a.full_notebook)
 
 def _cmd_audit(a):
-    r = Workspace(a.workspace).audit.verify()
+    r = verify_audit(a.workspace)
     print(r)
     if not r.ok: sys.exit(1)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
+from .predlog import log_exists
 from .charter import Charter, binary_target, evaluate_objectives, objective_value, workspace_charter
 from .data import feature_frame
 
@@ -323,10 +324,6 @@ def plot_tradeoff(tr: dict, c: Charter):
     ax.set_title('Stage 03: the accuracy–fairness trade-off of the candidates'); fig.tight_layout()
     return fig
 
-def _log_exists(ws: Workspace) -> bool:
-    url = ws.prediction_log_url
-    return not url.startswith('sqlite') or Path(url.split(':///', 1)[-1]).exists()
-
 def production_fairness(ws: Workspace, c: Charter, version) -> dict:
     "Fairness in production for `version`: stage 06's objectives when it ran, else selection rates per group from the prediction log."
     ev = stage_evidence(ws, '06_monitoring')
@@ -336,8 +333,8 @@ def production_fairness(ws: Workspace, c: Charter, version) -> dict:
                 'window': ev['outputs'].get('window'), 'note': ev['outputs'].get('fairness_note') or
                 ('' if rows else f'stage 06 ran but saw no traffic of version {version}')}
     note = ev['note']
-    if not _log_exists(ws): return {'source': None, 'available': False, 'note': f'{note}; no prediction log exists yet (the version was never served)'}
-    from mlcycle.serve import read_log
+    if not log_exists(ws): return {'source': None, 'available': False, 'note': f'{note}; no prediction log exists yet (the version was never served)'}
+    from mlcycle.predlog import read_log
     log = read_log(ws)
     log = log[log.model_version.astype(str) == str(version)] if len(log) else log
     feats = [f for f in c.data.sensitive_features if f'x_{f}' in log.columns]
@@ -732,9 +729,9 @@ def build_governance(ws: Workspace, c: Charter, version, name: str | None = None
         h['04']['robustness_ok'] = all(r.get('passed', True) for r in rob) if rob else None
     leak = [r for r in m02.get('quality', {}).get('leakage_top', []) if r.get('leakage_suspect')]
     log_rows = 0
-    if _log_exists(ws):
+    if log_exists(ws):
         import sqlalchemy as sa
-        from mlcycle.serve import log_engine
+        from mlcycle.predlog import log_engine
         eng = log_engine(ws.prediction_log_url)
         try:
             with eng.connect() as conn:
@@ -750,7 +747,7 @@ def build_governance(ws: Workspace, c: Charter, version, name: str | None = None
                 'card_complete': not missing, 'card_missing': missing, 'contract_exists': (ws.root/'data'/'contract.json').exists(),
                 'leakage_suspects': len(leak), 'groups_judged': int(sum((~f['by_group'].too_small).sum() for f in fair)),
                 'groups_too_small': int(sum(f['by_group'].too_small.sum() for f in fair)), 'run_id': rec['run_id'],
-                'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': _log_exists(ws), 'log_rows': int(log_rows),
+                'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': log_exists(ws), 'log_rows': int(log_rows),
                 'caveats': len(caveats), 'sign_off': so, 'human_review_in_use': any(w in c.intended_use.lower() for w in ('review', 'human', 'person')),
                 'alias_moves': len(aliases_t), 'serialization': rec['flavor'].get('serialization_format'),
                 'validation_status': rec['tags'].get('validation_status'), 'metrics': perf.to_dict('records')}

@@ -13,7 +13,8 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, atomic_write_json, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .charter import Charter, binary_target, workspace_charter
-from .governance import (_client, _log_exists, group_labels, list_versions, md_escape, md_table, stage_evidence,
+from .predlog import log_exists
+from .governance import (_client, group_labels, list_versions, md_escape, md_table, stage_evidence,
                                 to_html, version_events, version_fingerprints, version_record)
 
 # %% auto #0
@@ -30,7 +31,7 @@ def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float
     model, the log's own writer). `shadow_version` also scores each row with another version as the shadow. Returns the row count."""
     import mlflow, uuid
     from mlcycle.data import adult, feature_frame
-    from mlcycle.serve import PredictionLog
+    from mlcycle.predlog import PredictionLog
     cl, name = _client(ws, name)
     c = workspace_charter(ws)
     contract = read_json(ws.root/'data'/'contract.json')
@@ -63,7 +64,7 @@ def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float
 
 # %% ../nbs/09_retirement.ipynb #3eb1faaa
 def _engine(url: str):
-    from mlcycle.serve import log_engine
+    from mlcycle.predlog import log_engine
     return log_engine(url)
 
 def cutoff_ts(retention_days: float, now: float | None = None) -> float | None:
@@ -194,7 +195,7 @@ def retirement_plan(ws: Workspace, version, replacement=None, retention_days: fl
         promote_replacement = True
     retention = c.retention.prediction_log_days if float(retention_days) < 0 else float(retention_days)
     cut = cutoff_ts(retention, now)
-    log = log_counts(ws.prediction_log_url, v, cut) if _log_exists(ws) else {'predictions': 0, 'feedback': 0, 'shadow_scores': 0, 'kept_newer': 0}
+    log = log_counts(ws.prediction_log_url, v, cut) if log_exists(ws) else {'predictions': 0, 'feedback': 0, 'shadow_scores': 0, 'kept_newer': 0}
     others = [x for x in vs if str(x.version) != v]
     snaps = snapshot_plan(ws, rec, others)
     ml = mlflow_plan(ws, rec, others, delete_artifacts, gc)
@@ -277,7 +278,7 @@ def version_history(ws: Workspace, c: Charter, version) -> pd.DataFrame:
     "The version's served rows from the prediction log (its own and its shadow scores), with labels and sensitive features."
     import sqlalchemy as sa
     cols = ['ts', 'arm', 'probability', 'label', 'latency_ms', 'y_true', 'role'] + [f'x_{f}' for f in c.data.sensitive_features]
-    if not _log_exists(ws): return pd.DataFrame(columns=cols)
+    if not log_exists(ws): return pd.DataFrame(columns=cols)
     eng = _engine(ws.prediction_log_url)
     try:
         with eng.connect() as conn:
@@ -567,7 +568,7 @@ def retire_version(ws=None, version=None, reason: str = '', replacement=None, re
         for k, x in tags.items(): cl.set_model_version_tag(name, v, k, str(x))
         A('version_retired', model=name, version=v, reason=reason, replacement=plan['replacement'], tags=tags); done.append('tagged lifecycle=retired')
     purged = {'predictions': 0, 'feedback': 0, 'shadow_scores_cleared': 0, 'batches': 0}
-    if _log_exists(ws) and (plan['deletes']['predictions'] or plan['deletes']['shadow_scores_cleared']):
+    if log_exists(ws) and (plan['deletes']['predictions'] or plan['deletes']['shadow_scores_cleared']):
         purged = purge_log(ws.prediction_log_url, v, plan['cutoff_ts'], batch_size)
         A('prediction_log_purged', model=name, version=v, cutoff=plan['cutoff'], retention_days=plan['retention_days'], **purged)
         done.append(f"purged {purged['predictions']} predictions, {purged['feedback']} feedback rows")

@@ -7,7 +7,7 @@ import requests
 
 from loadgen import hammer, ids_of
 from mlcycle.deploy import promote
-from mlcycle.serve import integrity_check, read_log
+from mlcycle.predlog import integrity_check, read_log
 
 pytestmark = pytest.mark.timeout(900)
 

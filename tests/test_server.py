@@ -10,7 +10,7 @@ import requests
 from mlcycle.core import read_json
 from mlcycle.data import adult, feature_frame
 from mlcycle.deploy import promote
-from mlcycle.serve import integrity_check, read_log
+from mlcycle.predlog import integrity_check, read_log
 
 pytestmark = pytest.mark.timeout(600)
 
