@@ -143,7 +143,7 @@ def _reason(e: Exception) -> str:
 
 def authorize(authorization: str | None, token: str, what: str, env: str):
     "Check a bearer token in constant time; `RequestError` 401 (none sent), 403 (wrong, or `what` is off because no token is set)."
-    if not token: raise RequestError(403, {'error': f'{what}_disabled', 'fix': f'set ${env} on the server to enable {what}'})
+    if not token: raise RequestError(403, {'error': f'{what}_disabled', 'fix': f'set ${env} on the server to enable the {what} routes'})
     auth = authorization or ''
     if not auth.lower().startswith('bearer '): raise RequestError(401, {'error': 'missing_token', 'fix': f'send Authorization: Bearer <the {what} token>'})
     if not hmac.compare_digest(auth[7:].strip().encode(), token.encode()): raise RequestError(403, {'error': 'wrong_token'})
@@ -190,7 +190,7 @@ class ModelServer:
             if sv is not None: print(f"mlcycle serve: v{sv.version} preprocessor: {'compiled (checked against scikit-learn)' if sv.score.fast else 'scikit-learn'}", file=sys.stderr, flush=True)
         return ms
 
-# %% ../nbs/05b_serving.ipynb #29e2d226
+# %% ../nbs/05b_serving.ipynb #a8e29d86
 async def start(self: ModelServer):
     "Open the log, start the batcher, load the models, start following the registry."
     loop = asyncio.get_running_loop()
@@ -222,7 +222,7 @@ def metrics_text(self: ModelServer) -> str: return self.metrics.render()
 
 for f in (start, stop, ready, metrics_text): setattr(ModelServer, f.__name__, f)
 
-# %% ../nbs/05b_serving.ipynb #065e3dd7
+# %% ../nbs/05b_serving.ipynb #b593c27f
 async def predict(self: ModelServer, records, t0: float | None = None) -> list[dict]:
     "Score JSON records (one object or a list): one answer per row, returned once logged. `RequestError` for bad input or before ready."
     t0, arrival = t0 or time.perf_counter(), time.time()
@@ -243,7 +243,7 @@ async def invocations(self: ModelServer, body, t0: float | None = None) -> dict:
 
 ModelServer.predict, ModelServer.invocations = predict, invocations
 
-# %% ../nbs/05b_serving.ipynb #269b01b4
+# %% ../nbs/05b_serving.ipynb #9bc8b7c5
 async def feedback(self: ModelServer, body, authorization: str | None = None) -> dict:
     "Store true labels for earlier request ids; the summary says what was accepted, duplicate, conflicting (now disputed) or unknown."
     authorize(authorization, self.feedback_token, 'feedback', 'MLCYCLE_FEEDBACK_TOKEN')
@@ -253,7 +253,7 @@ async def feedback(self: ModelServer, body, authorization: str | None = None) ->
 
 async def resolve_feedback(self: ModelServer, body, authorization: str | None = None) -> dict:
     "Overwrite stored labels and settle their disputes (the admin token): the operator's answer to a conflict."
-    authorize(authorization, self.admin_token, 'admin routes', 'MLCYCLE_ADMIN_TOKEN')
+    authorize(authorization, self.admin_token, 'admin', 'MLCYCLE_ADMIN_TOKEN')
     items, _ = parse_feedback(body, self.labels)
     return await self._store_labels(items, True)
 
@@ -266,7 +266,7 @@ async def _store_labels(self: ModelServer, items: list, replace: bool) -> dict:
 
 for f in (feedback, resolve_feedback, _store_labels): setattr(ModelServer, f.__name__, f)
 
-# %% ../nbs/05b_serving.ipynb #4592fcf4
+# %% ../nbs/05b_serving.ipynb #6edd0b60
 async def reload(self: ModelServer, trigger: str = 'admin', previous: bool = True) -> tuple[dict | None, dict]:
     "Load what the registry names now and swap it in; returns (before, after)."
     async with self._reload_lock:
@@ -389,7 +389,7 @@ async def _answer(srv: ModelServer, route: str | None, call):
 
 async def _admin_reload(srv: ModelServer, authorization: str | None) -> dict:
     "/admin/reload: 409 for what mlcycle can explain (such as a missing `@champion`), 503 otherwise; both say what is served."
-    authorize(authorization, srv.admin_token, 'admin routes', 'MLCYCLE_ADMIN_TOKEN')
+    authorize(authorization, srv.admin_token, 'admin', 'MLCYCLE_ADMIN_TOKEN')
     serving = lambda: srv.models.describe() if srv.models else None
     try: before, after = await srv.reload('admin', True)
     except MlcycleError as e: raise RequestError(409, {'error': 'reload_failed', 'reason': str(e).splitlines()[0][:300], 'serving': serving()}) from None
@@ -397,7 +397,7 @@ async def _admin_reload(srv: ModelServer, authorization: str | None) -> dict:
         err = _unavailable('reload', e); err.detail['serving'] = serving(); raise err from None
     return {'before': before, 'after': after}
 
-# %% ../nbs/05b_serving.ipynb #1f0a1e0a
+# %% ../nbs/05b_serving.ipynb #8cc559ab
 def _routes(app, srv: ModelServer, handle, max_body_bytes: int, body_timeout: float):
     "Wire the routes of the table above onto `srv`'s methods."
     from fastapi.responses import PlainTextResponse
