@@ -18,7 +18,7 @@ import mlcycle
 # %% auto #0
 __all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
            'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
-           'AuditReport', 'AuditLog', 'verify_audit', 'resolve_workspace', 'Workspace', 'StageRun', 'setup_mlflow',
+           'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'setup_mlflow',
            'reset_mlflow']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
@@ -213,22 +213,6 @@ class AuditLog:
         elif n: return AuditReport(False, n, 1, 'audit.head is missing')
         return AuditReport(True, n)
 
-# %% ../nbs/00_core.ipynb #c4222391
-def verify_audit(path=None) -> AuditReport:
-    "Verify the audit log of the workspace at `path` (see above); raises `MlcycleError` when there is no such workspace."
-    root = resolve_workspace(path)
-    if not root.is_dir(): raise MlcycleError(f'workspace {root} does not exist: check --workspace (nothing was created)')
-    r = AuditLog(root/'audit.jsonl').verify()
-    if not r.ok: return r
-    records = sorted((root/'stages').glob('*.json'))
-    if records and not r.entries:
-        return AuditReport(False, 0, 1, f'{len(records)} stage record(s) in stages/ but the audit log is empty or missing (deleted?)')
-    logged = {(e.get('details') or {}).get('stage_run') for e in AuditLog(root/'audit.jsonl').entries()}
-    for m in records:
-        run = read_json(m).get('run_id')
-        if run and run not in logged: return AuditReport(False, r.entries, r.entries + 1, f'stage record {m.stem} (run {run}) has no audit entry (entries removed?)')
-    return r
-
 # %% ../nbs/00_core.ipynb #a8760631
 DEFAULT_WORKSPACE = 'mlcycle-workspace'
 
@@ -300,6 +284,22 @@ class Workspace:
     def stage(self, name: str, **inputs) -> 'StageRun':
         "Start a stage run: collect its outputs, commit them all at once on success."
         return StageRun(self, name, inputs)
+
+# %% ../nbs/00_core.ipynb #c4222391
+def verify_audit(path=None) -> AuditReport:
+    "Verify the audit log of the workspace at `path` (see above); raises `MlcycleError` when there is no such workspace."
+    root = resolve_workspace(path)
+    if not root.is_dir(): raise MlcycleError(f'workspace {root} does not exist: check --workspace (nothing was created)')
+    r = AuditLog(root/'audit.jsonl').verify()
+    if not r.ok: return r
+    records = sorted((root/'stages').glob('*.json'))
+    if records and not r.entries:
+        return AuditReport(False, 0, 1, f'{len(records)} stage record(s) in stages/ but the audit log is empty or missing (deleted?)')
+    logged = {(e.get('details') or {}).get('stage_run') for e in AuditLog(root/'audit.jsonl').entries()}
+    for m in records:
+        run = read_json(m).get('run_id')
+        if run and run not in logged: return AuditReport(False, r.entries, r.entries + 1, f'stage record {m.stem} (run {run}) has no audit entry (entries removed?)')
+    return r
 
 # %% ../nbs/00_core.ipynb #dc22a12a
 class StageRun:
