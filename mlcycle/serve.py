@@ -10,7 +10,8 @@ import asyncio, concurrent.futures as cf, hmac, json, os, random, secrets, sys, 
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, read_json
+from .core import MlcycleError, Workspace, read_json, setup_mlflow
+from .charter import workspace_charter
 from .request import LabelCheck, RequestError, RowParser, mlflow_records, openapi_bodies, parse_feedback
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
@@ -154,7 +155,6 @@ class ModelServer:
     def __init__(self, workspace=None, *, log_url: str | None = None, model_uri: str | None = None, model_version: str | None = None,
                  admin_token: str | None = None, feedback_token: str | None = None, max_rows: int = 10_000, max_batch_rows: int = 4096,
                  max_wait_ms: float = 2.0, log: bool = True, threads: int | None = 1, alias_poll_seconds: float = 30.0):
-        from mlcycle.charter import workspace_charter
         self.ws = ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.charter = c = workspace_charter(ws)
         contract_path = ws.root/'data'/'contract.json'
@@ -183,14 +183,13 @@ class ModelServer:
         "The models to serve now: the pinned model, or what the registry's aliases name (reusing `previous`'s loaded versions)."
         if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe)
         else:
-            from mlcycle.core import setup_mlflow
             setup_mlflow(self.ws, self.charter.name)
             ms = load_model_set(self.charter.name, previous, self.probe)
         for sv in (ms.champion, ms.challenger):
             if sv is not None: print(f"mlcycle serve: v{sv.version} preprocessor: {'compiled (checked against scikit-learn)' if sv.score.fast else 'scikit-learn'}", file=sys.stderr, flush=True)
         return ms
 
-# %% ../nbs/05b_serving.ipynb #a8e29d86
+# %% ../nbs/05b_serving.ipynb #5c25d7c4
 async def start(self: ModelServer):
     "Open the log, start the batcher, load the models, start following the registry."
     loop = asyncio.get_running_loop()
@@ -222,7 +221,7 @@ def metrics_text(self: ModelServer) -> str: return self.metrics.render()
 
 for f in (start, stop, ready, metrics_text): setattr(ModelServer, f.__name__, f)
 
-# %% ../nbs/05b_serving.ipynb #b593c27f
+# %% ../nbs/05b_serving.ipynb #21546093
 async def predict(self: ModelServer, records, t0: float | None = None) -> list[dict]:
     "Score JSON records (one object or a list): one answer per row, returned once logged. `RequestError` for bad input or before ready."
     t0, arrival = t0 or time.perf_counter(), time.time()
@@ -243,7 +242,7 @@ async def invocations(self: ModelServer, body, t0: float | None = None) -> dict:
 
 ModelServer.predict, ModelServer.invocations = predict, invocations
 
-# %% ../nbs/05b_serving.ipynb #9bc8b7c5
+# %% ../nbs/05b_serving.ipynb #d3ec3c64
 async def feedback(self: ModelServer, body, authorization: str | None = None) -> dict:
     "Store true labels for earlier request ids; the summary says what was accepted, duplicate, conflicting (now disputed) or unknown."
     authorize(authorization, self.feedback_token, 'feedback', 'MLCYCLE_FEEDBACK_TOKEN')
@@ -266,7 +265,7 @@ async def _store_labels(self: ModelServer, items: list, replace: bool) -> dict:
 
 for f in (feedback, resolve_feedback, _store_labels): setattr(ModelServer, f.__name__, f)
 
-# %% ../nbs/05b_serving.ipynb #6edd0b60
+# %% ../nbs/05b_serving.ipynb #99c9d77b
 async def reload(self: ModelServer, trigger: str = 'admin', previous: bool = True) -> tuple[dict | None, dict]:
     "Load what the registry names now and swap it in; returns (before, after)."
     async with self._reload_lock:
@@ -397,7 +396,7 @@ async def _admin_reload(srv: ModelServer, authorization: str | None) -> dict:
         err = _unavailable('reload', e); err.detail['serving'] = serving(); raise err from None
     return {'before': before, 'after': after}
 
-# %% ../nbs/05b_serving.ipynb #8cc559ab
+# %% ../nbs/05b_serving.ipynb #b3cafc7a
 def _routes(app, srv: ModelServer, handle, max_body_bytes: int, body_timeout: float):
     "Wire the routes of the table above onto `srv`'s methods."
     from fastapi.responses import PlainTextResponse
