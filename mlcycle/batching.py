@@ -29,9 +29,10 @@ def route(keys, share: float, salt: str = '') -> np.ndarray:
     if share <= 0: return np.zeros(len(keys), dtype=bool)
     return bucket(keys, salt) < share
 
-def new_request_id() -> str:
-    "A request id nobody can guess from another one: 128 random bits (a row's id is `<request id>-<row>`)."
-    return secrets.token_hex(16)
+def new_request_id(prefix: str = '') -> str:
+    """A request id nobody can guess from another one: `prefix` (the server's per-process one, so replicas' ids never
+    collide and the log shows which process answered) and 88 random bits. A row's id is `<request id>-<row>`."""
+    return prefix + secrets.token_hex(11)
 
 # %% ../nbs/05a_batching.ipynb #8afa6b4b
 @dataclass(frozen=True)

@@ -172,6 +172,7 @@ class ModelServer:
         self.batcher = Batcher(lambda: self.models, self.parser, self.policy, None, self.metrics.batch_rows.observe, max_batch_rows, max_wait_ms, threads)
         self.poll = float(alias_poll_seconds or 0) if not model_uri else 0.0
         self._reload_lock, self._poller = None, None
+        self.id_prefix = secrets.token_hex(5)       # per process: replicas' request ids never collide, and the log shows who answered
 
     def _feedback_token(self) -> str:
         try: return feedback_token(self.ws)
@@ -228,7 +229,7 @@ async def predict(self: ModelServer, records, t0: float | None = None) -> list[d
     if self.models is None: raise RequestError(503, {'error': 'not_ready', 'reason': self.error})
     parsed = self.parser.parse(records)
     try:
-        answers, logged = await self.batcher.submit(parsed, new_request_id(), arrival)
+        answers, logged = await self.batcher.submit(parsed, new_request_id(self.id_prefix), arrival)
         if logged is not None: await logged
     except Exception as e: raise _unavailable('scoring or logging', e) from None
     dt = time.perf_counter() - t0
