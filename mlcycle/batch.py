@@ -184,7 +184,7 @@ def score_table(source, output, workspace=None, version=None, alias: str = 'cham
     writing `output` (.parquet or .csv) all-or-nothing. Returns a summary (rows, seconds, version, warnings)."""
     from tqdm.auto import tqdm
     from mlcycle.charter import workspace_charter
-    from mlcycle.serve import contract_probe, make_scorer
+    from mlcycle.scorer import contract_probe, make_scorer
     from mlcycle.train import load_model_version
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     out_path = Path(output); _file_kind(out_path)

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, read_json, to_json
+from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
 
 # %% auto #0
 __all__ = ['METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'CANDIDATES', 'EXAMPLES', 'BUNDLED_CHARTER', 'Source',
@@ -275,7 +275,7 @@ def load_charter(path=None) -> Charter:
     "Load and validate a charter YAML; `None` or '' loads the bundled UCI Adult charter."
     path = Path(path).expanduser() if path else BUNDLED_CHARTER
     if not path.exists(): raise CharterError(f'charter file {path} does not exist; pass --charter PATH, or omit it for the bundled Adult charter')
-    try: data = yaml.safe_load(path.read_text())
+    try: data = load_yaml(path)
     except yaml.YAMLError as e: raise CharterError(f'charter {path} is not valid YAML: {str(e).splitlines()[0]}') from None
     return parse_charter(data, base_dir=path.resolve().parent, source=f'charter {path.name}')
 

@@ -9,7 +9,7 @@ import argparse, datetime as dt, html, importlib, os, re, shutil, sys, time, tra
 from pathlib import Path
 
 import mlcycle
-from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json
+from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json, verify_audit
 from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_run_id, notebook_dir, notebook_params,
                      notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
 
@@ -160,9 +160,11 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
 
 def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
     from mlcycle.simulate import simulate
+    from mlcycle.serve import feedback_token
     t0 = time.perf_counter()
     r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario'), batch=ctx.get('traffic_batch', 20),
-                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed, workspace=ctx['workspace'], traffic=ctx.get('traffic'))
+                 concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed, workspace=ctx['workspace'], traffic=ctx.get('traffic'),
+                 feedback_token=feedback_token(ctx['workspace']))
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
                 f"{bad} failed requests ({time.perf_counter() - t0:.1f} s) · arms {r['arms']}")
@@ -223,7 +225,7 @@ def _cmd_stage(a):
     run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: parse_value(v) for n, v in (a.param or [])}}, full_notebooks=a.full_notebook)
 
 def _cmd_audit(a):
-    r = Workspace(a.workspace).audit.verify()
+    r = verify_audit(a.workspace)
     print(r)
     if not r.ok: sys.exit(1)
 

@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #ecae8faf
 from __future__ import annotations
 
-import contextlib, datetime as dt, fcntl, getpass, hashlib, json, os, shutil, tempfile, uuid
+import contextlib, datetime as dt, fcntl, getpass, hashlib, hmac, json, os, shutil, tempfile, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ import mlcycle
 
 # %% auto #0
 __all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
-           'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'current_actor', 'AuditReport',
-           'AuditLog', 'resolve_workspace', 'Workspace', 'StageRun', 'setup_mlflow', 'reset_mlflow']
+           'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
+           'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'setup_mlflow',
+           'reset_mlflow']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -91,12 +92,51 @@ def read_json(path):
     "Read a JSON file."
     return json.loads(Path(path).read_text())
 
+# %% ../nbs/00_core.ipynb #7a13911f
+def _expanded_size(node, memo: dict, active: set, limit: int) -> int:
+    "Nodes of a composed YAML node with every alias expanded, counted without expanding (shared nodes memoized)."
+    k = id(node)
+    if k in memo: return memo[k]
+    if k in active: raise MlcycleError('the YAML refers to itself through an anchor (a recursive alias)')
+    active.add(k)
+    if isinstance(node.value, list):
+        kids = [x for pair in node.value for x in pair] if node.value and isinstance(node.value[0], tuple) else node.value
+        n = 1 + sum(_expanded_size(x, memo, active, limit) for x in kids)
+    else: n = 1
+    active.discard(k); memo[k] = n
+    if n > limit: raise MlcycleError(f'the YAML expands to more than {limit} nodes through its aliases (a "billion laughs"?)')
+    return n
+
+def load_yaml(source, max_bytes: int = 1 << 20, max_nodes: int = 100_000):
+    "Parse one YAML document (a path or text) with `yaml.safe_load`'s types, refusing oversize input and alias expansion beyond `max_nodes`."
+    import yaml
+    what = f'YAML file {source}' if isinstance(source, Path) else 'YAML text'
+    if isinstance(source, Path):
+        with open(source, 'rb') as f: raw = f.read(max_bytes + 1)
+        text = raw.decode('utf-8', errors='replace')
+    else: text, raw = source, source.encode('utf-8', errors='replace')
+    if len(raw) > max_bytes: raise MlcycleError(f'{what} is over {max_bytes} bytes; a charter or parameter file is far smaller: check the file')
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None: return None
+        try: _expanded_size(node, {}, set(), max_nodes)
+        except RecursionError: raise MlcycleError(f'{what} nests too deeply') from None
+        except MlcycleError as e: raise MlcycleError(f'{what}: {e}; write the values out or use fewer aliases') from None
+        return loader.construct_document(node)
+    finally: loader.dispose()
+
 # %% ../nbs/00_core.ipynb #a7087696
 GENESIS = '0' * 64
 
 def _entry_hash(entry: dict) -> str:
-    body = {k: v for k, v in entry.items() if k != 'hash'}
+    body = {k: v for k, v in entry.items() if k not in ('hash', 'mac')}
     return sha256_bytes(to_json(body).encode())
+
+def _audit_mac(entry_hash: str) -> str | None:
+    "HMAC-SHA256 of an entry's hash under `$MLCYCLE_AUDIT_KEY` (None when no key is set): what a rewrite without the key cannot forge."
+    key = os.environ.get('MLCYCLE_AUDIT_KEY')
+    return hmac.new(key.encode(), entry_hash.encode(), 'sha256').hexdigest() if key else None
 
 def current_actor() -> str:
     "Who is acting: `$MLCYCLE_ACTOR`, else the login name."
@@ -144,6 +184,7 @@ class AuditLog:
                          'details': json.loads(to_json(details)),
                          'prev': last['hash'] if last else GENESIS}
                 entry['hash'] = _entry_hash(entry)
+                if (mac := _audit_mac(entry['hash'])) is not None: entry['mac'] = mac
                 f.seek(0, os.SEEK_END)
                 f.write(to_json(entry) + '\n'); f.flush(); os.fsync(f.fileno())
                 atomic_write_json(self.head_path, {'seq': entry['seq'], 'hash': entry['hash']})
@@ -161,6 +202,9 @@ class AuditLog:
             if _entry_hash(e) != e['hash']: return AuditReport(False, i - 1, i, f"content does not match its hash (seq {e.get('seq')}, edited?)")
             if e.get('seq') != i: return AuditReport(False, i - 1, i, f"sequence number {e.get('seq')} where {i} was expected (deleted, inserted or reordered entry)")
             if e.get('prev') != prev: return AuditReport(False, i - 1, i, 'previous-hash link broken (deleted, inserted or reordered entry)')
+            mac = _audit_mac(e['hash'])
+            if mac is not None and not hmac.compare_digest(str(e.get('mac', '')), mac):
+                return AuditReport(False, i - 1, i, 'no valid MAC under $MLCYCLE_AUDIT_KEY (written or rewritten without the key)')
             prev, n = e['hash'], i
         if self.head_path.exists():
             head = read_json(self.head_path)
@@ -240,6 +284,22 @@ class Workspace:
     def stage(self, name: str, **inputs) -> 'StageRun':
         "Start a stage run: collect its outputs, commit them all at once on success."
         return StageRun(self, name, inputs)
+
+# %% ../nbs/00_core.ipynb #c4222391
+def verify_audit(path=None) -> AuditReport:
+    "Verify the audit log of the workspace at `path` (see above); raises `MlcycleError` when there is no such workspace."
+    root = resolve_workspace(path)
+    if not root.is_dir(): raise MlcycleError(f'workspace {root} does not exist: check --workspace (nothing was created)')
+    r = AuditLog(root/'audit.jsonl').verify()
+    if not r.ok: return r
+    records = sorted((root/'stages').glob('*.json'))
+    if records and not r.entries:
+        return AuditReport(False, 0, 1, f'{len(records)} stage record(s) in stages/ but the audit log is empty or missing (deleted?)')
+    logged = {(e.get('details') or {}).get('stage_run') for e in AuditLog(root/'audit.jsonl').entries()}
+    for m in records:
+        run = read_json(m).get('run_id')
+        if run and run not in logged: return AuditReport(False, r.entries, r.entries + 1, f'stage record {m.stem} (run {run}) has no audit entry (entries removed?)')
+    return r
 
 # %% ../nbs/00_core.ipynb #dc22a12a
 class StageRun:

@@ -15,11 +15,11 @@ from .core import ASSETS, MlcycleError, Workspace, fingerprint_df
 from .charter import Charter, binary_target, check_charter_against_data, load_charter, time_values, workspace_charter
 
 # %% auto #0
-__all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'load_source', 'load_data', 'prepare_adult', 'adult', 'feature_columns',
-           'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch',
-           'violations_frame', 'outlier_counts', 'single_feature_auc', 'column_role', 'quality_report',
-           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production',
-           'production_rows', 'run_data_stage']
+__all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'read_only_query', 'load_source', 'load_data', 'prepare_adult', 'adult',
+           'feature_columns', 'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
+           'validate_batch', 'violations_frame', 'outlier_counts', 'single_feature_auc', 'column_role',
+           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back',
+           'check_production', 'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -27,17 +27,43 @@ def _resolve(path: str, base_dir) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() or base_dir is None else Path(base_dir)/p)
 
+def read_only_query(query: str) -> str:
+    "The SQL a source runs: a bare table name becomes `SELECT * FROM name`; anything but one SELECT (or WITH) statement is refused."
+    import re
+    q = query.strip().rstrip(';').strip()
+    if not re.search(r'\s', q): return f'SELECT * FROM {q}'
+    body = re.sub(r'--[^\n]*|/\*.*?\*/', ' ', q, flags=re.S).strip()
+    first = (re.match(r'\w+', body) or [''])[0].upper()
+    if first not in ('SELECT', 'WITH') or ';' in body:
+        found = f'{first or body[:20]!r}' + (' and more than one statement' if ';' in body else '')
+        raise MlcycleError(f'data source sql: the query must be one SELECT (or WITH … SELECT) statement, found {found}; '
+                           'sources are read, never changed: fix data.sources[].query in the charter')
+    return q
+
+def _read_only_engine(url: str):
+    "An engine that cannot change the database: SQLite opened read-only (mode=ro); PostgreSQL in a read-only transaction (see `load_source`)."
+    import sqlalchemy as sa, sqlite3, urllib.parse
+    if url.startswith('sqlite'):
+        path = url.split(':///', 1)[-1].split('?', 1)[0]
+        if not path or path == ':memory:': raise MlcycleError('data source sql: an in-memory SQLite database holds no data; point url at a file')
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        return sa.create_engine('sqlite://', creator=lambda: sqlite3.connect(uri, uri=True))
+    return sa.create_engine(url)
+
 def load_source(src, base_dir=None) -> pd.DataFrame:
-    "Read one charter source into a DataFrame."
+    "Read one charter source into a DataFrame (a SQL source read-only: see `read_only_query`)."
     try:
         if src.kind == 'csv': return pd.read_csv(_resolve(src.path, base_dir), **src.options)
         if src.kind == 'parquet': return pd.read_parquet(_resolve(src.path, base_dir), **src.options)
         import sqlalchemy as sa
-        query = src.query if ' ' in src.query.strip() else f'SELECT * FROM {src.query}'
-        engine = sa.create_engine(src.url)
+        query = read_only_query(src.query)
+        engine = _read_only_engine(src.url)
         try:
-            with engine.connect() as conn: return pd.read_sql(sa.text(query), conn, **src.options)
+            with engine.connect() as conn:
+                if engine.dialect.name == 'postgresql': conn.exec_driver_sql('SET TRANSACTION READ ONLY')
+                return pd.read_sql(sa.text(query), conn, **src.options)
         finally: engine.dispose()
+    except MlcycleError: raise
     except FileNotFoundError as e:
         raise MlcycleError(f'data source {src.kind}: file {_resolve(src.path, base_dir)} not found; fix data.sources[].path in the charter (relative paths start at the charter file)') from None
     except Exception as e:

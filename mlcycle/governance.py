@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
+from .predlog import log_exists
 from .charter import Charter, binary_target, evaluate_objectives, objective_value, workspace_charter
 from .data import feature_frame
 from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_markdown, caveats, checklist_facts,
@@ -247,10 +248,6 @@ def mitigation_tradeoff(ws: Workspace, c: Charter, version=None) -> dict:
     return {'available': True, 'table': t, 'fairness_key': key, 'selected': ev['outputs'].get('selected'),
             'verdict': ev['outputs'].get('verdict'), 'note': note, 'stage_run': ev['stage_run']}
 
-def _log_exists(ws: Workspace) -> bool:
-    url = ws.prediction_log_url
-    return not url.startswith('sqlite') or Path(url.split(':///', 1)[-1]).exists()
-
 def production_fairness(ws: Workspace, c: Charter, version) -> dict:
     "Fairness in production for `version`: stage 06's objectives when it ran, else selection rates per group from the prediction log."
     ev = stage_evidence(ws, '06_monitoring')
@@ -260,8 +257,8 @@ def production_fairness(ws: Workspace, c: Charter, version) -> dict:
                 'window': ev['outputs'].get('window'), 'note': ev['outputs'].get('fairness_note') or
                 ('' if rows else f'stage 06 ran but saw no traffic of version {version}')}
     note = ev['note']
-    if not _log_exists(ws): return {'source': None, 'available': False, 'note': f'{note}; no prediction log exists yet (the version was never served)'}
-    from mlcycle.serve import read_log
+    if not log_exists(ws): return {'source': None, 'available': False, 'note': f'{note}; no prediction log exists yet (the version was never served)'}
+    from mlcycle.predlog import read_log
     log = read_log(ws)
     log = log[log.model_version.astype(str) == str(version)] if len(log) else log
     feats = [f for f in c.data.sensitive_features if f'x_{f}' in log.columns]
@@ -379,9 +376,9 @@ GOVERNANCE_STAGES = ('01_problem_definition', '02_data', '03_model_development',
 
 def _version_log_rows(ws: Workspace, version) -> int:
     "Rows of `version` in the prediction log (0 when there is no log or it cannot be read)."
-    if not _log_exists(ws): return 0
+    if not log_exists(ws): return 0
     import sqlalchemy as sa
-    from mlcycle.serve import log_engine
+    from mlcycle.predlog import log_engine
     eng = log_engine(ws.prediction_log_url)
     try:
         with eng.connect() as conn:
@@ -412,7 +409,7 @@ def read_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -
             'events': events, 'approvals': [e for e in entries if e['event'] == 'approval' and e['details'].get('model') == name
                                             and str(e['details'].get('version')) == version],
             'audit': ws.audit.verify(), 'audit_head': read_json(ws.audit.head_path) if ws.audit.head_path.exists() else None,
-            'contract_exists': (ws.root/'data'/'contract.json').exists(), 'log_exists': _log_exists(ws),
+            'contract_exists': (ws.root/'data'/'contract.json').exists(), 'log_exists': log_exists(ws),
             'log_rows': _version_log_rows(ws, version), 'lineage': lineage_steps(ws, c, rec, events),
             'fingerprints': version_fingerprints(rec), 'alias_history': alias_history(events),
             'generated_at': _now(), 'generated_by': current_actor()}

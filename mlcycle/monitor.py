@@ -42,14 +42,14 @@ def parse_window(window) -> dict:
 
 def read_window(ws_or_url, window='', model_version='', now: float | None = None) -> pd.DataFrame:
     "The logged rows in `window` (joined with feedback), optionally of one `model_version` (served or shadow)."
-    from mlcycle.serve import read_log
+    from mlcycle.predlog import read_log
     w = parse_window(window)
     url = ws_or_url.prediction_log_url if isinstance(ws_or_url, Workspace) else str(ws_or_url)
     since = None
     if w['kind'] == 'time': since = (now or time.time()) - w['seconds']
     elif w['kind'] == 'rows':
         import sqlalchemy as sa
-        from mlcycle.serve import log_engine
+        from mlcycle.predlog import log_engine
         eng = log_engine(url)
         try:
             with eng.connect() as conn:
@@ -70,7 +70,7 @@ def read_window(ws_or_url, window='', model_version='', now: float | None = None
 def logged_rows(ws_or_url) -> int:
     "How many predictions the log holds (0 when no server has written it yet)."
     import sqlalchemy as sa
-    from mlcycle.serve import log_engine
+    from mlcycle.predlog import log_engine
     url = ws_or_url.prediction_log_url if isinstance(ws_or_url, Workspace) else str(ws_or_url)
     if url.startswith('sqlite') and not Path(url.split(':///', 1)[-1]).exists(): return 0
     eng = log_engine(url)

@@ -17,6 +17,7 @@ from .core import MlcycleError, Workspace, atomic_write_json, current_actor, rea
 from .charter import Charter, binary_target, workspace_charter
 from .governance import (group_labels, list_versions, md_escape, md_table, stage_evidence,
                                 to_html, version_events, version_fingerprints, version_record)
+from .predlog import log_exists
 from .stages import Param, StageParams, add_common_args, execute_stage, stage_args
 
 # %% auto #0
@@ -35,11 +36,6 @@ def _client(ws: Workspace, name: str | None = None):
     c = workspace_charter(ws)
     setup_mlflow(ws, c.name)
     return mlflow.MlflowClient(), name or c.name
-
-def _log_exists(ws: Workspace) -> bool:
-    "Whether the workspace's prediction log exists (an external database always counts as existing)."
-    url = ws.prediction_log_url
-    return not url.startswith('sqlite') or Path(url.split(':///', 1)[-1]).exists()
 
 # %% ../nbs/09_retirement.ipynb #c2083e44
 PARAMS = StageParams('09', [
@@ -67,7 +63,7 @@ def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float
     import mlflow, uuid
     from mlcycle.data import feature_frame
     from mlcycle.simulate import production_data
-    from mlcycle.serve import PredictionLog
+    from mlcycle.predlog import PredictionLog
     cl, name = _client(ws, name)
     c = workspace_charter(ws)
     contract = read_json(ws.root/'data'/'contract.json')
@@ -101,7 +97,7 @@ def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float
 
 # %% ../nbs/09_retirement.ipynb #3eb1faaa
 def _engine(url: str):
-    from mlcycle.serve import log_engine
+    from mlcycle.predlog import log_engine
     return log_engine(url)
 
 def cutoff_ts(retention_days: float, now: float | None = None) -> float | None:
@@ -232,7 +228,7 @@ def retirement_plan(ws: Workspace, version, replacement=None, retention_days: fl
         promote_replacement = True
     retention = c.retention.prediction_log_days if float(retention_days) < 0 else float(retention_days)
     cut = cutoff_ts(retention, now)
-    log = log_counts(ws.prediction_log_url, v, cut) if _log_exists(ws) else {'predictions': 0, 'feedback': 0, 'shadow_scores': 0, 'kept_newer': 0}
+    log = log_counts(ws.prediction_log_url, v, cut) if log_exists(ws) else {'predictions': 0, 'feedback': 0, 'shadow_scores': 0, 'kept_newer': 0}
     others = [x for x in vs if str(x.version) != v]
     snaps = snapshot_plan(ws, rec, others)
     ml = mlflow_plan(ws, rec, others, delete_artifacts, gc)
@@ -315,7 +311,7 @@ def version_history(ws: Workspace, c: Charter, version) -> pd.DataFrame:
     "The version's served rows from the prediction log (its own and its shadow scores), with labels and sensitive features."
     import sqlalchemy as sa
     cols = ['ts', 'arm', 'probability', 'label', 'latency_ms', 'y_true', 'role'] + [f'x_{f}' for f in c.data.sensitive_features]
-    if not _log_exists(ws): return pd.DataFrame(columns=cols)
+    if not log_exists(ws): return pd.DataFrame(columns=cols)
     eng = _engine(ws.prediction_log_url)
     try:
         with eng.connect() as conn:
@@ -714,7 +710,7 @@ def tag_retired(r: Retirement):
 def purge_prediction_log(r: Retirement):
     "Purge the version's prediction-log rows older than the cutoff, and its shadow scores."
     p = r.plan
-    if not (_log_exists(r.ws) and (p['deletes']['predictions'] or p['deletes']['shadow_scores_cleared'])): return
+    if not (log_exists(r.ws) and (p['deletes']['predictions'] or p['deletes']['shadow_scores_cleared'])): return
     r.purged = purge_log(r.ws.prediction_log_url, r.version, p['cutoff_ts'], r.batch_size)
     yield Done(f"purged {r.purged['predictions']} predictions, {r.purged['feedback']} feedback rows", 'prediction_log_purged',
                dict(model=r.name, version=r.version, cutoff=p['cutoff'], retention_days=p['retention_days'], **r.purged))

@@ -57,7 +57,7 @@ def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'fe
     target = c.data.target
     src = str(new_data or 'feedback').strip()
     if src == 'feedback':
-        from mlcycle.serve import read_log
+        from mlcycle.predlog import read_log
         log = read_log(log_url or ws, features=True)
         lab = log[log.y_true.notna()] if len(log) else log
         if not len(lab): raise MlcycleError('new_data=feedback: the prediction log has no labelled rows yet; send labels to /feedback, or pass a file with new_data')
@@ -225,9 +225,9 @@ def ab_sample_size(p_control: float, mde: float, share: float = 0.5, alpha: floa
 def simulate_ab(correct_champion: np.ndarray, correct_challenger: np.ndarray, n_total: int, share: float = 0.5, reps: int = 200,
                 alpha: float = 0.05, looks: int = 1, spending: str = 'obrien_fleming', seed: int = 0) -> dict:
     """Monte Carlo of the A/B analysis: each replication draws `n_total` rows from the pool (with replacement), routes them as the
-    server does (`mlcycle.serve.bucket` of distinct request ids below `share`), and tests at `looks` equally spaced looks
+    server does (`mlcycle.batching.bucket` of distinct request ids below `share`), and tests at `looks` equally spaced looks
     (spending 'obrien_fleming' or 'naive')."""
-    from mlcycle.serve import bucket
+    from mlcycle.batching import bucket
     rng = np.random.default_rng(seed)
     a, b = np.asarray(correct_champion, bool), np.asarray(correct_challenger, bool)
     ids = bucket([f'{seed}-{i}' for i in range(max(4 * n_total, 50_000))], salt='sim')    # the router's hash of distinct ids, once

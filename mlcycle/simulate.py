@@ -5,7 +5,7 @@
 # %% ../nbs/05c_simulate.ipynb #e0cbf894
 from __future__ import annotations
 
-import json, sys, threading, time
+import json, os, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -201,7 +201,7 @@ def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str
              batch: int = 1, concurrency: int = 4, feedback_delay: float = 0.0, feedback_share: float = 1.0,
              feedback_batch: int = 500, seed: int = 0, timeout: float = 30.0, data: pd.DataFrame | None = None,
              target: str | None = None, max_seconds: float | None = None, workspace=None, traffic=None,
-             contract: dict | None = None, positive_label=None) -> dict:
+             contract: dict | None = None, positive_label=None, feedback_token: str | None = None) -> dict:
     """Send `rows` production rows reshaped by `scenario` to the server at `url`, then their labels (when the rows have
     the `target` column) as delayed feedback. The rows are `data`, else the workspace's production rows (`production_data`);
     `scenario` None picks `default_scenario` for the contract."""
@@ -246,6 +246,8 @@ def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str
     fb = {'accepted': 0, 'duplicates': 0, 'unknown': 0, 'conflicts': 0, 'posts': 0, 'errors': 0}
     sending = threading.Event(); sending.set()
     keep = rng.random(rows) < feedback_share
+    token = feedback_token or os.environ.get('MLCYCLE_FEEDBACK_TOKEN')
+    auth = {'Authorization': f'Bearer {token}'} if token else {}
     def feedback_loop():
         sent = 0; s = requests.Session()
         while True:
@@ -255,7 +257,7 @@ def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str
                 items = [{'request_id': rid, 'label': labels[j]} for _, rid, j in part if keep[j]]
                 if items:
                     try:
-                        res = s.post(url + '/feedback', json={'feedback': items}, timeout=timeout)
+                        res = s.post(url + '/feedback', json={'feedback': items}, timeout=timeout, headers=auth)
                         if res.status_code == 200:
                             body = res.json(); fb['posts'] += 1
                             for k in ('accepted', 'duplicates'): fb[k] += body[k]

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import ServerProc
+from mlcycle.serve import feedback_token
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,7 +100,7 @@ def test_stable_traffic_then_recession(served):
     from mlcycle.simulate import simulate
     from mlcycle.monitor import run_monitoring
     ws, s = served
-    r = simulate(s.url, rows=1500, scenario='none', batch=20, concurrency=4, seed=1, workspace=ws)
+    r = simulate(s.url, rows=1500, scenario='none', batch=20, concurrency=4, seed=1, workspace=ws, feedback_token=feedback_token(ws))
     assert r['statuses'] == {'200': 75} and r['feedback']['accepted'] == 1500
     stable = run_monitoring(workspace=ws, window='1500', plots=False)
     assert len(stable['log']) == 1500
@@ -109,7 +110,7 @@ def test_stable_traffic_then_recession(served):
     perf = stable['performance'].iloc[0]
     assert perf.labelled == 1500 and perf.coverage == 1.0 and perf.roc_auc_lo < perf.roc_auc < perf.roc_auc_hi
 
-    r = simulate(s.url, rows=2000, scenario='recession', batch=20, concurrency=4, seed=2, workspace=ws)
+    r = simulate(s.url, rows=2000, scenario='recession', batch=20, concurrency=4, seed=2, workspace=ws, feedback_token=feedback_token(ws))
     assert r['statuses'] == {'200': 100}
     res = run_monitoring(workspace=ws, window='2000', server_url=s.url, plots=False)
     crit = {a['subject'] for a in res['alerts'] if a['rule'] == 'feature_drift' and a['severity'] == 'critical'}
@@ -132,7 +133,7 @@ def test_new_category_and_refused_requests(served):
     from mlcycle.simulate import simulate
     from mlcycle.monitor import run_monitoring
     ws, s = served
-    simulate(s.url, rows=1000, scenario='new_category', batch=20, concurrency=4, seed=3, workspace=ws)
+    simulate(s.url, rows=1000, scenario='new_category', batch=20, concurrency=4, seed=3, workspace=ws, feedback_token=feedback_token(ws))
     bad = json.dumps([{'age': 'old'}]).encode()
     for _ in range(30):
         req = urllib.request.Request(s.url + '/predict', data=bad, headers={'Content-Type': 'application/json'})

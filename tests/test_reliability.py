@@ -7,7 +7,8 @@ import requests
 
 from loadgen import hammer, ids_of
 from mlcycle.deploy import promote
-from mlcycle.serve import integrity_check, read_log
+from mlcycle.predlog import integrity_check, read_log
+from mlcycle.serve import feedback_token
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -103,6 +104,7 @@ def test_fuzz_openapi_no_5xx(champion_server):
 def test_random_bodies_never_5xx(champion_server, adult_records):
     from hypothesis import HealthCheck, given, settings, strategies as st
     url = champion_server.url
+    auth = {'Authorization': f'Bearer {feedback_token(champion_server.ws)}'}     # so /feedback parses the body, not only the credential
     scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
     value = st.recursive(scalar, lambda ch: st.lists(ch, max_size=3) | st.dictionaries(st.text(max_size=5), ch, max_size=3), max_leaves=6)
     base = adult_records[0]
@@ -113,7 +115,7 @@ def test_random_bodies_never_5xx(champion_server, adult_records):
     @given(body=body, route=st.sampled_from(['/predict', '/invocations', '/feedback']))
     def check(body, route):
         if route == '/invocations': body = {'dataframe_records': body} if isinstance(body, list) else body
-        r = requests.post(url + route, data=json.dumps(body), headers={'Content-Type': 'application/json'}, timeout=30)
+        r = requests.post(url + route, data=json.dumps(body), headers={'Content-Type': 'application/json', **auth}, timeout=30)
         codes[r.status_code] = codes.get(r.status_code, 0) + 1
         assert r.status_code < 500, (route, body, r.text[:300])
     check()

@@ -98,7 +98,7 @@ def check_log_matches(url, results):
 
 def test_two_replicas_one_log_one_registry(registry_ws, start_server, log_db, adult_records):
     from mlcycle.deploy import promote
-    from mlcycle.serve import route
+    from mlcycle.batching import route
     promote(registry_ws, '1', reason='replica test')
     keyed(registry_ws)
     args = ['--log-url', log_db, '--alias-poll-seconds', '1']

@@ -10,7 +10,8 @@ import requests
 from mlcycle.core import read_json
 from mlcycle.data import adult, feature_frame
 from mlcycle.deploy import promote
-from mlcycle.serve import integrity_check, read_log
+from mlcycle.predlog import integrity_check, read_log
+from mlcycle.serve import feedback_token
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -86,18 +87,20 @@ def test_bad_input_is_4xx_naming_the_column(champion_server, adult_records):
 
 def test_feedback_late_batched_idempotent(champion_server, adult_records):
     s = champion_server
+    auth = {'Authorization': f'Bearer {feedback_token(s.ws)}'}
     preds = requests.post(s.url + '/predict', json=adult_records[:10]).json()['predictions']
     labels = adult('test').income.head(10).tolist()
     fb = [{'request_id': p['request_id'], 'label': l} for p, l in zip(preds, labels)]
-    r = requests.post(s.url + '/feedback', json={'feedback': fb[:6] + [{'request_id': 'no-such-id', 'label': '>50K'}]}).json()
+    r = requests.post(s.url + '/feedback', json={'feedback': fb[:6] + [{'request_id': 'no-such-id', 'label': '>50K'}]}, headers=auth).json()
     assert r['accepted'] == 6 and r['unknown'] == ['no-such-id'] and r['duplicates'] == 0
     flipped = {'request_id': fb[0]['request_id'], 'label': '<=50K' if labels[0] == '>50K' else '>50K'}
-    r = requests.post(s.url + '/feedback', json={'feedback': fb + [flipped]}).json()
+    r = requests.post(s.url + '/feedback', json={'feedback': fb + [flipped]}, headers=auth).json()
     assert (r['accepted'], r['duplicates'], r['conflicts'], r['unknown']) == (4, 6, [fb[0]['request_id']], [])
     log = read_log(s.ws).set_index('request_id').loc[[p['request_id'] for p in preds]]
-    assert log.label_true.tolist() == labels                     # the first label is kept
-    assert log.y_true.tolist() == [int(l == '>50K') for l in labels]
-    assert requests.post(s.url + '/feedback', json={'feedback': [{'label': 1}]}).status_code == 422
+    assert log.label_true.tolist()[1:] == labels[1:]              # the conflicting row is disputed: no label counts
+    assert log.disputed.tolist() == [True] + [False] * 9 and log.y_true.isna().tolist() == [True] + [False] * 9
+    assert log.y_true.tolist()[1:] == [int(l == '>50K') for l in labels[1:]]
+    assert requests.post(s.url + '/feedback', json={'feedback': [{'label': 1}]}, headers=auth).status_code == 422
 
 
 def test_health_ready_metrics_docs(champion_server, adult_records):
@@ -174,7 +177,8 @@ def test_postgresql_prediction_log(registry_ws, start_server, adult_records, pos
     s = start_server(registry_ws, args=['--log-url', postgres_url])
     preds = []
     for k in range(0, 300, 30): preds += requests.post(s.url + '/predict', json=adult_records[k:k + 30]).json()['predictions']
-    fb = requests.post(s.url + '/feedback', json={'feedback': [{'request_id': p['request_id'], 'label': '>50K'} for p in preds[:100]]}).json()
+    fb = requests.post(s.url + '/feedback', json={'feedback': [{'request_id': p['request_id'], 'label': '>50K'} for p in preds[:100]]},
+                       headers={'Authorization': f'Bearer {feedback_token(registry_ws)}'}).json()
     assert fb['accepted'] == 100
     eng = sa.create_engine(postgres_url)
     with eng.connect() as c:

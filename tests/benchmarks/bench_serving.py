@@ -75,7 +75,7 @@ def in_process(model, X):
 
 def log_rate(url, rows=200_000, per_submit=64, threads=16):
     "Rows/s through PredictionLog (group commit), `per_submit` rows per request from `threads` submitters."
-    from mlcycle.serve import PredictionLog
+    from mlcycle.predlog import PredictionLog
     log = PredictionLog(url)
     feats = json.dumps({'age': 39.0, 'workclass': 'State-gov', 'education': 'Bachelors', 'sex': 'Male', 'hours_per_week': 40.0})
     def rows_for(k):
@@ -167,7 +167,7 @@ def main():
         res['mlcycle']['mean_batch_rows'] = float(re.search(r'mlcycle_batch_rows_sum\{scope="model"\} ([\d.]+)', m).group(1)) / \
                                             float(re.search(r'mlcycle_batch_rows_count\{scope="model"\} (\d+)', m).group(1))
     finally: stop(p)
-    from mlcycle.serve import read_log
+    from mlcycle.predlog import read_log
     res['mlcycle']['log_rows_in_db'] = len(read_log(ws, features=False))
     # the prediction log alone
     res['log_sqlite'] = log_rate(f'sqlite:///{tempfile.mkdtemp(prefix="bench-log-")}/p.db')
