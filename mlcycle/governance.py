@@ -539,7 +539,7 @@ PARAMS = StageParams('08', [
     Param('model_name', '', "registered model (empty: the charter's name)", flag='--model'),
     Param('version', '', 'model version (empty: @champion, else the newest that passed validation, else the newest)', flag='--version'),
     Param('output_dir', '', 'folder for the reports (empty: <workspace>/reports/<model>/<version>)'),
-    Param('bootstrap', 300, 'bootstrap resamples for the confidence intervals', flag='--bootstrap'),
+    Param('bootstrap', 0, "bootstrap resamples for the confidence intervals (0: the charter's, as stage 04)", flag='--bootstrap'),
 ])
 
 def _approve_cmd(a):
