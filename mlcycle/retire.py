@@ -15,8 +15,8 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, atomic_write_json, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .charter import Charter, binary_target, workspace_charter
-from .governance import (group_labels, list_versions, md_escape, md_table, stage_evidence,
-                                to_html, version_events, version_fingerprints, version_record)
+from .governance import group_labels, list_versions, stage_evidence, version_events, version_fingerprints, version_record
+from .governance_docs import md_escape, md_table, to_html
 from .predlog import log_exists
 from .stages import Param, StageParams, add_common_args, execute_stage, stage_args
 
