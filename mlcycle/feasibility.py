@@ -66,7 +66,8 @@ TEST_SIZE = 0.2   # stage 02's default share of rows in the test split
 
 def _fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> np.ndarray:
     "A fairness metric on every resample (rows `idx[b]`), over the groups judged in that resample; NaN where fewer than two are."
-    codes, uniq = pd.factorize(pd.Series(groups).astype(str)); k, B = len(uniq), len(idx)
+    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+    codes, uniq = pd.factorize(pd.Series(np.asarray(groups, dtype=object)).astype(str)); k, B = len(uniq), len(idx)
     G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
     cnt = lambda w=None: np.bincount(G, weights=None if w is None else w[idx].ravel().astype(float), minlength=B * k).reshape(B, k)
     n, sel, pos, tp = cnt(), cnt(pred), cnt(y), cnt(pred * y)

@@ -613,7 +613,7 @@ PARAMS = StageParams('06', [
     Param('server_url', '', 'a running server whose /metrics gives the error rate (empty: error rate not measured)', flag='--server-url'),
     Param('alpha', 0.05, 'family-wise false-alarm rate of the drift tests per run (Bonferroni over all tests)'),
     Param('demo_rows', 4000, "only when the workspace's own SQLite log is empty: serve the champion locally, replay this many rows (0: never)"),
-    Param('demo_scenario', 'new_category', 'drift scenario of that demo traffic (see 05c_simulate)'),
+    Param('demo_scenario', '', 'drift scenario of that demo traffic (empty: the default for the data; see 05c_simulate)'),
 ])
 
 def _monitor_cmd(a):

@@ -45,7 +45,7 @@ PARAMS = StageParams('07', [
     Param('auto_promote', False, 'act on the decision (promote / end the test / roll back); false: record a recommendation for a person'),
     Param('server_url', '', 'a running server to reload after alias moves (needs $MLCYCLE_ADMIN_TOKEN)'),
     Param('demo_rows', 4000, "phase all, no server_url, the workspace's own SQLite log: replay demo traffic locally (0: never)"),
-    Param('demo_scenario', 'new_category', 'drift scenario of that demo traffic'),
+    Param('demo_scenario', '', 'drift scenario of that demo traffic (empty: the default for the data; see 05c_simulate)'),
 ])
 
 # %% ../nbs/07_retraining.ipynb #1608f441
