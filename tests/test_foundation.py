@@ -181,7 +181,8 @@ def test_charter_that_does_not_fit_the_data(tmp_path, change, expected, via):
         assert 'Traceback' not in r.stderr
     else:
         import mlflow
-        from mlcycle.charter import CharterError, run_problem_definition
+        from mlcycle.charter import CharterError
+        from mlcycle.feasibility import run_problem_definition
         from mlcycle.core import Workspace
         try:
             with pytest.raises(CharterError, match=re.escape(expected)): run_problem_definition(charter, Workspace(tmp_path/'ws'))
@@ -193,7 +194,7 @@ def test_charter_that_does_not_fit_the_data(tmp_path, change, expected, via):
 def churn_0102(tmp_path_factory):
     "The user's churn project after stages 01-02 (direct calls), shared read-only: tests copy it."
     import mlflow
-    from mlcycle.charter import run_problem_definition
+    from mlcycle.feasibility import run_problem_definition
     from mlcycle.core import Workspace
     from mlcycle.data import run_data_stage
     d = tmp_path_factory.mktemp('churn0102')
