@@ -376,9 +376,8 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     from mlcycle.core import setup_mlflow
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('01_problem_definition'):
-        from mlcycle.feasibility import run_problem_definition
-        print('stage 01 has not run in this workspace: running it first')
-        run_problem_definition(charter, ws)
+        raise MlcycleError(f'stage 01 has not run in {ws.root}: run it first (`mlcycle stage 01`, or '
+                           '`mlcycle.feasibility.run_through_data`, which runs whichever of stages 01 and 02 is missing)')
     c = workspace_charter(ws, charter)
     df, sources = load_data(c)
     check_charter_against_data(c, df)

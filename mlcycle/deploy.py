@@ -459,8 +459,8 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
     from mlcycle.charter import workspace_charter
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('02_data'):
-        from mlcycle.data import run_data_stage
-        print('stage 02 has not run in this workspace: running it first'); run_data_stage(charter, ws)
+        from mlcycle.feasibility import run_through_data
+        run_through_data(charter, ws)
     c = workspace_charter(ws, charter)
     version = str(version) if version not in (None, '') else latest_passed_version(ws, c.name)
     if version is None and not ws.has_stage('04_validation'):

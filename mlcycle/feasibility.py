@@ -17,7 +17,8 @@ from .data import build_preprocessor, feature_frame, infer_contract, load_data
 
 # %% auto #0
 __all__ = ['TEST_SIZE', 'label_balance', 'group_sizes', 'fit_learning_curve', 'verifiability', 'feasibility_verdict',
-           'quick_model_scores', 'feasibility_analysis', 'plot_feasibility', 'run_problem_definition']
+           'quick_model_scores', 'feasibility_analysis', 'plot_feasibility', 'run_problem_definition',
+           'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -236,3 +237,14 @@ def run_problem_definition(charter=None, workspace=None, show: bool = False) -> 
             verifiability=fa['verifiability'].to_dict('records'))
         st.record('feasibility_verdict', verdict=fa['verdict'], blockers=fa['blockers'], risks=fa['risks'], charter_hash=c.hash)
     return dict(charter=c, workspace=ws, data=df, **fa)
+
+# %% ../nbs/01_problem_definition.ipynb #a7d0c3e1
+def run_through_data(charter=None, workspace=None, log=print) -> Workspace:
+    "Stages 01 and 02 on `workspace`, each only where it has not run yet: what a later stage runs first when its upstream is missing."
+    from mlcycle.data import run_data_stage
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if not ws.has_stage('01_problem_definition'):
+        log('stage 01 has not run in this workspace: running it first'); run_problem_definition(charter, ws)
+    if not ws.has_stage('02_data'):
+        log('stage 02 has not run in this workspace: running it first'); run_data_stage(charter, ws)
+    return ws

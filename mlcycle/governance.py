@@ -443,8 +443,8 @@ def build_governance(ws: Workspace, c: Charter, version, name: str | None = None
 def _ensure_inputs(ws: Workspace, charter, model_name: str | None, log=print) -> tuple[Charter, str]:
     "The charter and model name; runs stage 02, and stage 03 when no version is registered, first (as every stage runs its missing upstream)."
     if not ws.has_stage('02_data'):
-        from mlcycle.data import run_data_stage
-        log('stage 02 has not run in this workspace: running it first'); run_data_stage(charter, ws)
+        from mlcycle.feasibility import run_through_data
+        run_through_data(charter, ws, log)
     c = workspace_charter(ws, charter)
     name = model_name or c.name
     if not list_versions(ws, name):

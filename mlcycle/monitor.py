@@ -447,8 +447,8 @@ def ensure_champion(ws: Workspace, charter=None, log=print) -> str:
     "The `@champion` version; when there is none, deploy the latest validated version (stage 05), or a stand-in model in a bare workspace."
     from mlcycle.deploy import aliases, demo_model_version, latest_passed_version, promote
     if not ws.has_stage('02_data'):
-        from mlcycle.data import run_data_stage
-        log('stage 02 has not run in this workspace: running it first'); run_data_stage(charter, ws)
+        from mlcycle.feasibility import run_through_data
+        run_through_data(charter, ws, log)
     cur = aliases(ws)
     if 'champion' in cur: return cur['champion']
     v = latest_passed_version(ws)

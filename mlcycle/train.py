@@ -708,9 +708,8 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
     import mlflow
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('02_data'):
-        from mlcycle.data import run_data_stage
-        log('stage 02 has not run in this workspace: running it first')
-        run_data_stage(charter, ws)
+        from mlcycle.feasibility import run_through_data
+        run_through_data(charter, ws, log)
     c = workspace_charter(ws, charter)
     m02 = ws.manifest('02_data')
     fps = {k: v['fingerprint'] for k, v in m02['outputs']['splits'].items()}

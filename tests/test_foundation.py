@@ -289,3 +289,12 @@ def test_wheel_install_runs_from_an_empty_folder(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (empty/'mlcycle-workspace'/'stages'/'02_data.json').exists()
     assert list((empty/'reports').glob('run-*/index.html'))
+
+
+def test_stage_02_without_stage_01_is_one_clear_line(tmp_path):
+    "Stage 02 does not reach back up the import graph to run stage 01: it says what to run, and writes no stage record."
+    from mlcycle.core import MlcycleError, Workspace
+    from mlcycle.data import run_data_stage
+    with pytest.raises(MlcycleError, match=r'stage 01 has not run in .*: run it first') as e: run_data_stage(None, Workspace(tmp_path/'ws'))
+    assert '\n' not in str(e.value)
+    assert not (tmp_path/'ws'/'stages').exists() or not any((tmp_path/'ws'/'stages').iterdir())
