@@ -292,10 +292,11 @@ _K8S_HEADER = """\
 # {name}: {replicas} replicas of the mlcycle server behind one Service (a load balancer inside the cluster).
 # 1. Build and push the image from this folder:  docker build -t {image} . && docker push {image}
 #    (or change `image:` below to where you pushed it).
-# 2. The shared state the replicas need, as a Secret (the prediction log in PostgreSQL, the admin token):
+# 2. The shared state the replicas need, as a Secret (the prediction log in PostgreSQL, the admin and feedback tokens):
 #      kubectl create secret generic {secret} \\
 #        --from-literal=prediction-log-url='postgresql+psycopg://USER:PASSWORD@HOST:5432/DB' \\
-#        --from-literal=admin-token="$(openssl rand -hex 32)"
+#        --from-literal=admin-token="$(openssl rand -hex 32)" \\
+#        --from-literal=feedback-token="$(openssl rand -hex 32)"   # give this one to the labelling job
 # 3. kubectl apply -f kubernetes.yaml
 # Every replica serves @champion/@challenger of {name} from the MLflow server at MLFLOW_TRACKING_URI
 # (MLCYCLE_MODEL_SOURCE=registry) and re-reads the aliases every MLCYCLE_ALIAS_POLL_SECONDS, so a promotion
@@ -323,7 +324,8 @@ def kubernetes_manifest(name: str, version: str, image: str, port: int = 8080, r
            {'name': 'MLFLOW_TRACKING_URI', 'value': tracking_uri},
            {'name': 'MLCYCLE_ALIAS_POLL_SECONDS', 'value': f'{alias_poll_seconds:g}'},
            {'name': 'MLCYCLE_PREDICTION_LOG_URL', 'valueFrom': from_secret('prediction-log-url')},
-           {'name': 'MLCYCLE_ADMIN_TOKEN', 'valueFrom': from_secret('admin-token')}]
+           {'name': 'MLCYCLE_ADMIN_TOKEN', 'valueFrom': from_secret('admin-token')},
+           {'name': 'MLCYCLE_FEEDBACK_TOKEN', 'valueFrom': from_secret('feedback-token')}]
     deployment = {
         'apiVersion': 'apps/v1', 'kind': 'Deployment',
         'metadata': {'name': app, 'labels': labels, 'annotations': {'mlcycle/model': name, 'mlcycle/packaged-version': str(version)}},
