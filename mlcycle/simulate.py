@@ -15,7 +15,7 @@ from .core import MlcycleError
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'PRESET_COLUMNS', 'GENERIC', 'apply_scenario', 'parse_scenario', 'pick_column', 'default_scenario',
-           'distinct_rows', 'production_data', 'simulate', 'register_cli']
+           'distinct_rows', 'production_data', 'replay_rows', 'simulate', 'register_cli']
 
 # %% ../nbs/05c_simulate.ipynb #f60e4381
 # --- Adult presets: the bundled charter's named scenarios (they name its columns); generic scenarios are below
@@ -197,6 +197,19 @@ def production_data(workspace=None, traffic=None) -> dict:
     return {'data': df, 'target': c.data.target, 'positive_label': c.data.positive_label, 'contract': contract, 'source': source}
 
 # %% ../nbs/05c_simulate.ipynb #36fa1221
+def replay_rows(rows: int, scenario, intensity, seed, data=None, target=None, workspace=None, traffic=None, contract=None,
+                positive_label=None, rng=None):
+    "The `rows` rows `simulate` sends, in a seeded order (each production row once before any repeats), reshaped by `scenario`."
+    if data is None:
+        p = production_data(workspace, traffic)
+        data, contract = p['data'], contract or p['contract']
+        target = target or p['target']; positive_label = p['positive_label'] if positive_label is None else positive_label
+    if not len(data): raise MlcycleError('no production rows to replay: give data, a workspace whose stage 02 kept production rows, or --traffic FILE')
+    scenario = scenario or (default_scenario(contract) if contract else 'none')
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    idx = np.concatenate([rng.permutation(len(data)) for _ in range(-(-rows // len(data)))])[:rows]
+    return apply_scenario(data.iloc[idx], scenario, intensity, seed, contract, target, positive_label), scenario, target, positive_label
+
 def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str | None = 'none', intensity: float = 1.0,
              batch: int = 1, concurrency: int = 4, feedback_delay: float = 0.0, feedback_share: float = 1.0,
              feedback_batch: int = 500, seed: int = 0, timeout: float = 30.0, data: pd.DataFrame | None = None,
@@ -208,16 +221,8 @@ def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str
     import requests
     if rows < 1 or batch < 1 or concurrency < 1: raise MlcycleError('rows, batch and concurrency must be at least 1')
     if not 0 <= feedback_share <= 1: raise MlcycleError(f'feedback_share must be between 0 and 1, not {feedback_share}')
-    if data is None:
-        p = production_data(workspace, traffic)
-        data, contract = p['data'], contract or p['contract']
-        target = target or p['target']; positive_label = p['positive_label'] if positive_label is None else positive_label
-    if not len(data): raise MlcycleError('no production rows to replay: give data, a workspace whose stage 02 kept production rows, or --traffic FILE')
-    scenario = scenario or (default_scenario(contract) if contract else 'none')
-    src = data
     rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.permutation(len(src)) for _ in range(-(-rows // len(src)))])[:rows]
-    df = apply_scenario(src.iloc[idx], scenario, intensity, seed, contract, target, positive_label)
+    df, scenario, target, positive_label = replay_rows(rows, scenario, intensity, seed, data, target, workspace, traffic, contract, positive_label, rng)
     labels = df[target].astype(str).tolist() if target and target in df else None
     payload = json.loads(df.drop(columns=[target] if target else [], errors='ignore').to_json(orient='records'))
     chunks = [(i, payload[i:i + batch]) for i in range(0, rows, batch)]
