@@ -226,10 +226,11 @@ def adult_records():
 
 # ---- stages 08-09 (governance, retirement): two stand-in versions, and a prediction-log history ----
 def copy_workspace(src, dest, logs=False):
-    """A private copy of workspace `src` at `dest`: its own registry database (and, with `logs`, its audit log and
-    prediction log). MLflow artifacts stay in `src` (the registry points there): never delete them from a copy."""
+    """A private copy of workspace `src` at `dest`: its own registry database and audit log (stage records without the
+    log that recorded them fail `mlcycle audit verify`), and with `logs` its prediction log. MLflow artifacts stay in
+    `src` (the registry points there): never delete them from a copy."""
     from mlcycle.core import Workspace
-    ignore = ['mlartifacts', 'reports', 'archive', 'containers', 'server-*.log'] + ([] if logs else ['predictions.db*', 'audit.*'])
+    ignore = ['mlartifacts', 'reports', 'archive', 'containers', 'server-*.log'] + ([] if logs else ['predictions.db*'])
     shutil.copytree(src.root, dest, ignore=shutil.ignore_patterns(*ignore))
     return Workspace(dest)
 
