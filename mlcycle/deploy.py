@@ -27,7 +27,10 @@ def scratch_workspace(ws: Workspace, path=None) -> Workspace:
         (dest/'stages').mkdir(exist_ok=True); shutil.copy2(ws.manifest_path(name), dest/'stages'/f'{name}.json')
     shutil.copy2(ws.root/'charter.json', dest/'charter.json')
     shutil.copytree(ws.data_dir, dest/'data', dirs_exist_ok=True)
-    return Workspace.local(dest)
+    new = Workspace.local(dest)
+    for name in ('01_problem_definition', '02_data'):   # its own audit log says where its stage records came from
+        new.audit.append('stage_record_copied', stage=name, stage_run=read_json(new.manifest_path(name)).get('run_id'), source=str(ws.root))
+    return new
 
 def demo_model_version(ws: Workspace, max_iter: int = 60, seed: int = 0, validation_status: str = 'passed') -> str:
     "Register a HistGradientBoosting pipeline fitted on the stage-02 train snapshot (a stand-in for stage 03's model); returns its version."
