@@ -18,8 +18,8 @@ import mlcycle
 # %% auto #0
 __all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
            'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
-           'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'setup_mlflow',
-           'reset_mlflow']
+           'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'relocate_store',
+           'setup_mlflow', 'reset_mlflow']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -359,6 +359,35 @@ class StageRun:
         self.ws.audit.append('stage_completed', stage=self.name, stage_run=m['run_id'],
                              manifest_sha256=sha256_bytes(body))
 
+# %% ../nbs/00_core.ipynb #e367582a
+_LOCATIONS = (('experiments', 'artifact_location'), ('runs', 'artifact_uri'),
+              ('logged_models', 'artifact_location'), ('model_versions', 'storage_location'))
+
+def relocate_store(ws: Workspace) -> dict | None:
+    "Point the workspace's own SQLite registry at its `mlartifacts/` after the folder was moved or copied whole; returns what changed."
+    import sqlite3
+    db = ws.root/'mlflow.db'
+    if ws.tracking_uri != f"sqlite:///{db}" or not db.exists() or not ws.artifacts_dir.is_dir(): return None
+    new = ws.artifacts_dir.as_uri()
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        if 'experiments' not in tables: return None
+        olds = sorted({r[0] for r in con.execute("select artifact_location from experiments")
+                       if r[0] and r[0].startswith('file://') and r[0].endswith('/mlartifacts') and r[0] != new})
+        if not olds: return None
+        changed = {}
+        with con:
+            for old in olds:
+                for t, col in _LOCATIONS:
+                    if t not in tables: continue
+                    cur = con.execute(f"update {t} set {col} = ? || substr({col}, ?) where {col} = ? or substr({col}, 1, ?) = ?",
+                                      (new, len(old) + 1, old, len(old) + 1, old + '/'))
+                    changed[f'{t}.{col}'] = changed.get(f'{t}.{col}', 0) + cur.rowcount
+    finally: con.close()
+    ws.audit.append('workspace_relocated', previous=olds, artifacts=new, rows=changed)
+    return {'previous': olds, 'artifacts': new, 'rows': changed}
+
 # %% ../nbs/00_core.ipynb #a9b366a9
 def setup_mlflow(ws: Workspace, experiment: str):
     "Point MLflow at the workspace's tracking store and select (or create) `experiment`; returns the experiment id."
@@ -366,6 +395,7 @@ def setup_mlflow(ws: Workspace, experiment: str):
     logging.getLogger('mlflow').setLevel(logging.WARNING)
     os.environ.setdefault('MLFLOW_ENABLE_ASYNC_LOGGING', 'false')
     uri = ws.tracking_uri
+    relocate_store(ws)
     saved = {k: os.environ.get(k) for k in ('MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI')}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

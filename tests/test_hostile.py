@@ -246,3 +246,37 @@ def test_invocations_schema_says_exactly_one_of_its_keys(champion_server):
     assert set(schema['properties']) == {'dataframe_split', 'dataframe_records', 'inputs', 'instances'}
     assert sorted(o['required'][0] for o in schema['oneOf']) == sorted(schema['properties'])
     assert requests.post(champion_server.url + '/invocations', json={'inputs': [], 'instances': []}, timeout=30).status_code == 422
+
+
+# ---- 7. a workspace can be moved or copied whole ------------------------------------------------------------------
+
+def _artifact_locations(ws) -> list[str]:
+    con = sqlite3.connect(ws.root/'mlflow.db')
+    try:
+        return [r[0] for t, c in (('experiments', 'artifact_location'), ('runs', 'artifact_uri'),
+                                  ('logged_models', 'artifact_location'), ('model_versions', 'storage_location'))
+                for r in con.execute(f'select {c} from {t}') if r[0] and r[0].startswith('file://')]
+    finally: con.close()
+
+
+def test_a_moved_workspace_uses_its_own_artifacts(registry_template, adult_records, mlcycle, tmp_path):
+    "Copied whole, scored (the registry follows the copy), then moved: the old folder is gone and scoring still works."
+    import shutil
+    a, b = tmp_path/'a', tmp_path/'b'
+    shutil.copytree(registry_template.root, a)
+    src = pd.DataFrame(adult_records[:50]); src.to_csv(tmp_path/'in.csv', index=False)
+    assert all(not loc.startswith((a/'x').as_uri()[:-1]) for loc in _artifact_locations(Workspace(a)))   # points at the original
+    r = mlcycle('predict', '--workspace', a, '--input', tmp_path/'in.csv', '--output', tmp_path/'out_a.csv', '--version', '1',
+                '--no-progress', timeout=300)
+    assert r.returncode == 0, r.stderr
+    shutil.move(a, b)
+    assert not a.exists()
+    r = mlcycle('predict', '--workspace', b, '--input', tmp_path/'in.csv', '--output', tmp_path/'out_b.csv', '--version', '1',
+                '--no-progress', timeout=300)
+    assert r.returncode == 0, r.stderr
+    locs = _artifact_locations(Workspace(b))
+    assert len(locs) >= 4 and all(loc.startswith(Workspace(b).artifacts_dir.as_uri()) for loc in locs), locs
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'out_a.csv'), pd.read_csv(tmp_path/'out_b.csv'))
+    moves = [e for e in Workspace(b).audit.entries() if e['event'] == 'workspace_relocated']
+    assert len(moves) == 2 and moves[-1]['details']['previous'] == [Workspace(a).artifacts_dir.as_uri()]
+    assert mlcycle('audit', 'verify', '--workspace', b, timeout=120).returncode == 0
