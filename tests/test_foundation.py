@@ -275,13 +275,25 @@ def test_wheel_install_runs_from_an_empty_folder(tmp_path):
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
     assert 'mlcycle/notebooks/01_problem_definition.ipynb' in names and 'mlcycle/assets/adult_train.csv.gz' in names
+    # A fresh virtual environment that sees the dependencies already installed here (a `.pth` line adds this
+    # environment's site-packages after its own; `.pth` files in that folder, such as the editable install's, are not
+    # read), so the wheel is installed without its dependencies and `pip check` proves the installed ones satisfy it.
+    # Resolving and downloading them again is what the README's first command does on a fresh machine.
     venv = tmp_path/'venv'
-    subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
-    pip = subprocess.run([venv/'bin'/'python', '-m', 'pip', 'install', '-q', wheel], capture_output=True, text=True, timeout=1500)
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv], check=True)
+    import sysconfig
+    ours = sysconfig.get_paths()['purelib']
+    site = subprocess.run([venv/'bin'/'python', '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, 'dependencies-from-parent.pth').write_text(ours + '\n')
+    pip = subprocess.run([venv/'bin'/'python', '-m', 'pip', 'install', '-q', '--no-deps', '--ignore-installed', wheel], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-3000:]
+    check = subprocess.run([venv/'bin'/'python', '-m', 'pip', 'check'], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout[-3000:]
     empty = tmp_path/'empty'; empty.mkdir()
     env = {k: v for k, v in __import__('os').environ.items() if k not in ('MLCYCLE_WORKSPACE', 'MLFLOW_TRACKING_URI', 'PYTHONPATH')}
     env['PATH'] = f"{venv/'bin'}:{env.get('PATH', '')}"
+    env['JUPYTER_PATH'] = str(Path(sys.prefix)/'share'/'jupyter')    # nbconvert's templates: data files of the shared dependencies
     where = subprocess.run([venv/'bin'/'python', '-c', 'import mlcycle, mlcycle.cli; print(mlcycle.__file__); print(mlcycle.cli.notebook_dir())'],
                            cwd=empty, env=env, capture_output=True, text=True, check=True).stdout
     assert str(venv) in where and str(ROOT) not in where
