@@ -10,8 +10,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from .train import row_uniforms
+
 # %% auto #0
-__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer']
+__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'fair_threshold_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -162,6 +164,7 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
     arrays in contract order); the scorer's `.fast` says whether a compiled preprocessor (checked on `probe`) replaced scikit-learn's."""
     import sklearn
     from sklearn.pipeline import Pipeline
+    if (fair := fair_threshold_scorer(model, probe)) is not None: return fair
     fast = False
     if isinstance(model, Pipeline) and len(model.steps) > 1:
         last, transform = model.steps[-1][1], model[:-1].transform
@@ -182,3 +185,27 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
         return np.asarray(proba, dtype='float64'), np.asarray(label).astype('int64')
     score.fast = fast
     return score
+
+# %% ../nbs/05a_scorer.ipynb #b09d8b30
+def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
+    "Whether `score` gives the model's own probabilities and decisions on `probe`, as a DataFrame and as parser column arrays."
+    try:
+        want_p, want_y = model.predict_proba(probe)[:, 1], np.asarray(model.predict(probe)).astype('int64')
+        for X in (probe, {c: probe[c].to_numpy() for c in probe.columns}):
+            p, y = score(X)
+            if not (np.allclose(p, want_p, rtol=1e-12, atol=1e-12) and np.array_equal(y, want_y)): return False
+    except Exception: return False
+    return True
+
+def fair_threshold_scorer(model, probe: pd.DataFrame | None):
+    "The fast scorer of a `FairThresholdClassifier` over a compilable pipeline (one pass, hashed draw on the parsed columns), or None."
+    if probe is None or not callable(getattr(model, 'decision_probability', None)): return None
+    base = make_scorer(model.estimator, probe)
+    if not base.fast: return None
+    cols = [c for c in model.feature_names_in_ if c in probe.columns]
+    def score(X):
+        F = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, copy=False)
+        s, _ = base(X)
+        return s, (row_uniforms(F[cols], model.seed) < model.decision_probability(F, s)).astype('int64')
+    score.fast = True
+    return score if _same_as_model(score, model, probe) else None

@@ -17,12 +17,14 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def _model_and_X(ws, version, n=50):
+    "The registered model and `n` Adult test rows as its features (all rows with n=None)."
     import mlflow
     from mlcycle.core import setup_mlflow
     from mlcycle.charter import workspace_charter
     c = workspace_charter(ws); setup_mlflow(ws, c.name)
     m = mlflow.sklearn.load_model(f'models:/{c.name}/{version}')
-    X = feature_frame(adult('test').head(n), read_json(ws.root/'data'/'contract.json'))
+    rows = adult('test')
+    X = feature_frame(rows if n is None else rows.head(n), read_json(ws.root/'data'/'contract.json'))
     return m, X
 
 
@@ -190,3 +192,34 @@ def test_postgresql_prediction_log(registry_ws, start_server, adult_records, pos
     log = read_log(postgres_url)
     assert log.set_index('request_id').loc[preds[0]['request_id']].y_true == 1
     assert not (registry_ws.root/'predictions.db').exists()
+
+
+def test_fair_model_served_on_the_fast_path_decides_as_in_process(registry_ws, start_server, adult_records):
+    """A fairness post-processed model (`FairThresholdClassifier`, what stage 03 selects on the bundled charter) is served
+    through the compiled path, and its randomized decisions equal the in-process model's on every Adult test row."""
+    from mlcycle.charter import binary_target, workspace_charter
+    from mlcycle.train import fit_threshold_optimizer, register_model
+    from mlcycle.core import setup_mlflow
+    ws = registry_ws
+    c, m2 = workspace_charter(ws), ws.manifest('02_data')['outputs']
+    contract = read_json(ws.root/'data'/'contract.json')
+    base, X = _model_and_X(ws, '1', n=None)
+    train = ws.load_snapshot(m2['splits']['train']['fingerprint'])
+    Xtr = feature_frame(train, contract)
+    fair, _ = fit_threshold_optimizer(base, Xtr, binary_target(c, train[c.data.target]), c.data.sensitive_features[0],
+                                      scores=base.predict_proba(Xtr)[:, 1])
+    setup_mlflow(ws, c.name)
+    v = register_model(ws, c, fair, Xtr.head(20), {k: s['fingerprint'] for k, s in m2['splits'].items()}, 'fair_threshold')
+    promote(ws, v, force=True, reason='test setup: the stage-04 gate is not what this test checks')
+    s = start_server(ws)
+    got = []
+    for i in range(0, len(adult_records), 4000):
+        r = requests.post(s.url + '/predict', json=adult_records[i:i + 4000], timeout=120)
+        assert r.status_code == 200, r.text[:300]
+        got += r.json()['predictions']
+    assert len(got) == len(X) == 16281 and {p['model_version'] for p in got} == {v}
+    want = fair.predict(X)
+    assert [p['label'] for p in got] == want.tolist()
+    assert 0 < want.mean() < 1                                                     # decisions of both kinds were compared
+    np.testing.assert_allclose([p['probability'] for p in got], fair.predict_proba(X)[:, 1], rtol=1e-9)
+    assert f'v{v} preprocessor: compiled' in (ws.root/f'server-{s.port}.log').read_text()
