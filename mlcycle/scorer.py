@@ -13,7 +13,8 @@ import pandas as pd
 from .train import row_uniforms
 
 # %% auto #0
-__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'fair_threshold_scorer']
+__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'fair_threshold_scorer',
+           'fair_mixture_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -164,7 +165,7 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
     arrays in contract order); the scorer's `.fast` says whether a compiled preprocessor (checked on `probe`) replaced scikit-learn's."""
     import sklearn
     from sklearn.pipeline import Pipeline
-    if (fair := fair_threshold_scorer(model, probe)) is not None: return fair
+    if (fair := fair_threshold_scorer(model, probe) or fair_mixture_scorer(model, probe)) is not None: return fair
     fast = False
     if isinstance(model, Pipeline) and len(model.steps) > 1:
         last, transform = model.steps[-1][1], model[:-1].transform
@@ -199,7 +200,7 @@ def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
 
 def fair_threshold_scorer(model, probe: pd.DataFrame | None):
     "The fast scorer of a `FairThresholdClassifier` over a compilable pipeline (one pass, hashed draw on the parsed columns), or None."
-    if probe is None or not callable(getattr(model, 'decision_probability', None)): return None
+    if probe is None or not callable(getattr(model, 'decision_probability', None)) or not hasattr(model, 'estimator'): return None
     base = make_scorer(model.estimator, probe)
     if not base.fast: return None
     cols = [c for c in model.feature_names_in_ if c in probe.columns]
@@ -207,5 +208,22 @@ def fair_threshold_scorer(model, probe: pd.DataFrame | None):
         F = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, copy=False)
         s, _ = base(X)
         return s, (row_uniforms(F[cols], model.seed) < model.decision_probability(F, s)).astype('int64')
+    score.fast = True
+    return score if _same_as_model(score, model, probe) else None
+
+def fair_mixture_scorer(model, probe: pd.DataFrame | None):
+    "The fast scorer of a `FairMixtureClassifier` (compiled features, the mixture's predictors, the hashed draw), or None."
+    if probe is None or not hasattr(model, 'predictors') or not hasattr(model, 'features'): return None
+    compiled = compile_preprocessor(model.features)
+    if compiled is None: return None
+    cols = [c for c in model.feature_names_in_ if c in probe.columns]
+    def score(X):
+        import sklearn
+        F = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, copy=False)
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            Z = compiled(X)
+            p = sum(w * m.predict_proba(Z)[:, 1] for w, m in zip(model.weights, model.predictors))
+            q = np.asarray(sum(w * m.predict(Z) for w, m in zip(model.weights, model.predictors)), float)
+        return np.asarray(p, float), (row_uniforms(F[cols], model.seed) < q).astype('int64')
     score.fast = True
     return score if _same_as_model(score, model, probe) else None
