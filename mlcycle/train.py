@@ -29,8 +29,8 @@ __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS
            'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient', 'score_rows', 'machine_load',
            'latency_context', 'single_row_timings', 'single_row_latency', 'evaluate_candidate', 'train_candidates',
            'refit_candidate', 'cv_estimates', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
-           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'register_model',
-           'load_model_version', 'model_version_info', 'plot_tradeoff', 'run_model_development']
+           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
+           'register_model', 'load_model_version', 'model_version_info', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -600,6 +600,16 @@ def model_requirements() -> list[str]:
         except PackageNotFoundError: return mlcycle.__version__ if p == 'mlcycle' else None
     return [f'{p}=={v(p)}' for p in ('mlcycle', 'scikit-learn', 'skops', 'numpy', 'pandas', 'scipy') if v(p)]
 
+# %% ../nbs/03_model_development.ipynb #dc521d50
+def signature_frame(X: pd.DataFrame, ws: Workspace) -> pd.DataFrame:
+    "`X` with the numeric columns the data contract recorded as integers (and that have no missing value here) as int64."
+    path = ws.root/'data'/'contract.json'
+    if not path.exists(): return X
+    spec = read_json(path)['columns']
+    ints = [col for col in X.columns if str(spec.get(col, {}).get('dtype', '')).startswith(('int', 'uint'))
+            and spec[col].get('kind') == 'numeric' and X[col].notna().all() and (X[col] % 1 == 0).all()]
+    return X.astype({col: 'int64' for col in ints}) if ints else X
+
 # %% ../nbs/03_model_development.ipynb #b64c58ad
 VERSION_TAGS = ('lifecycle', 'validation_status', 'charter_hash', 'data_train_fingerprint', 'data_validation_fingerprint',
                 'data_test_fingerprint', 'model_family')
@@ -613,8 +623,9 @@ def register_model(ws: Workspace, c: Charter, model, X_example: pd.DataFrame, fi
     setup_mlflow(ws, c.name)
     missing = [k for k in ('train', 'validation', 'test') if k not in fingerprints]
     if missing: raise MlcycleError(f'register_model needs the fingerprints of the train, validation and test splits; missing {missing}')
-    example = X_example.head(5)
-    signature = infer_signature(X_example, model.predict(X_example))
+    sig_X = signature_frame(X_example, ws)
+    example = sig_X.head(5)
+    signature = infer_signature(sig_X, model.predict(X_example))
     version_tags = {'lifecycle': 'candidate', 'validation_status': 'pending', 'charter_hash': c.hash,
                     **{f'data_{k}_fingerprint': fingerprints[k] for k in ('train', 'validation', 'test')},
                     'model_family': model_family, **{k: str(v) for k, v in (tags or {}).items()}}

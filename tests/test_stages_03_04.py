@@ -102,6 +102,13 @@ def test_registered_model_is_skops_with_signature_and_deterministic_decisions(ad
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == ''.join(map(str, d[:300]))
+    # a plain MLflow user loads it with pyfunc and predicts on the CSV as pandas reads it: no casts, same decisions
+    import mlflow
+    from mlcycle.core import ASSETS
+    raw = pd.read_csv(ASSETS/'adult_test.csv.gz').head(2000)
+    assert any(str(t) == 'int64' for t in raw.dtypes)
+    got = mlflow.pyfunc.load_model(f'models:/{c.name}/{v}').predict(raw.drop(columns=[c.data.target]))
+    assert np.asarray(got).tolist() == model.predict(feature_frame(raw, read_json(ws.root/'data'/'contract.json'))).tolist()
     # the champion alias does not exist yet: loading it is a clear error, not a crash
     from mlcycle.core import MlcycleError
     with pytest.raises(MlcycleError, match='cannot find model'): load_model_version(ws, c, 'champion')
