@@ -92,7 +92,7 @@ class DerivedFeature(BaseModel):
     @model_validator(mode='after')
     def _fits_kind(self):
         _, n, keys, example = FEATURE_KINDS[self.kind]
-        given = {k for k in self.model_fields_set if k not in ('name', 'kind', 'inputs')}
+        given = {k for k in type(self).model_fields if k not in ('name', 'kind', 'inputs') and getattr(self, k) not in (None, [], {})}
         if given - keys:
             raise ValueError(f"feature {self.name!r} of kind {self.kind} does not take {sorted(given - keys)}; its keys: "
                              f"{sorted(keys) or 'none besides name, kind, inputs'}; example: {example}")
@@ -415,6 +415,9 @@ def feature_input_errors(c: Charter, df: pd.DataFrame) -> list[str]:
         for j, col in enumerate(f.inputs):
             if col not in df.columns:
                 errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not in the data; columns are: {", ".join(map(str, df.columns))}')
+            elif col in (c.data.time_column, *c.data.drop_columns):
+                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not a model input '
+                            f'({"data.time_column" if col == c.data.time_column else "data.drop_columns"}); derive features from model inputs only')
             elif col in (c.data.target, c.data.id_column):
                 errs.append(f'  - features[{i}].inputs[{j}]: feature {f.name!r} cannot be computed from the {"target" if col == c.data.target else "id column"} {col!r}; use another column')
         if f.name in names or f.name in df.columns:

@@ -240,6 +240,15 @@ def outlier_counts(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
                      'on_nonzero_only': base is not x})
     return pd.DataFrame(rows)
 
+def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.Series:
+    "Each row scored by its value's target mean in the other folds (seeded), the overall mean where the value is unseen there."
+    from sklearn.model_selection import KFold
+    y, out = pd.Series(y, index=key.index, dtype='float64'), pd.Series(np.nan, index=key.index)
+    for fit, held in KFold(folds, shuffle=True, random_state=seed).split(key):
+        means = y.iloc[fit].groupby(key.iloc[fit]).mean()
+        out.iloc[held] = key.iloc[held].map(means).fillna(y.iloc[fit].mean()).to_numpy()
+    return out
+
 def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     "ROC AUC of each feature on its own, folded to ≥ 0.5; high values flag label leakage."
     from sklearn.metrics import roc_auc_score
@@ -248,6 +257,8 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     for col in contract['features']:
         s = df[col]
         if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
+        elif contract['columns'][col].get('semantic'):   # dates, free text: nearly one value per row, so in-sample means would fake leakage
+            score = _out_of_fold_means(s.astype(str).fillna('<missing>'), y)
         else:
             key = s.astype(str).fillna('<missing>')
             score = key.map(pd.Series(y, index=df.index).groupby(key).mean())

@@ -40,7 +40,7 @@ def hotel_charter(tmp: Path, features=FEATURES, df=None) -> Path:
     (hotels() if df is None else df).to_csv(tmp/'hotels.csv', index=False)
     d = {'name': 'hotel-premium', 'problem': 'Flag bookings likely to be premium-priced rooms.', 'task': 'binary_classification',
          'data': {'sources': [{'kind': 'csv', 'path': 'hotels.csv'}], 'target': 'premium', 'positive_label': 'yes',
-                  'requirements': {'min_rows': 1000, 'max_missing_rate': 0.2, 'min_group_size': 30}},
+                  'sensitive_features': ['customer_type'], 'requirements': {'min_rows': 1000, 'max_missing_rate': 0.2, 'min_group_size': 30}},
          'objectives': [{'metric': 'roc_auc', 'min': 0.7, 'primary': True}, {'metric': 'p95_latency_ms', 'max': 1000}],
          'intended_use': 'Tests.', 'out_of_scope': 'Pricing.', 'owners': ['tests@example.org'],
          'development': {'candidates': ['logistic_regression', 'hist_gradient_boosting'], 'search_iterations': 2, 'cv_folds': 2, 'seed': 0},
@@ -150,3 +150,22 @@ def test_full_circle_with_derived_features_and_served_parity(tmp_path, mlcycle, 
     assert len(preds) == len(test)
     assert [p['label'] for p in preds] == model.predict(X).tolist()
     np.testing.assert_allclose([p['probability'] for p in preds], model.predict_proba(X)[:, 1], rtol=1e-9, atol=1e-12)
+
+
+def test_init_writes_the_proposals_as_comments_that_load(tmp_path):
+    from mlcycle.init import charter_yaml, draft_charter
+    df = hotels()
+    text = charter_yaml(draft_charter(df, 'premium', 'hotels.csv'))
+    assert 'features' not in yaml.safe_load(text)                  # suggestions only: the user's word is last
+    lines = [l[2:].split('   # ')[0] for l in text.splitlines() if l.startswith(('# features:', '#   - '))]
+    proposed = yaml.safe_load('\n'.join(lines))['features']
+    assert {'log1p', 'rare_categories'} <= {f['kind'] for f in proposed}, proposed
+    c = parse_charter({**yaml.safe_load(text), 'features': proposed})   # uncommented, they are a valid features: section
+    assert len(c.features) == len(proposed)
+
+
+def test_a_feature_of_a_column_that_is_not_a_model_input_is_refused(tmp_path):
+    p = hotel_charter(tmp_path, [{'name': 'x', 'kind': 'log1p', 'inputs': ['lead_time']}])
+    d = yaml.safe_load(p.read_text()); d['data']['drop_columns'] = ['lead_time']; p.write_text(yaml.safe_dump(d))
+    with pytest.raises(CharterError, match=r"^the charter does not fit the data: features\[0\].inputs\[0\]: column 'lead_time' .*data.drop_columns"):
+        check_charter_against_data(load_charter(p), pd.read_csv(tmp_path/'hotels.csv'))
