@@ -150,6 +150,16 @@ def test_full_circle_with_derived_features_and_served_parity(tmp_path, mlcycle, 
     assert len(preds) == len(test)
     assert [p['label'] for p in preds] == model.predict(X).tolist()
     np.testing.assert_allclose([p['probability'] for p in preds], model.predict_proba(X)[:, 1], rtol=1e-9, atol=1e-12)
+    # batch scoring in chunks computes the same features
+    from mlcycle.batch import score_table
+    test.to_csv(tmp_path/'test.csv', index=False)
+    score_table(tmp_path/'test.csv', tmp_path/'scored.parquet', ws, chunk_rows=100)
+    scored = pd.read_parquet(tmp_path/'scored.parquet').sort_values('row')
+    assert scored.prediction.tolist() == model.predict(X).tolist()
+    np.testing.assert_allclose(scored.score, model.predict_proba(X)[:, 1], rtol=1e-9, atol=1e-12)
+    # stage 06 reported drift of the derived values next to the raw inputs
+    drift = pd.DataFrame(out('06_monitoring')['drift'])
+    assert {'arrival.month', 'log_lead', 'stay_shape.0'} <= set(drift[drift.derived == True].feature), drift.feature.tolist()
 
 
 def test_init_writes_the_proposals_as_comments_that_load(tmp_path):
