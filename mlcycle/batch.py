@@ -245,7 +245,9 @@ def _load_pyfunc(path):
     import yaml
     path = Path(path)
     if path.is_dir(): path = path/yaml.safe_load((path/'MLmodel').read_text())['flavors']['sklearn']['pickled_model']
-    return ProbabilityModel(sio.load(path, trusted=SKOPS_TRUSTED_TYPES), json.loads((path.parent/'mlcycle_contract.json').read_text()))
+    contract = json.loads((path.parent/'mlcycle_contract.json').read_text())
+    from mlcycle.features import declared_trusted_types   # the charter's derived features, as stage 02 copied them into the contract
+    return ProbabilityModel(sio.load(path, trusted=SKOPS_TRUSTED_TYPES + declared_trusted_types(contract.get('derived', []))), contract)
 
 def spark_model_copy(model_uri: str, dst, contract: dict) -> Path:
     """Download a registered model's artifacts to `dst` and point its pyfunc flavour at `mlcycle.batch` (model files untouched),

@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
 
 # %% auto #0
-__all__ = ['METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'CANDIDATES', 'EXAMPLES', 'BUNDLED_CHARTER', 'Source',
-           'Requirements', 'DataSpec', 'Objective', 'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production',
-           'Charter', 'CharterError', 'format_validation_error', 'parse_charter', 'load_charter',
-           'check_charter_against_data', 'time_values', 'unparseable_times', 'binary_target', 'judged_groups',
-           'judged_rows', 'too_small_note', 'objective_value', 'evaluate_objectives', 'workspace_charter']
+__all__ = ['METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS', 'MAX_TEXT_FEATURES', 'CANDIDATES',
+           'EXAMPLES', 'BUNDLED_CHARTER', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective', 'Risk',
+           'Retention', 'Development', 'ValidationSpec', 'Production', 'Charter', 'CharterError',
+           'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
+           'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'judged_groups', 'judged_rows',
+           'too_small_note', 'objective_value', 'evaluate_objectives', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -41,6 +42,88 @@ METRICS = {
 }
 PERFORMANCE_METRICS = [m for m, (f, *_) in METRICS.items() if f == 'performance']
 FAIRNESS_METRICS = [m for m, (f, *_) in METRICS.items() if f == 'fairness']
+
+# %% ../nbs/01a_charter.ipynb #38796dea
+FEATURE_KINDS = {   # kind: (what it makes, how many inputs (None: any), the keys it takes, an example)
+    'date_parts': ('year, month, day, day of week, hour or days since a reference date of a date/time column', 1,
+                   {'parts', 'reference'}, '{name: arrival, kind: date_parts, inputs: [arrival_date], parts: [month, day_of_week]}'),
+    'log1p': ('log(1 + x) of a non-negative, heavy-tailed number', 1, set(), '{name: log_amount, kind: log1p, inputs: [amount]}'),
+    'bins': ('a number cut into quantile bins (`bins: 5`) or at fixed edges (`edges: [0, 7, 30]`), one-hot encoded', 1,
+             {'bins', 'edges'}, '{name: lead_band, kind: bins, inputs: [lead_time], bins: 5}'),
+    'ratio': ('the first input divided by the second (NaN where the second is 0)', 2, set(),
+              '{name: price_per_night, kind: ratio, inputs: [price, nights]}'),
+    'difference': ('the first input minus the second', 2, set(), '{name: extra_nights, kind: difference, inputs: [week_nights, weekend_nights]}'),
+    'rare_categories': ('a category column one-hot encoded with the rare values (below `min_share` or `min_count`) grouped as one', 1,
+                        {'min_share', 'min_count'}, '{name: country_grouped, kind: rare_categories, inputs: [country], min_share: 0.01}'),
+    'text': ('a free-text column as TF-IDF or hashed word counts, at most `max_features` columns', 1, {'method', 'max_features'},
+             '{name: notes_words, kind: text, inputs: [notes], method: tfidf, max_features: 100}'),
+    'custom': ('your own scikit-learn transformer `module:Class` with `params`; its skops types listed in `trusted_types`', None,
+               {'transformer', 'params', 'trusted_types'},
+               "{name: mine, kind: custom, inputs: [a, b], transformer: 'my_features:Spread', params: {scale: 2}, trusted_types: [my_features.Spread]}"),
+}
+DATE_PARTS = ['year', 'month', 'day', 'day_of_week', 'hour', 'days_since']
+MAX_TEXT_FEATURES = 1000
+
+class DerivedFeature(BaseModel):
+    "One derived feature of the charter's `features:` list: a `name`, a `kind` from `FEATURE_KINDS`, its `inputs`, and the kind's keys."
+    model_config = ConfigDict(extra='forbid')
+    name: str = Field(pattern=r'^[A-Za-z_][A-Za-z0-9_]*$')
+    kind: str
+    inputs: list[str] = Field(min_length=1)
+    parts: list[str] | None = None            # date_parts (default: year, month, day_of_week)
+    reference: str | None = None              # date_parts: the date `days_since` counts from
+    bins: int | None = Field(None, ge=2, le=100)
+    edges: list[float] | None = None
+    min_share: float | None = Field(None, gt=0, lt=1)
+    min_count: int | None = Field(None, ge=1)
+    method: Literal['tfidf', 'hashing'] | None = None
+    max_features: int | None = Field(None, ge=1, le=MAX_TEXT_FEATURES)
+    transformer: str | None = None            # custom: 'module:Class'
+    params: dict[str, Any] = Field(default_factory=dict)
+    trusted_types: list[str] = Field(default_factory=list)
+
+    @field_validator('kind')
+    @classmethod
+    def _known_kind(cls, v):
+        if v not in FEATURE_KINDS:
+            raise ValueError(f"unknown feature kind {v!r}; allowed: {', '.join(FEATURE_KINDS)}; example: {FEATURE_KINDS['date_parts'][3]}")
+        return v
+
+    @model_validator(mode='after')
+    def _fits_kind(self):
+        _, n, keys, example = FEATURE_KINDS[self.kind]
+        given = {k for k in type(self).model_fields if k not in ('name', 'kind', 'inputs') and getattr(self, k) not in (None, [], {})}
+        if given - keys:
+            raise ValueError(f"feature {self.name!r} of kind {self.kind} does not take {sorted(given - keys)}; its keys: "
+                             f"{sorted(keys) or 'none besides name, kind, inputs'}; example: {example}")
+        if n is not None and len(self.inputs) != n:
+            raise ValueError(f"feature {self.name!r} of kind {self.kind} needs {n} input column(s), got {self.inputs}; example: {example}")
+        bad = [p for p in self.parts or [] if p not in DATE_PARTS]
+        if bad: raise ValueError(f"feature {self.name!r}: unknown date part(s) {bad}; allowed: {', '.join(DATE_PARTS)}; example: {example}")
+        if self.kind == 'bins' and (self.bins is None) == (self.edges is None):
+            raise ValueError(f"feature {self.name!r} of kind bins needs exactly one of `bins` (quantile bins) or `edges` (fixed); example: {example}")
+        if self.edges is not None and (len(self.edges) < 1 or sorted(set(self.edges)) != list(self.edges)):
+            raise ValueError(f"feature {self.name!r}: `edges` must be increasing numbers, got {self.edges}; example: {example}")
+        if self.kind == 'rare_categories' and (self.min_share is None) == (self.min_count is None):
+            raise ValueError(f"feature {self.name!r} of kind rare_categories needs exactly one of `min_share` or `min_count`; example: {example}")
+        if self.kind == 'custom': self._check_custom(example)
+        return self
+
+    def _check_custom(self, example):
+        import importlib
+        mod, _, cls = (self.transformer or '').partition(':')
+        if not (mod and cls):
+            raise ValueError(f"feature {self.name!r}: `transformer` must be 'module:Class', got {self.transformer!r}; example: {example}")
+        try: klass = getattr(importlib.import_module(mod), cls)
+        except Exception as e:
+            raise ValueError(f"feature {self.name!r}: cannot import transformer {self.transformer!r} ({type(e).__name__}: {e}); "
+                             f"put its module on the Python path (PYTHONPATH) or fix the name; example: {example}") from None
+        if not (hasattr(klass, 'fit') and hasattr(klass, 'transform')):
+            raise ValueError(f"feature {self.name!r}: {self.transformer!r} is not a scikit-learn transformer (it needs fit and transform); example: {example}")
+        try: klass(**self.params)
+        except Exception as e:
+            raise ValueError(f"feature {self.name!r}: {self.transformer!r} refuses params {self.params} ({e}); example: {example}") from None
+
 
 # %% ../nbs/01a_charter.ipynb #56e51e64
 class _Strict(BaseModel):
@@ -201,6 +284,7 @@ class Charter(_Strict):
     development: Development = Field(default_factory=Development)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     production: Production = Field(default_factory=Production)
+    features: list[DerivedFeature] = Field(default_factory=list)   # derived features (FEATURE_KINDS)
     base_dir: str | None = Field(None, exclude=True)   # where relative source paths start (the charter file's folder)
 
     @model_validator(mode='after')
@@ -219,7 +303,10 @@ class Charter(_Strict):
     @property
     def primary(self) -> Objective: return next(o for o in self.objectives if o.primary)
     def objectives_of(self, family: str) -> list[Objective]: return [o for o in self.objectives if o.family == family]
-    def to_dict(self) -> dict: return self.model_dump(mode='json')
+    def to_dict(self) -> dict:
+        d = self.model_dump(mode='json')
+        if not d.get('features'): d.pop('features', None)   # a charter without derived features keeps its hash
+        return d
     @property
     def hash(self) -> str:
         "Fingerprint of the charter's content (what the gates read), independent of YAML formatting."
@@ -291,6 +378,7 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
     for i, s in enumerate(c.data.drop_columns): missing(f'data.drop_columns[{i}]', s)
     missing('data.id_column', c.data.id_column)
     missing('data.time_column', c.data.time_column)
+    errs += feature_input_errors(c, df)
     if c.data.target in df.columns:
         values = df[c.data.target].dropna().unique().tolist()
         if len(values) < 2:
@@ -319,6 +407,23 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
                         f'{", ".join(map(repr, bad[:3]))}; fix the column or set time_column: null')
     if len(errs) == 1: raise CharterError('the charter does not fit the data: ' + errs[0].strip().removeprefix('- '))
     if errs: raise CharterError('the charter does not fit the data:\n' + '\n'.join(errs))
+
+def feature_input_errors(c: Charter, df: pd.DataFrame) -> list[str]:
+    "One line per derived feature input that is not a column of `df`, is the target, or whose feature name is taken."
+    errs, names = [], set()
+    for i, f in enumerate(c.features):
+        for j, col in enumerate(f.inputs):
+            if col not in df.columns:
+                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not in the data; columns are: {", ".join(map(str, df.columns))}')
+            elif col in (c.data.time_column, *c.data.drop_columns):
+                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not a model input '
+                            f'({"data.time_column" if col == c.data.time_column else "data.drop_columns"}); derive features from model inputs only')
+            elif col in (c.data.target, c.data.id_column):
+                errs.append(f'  - features[{i}].inputs[{j}]: feature {f.name!r} cannot be computed from the {"target" if col == c.data.target else "id column"} {col!r}; use another column')
+        if f.name in names or f.name in df.columns:
+            errs.append(f'  - features[{i}].name: {f.name!r} is already {"a column" if f.name in df.columns else "another feature"}; choose another name')
+        names.add(f.name)
+    return errs
 
 def time_values(s: pd.Series) -> pd.Series:
     "A time column as sortable values: numbers as they are (e.g. years), anything else parsed as dates (unparseable = NaT)."

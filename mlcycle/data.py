@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .core import ASSETS, MlcycleError, Workspace, fingerprint_df
+from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
 from .charter import Charter, binary_target, check_charter_against_data, load_charter, time_values, workspace_charter
 
 # %% auto #0
@@ -125,11 +126,13 @@ def infer_contract(df: pd.DataFrame, c: Charter) -> dict:
                         integer=bool(pd.api.types.is_integer_dtype(s) or (s.dropna() % 1 == 0).all()))
         else:
             spec.update(kind='categorical', dtype='str', categories=sorted(map(str, s.dropna().unique())))
+            if sem := semantic_kind(s): spec['semantic'] = sem     # 'datetime' or 'text': see mlcycle.features
         cols[col] = spec
     return {'target': c.data.target, 'positive_label': c.data.positive_label, 'features': list(cols),
             'sensitive_features': list(c.data.sensitive_features), 'id_column': c.data.id_column,
             'time_column': c.data.time_column, 'columns': cols, 'reference_rows': len(df),
-            'reference_fingerprint': fingerprint_df(df)}
+            'reference_fingerprint': fingerprint_df(df),
+            **({'derived': [f.model_dump(mode='json', exclude_defaults=True) for f in c.features]} if c.features else {})}
 
 def feature_frame(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
     "The contract's feature columns, in order, with numeric columns as floats and categorical ones as text (missing = NaN)."
@@ -237,6 +240,15 @@ def outlier_counts(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
                      'on_nonzero_only': base is not x})
     return pd.DataFrame(rows)
 
+def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.Series:
+    "Each row scored by its value's target mean in the other folds (seeded), the overall mean where the value is unseen there."
+    from sklearn.model_selection import KFold
+    y, out = pd.Series(y, index=key.index, dtype='float64'), pd.Series(np.nan, index=key.index)
+    for fit, held in KFold(folds, shuffle=True, random_state=seed).split(key):
+        means = y.iloc[fit].groupby(key.iloc[fit]).mean()
+        out.iloc[held] = key.iloc[held].map(means).fillna(y.iloc[fit].mean()).to_numpy()
+    return out
+
 def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     "ROC AUC of each feature on its own, folded to ≥ 0.5; high values flag label leakage."
     from sklearn.metrics import roc_auc_score
@@ -245,6 +257,8 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     for col in contract['features']:
         s = df[col]
         if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
+        elif contract['columns'][col].get('semantic'):   # dates, free text: nearly one value per row, so in-sample means would fake leakage
+            score = _out_of_fold_means(s.astype(str).fillna('<missing>'), y)
         else:
             key = s.astype(str).fillna('<missing>')
             score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
@@ -269,7 +283,7 @@ def quality_report(df: pd.DataFrame, c: Charter, contract: dict) -> dict:
     miss['over_limit'] = (miss.missing_rate > c.data.requirements.max_missing_rate) & (miss.role == 'feature')
     return {'rows': len(df), 'columns': len(df.columns), 'missing': miss.reset_index(names='column'),
             'duplicates': int(df.duplicated().sum()), 'outliers': outlier_counts(df, contract),
-            'leakage': single_feature_auc(df, c, contract)}
+            'leakage': single_feature_auc(df, c, contract), 'suggested_features': suggest_features(contract, df)}
 
 def check_requirements(c: Charter, df: pd.DataFrame, quality: dict) -> list[str]:
     "The charter's data requirements that `df` fails, as messages (empty when all hold)."
@@ -302,6 +316,7 @@ def plot_quality(q: dict):
 # %% ../nbs/02_data.ipynb #4b3f0369
 def build_preprocessor(contract: dict, min_frequency: int = 10):
     "The feature pipeline for `contract`: imputation, scaling and one-hot encoding in one ColumnTransformer."
+    if contract.get('derived'): return derived_preprocessor(contract, min_frequency)   # the charter's features: too
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -381,6 +396,7 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     c = workspace_charter(ws, charter)
     df, sources = load_data(c)
     check_charter_against_data(c, df)
+    check_features(c, df)
     modelled, prod, prod_rec = production_rows(c, df)
     splits = split_data(modelled, c, test_size, validation_size)
     contract = infer_contract(splits['train'], c)
@@ -408,7 +424,8 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
             splits={k: {'fingerprint': fps[k], 'rows': len(v), 'positive_rate': float(binary_target(c, v[c.data.target]).mean())} for k, v in splits.items()},
             quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
                      'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
-                     'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records')})
+                     'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records'),
+                     'suggested_features': quality['suggested_features']})
         st.record('data_accepted', rows=len(df), sources=[s['fingerprint'] for s in sources], splits=fps,
                   why='charter fits the data; requirements met; no leakage suspect')
     return dict(charter=c, workspace=ws, data=df, splits=splits, production=prod, production_record=prod_rec, contract=contract, quality=quality, fingerprints=fps,

@@ -38,7 +38,7 @@ def group_sizes(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
         for name, row in g.iterrows():
             out.append({'feature': ' & '.join(combo), 'group': name, 'rows': int(row['size']),
                         'positive_rate': float(row['mean']), 'too_small': row['size'] < c.data.requirements.min_group_size})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=['feature', 'group', 'rows', 'positive_rate', 'too_small'])   # the columns even with no sensitive feature
 
 # %% ../nbs/01_problem_definition.ipynb #1e0cab3c
 def fit_learning_curve(sizes, scores, threshold=None, higher_is_better=True) -> dict:

@@ -125,7 +125,9 @@ def draft_charter(df: pd.DataFrame, target: str, data_path: str, name: str | Non
              'baseline': f"quick logistic regression, 3-fold CV: ROC AUC {base['roc_auc']:.3f}; parity gaps " +
                          (', '.join(f'{f} {g:.3f}' for f, g in base['demographic_parity_difference'].items()) or 'none (no sensitive feature)'),
              'objectives': {o.describe(): ver.loc[o.describe(), 'text'] for o in c.objectives}}
-    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': ver.reset_index()}
+    from mlcycle.features import suggest_features     # stage 02's proposals, written as comments: the user decides
+    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': ver.reset_index(),
+            'features': suggest_features(infer_contract(df, c), df)}
 
 # %% ../nbs/01b_init.ipynb #7a3d3592
 def _y(obj) -> str:
@@ -163,6 +165,9 @@ def charter_yaml(draft: dict) -> str:
           _y({'validation': d['validation']}),
           '# production rows for the full circle: none named, so stage 02 holds back 15% (the latest by time_column, else a seeded random share);',
           '# name your own new rows instead with  production: {sources: [{kind: csv, path: new_rows.csv}]}  (labels optional)']
+    if draft.get('features'):
+        L += ['# derived features proposed from the data (uncomment those you want; the README lists every kind):', '# features:']
+        L += [f"#   - {_y({k: v for k, v in f.items() if k != 'why'})}   # {f['why']}" for f in draft['features']]
     return '\n'.join(L) + '\n'
 
 def init_charter(data: str, target: str, out: str = 'charter.yaml', name: str | None = None, positive_label=None, force: bool = False) -> Path:

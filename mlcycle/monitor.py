@@ -479,9 +479,16 @@ def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, d
 def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float) -> tuple[pd.DataFrame, float]:
     "Drift of the window's features against the stage-02 training split, and the seconds the comparison took."
     from mlcycle.data import feature_frame
-    detector = DriftDetector(feature_frame(ws.load_snapshot(fps['train']), contract), contract, n_bins=n_bins)
+    train = feature_frame(ws.load_snapshot(fps['train']), contract)
+    detector = DriftDetector(train, contract, n_bins=n_bins)
     t0 = time.perf_counter()
     drift = detector.compare(log_features(log, contract), alpha=alpha)
+    if contract.get('derived'):   # the charter's derived features too (mlcycle.features.derived_frame), one test level over all
+        from mlcycle.features import derived_frame
+        ref = derived_frame(contract, train, train)
+        if len(ref.columns):
+            more = DriftDetector(ref, n_bins=n_bins).compare(derived_frame(contract, train, log_features(log, contract)), alpha=alpha)
+            drift = decide_drift(pd.concat([drift.assign(derived=False), more.assign(derived=True)], ignore_index=True), alpha)
     return drift, time.perf_counter() - t0
 
 def _versions(log: pd.DataFrame, model_version) -> list[str]:

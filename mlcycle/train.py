@@ -21,6 +21,7 @@ import mlcycle
 from .core import MlcycleError, Workspace, read_json, setup_mlflow, to_json
 from .charter import Charter, binary_target, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
+from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'SKOPS_TRUSTED_TYPES',
@@ -580,13 +581,14 @@ SKOPS_TRUSTED_TYPES = [
     'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
     'mlcycle.train.FairThresholdClassifier',
     'mlcycle.train.FairMixtureClassifier',
+    *FEATURE_TRUSTED_TYPES,              # the functions of the charter's derived features (mlcycle.features)
 ]
 
-def trusted_types_for(model) -> list[str]:
-    "The non-default types skops must trust to load `model`; an error if one is not in `SKOPS_TRUSTED_TYPES`."
+def trusted_types_for(model, declared=()) -> list[str]:
+    "The non-default types skops must trust to load `model`; an error if one is not in `SKOPS_TRUSTED_TYPES` or `declared` (the charter's custom features)."
     import skops.io as sio
     needed = sorted(sio.get_untrusted_types(data=sio.dumps(model)))
-    unknown = [t for t in needed if t not in SKOPS_TRUSTED_TYPES]
+    unknown = [t for t in needed if t not in SKOPS_TRUSTED_TYPES and t not in declared]
     if unknown:
         raise MlcycleError(f'the model holds types skops does not trust by default and mlcycle does not list: {unknown}; '
                            'review them and add them to mlcycle.train.SKOPS_TRUSTED_TYPES if they are safe')
@@ -632,7 +634,7 @@ def register_model(ws: Workspace, c: Charter, model, X_example: pd.DataFrame, fi
     run = contextlib.nullcontext(mlflow.active_run()) if mlflow.active_run() else mlflow.start_run(run_name=f'register {c.name}')
     with run as r, warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        info = mlflow.sklearn.log_model(model, name='model', serialization_format='skops', skops_trusted_types=trusted_types_for(model),
+        info = mlflow.sklearn.log_model(model, name='model', serialization_format='skops', skops_trusted_types=trusted_types_for(model, declared_trusted_types(c.features)),
                                         signature=signature, input_example=example, pip_requirements=model_requirements(),
                                         metadata={'charter_hash': c.hash, 'model_family': model_family})
         mv = mlflow.register_model(info.model_uri, c.name, tags=version_tags)
@@ -657,7 +659,7 @@ def load_model_version(ws: Workspace, c: Charter, version_or_alias):
         conf = yaml.safe_load((local/'MLmodel').read_text())['flavors'].get('sklearn', {})
         if conf.get('serialization_format') != 'skops':
             raise MlcycleError(f'model {uri} is serialized as {conf.get("serialization_format")!r}, not skops: refusing to load it (pickle can run arbitrary code)')
-        try: return sio.load(local/conf['pickled_model'], trusted=SKOPS_TRUSTED_TYPES)
+        try: return sio.load(local/conf['pickled_model'], trusted=SKOPS_TRUSTED_TYPES + declared_trusted_types(c.features))
         except UntrustedTypesFoundException as e:
             raise MlcycleError(f'model {uri} holds types outside mlcycle.train.SKOPS_TRUSTED_TYPES: {e}') from None
 

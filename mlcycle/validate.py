@@ -363,6 +363,10 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     rep = gate_model(model, c, contract, test_df, train_df=train_df, validation_df=validation_df, champion=champion,
                      champion_version=champion_version)
     rec = report_record(rep)
+    if contract.get('derived'):   # did the charter's derived features pay? (permutation importance on the test split)
+        from mlcycle.features import derived_importance
+        rec['derived_importance'] = derived_importance(model, feature_frame(test_df, contract), binary_target(c, test_df[c.data.target]),
+                                                       seed=c.development.seed).to_dict('records')
     with mlflow.start_run(run_name=f'04_validation v{version}', tags={'mlcycle.stage': '04_validation', 'mlcycle.charter_hash': c.hash,
                                                                      'model_version': version, 'validation_status': rep['status']}) as run:
         with warnings.catch_warnings():   # MLflow's hint about integer columns does not apply to a stored snapshot
