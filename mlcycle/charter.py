@@ -178,6 +178,17 @@ class ValidationSpec(_Strict):
     non_inferiority_margin: float = Field(0.01, ge=0, le=1)   # how much worse than the champion a new version may be
     bootstrap_resamples: int = Field(500, ge=50)
     min_detectable_effect: float = Field(0.02, gt=0, le=1)   # for the A/B test's sample size (stage 07)
+    # allowed drop of the primary metric under each stage-04 robustness probe: one value for every probe, or
+    # {probe: drop}; 0.10 by default, a tenth of a [0, 1] metric's range when a tenth of the inputs are corrupted
+    robustness_max_drop: float | dict[str, float] = Field(0.10)
+
+    @field_validator('robustness_max_drop')
+    @classmethod
+    def _drops(cls, v):
+        bad = {k: x for k, x in (v.items() if isinstance(v, dict) else [('all probes', v)]) if not 0 <= x <= 1}
+        if bad: raise ValueError(f"robustness_max_drop must be in [0, 1] (a drop of the primary metric), got {bad}; "
+                                 "example: robustness_max_drop: 0.1, or {out_of_range: 0.15, missing_values: 0.05}")
+        return v
 
 class Production(_Strict):
     """The rows the deployed model will see, replayed by the full circle: the user's own new rows (`sources`, the same
