@@ -148,11 +148,28 @@ class Risk(_Strict):
     level: Literal['minimal', 'limited', 'high', 'unacceptable'] = 'limited'
     framework: Literal['eu_ai_act', 'nist_ai_rmf', 'none'] = 'eu_ai_act'
     notes: str = ''
+    # promotion to @champion needs a person's recorded approval of the version's evidence digest (`mlcycle approve`);
+    # empty: required when level is high or unacceptable, and it cannot be switched off there
+    require_approval: bool | None = None
+
+    @model_validator(mode='after')
+    def _oversight(self):
+        if self.level in ('high', 'unacceptable') and self.require_approval is False:
+            raise ValueError(f"risk level {self.level} requires a person's approval before promotion (human oversight); "
+                             "remove require_approval: false, or lower the level if the system is not high-risk")
+        return self
+
+    @property
+    def approval_required(self) -> bool:
+        "Does promotion to @champion need a recorded approval?"
+        return self.require_approval if self.require_approval is not None else self.level in ('high', 'unacceptable')
 
 class Retention(_Strict):
     prediction_log_days: int = Field(90, ge=1)
-    # how the prediction log keeps the sensitive features: as sent, as a keyed hash (groups stay comparable), or not at all
-    log_sensitive_features: Literal['store', 'hash', 'drop'] = 'store'
+    # how the prediction log keeps the sensitive features: as sent, as a keyed hash (groups stay comparable), or not at all.
+    # Default hash: the safest that still lets stage 06 measure fairness per group (see the README); `store` is needed
+    # only to retrain on logged rows (stage 07 new_data=feedback) when the model takes the sensitive features as inputs
+    log_sensitive_features: Literal['store', 'hash', 'drop'] = 'hash'
 
 CANDIDATES = ['logistic_regression', 'random_forest', 'hist_gradient_boosting']
 

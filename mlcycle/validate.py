@@ -158,7 +158,7 @@ def drop_verdict(drop: float, lo: float, hi: float, limit: float, n: int) -> tup
     if hi <= limit: return 'within', None
     if lo > limit: return 'beyond', None
     gap = abs(drop - limit)
-    return 'insufficient evidence', (int(np.ceil(n * ((hi - lo) / 2 / gap) ** 2)) if gap > 0 else None)
+    return 'insufficient evidence', (int(np.ceil(round(n * ((hi - lo) / 2 / gap) ** 2, 6))) if gap > 0 else None)
 
 def _max_drop(max_drop, probe: str) -> float:
     if not isinstance(max_drop, dict): return float(max_drop)
