@@ -206,11 +206,12 @@ def approval_step(ctx: dict):
     """Hook, named `approval` in the run's output: where the charter requires a person's approval before a promotion to
     @champion (risk.require_approval, on for risk: high), generate the version's governance documents (its model card and
     evidence digest) into the run's reports and record the approval of that digest by the person running the command
-    (`--approver`, else the current user), as `mlcycle govern` + `mlcycle approve` would. Nothing when not required."""
+    (`--approver`, else the current user), as `mlcycle govern` + `mlcycle approve` would. Nothing when not required, and
+    nothing under `mlcycle stage` (one stage, run by hand: there the refusal names the commands)."""
     from mlcycle.charter import workspace_charter
     from mlcycle.deploy import aliases, approval_state, latest_passed_version
     ws = ctx['workspace']
-    if not ws.has_stage('02_data'): return
+    if 'approval' not in ctx['params'] or not ws.has_stage('02_data'): return
     c = workspace_charter(ws)
     if not c.risk.approval_required: return
     al = aliases(ws, c.name)
@@ -248,7 +249,7 @@ def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic}
-    if a.approver: params['approval'] = {'by': a.approver}      # read by approval_step, not a stage
+    params['approval'] = {'by': a.approver}   # `mlcycle run` records its approval steps (approval_step); `mlcycle stage` does not
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
 def _cmd_stage(a):

@@ -146,13 +146,11 @@ def _eu_aia_14(f) -> dict:
               else 'promotion does not require an approval', f['approval_required']),
           _ev('audit', 'alias moves to @champion (audit.jsonl)', f"{len(prom)} promotion(s) of this version: " +
               (', '.join(f"#{p['seq']} {'approved' if p['approved'] else 'override' if p['override'] else 'without approval'}" for p in prom) or 'none yet'),
-              not unapproved),
-          _admin_ev(f, 'reload, roll back or stop the served model')],
+              not unapproved)],
          ['no approval covering the current evidence: `mlcycle approve VERSION --by NAME` after review' if not so['approved'] else '',
           'the charter lets a version become @champion without a person\'s approval: set risk.require_approval: true' if not f['approval_required'] else '',
           'promoted to @champion without a recorded approval or override: ' + ', '.join(f"audit #{p['seq']}" for p in unapproved) if unapproved else '',
-          'promoted to @champion on an audited override of the approval: ' + ', '.join(f"audit #{p['seq']}" for p in overridden) if overridden else '',
-          _admin_gap(f)])
+          'promoted to @champion on an audited override of the approval: ' + ', '.join(f"audit #{p['seq']}" for p in overridden) if overridden else ''])
 
 def _eu_aia_15(f) -> dict:
     pr, s04 = f['primary'], _stage(f, '04')

@@ -80,15 +80,17 @@ def test_champion_needs_an_approval_of_its_evidence(gov_ws, mlcycle, tmp_path, m
     run_deployment(workspace=ws, version='1', package=False)
     assert aliases(ws)['champion'] == '1'
 
-    # compliance from evidence, on the real workspace: Art. 14 holds with the approval, the approved promotion and an admin token
+    # compliance from evidence, on the real workspace: Art. 14 holds with the approval and the approved promotion; Art. 15 needs an admin token
     c = workspace_charter(ws)
     monkeypatch.setenv('MLCYCLE_ADMIN_TOKEN', 'a-token-of-32-characters-or-so!!')
     items = {i['id']: i for i in build_governance(ws, c, '1', n_boot=50)['compliance']['items']}
-    assert items['EU-AIA-14']['status'] == 'pass', items['EU-AIA-14']
+    admin = lambda it: next(e for e in it['EU-AIA-15']['evidence'] if e['ref'] == 'server configuration $MLCYCLE_ADMIN_TOKEN')
+    assert items['EU-AIA-14']['status'] == 'pass' and admin(items)['ok'], (items['EU-AIA-14'], items['EU-AIA-15'])
+    assert not any('admin token' in g for g in items['EU-AIA-15']['gaps'])
     assert items['EU-AIA-11']['status'] == 'pass' and items['NIST-MANAGE']['evidence'][-1]['ok']
     monkeypatch.delenv('MLCYCLE_ADMIN_TOKEN')       # take the server's admin token away: the items that rely on it fail
     items = {i['id']: i for i in build_governance(ws, c, '1', n_boot=50)['compliance']['items']}
-    assert items['EU-AIA-14']['status'] == 'gap' and items['EU-AIA-15']['status'] == 'gap'
+    assert items['EU-AIA-14']['status'] == 'pass' and items['EU-AIA-15']['status'] == 'gap' and not admin(items)['ok']
     assert any('no admin token in the server configuration' in g for g in items['EU-AIA-15']['gaps'])
 
     # an explicit override is audited, lets the promotion through, and the compliance map names it
@@ -116,7 +118,7 @@ def test_every_compliance_item_fails_without_its_evidence():
     gaps = lambda **o: sorted(i['id'] for i in compliance_checklist({**good, **o}) if i['status'] == 'gap')
     assert gaps() == []
     removed = {  # the evidence that used to be set to ok=True by hand, and the word search in intended_use
-        'admin token': (dict(admin_token={'configured': False, 'length': 0}), ['EU-AIA-14', 'EU-AIA-15']),
+        'admin token': (dict(admin_token={'configured': False, 'length': 0}), ['EU-AIA-15']),
         'retirement procedure': (dict(retirement_procedure=''), ['NIST-MANAGE']),
         'lineage': (dict(lineage_missing=['data source']), ['EU-AIA-11']),
         'bias report': (dict(groups_judged_by_feature={}), ['EU-AIA-10', 'NIST-MEASURE']),
@@ -156,3 +158,13 @@ def test_purge_applies_retention_to_the_live_log(history_ws, mlcycle):
         assert con.execute('SELECT count(*) FROM feedback WHERE request_id NOT IN (SELECT request_id FROM predictions)').fetchone()[0] == 0
     e = history_ws.audit.entries()[-1]
     assert e['event'] == 'retention_purge' and e['details']['predictions'] == expect and history_ws.audit.verify().ok
+
+
+def test_retirement_does_not_promote_an_unapproved_replacement(history_ws):
+    "Stage 09 promotes the replacement of a retired champion through the same check: v2 has no approval, so nothing moves."
+    from mlcycle.deploy import aliases
+    from mlcycle.retire import retire_version
+    before = aliases(history_ws)
+    with pytest.raises(MlcycleError, match="v2 of 'adult-income' cannot become @champion"):
+        retire_version(history_ws, '1', reason='superseded', replacement='2', retention_days=30, delete_artifacts=False, log=lambda *a: None)
+    assert aliases(history_ws) == before == {'champion': '1', 'challenger': '2'}
