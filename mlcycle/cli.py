@@ -215,7 +215,7 @@ def approval_step(ctx: dict):
     c = workspace_charter(ws)
     if not c.risk.approval_required: return
     al = aliases(ws, c.name)
-    v = al.get('challenger') if 'champion' in al else latest_passed_version(ws, c.name)
+    v = al.get('challenger') if 'champion' in al else (str(ctx['params'].get('05', {}).get('version') or '') or latest_passed_version(ws, c.name))
     if v is None or al.get('champion') == v or approval_state(ws, v, c.name)['approved']: return
     from mlcycle.governance import approve, run_governance
     out = ctx['run_dir']/f'approval-v{v}'

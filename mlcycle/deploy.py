@@ -219,12 +219,13 @@ def approval_state(ws: Workspace, version, name: str | None = None) -> dict:
     c = workspace_charter(ws)
     cl, name = _client(ws, name)
     v = str(version)
-    digest = (cl.get_model_version(name, v).tags or {}).get('governance_evidence_digest')
+    try: digest = (cl.get_model_version(name, v).tags or {}).get('governance_evidence_digest')
+    except Exception: return {'model': name, 'version': v, 'exists': False, 'required': c.risk.approval_required, 'approved': False}
     mine = [e for e in ws.audit.entries() if e['event'] == 'approval' and e['details'].get('model') == name and str(e['details'].get('version')) == v]
     covering = [e for e in mine if digest and e['details'].get('evidence_digest') == digest]
     overrides = [e for e in ws.audit.entries() if e['event'] == 'approval_override' and e['details'].get('model') == name
                  and str(e['details'].get('version')) == v and e['details'].get('evidence_digest') == digest]
-    return {'model': name, 'version': v, 'required': c.risk.approval_required, 'risk': c.risk.level, 'evidence_digest': digest,
+    return {'model': name, 'version': v, 'exists': True, 'required': c.risk.approval_required, 'risk': c.risk.level, 'evidence_digest': digest,
             'approved': bool(covering), 'approved_by': covering[-1]['details'].get('by') if covering else None,
             'approval_seq': covering[-1]['seq'] if covering else None, 'override': overrides[-1]['details']['reason'] if overrides else None, 'stale_approvals': [e['details'].get('by') for e in mine if e not in covering]}
 
@@ -233,7 +234,7 @@ def require_approval(ws, version, name: str | None = None, override: str = '') -
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     st = approval_state(ws, version, name)
     v, name = st['version'], st['model']
-    if not st['required'] or st['approved'] or st['override'] or aliases(ws, name).get('champion') == v: return st
+    if not st['exists'] or not st['required'] or st['approved'] or st['override'] or aliases(ws, name).get('champion') == v: return st   # promote names a missing version
     if str(override or '').strip():
         e = ws.audit.append('approval_override', model=name, version=v, reason=str(override).strip(), evidence_digest=st['evidence_digest'],
                             risk=st['risk'])

@@ -168,3 +168,17 @@ def test_retirement_does_not_promote_an_unapproved_replacement(history_ws):
     with pytest.raises(MlcycleError, match="v2 of 'adult-income' cannot become @champion"):
         retire_version(history_ws, '1', reason='superseded', replacement='2', retention_days=30, delete_artifacts=False, log=lambda *a: None)
     assert aliases(history_ws) == before == {'champion': '1', 'challenger': '2'}
+
+
+def test_sensitive_features_are_hashed_in_the_log_by_default():
+    "The default is the safest that still lets stage 06 measure fairness per group: a keyed hash (drop would blind it)."
+    import yaml
+    from mlcycle.charter import BUNDLED_CHARTER, parse_charter
+    from mlcycle.predlog import SensitivePolicy
+    d = yaml.safe_load(BUNDLED_CHARTER.read_text())
+    d.pop('retention')
+    c = parse_charter(d)
+    assert c.retention.log_sensitive_features == 'hash' and c.retention.prediction_log_days == 90
+    pol = SensitivePolicy(c.retention.log_sensitive_features, c.data.sensitive_features, b'k' * 32)
+    a, b, other = (pol.apply({'sex': s, 'age': 40}) for s in ('Female', 'Female', 'Male'))
+    assert a['sex'] == b['sex'] != other['sex'] and 'Female' not in str(a) and a['age'] == 40   # groups comparable, values not in clear
