@@ -219,21 +219,23 @@ def approval_state(ws: Workspace, version, name: str | None = None) -> dict:
     c = workspace_charter(ws)
     cl, name = _client(ws, name)
     v = str(version)
-    try: digest = (cl.get_model_version(name, v).tags or {}).get('governance_evidence_digest')
+    try: tags = cl.get_model_version(name, v).tags or {}
     except Exception: return {'model': name, 'version': v, 'exists': False, 'required': c.risk.approval_required, 'approved': False}
+    digest = tags.get('governance_evidence_digest')
     mine = [e for e in ws.audit.entries() if e['event'] == 'approval' and e['details'].get('model') == name and str(e['details'].get('version')) == v]
     covering = [e for e in mine if digest and e['details'].get('evidence_digest') == digest]
     overrides = [e for e in ws.audit.entries() if e['event'] == 'approval_override' and e['details'].get('model') == name
                  and str(e['details'].get('version')) == v and e['details'].get('evidence_digest') == digest]
-    return {'model': name, 'version': v, 'exists': True, 'required': c.risk.approval_required, 'risk': c.risk.level, 'evidence_digest': digest,
+    return {'model': name, 'version': v, 'exists': True, 'validation_status': tags.get('validation_status'), 'required': c.risk.approval_required, 'risk': c.risk.level, 'evidence_digest': digest,
             'approved': bool(covering), 'approved_by': covering[-1]['details'].get('by') if covering else None,
             'approval_seq': covering[-1]['seq'] if covering else None, 'override': overrides[-1]['details']['reason'] if overrides else None, 'stale_approvals': [e['details'].get('by') for e in mine if e not in covering]}
 
-def require_approval(ws, version, name: str | None = None, override: str = '') -> dict:
+def require_approval(ws, version, name: str | None = None, override: str = '', force: bool = False) -> dict:
     "Refuse, in one line, to make `version` @champion without the approval the charter requires; an `override` reason is audited instead (and holds for this evidence digest)."
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     st = approval_state(ws, version, name)
     v, name = st['version'], st['model']
+    if st['exists'] and st['validation_status'] != 'passed' and not force: return st   # promote refuses it first, naming the gate
     if not st['exists'] or not st['required'] or st['approved'] or st['override'] or aliases(ws, name).get('champion') == v: return st   # promote names a missing version
     if str(override or '').strip():
         e = ws.audit.append('approval_override', model=name, version=v, reason=str(override).strip(), evidence_digest=st['evidence_digest'],
@@ -452,7 +454,7 @@ PARAMS = StageParams('05', [
 def _print(obj): print(json.dumps(obj, indent=2, default=str))
 
 def _promote_cmd(args):
-    if args.as_ == 'champion': require_approval(args.workspace, args.version, override=args.override_approval or '')
+    if args.as_ == 'champion': require_approval(args.workspace, args.version, override=args.override_approval or '', force=args.force)
     r = promote(args.workspace, args.version, as_=args.as_, share=args.share, shadow=args.shadow, force=args.force, reason=args.reason or '')
     if args.reload_url: r['server'] = notify_server(args.reload_url)
     _print(r)
@@ -517,7 +519,7 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
     if version is None:
         raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: fix what the stage-04 gate reported, '
                            'or deploy one explicitly with version=… and force=True, reason=…')
-    if deploy_as == 'champion': require_approval(ws, version, c.name)
+    if deploy_as == 'champion': require_approval(ws, version, c.name, force=force)
     res = promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force, reason=reason or 'stage 05 deployment')
     ctx = build_container_context(ws, version) if package else None
     with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:
