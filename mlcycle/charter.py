@@ -231,11 +231,28 @@ class Risk(_Strict):
     level: Literal['minimal', 'limited', 'high', 'unacceptable'] = 'limited'
     framework: Literal['eu_ai_act', 'nist_ai_rmf', 'none'] = 'eu_ai_act'
     notes: str = ''
+    # promotion to @champion needs a person's recorded approval of the version's evidence digest (`mlcycle approve`);
+    # empty: required when level is high or unacceptable, and it cannot be switched off there
+    require_approval: bool | None = None
+
+    @model_validator(mode='after')
+    def _oversight(self):
+        if self.level in ('high', 'unacceptable') and self.require_approval is False:
+            raise ValueError(f"risk level {self.level} requires a person's approval before promotion (human oversight); "
+                             "remove require_approval: false, or lower the level if the system is not high-risk")
+        return self
+
+    @property
+    def approval_required(self) -> bool:
+        "Does promotion to @champion need a recorded approval?"
+        return self.require_approval if self.require_approval is not None else self.level in ('high', 'unacceptable')
 
 class Retention(_Strict):
     prediction_log_days: int = Field(90, ge=1)
-    # how the prediction log keeps the sensitive features: as sent, as a keyed hash (groups stay comparable), or not at all
-    log_sensitive_features: Literal['store', 'hash', 'drop'] = 'store'
+    # how the prediction log keeps the sensitive features: as sent, as a keyed hash (groups stay comparable), or not at all.
+    # Default hash: the safest that still lets stage 06 measure fairness per group (see the README); `store` is needed
+    # only to retrain on logged rows (stage 07 new_data=feedback) when the model takes the sensitive features as inputs
+    log_sensitive_features: Literal['store', 'hash', 'drop'] = 'hash'
 
 CANDIDATES = ['logistic_regression', 'random_forest', 'hist_gradient_boosting']
 
@@ -261,6 +278,17 @@ class ValidationSpec(_Strict):
     non_inferiority_margin: float = Field(0.01, ge=0, le=1)   # how much worse than the champion a new version may be
     bootstrap_resamples: int = Field(500, ge=50)
     min_detectable_effect: float = Field(0.02, gt=0, le=1)   # for the A/B test's sample size (stage 07)
+    # allowed drop of the primary metric under each stage-04 robustness probe: one value for every probe, or
+    # {probe: drop}; 0.10 by default, a tenth of a [0, 1] metric's range when a tenth of the inputs are corrupted
+    robustness_max_drop: float | dict[str, float] = Field(0.10)
+
+    @field_validator('robustness_max_drop')
+    @classmethod
+    def _drops(cls, v):
+        bad = {k: x for k, x in (v.items() if isinstance(v, dict) else [('all probes', v)]) if not 0 <= x <= 1}
+        if bad: raise ValueError(f"robustness_max_drop must be in [0, 1] (a drop of the primary metric), got {bad}; "
+                                 "example: robustness_max_drop: 0.1, or {out_of_range: 0.15, missing_values: 0.05}")
+        return v
 
 class Production(_Strict):
     """The rows the deployed model will see, replayed by the full circle: the user's own new rows (`sources`, the same

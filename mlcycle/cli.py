@@ -15,7 +15,7 @@ from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_
 
 # %% auto #0
 __all__ = ['CIRCLE_PARAMS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle', 'start_server',
-           'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
+           'production_traffic', 'ab_traffic', 'circle_plan', 'approval_step', 'with_approvals', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -83,7 +83,7 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = {'workspace': ws, 'charter': charter, 'run_dir': run_dir, 'cleanup': [], 'summary': [], 'params': dict(params or {}),
            'echo': echo, **(circle or {})}
-    steps = circle_plan(stages) if circle is not None else [(s, None, None) for s in stages]
+    steps = with_approvals(circle_plan(stages) if circle is not None else [(s, None, None) for s in stages])
     records, failure, t_run = [], None, time.perf_counter()
     echo(f'mlcycle run {run_id}: stages {", ".join(stages)} · workspace {ws.root}')
     try:
@@ -202,6 +202,38 @@ def circle_plan(stages: list[str]) -> list[tuple]:
         steps.append((s, None, None))
     return steps
 
+def approval_step(ctx: dict):
+    """Hook, named `approval` in the run's output: where the charter requires a person's approval before a promotion to
+    @champion (risk.require_approval, on for risk: high), generate the version's governance documents (its model card and
+    evidence digest) into the run's reports and record the approval of that digest by the person running the command
+    (`--approver`, else the current user), as `mlcycle govern` + `mlcycle approve` would. Nothing when not required, and
+    nothing under `mlcycle stage` (one stage, run by hand: there the refusal names the commands)."""
+    from mlcycle.charter import workspace_charter
+    from mlcycle.deploy import aliases, approval_state, latest_passed_version
+    ws = ctx['workspace']
+    if 'approval' not in ctx['params'] or not ws.has_stage('02_data'): return
+    c = workspace_charter(ws)
+    if not c.risk.approval_required: return
+    al = aliases(ws, c.name)
+    v = al.get('challenger') if 'champion' in al else (str(ctx['params'].get('05', {}).get('version') or '') or latest_passed_version(ws, c.name))
+    if v is None or al.get('champion') == v or approval_state(ws, v, c.name)['approved']: return
+    from mlcycle.governance import approve, run_governance
+    out = ctx['run_dir']/f'approval-v{v}'
+    g = run_governance(ctx.get('charter') or None, ws, version=v, output_dir=out, manifest=False, log=lambda *a: None)
+    from mlcycle.core import current_actor
+    by = ctx['params'].get('approval', {}).get('by') or current_actor()
+    e = approve(ws, v, by=by, note=f"approval step of `mlcycle run` {ctx['run_dir'].name} (charter risk {c.risk.level}), after generating {out.name}/model_card.md")
+    msg = f"approval: v{v} approved by {by} for evidence digest {g['evidence_digest']} (audit entry {e['seq']}; model card {out.name}/model_card.md)"
+    ctx['echo'](f'[--] {msg}'); ctx['summary'].append(msg)
+
+def with_approvals(steps: list[tuple]) -> list[tuple]:
+    "`steps` with the `approval_step` hook before each step that can promote a version to @champion (stage 05, the A/B analysis)."
+    out = []
+    for st in steps:
+        if st[2] is None and (st[0] == '05' or st[1] == '07_retraining-ab'): out.append((None, None, approval_step))
+        out.append(st)
+    return out
+
 CIRCLE_PARAMS = {   # the stage parameters of the full circle
     '06': {},
     '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},
@@ -210,13 +242,14 @@ CIRCLE_PARAMS = {   # the stage parameters of the full circle
 }
 
 # %% ../nbs/10_cli.ipynb #4e863d37
-CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
+CLI_MODULES = ['mlcycle.predlog', 'mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
                'mlcycle.retrain', 'mlcycle.governance', 'mlcycle.retire', 'mlcycle.batch', 'mlcycle.init']
 
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic}
+    params['approval'] = {'by': a.approver}   # `mlcycle run` records its approval steps (approval_step); `mlcycle stage` does not
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
 def _cmd_stage(a):
@@ -242,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--traffic', default=None, help="CSV or Parquet file of production rows to replay (default: the rows stage 02 kept: the charter's production section, or held-back rows)")
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
+    r.add_argument('--approver', default='', help="who approves each version before it becomes @champion where the charter requires it (default: the current user); recorded in the audit log")
     r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "
                    "(default: report mode, the notebooks' exported code and Run sections)")
     r.set_defaults(func=_cmd_run)

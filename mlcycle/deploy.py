@@ -14,8 +14,9 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 
 # %% auto #0
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
-           'promote', 'rollback', 'end_challenger', 'notify_server', 'pinned_requirements', 'kubernetes_manifest',
-           'build_container_context', 'register_cli', 'latest_passed_version', 'run_deployment']
+           'promote', 'rollback', 'end_challenger', 'notify_server', 'approval_state', 'require_approval',
+           'pinned_requirements', 'kubernetes_manifest', 'build_container_context', 'register_cli',
+           'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
 def scratch_workspace(ws: Workspace, path=None) -> Workspace:
@@ -210,6 +211,45 @@ def notify_server(url, token: str | None = None, timeout: float = 60) -> dict:
         raise MlcycleError(f'{url} refused the reload: HTTP {e.code} {e.read()[:300].decode(errors="replace")}') from None
     except urllib.error.URLError as e:
         raise MlcycleError(f'cannot reach the server at {url}: {e.reason}') from None
+
+# %% ../nbs/05_deployment.ipynb #ca979087
+def approval_state(ws: Workspace, version, name: str | None = None) -> dict:
+    "What the human-oversight rule sees for `version`: required?, its evidence digest, approvals (of this digest or older ones), an override of this digest."
+    from mlcycle.charter import workspace_charter
+    c = workspace_charter(ws)
+    cl, name = _client(ws, name)
+    v = str(version)
+    try: tags = cl.get_model_version(name, v).tags or {}
+    except Exception: return {'model': name, 'version': v, 'exists': False, 'required': c.risk.approval_required, 'approved': False}
+    digest = tags.get('governance_evidence_digest')
+    mine = [e for e in ws.audit.entries() if e['event'] == 'approval' and e['details'].get('model') == name and str(e['details'].get('version')) == v]
+    covering = [e for e in mine if digest and e['details'].get('evidence_digest') == digest]
+    overrides = [e for e in ws.audit.entries() if e['event'] == 'approval_override' and e['details'].get('model') == name
+                 and str(e['details'].get('version')) == v and e['details'].get('evidence_digest') == digest]
+    return {'model': name, 'version': v, 'exists': True, 'validation_status': tags.get('validation_status'), 'required': c.risk.approval_required, 'risk': c.risk.level, 'evidence_digest': digest,
+            'approved': bool(covering), 'approved_by': covering[-1]['details'].get('by') if covering else None,
+            'approval_seq': covering[-1]['seq'] if covering else None, 'override': overrides[-1]['details']['reason'] if overrides else None, 'stale_approvals': [e['details'].get('by') for e in mine if e not in covering]}
+
+def require_approval(ws, version, name: str | None = None, override: str = '', force: bool = False) -> dict:
+    "Refuse, in one line, to make `version` @champion without the approval the charter requires; an `override` reason is audited instead (and holds for this evidence digest)."
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    st = approval_state(ws, version, name)
+    v, name = st['version'], st['model']
+    if st['exists'] and st['validation_status'] != 'passed' and not force: return st   # promote refuses it first, naming the gate
+    if not st['exists'] or not st['required'] or st['approved'] or st['override'] or aliases(ws, name).get('champion') == v: return st   # promote names a missing version
+    if str(override or '').strip():
+        e = ws.audit.append('approval_override', model=name, version=v, reason=str(override).strip(), evidence_digest=st['evidence_digest'],
+                            risk=st['risk'])
+        return {**st, 'override': str(override).strip(), 'override_seq': e['seq']}
+    fix = f'mlcycle approve {v} --by "Full Name"'
+    if not st['evidence_digest']:
+        missing, fix = 'its evidence has no digest to approve yet', f'mlcycle govern --version {v}, review the model card, then {fix}'
+    elif st['stale_approvals']:
+        missing = f"the approval by {st['stale_approvals'][-1]} covers earlier evidence, not the current digest {st['evidence_digest']}"
+    else: missing = f"nobody has approved its evidence digest {st['evidence_digest']}"
+    raise MlcycleError(f"v{v} of {name!r} cannot become @champion: the charter (risk {st['risk']}) requires a named person's approval and "
+                       f"{missing}; fix: {fix} (or override with --override-approval \"why\", which is audited)")
+
 
 # %% ../nbs/05_deployment.ipynb #7f3aa6d9
 # Distributions the serving image needs besides the model's own requirements (notebook tooling is left out).
@@ -414,6 +454,7 @@ PARAMS = StageParams('05', [
 def _print(obj): print(json.dumps(obj, indent=2, default=str))
 
 def _promote_cmd(args):
+    if args.as_ == 'champion': require_approval(args.workspace, args.version, override=args.override_approval or '', force=args.force)
     r = promote(args.workspace, args.version, as_=args.as_, share=args.share, shadow=args.shadow, force=args.force, reason=args.reason or '')
     if args.reload_url: r['server'] = notify_server(args.reload_url)
     _print(r)
@@ -437,6 +478,7 @@ def register_cli(subparsers):
     p.add_argument('--shadow', action='store_true', help='challenger: score every request, never answer')
     p.add_argument('--force', action='store_true', help='promote a version that did not pass validation (needs --reason)')
     p.add_argument('--reason', default='', help='why (goes into the audit log)')
+    p.add_argument('--override-approval', default='', metavar='WHY', help='promote to @champion without the approval the charter requires (audited with WHY)')
     p.add_argument('--reload-url', default=None, help='then POST /admin/reload to this running server, or to several (comma-separated URLs; $MLCYCLE_ADMIN_TOKEN)')
     add_common_args(p, **ws)
     p.set_defaults(func=_promote_cmd)
@@ -477,6 +519,7 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
     if version is None:
         raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: fix what the stage-04 gate reported, '
                            'or deploy one explicitly with version=… and force=True, reason=…')
+    if deploy_as == 'champion': require_approval(ws, version, c.name, force=force)
     res = promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force, reason=reason or 'stage 05 deployment')
     ctx = build_container_context(ws, version) if package else None
     with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:

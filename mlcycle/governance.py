@@ -25,8 +25,8 @@ __all__ = ['PERFORMANCE', 'GOVERNANCE_STAGES', 'PARAMS', 'list_versions', 'resol
            'version_fingerprints', 'evaluation_split', 'score_version', 'group_labels', 'group_fairness',
            'fairness_analysis', 'objectives_table', 'measure_version', 'stage_evidence', 'mitigation_tradeoff',
            'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve', 'evidence_digest',
-           'sign_off', 'lineage_steps', 'read_evidence', 'governance_documents', 'build_governance', 'run_governance',
-           'register_cli']
+           'sign_off', 'lineage_steps', 'configuration_evidence', 'read_evidence', 'governance_documents',
+           'build_governance', 'run_governance', 'register_cli']
 
 # %% ../nbs/08_governance.ipynb #61505571
 def _client(ws: Workspace, name: str | None = None):
@@ -371,6 +371,18 @@ def lineage_steps(ws: Workspace, c: Charter, rec: dict, events: list[dict]) -> l
             add(ev.replace('_', ' '), d.get('mlflow_run_id') or d.get('governance_run_id') or '', detail, f"audit #{e['seq']}", e['ts'])
     return rows
 
+# %% ../nbs/08_governance.ipynb #7d9e8f61
+def configuration_evidence() -> dict:
+    """Evidence outside the workspace and registry that the compliance map reads: whether the serving configuration has an
+    admin token (`$MLCYCLE_ADMIN_TOKEN`, read by `mlcycle serve`: without it nobody can reload, roll back or stop the served
+    model remotely; only its length is kept), and the installed retirement procedure (the stage 09 notebook)."""
+    from mlcycle.stages import stage_notebooks
+    tok = os.environ.get('MLCYCLE_ADMIN_TOKEN', '')
+    try: nb = stage_notebooks().get('09')
+    except MlcycleError: nb = None
+    return {'admin_token': {'configured': bool(tok), 'length': len(tok)}, 'retirement_procedure': str(nb) if nb is not None and nb.exists() else ''}
+
+
 # %% ../nbs/08_governance.ipynb #6a7c501b
 GOVERNANCE_STAGES = ('01_problem_definition', '02_data', '03_model_development', '04_validation', '05_deployment', '06_monitoring', '07_retraining')
 
@@ -412,7 +424,7 @@ def read_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -
             'contract_exists': (ws.root/'data'/'contract.json').exists(), 'log_exists': log_exists(ws),
             'log_rows': _version_log_rows(ws, version), 'lineage': lineage_steps(ws, c, rec, events),
             'fingerprints': version_fingerprints(rec), 'alias_history': alias_history(events),
-            'generated_at': _now(), 'generated_by': current_actor()}
+            'generated_at': _now(), 'generated_by': current_actor(), **configuration_evidence()}
 
 # %% ../nbs/08_governance.ipynb #6155c5f2
 def governance_documents(c: Charter, ev: dict, n_boot: int | None = None, seed: int | None = None, files: dict | None = None) -> dict:

@@ -16,10 +16,11 @@ from .charter import Charter
 from .stats import GAP_METRICS, GROUP_RATES
 
 # %% auto #0
-__all__ = ['DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'COMPLIANCE_RULES', 'md_escape', 'md_table', 'compliance_checklist',
-           'evidence_facts', 'caveats', 'model_card', 'bias_report', 'checklist_facts', 'plot_group_fairness',
-           'plot_tradeoff', 'lineage_svg', 'card_markdown', 'bias_markdown', 'compliance_markdown', 'lineage_markdown',
-           'to_html', 'render_governance']
+__all__ = ['DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'MIN_TOKEN_CHARS', 'COMPLIANCE_RULES', 'LINEAGE_REQUIRED',
+           'md_escape', 'md_table', 'compliance_checklist', 'evidence_facts', 'caveats', 'model_card', 'bias_report',
+           'lineage_missing', 'champion_promotions', 'checklist_facts', 'plot_group_fairness', 'plot_tradeoff',
+           'lineage_svg', 'card_markdown', 'bias_markdown', 'compliance_markdown', 'lineage_markdown', 'to_html',
+           'render_governance']
 
 # %% ../nbs/08b_governance_documents.ipynb #4c326716
 DOCUMENT_FILES = {'model_card': 'model_card.md', 'bias_report': 'bias_report.md', 'compliance': 'compliance.md', 'lineage': 'lineage.md'}
@@ -69,6 +70,24 @@ def _fair_ok(f): return all(o['passed'] for o in f['fairness_objectives']) if f[
 def _s04_here(f) -> bool: return bool(_stage(f, '04')['available'] and _stage(f, '04').get('about_this_version'))
 def _uses_ok(f) -> bool: return bool(f['charter']['intended_use'] and f['charter']['out_of_scope'])
 def _primary_text(pr) -> str: return f"{pr['value']:.4f} [{pr['ci_low']:.4f}, {pr['ci_high']:.4f}]"
+def _bias_ok(f) -> bool:   # every sensitive feature has two groups or more large enough to compare, and every fairness objective has a value
+    g = f['groups_judged_by_feature']
+    return bool(g) and all(n >= 2 for n in g.values()) and not f['fairness_unmeasured']
+def _bias_gap(f) -> str:
+    g = f['groups_judged_by_feature']
+    if not g: return 'no sensitive features in the charter: the bias report examines no groups'
+    few = [k for k, n in g.items() if n < 2]
+    return '; '.join(x for x in [f"fewer than two groups large enough to judge for {', '.join(few)}" if few else '',
+                                 f"fairness objective(s) not measured: {', '.join(f['fairness_unmeasured'])}" if f['fairness_unmeasured'] else ''] if x)
+MIN_TOKEN_CHARS = 16
+def _admin_ev(f, what: str) -> dict:
+    t = f['admin_token']
+    return _ev('config', 'server configuration $MLCYCLE_ADMIN_TOKEN', f"{what}: bearer token of {t['length']} characters" if t['configured']
+               else f'{what}: off (no admin token configured)', t['configured'] and t['length'] >= MIN_TOKEN_CHARS)
+def _admin_gap(f) -> str:
+    t = f['admin_token']
+    if not t['configured']: return 'no admin token in the server configuration ($MLCYCLE_ADMIN_TOKEN): nobody can reload, roll back or stop the served model remotely'
+    return f"the admin token has {t['length']} characters, fewer than {MIN_TOKEN_CHARS}" if t['length'] < MIN_TOKEN_CHARS else ''
 
 # %% ../nbs/08b_governance_documents.ipynb #56589b9c
 def _eu_aia_9(f) -> dict:
@@ -88,17 +107,19 @@ def _eu_aia_10(f) -> dict:
          [_ev('file', 'stages/02_data.json', f"{s02.get('rows', '?')} rows, {s02.get('duplicates', '?')} duplicates, sources fingerprinted", s02['available']),
           _ev('file', 'data/contract.json', 'data contract (columns, types, ranges, categories)', f['contract_exists']),
           _ev('metric', 'label leakage screen (stage 02)', f"{f['leakage_suspects']} suspect column(s)", f['leakage_suspects'] == 0),
-          _ev('file', f['files']['bias_report'], f"{f['groups_judged']} groups judged, {f['groups_too_small']} too small to judge", True)],
+          _ev('file', f['files']['bias_report'], f"{f['groups_judged']} groups judged, {f['groups_too_small']} too small to judge", _bias_ok(f))],
          ['stage 02 has not run' if not s02['available'] else '', 'no data contract' if not f['contract_exists'] else '',
-          'a column is suspected of label leakage' if f['leakage_suspects'] else ''])
+          'a column is suspected of label leakage' if f['leakage_suspects'] else '', _bias_gap(f)])
 
 def _eu_aia_11(f) -> dict:
     card_ev = _ev('file', f['files']['model_card'], 'all sections filled' if f['card_complete'] else 'sections missing', f['card_complete'])
     return _item('EU-AIA-11', 'EU AI Act', 'Art. 11, Annex IV', 'Technical documentation: purpose, design, data, training, validation, performance, risk management, changes',
-         [card_ev, _ev('file', f['files']['lineage'], 'charter → data → runs → version → aliases → deployments', True),
+         [card_ev, _ev('file', f['files']['lineage'], 'charter → data → runs → version → aliases → deployments' if not f['lineage_missing']
+                        else 'missing: ' + ', '.join(f['lineage_missing']), not f['lineage_missing']),
           _ev('file', 'MLflow training run', f"run {f['run_id']} ({f['run_status']})", f['run_status'] not in (None, 'not found'))],
          ['the model card has empty sections: ' + ', '.join(f['card_missing']) if not f['card_complete'] else '',
-          'the training run is missing from MLflow' if f['run_status'] in (None, 'not found') else ''])
+          'the training run is missing from MLflow' if f['run_status'] in (None, 'not found') else '',
+          'the lineage chain is incomplete: no ' + ', no '.join(f['lineage_missing']) if f['lineage_missing'] else ''])
 
 def _eu_aia_12(f) -> dict:
     a = f['audit']
@@ -116,13 +137,20 @@ def _eu_aia_13(f) -> dict:
          ['intended or out-of-scope use missing from the charter' if not _uses_ok(f) else ''])
 
 def _eu_aia_14(f) -> dict:
-    so = f['sign_off']
+    so, prom = f['sign_off'], f['champion_promotions']
+    unapproved = [p for p in prom if not p['approved'] and not p['override']]
+    overridden = [p for p in prom if p['override'] and not p['approved']]
     return _item('EU-AIA-14', 'EU AI Act', 'Art. 14', 'Human oversight: a person can understand, approve, override and stop the system',
          [_ev('audit', 'audit.jsonl event approval', so['status'], so['approved']),
-          _ev('file', 'charter.json intended_use', 'human review required by the intended use' if f['human_review_in_use'] else 'intended use does not mention human review', f['human_review_in_use']),
-          _ev('audit', 'alias moves (promote / rollback / retire)', f"{f['alias_moves']} alias moves recorded; rollback via @previous", True)],
+          _ev('file', 'charter.json risk.require_approval', 'promotion to @champion requires a named person\'s approval' if f['approval_required']
+              else 'promotion does not require an approval', f['approval_required']),
+          _ev('audit', 'alias moves to @champion (audit.jsonl)', f"{len(prom)} promotion(s) of this version: " +
+              (', '.join(f"#{p['seq']} {'approved' if p['approved'] else 'override' if p['override'] else 'without approval'}" for p in prom) or 'none yet'),
+              not unapproved)],
          ['no approval covering the current evidence: `mlcycle approve VERSION --by NAME` after review' if not so['approved'] else '',
-          'the intended use does not state human review of decisions' if not f['human_review_in_use'] else ''])
+          'the charter lets a version become @champion without a person\'s approval: set risk.require_approval: true' if not f['approval_required'] else '',
+          'promoted to @champion without a recorded approval or override: ' + ', '.join(f"audit #{p['seq']}" for p in unapproved) if unapproved else '',
+          'promoted to @champion on an audited override of the approval: ' + ', '.join(f"audit #{p['seq']}" for p in overridden) if overridden else ''])
 
 def _eu_aia_15(f) -> dict:
     pr, s04 = f['primary'], _stage(f, '04')
@@ -131,11 +159,12 @@ def _eu_aia_15(f) -> dict:
          [_ev('metric', f"{pr['objective']} (test split)", _primary_text(pr), pr['passed']),
           _ev('file', 'stages/04_validation.json robustness probes', s04.get('note') or ('probes within tolerance' if rob else 'probes failed'), _s04_here(f) and rob is not False),
           _ev('file', 'MLmodel serialization_format', f['serialization'], f['serialization'] == 'skops'),
-          _ev('file', 'serving admin routes', 'bearer token required for /admin routes', True)],
+          _admin_ev(f, 'admin routes')],
          [f"the primary objective {pr['objective']} is not met on the test split" if not pr['passed'] else '',
           ('robustness not evidenced: ' + (s04.get('note') or 'stage 04 has not run for this version')) if not _s04_here(f) else
           ('a stage-04 robustness probe failed' if rob is False else ''),
-          f"the model is serialized as {f['serialization']!r}, not skops (pickle can run code on load)" if f['serialization'] != 'skops' else ''])
+          f"the model is serialized as {f['serialization']!r}, not skops (pickle can run code on load)" if f['serialization'] != 'skops' else '',
+          _admin_gap(f)])
 
 def _eu_aia_17(f) -> dict:
     vs, s04 = f['validation_status'], _stage(f, '04')
@@ -166,9 +195,9 @@ def _nist_measure(f) -> dict:
     s06 = _stage(f, '06')
     return _item('NIST-MEASURE', 'NIST AI RMF', 'MEASURE', 'Risks are analysed and tracked: performance and fairness with uncertainty, in testing and in production',
          [_ev('metric', 'performance with 95% intervals (test split)', f"{len(f['metrics'])} metrics", len(f['metrics']) > 0),
-          _ev('file', f['files']['bias_report'], f"{len(f['fairness_objectives'])} fairness objectives measured", True),
+          _ev('file', f['files']['bias_report'], f"{len(f['fairness_objectives']) - len(f['fairness_unmeasured'])} of {len(f['fairness_objectives'])} fairness objectives measured", _bias_ok(f)),
           _ev('file', 'stages/06_monitoring.json', s06.get('note') or 'drift, realized performance, production fairness', s06['available'])],
-         ['production measurement not evidenced: stage 06 has not run' if not s06['available'] else ''])
+         ['production measurement not evidenced: stage 06 has not run' if not s06['available'] else '', _bias_gap(f)])
 
 def _nist_manage(f) -> dict:
     vs, s05, s07 = f['validation_status'], _stage(f, '05'), _stage(f, '07')
@@ -176,9 +205,10 @@ def _nist_manage(f) -> dict:
          [_ev('metric', 'stage-04 gate', vs, vs == 'passed'),
           _ev('file', 'stages/05_deployment.json', s05.get('note') or f"deployed as {s05.get('deployed_as')}", s05['available']),
           _ev('file', 'stages/07_retraining.json', s07.get('note') or 'retraining decision recorded', s07['available']),
-          _ev('file', 'retirement procedure (stage 09 notebook)', 'documented and executable', True)],
+          _ev('file', 'retirement procedure (stage 09 notebook)', Path(f['retirement_procedure']).name if f['retirement_procedure'] else 'not found', bool(f['retirement_procedure']))],
          [f"validation_status is {vs!r}" if vs != 'passed' else '', 'no deployment record: stage 05 has not run' if not s05['available'] else '',
-          'no retraining record: stage 07 has not run' if not s07['available'] else ''])
+          'no retraining record: stage 07 has not run' if not s07['available'] else '',
+          'no retirement procedure: the stage 09 notebook is not installed (reinstall mlcycle)' if not f['retirement_procedure'] else ''])
 
 COMPLIANCE_RULES = [_eu_aia_9, _eu_aia_10, _eu_aia_11, _eu_aia_12, _eu_aia_13, _eu_aia_14, _eu_aia_15, _eu_aia_17,
                     _nist_govern, _nist_map, _nist_measure, _nist_manage]
@@ -324,6 +354,24 @@ def _stage_highlights(ev: dict) -> dict:
         h['04']['robustness_ok'] = all(r.get('passed', True) for r in rob) if rob else None
     return h
 
+LINEAGE_REQUIRED = ('charter', 'data source', 'training run', 'model version')
+
+def lineage_missing(steps: list[dict]) -> list[str]:
+    "The links of the lineage chain that are absent (a training run MLflow no longer has counts as absent)."
+    have = {s['step'] for s in steps if not (s['step'] == 'training run' and 'not found' in str(s.get('detail', '')))}
+    return [s for s in LINEAGE_REQUIRED if s not in have]
+
+def champion_promotions(events: list[dict], version) -> list[dict]:
+    "Each move of @champion to `version`, and whether an approval (with an evidence digest) or an audited override of this version preceded it."
+    out, approved, override = [], False, False
+    for e in events:
+        d = e.get('details') or {}
+        if e['event'] == 'approval' and str(d.get('version')) == str(version) and d.get('evidence_digest'): approved = True
+        elif e['event'] == 'approval_override' and str(d.get('version')) == str(version): override = True
+        elif e['event'] == 'alias_moved' and d.get('alias') == 'champion' and str(d.get('to_version')) == str(version):
+            out.append({'seq': e['seq'], 'approved': approved, 'override': override}); override = False
+    return out
+
 def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> dict:
     "The facts `compliance_checklist` judges, from the evidence, the measurements and the card."
     objectives, fair, rec, audit = m['objectives'], m['fairness'], ev['record'], ev['audit']
@@ -342,7 +390,11 @@ def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> d
             'groups_too_small': int(sum(f['by_group'].too_small.sum() for f in fair)), 'run_id': rec['run_id'],
             'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': ev['log_exists'], 'log_rows': int(ev['log_rows']),
             'caveats': len(card['caveats_and_recommendations']), 'sign_off': card['sign_off'],
-            'human_review_in_use': any(w in c.intended_use.lower() for w in ('review', 'human', 'person')),
+            'approval_required': c.risk.approval_required, 'champion_promotions': champion_promotions(ev['events'], ev['version']),
+            'admin_token': ev.get('admin_token') or {'configured': False, 'length': 0},
+            'retirement_procedure': ev.get('retirement_procedure') or '', 'lineage_missing': lineage_missing(ev.get('lineage') or []),
+            'groups_judged_by_feature': {g['feature']: int((~g['by_group'].too_small).sum()) for g in fair if ' & ' not in g['feature']},
+            'fairness_unmeasured': [r.objective for r in objectives[objectives.metric.isin(GAP_METRICS)].itertuples() if not np.isfinite(r.value)],
             'alias_moves': len(ev['alias_history']), 'serialization': rec['flavor'].get('serialization_format'),
             'validation_status': rec['tags'].get('validation_status'), 'metrics': m['performance'].to_dict('records')}
 

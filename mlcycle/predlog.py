@@ -14,7 +14,8 @@ from .core import MlcycleError, Workspace
 
 # %% auto #0
 __all__ = ['log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy', 'workspace_secret',
-           'workspace_log_key', 'classify_feedback', 'PredictionLog', 'read_log', 'integrity_check']
+           'workspace_log_key', 'classify_feedback', 'PredictionLog', 'read_log', 'integrity_check', 'expired_rows',
+           'purge_before', 'purge_expired', 'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -277,3 +278,93 @@ def integrity_check(url: str) -> str:
             conn.exec_driver_sql('SELECT count(*) FROM predictions').scalar_one(); conn.exec_driver_sql('SELECT count(*) FROM feedback').scalar_one()
             return 'ok'
     finally: eng.dispose()
+
+# %% ../nbs/05a_predlog.ipynb #230b22b7
+def _label_tables(conn) -> list[str]: return [t for t in ('feedback', 'feedback_conflicts') if _has_table(conn, t)]
+
+def expired_rows(url: str, cutoff: float) -> dict:
+    "What a purge before `cutoff` would delete: rows per table, predictions per model version, and the rows it keeps."
+    import sqlalchemy as sa
+    eng = log_engine(url)
+    try:
+        with eng.connect() as conn:
+            if not _has_table(conn, 'predictions'): return {'predictions': 0, 'by_version': {}, 'feedback': 0, 'feedback_conflicts': 0, 'kept': 0}
+            q = lambda sql: int(conn.execute(sa.text(sql), {'c': cutoff}).scalar_one())
+            by_v = conn.execute(sa.text('SELECT model_version, count(*) FROM predictions WHERE ts < :c GROUP BY model_version'), {'c': cutoff}).all()
+            out = {'predictions': q('SELECT count(*) FROM predictions WHERE ts < :c'), 'by_version': {str(v): int(k) for v, k in sorted(by_v)}}
+            for t in ('feedback', 'feedback_conflicts'):
+                out[t] = q(f'SELECT count(*) FROM {t} WHERE request_id IN (SELECT request_id FROM predictions WHERE ts < :c)') if t in _label_tables(conn) else 0
+            out['kept'] = q('SELECT count(*) FROM predictions WHERE ts >= :c')
+            return out
+    finally: eng.dispose()
+
+def purge_before(url: str, cutoff: float, batch_size: int = 5000) -> dict:
+    "Delete every prediction older than `cutoff` and its labels, `batch_size` predictions per transaction; the counts deleted."
+    import sqlalchemy as sa
+    if int(batch_size) < 1: raise MlcycleError(f'batch_size must be ≥ 1, not {batch_size}')
+    exp = lambda sql: sa.text(sql).bindparams(sa.bindparam('ids', expanding=True))
+    out = {'predictions': 0, 'by_version': {}, 'feedback': 0, 'feedback_conflicts': 0, 'batches': 0}
+    eng = log_engine(url)
+    try:
+        while True:
+            with eng.begin() as conn:
+                if not _has_table(conn, 'predictions'): break
+                rows = conn.execute(sa.text('SELECT id, request_id, model_version FROM predictions WHERE ts < :c ORDER BY id LIMIT :n'),
+                                    {'c': cutoff, 'n': int(batch_size)}).all()
+                if not rows: break
+                rids = [r[1] for r in rows]
+                for t in _label_tables(conn): out[t] += conn.execute(exp(f'DELETE FROM {t} WHERE request_id IN :ids'), {'ids': rids}).rowcount
+                out['predictions'] += conn.execute(exp('DELETE FROM predictions WHERE id IN :ids'), {'ids': [r[0] for r in rows]}).rowcount
+                for r in rows: out['by_version'][str(r[2])] = out['by_version'].get(str(r[2]), 0) + 1
+                out['batches'] += 1
+    finally: eng.dispose()
+    out['by_version'] = dict(sorted(out['by_version'].items()))
+    return out
+
+
+# %% ../nbs/05a_predlog.ipynb #34cbfc42
+def purge_expired(ws=None, retention_days: float | None = None, dry_run: bool = True, cutoff: float | None = None,
+                  now: float | None = None, batch_size: int = 5000) -> dict:
+    """Apply the retention policy to the whole prediction log: rows older than `retention_days` (the charter's
+    `prediction_log_days` when None) before `now`, or before an explicit `cutoff` timestamp. A dry run only counts."""
+    from mlcycle.charter import workspace_charter
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    days = workspace_charter(ws).retention.prediction_log_days if retention_days is None else float(retention_days)
+    if days <= 0: raise MlcycleError(f'retention_days must be > 0 (days a logged row is kept), not {days}; to purge one version entirely, retire it')
+    cut = float(cutoff) if cutoff is not None else (time.time() if now is None else float(now)) - 86400 * days
+    when = pd.Timestamp(cut, unit='s', tz='UTC').isoformat(timespec='seconds')
+    url = ws.prediction_log_url
+    if not log_exists(url):
+        return {'dry_run': bool(dry_run), 'retention_days': days, 'cutoff_ts': cut, 'cutoff': when, 'predictions': 0, 'by_version': {},
+                'feedback': 0, 'feedback_conflicts': 0, 'summary': 'no prediction log yet: nothing to purge'}
+    if dry_run:
+        r = expired_rows(url, cut)
+        return {'dry_run': True, 'retention_days': days, 'cutoff_ts': cut, 'cutoff': when, **r,
+                'summary': f"dry run: {r['predictions']} predictions older than {when} ({days:g} days) would be purged "
+                           f"{r['by_version'] or ''}, with {r['feedback']} labels and {r['feedback_conflicts']} disputed labels; {r['kept']} rows kept"}
+    r = purge_before(url, cut, batch_size)
+    ws.audit.append('retention_purge', retention_days=days, cutoff=when, cutoff_ts=cut, log=safe_url(url), **{k: r[k] for k in
+                    ('predictions', 'by_version', 'feedback', 'feedback_conflicts', 'batches')})
+    return {'dry_run': False, 'retention_days': days, 'cutoff_ts': cut, 'cutoff': when, **r,
+            'summary': f"purged {r['predictions']} predictions older than {when} ({days:g} days) {r['by_version'] or ''}, "
+                       f"with {r['feedback']} labels and {r['feedback_conflicts']} disputed labels"}
+
+
+# %% ../nbs/05a_predlog.ipynb #b49ab479
+def _purge_cmd(a):
+    r = purge_expired(a.workspace, retention_days=a.retention_days, dry_run=not a.yes, cutoff=a.cutoff)
+    print(r['summary'] + (f" · cutoff_ts {r['cutoff_ts']!r} (pass --cutoff to delete exactly these with --yes)" if r['dry_run'] else ''))
+
+def register_cli(subparsers):
+    "Add `mlcycle purge` to an argparse subparsers object."
+    from mlcycle.stages import add_common_args
+    p = subparsers.add_parser('purge', help="delete prediction-log rows past the charter's retention (every version); a dry run unless --yes",
+                              description="Apply retention.prediction_log_days to the whole prediction log: rows older than the cutoff, "
+                                          "with their labels. Without --yes, only report exactly what would be deleted.")
+    p.add_argument('--yes', action='store_true', help='delete (default: dry run, nothing changes)')
+    p.add_argument('--retention-days', type=float, default=None, help="keep rows newer than this many days (default: the charter's prediction_log_days)")
+    p.add_argument('--cutoff', type=float, default=None, help='delete rows before this Unix time instead (e.g. the cutoff_ts of a dry run)')
+    add_common_args(p, charter=None, reports=False, param=False)
+    p.set_defaults(func=_purge_cmd)
+    return p
+

@@ -655,7 +655,8 @@ def govern_first(r: Retirement):
 def promote_replacement(r: Retirement):
     "Promote the named replacement to @champion when the retired version serves."
     if not r.plan['promote_replacement']: return
-    from mlcycle.deploy import promote
+    from mlcycle.deploy import promote, require_approval
+    require_approval(r.ws, r.plan['replacement'], r.name)   # human oversight, as every promotion to @champion
     promote(r.ws, r.plan['replacement'], reason=f'replaces v{r.version}, which is being retired: {r.reason}', name=r.name)
     yield Done(f"promoted v{r.plan['replacement']} to @champion")
 

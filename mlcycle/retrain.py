@@ -548,6 +548,8 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
     evidence = an.get('reason', '')
     if decision != 'continue' and auto_promote:
         why = f'A/B decision {decision}: {evidence}'
+        from mlcycle.deploy import require_approval
+        if decision == 'promote': require_approval(ws, an['challenger_version'], c.name)   # human oversight (stage 05)
         if decision == 'promote': moves = promote(ws, an['challenger_version'], as_='champion', reason=why)
         elif decision == 'keep' and kind == 'ab': moves = end_challenger(ws, reason=why)
         elif decision == 'rollback': moves = rollback(ws, reason=why)

@@ -17,11 +17,11 @@ from .data import feature_frame
 from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'fairness_report', 'slice_report', 'overfit_check',
-           'probe_numeric_noise', 'probe_missing_values', 'probe_unseen_categories', 'probe_out_of_range',
-           'robustness_report', 'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model',
-           'plot_performance', 'plot_fairness', 'plot_robustness', 'report_record', 'validate_version',
-           'run_validation', 'mitigation_effect']
+__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'fairness_report',
+           'slice_report', 'overfit_check', 'probe_numeric_noise', 'probe_missing_values', 'probe_unseen_categories',
+           'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate', 'non_inferiority',
+           'objectives_with_ci', 'evaluate_gate', 'gate_model', 'plot_performance', 'plot_fairness', 'plot_robustness',
+           'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -149,6 +149,46 @@ def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = '
         rows.append(r)
     return pd.DataFrame(rows)
 
+# %% ../nbs/04_validation.ipynb #54ff67be
+ROBUSTNESS_VERDICTS = ('within', 'beyond', 'insufficient evidence', 'invalid output')
+
+def drop_verdict(drop: float, lo: float, hi: float, limit: float, n: int) -> tuple[str, int | None]:
+    "`within` (interval ≤ limit), `beyond` (interval > limit) or `insufficient evidence` with the rows that would tell them apart."
+    if not np.isfinite(drop): return 'invalid output', None
+    if hi <= limit: return 'within', None
+    if lo > limit: return 'beyond', None
+    gap = abs(drop - limit)
+    return 'insufficient evidence', (int(np.ceil(round(n * ((hi - lo) / 2 / gap) ** 2, 6))) if gap > 0 else None)
+
+def _max_drop(max_drop, probe: str) -> float:
+    if not isinstance(max_drop, dict): return float(max_drop)
+    unknown = set(max_drop) - set(PROBES)
+    if unknown: raise MlcycleError(f"validation.robustness_max_drop names unknown probe(s) {sorted(unknown)}; probes: {', '.join(PROBES)}")
+    return float(max_drop.get(probe, ROBUSTNESS_MAX_DROP))
+
+ROBUSTNESS_MAX_DROP = 0.10   # the charter's default (charter.ValidationSpec.robustness_max_drop)
+
+def robustness_gate(model, X: pd.DataFrame, y, contract: dict, metric: str = 'roc_auc', max_drop: float | dict = ROBUSTNESS_MAX_DROP,
+                    seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = 0.95) -> pd.DataFrame:
+    "`robustness_report` plus each drop's paired-bootstrap interval, its limit and verdict; passed = valid output and drop `within` the limit."
+    rep = robustness_report(model, X, y, contract, metric, seed)
+    y = np.asarray(y).astype(int); sign = 1 if METRICS[metric][1] else -1
+    idx = bootstrap_indices(len(y), n_resamples, seed)
+    base = resampled_metric(metric, y, model.predict_proba(X)[:, 1], model.predict(X), idx)
+    rows = []
+    for r in rep.itertuples():
+        lim, lo, hi = _max_drop(max_drop, r.probe), float('nan'), float('nan')
+        if r.valid_output:
+            Xp = PROBES[r.probe](X, contract, seed=seed)
+            lo, hi = percentile_ci(sign * (base - resampled_metric(metric, y, model.predict_proba(Xp)[:, 1], model.predict(Xp), idx)), level)
+        verdict, need = drop_verdict(r.drop if r.valid_output else float('nan'), lo, hi, lim, len(y))
+        rows.append({'drop_ci_low': lo, 'drop_ci_high': hi, 'max_drop': lim, 'verdict': verdict, 'rows_needed': need})
+    out = pd.concat([rep, pd.DataFrame(rows)], axis=1)
+    out['passed'] = out.valid_output & (out.verdict == 'within')
+    out['rows'] = len(y)
+    return out
+
+
 # %% ../nbs/04_validation.ipynb #23edbcd1
 def non_inferiority(c: Charter, y, candidate_proba, champion_proba, candidate_pred=None, champion_pred=None,
                     n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
@@ -181,6 +221,28 @@ def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencie
     t['ci_low'], t['ci_high'] = lo, hi
     return t
 
+def _robustness_rule(rob: pd.DataFrame) -> dict:
+    "One gate rule from `robustness_gate` (drops judged against the charter's limit) or, without limits, `robustness_report` (valid outputs only)."
+    m, bad = rob.metric.iloc[0], rob[~rob.passed]
+    worst = rob.loc[rob['drop'].idxmax()] if rob['drop'].notna().any() else None
+    if 'verdict' not in rob:
+        return {'rule': 'robustness: every probe scored without error, with valid outputs', 'kind': 'robustness',
+                'value': float('nan') if worst is None else worst['drop'], 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': np.nan,
+                'passed': bool(bad.empty), 'detail': '; '.join(f'{r.probe}: {r.error}' for r in bad.itertuples()) or f'value = the largest {m} drop'}
+    def why(r):
+        if r.verdict == 'invalid output': return f'{r.probe}: {r.error}'
+        d = f'{r.probe}: {m} drop {r.drop:.4f} [{r.drop_ci_low:.4f}, {r.drop_ci_high:.4f}]'
+        if r.verdict == 'beyond': return f'{d} > {r.max_drop:g}'
+        more = f'; about {int(r.rows_needed) - len_rows:,} more labelled test rows needed' if pd.notna(r.rows_needed) and r.rows_needed > len_rows else ''
+        return f'insufficient evidence: {len_rows:,} test rows cannot tell {d} from the limit {r.max_drop:g}{more}'
+    len_rows = int(rob['rows'].iloc[0]) if 'rows' in rob else 0
+    lims = sorted(set(rob.max_drop))
+    return {'rule': f"robustness: {m} drop under each probe ≤ {lims[0]:g}" if len(lims) == 1 else f"robustness: {m} drop under each probe within its limit",
+            'kind': 'robustness', 'value': float('nan') if worst is None else worst['drop'],
+            'ci_low': np.nan if worst is None else worst.drop_ci_low, 'ci_high': np.nan if worst is None else worst.drop_ci_high,
+            'threshold': np.nan if worst is None else worst.max_drop, 'passed': bool(bad.empty),
+            'detail': '; '.join(why(r) for r in bad.itertuples()) or (f'value = the largest {m} drop ({worst.probe})' if worst is not None else '')}
+
 def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustness: pd.DataFrame | None,
                   non_inferiority: dict | None = None, latency_note: str = '') -> dict:
     "The gate's rules (objective, value, interval, threshold, passed) and the verdict: passed only if every rule passes."
@@ -196,15 +258,7 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
                   'value': overfit['gap_train_test'], 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': overfit['tolerance'],
                   'passed': bool(overfit['passed']),
                   'detail': f"train {overfit['train']:.4f}, test {overfit['test']:.4f}" if overfit.get('train') is not None else 'no training data given'})
-    if robustness is not None:
-        bad = robustness[~robustness.passed]
-        worst = float(robustness['drop'].max()) if robustness['drop'].notna().any() else float('nan')
-        notable = robustness[robustness.get('notable_drop', False) == True]
-        rules.append({'rule': 'robustness: every probe scored without error, with valid outputs', 'kind': 'robustness',
-                      'value': worst, 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': np.nan, 'passed': bool(bad.empty),
-                      'detail': '; '.join([f'{r.probe}: {r.error}' for r in bad.itertuples()] +
-                                          [f'notable {robustness.metric.iloc[0]} drop under {r.probe}: {r.drop:.3f} (not gated)' for r in notable.itertuples()])
-                                or f'value = the largest {robustness.metric.iloc[0]} drop'})
+    if robustness is not None: rules.append(_robustness_rule(robustness))
     if non_inferiority is not None:
         ni = non_inferiority
         rules.append({'rule': f"non-inferiority vs @champion: {ni['metric']} difference > −{ni['margin']:g}", 'kind': 'non_inferiority',
@@ -248,7 +302,7 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
             scores[name] = objective_value(c.primary.metric, binary_target(c, df[target]), model.predict_proba(Xs)[:, 1], model.predict(Xs))
     overfit = overfit_check(c, scores)
     objectives = objectives_with_ci(c, y, proba, pred, test_df, latencies, B, seed)
-    robustness = robustness_report(model, X, y, contract, c.primary.metric, seed)
+    robustness = robustness_gate(model, X, y, contract, c.primary.metric, c.validation.robustness_max_drop, seed, B)
     fairness = fairness_report(y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     slices = slice_report(y, proba, pred, test_df, feats, c.data.requirements.min_group_size) if feats else pd.DataFrame()
     ni = None

@@ -78,6 +78,8 @@ def test_cli_promote_and_rollback(registry_ws):
 
 
 def test_run_deployment_picks_latest_passed_and_packages(registry_ws):
+    from mlcycle.deploy import require_approval                   # the Adult charter is risk: high: v2 needs an approval (or an audited override)
+    require_approval(registry_ws, '2', override='test: stage 05 mechanics, not oversight (tests/test_gates.py covers approvals)')
     res = run_deployment(workspace=registry_ws)
     assert res['version'] == '2'                               # v3 is newer but failed the gate
     m = registry_ws.manifest('05_deployment')

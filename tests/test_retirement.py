@@ -86,6 +86,8 @@ def test_real_run_purges_exactly_the_retired_versions_old_rows(history_ws, mlcyc
     db.close()
     assert len(v1_new) == 600 and len(v2_all) == 500 and len(shadowed) == 200
 
+    from mlcycle.deploy import require_approval                   # the Adult charter is risk: high: v2 needs an approval (or an audited override)
+    require_approval(history_ws, '2', override='test: retirement mechanics, not oversight (tests/test_gates.py covers approvals)')
     res = retire_version(history_ws, '1', reason='superseded by v2 after the A/B test', replacement='2', retention_days=30,
                          delete_artifacts=False, log=_quiet)
     assert not res['noop'] and res['purged']['predictions'] == 1500 and res['purged']['shadow_scores_cleared'] == 200
