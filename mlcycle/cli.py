@@ -14,8 +14,9 @@ from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_
                      notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
 
 # %% auto #0
-__all__ = ['CIRCLE_PARAMS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle', 'start_server',
-           'production_traffic', 'ab_traffic', 'circle_plan', 'build_parser', 'main']
+__all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle',
+           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'retraining_decision', 'build_parser',
+           'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -89,7 +90,10 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     try:
         for i, (s, report_name, hook) in enumerate(steps, 1):
             if hook is not None:
-                hook(ctx); continue
+                hook(ctx)
+                if ctx.get('end'):       # a hook found nothing to act on: the circle ends here, and says why
+                    echo(f"[--] {ctx['end']}"); ctx['summary'].append(f"the circle ended: {ctx['end']}"); break
+                continue
             name = report_name or stage_notebooks()[s].stem
             echo(f'[{s}] {name} ...', end='')
             step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
@@ -197,6 +201,7 @@ def circle_plan(stages: list[str]) -> list[tuple]:
     for s in stages:
         if s in ('06', '07') and not any(x[2] is production_traffic for x in steps): steps.append((None, None, production_traffic))
         if s == '07':
+            if '06' in stages: steps.append((None, None, retraining_decision))      # stage 07 runs on stage 06's evidence, or a trigger
             steps += [('07', '07_retraining', None), (None, None, ab_traffic), ('07', '07_retraining-ab', None)]
             continue
         steps.append((s, None, None))
@@ -204,10 +209,30 @@ def circle_plan(stages: list[str]) -> list[tuple]:
 
 CIRCLE_PARAMS = {   # the stage parameters of the full circle
     '06': {},
-    '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},
+    '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},   # trigger: set by retraining_decision
     '07_retraining-ab': {'phase': 'analyze', 'auto_promote': True},
     '09': {'reason': 'replaced by the retrained model after drift'},
 }
+
+# %% ../nbs/10_cli.ipynb #e10a0002
+TRIGGERS = ('evidence', 'manual', 'schedule')
+
+def retraining_decision(ctx: dict):
+    """Hook before stage 07: retrain on stage 06's recommendation (trigger drift), or on `ctx['trigger']` manual / schedule;
+    else end the circle with "no action needed". The decision is an audit entry."""
+    ws, trigger = ctx['workspace'], ctx.get('trigger') or 'evidence'
+    if trigger not in TRIGGERS: raise MlcycleError(f"--trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}")
+    o = ws.manifest('06_monitoring').get('outputs', {}) if ws.has_stage('06_monitoring') else {}
+    recommended = o.get('recommendation') == 'retrain'
+    why = o.get('recommendation_text') or 'stage 06 has not run'
+    run = recommended or trigger != 'evidence'
+    stage_trigger = 'drift' if recommended and trigger == 'evidence' else trigger if trigger != 'evidence' else None
+    ws.audit.append('circle_decision', retrain=run, trigger=stage_trigger, asked_by=trigger, monitoring=o.get('recommendation'), why=why)
+    if not run:
+        ctx['end'] = f'no action needed: stage 06 does not recommend retraining ({why}) and no schedule or person triggered it'; return
+    ctx['params'].setdefault('07', {})['trigger'] = stage_trigger
+    ctx['echo'](f'[--] retraining (trigger {stage_trigger}): {why}')
+    ctx['summary'].append(f'retraining triggered by {stage_trigger}: {why}')
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
@@ -216,7 +241,7 @@ CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.t
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
-    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic}
+    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic, 'trigger': a.trigger}
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
 def _cmd_stage(a):
@@ -241,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--scenario', default=None, help='drift scenario of the simulated production traffic (default: gig_economy on Adult, concept elsewhere; see `mlcycle simulate --help`)')
     r.add_argument('--traffic', default=None, help="CSV or Parquet file of production rows to replay (default: the rows stage 02 kept: the charter's production section, or held-back rows)")
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
+    r.add_argument('--trigger', default='evidence', choices=TRIGGERS, help='evidence (default): stage 07 runs only when stage 06 recommends '
+                   'retraining; manual or schedule: a person or a schedule asks for it whatever monitoring finds (recorded)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
     r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "
                    "(default: report mode, the notebooks' exported code and Run sections)")

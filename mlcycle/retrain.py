@@ -20,10 +20,11 @@ from .stages import Param, StageParams, add_common_args, execute_stage, new_run_
 
 # %% auto #0
 __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
-           'split_for_retraining', 'recent_holdout', 'refit_candidates', 'ab_sample_size', 'simulate_ab', 'ab_design',
-           'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for', 'champion_to_retrain', 'retraining_parts',
-           'challenger_candidates', 'gate_challenger', 'start_ab_test', 'train_outputs', 'run_retraining',
-           'run_ab_analysis', 'register_cli']
+           'split_for_retraining', 'recent_holdout', 'row_keys', 'in_key_order', 'keyed_holdout', 'refit_candidates',
+           'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
+           'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
+           'challenger_candidates', 'gate_challenger', 'start_ab_test', 'train_outputs', 'gate_evidence',
+           'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
@@ -160,13 +161,14 @@ def split_for_retraining(assembled: pd.DataFrame, c: Charter, holdout: pd.DataFr
                          seed: int = 0) -> dict:
     "Train / validation (stratified) from the assembled rows, weighted resampling of train; `holdout` is the gate's test split."
     from sklearn.model_selection import train_test_split
+    assembled = in_key_order(assembled)          # the split depends on which rows there are, never on the order they arrived in
     y = binary_target(c, assembled[c.data.target])
     tr, va = train_test_split(assembled, test_size=validation_size, stratify=y, random_state=seed)
     tr_unweighted = tr
     if (tr._weight != 1).any():
         w = tr._weight.to_numpy(float)
         tr = tr.iloc[np.random.default_rng(seed).choice(len(tr), size=len(tr), replace=True, p=w / w.sum())]
-    strip = lambda d: d.drop(columns=[x for x in ('_ts', '_weight', '_source', '_request_id') if x in d.columns]).reset_index(drop=True)
+    strip = lambda d: d.drop(columns=[x for x in ('_ts', '_weight', '_source', '_request_id', '_key') if x in d.columns]).reset_index(drop=True)
     recent = tr_unweighted[tr_unweighted._source == 'new'] if '_source' in tr_unweighted else tr.iloc[:0]
     return {'train': strip(tr), 'validation': strip(va), 'test': strip(holdout), 'train_recent': strip(recent)}
 
@@ -179,6 +181,28 @@ def recent_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_r
     y = binary_target(c, new[c.data.target])
     tr, te = train_test_split(new, test_size=n_test, stratify=y if min(np.bincount(y, minlength=2)) >= 2 else None, random_state=seed)
     return tr.sort_values('_ts', kind='stable').reset_index(drop=True), te.sort_values('_ts', kind='stable').reset_index(drop=True)
+
+# %% ../nbs/07_retraining.ipynb #e7a1d002
+def row_keys(df: pd.DataFrame) -> np.ndarray:
+    "A key per row from its own values (every column not starting with `_`: inputs and label): the same row, the same key, in any order."
+    cols = sorted(str(x) for x in df.columns if not str(x).startswith('_'))
+    return pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy()
+
+def in_key_order(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` sorted by `row_keys` (ties, which are identical rows, by their `_` columns): an order that does not depend on arrival."
+    extra = [x for x in ('_source', '_weight') if x in df.columns]
+    return df.assign(_key=row_keys(df)).sort_values(['_key', *extra], kind='stable', ignore_index=True)
+
+def keyed_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_rows: int = 500, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(new rows that may be trained on, new rows held out for the gate): a row is held out when the seeded hash of its key
+    falls below `test_share`, so the split depends on which rows there are, not on their arrival; (all, None) when fewer
+    than `min_rows` would be held out."""
+    from mlcycle.batching import bucket
+    if not 0 <= test_share < 1: raise MlcycleError(f'test_share must be in [0, 1), not {test_share}')
+    rows = in_key_order(new)
+    held = bucket(rows._key.astype(str).tolist(), salt=f'gate-holdout-{seed}') < test_share
+    if held.sum() < min_rows: return rows, None
+    return rows[~held].reset_index(drop=True), rows[held].reset_index(drop=True)
 
 # %% ../nbs/07_retraining.ipynb #757e23c3
 def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFrame, family: str = '', seed: int = 0, n_jobs: int = 2) -> list:
@@ -298,11 +322,16 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
         test = two_proportion_test(ka, len(a), kb, len(b), alpha)
         summ = {'champion': _arm_summary(a, c), 'challenger': _arm_summary(b, c)}
         n_arm = {'champion': len(a), 'challenger': len(b)}
+    accuracy_test = test
+    if c.primary.metric != 'accuracy':       # the decision is on the charter's primary metric; accuracy stays as evidence
+        test = primary_metric_test(summ['champion'], summ['challenger'], c, alpha)
+    fair = arm_fairness(arms['shadow'].assign(label=arms['shadow'].shadow_label.astype(int), model_version=str(challenger))
+                        if shadow else arms['challenger'], c, challenger)
     need = {'champion': design['champion'], 'challenger': design['challenger']}
     frac = min(n_arm['champion'] / max(need['champion'], 1), n_arm['challenger'] / max(need['challenger'], 1))
     looks = list(looks_so_far or [])
     out = {'design': design, 'labelled': n_arm, 'needed': need, 'information_fraction': min(frac, 1.0), 'served': arms['served'],
-           'arms': summ, 'test': test, 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger)}
+           'arms': summ, 'test': test, 'metric': c.primary.metric, 'accuracy_test': accuracy_test, 'fairness': fair, 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger)}
     if design['method'] == 'fixed':
         if frac < 1:
             return {**out, 'status': 'continue', 'reason': f"fixed horizon: {n_arm['champion']} / {need['champion']} champion and "
@@ -324,10 +353,16 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
     sig = test['p_value'] < level
     result = ('challenger_better' if sig and test['difference'] > 0 else 'challenger_worse' if sig else
               'non_inferior' if test['ci_low'] > -margin else 'inconclusive')
-    return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin),
-            'reason': f"accuracy {summ['champion']['accuracy']:.4f} (champion v{champion}, n={n_arm['champion']}) vs "
-                      f"{summ['challenger']['accuracy']:.4f} (challenger v{challenger}, n={n_arm['challenger']}): difference "
-                      f"{test['difference']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}], p={test['p_value']:.3g} at level {level:.3g}"}
+    broken = [f for f in fair if f['passed'] is False]
+    m = c.primary.metric
+    reason = (f"{m} {summ['champion'][m]:.4f} (champion v{champion}, n={n_arm['champion']}) vs "
+              f"{summ['challenger'][m]:.4f} (challenger v{challenger}, n={n_arm['challenger']}): difference "
+              f"{test['difference']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}], p={test['p_value']:.3g} at level {level:.3g}")
+    if broken:      # whatever its accuracy: a challenger that breaks a fairness objective in production is not promoted
+        what = '; '.join(f"{f['objective']} in production: {f['value']:.4f} ({f['detail']})" for f in broken)
+        reason = f'the challenger breaks {what}; {reason}'
+        result = 'fairness_violated'
+    return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin), 'reason': reason}
 
 def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at: float, alpha: float = 0.05, min_rows: int = 500) -> dict:
     "Before/after check of a promotion: the champion's labelled accuracy since `promoted_at` vs @previous's before it (observational)."
@@ -344,7 +379,7 @@ def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at:
                       f"(n={len(before)}): {t['difference']:+.4f}, p={t['p_value']:.3g}"}
 
 DECISIONS = {'challenger_better': 'promote', 'non_inferior': 'promote', 'challenger_worse': 'keep', 'inconclusive': 'keep',
-             'champion_worse': 'rollback', 'champion_holds': 'keep'}
+             'fairness_violated': 'keep', 'champion_worse': 'rollback', 'champion_holds': 'keep'}
 
 def decision_for(analysis: dict, promote_if_noninferior: bool = True) -> str:
     "promote / keep / rollback / continue for an `analyze_ab` (or `rollback_check`) result (see the table above)."
@@ -352,6 +387,38 @@ def decision_for(analysis: dict, promote_if_noninferior: bool = True) -> str:
     r = analysis['result']
     if r == 'non_inferior' and not promote_if_noninferior: return 'keep'
     return DECISIONS[r]
+
+# %% ../nbs/07_retraining.ipynb #e7a1d022
+def primary_metric_test(champion: dict, challenger: dict, c: Charter, alpha: float = 0.05) -> dict:
+    """z-test of the charter's primary metric between two independent arms (`_arm_summary` records): the difference
+    (challenger − champion, positive = better), its interval and p-value, each arm's standard error read from its interval."""
+    from scipy.stats import norm
+    m, z = c.primary.metric, norm.ppf(1 - alpha / 2)
+    sign = 1.0 if c.primary.higher_is_better else -1.0
+    se = [(r[f'{m}_ci'][1] - r[f'{m}_ci'][0]) / (2 * z) for r in (champion, challenger)]
+    d, s = sign * (challenger[m] - champion[m]), math.sqrt(se[0] ** 2 + se[1] ** 2)
+    if not (np.isfinite(d) and np.isfinite(s)) or s == 0:
+        return {'metric': m, 'difference': float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'), 'z': float('nan'), 'p_value': float('nan')}
+    return {'metric': m, 'difference': d, 'ci_low': d - z * s, 'ci_high': d + z * s, 'z': d / s, 'p_value': float(2 * norm.sf(abs(d / s)))}
+
+def arm_fairness(rows: pd.DataFrame, c: Charter, version) -> list[dict]:
+    "The charter's fairness objectives on the rows one arm served (stage 06's `group_rates` and `fairness_objectives`)."
+    from mlcycle.monitor import fairness_objectives, group_rates
+    if not c.objectives_of('fairness') or not len(rows): return []
+    rates = pd.concat([group_rates(rows.assign(model_version=str(version)), f) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True)
+    if not len(rates): return []
+    return [{k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()} for r in fairness_objectives(rates, c).to_dict('records')]
+
+def primary_design(c: Charter, y, proba_champion, proba_challenger, share: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Rows per arm for the primary-metric test to detect the charter's `min_detectable_effect`, from each model's interval on
+    the labelled rows `y` (the gate's): a per-row variance n·se², then n = (z_α/2 + z_β)² (v₁/(1−s) + v₂/s) / mde²."""
+    from scipy.stats import norm
+    from mlcycle.monitor import metric_with_ci
+    m, mde, n = c.primary.metric, c.validation.min_detectable_effect, len(y)
+    z = norm.ppf(1 - alpha / 2)
+    v = [n * ((hi - lo) / (2 * z)) ** 2 for _, lo, hi in (metric_with_ci(m, y, p, None, alpha) for p in (proba_champion, proba_challenger))]
+    total = math.ceil((z + norm.ppf(power)) ** 2 * (v[0] / (1 - share) + v[1] / share) / mde ** 2)
+    return {'metric': m, 'mde': mde, 'unit_variance': v, 'total': total, 'champion': math.ceil(total * (1 - share)), 'challenger': math.ceil(total * share)}
 
 # %% ../nbs/07_retraining.ipynb #6fc99555
 def champion_to_retrain(ws: Workspace, c: Charter) -> str:
@@ -367,12 +434,12 @@ def retraining_parts(ws: Workspace, c: Charter, contract: dict, new: pd.DataFram
                      window_rows: int = 0, window_days: float = 0.0, half_life: float = 0.0) -> dict:
     """The splits a retraining trains and gates on: the newest labelled rows held out for the gate (else stage 02's test split),
     the rest assembled with the history per `strategy`."""
-    trainable, holdout = recent_holdout(new, c, test_share, seed=c.development.seed)
+    trainable, holdout = keyed_holdout(new, c, test_share, seed=c.development.seed)
     if holdout is None:
         fps02 = {k: v['fingerprint'] for k, v in ws.manifest('02_data')['outputs']['splits'].items()}
         holdout = ws.load_snapshot(fps02['test']).assign(_ts=0.0)
         test_source, holdout_is_new = 'the stage-02 test split (too few new rows to hold out)', False
-    else: test_source, holdout_is_new = f'{len(holdout)} of the new rows (stratified, held out, never trained on)', True
+    else: test_source, holdout_is_new = f'{len(holdout)} of the new rows (held out by a seeded hash of each row, never trained on)', True
     assembled, info = assemble_training_set(history_frame(ws, c), trainable, c, contract, strategy, window_rows, window_days, half_life,
                                             seed=c.development.seed)
     return {'parts': split_for_retraining(assembled, c, holdout, seed=c.development.seed), 'assembled': assembled, 'info': info,
@@ -409,6 +476,12 @@ def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_v
     right_n = np.asarray(gate['pred']) == yt
     design = ab_design(c, float(right_c.mean()), ab_share, shadow, float((right_c != right_n).mean()),
                        method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
+    if not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: enough rows for its test too
+        prim = primary_design(c, yt, champion_model.predict_proba(Xt)[:, 1], np.asarray(gate['proba']), ab_share, design['alpha'], design['power'])
+        design.update(metric=c.primary.metric, secondary_metric='accuracy', primary_design=prim)
+        if not design.get('override'):
+            design['champion'], design['challenger'] = max(design['champion'], prim['champion']), max(design['challenger'], prim['challenger'])
+            design['total'] = design['champion'] + design['challenger']
     promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
             reason=f'{why}; gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows')
     design.update(start_ts=time.time(), champion_version=champion_version, challenger_version=version, looks=[])
@@ -417,17 +490,63 @@ def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_v
     return design
 
 def train_outputs(run_id: str, trigger: str, strategy: str, new_rows: int, data: dict, fps: dict, champion_version: str, sel,
-                  version, gate, design, seconds: float) -> dict:
-    "The train phase's manifest outputs."
-    return dict(mlflow_run_id=run_id, phase='train', trigger=trigger, strategy=strategy, new_rows=new_rows, data=data['info'],
+                  version, gate, design, seconds: float, monitoring: dict | None = None) -> dict:
+    "The train phase's manifest outputs (with stage 06's recommendation that preceded it, and the gate's evidence design)."
+    waiting = bool(gate) and gate['status'] == 'insufficient_evidence'
+    return dict(mlflow_run_id=run_id, phase='train', trigger=trigger, monitoring=monitoring, evidence_design=(gate or {}).get('evidence'), strategy=strategy, new_rows=new_rows, data=data['info'],
                 fingerprints=fps, test_source=data['test_source'], champion_version=champion_version, candidates=sel.table.to_dict('records'),
                 selected=sel.chosen.name if sel.chosen else None, selection=sel.message, model_version=version,
                 validation_status=gate['status'] if gate else ('not registered' if version is None else 'pending'),
                 gate_summary=gate['summary'] if gate else sel.message, challenger_version=version if design else None, ab_design=design,
                 decision='continue' if design else 'keep',
                 recommendation=(f"A/B test running: analyze after {design['champion']} + {design['challenger']} labelled rows"
-                                if design else 'keep the champion: no challenger passed the gate'),
+                                if design else f"keep the champion for now: {gate['summary']}" if waiting else 'keep the champion: no challenger passed the gate'),
                 seconds=round(seconds, 1))
+
+# %% ../nbs/07_retraining.ipynb #e7a1d012
+def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int) -> dict:
+    """The gate's sample-size design on `n_rows` held-out rows: per objective, decided (its interval on one side of the limit)
+    or the rows it needs; the verdict passed / failed / insufficient_evidence, and the labelled rows still missing."""
+    family = {o.describe(): o.family for o in c.objectives}
+    per, fails = [], []
+    for r in rules.itertuples():
+        fam = family.get(r.rule) if r.kind == 'objective' else None
+        finite = all(np.isfinite(x) for x in (r.value, r.ci_low, r.ci_high))
+        if fam in (None, 'operational') or not finite:
+            if not r.passed: fails.append(r.rule)
+            continue
+        half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
+        decided = not (r.ci_low <= r.threshold <= r.ci_high)
+        need = None if decided else (int(math.ceil(n_rows * (half / dist) ** 2)) if dist > 0 else None)
+        per.append({'rule': r.rule, 'value': float(r.value), 'half_width': float(half), 'distance': float(dist), 'decided': decided,
+                    'passed': bool(r.passed) if decided else None, 'rows_needed': need})
+        if decided and not r.passed: fails.append(r.rule)
+    open_ = [p for p in per if not p['decided']]
+    status = 'failed' if fails else 'insufficient_evidence' if open_ else 'passed'
+    needed = None if not open_ or any(p['rows_needed'] is None for p in open_) else max(p['rows_needed'] for p in open_)
+    more = None if needed is None else max(needed - int(n_rows), 1)
+    text = '' if status != 'insufficient_evidence' else (
+        'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
+        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g} ± {p['half_width']:.3g}, {p['distance']:.3g} from the limit" for p in open_) + ')')
+    return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
+            'rows_needed': needed, 'more_rows_needed': more, 'text': text}
+
+# %% ../nbs/07_retraining.ipynb #e7a1d014
+def apply_gate_evidence(ws: Workspace, c: Charter, version: str, gate: dict, stage_run, log=print) -> dict:
+    "The gate's verdict under `gate_evidence`: recorded on the version (tag) and in the audit log; an undecided gate starts no A/B test."
+    ev = gate_evidence(c, gate['rules'], gate['rows'])
+    stage_run.record('gate_evidence', version=str(version), **{k: v for k, v in ev.items() if k != 'objectives'}, objectives=ev['objectives'])
+    if ev['status'] == 'insufficient_evidence':
+        _client(ws, c).set_model_version_tag(c.name, str(version), 'validation_status', 'insufficient_evidence')
+        log(f'version {version}: {ev["text"]}')
+        return {**gate, 'status': 'insufficient_evidence', 'summary': ev['text'], 'evidence': ev}
+    return {**gate, 'evidence': ev}
+
+def monitoring_recommendation(ws: Workspace) -> dict | None:
+    "Stage 06's last recommendation (retrain or not, and why), which a retraining records next to its trigger; None before stage 06 ran."
+    if not ws.has_stage('06_monitoring'): return None
+    o = ws.manifest('06_monitoring').get('outputs', {})
+    return {'recommendation': o.get('recommendation'), 'why': o.get('recommendation_text'), 'run_id': ws.manifest('06_monitoring').get('run_id')}
 
 # %% ../nbs/07_retraining.ipynb #f3443d94
 def _client(ws, c):
@@ -466,6 +585,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
     c = workspace_charter(ws, charter)
     contract = read_json(ws.root/'data'/'contract.json')
     champion_v = champion_to_retrain(ws, c)
+    monitoring = monitoring_recommendation(ws)
     new = load_new_data(ws, c, contract, new_data, new_query, log_url)          # ContractError here: nothing written, champion untouched
     log(f'new data: {len(new)} labelled rows from {new_data}')
     data = retraining_parts(ws, c, contract, new, test_share, strategy, window_rows, window_days, half_life)
@@ -475,7 +595,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
     setup_mlflow(ws, c.name)
     with ws.stage('07_retraining', charter_hash=c.hash, phase='train', trigger=trigger, new_data=source, strategy=strategy,
                   champion=champion_v, search_iterations=search_iterations) as st:
-        st.record('retraining_started', trigger=trigger, strategy=strategy, new_data=source, champion=champion_v)
+        st.record('retraining_started', trigger=trigger, strategy=strategy, new_data=source, champion=champion_v, monitoring=monitoring)
         fps = {role: st.snapshot(df, f'retrain_{role}') for role, df in parts.items() if role != 'train_recent'}
         st.record('retraining_data', fingerprints=fps, **data['info'], test_source=data['test_source'])
         with mlflow.start_run(run_name='07_retraining', tags={'mlcycle.stage': '07_retraining', 'mlcycle.charter_hash': c.hash, 'trigger': trigger,
@@ -495,6 +615,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
                 tags={'mitigation': sel.chosen.mitigation or 'none', 'candidate': sel.chosen.name, 'trigger': trigger,
                       'retrained_from': champion_v, 'strategy': strategy, 'stage_run': st.manifest['run_id']})
         gate = None if version is None else gate_challenger(ws, c, version, data, contract, st, log)   # stage 04 logs its own MLflow run
+        if gate is not None and data['holdout_is_new']: gate = apply_gate_evidence(ws, c, version, gate, st, log)
         design = None if not gate or gate['status'] != 'passed' else start_ab_test(
             ws, c, st, version, champion_v, champ_model, gate, parts['test'], contract, ab_share=ab_share, shadow=shadow, ab_method=ab_method,
             max_looks=max_looks, min_ab_samples=min_ab_samples, why=f'retrained ({trigger}, {strategy})')
@@ -505,7 +626,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
             mlflow.set_tags({'model_version': version or 'none', 'validation_status': gate['status'] if gate else 'not gated'})
             mlflow.log_metric('stage_seconds', time.perf_counter() - t_start)
         st.manifest['outputs'].update(train_outputs(run.info.run_id, trigger, strategy, len(new), data, fps, champion_v, sel, version, gate, design,
-                                                    time.perf_counter() - t_start))
+                                                    time.perf_counter() - t_start, monitoring))
     if design: _reload(server_url, log)
     return dict(charter=c, workspace=ws, new=new, assembled=data['assembled'], info=data['info'], parts=parts, fingerprints=fps, candidates=cands,
                 selection=sel, model_version=version, gate=gate, design=design, mlflow_run_id=run.info.run_id)
