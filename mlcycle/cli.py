@@ -188,7 +188,9 @@ def ab_traffic(ctx: dict):
     ws = ctx['workspace']
     design = ws.manifest('07_retraining')['outputs'].get('ab_design') if ws.has_stage('07_retraining') else None
     if not design:
-        ctx['echo']('[--] no challenger in an A/B test: nothing to send'); ctx['summary'].append('A/B test: no challenger passed the gate'); return
+        o = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
+        why = o['gate_summary'] if o.get('validation_status') == 'insufficient_evidence' else 'no challenger passed the gate'
+        ctx['echo'](f'[--] no challenger in an A/B test: nothing to send ({why})'); ctx['summary'].append(f'A/B test: {why}'); return
     if design.get('mode') == 'shadow': need = max(design['champion'], design['challenger'])   # every row is scored by both
     else: need = max(design['champion'] / max(1 - design['share'], 1e-9), design['challenger'] / max(design['share'], 1e-9))
     rows = int(math.ceil(need * 1.15))       # routing is by hash, so the split is only near the share
