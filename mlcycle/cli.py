@@ -15,8 +15,8 @@ from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_
 
 # %% auto #0
 __all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle',
-           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'retraining_decision', 'build_parser',
-           'main']
+           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'retraining_decision', 'evidence_traffic',
+           'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -95,6 +95,7 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
                     echo(f"[--] {ctx['end']}"); ctx['summary'].append(f"the circle ended: {ctx['end']}"); break
                 continue
             name = report_name or stage_notebooks()[s].stem
+            if name in ctx.get('skip', ()): continue        # a hook found this step has nothing to do
             echo(f'[{s}] {name} ...', end='')
             step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
             try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name, full=full_notebooks)
@@ -158,17 +159,17 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
         if time.monotonic() > deadline: raise MlcycleError(f'the model server did not become ready in {timeout:.0f} s: see {ctx["run_dir"]/"server.log"}')
         time.sleep(0.3)
     ctx['server_url'] = url
-    for stage in ('06', '07', '07_retraining-ab', '09'): ctx['params'].setdefault(stage, {}).setdefault('server_url', url)
+    for stage in ('06', '07', '07_retraining-regate', '07_retraining-ab', '09'): ctx['params'].setdefault(stage, {}).setdefault('server_url', url)
     ctx['echo'](f'[--] model server ready at {url} (pid {proc.pid})')
     return url
 
-def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
+def _traffic(ctx: dict, rows: int, label: str, seed: int, skip: int = 0) -> dict:
     from mlcycle.simulate import simulate
     from mlcycle.serve import feedback_token
     t0 = time.perf_counter()
     r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario'), batch=ctx.get('traffic_batch', 20),
                  concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed, workspace=ctx['workspace'], traffic=ctx.get('traffic'),
-                 feedback_token=feedback_token(ctx['workspace']))
+                 feedback_token=feedback_token(ctx['workspace']), skip=skip)
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
                 f"{bad} failed requests ({time.perf_counter() - t0:.1f} s) · arms {r['arms']}")
@@ -180,7 +181,8 @@ def production_traffic(ctx: dict):
     "Hook: start the server and replay production traffic with the drift scenario and delayed labels."
     start_server(ctx)
     from mlcycle.simulate import distinct_rows
-    _traffic(ctx, distinct_rows(ctx['workspace'], ctx.get('traffic'), ctx.get('traffic_rows', 4000), ctx['echo']), 'production traffic', seed=1)
+    ctx['production_sent'] = distinct_rows(ctx['workspace'], ctx.get('traffic'), ctx.get('traffic_rows', 4000), ctx['echo'])
+    _traffic(ctx, ctx['production_sent'], 'production traffic', seed=1)
 
 def ab_traffic(ctx: dict):
     "Hook: if stage 07 put a challenger in an A/B test, send traffic until the designed sample size per arm is labelled."
@@ -204,7 +206,8 @@ def circle_plan(stages: list[str]) -> list[tuple]:
         if s in ('06', '07') and not any(x[2] is production_traffic for x in steps): steps.append((None, None, production_traffic))
         if s == '07':
             if '06' in stages: steps.append((None, None, retraining_decision))      # stage 07 runs on stage 06's evidence, or a trigger
-            steps += [('07', '07_retraining', None), (None, None, ab_traffic), ('07', '07_retraining-ab', None)]
+            steps += [('07', '07_retraining', None), (None, None, evidence_traffic), ('07', '07_retraining-regate', None),
+                      (None, None, ab_traffic), ('07', '07_retraining-ab', None)]
             continue
         steps.append((s, None, None))
     return steps
@@ -212,6 +215,7 @@ def circle_plan(stages: list[str]) -> list[tuple]:
 CIRCLE_PARAMS = {   # the stage parameters of the full circle
     '06': {},
     '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},   # trigger: set by retraining_decision
+    '07_retraining-regate': {'phase': 'regate'},
     '07_retraining-ab': {'phase': 'analyze', 'auto_promote': True},
     '09': {'reason': 'replaced by the retrained model after drift'},
 }
@@ -235,6 +239,28 @@ def retraining_decision(ctx: dict):
     ctx['params'].setdefault('07', {})['trigger'] = stage_trigger
     ctx['echo'](f'[--] retraining (trigger {stage_trigger}): {why}')
     ctx['summary'].append(f'retraining triggered by {stage_trigger}: {why}')
+
+# %% ../nbs/10_cli.ipynb #e10a0004
+def evidence_traffic(ctx: dict):
+    """Hook after stage 07's train phase: when its gate found insufficient evidence, send the labelled production rows it
+    asks for (rows not sent before), so that phase regate judges the same version on them; otherwise phase regate is skipped."""
+    import math
+    from mlcycle.simulate import production_data
+    ws = ctx['workspace']
+    o = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
+    ctx.setdefault('skip', set()).add('07_retraining-regate')
+    if o.get('validation_status') != 'insufficient_evidence': return
+    more, sent = (o.get('evidence_design') or {}).get('more_rows_needed'), ctx.get('production_sent', 0)
+    left = len(production_data(ws, ctx.get('traffic'))['data']) - sent
+    if more is None or more > left:
+        why = f'only {left} production rows are left' if more else 'its value sits on a limit'
+        ctx['echo'](f"[--] {o['gate_summary']}: {why}, so the circle cannot wait for enough evidence"); return
+    rows = min(left, int(math.ceil(more * 1.1)))           # a small margin: rows can come back without a label
+    ctx['echo'](f'[--] waiting for the evidence: {more} more labelled rows needed; sending {rows} production rows not sent before')
+    start_server(ctx)
+    _traffic(ctx, rows, 'production traffic for the evidence', seed=1, skip=sent)
+    ctx['production_sent'] = sent + rows
+    ctx['skip'].discard('07_retraining-regate')
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_MODULES = ['mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',

@@ -24,13 +24,14 @@ __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_
            'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
            'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
            'challenger_candidates', 'gate_challenger', 'start_ab_test', 'train_outputs', 'gate_evidence',
-           'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'register_cli']
+           'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'evidence_holdout',
+           'run_regate', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
     Param('charter', '', 'path to a charter YAML; empty: the one stage 01 recorded (else the bundled Adult charter)'),
     Param('workspace', '', 'workspace folder; empty: $MLCYCLE_WORKSPACE or ./mlcycle-workspace'),
-    Param('phase', 'all', 'train (build and deploy a challenger) | analyze (A/B analysis and decision) | all (both)'),
+    Param('phase', 'all', 'train (build and deploy a challenger) | regate (gate again the version train left undecided, on the labelled rows that came since) | analyze (A/B analysis and decision) | all (train and analyze)'),
     Param('new_data', 'feedback', 'feedback (labelled rows of the prediction log), a CSV/Parquet path, or a SQLAlchemy URL'),
     Param('new_query', '', 'with a SQLAlchemy URL in new_data: the table or SELECT to read'),
     Param('strategy', 'full', 'full (all history) | window (the most recent rows or days) | weighted (recency-weighted)'),
@@ -184,9 +185,11 @@ def recent_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_r
 
 # %% ../nbs/07_retraining.ipynb #e7a1d002
 def row_keys(df: pd.DataFrame) -> np.ndarray:
-    "A key per row from its own values (every column not starting with `_`: inputs and label): the same row, the same key, in any order."
+    """A key per row from its own values (every column not starting with `_`: inputs and label; numbers as floats, so 40 from
+    the log and 40.0 from a snapshot are one value): the same row, the same key, in any order."""
     cols = sorted(str(x) for x in df.columns if not str(x).startswith('_'))
-    return pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy()
+    as_text = lambda s: (s.astype(float) if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else s).astype(str)
+    return pd.util.hash_pandas_object(pd.DataFrame({x: as_text(df[x]) for x in cols}), index=False).to_numpy()
 
 def in_key_order(df: pd.DataFrame) -> pd.DataFrame:
     "`df` sorted by `row_keys` (ties, which are identical rows, by their `_` columns): an order that does not depend on arrival."
@@ -504,9 +507,12 @@ def train_outputs(run_id: str, trigger: str, strategy: str, new_rows: int, data:
                 seconds=round(seconds, 1))
 
 # %% ../nbs/07_retraining.ipynb #e7a1d012
-def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int) -> dict:
+def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1.0, power: float = 0.8) -> dict:
     """The gate's sample-size design on `n_rows` held-out rows: per objective, decided (its interval on one side of the limit)
-    or the rows it needs; the verdict passed / failed / insufficient_evidence, and the labelled rows still missing."""
+    or the held-out rows it needs to be decided with probability `power` if its value holds; the verdict passed / failed /
+    insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts)."""
+    from scipy.stats import norm
+    za = norm.ppf(0.975); k = ((za + norm.ppf(power)) / za) ** 2          # the intervals are 95 % ones; power as in the A/B design
     family = {o.describe(): o.family for o in c.objectives}
     per, fails = [], []
     for r in rules.itertuples():
@@ -517,14 +523,14 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int) -> dict:
             continue
         half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
         decided = not (r.ci_low <= r.threshold <= r.ci_high)
-        need = None if decided else (int(math.ceil(n_rows * (half / dist) ** 2)) if dist > 0 else None)
+        need = None if decided else (int(math.ceil(n_rows * k * (half / dist) ** 2)) if dist > 0 else None)
         per.append({'rule': r.rule, 'value': float(r.value), 'half_width': float(half), 'distance': float(dist), 'decided': decided,
                     'passed': bool(r.passed) if decided else None, 'rows_needed': need})
         if decided and not r.passed: fails.append(r.rule)
     open_ = [p for p in per if not p['decided']]
     status = 'failed' if fails else 'insufficient_evidence' if open_ else 'passed'
     needed = None if not open_ or any(p['rows_needed'] is None for p in open_) else max(p['rows_needed'] for p in open_)
-    more = None if needed is None else max(needed - int(n_rows), 1)
+    more = None if needed is None else max(int(math.ceil((needed - int(n_rows)) / share)), 1)
     text = '' if status != 'insufficient_evidence' else (
         'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
         + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g} ± {p['half_width']:.3g}, {p['distance']:.3g} from the limit" for p in open_) + ')')
@@ -532,9 +538,9 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int) -> dict:
             'rows_needed': needed, 'more_rows_needed': more, 'text': text}
 
 # %% ../nbs/07_retraining.ipynb #e7a1d014
-def apply_gate_evidence(ws: Workspace, c: Charter, version: str, gate: dict, stage_run, log=print) -> dict:
+def apply_gate_evidence(ws: Workspace, c: Charter, version: str, gate: dict, stage_run, share: float = 1.0, log=print) -> dict:
     "The gate's verdict under `gate_evidence`: recorded on the version (tag) and in the audit log; an undecided gate starts no A/B test."
-    ev = gate_evidence(c, gate['rules'], gate['rows'])
+    ev = gate_evidence(c, gate['rules'], gate['rows'], share)
     stage_run.record('gate_evidence', version=str(version), **{k: v for k, v in ev.items() if k != 'objectives'}, objectives=ev['objectives'])
     if ev['status'] == 'insufficient_evidence':
         _client(ws, c).set_model_version_tag(c.name, str(version), 'validation_status', 'insufficient_evidence')
@@ -615,7 +621,8 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
                 tags={'mitigation': sel.chosen.mitigation or 'none', 'candidate': sel.chosen.name, 'trigger': trigger,
                       'retrained_from': champion_v, 'strategy': strategy, 'stage_run': st.manifest['run_id']})
         gate = None if version is None else gate_challenger(ws, c, version, data, contract, st, log)   # stage 04 logs its own MLflow run
-        if gate is not None and data['holdout_is_new']: gate = apply_gate_evidence(ws, c, version, gate, st, log)
+        if gate is not None and data['holdout_is_new']:     # an undecided version waits for rows it has never seen: each counts (phase regate)
+            gate = apply_gate_evidence(ws, c, version, gate, st, 1.0, log)
         design = None if not gate or gate['status'] != 'passed' else start_ab_test(
             ws, c, st, version, champion_v, champ_model, gate, parts['test'], contract, ab_share=ab_share, shadow=shadow, ab_method=ab_method,
             max_looks=max_looks, min_ab_samples=min_ab_samples, why=f'retrained ({trigger}, {strategy})')
@@ -708,6 +715,51 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
     if acted: _reload(server_url, log)
     log(f"A/B {an['status']}: {evidence or an.get('reason', '')} → {decision}" + (' (applied)' if acted else ''))
     return dict(charter=c, workspace=ws, analysis=an, decision=decision, applied=acted, moves=moves, command=command, mlflow_run_id=run.info.run_id)
+
+# %% ../nbs/07_retraining.ipynb #e7a1d032
+def evidence_holdout(ws: Workspace, new: pd.DataFrame, fingerprints: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(the new rows a retrained version was never fitted or selected on, the new rows it was fitted on), by row key against its train and validation snapshots."
+    cols = [x for x in new.columns if not str(x).startswith('_')]
+    fitted = set(row_keys(ws.load_snapshot(fingerprints['train'])[cols]))
+    seen = fitted | set(row_keys(ws.load_snapshot(fingerprints['validation'])[cols]))
+    keys = row_keys(new[cols])
+    unseen = ~pd.Series(keys).isin(seen).to_numpy()
+    return in_key_order(new[unseen]), in_key_order(new[pd.Series(keys).isin(fitted).to_numpy()])
+
+def run_regate(charter=None, workspace=None, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'fixed', max_looks: int = 5,
+               min_ab_samples: int = 0, server_url: str = '', log_url: str | None = None, log=print) -> dict:
+    "Phase regate: the version the train phase left at insufficient evidence, gated again on every labelled new row it was never fitted on."
+    from mlcycle.train import load_model_version
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    c = workspace_charter(ws, charter)
+    contract = read_json(ws.root/'data'/'contract.json')
+    prev = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
+    if prev.get('validation_status') != 'insufficient_evidence':
+        raise MlcycleError('phase regate: no retrained version is waiting for evidence (the last stage-07 run left validation_status '
+                           f"{prev.get('validation_status')!r}); run phase train")
+    version, champion_v = str(prev['model_version']), champion_to_retrain(ws, c)
+    new = load_new_data(ws, c, contract, 'feedback', '', log_url)
+    holdout, fitted = evidence_holdout(ws, new, prev['fingerprints'])
+    strip = lambda d: d.drop(columns=[x for x in d.columns if str(x).startswith('_')]).reset_index(drop=True)
+    parts = {'train': ws.load_snapshot(prev['fingerprints']['train']), 'validation': ws.load_snapshot(prev['fingerprints']['validation']),
+             'test': strip(holdout), 'train_recent': strip(fitted)}
+    data = {'parts': parts, 'holdout_is_new': True, 'info': prev.get('data', {}),
+            'test_source': f'{len(holdout)} labelled new rows v{version} was never fitted on (its first holdout and the rows that came since)'}
+    setup_mlflow(ws, c.name)
+    with ws.stage('07_retraining', charter_hash=c.hash, phase='regate', model_version=version, champion=champion_v) as st:
+        st.record('regate_started', version=version, rows=len(holdout), waited_for=(prev.get('evidence_design') or {}).get('more_rows_needed'))
+        fps = {**prev['fingerprints'], 'test': st.snapshot(parts['test'], 'retrain_test')}
+        gate = apply_gate_evidence(ws, c, version, gate_challenger(ws, c, version, data, contract, st, log), st, 1.0, log)
+        design = None if gate['status'] != 'passed' else start_ab_test(
+            ws, c, st, version, champion_v, load_model_version(ws, c, champion_v), gate, parts['test'], contract, ab_share=ab_share,
+            shadow=shadow, ab_method=ab_method, max_looks=max_looks, min_ab_samples=min_ab_samples, why=f"retrained ({prev.get('trigger')}), gated on enough evidence")
+        st.manifest['outputs'].update({**prev, 'phase': 'regate', 'fingerprints': fps, 'test_source': data['test_source'], 'validation_status': gate['status'],
+                                       'gate_summary': gate['summary'], 'evidence_design': gate.get('evidence'), 'challenger_version': version if design else None,
+                                       'ab_design': design, 'decision': 'continue' if design else 'keep',
+                                       'recommendation': (f"A/B test running: analyze after {design['champion']} + {design['challenger']} labelled rows" if design
+                                                          else f"keep the champion: {gate['summary']}")})
+    if design: _reload(server_url, log)
+    return dict(charter=c, workspace=ws, model_version=version, gate=gate, design=design, parts=parts)
 
 # %% ../nbs/07_retraining.ipynb #ef39f05c
 def _retrain_cmd(a):

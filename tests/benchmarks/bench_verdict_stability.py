@@ -1,7 +1,7 @@
 """How stable are the circle's decisions? Over N seeds, the retraining gate's verdict and the A/B decision (run on demand):
 
     mlcycle run --stages 01-05 --no-circle -w WS          # once: a workspace with v1 as @champion on the bundled charter
-    python tests/benchmarks/bench_verdict_stability.py -w WS [--seeds 20] [--scenarios gig_economy,new_category] [--out r.json]
+    python tests/benchmarks/bench_verdict_stability.py -w WS [--champion 1] [--seeds 20] [--scenarios gig_economy,new_category] [--out r.json]
 
 For each scenario and each seed, the deciding parts of the default circle run in one process, without a server:
 - production traffic: `--rows` (4000, the circle's default) production rows, replayed and reshaped by the scenario with
@@ -69,7 +69,7 @@ def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int) -> dic
             'seconds': time.perf_counter() - t0}
 
 
-def run(workspace, seeds: int = 20, scenarios=('gig_economy', 'new_category'), rows: int = 4000, log=print) -> dict:
+def run(workspace, seeds: int = 20, scenarios=('gig_economy', 'new_category'), rows: int = 4000, champion: str | None = None, log=print) -> dict:
     import mlflow
     from mlcycle.charter import workspace_charter
     from mlcycle.core import Workspace, read_json
@@ -77,7 +77,7 @@ def run(workspace, seeds: int = 20, scenarios=('gig_economy', 'new_category'), r
     from mlcycle.train import load_model_version
     ws = Workspace(workspace)
     c, contract = workspace_charter(ws), read_json(ws.root/'data'/'contract.json')
-    champ = load_model_version(ws, c, aliases(ws)['champion'])
+    champ = load_model_version(ws, c, champion or aliases(ws)['champion'])
     mlflow.set_tracking_uri(None)
     results, summary = [], {}
     for sc in scenarios:
@@ -102,9 +102,10 @@ if __name__ == '__main__':
     ap.add_argument('--seeds', type=int, default=20)
     ap.add_argument('--scenarios', default='gig_economy,new_category')
     ap.add_argument('--rows', type=int, default=4000, help='production rows before retraining (the circle default)')
+    ap.add_argument('--champion', default=None, help='the version to retrain from (default: @champion; e.g. 1 in a workspace where the circle ran)')
     ap.add_argument('--out', default=None)
     a = ap.parse_args()
-    r = run(a.workspace, a.seeds, tuple(a.scenarios.split(',')), a.rows)
+    r = run(a.workspace, a.seeds, tuple(a.scenarios.split(',')), a.rows, a.champion)
     print(json.dumps(r['summary'], indent=2))
     print('load average at the end:', r['load_average'])
     if a.out: Path(a.out).write_text(json.dumps(r, indent=2, default=str))
