@@ -326,7 +326,8 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
         summ = {'champion': _arm_summary(a, c), 'challenger': _arm_summary(b, c)}
         n_arm = {'champion': len(a), 'challenger': len(b)}
     accuracy_test = test
-    if c.primary.metric != 'accuracy':       # the decision is on the charter's primary metric; accuracy stays as evidence
+    if c.primary.metric != 'accuracy' and not shadow:   # the decision is on the charter's primary metric; accuracy stays as evidence
+        # (shadow mode keeps McNemar's paired test on accuracy: a paired test of another metric is not built yet)
         test = primary_metric_test(summ['champion'], summ['challenger'], c, alpha)
     fair = arm_fairness(arms['shadow'].assign(label=arms['shadow'].shadow_label.astype(int), model_version=str(challenger))
                         if shadow else arms['challenger'], c, challenger)
