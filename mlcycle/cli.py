@@ -14,8 +14,9 @@ from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_
                      notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
 
 # %% auto #0
-__all__ = ['CIRCLE_PARAMS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle', 'start_server',
-           'production_traffic', 'ab_traffic', 'circle_plan', 'approval_step', 'with_approvals', 'build_parser', 'main']
+__all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle',
+           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'approval_step', 'with_approvals',
+           'retraining_decision', 'evidence_traffic', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -89,8 +90,12 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     try:
         for i, (s, report_name, hook) in enumerate(steps, 1):
             if hook is not None:
-                hook(ctx); continue
+                hook(ctx)
+                if ctx.get('end'):       # a hook found nothing to act on: the circle ends here, and says why
+                    echo(f"[--] {ctx['end']}"); ctx['summary'].append(f"the circle ended: {ctx['end']}"); break
+                continue
             name = report_name or stage_notebooks()[s].stem
+            if name in ctx.get('skip', ()): continue        # a hook found this step has nothing to do
             echo(f'[{s}] {name} ...', end='')
             step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
             try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name, full=full_notebooks)
@@ -154,17 +159,17 @@ def start_server(ctx: dict, timeout: float = 120) -> str:
         if time.monotonic() > deadline: raise MlcycleError(f'the model server did not become ready in {timeout:.0f} s: see {ctx["run_dir"]/"server.log"}')
         time.sleep(0.3)
     ctx['server_url'] = url
-    for stage in ('06', '07', '07_retraining-ab', '09'): ctx['params'].setdefault(stage, {}).setdefault('server_url', url)
+    for stage in ('06', '07', '07_retraining-regate', '07_retraining-ab', '09'): ctx['params'].setdefault(stage, {}).setdefault('server_url', url)
     ctx['echo'](f'[--] model server ready at {url} (pid {proc.pid})')
     return url
 
-def _traffic(ctx: dict, rows: int, label: str, seed: int) -> dict:
+def _traffic(ctx: dict, rows: int, label: str, seed: int, skip: int = 0) -> dict:
     from mlcycle.simulate import simulate
     from mlcycle.serve import feedback_token
     t0 = time.perf_counter()
     r = simulate(ctx['server_url'], rows=rows, scenario=ctx.get('scenario'), batch=ctx.get('traffic_batch', 20),
                  concurrency=4, feedback_delay=ctx.get('feedback_delay', 0.5), seed=seed, workspace=ctx['workspace'], traffic=ctx.get('traffic'),
-                 feedback_token=feedback_token(ctx['workspace']))
+                 feedback_token=feedback_token(ctx['workspace']), skip=skip)
     bad = sum(v for k, v in r['statuses'].items() if k != '200')
     ctx['echo'](f"[--] {label}: {r['rows_answered']} rows scored ({r['scenario']} scenario), {r['feedback']['accepted']} labels fed back, "
                 f"{bad} failed requests ({time.perf_counter() - t0:.1f} s) · arms {r['arms']}")
@@ -176,7 +181,8 @@ def production_traffic(ctx: dict):
     "Hook: start the server and replay production traffic with the drift scenario and delayed labels."
     start_server(ctx)
     from mlcycle.simulate import distinct_rows
-    _traffic(ctx, distinct_rows(ctx['workspace'], ctx.get('traffic'), ctx.get('traffic_rows', 4000), ctx['echo']), 'production traffic', seed=1)
+    ctx['production_sent'] = distinct_rows(ctx['workspace'], ctx.get('traffic'), ctx.get('traffic_rows', 4000), ctx['echo'])
+    _traffic(ctx, ctx['production_sent'], 'production traffic', seed=1)
 
 def ab_traffic(ctx: dict):
     "Hook: if stage 07 put a challenger in an A/B test, send traffic until the designed sample size per arm is labelled."
@@ -184,7 +190,9 @@ def ab_traffic(ctx: dict):
     ws = ctx['workspace']
     design = ws.manifest('07_retraining')['outputs'].get('ab_design') if ws.has_stage('07_retraining') else None
     if not design:
-        ctx['echo']('[--] no challenger in an A/B test: nothing to send'); ctx['summary'].append('A/B test: no challenger passed the gate'); return
+        o = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
+        why = o['gate_summary'] if o.get('validation_status') == 'insufficient_evidence' else 'no challenger passed the gate'
+        ctx['echo'](f'[--] no challenger in an A/B test: nothing to send ({why})'); ctx['summary'].append(f'A/B test: {why}'); return
     if design.get('mode') == 'shadow': need = max(design['champion'], design['challenger'])   # every row is scored by both
     else: need = max(design['champion'] / max(1 - design['share'], 1e-9), design['challenger'] / max(design['share'], 1e-9))
     rows = int(math.ceil(need * 1.15))       # routing is by hash, so the split is only near the share
@@ -197,7 +205,9 @@ def circle_plan(stages: list[str]) -> list[tuple]:
     for s in stages:
         if s in ('06', '07') and not any(x[2] is production_traffic for x in steps): steps.append((None, None, production_traffic))
         if s == '07':
-            steps += [('07', '07_retraining', None), (None, None, ab_traffic), ('07', '07_retraining-ab', None)]
+            if '06' in stages: steps.append((None, None, retraining_decision))      # stage 07 runs on stage 06's evidence, or a trigger
+            steps += [('07', '07_retraining', None), (None, None, evidence_traffic), ('07', '07_retraining-regate', None),
+                      (None, None, ab_traffic), ('07', '07_retraining-ab', None)]
             continue
         steps.append((s, None, None))
     return steps
@@ -236,10 +246,53 @@ def with_approvals(steps: list[tuple]) -> list[tuple]:
 
 CIRCLE_PARAMS = {   # the stage parameters of the full circle
     '06': {},
-    '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},
+    '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},   # trigger: set by retraining_decision
+    '07_retraining-regate': {'phase': 'regate'},
     '07_retraining-ab': {'phase': 'analyze', 'auto_promote': True},
     '09': {'reason': 'replaced by the retrained model after drift'},
 }
+
+# %% ../nbs/10_cli.ipynb #e10a0002
+TRIGGERS = ('evidence', 'manual', 'schedule')
+
+def retraining_decision(ctx: dict):
+    """Hook before stage 07: retrain on stage 06's recommendation (trigger drift), or on `ctx['trigger']` manual / schedule;
+    else end the circle with "no action needed". The decision is an audit entry."""
+    ws, trigger = ctx['workspace'], ctx.get('trigger') or 'evidence'
+    if trigger not in TRIGGERS: raise MlcycleError(f"--trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}")
+    o = ws.manifest('06_monitoring').get('outputs', {}) if ws.has_stage('06_monitoring') else {}
+    recommended = o.get('recommendation') == 'retrain'
+    why = o.get('recommendation_text') or 'stage 06 has not run'
+    run = recommended or trigger != 'evidence'
+    stage_trigger = 'drift' if recommended and trigger == 'evidence' else trigger if trigger != 'evidence' else None
+    ws.audit.append('circle_decision', retrain=run, trigger=stage_trigger, asked_by=trigger, monitoring=o.get('recommendation'), why=why)
+    if not run:
+        ctx['end'] = f'no action needed: stage 06 does not recommend retraining ({why}) and no schedule or person triggered it'; return
+    ctx['params'].setdefault('07', {})['trigger'] = stage_trigger
+    ctx['echo'](f'[--] retraining (trigger {stage_trigger}): {why}')
+    ctx['summary'].append(f'retraining triggered by {stage_trigger}: {why}')
+
+# %% ../nbs/10_cli.ipynb #e10a0004
+def evidence_traffic(ctx: dict):
+    """Hook after stage 07's train phase: when its gate found insufficient evidence, send the labelled production rows it
+    asks for (rows not sent before), so that phase regate judges the same version on them; otherwise phase regate is skipped."""
+    import math
+    from mlcycle.simulate import production_data
+    ws = ctx['workspace']
+    o = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
+    ctx.setdefault('skip', set()).add('07_retraining-regate')
+    if o.get('validation_status') != 'insufficient_evidence': return
+    more, sent = (o.get('evidence_design') or {}).get('more_rows_needed'), ctx.get('production_sent', 0)
+    left = len(production_data(ws, ctx.get('traffic'))['data']) - sent
+    if more is None or more > left:
+        why = f'only {left} production rows are left' if more else 'its value sits on a limit'
+        ctx['echo'](f"[--] {o['gate_summary']}: {why}, so the circle cannot wait for enough evidence"); return
+    rows = min(left, int(math.ceil(more * 1.1)))           # a small margin: rows can come back without a label
+    ctx['echo'](f'[--] waiting for the evidence: {more} more labelled rows needed; sending {rows} production rows not sent before')
+    start_server(ctx)
+    _traffic(ctx, rows, 'production traffic for the evidence', seed=1, skip=sent)
+    ctx['production_sent'] = sent + rows
+    ctx['skip'].discard('07_retraining-regate')
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_MODULES = ['mlcycle.predlog', 'mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
@@ -248,7 +301,7 @@ CLI_MODULES = ['mlcycle.predlog', 'mlcycle.deploy', 'mlcycle.serve', 'mlcycle.si
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
-    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic}
+    circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic, 'trigger': a.trigger}
     params['approval'] = {'by': a.approver}   # `mlcycle run` records its approval steps (approval_step); `mlcycle stage` does not
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
 
@@ -274,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--scenario', default=None, help='drift scenario of the simulated production traffic (default: gig_economy on Adult, concept elsewhere; see `mlcycle simulate --help`)')
     r.add_argument('--traffic', default=None, help="CSV or Parquet file of production rows to replay (default: the rows stage 02 kept: the charter's production section, or held-back rows)")
     r.add_argument('--traffic-rows', type=int, default=4000, help='rows of simulated production traffic before monitoring (default 4000)')
+    r.add_argument('--trigger', default='evidence', choices=TRIGGERS, help='evidence (default): stage 07 runs only when stage 06 recommends '
+                   'retraining; manual or schedule: a person or a schedule asks for it whatever monitoring finds (recorded)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
     r.add_argument('--approver', default='', help="who approves each version before it becomes @champion where the charter requires it (default: the current user); recorded in the audit log")
     r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "

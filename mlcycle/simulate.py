@@ -214,15 +214,16 @@ def simulate(url: str = 'http://127.0.0.1:8000', rows: int = 1000, scenario: str
              batch: int = 1, concurrency: int = 4, feedback_delay: float = 0.0, feedback_share: float = 1.0,
              feedback_batch: int = 500, seed: int = 0, timeout: float = 30.0, data: pd.DataFrame | None = None,
              target: str | None = None, max_seconds: float | None = None, workspace=None, traffic=None,
-             contract: dict | None = None, positive_label=None, feedback_token: str | None = None) -> dict:
+             contract: dict | None = None, positive_label=None, feedback_token: str | None = None, skip: int = 0) -> dict:
     """Send `rows` production rows reshaped by `scenario` to the server at `url`, then their labels (when the rows have
     the `target` column) as delayed feedback. The rows are `data`, else the workspace's production rows (`production_data`);
-    `scenario` None picks `default_scenario` for the contract."""
+    `scenario` None picks `default_scenario` for the contract; `skip`: the first rows of the seeded order are left out (sent before)."""
     import requests
     if rows < 1 or batch < 1 or concurrency < 1: raise MlcycleError('rows, batch and concurrency must be at least 1')
     if not 0 <= feedback_share <= 1: raise MlcycleError(f'feedback_share must be between 0 and 1, not {feedback_share}')
     rng = np.random.default_rng(seed)
-    df, scenario, target, positive_label = replay_rows(rows, scenario, intensity, seed, data, target, workspace, traffic, contract, positive_label, rng)
+    df, scenario, target, positive_label = replay_rows(rows + skip, scenario, intensity, seed, data, target, workspace, traffic, contract, positive_label, rng)
+    df = df.iloc[skip:].reset_index(drop=True)
     labels = df[target].astype(str).tolist() if target and target in df else None
     payload = json.loads(df.drop(columns=[target] if target else [], errors='ignore').to_json(orient='records'))
     chunks = [(i, payload[i:i + batch]) for i in range(0, rows, batch)]

@@ -283,4 +283,5 @@ def test_full_circle_on_your_data(name, tmp_path, mlcycle):
     if decision == 'promote':                     # the replaced version is retired
         assert m('09_retirement')['retired'] and m('09_retirement')['model_version'] == m('07_retraining')['champion_version']
     run = json.loads(next((tmp_path/'reports').glob('run-*/run.json')).read_text())
-    assert all(s['status'] == 'ok' for s in run['stages']) and len(run['stages']) == 10
+    # 10 notebooks; 11 when stage 07's gate found insufficient evidence and the circle sent the rows it asked for (phase regate)
+    assert all(s['status'] == 'ok' for s in run['stages']) and len(run['stages']) in (10, 11)
