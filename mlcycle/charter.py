@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
 
 # %% auto #0
-__all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES',
-           'BUNDLED_CHARTER', 'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS', 'Source', 'Requirements', 'DataSpec', 'Objective',
-           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Charter', 'CharterError',
+__all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'CANDIDATES', 'TASK_CANDIDATES', 'TASK_EXAMPLES',
+           'EXAMPLES', 'BUNDLED_CHARTER', 'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS', 'Source', 'Requirements', 'DataSpec',
+           'Objective', 'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Charter', 'CharterError',
            'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data', 'time_values',
-           'unparseable_times', 'binary_target', 'target_problems', 'task_target', 'judged_groups', 'judged_rows',
-           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives',
-           'workspace_charter']
+           'unparseable_times', 'binary_target', 'target_problems', 'task_target', 'stratify_labels', 'leakage_target',
+           'target_summary', 'judged_groups', 'judged_rows', 'too_small_note', 'ovr_auc', 'task_metric_value',
+           'objective_value', 'evaluate_objectives', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -174,6 +174,8 @@ class Retention(_Strict):
     log_sensitive_features: Literal['store', 'hash', 'drop'] = 'store'
 
 CANDIDATES = ['logistic_regression', 'random_forest', 'hist_gradient_boosting']
+TASK_CANDIDATES = {'binary_classification': CANDIDATES, 'multiclass_classification': CANDIDATES,
+                   'regression': ['ridge', 'random_forest', 'hist_gradient_boosting']}   # ridge: regression's linear model
 TASK_EXAMPLES = {'binary_classification': '{metric: roc_auc, min: 0.85, primary: true}',
                  'multiclass_classification': '{metric: macro_f1, min: 0.8, primary: true}',
                  'regression': '{metric: rmse, max: 1000, primary: true}'}
@@ -188,7 +190,7 @@ class Development(_Strict):
     @field_validator('candidates')
     @classmethod
     def _known(cls, v):
-        bad = [c for c in v if c not in CANDIDATES]
+        bad = [c for c in v if c not in CANDIDATES + ['ridge']]
         if bad or not v:
             raise ValueError(f"unknown candidate(s) {bad}; allowed: {', '.join(CANDIDATES)}; "
                              "example: candidates: [logistic_regression, hist_gradient_boosting]")
@@ -246,6 +248,12 @@ class Charter(_Strict):
             if o.metric not in allowed:
                 raise ValueError(f"objectives[{i}].metric: {o.metric!r} does not apply to task {self.task}; allowed for {self.task}: "
                                  f"{', '.join(allowed)}; example: {TASK_EXAMPLES[self.task]}")
+        dev, fams = self.development, TASK_CANDIDATES[self.task]
+        if self.task == 'regression' and 'candidates' not in dev.model_fields_set:   # the default list, with regression's linear model
+            dev.candidates = [('ridge' if f == 'logistic_regression' else f) for f in dev.candidates]
+        wrong = [f for f in dev.candidates if f not in fams]
+        if wrong:
+            raise ValueError(f"development.candidates: {wrong} do not apply to task {self.task}; allowed: {', '.join(fams)}")
         if self.task == 'binary_classification' and self.data.positive_label is None:
             raise ValueError('data.positive_label: binary_classification needs the label that counts as positive; example: positive_label: "yes"')
 
@@ -404,6 +412,26 @@ def task_target(c: Charter, y: pd.Series) -> np.ndarray:
     if c.task == 'binary_classification': return binary_target(c, y)
     if c.task == 'regression': return pd.to_numeric(y).to_numpy(dtype=float)
     return y.astype(str).to_numpy(dtype=object)
+
+# %% ../nbs/01a_charter.ipynb #efb02056
+def stratify_labels(c: Charter, y: pd.Series) -> np.ndarray:
+    "What a split stratifies on: the 0/1 target (binary), the labels (multiclass), the target's quintiles (regression)."
+    if c.task == 'regression': return pd.qcut(pd.to_numeric(y), 5, labels=False, duplicates='drop').to_numpy()
+    return task_target(c, y)
+
+def leakage_target(c: Charter, y: pd.Series) -> np.ndarray:
+    "A 0/1 view of the target for the single-feature leakage screen (binary: the target itself)."
+    if c.task == 'binary_classification': return binary_target(c, y)
+    if c.task == 'regression':
+        v = pd.to_numeric(y).to_numpy(dtype=float); return (v > np.median(v)).astype(int)
+    s = y.astype(str); return (s == s.mode().iloc[0]).to_numpy(dtype=int)
+
+def target_summary(c: Charter, y: pd.Series) -> dict:
+    "A split's target in brief: positive rate (binary), label shares (multiclass), mean and spread (regression)."
+    if c.task == 'binary_classification': return {'positive_rate': float(binary_target(c, y).mean())}
+    if c.task == 'regression':
+        v = pd.to_numeric(y); return {'target_mean': float(v.mean()), 'target_sd': float(v.std())}
+    return {'label_shares': {str(k): float(v) for k, v in y.astype(str).value_counts(normalize=True).sort_index().items()}}
 
 # %% ../nbs/01a_charter.ipynb #bd7d7bfd
 def judged_groups(groups, min_group_size: int) -> pd.DataFrame:
