@@ -499,7 +499,7 @@ def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, 
     """Value of one charter metric. `proba`: P(positive); `pred`: 0/1 decisions (default `proba >= 0.5`).
     Fairness metrics are computed over the judged groups only (`judged_rows`); NaN when fewer than two are judged."""
     from sklearn import metrics as skm
-    if metric in TASK_ONLY_METRICS or (proba is not None and np.ndim(proba) == 2):
+    if metric in TASK_ONLY_METRICS or (metric != 'p95_latency_ms' and proba is not None and np.ndim(proba) == 2):
         return task_metric_value(metric, y_true, proba, pred, sensitive, min_group_size)
     y_true = np.asarray(y_true)
     if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)

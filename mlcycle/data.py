@@ -19,8 +19,9 @@ from .charter import (Charter, binary_target, check_charter_against_data, leakag
 __all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'read_only_query', 'load_source', 'load_data', 'prepare_adult', 'adult',
            'feature_columns', 'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError',
            'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts', 'concordance',
-           'single_feature_auc', 'column_role', 'quality_report', 'check_requirements', 'plot_quality',
-           'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows', 'run_data_stage']
+           'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report', 'check_requirements',
+           'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows',
+           'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -251,9 +252,29 @@ def concordance(y, score) -> float:
     tau = kendalltau(np.asarray(score, float), np.asarray(y, float)).statistic
     return float((1 + tau) / 2) if np.isfinite(tau) else 0.5
 
+def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
+    """`single_feature_auc` for a multiclass target: the mean over labels of each feature's one-vs-rest AUC (folded). One
+    feature that sets one species apart is ordinary; a leak sets every label apart, so only the mean reaches the limit."""
+    from sklearn.metrics import roc_auc_score
+    labels = df[c.data.target].astype(str)
+    rows = []
+    for col in contract['features']:
+        s, aucs = df[col], []
+        for k in sorted(labels.unique()):
+            y = (labels == k).to_numpy(dtype=int)
+            if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
+            else:
+                key = s.astype(str).fillna('<missing>'); score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
+            a = roc_auc_score(y, score); aucs.append(max(a, 1 - a))
+        rows.append({'column': col, 'auc_alone': float(np.mean(aucs))})
+    t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
+    t['leakage_suspect'] = t.auc_alone >= LEAKAGE_AUC
+    return t
+
 def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     "ROC AUC of each feature on its own, folded to ≥ 0.5; high values flag label leakage."
     from sklearn.metrics import roc_auc_score
+    if c.task == 'multiclass_classification': return single_feature_auc_ovr(df, c, contract)
     y = task_target(c, df[c.data.target]) if c.task == 'regression' else leakage_target(c, df[c.data.target])
     rows = []
     for col in contract['features']:

@@ -289,6 +289,11 @@ def task_performance(c: Charter, y, proba, pred, n_resamples: int, seed: int) ->
         rows.append({'metric': m, 'value': v, 'ci_low': lo, 'ci_high': hi})
     return pd.DataFrame(rows)
 
+def _safe(label) -> str:
+    "A class label as a metric-name part (MLflow allows letters, digits and _ - . / : and spaces)."
+    import re
+    return re.sub(r'[^A-Za-z0-9_.\-/: ]', '_', str(label))
+
 def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str], n_resamples: int, seed: int) -> dict:
     """Per sensitive feature, fairlearn's `MetricFrame` by group (regression: rows, MAE, mean error, mean prediction, mean
     target; multiclass: rows, accuracy and the share of each predicted label) and each gap with a bootstrap interval."""
@@ -303,8 +308,8 @@ def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str],
     else:
         labels = sorted(set(map(str, y)) | set(map(str, pred)))
         metrics = {'count': flm.count, 'accuracy': lambda a, b: float(np.mean(np.asarray(a) == np.asarray(b))),
-                   **{f'share_predicted[{k}]': (lambda k: lambda a, b: float(np.mean(np.asarray(b) == k)))(k) for k in labels}}
-        gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference[{k}]': f'share_predicted[{k}]' for k in labels}}
+                   **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: float(np.mean(np.asarray(b) == k)))(k) for k in labels}}
+        gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference.{_safe(k)}': f'share_predicted.{_safe(k)}' for k in labels}}
     for f in features:
         g = frame[f].astype(str).to_numpy(); keep = judged_rows(g, n_min)
         mf = flm.MetricFrame(metrics=metrics, y_true=y, y_pred=pred, sensitive_features=pd.Series(g, name=f))
