@@ -415,8 +415,11 @@ def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_v
     if c.task == 'regression':
         from mlcycle.task_ab import regression_ab_design
         design = regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples)
-    else: design = ab_design(c, float(right_c.mean()), ab_share, shadow, float((right_c != right_n).mean()),
-                             method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
+    else:
+        p_c = float(right_c.mean())
+        if c.task == 'multiclass_classification':      # a champion right on every gate row: the design asks for the MDE just below 1
+            p_c = min(p_c, 1 - c.validation.min_detectable_effect - 1e-3)
+        design = ab_design(c, p_c, ab_share, shadow, float((right_c != right_n).mean()), method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
     if c.task == 'multiclass_classification': design['classes'] = contract['classes']
     promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
             reason=f'{why}; gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows')
