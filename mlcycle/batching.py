@@ -14,7 +14,7 @@ from .predlog import PredictionLog, SensitivePolicy
 from .request import Parsed, RowParser
 
 # %% auto #0
-__all__ = ['bucket', 'route', 'new_request_id', 'Served', 'ModelSet', 'score_batch', 'Batcher']
+__all__ = ['bucket', 'route', 'new_request_id', 'Served', 'ModelSet', 'score_batch', 'task_answers', 'Batcher']
 
 # %% ../nbs/05a_batching.ipynb #e2322600
 def bucket(keys, salt: str = '') -> np.ndarray:
@@ -110,7 +110,13 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
         answers.append([{'request_id': rids[i], 'label': ll[i], 'probability': pl[i], 'model_version': vl[i], 'arm': al[i]}
                         for i in range(k, k + p.n)])
         k += p.n
+    if hasattr(ms.champion.score, 'answer'): answers = task_answers(ms, answers)
     return answers, rows
+
+def task_answers(ms: ModelSet, answers: list[list[dict]]) -> list[list[dict]]:
+    "Regression and multiclass answers, rendered by the scorer of the version that scored each row (`make_task_scorer`)."
+    by = {s.version: s.score.answer for s in (ms.champion, ms.challenger) if s is not None}
+    return [[by[a['model_version']](a) for a in ans] for ans in answers]
 
 # %% ../nbs/05a_batching.ipynb #c25aa15d
 def _limit_threads(n):

@@ -17,12 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
 
 # %% auto #0
-__all__ = ['METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS', 'MAX_TEXT_FEATURES', 'CANDIDATES',
-           'EXAMPLES', 'BUNDLED_CHARTER', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective', 'Risk',
-           'Retention', 'Development', 'ValidationSpec', 'Production', 'Charter', 'CharterError',
+__all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS',
+           'MAX_TEXT_FEATURES', 'CANDIDATES', 'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER',
+           'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective',
+           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Charter', 'CharterError',
            'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
-           'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'judged_groups', 'judged_rows',
-           'too_small_note', 'objective_value', 'evaluate_objectives', 'workspace_charter']
+           'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'target_problems',
+           'task_target', 'stratify_labels', 'leakage_target', 'target_summary', 'judged_groups', 'judged_rows',
+           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives',
+           'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -39,9 +42,26 @@ METRICS = {
     'demographic_parity_ratio': ('fairness', True, True),
     'equalized_odds_difference': ('fairness', False, True),
     'p95_latency_ms': ('operational', False, False),
+    # regression: errors in the target's unit; abs_mean_error is the bias |mean(prediction - truth)|
+    'rmse': ('performance', False, False),
+    'mae': ('performance', False, False),
+    'r2': ('performance', True, False),
+    'abs_mean_error': ('performance', False, False),
+    'mae_difference': ('fairness', False, False),          # largest gap in MAE between groups
+    # multiclass: macro averages over classes, one-vs-rest AUC
+    'macro_f1': ('performance', True, True),
+    'roc_auc_ovr': ('performance', True, True),
+    'accuracy_difference': ('fairness', False, True),      # largest gap in accuracy between groups
 }
-PERFORMANCE_METRICS = [m for m, (f, *_) in METRICS.items() if f == 'performance']
-FAIRNESS_METRICS = [m for m, (f, *_) in METRICS.items() if f == 'fairness']
+TASK_METRICS = {   # the metrics an objective may name, per charter task
+    'binary_classification': ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier',
+                              'demographic_parity_difference', 'demographic_parity_ratio', 'equalized_odds_difference', 'p95_latency_ms'],
+    'multiclass_classification': ['accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'roc_auc_ovr', 'accuracy_difference', 'p95_latency_ms'],
+    'regression': ['rmse', 'mae', 'r2', 'abs_mean_error', 'mae_difference', 'p95_latency_ms'],
+}
+# the binary task's metrics by family (what the binary stages compute and report)
+PERFORMANCE_METRICS = [m for m in TASK_METRICS['binary_classification'] if METRICS[m][0] == 'performance']
+FAIRNESS_METRICS = [m for m in TASK_METRICS['binary_classification'] if METRICS[m][0] == 'fairness']
 
 # %% ../nbs/01a_charter.ipynb #38796dea
 FEATURE_KINDS = {   # kind: (what it makes, how many inputs (None: any), the keys it takes, an example)
@@ -156,7 +176,7 @@ class DataSpec(_Strict):
     sources: list[Source] = Field(min_length=1)
     combine: Literal['concat', 'join'] = 'concat'      # several sources: stack rows, or join on id_column
     target: str
-    positive_label: Any
+    positive_label: Any = None             # binary_classification only: the label that counts as 1
     sensitive_features: list[str] = Field(default_factory=list)
     drop_columns: list[str] = Field(default_factory=list)
     id_column: str | None = None
@@ -255,6 +275,11 @@ class Retention(_Strict):
     log_sensitive_features: Literal['store', 'hash', 'drop'] = 'hash'
 
 CANDIDATES = ['logistic_regression', 'random_forest', 'hist_gradient_boosting']
+TASK_CANDIDATES = {'binary_classification': CANDIDATES, 'multiclass_classification': CANDIDATES,
+                   'regression': ['ridge', 'random_forest', 'hist_gradient_boosting']}   # ridge: regression's linear model
+TASK_EXAMPLES = {'binary_classification': '{metric: roc_auc, min: 0.85, primary: true}',
+                 'multiclass_classification': '{metric: macro_f1, min: 0.8, primary: true}',
+                 'regression': '{metric: rmse, max: 1000, primary: true}'}
 
 class Development(_Strict):
     "Stage 03's knobs."
@@ -266,7 +291,7 @@ class Development(_Strict):
     @field_validator('candidates')
     @classmethod
     def _known(cls, v):
-        bad = [c for c in v if c not in CANDIDATES]
+        bad = [c for c in v if c not in CANDIDATES + ['ridge']]
         if bad or not v:
             raise ValueError(f"unknown candidate(s) {bad}; allowed: {', '.join(CANDIDATES)}; "
                              "example: candidates: [logistic_regression, hist_gradient_boosting]")
@@ -301,7 +326,7 @@ class Charter(_Strict):
     "The problem, its data, and what good enough means."
     name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
     problem: str = Field(min_length=10)
-    task: Literal['binary_classification']
+    task: Literal['binary_classification', 'multiclass_classification', 'regression']
     data: DataSpec
     objectives: list[Objective] = Field(min_length=1)
     intended_use: str = Field(min_length=1)
@@ -326,7 +351,24 @@ class Charter(_Strict):
         if unknown:
             raise ValueError(f"objective sensitive_feature {unknown} must be listed in data.sensitive_features "
                              f"({self.data.sensitive_features})")
+        self._metrics_fit_task()
         return self
+
+    def _metrics_fit_task(self):
+        "Every objective names a metric of the charter's task; binary classification names its positive label."
+        allowed = TASK_METRICS[self.task]
+        for i, o in enumerate(self.objectives):
+            if o.metric not in allowed:
+                raise ValueError(f"objectives[{i}].metric: {o.metric!r} does not apply to task {self.task}; allowed for {self.task}: "
+                                 f"{', '.join(allowed)}; example: {TASK_EXAMPLES[self.task]}")
+        dev, fams = self.development, TASK_CANDIDATES[self.task]
+        if self.task == 'regression' and 'candidates' not in dev.model_fields_set:   # the default list, with regression's linear model
+            dev.candidates = [('ridge' if f == 'logistic_regression' else f) for f in dev.candidates]
+        wrong = [f for f in dev.candidates if f not in fams]
+        if wrong:
+            raise ValueError(f"development.candidates: {wrong} do not apply to task {self.task}; allowed: {', '.join(fams)}")
+        if self.task == 'binary_classification' and self.data.positive_label is None:
+            raise ValueError('data.positive_label: binary_classification needs the label that counts as positive; example: positive_label: "yes"')
 
     @property
     def primary(self) -> Objective: return next(o for o in self.objectives if o.primary)
@@ -407,7 +449,9 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
     missing('data.id_column', c.data.id_column)
     missing('data.time_column', c.data.time_column)
     errs += feature_input_errors(c, df)
-    if c.data.target in df.columns:
+    if c.data.target in df.columns and c.task != 'binary_classification':
+        errs += target_problems(c, df[c.data.target])
+    elif c.data.target in df.columns:
         values = df[c.data.target].dropna().unique().tolist()
         if len(values) < 2:
             errs.append(f'  - data.target: {c.data.target!r} has {len(values)} class(es) ({", ".join(map(str, values[:1]))}); a model needs two: '
@@ -470,6 +514,59 @@ def binary_target(c: Charter, y: pd.Series) -> np.ndarray:
     "The target as 0/1, with 1 for the charter's positive label (compared as text, so 1 and '1' both match)."
     return (y.astype(str) == str(c.data.positive_label)).to_numpy(dtype=int)
 
+# %% ../nbs/01a_charter.ipynb #d6bf2b72
+MIN_CLASS_ROWS = 10   # a label with fewer rows cannot be stratified into train, validation and test with cross-validation
+
+def target_problems(c: Charter, y: pd.Series) -> list[str]:
+    "Problems of the target column `y` for a regression or multiclass charter (binary is checked by `check_charter_against_data`)."
+    name = c.data.target
+    if y.isna().any():
+        return [f'  - data.target: {name!r} is missing in {int(y.isna().sum())} rows; a {c.task} target needs a value in every row: '
+                'drop those rows in the source']
+    if c.task == 'regression':
+        num = pd.to_numeric(y, errors='coerce')
+        if num.isna().any():
+            bad = y[num.isna()].astype(str).unique()[:3].tolist()
+            return [f'  - data.target: a regression target must be numeric, {name!r} has values like {bad}; '
+                    'choose a numeric target or set task: multiclass_classification']
+        if num.nunique() < 2: return [f'  - data.target: {name!r} has a single value; choose another target']
+        return []
+    counts = y.astype(str).value_counts()
+    if len(counts) < 3:
+        return [f'  - data.target: a multiclass_classification target needs at least 3 labels, {name!r} has {len(counts)} '
+                f'({", ".join(counts.index)}); use task: binary_classification with a positive_label']
+    rare = counts[counts < MIN_CLASS_ROWS]
+    if len(rare):
+        return [f'  - data.target: label(s) {", ".join(f"{k} ({v} rows)" for k, v in rare.items())} of {name!r} have fewer than '
+                f'{MIN_CLASS_ROWS} rows, too few to split; merge them with another label or drop those rows in the source']
+    return []
+
+def task_target(c: Charter, y: pd.Series) -> np.ndarray:
+    "The target as a model learns it: 0/1 for binary (`binary_target`), text labels for multiclass, floats for regression."
+    if c.task == 'binary_classification': return binary_target(c, y)
+    if c.task == 'regression': return pd.to_numeric(y).to_numpy(dtype=float)
+    return y.astype(str).to_numpy(dtype=object)
+
+# %% ../nbs/01a_charter.ipynb #efb02056
+def stratify_labels(c: Charter, y: pd.Series) -> np.ndarray:
+    "What a split stratifies on: the 0/1 target (binary), the labels (multiclass), the target's quintiles (regression)."
+    if c.task == 'regression': return pd.qcut(pd.to_numeric(y), 5, labels=False, duplicates='drop').to_numpy()
+    return task_target(c, y)
+
+def leakage_target(c: Charter, y: pd.Series) -> np.ndarray:
+    "A 0/1 view of the target for the single-feature leakage screen (binary: the target itself)."
+    if c.task == 'binary_classification': return binary_target(c, y)
+    if c.task == 'regression':
+        v = pd.to_numeric(y).to_numpy(dtype=float); return (v > np.median(v)).astype(int)
+    s = y.astype(str); return (s == s.mode().iloc[0]).to_numpy(dtype=int)
+
+def target_summary(c: Charter, y: pd.Series) -> dict:
+    "A split's target in brief: positive rate (binary), label shares (multiclass), mean and spread (regression)."
+    if c.task == 'binary_classification': return {'positive_rate': float(binary_target(c, y).mean())}
+    if c.task == 'regression':
+        v = pd.to_numeric(y); return {'target_mean': float(v.mean()), 'target_sd': float(v.std())}
+    return {'label_shares': {str(k): float(v) for k, v in y.astype(str).value_counts(normalize=True).sort_index().items()}}
+
 # %% ../nbs/01a_charter.ipynb #bd7d7bfd
 def judged_groups(groups, min_group_size: int) -> pd.DataFrame:
     """Rows per sensitive group among the evaluated rows, with `judged` True for groups of at least `min_group_size`.
@@ -492,10 +589,52 @@ def too_small_note(groups, min_group_size: int) -> str:
     return (f"{len(small)} group(s) under min_group_size {min_group_size} in the evaluated rows, reported but not gated: "
             + ', '.join(f'{r.group} ({r.rows})' for r in small.itertuples()))
 
+TASK_ONLY_METRICS = [m for m in METRICS if m not in TASK_METRICS['binary_classification']]
+
+def ovr_auc(y_true, proba: pd.DataFrame) -> float:
+    "Mean one-vs-rest ROC AUC over the classes (columns of `proba`) that have both positives and negatives in `y_true`."
+    from sklearn.metrics import roc_auc_score
+    y = np.asarray(y_true).astype(str)
+    aucs = [roc_auc_score(y == str(k), proba[k]) for k in proba.columns if 0 < (y == str(k)).sum() < len(y)]
+    return float(np.mean(aucs)) if aucs else float('nan')
+
+def task_metric_value(metric: str, y_true, proba=None, pred=None, sensitive=None, min_group_size: int = 1) -> float:
+    """A metric of the regression and multiclass tasks. Regression: `pred` the predicted numbers. Multiclass: `proba` a
+    DataFrame of class probabilities whose columns are the labels, `pred` the labels (default: the most probable)."""
+    from sklearn import metrics as skm
+    y = np.asarray(y_true)
+    if proba is not None and not isinstance(proba, pd.DataFrame): raise TypeError('multiclass proba must be a DataFrame with one column per label')
+    if pred is None and proba is not None: pred = proba.columns.to_numpy()[np.argmax(proba.to_numpy(), axis=1)]
+    pred = np.asarray(pred)
+    if metric in ('mae_difference', 'accuracy_difference'):
+        import fairlearn.metrics as flm
+        s = np.asarray(sensitive, dtype=object).astype(str)
+        keep = judged_rows(s, min_group_size)
+        if len(np.unique(s[keep])) < 2: return float('nan')
+        fn = skm.mean_absolute_error if metric == 'mae_difference' else skm.accuracy_score
+        return float(flm.MetricFrame(metrics=fn, y_true=y[keep], y_pred=pred[keep], sensitive_features=s[keep]).difference())
+    if metric in ('rmse', 'mae', 'r2', 'abs_mean_error'):
+        y, pred = y.astype(float), pred.astype(float)
+        if metric == 'rmse': return float(np.sqrt(np.mean((pred - y) ** 2)))
+        if metric == 'mae': return float(np.mean(np.abs(pred - y)))
+        if metric == 'abs_mean_error': return float(abs(np.mean(pred - y)))
+        return float(skm.r2_score(y, pred)) if len(y) > 1 else float('nan')
+    y, pred = y.astype(str), pred.astype(str)
+    if metric == 'accuracy': return float(np.mean(y == pred))
+    if metric == 'balanced_accuracy': return float(skm.balanced_accuracy_score(y, pred))
+    if metric == 'macro_f1': return float(skm.f1_score(y, pred, average='macro', zero_division=0))
+    if metric == 'roc_auc_ovr': return ovr_auc(y, proba)
+    if metric == 'log_loss':
+        P = np.clip(proba.to_numpy(dtype=float), 1e-15, 1); P = P / P.sum(1, keepdims=True)
+        return float(skm.log_loss(y, P, labels=[str(k) for k in proba.columns]))
+    raise ValueError(f'{metric!r} is not a metric of a multiclass or regression model')
+
 def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, latencies_ms=None, min_group_size: int = 1) -> float:
     """Value of one charter metric. `proba`: P(positive); `pred`: 0/1 decisions (default `proba >= 0.5`).
     Fairness metrics are computed over the judged groups only (`judged_rows`); NaN when fewer than two are judged."""
     from sklearn import metrics as skm
+    if metric in TASK_ONLY_METRICS or (metric != 'p95_latency_ms' and proba is not None and np.ndim(proba) == 2):
+        return task_metric_value(metric, y_true, proba, pred, sensitive, min_group_size)
     y_true = np.asarray(y_true)
     if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)
     if metric == 'p95_latency_ms':

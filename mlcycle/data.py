@@ -13,14 +13,16 @@ import pandas as pd
 
 from .core import ASSETS, MlcycleError, Workspace, fingerprint_df
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
-from .charter import Charter, binary_target, check_charter_against_data, load_charter, time_values, workspace_charter
+from .charter import (Charter, binary_target, check_charter_against_data, leakage_target, load_charter, stratify_labels, task_target, target_summary,
+                      time_values, workspace_charter)
 
 # %% auto #0
 __all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'read_only_query', 'load_source', 'load_data', 'prepare_adult', 'adult',
-           'feature_columns', 'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
-           'validate_batch', 'violations_frame', 'outlier_counts', 'single_feature_auc', 'column_role',
-           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back',
-           'check_production', 'production_rows', 'run_data_stage']
+           'feature_columns', 'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError',
+           'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts', 'concordance',
+           'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report', 'check_requirements',
+           'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows',
+           'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -131,8 +133,14 @@ def infer_contract(df: pd.DataFrame, c: Charter) -> dict:
     return {'target': c.data.target, 'positive_label': c.data.positive_label, 'features': list(cols),
             'sensitive_features': list(c.data.sensitive_features), 'id_column': c.data.id_column,
             'time_column': c.data.time_column, 'columns': cols, 'reference_rows': len(df),
-            'reference_fingerprint': fingerprint_df(df),
+            'reference_fingerprint': fingerprint_df(df), **task_of_contract(c, df),
             **({'derived': [f.model_dump(mode='json', exclude_defaults=True) for f in c.features]} if c.features else {})}
+
+def task_of_contract(c: Charter, df: pd.DataFrame) -> dict:
+    "Binary contracts stay as they were; the other tasks record the task, and multiclass its labels (the model's classes)."
+    if c.task == 'binary_classification': return {}
+    if c.task == 'regression': return {'task': c.task}
+    return {'task': c.task, 'classes': sorted(df[c.data.target].dropna().astype(str).unique().tolist())}
 
 def feature_frame(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
     "The contract's feature columns, in order, with numeric columns as floats and categorical ones as text (missing = NaN)."
@@ -249,10 +257,37 @@ def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.S
         out.iloc[held] = key.iloc[held].map(means).fillna(y.iloc[fit].mean()).to_numpy()
     return out
 
+def concordance(y, score) -> float:
+    """Harrell's C of `score` for a numeric target: the chance two rows are ordered alike by both, (1 + Kendall's tau-b) / 2;
+    ROC AUC is its special case for a 0/1 target, so a regression target's leakage screen reads on the same scale."""
+    from scipy.stats import kendalltau
+    tau = kendalltau(np.asarray(score, float), np.asarray(y, float)).statistic
+    return float((1 + tau) / 2) if np.isfinite(tau) else 0.5
+
+def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
+    """`single_feature_auc` for a multiclass target: the mean over labels of each feature's one-vs-rest AUC (folded). One
+    feature that sets one species apart is ordinary; a leak sets every label apart, so only the mean reaches the limit."""
+    from sklearn.metrics import roc_auc_score
+    labels = df[c.data.target].astype(str)
+    rows = []
+    for col in contract['features']:
+        s, aucs = df[col], []
+        for k in sorted(labels.unique()):
+            y = (labels == k).to_numpy(dtype=int)
+            if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
+            else:
+                key = s.astype(str).fillna('<missing>'); score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
+            a = roc_auc_score(y, score); aucs.append(max(a, 1 - a))
+        rows.append({'column': col, 'auc_alone': float(np.mean(aucs))})
+    t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
+    t['leakage_suspect'] = t.auc_alone >= LEAKAGE_AUC
+    return t
+
 def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     "ROC AUC of each feature on its own, folded to ≥ 0.5; high values flag label leakage."
     from sklearn.metrics import roc_auc_score
-    y = binary_target(c, df[c.data.target])
+    if c.task == 'multiclass_classification': return single_feature_auc_ovr(df, c, contract)
+    y = task_target(c, df[c.data.target]) if c.task == 'regression' else leakage_target(c, df[c.data.target])
     rows = []
     for col in contract['features']:
         s = df[col]
@@ -262,7 +297,7 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
         else:
             key = s.astype(str).fillna('<missing>')
             score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
-        auc = roc_auc_score(y, score) if len(np.unique(y)) == 2 else float('nan')
+        auc = concordance(y, score) if c.task == 'regression' else roc_auc_score(y, score) if len(np.unique(y)) == 2 else float('nan')
         rows.append({'column': col, 'auc_alone': max(auc, 1 - auc)})
     t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
     t['leakage_suspect'] = t.auc_alone >= LEAKAGE_AUC
@@ -343,9 +378,9 @@ def split_data(df: pd.DataFrame, c: Charter, test_size: float = 0.2, validation_
         n = len(d); n_test, n_val = int(round(n * test_size)), int(round(n * validation_size))
         parts = {'train': d.iloc[:n - n_test - n_val], 'validation': d.iloc[n - n_test - n_val:n - n_test], 'test': d.iloc[n - n_test:]}
     else:
-        y = binary_target(c, df[c.data.target])
+        y = stratify_labels(c, df[c.data.target])
         rest, test = train_test_split(df, test_size=test_size, stratify=y, random_state=seed)
-        y_rest = binary_target(c, rest[c.data.target])
+        y_rest = stratify_labels(c, rest[c.data.target])
         train, val = train_test_split(rest, test_size=validation_size / (1 - test_size), stratify=y_rest, random_state=seed)
         parts = {'train': train, 'validation': val, 'test': test}
     return {k: v.reset_index(drop=True) for k, v in parts.items()}
@@ -421,7 +456,7 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
             mlflow.log_dict(contract, 'contract.json')
         st.manifest['outputs'].update(
             mlflow_run_id=run.info.run_id, contract='data/contract.json', contract_features=contract['features'], production=prod_rec,
-            splits={k: {'fingerprint': fps[k], 'rows': len(v), 'positive_rate': float(binary_target(c, v[c.data.target]).mean())} for k, v in splits.items()},
+            splits={k: {'fingerprint': fps[k], 'rows': len(v), **target_summary(c, v[c.data.target])} for k, v in splits.items()},
             quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
                      'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
                      'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records'),

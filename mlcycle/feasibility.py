@@ -11,27 +11,33 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace
-from .charter import (BUNDLED_CHARTER, Charter, binary_target, check_charter_against_data, evaluate_objectives,
+from .charter import (BUNDLED_CHARTER, Charter, binary_target, leakage_target, task_target, check_charter_against_data, evaluate_objectives,
                              judged_rows, load_charter, objective_value)
 from .data import build_preprocessor, feature_frame, infer_contract, load_data
 
 # %% auto #0
-__all__ = ['TEST_SIZE', 'label_balance', 'group_sizes', 'fit_learning_curve', 'verifiability', 'feasibility_verdict',
-           'quick_model_scores', 'feasibility_analysis', 'plot_feasibility', 'run_problem_definition',
-           'run_through_data']
+__all__ = ['TEST_SIZE', 'QUICK_SCORING', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve', 'task_outputs_of',
+           'verifiability', 'task_balance_reason', 'feasibility_verdict', 'quick_model_scores', 'task_quick_scores',
+           'feasibility_analysis', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
-    "Counts and shares of each target value."
+    "Counts and shares of each target value (regression: of the target's deciles)."
+    if c.task == 'regression': return target_bins(c, df)
     vc = df[c.data.target].astype(str).value_counts()
     return pd.DataFrame({'label': vc.index, 'rows': vc.to_numpy(), 'share': (vc / vc.sum()).to_numpy(),
                          'positive': vc.index == str(c.data.positive_label)})
+
+def target_bins(c: Charter, df: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
+    "A regression target's distribution: rows and share per decile, in the shape of `label_balance`."
+    vc = pd.qcut(pd.to_numeric(df[c.data.target]), bins, duplicates='drop').value_counts(sort=False)
+    return pd.DataFrame({'label': vc.index.astype(str), 'rows': vc.to_numpy(), 'share': (vc / vc.sum()).to_numpy(), 'positive': False})
 
 def group_sizes(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
     "Rows per sensitive group and per intersection of sensitive features, flagged against `min_group_size`."
     feats, out = c.data.sensitive_features, []
     combos = [[f] for f in feats] + ([feats] if len(feats) > 1 else [])
-    y = binary_target(c, df[c.data.target])
+    y = leakage_target(c, df[c.data.target])   # binary: the 0/1 target; else a 0/1 view (charter.leakage_target)
     for combo in combos:
         key = df[combo].astype(str).agg(' & '.join, axis=1) if len(combo) > 1 else df[combo[0]].astype(str)
         g = pd.DataFrame({'group': key.to_numpy(), 'y': y}).groupby('group')['y'].agg(['size', 'mean'])
@@ -83,12 +89,24 @@ def _fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> n
             return np.where(judged.sum(1) >= 2, lo / hi, np.nan)
         return np.fmax(spread(tpr), spread(fpr))
 
+def _rows(a, i):
+    "Rows `i` of an array or a frame (a multiclass model's probabilities); None stays None."
+    return None if a is None else (a.iloc[i].reset_index(drop=True) if isinstance(a, pd.DataFrame) else a[i])
+
+def task_outputs_of(c: Charter, df: pd.DataFrame, out) -> tuple:
+    "(target, probabilities, decisions) from a quick model's output `out`: the predicted numbers (regression) or class probabilities (multiclass)."
+    y = task_target(c, df[c.data.target])
+    if c.task == 'regression': return y, None, np.asarray(out, float)
+    return y, out, out.columns.to_numpy()[np.argmax(out.to_numpy(), axis=1)]
+
 def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_SIZE, n_resamples: int = 150,
                   seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per objective: the expected value (from `proba`, cross-validated P(positive) for `df`), the interval half-width on a
     test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would."""
-    y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
-    pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size
+    if c.task == 'binary_classification':
+        y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
+        pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size
+    else: y, proba, pred, n_min = *task_outputs_of(c, df, proba), c.data.requirements.min_group_size
     n_test = max(int(round(len(df) * test_size)), 2)
     idx = np.random.default_rng(seed).integers(0, len(df), size=(n_resamples, n_test))
     rows = []
@@ -98,9 +116,10 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
         if o.family == 'operational':
             rows.append({**r, 'text': f'{o.describe()}: measured on single-row timings, not on test rows'}); continue
         sens = df[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None
-        value = lambda i: objective_value(o.metric, y[i], proba[i], pred[i], None if sens is None else sens[i], min_group_size=n_min)
+        value = lambda i: objective_value(o.metric, y[i], _rows(proba, i), pred[i], None if sens is None else sens[i], min_group_size=n_min)
         expected = value(np.arange(len(df)))
-        draws = (_fairness_draws(o.metric, y, pred, sens, idx, n_min) if o.family == 'fairness' else np.array([value(i) for i in idx]))
+        draws = (_fairness_draws(o.metric, y, pred, sens, idx, n_min) if o.family == 'fairness' and c.task == 'binary_classification'
+                 else np.array([value(i) for i in idx]))
         ok = np.isfinite(draws)
         if not np.isfinite(expected) or ok.mean() < 0.5:   # rows at which the second-largest group reaches min_group_size in the test split
             share = np.sort(pd.Series(sens).value_counts(normalize=True).to_numpy())[::-1]
@@ -118,6 +137,12 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
     return pd.DataFrame(rows)
 
 # %% ../nbs/01_problem_definition.ipynb #d57f390a
+def task_balance_reason(c: Charter, balance: pd.DataFrame) -> str:
+    "The target in one phrase, for the verdict's reasons: the rarest label (multiclass) or the range of deciles (regression)."
+    if c.task == 'regression': return f"target {c.data.target} from {balance.label.iloc[0]} to {balance.label.iloc[-1]} by decile"
+    r = balance.sort_values('rows').iloc[0]
+    return f"{len(balance)} labels; the rarest, {r.label}, has {r.rows} rows ({r.share:.1%})"
+
 def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: pd.DataFrame,
                         baselines: pd.DataFrame, curve_fit: dict, verify: pd.DataFrame | None = None) -> dict:
     """Feasible / at risk / not feasible, with reasons.
@@ -131,7 +156,8 @@ def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: 
     req = c.data.requirements
     if n_rows < req.min_rows: blockers.append(f'{n_rows} rows < min_rows {req.min_rows}')
     else: reasons.append(f'{n_rows} rows ≥ min_rows {req.min_rows}')
-    if len(balance) < 2 or not balance.positive.any(): blockers.append('the positive class does not occur')
+    if c.task != 'binary_classification': reasons.append(task_balance_reason(c, balance))
+    elif len(balance) < 2 or not balance.positive.any(): blockers.append('the positive class does not occur')
     else: reasons.append(f"positive share {balance.loc[balance.positive, 'share'].iloc[0]:.1%}")
     small = groups[groups.too_small]
     single_small = small[~small.feature.str.contains(' & ')]
@@ -160,6 +186,7 @@ def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: 
 # %% ../nbs/01_problem_definition.ipynb #495f7560
 def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     "Dummy and logistic-regression baselines (3-fold stratified CV predictions) against every objective, the learning curve, and the quick model's CV probabilities."
+    if c.task != 'binary_classification': return task_quick_scores(c, df, seed)
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict, learning_curve
@@ -190,6 +217,44 @@ def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     sign = -1 if scoring.startswith('neg_') else 1
     curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
     return pd.concat(tables, ignore_index=True), curve, quick_proba
+
+QUICK_SCORING = {'rmse': 'neg_root_mean_squared_error', 'mae': 'neg_mean_absolute_error', 'r2': 'r2', 'abs_mean_error': 'neg_root_mean_squared_error',
+                 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'macro_f1': 'f1_macro', 'log_loss': 'neg_log_loss',
+                 'roc_auc_ovr': 'roc_auc_ovr'}
+
+def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
+    """`quick_model_scores` for regression (mean predictor, ridge) and multiclass (class-prior dummies, logistic regression):
+    3-fold CV predictions against every objective, the learning curve on the primary metric, and the quick model's CV output."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict, learning_curve
+    from sklearn.pipeline import make_pipeline
+    contract = infer_contract(df, c)
+    X, y = feature_frame(df, contract), task_target(c, df[c.data.target])
+    reg = c.task == 'regression'
+    cv = (KFold if reg else StratifiedKFold)(3, shuffle=True, random_state=seed)
+    quick = make_pipeline(build_preprocessor(contract), Ridge() if reg else LogisticRegression(max_iter=1000))
+    models = ({'dummy_mean': DummyRegressor(), 'quick_model': quick} if reg else
+              {'dummy_prior': DummyClassifier(strategy='prior'), 'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed), 'quick_model': quick})
+    tables, out = [], None
+    for name, m in models.items():
+        if reg: o = cross_val_predict(m, X, y, cv=cv); proba, pred = None, o
+        else:
+            o = pd.DataFrame(cross_val_predict(m, X, y, cv=cv, method='predict_proba'), columns=sorted(set(y)))
+            proba, pred = o, o.columns.to_numpy()[np.argmax(o.to_numpy(), axis=1)]
+        lat = None
+        if name == 'quick_model':
+            out, lat = o, []
+            m.fit(X, y)
+            for i in range(min(200, len(X))):
+                row = X.iloc[[i]]; t0 = time.perf_counter(); m.predict(row); lat.append((time.perf_counter() - t0) * 1000)
+        t = evaluate_objectives(c, y, proba, pred, frame=df, latencies_ms=lat)
+        t.insert(0, 'model', name); tables.append(t)
+    scoring = QUICK_SCORING[c.primary.metric]
+    sizes, _, test_scores = learning_curve(quick, X, y, cv=cv, scoring=scoring, train_sizes=[0.1, 0.25, 0.5, 1.0], shuffle=True, random_state=seed)
+    sign = -1 if scoring.startswith('neg_') else 1
+    curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
+    return pd.concat(tables, ignore_index=True), curve, out
 
 def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_SIZE) -> dict:
     "Label balance, group sizes, baselines, learning curve, verifiability of each objective and the verdict for charter `c` on data `df`."

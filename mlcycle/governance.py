@@ -13,7 +13,7 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .predlog import log_exists
-from .charter import Charter, binary_target, evaluate_objectives, objective_value, workspace_charter
+from .charter import Charter, binary_target, task_target, evaluate_objectives, objective_value, workspace_charter
 from .data import feature_frame
 from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_markdown, caveats, checklist_facts,
                                      compliance_checklist, evidence_facts, lineage_svg, md_escape, md_table, model_card,
@@ -23,10 +23,10 @@ from .stats import GAP_METRICS, GROUP_RATES, bootstrap_indices, fairness_gaps_pe
 # %% auto #0
 __all__ = ['PERFORMANCE', 'GOVERNANCE_STAGES', 'PARAMS', 'list_versions', 'resolve_version', 'model_id_of', 'version_record',
            'version_fingerprints', 'evaluation_split', 'score_version', 'group_labels', 'group_fairness',
-           'fairness_analysis', 'objectives_table', 'measure_version', 'stage_evidence', 'mitigation_tradeoff',
-           'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve', 'evidence_digest',
-           'sign_off', 'lineage_steps', 'configuration_evidence', 'read_evidence', 'governance_documents',
-           'build_governance', 'run_governance', 'register_cli']
+           'fairness_analysis', 'objectives_table', 'measure_version', 'measure_task_version', 'stage_evidence',
+           'mitigation_tradeoff', 'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve',
+           'evidence_digest', 'sign_off', 'lineage_steps', 'configuration_evidence', 'read_evidence',
+           'governance_documents', 'build_governance', 'run_governance', 'register_cli']
 
 # %% ../nbs/08_governance.ipynb #61505571
 def _client(ws: Workspace, name: str | None = None):
@@ -120,6 +120,9 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
         raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e).splitlines()[0][:300]} '
                            '(were its artifacts deleted by stage 09?)') from None
     X = feature_frame(df, contract)
+    if contract.get('task', 'binary_classification') != 'binary_classification':     # regression / multiclass: (None or class probabilities, prediction)
+        from mlcycle.train import score_rows
+        return (*score_rows(model, X), model)
     return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype(int), model
 
 # %% ../nbs/08_governance.ipynb #ab6f2a8f
@@ -212,11 +215,26 @@ def measure_version(c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int | 
     "Performance, fairness and the charter's objectives with intervals: stage 04's bootstrap (the charter's resamples and seed)."
     n_boot = int(n_boot) if n_boot else c.validation.bootstrap_resamples
     seed = c.development.seed if seed is None else int(seed)
+    if c.task != 'binary_classification': return measure_task_version(c, y, proba, pred, df, n_boot, seed, run_metrics)
     idx = bootstrap_indices(len(y), n_boot, seed)
     perf = performance_with_ci(y, proba, pred, idx=idx, metrics=PERFORMANCE, point=objective_value)
     fair = fairness_analysis(c, y, pred, df, idx)
     objectives = objectives_table(c, y, proba, pred, df, perf, fair, run_metrics)
     return {'n_boot': n_boot, 'seed': seed, 'performance': perf, 'fairness': fair, 'objectives': objectives}
+
+# %% ../nbs/08_governance.ipynb #cb4246f9
+def measure_task_version(c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int, seed: int, run_metrics: dict | None = None) -> dict:
+    "`measure_version` for a regression or multiclass charter, in the same shape (performance, fairness per feature, objectives)."
+    from mlcycle.validate import task_fairness, task_performance
+    perf = task_performance(c, y, proba, pred, n_boot, seed)
+    feats = [f for f in c.data.sensitive_features if f in df.columns]
+    tf, fair = task_fairness(c, y, pred, df, feats, n_boot, seed), []
+    for f in feats:
+        t = tf['by_group'][f].reset_index().rename(columns={f: 'group', 'count': 'rows'})
+        t['rows'] = t['rows'].astype(int); t['too_small'] = t.rows < c.data.requirements.min_group_size
+        s = tf['summary']; gaps = (s[s.sensitive_feature == f].drop(columns='sensitive_feature') if len(s) else pd.DataFrame(columns=['metric', 'value', 'ci_low', 'ci_high']))
+        fair.append({'feature': f, 'features': [f], 'by_group': t, 'gaps': gaps.assign(value_judged_groups=gaps.value).reset_index(drop=True), 'metric_frame': None})
+    return {'n_boot': n_boot, 'seed': seed, 'performance': perf, 'fairness': fair, 'objectives': objectives_table(c, y, proba, pred, df, perf, fair, run_metrics)}
 
 # %% ../nbs/08_governance.ipynb #b2162fb8
 def stage_evidence(ws: Workspace, stage: str, version=None) -> dict:
@@ -414,7 +432,7 @@ def read_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -
     stages = {k[:2]: stage_evidence(ws, k, version) for k in GOVERNANCE_STAGES}
     entries = ws.audit.entries()
     events = version_events(entries, name, version)
-    return {'name': name, 'version': version, 'record': rec, 'test': df, 'test_fingerprint': test_fp, 'y': binary_target(c, df[c.data.target]),
+    return {'name': name, 'version': version, 'record': rec, 'test': df, 'test_fingerprint': test_fp, 'y': task_target(c, df[c.data.target]),
             'proba': proba, 'pred': pred, 'model_description': _model_description(model), 'stages': stages,
             'sources': ws.manifest('02_data')['inputs'].get('sources', []) if stages['02']['available'] else [],
             'tradeoff': mitigation_tradeoff(ws, c, version), 'production': production_fairness(ws, c, version),

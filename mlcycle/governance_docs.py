@@ -15,12 +15,15 @@ from .core import to_json
 from .charter import Charter
 from .stats import GAP_METRICS, GROUP_RATES
 
+TASK_GAP_METRICS = ['mae_difference', 'accuracy_difference']   # the gaps of regression and multiclass charters
+
+
 # %% auto #0
-__all__ = ['DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'MIN_TOKEN_CHARS', 'COMPLIANCE_RULES', 'LINEAGE_REQUIRED',
-           'md_escape', 'md_table', 'compliance_checklist', 'evidence_facts', 'caveats', 'model_card', 'bias_report',
-           'lineage_missing', 'champion_promotions', 'checklist_facts', 'plot_group_fairness', 'plot_tradeoff',
-           'lineage_svg', 'card_markdown', 'bias_markdown', 'compliance_markdown', 'lineage_markdown', 'to_html',
-           'render_governance']
+__all__ = ['TASK_GAP_METRICS', 'DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'MIN_TOKEN_CHARS', 'COMPLIANCE_RULES',
+           'LINEAGE_REQUIRED', 'md_escape', 'md_table', 'compliance_checklist', 'evidence_facts', 'caveats',
+           'model_card', 'bias_report', 'lineage_missing', 'champion_promotions', 'checklist_facts',
+           'plot_group_fairness', 'plot_tradeoff', 'lineage_svg', 'card_markdown', 'bias_markdown',
+           'compliance_markdown', 'lineage_markdown', 'to_html', 'render_governance']
 
 # %% ../nbs/08b_governance_documents.ipynb #4c326716
 DOCUMENT_FILES = {'model_card': 'model_card.md', 'bias_report': 'bias_report.md', 'compliance': 'compliance.md', 'lineage': 'lineage.md'}
@@ -264,13 +267,20 @@ def _card_details(c: Charter, ev: dict) -> dict:
             'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': 'model: as set by the owners; training data UCI Adult CC BY 4.0 when the bundled charter is used',
             'contact': ', '.join(c.owners)}
 
+def _target_in_brief(y) -> dict:
+    "The evaluated rows' target: the positive rate (binary 0/1), the mean (regression) or the label shares (multiclass)."
+    y = np.asarray(y)
+    if y.dtype.kind in 'iub': return {'positive_rate': float(y.mean())}
+    if y.dtype.kind == 'f': return {'target_mean': float(y.mean())}
+    return {'label_shares': pd.Series(y).astype(str).value_counts(normalize=True).round(4).to_dict()}
+
 def _card_data(ev: dict) -> tuple[dict, dict]:
     "The evaluation-data and training-data sections."
     s02, y, fp = ev['stages']['02'], ev['y'], ev['test_fingerprint']
     m02 = s02['outputs'] if s02['available'] else {}
     vfp = ev['fingerprints']
     evaluation = {'split': 'test (stage 02, untouched until validation)', 'fingerprint': fp, 'rows': int(len(ev['test'])),
-                  'positive_rate': float(y.mean()), 'snapshot': f'data/{fp}.parquet',
+                  **_target_in_brief(y), 'snapshot': f'data/{fp}.parquet',
                   'preprocessing': 'the data contract (data/contract.json) and the model pipeline’s own ColumnTransformer'}
     training = {'fingerprints': vfp, 'sources': ev['sources'], 'splits': m02.get('splits', {}),
                 'quality': {k: m02.get('quality', {}).get(k) for k in ('rows', 'duplicates')},
@@ -297,7 +307,7 @@ def _card_ethics(c: Charter, ev: dict, m: dict) -> dict:
     return {'sensitive_data': f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}.",
             'risk': f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip(),
             'fairness_objectives': [f"{r.objective}: {_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}] → {'met' if r.passed else 'NOT met'}"
-                                    for r in m['objectives'].itertuples() if r.metric in GAP_METRICS],
+                                    for r in m['objectives'].itertuples() if r.metric in GAP_METRICS + TASK_GAP_METRICS],
             'mitigation': ev['record']['tags'].get('mitigation', 'none recorded'),
             'harms': f"Misuse outside the intended use could harm the people scored: {c.out_of_scope.strip()}",
             'human_oversight': c.intended_use.strip()}
@@ -334,7 +344,7 @@ def bias_report(ev: dict, m: dict, card: dict) -> dict:
             'evaluation': {'split': 'test', 'fingerprint': ev['test_fingerprint'], 'rows': int(len(ev['test'])), 'n_boot': m['n_boot']},
             'groups': {f['feature']: f['by_group'].to_dict('records') for f in fair},
             'gaps': {f['feature']: f['gaps'].to_dict('records') for f in fair},
-            'objectives': objectives[objectives.metric.isin(GAP_METRICS)].to_dict('records'),
+            'objectives': objectives[objectives.metric.isin(GAP_METRICS + TASK_GAP_METRICS)].to_dict('records'),
             'tradeoff': ({'table': tr['table'].to_dict('records'), 'selected': tr['selected'], 'fairness_key': tr['fairness_key'],
                           'note': tr['note']} if tr['available'] else {'note': tr['note']}),
             'stage_04': {'fairness': v04.get('fairness')} if v04 else {'note': ev['stages']['04'].get('note') or 'stage 04 recorded no report'},
@@ -403,6 +413,11 @@ def plot_group_fairness(g: dict, y=None, pred=None):
     "Selection rate and true-positive rate per group, with bootstrap intervals (grey: group too small to judge)."
     import matplotlib.pyplot as plt
     t = g['by_group'].sort_values('rows')
+    if 'selection_rate' not in t:                       # regression / multiclass: the error or accuracy per group
+        m = 'mae' if 'mae' in t else 'accuracy'
+        fig, ax = plt.subplots(figsize=(8, 0.9 + 0.32 * len(t) + 1.2))
+        ax.barh([f'{gname} (n={n})' for gname, n in zip(t.group, t.rows)], t[m], color=['lightgray' if s else 'tab:blue' for s in t.too_small])
+        ax.set_title(f"{g['feature']}: {m} per group (fairlearn MetricFrame)"); fig.tight_layout(); return fig
     fig, ax = plt.subplots(1, 2, figsize=(12, 0.9 + 0.32 * len(t) + 1.2), sharey=True)
     colors = ['lightgray' if s else 'tab:blue' for s in t.too_small]
     for a, m, title in ((ax[0], 'selection_rate', 'Selection rate (share of positive decisions)'),
@@ -565,7 +580,7 @@ def bias_markdown(g: dict, figures: dict | None = None) -> str:
                                                               if b['objectives'] else pd.DataFrame()), '## Per group (fairlearn MetricFrame)', '']
     for feat, rows in b['groups'].items():
         t = pd.DataFrame(rows)
-        show = pd.DataFrame({'group': t.group, 'rows': t.rows,
+        show = t if 'selection_rate' not in t else pd.DataFrame({'group': t.group, 'rows': t.rows,
                              'selection rate': [_with_ci(v, l, h, 3) for v, l, h in zip(t.selection_rate, t.selection_rate_lo, t.selection_rate_hi)],
                              'TPR': [_with_ci(v, l, h, 3) for v, l, h in zip(t.true_positive_rate, t.true_positive_rate_lo, t.true_positive_rate_hi)],
                              'FPR': [_with_ci(v, l, h, 3) for v, l, h in zip(t.false_positive_rate, t.false_positive_rate_lo, t.false_positive_rate_hi)],

@@ -18,8 +18,9 @@ from .data import build_preprocessor, feature_frame, infer_contract, load_source
 from .feasibility import TEST_SIZE, verifiability
 
 # %% auto #0
-__all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'infer_task', 'suggest_columns', 'quick_baseline',
-           'draft_charter', 'charter_yaml', 'init_charter', 'register_cli']
+__all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
+           'suggest_columns', 'quick_baseline', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter',
+           'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -30,13 +31,23 @@ POSITIVE_WORDS = ('yes', 'true', '1', 'y', 'positive', 'bad', 'churn', 'default'
 
 def _words(name: str) -> list[str]: return [w for w in re.split(r'[^a-z0-9]+', re.sub(r'([a-z])([A-Z])', r'\1_\2', str(name)).lower()) if w]
 
+MAX_CLASSES = 20   # a target with more distinct values than this is a number to predict (regression) when numeric
+
+def infer_other_task(y: pd.Series, target: str, values: pd.Series) -> dict:
+    "Three or more values: regression for a numeric column with many values, multiclass for up to `MAX_CLASSES` labels, else an error."
+    numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
+    if numeric and len(values) > MAX_CLASSES:
+        return {'task': 'regression', 'positive_label': None, 'why': f'a number with {len(values)} distinct values', 'counts': {}}
+    if len(values) <= MAX_CLASSES:
+        return {'task': 'multiclass_classification', 'positive_label': None, 'why': f'{len(values)} labels', 'counts': values.to_dict()}
+    raise MlcycleError(f'--target {target}: {len(values)} distinct text values ({", ".join(values.index[:5])}, ...): too many labels for a classifier; '
+                       'choose a numeric target (regression), or group the labels into at most 20 in the data')
+
 def infer_task(y: pd.Series, target: str) -> dict:
     "Task and positive label from the target column; an error naming the fix for anything but two values."
     values = y.dropna().astype(str).value_counts()
     if len(values) < 2: raise MlcycleError(f'--target {target}: the column has {len(values)} value(s) ({", ".join(values.index[:1])}); a model needs two classes: choose another target')
-    if len(values) > 2:
-        raise MlcycleError(f'--target {target}: {len(values)} distinct values ({", ".join(values.index[:5])}, ...): multiclass and regression are not supported yet; '
-                           'choose a binary target, or derive one (e.g. above/below a threshold) in the data')
+    if len(values) > 2: return infer_other_task(y, target, values)
     named = [v for v in values.index if v.strip().lower() in POSITIVE_WORDS]
     pos = named[0] if len(named) == 1 else values.index[-1]
     why = f'the value that reads as positive ({pos!r})' if len(named) == 1 else f'the rarer value ({values[pos] / values.sum():.1%} of rows)'
@@ -99,6 +110,7 @@ def draft_charter(df: pd.DataFrame, target: str, data_path: str, name: str | Non
     features, requirements from the size, objectives from a quick baseline, and each objective's verifiability."""
     if target not in df.columns: raise MlcycleError(f'--target {target}: no such column; columns are: {", ".join(map(str, df.columns))}')
     task = infer_task(df[target], target)
+    if task['task'] != 'binary_classification': return draft_task_charter(df, target, data_path, name, task)
     if positive_label is not None:
         if str(positive_label) not in task['counts']: raise MlcycleError(f'--positive-label {positive_label}: not a value of {target!r}; values: {", ".join(task["counts"])}')
         task.update(positive_label=str(positive_label), why='given with --positive-label')
@@ -128,6 +140,39 @@ def draft_charter(df: pd.DataFrame, target: str, data_path: str, name: str | Non
     from mlcycle.features import suggest_features     # stage 02's proposals, written as comments: the user decides
     return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': ver.reset_index(),
             'features': suggest_features(infer_contract(df, c), df)}
+
+# %% ../nbs/01b_init.ipynb #a6ea2703
+def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str | None, task: dict) -> dict:
+    "`draft_charter` for a regression or multiclass target."
+    from mlcycle.feasibility import task_quick_scores
+    df = df[df[target].notna()].reset_index(drop=True)
+    cols = suggest_columns(df, target)
+    name = re.sub(r'[^A-Za-z0-9_.-]+', '-', name or f'{target}-model').strip('-') or 'my-model'
+    reg = task['task'] == 'regression'
+    primary = {'metric': 'rmse', 'max': 1.0, 'primary': True} if reg else {'metric': 'macro_f1', 'min': 0.5, 'primary': True}
+    gap = 'mae_difference' if reg else 'accuracy_difference'
+    d = _draft(name, data_path, target, task, cols, len(df), [primary] + [{'metric': gap, 'max': 1.0 if reg else 0.5, 'sensitive_feature': f} for f in cols['sensitive']])
+    if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
+    draft = parse_charter(d)
+    base = task_quick_scores(draft, df, seed=draft.development.seed)[0]
+    quick = base[base.model == 'quick_model'].set_index('objective').value
+    value = lambda o: float(quick[o.describe()])
+    objectives = []
+    for o in draft.objectives:
+        v = value(o)
+        if o.primary: t = float(f'{v * 1.1:.2g}') if reg else round(max(0.0, math.floor((v - 0.05) * 100) / 100), 2)
+        elif reg: t = float(f'{max(v, 1e-9) * 1.5:.2g}')
+        else: t = round(min(1.0, max(0.05, math.ceil(v * 20) / 20)), 2)
+        objectives.append({**o.model_dump(exclude_none=True, exclude={'primary'} if not o.primary else set()), ('max' if reg or not o.primary else 'min'): t})
+    d['objectives'] = objectives + [{'metric': 'p95_latency_ms', 'max': 50}]
+    c = parse_charter(d)
+    notes = {'task': f"{task['task']}: {target!r} is {task['why']}",
+             'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
+                          'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
+             'requirements': f"from the data's size: {len(df)} rows",
+             'baseline': f"quick {'ridge' if reg else 'logistic'} regression, 3-fold CV: " + ', '.join(f'{k} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
+             'objectives': {o.describe(): f'quick model {value(o):.4g}' if o.describe() in quick.index else '' for o in c.objectives}}
+    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': dict(quick), 'verifiability': pd.DataFrame()}
 
 # %% ../nbs/01b_init.ipynb #7a3d3592
 def _y(obj) -> str:

@@ -19,7 +19,7 @@ from .charter import Charter, binary_target, workspace_charter
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
                            numeric_edges, psi)
-from .stats import (N_RESAMPLES, auc_delong, bootstrap_indices, normal_interval, percentile_ci, resampled_metric,
+from .stats import (N_RESAMPLES, resampled_errors, auc_delong, bootstrap_indices, normal_interval, percentile_ci, resampled_metric,
                            two_proportion_test, wilson_interval)
 
 # %% auto #0
@@ -28,7 +28,10 @@ __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', '
            'logged_rows', 'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci',
            'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'operations',
            'server_error_rate', 'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups',
-           'free_port', 'local_server', 'ensure_champion', 'monitor_window', 'run_monitoring', 'register_cli']
+           'free_port', 'local_server', 'ensure_champion', 'monitor_window', 'run_monitoring', 'task_log_view',
+           'task_measurable', 'task_realized_performance', 'task_performance_over_time', 'task_group_errors',
+           'task_fairness_objectives', 'task_prediction_drift', 'task_score_checks', 'monitor_task_window',
+           'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -382,7 +385,7 @@ def plot_performance(over_time: pd.DataFrame, c: Charter):
         t0 = over_time.ts_start.min()
         for (v, arm), g in over_time.groupby(['model_version', 'arm']):
             x = ((g.ts_start + g.ts_end) / 2 - t0) / 60
-            for a, m in zip(ax[:2], (p, 'accuracy')):
+            for a, m in zip(ax[:2], (p, 'mae' if c.task == 'regression' else 'accuracy')):
                 a.plot(x, g[m], 'o-', label=f'v{v} {arm}'); a.fill_between(x, g[f'{m}_lo'], g[f'{m}_hi'], alpha=.2)
             ax[2].plot(x, g.coverage, 'o-', label=f'v{v} {arm}')
     ax[0].axhline(c.primary.threshold, color='tab:red', ls='--', label=f'objective {c.primary.describe()}')
@@ -393,6 +396,11 @@ def plot_performance(over_time: pd.DataFrame, c: Charter):
 def plot_groups(rates: pd.DataFrame, c: Charter):
     "Selection rate and TPR per sensitive group and version, with Wilson intervals."
     import matplotlib.pyplot as plt
+    if len(rates) and 'selection_rate' not in rates:                  # regression / multiclass: the error or accuracy per group
+        m = 'mae' if 'mae' in rates else 'accuracy'
+        fig, ax = plt.subplots(figsize=(8, 2.2 + 0.3 * len(rates)))
+        ax.barh('v' + rates.model_version + ' ' + rates.feature + '=' + rates.group, rates[m]); ax.set_title(f'{m} per group (labelled rows)')
+        fig.tight_layout(); return fig
     feats = list(dict.fromkeys(rates.feature)) if len(rates) else []
     fig, ax = plt.subplots(max(1, len(feats)), 2, figsize=(14, 2.2 + 0.3 * max(len(rates), 1)), squeeze=False)
     for i, f in enumerate(feats):
@@ -570,6 +578,7 @@ def _monitoring_outputs(r: dict, counts: dict, seconds: float) -> dict:
 def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
                    alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
     "Every check of stage 06 on a log window: drift, prediction drift and skew, realized performance, fairness, operations, alerts."
+    if c.task != 'binary_classification': return monitor_task_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
     drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha)
     versions = _versions(log, model_version)
     pred_drift, skew = _score_checks(ws, c, contract, fps, log, versions, alpha)
@@ -607,6 +616,153 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
             if a['severity'] != 'info': st.record('monitoring_alert', **a)
         st.record('monitoring_recommendation', retrain=r['recommendation']['retrain'], why=r['recommendation']['text'])
     return dict(charter=c, workspace=ws, **{k: r[k] for k in _RESULT_KEYS})
+
+# %% ../nbs/06_monitoring.ipynb #1ac31244
+def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
+    "The log with `label` the prediction (number or class) and `y_true` the true value (number or class; NaN until labelled)."
+    v = log.copy()
+    if c.task == 'regression':
+        v['label'] = v.probability.astype(float)
+        v['y_true'] = pd.to_numeric(v.label_true, errors='coerce').where(v.y_true.notna())
+        if 'shadow_probability' in v: v['shadow_label'] = v.shadow_probability
+    else:
+        classes = np.asarray(contract['classes'], dtype=object)
+        v['label'] = classes[v.label.to_numpy(int)]
+        v['y_true'] = v.label_true.astype(object).where(v.y_true.notna())
+        if 'shadow_label' in v: v['shadow_label'] = [classes[int(k)] if pd.notna(k) else None for k in v.shadow_label]
+    return v
+
+def _task_value_ci(c: Charter, metric: str, y, pred, alpha: float, seed: int = 0) -> tuple[float, float, float]:
+    "A metric of labelled rows with a percentile-bootstrap interval (regression errors vectorised)."
+    from mlcycle.charter import objective_value
+    y, pred = np.asarray(y), np.asarray(pred)
+    if len(y) < 2: return float('nan'), float('nan'), float('nan')
+    idx = bootstrap_indices(len(y), N_RESAMPLES, seed)
+    if c.task == 'regression': draws = resampled_errors(metric, y.astype(float), pred.astype(float), idx)
+    else: draws = np.array([objective_value(metric, y[i], pred=pred[i]) for i in idx])
+    return float(objective_value(metric, y, pred=pred)), *percentile_ci(draws, 1 - alpha)
+
+def task_measurable(c: Charter, metric: str) -> bool:
+    "Whether production can measure `metric` from logged answers (multiclass logs the predicted class, not every probability)."
+    return c.task == 'regression' or metric in ('accuracy', 'balanced_accuracy', 'macro_f1')
+
+def _task_perf_row(c: Charter, lab: pd.DataFrame, alpha: float) -> dict:
+    p, second = c.primary.metric, ('mae' if c.task == 'regression' else 'accuracy')
+    pv, plo, phi = _task_value_ci(c, p, lab.y_true, lab.label, alpha) if task_measurable(c, p) else (float('nan'),) * 3
+    sv, slo, shi = _task_value_ci(c, second, lab.y_true, lab.label, alpha)
+    out = {p: pv, f'{p}_lo': plo, f'{p}_hi': phi, second: sv, f'{second}_lo': slo, f'{second}_hi': shi}
+    if c.task == 'regression': out['mean_error'] = float((lab.label.astype(float) - lab.y_true.astype(float)).mean()) if len(lab) else float('nan')
+    return {'accuracy': float('nan'), 'accuracy_lo': float('nan'), 'accuracy_hi': float('nan'), **out}
+
+def task_realized_performance(view: pd.DataFrame, c: Charter, alpha: float = 0.05) -> pd.DataFrame:
+    "`realized_performance` for regression and multiclass: per version and arm, coverage, label delay and the primary metric with its interval."
+    rows = []
+    for (v, arm), g in _arms(view).groupby(['model_version', 'arm'], sort=True):
+        lab = g[g.y_true.notna()]
+        rows.append({'model_version': v, 'arm': arm, 'served': len(g), 'labelled': len(lab), 'coverage': len(lab) / len(g) if len(g) else 0.0,
+                     'label_delay_s_median': float((lab.feedback_ts - lab.ts).median()) if len(lab) else float('nan'),
+                     **_task_perf_row(c, lab, alpha)})
+    return pd.DataFrame(rows)
+
+def task_performance_over_time(view: pd.DataFrame, c: Charter, buckets: int = 8, min_rows: int = 100, alpha: float = 0.05) -> pd.DataFrame:
+    "`performance_over_time` for regression and multiclass: equal-count buckets of labelled rows."
+    rows = []
+    for (v, arm), g in _arms(view).groupby(['model_version', 'arm'], sort=True):
+        g = g.sort_values('ts'); lab = g[g.y_true.notna()]
+        if len(lab) == 0: continue
+        for i, part in enumerate(np.array_split(np.arange(len(lab)), int(max(1, min(buckets, len(lab) // max(min_rows, 1)))))):
+            b = lab.iloc[part]; served = int(((g.ts >= b.ts.min()) & (g.ts <= b.ts.max())).sum())
+            rows.append({'model_version': v, 'arm': arm, 'bucket': i, 'ts_start': b.ts.min(), 'ts_end': b.ts.max(), 'labelled': len(b),
+                         'coverage': len(b) / served if served else float('nan'), **_task_perf_row(c, b, alpha)})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/06_monitoring.ipynb #e546ead1
+def task_group_errors(view: pd.DataFrame, c: Charter, feature: str) -> pd.DataFrame:
+    "Per version and group of `feature`: rows, mean prediction (regression) and, on labelled rows, MAE and mean error or accuracy."
+    col, rows = f'x_{feature}', []
+    if col not in view.columns: return pd.DataFrame(rows)
+    g_all = view.assign(_g=view[col].astype(str).where(view[col].notna(), '<missing>'), _v=view.model_version.astype(str))
+    for (v, grp), g in g_all.groupby(['_v', '_g'], sort=True):
+        lab = g[g.y_true.notna()]
+        r = {'model_version': v, 'feature': feature, 'group': grp, 'rows': len(g), 'labelled': len(lab)}
+        if c.task == 'regression':
+            e = lab.label.astype(float) - lab.y_true.astype(float)
+            r.update(mean_prediction=float(g.label.astype(float).mean()), mae=float(e.abs().mean()) if len(lab) else float('nan'),
+                     mean_error=float(e.mean()) if len(lab) else float('nan'))
+        else: r.update(accuracy=float((lab.label == lab.y_true).mean()) if len(lab) else float('nan'))
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+def task_fairness_objectives(rates: pd.DataFrame, c: Charter) -> pd.DataFrame:
+    "Each fairness objective (mae_difference, accuracy_difference) per version over groups with at least min_group_size labelled rows."
+    out, min_n = [], c.data.requirements.min_group_size
+    for o in c.objectives_of('fairness'):
+        r = rates[rates.feature == o.sensitive_feature] if len(rates) else rates
+        col = 'mae' if o.metric == 'mae_difference' else 'accuracy'
+        for v, g in (r.groupby('model_version') if len(r) else []):
+            sel = g[(g.labelled >= min_n) & g[col].notna()]
+            value = float(sel[col].max() - sel[col].min()) if len(sel) >= 2 else float('nan')
+            detail = f'{col} {sel[col].min():.4g}–{sel[col].max():.4g} over {len(sel)} groups' if len(sel) >= 2 else f'fewer than two groups with {min_n} labelled rows'
+            measured = bool(np.isfinite(value))
+            out.append({'objective': o.describe(), 'model_version': v, 'value': value, 'threshold': o.threshold, 'measured': measured,
+                        'passed': o.met(value) if measured else None, 'clearly_violated': False, 'groups_judged': int(len(sel)), 'detail': detail})
+    return pd.DataFrame(out)
+
+def task_prediction_drift(c: Charter, ref, cur, alpha: float = 0.05) -> dict:
+    "Drift of the predicted numbers (regression) or of the class mix (multiclass): PSI and the drift test of `DriftDetector`."
+    col = 'prediction' if c.task == 'regression' else 'predicted_label'
+    ref, cur = pd.DataFrame({col: ref}), pd.DataFrame({col: cur})
+    if c.task != 'regression': ref, cur = ref.astype(str), cur.astype(str)
+    t = DriftDetector(ref).compare(cur, alpha=alpha).iloc[0]
+    out = {'rows': len(cur), 'psi': float(t.psi), 'ks': float(t.statistic), 'p_value': float(t.p_value), 'status': str(t.status),
+           'positive_rate_ref': float('nan'), 'positive_rate_cur': float('nan')}
+    if c.task == 'regression': out.update(mean_ref=float(ref[col].mean()), mean_cur=float(cur[col].mean()) if len(cur) else float('nan'))
+    else: out.update(class_mix_ref=ref[col].value_counts(normalize=True).round(4).to_dict(), class_mix_cur=cur[col].value_counts(normalize=True).round(4).to_dict())
+    return out
+
+def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view: pd.DataFrame, versions: list, alpha: float) -> tuple[dict, dict]:
+    "Per version: prediction drift (validation predictions vs served ones) and training–serving skew (served rows re-scored through scikit-learn)."
+    from mlcycle.data import feature_frame
+    from mlcycle.train import score_rows
+    val = feature_frame(ws.load_snapshot(fps['validation']), contract)
+    pred_drift, skew = {}, {}
+    for v in versions:
+        served = view[view.model_version.astype(str) == v]
+        try: model = _load_model(ws, c, v)
+        except Exception as e:
+            skew[v] = {'checked': 0, 'note': f'cannot load v{v}: {str(e).splitlines()[0][:200]}', 'skew': False}; continue
+        pred_drift[v] = task_prediction_drift(c, score_rows(model, val)[1], served.label.to_numpy(), alpha)
+        X = log_features(served.tail(20_000), contract)
+        if c.retention.log_sensitive_features != 'store' and c.data.sensitive_features or not len(X) or any(f not in X for f in contract['features']):
+            skew[v] = {'checked': 0, 'skew': False, 'note': 'rows cannot be re-scored from the log'}; continue
+        got = score_rows(model, X)[1]; logged = served.tail(20_000).label.to_numpy()
+        if c.task == 'regression':
+            diff = np.abs(np.asarray(got, float) - logged.astype(float)); bad = diff > 1e-6 * np.maximum(1, np.abs(logged.astype(float)))
+        else: diff = (np.asarray(got).astype(str) != logged.astype(str)).astype(float); bad = diff > 0
+        skew[v] = {'rows': len(served), 'checked': len(X), 'max_score_diff': float(diff.max()), 'rows_score_differs': int(bad.sum()),
+                   'rows_decision_differs': int(bad.sum()), 'tolerance': 1e-6, 'skew': bool(bad.any())}
+    return pred_drift, skew
+
+def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
+                        alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
+    "`monitor_window` for a regression or multiclass charter: the same checks and result keys, read through `task_log_view`."
+    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha)
+    versions, view = _versions(log, model_version), task_log_view(log, c, contract)
+    pred_drift, skew = task_score_checks(ws, c, contract, fps, view, versions, alpha)
+    perf, over_time = task_realized_performance(view, c, alpha), task_performance_over_time(view, c, alpha=alpha)
+    policy = c.retention.log_sensitive_features
+    rates = pd.concat([task_group_errors(view, c, f) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True) if policy != 'drop' else pd.DataFrame()
+    fair = task_fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
+    fairness_note = 'the log drops the sensitive features: fairness cannot be monitored' if policy == 'drop' and c.data.sensitive_features else ''
+    ops = operations(log)
+    errors = server_error_rate(server_url) if server_url else None
+    alerts = build_alerts(c, drift, pred_drift, skew, perf, fair, ops, errors)
+    win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
+           'labelled': int(log.y_true.notna().sum()), 'versions': versions}
+    return dict(log=log, window=win, drift=drift, drift_seconds=drift_seconds, prediction_drift=pred_drift, serving_skew=skew,
+                feature_skew=feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None,
+                performance=perf, over_time=over_time, group_rates=rates, fairness=fair, fairness_note=fairness_note,
+                operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
 
 # %% ../nbs/06_monitoring.ipynb #a7378e66
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args

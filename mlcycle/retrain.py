@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, fingerprint_df, read_json, setup_mlflow, to_json
-from .charter import Charter, binary_target, workspace_charter
+from .charter import Charter, binary_target, stratify_labels, target_summary, task_target, workspace_charter
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, two_proportion_sample_size, two_proportion_test
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
 
@@ -93,7 +93,8 @@ def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'fe
     if not len(df): raise MlcycleError(f'{what} has no rows')
     validate_batch(df, contract, require_target=True, what=what)
     known = {str(v) for v in df[target].dropna().unique()}
-    if len(known) > 2:
+    if c.task == 'regression': df[target] = pd.to_numeric(df[target])      # feedback labels arrive as text
+    elif c.task == 'binary_classification' and len(known) > 2:
         raise MlcycleError(f'{what}: the target {target!r} must have at most two values, found {sorted(known)[:10]}')
     return df.reset_index(drop=True)
 
@@ -155,7 +156,7 @@ def assemble_training_set(history: pd.DataFrame, new: pd.DataFrame, c: Charter, 
     out['_weight'] = recency_weights(out._ts, hl) if strategy == 'weighted' else 1.0
     if strategy == 'weighted': info['half_life_rows'] = hl
     info.update(rows=len(out), rows_from_history=int((out._source == 'history').sum()), rows_new=int((out._source == 'new').sum()),
-                positive_rate=float(binary_target(c, out[c.data.target]).mean()))
+                **target_summary(c, out[c.data.target]))
     return out, info
 
 def split_for_retraining(assembled: pd.DataFrame, c: Charter, holdout: pd.DataFrame, validation_size: float = 0.2,
@@ -163,7 +164,7 @@ def split_for_retraining(assembled: pd.DataFrame, c: Charter, holdout: pd.DataFr
     "Train / validation (stratified) from the assembled rows, weighted resampling of train; `holdout` is the gate's test split."
     from sklearn.model_selection import train_test_split
     assembled = in_key_order(assembled)          # the split depends on which rows there are, never on the order they arrived in
-    y = binary_target(c, assembled[c.data.target])
+    y = stratify_labels(c, assembled[c.data.target])
     tr, va = train_test_split(assembled, test_size=validation_size, stratify=y, random_state=seed)
     tr_unweighted = tr
     if (tr._weight != 1).any():
@@ -179,8 +180,9 @@ def recent_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_r
     if not 0 <= test_share < 1: raise MlcycleError(f'test_share must be in [0, 1), not {test_share}')
     n_test = int(round(len(new) * test_share))
     if n_test < min_rows: return new, None
-    y = binary_target(c, new[c.data.target])
-    tr, te = train_test_split(new, test_size=n_test, stratify=y if min(np.bincount(y, minlength=2)) >= 2 else None, random_state=seed)
+    y = stratify_labels(c, new[c.data.target])
+    ok = min(np.bincount(y, minlength=2)) >= 2 if c.task == 'binary_classification' else pd.Series(y).value_counts().min() >= 2
+    tr, te = train_test_split(new, test_size=n_test, stratify=y if ok else None, random_state=seed)
     return tr.sort_values('_ts', kind='stable').reset_index(drop=True), te.sort_values('_ts', kind='stable').reset_index(drop=True)
 
 # %% ../nbs/07_retraining.ipynb #e7a1d002
@@ -213,7 +215,7 @@ def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFram
     from sklearn.base import clone
     from mlcycle.train import Candidate, FairMixtureClassifier, FairThresholdClassifier, fit_exponentiated_gradient, fit_threshold_optimizer
     from mlcycle.data import feature_frame
-    X, y = feature_frame(train_df, contract), binary_target(c, train_df[c.data.target])
+    X, y = feature_frame(train_df, contract), task_target(c, train_df[c.data.target])
     fair = c.objectives_of('fairness')
     t0 = time.perf_counter()
     if isinstance(champion, FairMixtureClassifier):
@@ -230,7 +232,7 @@ def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFram
                      note='champion configuration refitted on the new training set')]
     sf = champion.sensitive_feature if isinstance(champion, FairThresholdClassifier) else (
         fair[0].sensitive_feature if fair and fair[0].sensitive_feature in contract['features'] else None)
-    if sf:       # as stage 03 does for every base model when the charter has a fairness objective
+    if sf and c.task == 'binary_classification':       # as stage 03 does for every base model when the charter has a fairness objective
         t1 = time.perf_counter()
         o = next((o for o in fair if o.sensitive_feature == sf), fair[0] if fair else None)
         model, _ = fit_threshold_optimizer(base, X, y, sf, o.metric if o else 'demographic_parity_difference',
@@ -312,6 +314,9 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
     "Compare champion and challenger on the labelled log rows per `design`: status continue / complete, the test, and the result."
     alpha = design.get('alpha', 0.05) if alpha is None else alpha
     arms = ab_arms(log, champion, challenger, since)
+    if c.task != 'binary_classification':
+        from mlcycle.task_ab import analyze_task_ab
+        return analyze_task_ab(arms, c, design, champion, challenger, looks_so_far, alpha)
     shadow = design['mode'] == 'shadow'
     if shadow:
         s = arms['shadow']
@@ -475,12 +480,19 @@ def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_v
     "Fix the A/B design from both models' accuracy on the gate's rows, make the version @challenger, and record the design."
     from mlcycle.data import feature_frame
     from mlcycle.deploy import promote
-    Xt, yt = feature_frame(test_df, contract), binary_target(c, test_df[c.data.target])
+    Xt, yt = feature_frame(test_df, contract), task_target(c, test_df[c.data.target])
     right_c = champion_model.predict(Xt) == yt
     right_n = np.asarray(gate['pred']) == yt
-    design = ab_design(c, float(right_c.mean()), ab_share, shadow, float((right_c != right_n).mean()),
-                       method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
-    if not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: enough rows for its test too
+    if c.task == 'regression':
+        from mlcycle.task_ab import regression_ab_design
+        design = regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples)
+    else:
+        p_c = float(right_c.mean())
+        if c.task == 'multiclass_classification':      # a champion right on every gate row: the design asks for the MDE just below 1
+            p_c = min(p_c, 1 - c.validation.min_detectable_effect - 1e-3)
+        design = ab_design(c, p_c, ab_share, shadow, float((right_c != right_n).mean()), method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
+    if c.task == 'multiclass_classification': design['classes'] = contract['classes']
+    if c.task == 'binary_classification' and not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: enough rows for its test too
         prim = primary_design(c, yt, champion_model.predict_proba(Xt)[:, 1], np.asarray(gate['proba']), ab_share, design['alpha'], design['power'])
         design.update(metric=c.primary.metric, secondary_metric='accuracy', primary_design=prim)
         if not design.get('override'):

@@ -14,7 +14,7 @@ from .train import row_uniforms
 
 # %% auto #0
 __all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'fair_threshold_scorer',
-           'fair_mixture_scorer']
+           'fair_mixture_scorer', 'output_kind', 'make_task_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -165,6 +165,7 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
     arrays in contract order); the scorer's `.fast` says whether a compiled preprocessor (checked on `probe`) replaced scikit-learn's."""
     import sklearn
     from sklearn.pipeline import Pipeline
+    if output_kind(model) != 'binary': return make_task_scorer(model, probe)
     if (fair := fair_threshold_scorer(model, probe) or fair_mixture_scorer(model, probe)) is not None: return fair
     fast = False
     if isinstance(model, Pipeline) and len(model.steps) > 1:
@@ -227,3 +228,34 @@ def fair_mixture_scorer(model, probe: pd.DataFrame | None):
         return np.asarray(p, float), (row_uniforms(F[cols], model.seed) < q).astype('int64')
     score.fast = True
     return score if _same_as_model(score, model, probe) else None
+
+# %% ../nbs/05a_scorer.ipynb #21fea519
+def output_kind(model) -> str:
+    "'regression', 'multiclass' or 'binary': what the final estimator of `model` outputs."
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    if not hasattr(last, 'predict_proba') and not hasattr(model, 'predict_proba'): return 'regression'
+    classes = getattr(last, 'classes_', getattr(model, 'classes_', None))
+    return 'multiclass' if classes is not None and len(classes) > 2 else 'binary'
+
+def make_task_scorer(model, probe: pd.DataFrame | None = None):
+    "`make_scorer` for a regressor (number, 0) or a multiclass classifier (probability of the class, class index); `.answer` renders a row."
+    import sklearn
+    from sklearn.pipeline import Pipeline
+    kind, fast = output_kind(model), False
+    last, transform = (model.steps[-1][1], model[:-1].transform) if isinstance(model, Pipeline) and len(model.steps) > 1 else (model, None)
+    if transform is not None and len(model.steps) == 2 and probe is not None:
+        compiled = compiled_if_equal(model, probe)
+        if compiled is not None: transform, fast = compiled, True
+    classes = [str(k) for k in getattr(last, 'classes_', [])]
+    def score(X):
+        if isinstance(X, dict) and not fast: X = pd.DataFrame(X)
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            Z = transform(X) if transform is not None else X
+            if kind == 'regression': v = np.asarray(last.predict(Z), dtype='float64'); return v, np.zeros(len(v), dtype='int64')
+            P = last.predict_proba(Z); i = np.argmax(P, axis=1)
+            return P[np.arange(len(i)), i].astype('float64'), i.astype('int64')
+    def answer(a: dict) -> dict:
+        if kind == 'regression': return {'request_id': a['request_id'], 'prediction': a['probability'], 'model_version': a['model_version'], 'arm': a['arm']}
+        return {**a, 'label': classes[a['label']]}
+    score.fast, score.kind, score.classes, score.answer = fast, kind, classes, answer
+    return score

@@ -161,7 +161,8 @@ class ModelServer:
         if not contract_path.exists(): raise MlcycleError(f'no data contract at {contract_path}: run stage 02 in this workspace first')
         self.contract = read_json(contract_path)
         self.parser = RowParser(self.contract, c.data.id_column, max_rows=max_rows)
-        self.labels = LabelCheck(c.data.positive_label, target_classes(ws, c.data.target))
+        self.labels = (LabelCheck(c.data.positive_label, target_classes(ws, c.data.target)) if c.task != 'regression'
+                       else LabelCheck(float('nan')))   # regression: any finite number is a label
         mode = c.retention.log_sensitive_features
         self.policy = SensitivePolicy(mode, c.data.sensitive_features, workspace_log_key(ws) if mode == 'hash' else b'')
         self.admin_token = admin_token if admin_token is not None else os.environ.get('MLCYCLE_ADMIN_TOKEN', '')
@@ -239,7 +240,7 @@ async def predict(self: ModelServer, records, t0: float | None = None) -> list[d
 
 async def invocations(self: ModelServer, body, t0: float | None = None) -> dict:
     "MLflow's scoring protocol: `{'predictions': [labels]}`, as `mlflow models serve` answers."
-    return {'predictions': [a['label'] for a in await self.predict(mlflow_records(body), t0)]}
+    return {'predictions': [a['prediction'] if 'prediction' in a else a['label'] for a in await self.predict(mlflow_records(body), t0)]}
 
 ModelServer.predict, ModelServer.invocations = predict, invocations
 

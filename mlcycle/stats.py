@@ -14,10 +14,12 @@ from scipy.stats import norm, rankdata
 from .core import MlcycleError
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'bootstrap_indices', 'percentile_ci', 'roc_auc_rows',
-           'resampled_metric', 'performance_with_ci', 'group_rates_per_draw', 'fairness_gaps_per_draw',
-           'resampled_fairness', 'normal_interval', 'wilson_interval', 'auc_delong', 'two_proportion_test',
-           'mcnemar_test', 'two_proportion_sample_size', 'paired_sample_size', 'obrien_fleming_spent']
+__all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'bootstrap_indices',
+           'percentile_ci', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci', 'resampled_errors',
+           'paired_difference_test', 'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size',
+           'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness', 'normal_interval', 'wilson_interval',
+           'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size', 'paired_sample_size',
+           'obrien_fleming_spent']
 
 # %% ../nbs/00b_stats.ipynb #cc1a1d31
 N_RESAMPLES = 500
@@ -79,6 +81,51 @@ def performance_with_ci(y, proba, pred=None, n_resamples: int = N_RESAMPLES, see
         lo, hi = percentile_ci(resampled_metric(m, y, proba, pred, idx), level)
         rows.append({'metric': m, 'value': point(m, y, proba, pred), 'ci_low': lo, 'ci_high': hi})
     return pd.DataFrame(rows)
+
+# %% ../nbs/00b_stats.ipynb #bece41a1
+ERROR_METRICS = ('rmse', 'mae', 'abs_mean_error', 'mean_error', 'r2')
+
+def resampled_errors(metric: str, y, pred, idx) -> np.ndarray:
+    "A regression metric (`ERROR_METRICS`) on every bootstrap draw: one value per row of the index matrix `idx`."
+    y, pred = np.asarray(y, float), np.asarray(pred, float)
+    E = (pred - y)[idx]
+    if metric == 'rmse': return np.sqrt((E ** 2).mean(1))
+    if metric == 'mae': return np.abs(E).mean(1)
+    if metric == 'mean_error': return E.mean(1)
+    if metric == 'abs_mean_error': return np.abs(E.mean(1))
+    if metric == 'r2':
+        Y = y[idx]; ss = ((Y - Y.mean(1, keepdims=True)) ** 2).sum(1)
+        with np.errstate(invalid='ignore', divide='ignore'): return np.where(ss > 0, 1 - (E ** 2).sum(1) / ss, np.nan)
+    raise MlcycleError(f'no resampled form of regression metric {metric!r}; known: {", ".join(ERROR_METRICS)}')
+
+def paired_difference_test(a, b, alpha: float = 0.05) -> dict:
+    "Paired t-test of mean(b − a) (e.g. the challenger's minus the champion's absolute errors on the same rows) with its interval."
+    d = np.asarray(b, float) - np.asarray(a, float); n = len(d)
+    if n < 2: return {'difference': float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'), 'p_value': float('nan'), 'n': n, 'significant': False}
+    from scipy.stats import t as tdist
+    m, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(n))
+    q = float(tdist.ppf(1 - alpha / 2, n - 1))
+    p = float(2 * tdist.sf(abs(m / se), n - 1)) if se > 0 else (0.0 if m != 0 else 1.0)
+    return {'difference': m, 'ci_low': m - q * se, 'ci_high': m + q * se, 'p_value': p, 'n': n, 'significant': bool(p < alpha)}
+
+def welch_test(a, b, alpha: float = 0.05) -> dict:
+    "Welch's t-test of mean(a) − mean(b) for two independent samples (e.g. the champion's and the challenger's absolute errors), with its interval."
+    from scipy.stats import t as tdist
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2: return {'difference': float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'), 'p_value': float('nan')}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b); se = math.sqrt(va + vb); m = float(a.mean() - b.mean())
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2
+    q = float(tdist.ppf(1 - alpha / 2, df))
+    p = float(2 * tdist.sf(abs(m / se), df)) if se > 0 else (0.0 if m != 0 else 1.0)
+    return {'difference': m, 'ci_low': m - q * se, 'ci_high': m + q * se, 'p_value': p}
+
+def two_mean_sample_size(sd: float, mde: float, share: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> int:
+    "Total rows a two-sample comparison of means needs to detect `mde` when each arm's values have standard deviation `sd` (challenger share `share`)."
+    return int(math.ceil(((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd / mde) ** 2 * (1 / share + 1 / (1 - share))))
+
+def paired_mean_sample_size(sd_difference: float, mde: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    "Rows a paired comparison needs to detect a mean difference `mde` given the standard deviation of the paired differences."
+    return int(math.ceil(((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd_difference / mde) ** 2))
 
 # %% ../nbs/00b_stats.ipynb #0ef9037b
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']

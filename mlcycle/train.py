@@ -19,19 +19,20 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 import mlcycle
 from .core import MlcycleError, Workspace, read_json, setup_mlflow, to_json
-from .charter import Charter, binary_target, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
+from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'SKOPS_TRUSTED_TYPES',
-           'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate', 'search_candidate', 'row_uniforms',
-           'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'fit_threshold_optimizer',
-           'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient', 'score_rows', 'machine_load',
-           'latency_context', 'single_row_timings', 'single_row_latency', 'evaluate_candidate', 'train_candidates',
-           'refit_candidate', 'cv_estimates', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
-           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
-           'register_model', 'load_model_version', 'model_version_info', 'plot_tradeoff', 'run_model_development']
+           'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
+           'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
+           'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
+           'score_rows', 'task_outputs', 'machine_load', 'latency_context', 'single_row_timings', 'single_row_latency',
+           'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'refit_candidate', 'cv_estimates',
+           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
+           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
+           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -43,10 +44,12 @@ SEARCH_SPACES = {
     'random_forest': {'max_depth': [8, 12, 16, None], 'min_samples_leaf': [2, 5, 10, 20], 'max_features': ['sqrt', 0.2, 0.33]},
     'hist_gradient_boosting': {'learning_rate': _loguniform(0.05, 0.3), 'max_leaf_nodes': [15, 31, 63],
                                'min_samples_leaf': [20, 50, 100], 'l2_regularization': _loguniform(1e-3, 10)},
+    'ridge': {'alpha': _loguniform(1e-2, 1e3)},                                              # regression's linear model
 }
 
-def base_estimator(family: str, seed: int = 0):
-    "The untuned final estimator of candidate `family` (one of `SEARCH_SPACES`)."
+def base_estimator(family: str, seed: int = 0, task: str = 'binary_classification'):
+    "The untuned final estimator of candidate `family` (one of `SEARCH_SPACES`) for the charter's `task`."
+    if task != 'binary_classification' and (task == 'regression' or family == 'logistic_regression'): return task_estimator(family, seed, task)
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     if family == 'logistic_regression': return LogisticRegression(solver='liblinear', max_iter=1000, random_state=seed)
@@ -55,14 +58,28 @@ def base_estimator(family: str, seed: int = 0):
         return HistGradientBoostingClassifier(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
     raise MlcycleError(f'unknown candidate family {family!r}; known: {", ".join(SEARCH_SPACES)}')
 
+def task_estimator(family: str, seed: int, task: str):
+    "Regression's ridge / random forest / gradient boosting regressors; multiclass's logistic regression (saga: multinomial, with l1_ratio)."
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    if task == 'multiclass_classification': return LogisticRegression(solver='saga', max_iter=2000, random_state=seed)
+    if family == 'ridge': return Ridge()
+    if family == 'random_forest': return RandomForestRegressor(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
+    if family == 'hist_gradient_boosting':
+        return HistGradientBoostingRegressor(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
+    raise MlcycleError(f'candidate {family!r} does not apply to task {task}; use ridge, random_forest or hist_gradient_boosting')
+
 def candidate_pipeline(family: str, contract: dict, seed: int = 0, **params):
     "Stage 02's feature pipeline followed by the estimator of `family` (with `params` set)."
     from sklearn.pipeline import Pipeline
-    return Pipeline([('features', build_preprocessor(contract)), ('model', base_estimator(family, seed).set_params(**params))])
+    task = contract.get('task', 'binary_classification')
+    return Pipeline([('features', build_preprocessor(contract)), ('model', base_estimator(family, seed, task).set_params(**params))])
 
 # %% ../nbs/03_model_development.ipynb #6343cc49
 SCORERS = {'roc_auc': 'roc_auc', 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'precision': 'precision',
-           'recall': 'recall', 'f1': 'f1', 'log_loss': 'neg_log_loss', 'brier': 'neg_brier_score'}
+           'recall': 'recall', 'f1': 'f1', 'log_loss': 'neg_log_loss', 'brier': 'neg_brier_score',
+           # regression and multiclass
+           'rmse': 'neg_root_mean_squared_error', 'mae': 'neg_mean_absolute_error', 'r2': 'r2', 'macro_f1': 'f1_macro', 'roc_auc_ovr': 'roc_auc_ovr'}
 
 @dataclass
 class Candidate:
@@ -88,6 +105,11 @@ def _plain(v):
     "numpy scalars → Python scalars (for params and JSON)."
     return v.item() if isinstance(v, np.generic) else v
 
+def task_folds(y, folds: int, seed: int):
+    "Stratified k-fold for class labels; plain shuffled k-fold for a regression target (floats)."
+    from sklearn.model_selection import KFold, StratifiedKFold
+    return (KFold if np.asarray(y).dtype.kind == 'f' else StratifiedKFold)(folds, shuffle=True, random_state=seed)
+
 def search_candidate(family: str, contract: dict, X: pd.DataFrame, y, primary: str = 'roc_auc', n_iter: int = 6,
                      cv_folds: int = 3, seed: int = 42, n_jobs: int = 2) -> Candidate:
     "Randomized search with stratified CV over `SEARCH_SPACES[family]`; the best configuration refitted on all of `X`."
@@ -95,7 +117,7 @@ def search_candidate(family: str, contract: dict, X: pd.DataFrame, y, primary: s
     from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
     if primary not in SCORERS: raise MlcycleError(f'primary metric {primary!r} cannot drive a search; use one of {", ".join(SCORERS)}')
     search = RandomizedSearchCV(candidate_pipeline(family, contract, seed), {f'model__{k}': v for k, v in SEARCH_SPACES[family].items()},
-                                n_iter=n_iter, scoring=SCORERS[primary], cv=StratifiedKFold(cv_folds, shuffle=True, random_state=seed),
+                                n_iter=n_iter, scoring=SCORERS[primary], cv=task_folds(y, cv_folds, seed),
                                 n_jobs=n_jobs, random_state=seed, refit=True, error_score='raise')
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -311,8 +333,18 @@ def score_rows(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """`(probability of the positive label, 0/1 decision)` for each row of `X` in one pass through the model:
     `predict_with_proba` when the model has it (the fairness wrappers do), else the class of the larger probability."""
     if hasattr(model, 'predict_with_proba'): return model.predict_with_proba(X)
+    if not hasattr(model, 'predict_proba'): return None, np.asarray(model.predict(X), dtype=float)          # a regressor
     P = model.predict_proba(X)
+    if P.shape[1] > 2:                                                                                     # multiclass
+        cls = np.asarray(model.classes_).astype(str)
+        return pd.DataFrame(P, columns=cls), cls[P.argmax(1)]
     return P[:, 1], np.asarray(model.classes_)[P.argmax(1)].astype(int)   # = predict for these classifiers, in one pass
+
+def task_outputs(c: Charter, model, X: pd.DataFrame) -> tuple:
+    """What the metrics read from a model for the charter's task: `(P(positive), 0/1 decision)` for binary (as every stage
+    always did), `(class-probability frame, label)` for multiclass, `(None, predicted number)` for regression."""
+    if c.task == 'binary_classification': return model.predict_proba(X)[:, 1], model.predict(X)
+    return score_rows(model, X)
 
 def machine_load() -> dict:
     "The 1-minute load average and CPU count: the context any timing needs (an overloaded machine slows every call)."
@@ -346,15 +378,20 @@ def single_row_latency(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2,
     return single_row_timings(model, X, rows, repeats, threads)[f'{clock}_ms'].tolist()
 
 # %% ../nbs/03_model_development.ipynb #2a1db5e5
+def task_report_metrics(c: Charter) -> list[str]:
+    "The performance metrics reported for every candidate of the charter's task."
+    if c.task == 'binary_classification': return ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
+    return [m for m in TASK_METRICS[c.task] if METRICS[m][0] == 'performance']
+
 def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_df: pd.DataFrame,
                        train_df: pd.DataFrame | None = None, latency_rows: int = 40) -> Candidate:
     "Fill in `cand.objectives`, `cand.metrics` and `cand.latencies_ms` from the validation split (and the training split's primary metric)."
-    X, y = feature_frame(validation_df, contract), binary_target(c, validation_df[c.data.target])
-    proba, pred = cand.model.predict_proba(X)[:, 1], cand.model.predict(X)
+    X, y = feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target])
+    proba, pred = task_outputs(c, cand.model, X)
     tim = single_row_timings(cand.model, X, latency_rows)
     cand.latencies_ms, load = tim.cpu_ms.tolist(), machine_load()
     cand.objectives = evaluate_objectives(c, y, proba, pred, frame=validation_df, latencies_ms=cand.latencies_ms)
-    m = {k: objective_value(k, y, proba, pred) for k in ('roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier')}
+    m = {k: objective_value(k, y, proba, pred) for k in task_report_metrics(c)}
     for o in c.objectives_of('fairness'):   # judged groups only (charter.judged_rows), as every stage gates fairness
         g = validation_df[o.sensitive_feature].astype(str).to_numpy()
         m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, g, min_group_size=c.data.requirements.min_group_size)
@@ -362,10 +399,11 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
     m['p95_latency_ms'] = float(np.percentile(cand.latencies_ms, 95)) if cand.latencies_ms else float('nan')
     m['p95_wall_ms'], m['load_average'] = float(tim.wall_ms.quantile(0.95)) if len(tim) else float('nan'), load['load_average']
     if train_df is not None:
-        Xt, yt = feature_frame(train_df, contract), binary_target(c, train_df[c.data.target])
+        Xt, yt = feature_frame(train_df, contract), task_target(c, train_df[c.data.target])
         p = c.primary.metric
-        m[f'train_{p}'] = objective_value(p, yt, cand.model.predict_proba(Xt)[:, 1], cand.model.predict(Xt))
+        m[f'train_{p}'] = objective_value(p, yt, *task_outputs(c, cand.model, Xt))
         m['overfit_gap'] = (m[f'train_{p}'] - m[p]) * (1 if c.primary.higher_is_better else -1)
+        if c.task == 'regression' and not METRICS[p][2] and m[p]: m['overfit_gap'] /= abs(m[p])   # errors in the target's unit: relative gap
     cand.metrics = m
     return cand
 
@@ -384,14 +422,16 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
     dev = c.development
     n_iter = search_iterations or dev.search_iterations
     families = families or dev.candidates
-    X, y = feature_frame(train_df, contract), binary_target(c, train_df[c.data.target])
+    X, y = feature_frame(train_df, contract), task_target(c, train_df[c.data.target])
     cands = []
     for fam in families:
         cand = search_candidate(fam, contract, X, y, c.primary.metric, n_iter, dev.cv_folds, dev.seed, n_jobs)
         log(f'{fam}: CV {c.primary.metric} {cand.cv_mean:.4f} ± {cand.cv_std:.4f} ({n_iter} configurations × {dev.cv_folds} folds, {cand.search_seconds:.1f} s)')
         cands.append(cand)
     fair = c.objectives_of('fairness')
-    if fair and mitigations:
+    if fair and mitigations and c.task != 'binary_classification':
+        log(f'fairness for {c.task}: measured and gated on every candidate ({", ".join(o.describe() for o in fair)}), no mitigation fitted')
+    elif fair and mitigations:
         o = fair[0]
         if o.sensitive_feature not in contract['features']:
             log(f'post-processing skipped: the sensitive feature {o.sensitive_feature!r} is not a model input, so it would not reach the model at prediction time')
@@ -434,7 +474,7 @@ CV_REPEATS = 2           # repeats of the stratified k-fold (k = the charter's d
 def refit_candidate(cand: Candidate, cands: list[Candidate], c: Charter, contract: dict, df: pd.DataFrame):
     "`cand`'s configuration and mitigation refitted on `df` (its base model's tuned parameters for the mitigations)."
     dev, fair = c.development, c.objectives_of('fairness')
-    X, y = feature_frame(df, contract), binary_target(c, df[c.data.target])
+    X, y = feature_frame(df, contract), task_target(c, df[c.data.target])
     if cand.mitigation is None: return clone(cand.model).fit(X, y)
     o = next(o for o in fair if o.sensitive_feature == cand.params.get('sensitive_feature'))
     if cand.mitigation == 'threshold_optimizer':
@@ -449,8 +489,8 @@ def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.Data
     """Every objective of every fitted candidate by repeated stratified CV on `df`: the candidate's `metrics` take the
     fold mean, and `<key>_sd` the fold standard deviation rescaled to `test_rows`. Returns the per-fold values."""
     from sklearn.model_selection import RepeatedStratifiedKFold
-    y = binary_target(c, df[c.data.target])
-    folds = list(RepeatedStratifiedKFold(n_splits=c.development.cv_folds, n_repeats=repeats, random_state=c.development.seed).split(df, y))
+    y = task_target(c, df[c.data.target])
+    folds = list(RepeatedStratifiedKFold(n_splits=c.development.cv_folds, n_repeats=repeats, random_state=c.development.seed).split(df, stratify_labels(c, df[c.data.target])))
     keys = {o.describe(): (f'{o.metric}[{o.sensitive_feature}]' if o.sensitive_feature else o.metric) for o in c.objectives if o.family != 'operational'}
     rows = []
     for cand in [x for x in cands if x.model is not None and x.deployable]:
@@ -673,9 +713,28 @@ def model_version_info(ws: Workspace, c: Charter, version_or_alias) -> dict:
     return {'version': str(mv.version), 'tags': dict(mv.tags), 'aliases': list(mv.aliases), 'run_id': mv.run_id, 'source': mv.source}
 
 # %% ../nbs/03_model_development.ipynb #0cdb5e53
+def plot_task_tradeoff(table: pd.DataFrame, c: Charter):
+    "Regression and multiclass: the primary metric of each candidate against its fairness gap (if the charter has one), and as bars."
+    import matplotlib.pyplot as plt
+    fair, p = c.objectives_of('fairness'), c.primary.metric
+    t = table[table[p].notna()] if p in table else table.iloc[:0]
+    fig, ax = plt.subplots(1, 2 if fair else 1, figsize=(14 if fair else 7, 4.6), squeeze=False)
+    ax = ax[0]
+    if fair:
+        o = fair[0]; key = f'{o.metric}[{o.sensitive_feature}]'
+        ax[0].scatter(t[key], t[p], s=70, edgecolor='k')
+        for r in t.itertuples(): ax[0].annotate(r.candidate, (t.loc[r.Index, key], t.loc[r.Index, p]), fontsize=7, xytext=(4, 4), textcoords='offset points')
+        ax[0].axvline(o.threshold, color='tab:red', ls='--', label=f'limit {o.describe()}'); ax[0].legend(fontsize=8)
+        ax[0].set_xlabel(key + ' (validation)'); ax[0].set_ylabel(f'{p} (validation)'); ax[0].set_title(f'{p} versus the fairness gap')
+    ax[-1].barh(t.candidate, t[p]); ax[-1].axvline(c.primary.threshold, color='tab:red', ls='--', label=f'objective {c.primary.describe()}')
+    ax[-1].set_title(f'{p} on the validation split'); ax[-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
 def plot_tradeoff(table: pd.DataFrame, c: Charter):
     "Validation accuracy against the charter's fairness metric, each candidate a point, the Pareto front as a line."
     import matplotlib.pyplot as plt
+    if c.task != 'binary_classification': return plot_task_tradeoff(table, c)
     fair = c.objectives_of('fairness')
     fig, ax = plt.subplots(1, 2 if fair else 1, figsize=(14 if fair else 7, 4.6), squeeze=False)
     ax = ax[0]

@@ -12,16 +12,18 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
-from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, evaluate_objectives, judged_rows, load_charter, objective_value, workspace_charter
+from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, workspace_charter
 from .data import feature_frame
-from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
+from .stats import ERROR_METRICS, N_RESAMPLES, bootstrap_indices, resampled_errors, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
 __all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'fairness_report',
            'slice_report', 'overfit_check', 'probe_numeric_noise', 'probe_missing_values', 'probe_unseen_categories',
            'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate', 'non_inferiority',
-           'objectives_with_ci', 'evaluate_gate', 'gate_model', 'plot_performance', 'plot_fairness', 'plot_robustness',
-           'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
+           'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_draws', 'task_performance', 'task_fairness',
+           'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check', 'task_non_inferiority',
+           'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'plot_performance', 'plot_fairness',
+           'plot_robustness', 'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -286,6 +288,8 @@ def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, trai
         return _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
 
 def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
+    if c.task != 'binary_classification':
+        return gate_task_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
     from mlcycle.train import latency_context, machine_load, single_row_timings
     seed = c.development.seed if seed is None else seed
     B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
@@ -320,12 +324,193 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
                 overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y))
 
+# %% ../nbs/04_validation.ipynb #1e8b8069
+def task_draws(c: Charter, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
+    "`metric` on every bootstrap draw (rows of `idx`): vectorised for regression errors, draw by draw otherwise."
+    if c.task == 'regression' and metric in ERROR_METRICS: return resampled_errors(metric, y, pred, idx)
+    y, pred = np.asarray(y), np.asarray(pred)
+    take = lambda i: None if proba is None else proba.iloc[i].reset_index(drop=True)
+    return np.array([objective_value(metric, y[i], take(i), pred[i], None if sens is None else sens[i], min_group_size=min_group_size) for i in idx])
+
+def task_performance(c: Charter, y, proba, pred, n_resamples: int, seed: int) -> pd.DataFrame:
+    "Every performance metric of the task (regression also the signed mean error) with a percentile-bootstrap interval."
+    idx = bootstrap_indices(len(y), n_resamples, seed)
+    metrics = [m for m in TASK_METRICS[c.task] if METRICS[m][0] == 'performance'] + (['mean_error'] if c.task == 'regression' else [])
+    rows = []
+    for m in metrics:
+        v = (float(np.mean(np.asarray(pred, float) - np.asarray(y, float))) if m == 'mean_error' else objective_value(m, y, proba, pred))
+        lo, hi = percentile_ci(task_draws(c, m, y, proba, pred, idx), 0.95)
+        rows.append({'metric': m, 'value': v, 'ci_low': lo, 'ci_high': hi})
+    return pd.DataFrame(rows)
+
+def _safe(label) -> str:
+    "A class label as a metric-name part (MLflow allows letters, digits and _ - . / : and spaces)."
+    import re
+    return re.sub(r'[^A-Za-z0-9_.\-/: ]', '_', str(label))
+
+def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str], n_resamples: int, seed: int) -> dict:
+    """Per sensitive feature, fairlearn's `MetricFrame` by group (regression: rows, MAE, mean error, mean prediction, mean
+    target; multiclass: rows, accuracy and the share of each predicted label) and each gap with a bootstrap interval."""
+    import fairlearn.metrics as flm
+    y, pred = np.asarray(y), np.asarray(pred)
+    n_min, by_group, rows = c.data.requirements.min_group_size, {}, []
+    if c.task == 'regression':
+        y, pred = y.astype(float), pred.astype(float)
+        metrics = {'count': flm.count, 'mae': lambda a, b: float(np.mean(np.abs(b - a))), 'mean_error': lambda a, b: float(np.mean(b - a)),
+                   'mean_prediction': lambda a, b: float(np.mean(b)), 'mean_target': lambda a, b: float(np.mean(a))}
+        gaps = {'mae_difference': 'mae', 'mean_prediction_difference': 'mean_prediction'}
+    else:
+        labels = sorted(set(map(str, y)) | set(map(str, pred)))
+        metrics = {'count': flm.count, 'accuracy': lambda a, b: float(np.mean(np.asarray(a) == np.asarray(b))),
+                   **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: float(np.mean(np.asarray(b) == k)))(k) for k in labels}}
+        gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference.{_safe(k)}': f'share_predicted.{_safe(k)}' for k in labels}}
+    for f in features:
+        g = frame[f].astype(str).to_numpy(); keep = judged_rows(g, n_min)
+        mf = flm.MetricFrame(metrics=metrics, y_true=y, y_pred=pred, sensitive_features=pd.Series(g, name=f))
+        by_group[f] = mf.by_group
+        if len(np.unique(g[keep])) < 2: continue
+        judged = flm.MetricFrame(metrics={k: metrics[v] for k, v in gaps.items()}, y_true=y[keep], y_pred=pred[keep], sensitive_features=g[keep])
+        diff, idx = judged.difference(), bootstrap_indices(int(keep.sum()), n_resamples, seed)
+        for name, fn in ((k, metrics[v]) for k, v in gaps.items()):
+            yk, pk, gk = y[keep], pred[keep], g[keep]
+            draws = []
+            for i in idx:
+                s = pd.Series(np.arange(len(i))).groupby(gk[i]).apply(lambda r: fn(yk[i][r.to_numpy()], pk[i][r.to_numpy()]))
+                draws.append(float(s.max() - s.min()) if len(s) > 1 else np.nan)
+            lo, hi = percentile_ci(np.asarray(draws), 0.95)
+            rows.append({'sensitive_feature': f, 'metric': name, 'value': float(diff[name]), 'ci_low': lo, 'ci_high': hi})
+    return {'by_group': by_group, 'summary': pd.DataFrame(rows)}
+
+# %% ../nbs/04_validation.ipynb #546e24b1
+def task_output_problem(c: Charter, proba, pred, n: int) -> str:
+    "'' when a regression or multiclass model's output is valid for `n` rows, else what is wrong."
+    pred = np.asarray(pred)
+    if pred.shape != (n,): return f'predict returned shape {pred.shape}, expected ({n},)'
+    if c.task == 'regression': return '' if np.isfinite(pred.astype(float)).all() else 'predict returned NaN or infinite values'
+    P = proba.to_numpy(dtype=float)
+    if not np.isfinite(P).all() or (P < 0).any() or not np.allclose(P.sum(1), 1): return 'predict_proba is not a probability distribution'
+    return ''
+
+def task_robustness(c: Charter, model, X: pd.DataFrame, y, contract: dict, seed: int = 0, notable_drop: float = ROBUSTNESS_NOTABLE_DROP) -> pd.DataFrame:
+    "`robustness_report` for regression and multiclass models: the primary metric before and after each probe (relative for errors)."
+    from mlcycle.train import score_rows
+    metric = c.primary.metric
+    rel = not METRICS[metric][2] and c.task == 'regression'
+    sign = 1 if METRICS[metric][1] else -1
+    bp, bd = score_rows(model, X); base = objective_value(metric, y, bp, bd)
+    rows = []
+    for name, probe in PROBES.items():
+        Xp = probe(X, contract, seed=seed)
+        changed = int((Xp.astype(object).ne(X.astype(object)) & ~(Xp.isna() & X.isna())).to_numpy().sum())
+        r = {'probe': name, 'cells_changed': changed, 'metric': metric, 'baseline': base, 'perturbed': np.nan, 'drop': np.nan,
+             'accuracy_drop': np.nan, 'error': '', 'valid_output': False}
+        try:
+            p, d = score_rows(model, Xp)
+            r['error'] = task_output_problem(c, p, d, len(Xp)); r['valid_output'] = not r['error']
+            if r['valid_output']:
+                r['perturbed'] = objective_value(metric, y, p, d)
+                r['drop'] = sign * (base - r['perturbed']) / (abs(base) if rel and base else 1)
+        except Exception as e:
+            r['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
+        r['passed'] = bool(r['valid_output']); r['notable_drop'] = bool(r['valid_output'] and r['drop'] > notable_drop)
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+def relative_scores(c: Charter, scores: dict) -> bool:
+    "Whether the primary metric's gaps are read relative to the test value: regression metrics in the target's unit."
+    return c.task == 'regression' and not METRICS[c.primary.metric][2] and bool(scores.get('test'))
+
+def task_overfit_check(c: Charter, scores: dict) -> dict:
+    "`overfit_check`, with gaps relative to the test value for regression errors (0.1 = 10 % of the test error)."
+    if not relative_scores(c, scores): return overfit_check(c, scores)
+    t = abs(scores['test'])
+    out = overfit_check(c, {k: (v / t if v is not None else None) for k, v in scores.items()})
+    return {**out, **{k: scores.get(k) for k in ('train', 'validation', 'test')}, 'relative': True}
+
+def task_non_inferiority(c: Charter, y, cand, champ, n_resamples: int, seed: int) -> dict:
+    "Paired-bootstrap difference of the primary metric (candidate − champion, positive = better; relative to the champion for regression errors)."
+    from mlcycle.train import score_rows
+    m, sign, margin = c.primary.metric, (1 if c.primary.higher_is_better else -1), c.validation.non_inferiority_margin
+    idx = bootstrap_indices(len(y), n_resamples, seed)
+    a, b = objective_value(m, y, *cand), objective_value(m, y, *champ)
+    scale = abs(b) if c.task == 'regression' and not METRICS[m][2] and b else 1.0
+    diffs = sign * (task_draws(c, m, y, *cand, idx) - task_draws(c, m, y, *champ, idx)) / scale
+    lo, hi = percentile_ci(diffs, 0.95)
+    return {'metric': m, 'candidate': a, 'champion': b, 'difference': sign * (a - b) / scale, 'ci_low': lo, 'ci_high': hi,
+            'margin': margin, 'passed': bool(lo > -margin), 'relative': scale != 1.0}
+
+# %% ../nbs/04_validation.ipynb #20d6cbe8
+def gate_task_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
+    "`gate_model` for a regression or multiclass charter: the same rules and report keys, from `task_*` measurements."
+    from mlcycle.train import latency_context, machine_load, single_row_timings, score_rows
+    seed = c.development.seed if seed is None else seed
+    B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
+    X, y = feature_frame(test_df, contract), task_target(c, test_df[target])
+    proba, pred = score_rows(model, X)
+    timings = single_row_timings(model, X, latency_rows)
+    latencies, load = timings.cpu_ms.tolist(), machine_load()
+    load['p95_wall_ms'] = float(timings.wall_ms.quantile(0.95))
+    perf = task_performance(c, y, proba, pred, B, seed)
+    scores = {'test': objective_value(c.primary.metric, y, proba, pred)}
+    for name, df in (('train', train_df), ('validation', validation_df)):
+        if df is not None: scores[name] = objective_value(c.primary.metric, task_target(c, df[target]), *score_rows(model, feature_frame(df, contract)))
+    overfit = task_overfit_check(c, scores)
+    objectives = evaluate_objectives(c, y, proba, pred, frame=test_df, latencies_ms=latencies)
+    idx, n_min, lo, hi = bootstrap_indices(len(y), B, seed), c.data.requirements.min_group_size, [], []
+    for o in c.objectives:
+        if o.family == 'operational': v = np.percentile(np.asarray(latencies)[bootstrap_indices(len(latencies), B, seed)], 95, axis=1)
+        else: v = task_draws(c, o.metric, y, proba, pred, idx, test_df[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None, n_min)
+        a, b = percentile_ci(v, 0.95); lo.append(a); hi.append(b)
+    objectives['ci_low'], objectives['ci_high'] = lo, hi
+    robustness = task_robustness(c, model, X, y, contract, seed)
+    fairness = task_fairness(c, y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
+    ni = None
+    if champion is not None:
+        try: ni = task_non_inferiority(c, y, (proba, pred), score_rows(champion, X), B, seed)
+        except Exception as e:
+            ni = {'metric': c.primary.metric, 'candidate': scores['test'], 'champion': float('nan'), 'difference': float('nan'), 'ci_low': float('nan'),
+                  'ci_high': float('nan'), 'margin': c.validation.non_inferiority_margin, 'passed': False,
+                  'error': f'the champion could not score the test split: {type(e).__name__}: {e}'}
+        ni['champion_version'] = champion_version
+    note = f"CPU time of one scoring thread; wall-clock p95 {load['p95_wall_ms']:.1f} ms, {latency_context(load)}"
+    gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=note)
+    slices = pd.concat([t.reset_index().rename(columns={f: 'group'}).assign(slice=f) for f, t in fairness['by_group'].items()], ignore_index=True) if feats else pd.DataFrame()
+    return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], objectives=objectives, performance=perf,
+                overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
+                latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y), task=c.task)
+
+def plot_task_performance(rep: dict, title: str = ''):
+    "Regression: predicted against actual and the residuals. Multiclass: the confusion matrix and per-class probability."
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+    y, d, perf = rep['y'], rep['pred'], rep['performance'].set_index('metric')
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.4))
+    if rep['task'] == 'regression':
+        ax[0].scatter(y, d, s=6, alpha=.4); lim = [min(y.min(), d.min()), max(y.max(), d.max())]; ax[0].plot(lim, lim, 'k:')
+        ax[0].set_xlabel('actual'); ax[0].set_ylabel('predicted'); ax[0].set_title(f"RMSE {perf.value['rmse']:.4g} [{perf.ci_low['rmse']:.4g}, {perf.ci_high['rmse']:.4g}] · R² {perf.value['r2']:.3f}")
+        ax[1].hist(np.asarray(d, float) - np.asarray(y, float), bins=40); ax[1].set_title(f"residuals · mean error {perf.value['mean_error']:.4g}")
+    else:
+        ConfusionMatrixDisplay.from_predictions(y, d, ax=ax[0], colorbar=False); ax[0].set_title(f"accuracy {perf.value['accuracy']:.3f} · macro F1 {perf.value['macro_f1']:.3f}")
+        rep['proba'].plot.box(ax=ax[1]); ax[1].set_title('class probabilities')
+    if title: fig.suptitle(title)
+    fig.tight_layout(); return fig
+
+def plot_task_fairness(rep: dict, features: list[str] | None = None):
+    "Per group: MAE and mean error (regression) or accuracy and predicted-label shares (multiclass)."
+    import matplotlib.pyplot as plt
+    by = rep['fairness']['by_group']; features = features or list(by)
+    fig, ax = plt.subplots(1, len(features), figsize=(7.5 * len(features), 4.2), squeeze=False)
+    for a, f in zip(ax[0], features):
+        by[f].drop(columns=['count', 'mean_target', 'mean_prediction'], errors='ignore').plot.bar(ax=a, rot=20); a.set_title(f'{f}: per group (test split)'); a.legend(fontsize=8)
+    fig.tight_layout(); return fig
+
 # %% ../nbs/04_validation.ipynb #104afe68
 def plot_performance(rep: dict, title: str = ''):
     "ROC, precision-recall, calibration (reliability) and confusion-matrix plots of a gate report."
     import matplotlib.pyplot as plt
     from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+    if rep.get('task', 'binary_classification') != 'binary_classification': return plot_task_performance(rep, title)
     y, p, d = rep['y'], rep['proba'], rep['pred']
     perf = rep['performance'].set_index('metric')
     fig, ax = plt.subplots(1, 4, figsize=(19, 4.4))
@@ -343,6 +528,7 @@ def plot_performance(rep: dict, title: str = ''):
 def plot_fairness(rep: dict, features: list[str] | None = None):
     "Selection rate, TPR, FPR and accuracy per group, one panel per sensitive feature."
     import matplotlib.pyplot as plt
+    if rep.get('task', 'binary_classification') != 'binary_classification': return plot_task_fairness(rep, features)
     by = rep['fairness']['by_group']; features = features or list(by)
     fig, ax = plt.subplots(1, len(features), figsize=(7.5 * len(features), 4.2), squeeze=False)
     for a, f in zip(ax[0], features):

