@@ -44,7 +44,7 @@ def group_sizes(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
         for name, row in g.iterrows():
             out.append({'feature': ' & '.join(combo), 'group': name, 'rows': int(row['size']),
                         'positive_rate': float(row['mean']), 'too_small': row['size'] < c.data.requirements.min_group_size})
-    return pd.DataFrame(out, columns=['feature', 'group', 'rows', 'positive_rate', 'too_small'])   # the columns even with no sensitive feature
+    return pd.DataFrame(out, columns=['feature', 'group', 'rows', 'positive_rate', 'too_small']).astype({'too_small': bool})   # the columns even with no sensitive feature
 
 # %% ../nbs/01_problem_definition.ipynb #1e0cab3c
 def fit_learning_curve(sizes, scores, threshold=None, higher_is_better=True) -> dict:
@@ -159,7 +159,7 @@ def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: 
     if c.task != 'binary_classification': reasons.append(task_balance_reason(c, balance))
     elif len(balance) < 2 or not balance.positive.any(): blockers.append('the positive class does not occur')
     else: reasons.append(f"positive share {balance.loc[balance.positive, 'share'].iloc[0]:.1%}")
-    small = groups[groups.too_small]
+    small = groups[groups.too_small.astype(bool)]
     single_small = small[~small.feature.str.contains(' & ')]
     if len(single_small): risks.append(f"sensitive groups below min_group_size {req.min_group_size}: " + ', '.join(f'{r.feature}={r.group} ({r.rows})' for r in single_small.itertuples()))
     if len(small) > len(single_small): reasons.append(f'{len(small) - len(single_small)} intersectional groups are too small to judge (reported as such later)')
