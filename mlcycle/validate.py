@@ -499,6 +499,7 @@ def plot_task_fairness(rep: dict, features: list[str] | None = None):
     "Per group: MAE and mean error (regression) or accuracy and predicted-label shares (multiclass)."
     import matplotlib.pyplot as plt
     by = rep['fairness']['by_group']; features = features or list(by)
+    if not features: return None          # no sensitive feature in the charter: nothing to plot
     fig, ax = plt.subplots(1, len(features), figsize=(7.5 * len(features), 4.2), squeeze=False)
     for a, f in zip(ax[0], features):
         by[f].drop(columns=['count', 'mean_target', 'mean_prediction'], errors='ignore').plot.bar(ax=a, rot=20); a.set_title(f'{f}: per group (test split)'); a.legend(fontsize=8)
@@ -530,6 +531,7 @@ def plot_fairness(rep: dict, features: list[str] | None = None):
     import matplotlib.pyplot as plt
     if rep.get('task', 'binary_classification') != 'binary_classification': return plot_task_fairness(rep, features)
     by = rep['fairness']['by_group']; features = features or list(by)
+    if not features: return None          # no sensitive feature in the charter: nothing to plot
     fig, ax = plt.subplots(1, len(features), figsize=(7.5 * len(features), 4.2), squeeze=False)
     for a, f in zip(ax[0], features):
         t = by[f][['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']]
