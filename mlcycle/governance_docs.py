@@ -238,8 +238,9 @@ def _s04_report(ev: dict) -> dict | None:
 def caveats(c: Charter, ev: dict, m: dict) -> list[str]:
     "The card's caveats: small groups, objectives not met or not robust, missing validation or monitoring, out-of-scope use."
     fair, objectives, tags, s04 = m['fairness'], m['objectives'], ev['record']['tags'], ev['stages']['04']
-    small = pd.concat([f['by_group'].assign(feature=f['feature']) for f in fair], ignore_index=True)
-    small = small[small.too_small]
+    groups = [f['by_group'].assign(feature=f['feature']) for f in fair]        # none when the charter names no sensitive feature
+    small = pd.concat(groups, ignore_index=True) if groups else pd.DataFrame({'group': [], 'too_small': []})
+    small = small[small.too_small.astype(bool)]
     out = []
     if len(small): out.append(f"{len(small)} sensitive groups (mostly intersections) have fewer than {c.data.requirements.min_group_size} test rows: "
                               f"their rates are too uncertain to judge (e.g. {', '.join(small.group.head(4))}).")
