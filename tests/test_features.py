@@ -44,7 +44,10 @@ def hotel_charter(tmp: Path, features=FEATURES, df=None) -> Path:
          'objectives': [{'metric': 'roc_auc', 'min': 0.7, 'primary': True}, {'metric': 'p95_latency_ms', 'max': 1000}],
          'intended_use': 'Tests.', 'out_of_scope': 'Pricing.', 'owners': ['tests@example.org'],
          'development': {'candidates': ['logistic_regression'], 'search_iterations': 1, 'cv_folds': 2, 'seed': 0},   # small: CI time
-         'validation': {'overfit_tolerance': 0.2, 'non_inferiority_margin': 0.05, 'bootstrap_resamples': 50, 'min_detectable_effect': 0.1},
+         # a logistic regression loses about 0.12 of ROC AUC when inputs fall outside their training range: this charter
+         # accepts up to 0.25 (the default, 0.10, is left undecided by 340 test rows, which stops the circle at stage 04)
+         'validation': {'overfit_tolerance': 0.2, 'non_inferiority_margin': 0.05, 'bootstrap_resamples': 50, 'min_detectable_effect': 0.1,
+                        'robustness_max_drop': 0.25},
          'features': features}
     p = tmp/'charter.yaml'; p.write_text(yaml.safe_dump(d, sort_keys=False)); return p
 
