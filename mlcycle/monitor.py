@@ -28,10 +28,10 @@ __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', '
            'logged_rows', 'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci',
            'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'operations',
            'server_error_rate', 'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups',
-           'free_port', 'local_server', 'ensure_champion', 'monitor_window', 'run_monitoring', 'task_log_view',
-           'task_measurable', 'task_realized_performance', 'task_performance_over_time', 'task_group_errors',
-           'task_fairness_objectives', 'task_prediction_drift', 'task_score_checks', 'monitor_task_window',
-           'register_cli']
+           'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window', 'run_monitoring',
+           'task_log_view', 'task_measurable', 'task_realized_performance', 'task_performance_over_time',
+           'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift', 'task_score_checks',
+           'monitor_task_window', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -484,13 +484,19 @@ def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, d
                            ': serve traffic first (`mlcycle serve`, `mlcycle simulate`) or widen the window')
     return fps, contract, log
 
-def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float) -> tuple[pd.DataFrame, float]:
-    "Drift of the window's features against the stage-02 training split, and the seconds the comparison took."
+def opaque_columns(c: Charter) -> list[str]:
+    "The sensitive features the prediction log holds hashed or not at all: drift cannot compare them with the training data."
+    return [] if c.retention.log_sensitive_features == 'store' else list(c.data.sensitive_features)
+
+def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float, opaque=()) -> tuple[pd.DataFrame, float]:
+    """Drift of the window's features against the stage-02 training split, and the seconds the comparison took. `opaque`:
+    columns the log holds only hashed or not at all (retention.log_sensitive_features), left out of the comparison."""
     from mlcycle.data import feature_frame
     train = feature_frame(ws.load_snapshot(fps['train']), contract)
     detector = DriftDetector(train, contract, n_bins=n_bins)
     t0 = time.perf_counter()
-    drift = detector.compare(log_features(log, contract), alpha=alpha)
+    drift = detector.compare(log_features(log, contract).drop(columns=list(opaque), errors='ignore'), alpha=alpha)
+    if len(opaque): drift.loc[drift.feature.isin(list(opaque)), 'note'] = 'not compared: the log holds it hashed or not at all (retention.log_sensitive_features)'
     if contract.get('derived'):   # the charter's derived features too (mlcycle.features.derived_frame), one test level over all
         from mlcycle.features import derived_frame
         ref = derived_frame(contract, train, train)
@@ -579,7 +585,7 @@ def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict,
                    alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
     "Every check of stage 06 on a log window: drift, prediction drift and skew, realized performance, fairness, operations, alerts."
     if c.task != 'binary_classification': return monitor_task_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
-    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha)
+    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c))
     versions = _versions(log, model_version)
     pred_drift, skew = _score_checks(ws, c, contract, fps, log, versions, alpha)
     perf, over_time = realized_performance(log, c, alpha), performance_over_time(log, c, alpha=alpha)
@@ -746,7 +752,7 @@ def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view
 def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
                         alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
     "`monitor_window` for a regression or multiclass charter: the same checks and result keys, read through `task_log_view`."
-    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha)
+    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c))
     versions, view = _versions(log, model_version), task_log_view(log, c, contract)
     pred_drift, skew = task_score_checks(ws, c, contract, fps, view, versions, alpha)
     perf, over_time = task_realized_performance(view, c, alpha), task_performance_over_time(view, c, alpha=alpha)
