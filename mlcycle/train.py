@@ -56,6 +56,8 @@ def base_estimator(family: str, seed: int = 0, task: str = 'binary_classificatio
     if family == 'random_forest': return RandomForestClassifier(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
     if family == 'hist_gradient_boosting':
         return HistGradientBoostingClassifier(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
+    if family in SEARCH_SPACES:
+        raise MlcycleError(f"candidate {family!r} is a regressor: it does not apply to task {task}; use logistic_regression, random_forest or hist_gradient_boosting")
     raise MlcycleError(f'unknown candidate family {family!r}; known: {", ".join(SEARCH_SPACES)}')
 
 def task_estimator(family: str, seed: int, task: str):
