@@ -590,16 +590,21 @@ def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict,
     pred_drift, skew = _score_checks(ws, c, contract, fps, log, versions, alpha)
     perf, over_time = realized_performance(log, c, alpha), performance_over_time(log, c, alpha=alpha)
     rates, fair, fairness_note = _fairness_in_production(log, c, alpha)
+    return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
+                          prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
+                          fairness=fair, fairness_note=fairness_note)
+
+def _window_result(log, c, contract, window, versions, server_url, raw, **checks) -> dict:
+    "One window's result for any task: the checks, the log's operations and server errors, the alerts and the recommendation."
     ops = operations(log)
     errors = server_error_rate(server_url) if server_url else None
-    alerts = build_alerts(c, drift, pred_drift, skew, perf, fair, ops, errors)
-    if fairness_note and c.retention.log_sensitive_features == 'drop': alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, fairness_note))
+    alerts = build_alerts(c, checks['drift'], checks['prediction_drift'], checks['serving_skew'], checks['performance'], checks['fairness'], ops, errors)
+    if checks['fairness_note'] and c.retention.log_sensitive_features == 'drop':
+        alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, checks['fairness_note']))
     win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
            'labelled': int(log.y_true.notna().sum()), 'versions': versions}
-    return dict(log=log, window=win, drift=drift, drift_seconds=drift_seconds, prediction_drift=pred_drift, serving_skew=skew,
-                feature_skew=feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None,
-                performance=perf, over_time=over_time, group_rates=rates, fairness=fair, fairness_note=fairness_note,
-                operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
+    skew_rows = feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None
+    return dict(log=log, window=win, **checks, feature_skew=skew_rows, operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
 
 _RESULT_KEYS = ('log', 'drift', 'prediction_drift', 'serving_skew', 'feature_skew', 'performance', 'over_time', 'group_rates', 'fairness',
                'operations', 'errors', 'alerts', 'recommendation', 'figures', 'mlflow_run_id', 'drift_seconds')
@@ -760,15 +765,9 @@ def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: 
     rates = pd.concat([task_group_errors(view, c, f) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True) if policy != 'drop' else pd.DataFrame()
     fair = task_fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
     fairness_note = 'the log drops the sensitive features: fairness cannot be monitored' if policy == 'drop' and c.data.sensitive_features else ''
-    ops = operations(log)
-    errors = server_error_rate(server_url) if server_url else None
-    alerts = build_alerts(c, drift, pred_drift, skew, perf, fair, ops, errors)
-    win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
-           'labelled': int(log.y_true.notna().sum()), 'versions': versions}
-    return dict(log=log, window=win, drift=drift, drift_seconds=drift_seconds, prediction_drift=pred_drift, serving_skew=skew,
-                feature_skew=feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None,
-                performance=perf, over_time=over_time, group_rates=rates, fairness=fair, fairness_note=fairness_note,
-                operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
+    return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
+                          prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
+                          fairness=fair, fairness_note=fairness_note)
 
 # %% ../nbs/06_monitoring.ipynb #a7378e66
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
