@@ -8,6 +8,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+# Tests that share an expensive module- or session-scoped fixture run in the same pytest-xdist worker (`--dist
+# loadgroup` in tests/run_all.sh), so that each fixture is still built once: one group per test file, except that the
+# stage 03-04 tests read the full circle's workspace and so join the circle's file. Each circle of test_your_data is
+# its own group (they share nothing), so the two workers can take them side by side.
+SHARED_GROUPS = {'test_stages_03_04': 'test_retraining'}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mod = item.module.__name__.rsplit('.', 1)[-1]
+        group = SHARED_GROUPS.get(mod, mod)
+        if mod == 'test_your_data' and item.originalname == 'test_full_circle_on_your_data': group = item.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With MLCYCLE_TESTS_NO_SKIP=1 (tests/run_all.sh sets it: it installs what every test needs), a skipped test fails:

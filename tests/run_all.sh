@@ -6,7 +6,7 @@
 # `## Run` section, which the full-circle test (`mlcycle run`, tests/test_retraining.py) executes through papermill, and
 # the CLI notebook's `run_lifecycle` example, which `mlcycle run --stages 01,02` executes in tests/test_foundation.py.
 # tests/test_notebooks.py checks that the flag marks exactly those cells. The notebook tests and pytest then run side by
-# side, one process each on the two cores: neither waits for the other, and their output is printed one after the other.
+# side: pytest in two pytest-xdist workers (tests that share a fixture in one worker), nbdev_test beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -47,7 +47,7 @@ nb_pid=$!
 
 t=$(date +%s)
 set +e
-MLCYCLE_TESTS_NO_SKIP=1 python -m pytest tests -ra --durations=10 --timeout 1800 "$@"
+MLCYCLE_TESTS_NO_SKIP=1 python -m pytest tests -n 2 --dist loadgroup -ra --durations=10 --timeout 1800 "$@"
 rc=$?
 set -e
 pytest_s=$(since $t)
