@@ -15,6 +15,7 @@ BIN = Path(sys.executable).parent
 SHARED_GROUPS = {'test_stages_03_04': 'test_retraining'}
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         mod = item.module.__name__.rsplit('.', 1)[-1]
