@@ -13,8 +13,9 @@ import pandas as pd
 from .train import row_uniforms
 
 # %% auto #0
-__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'fair_threshold_scorer',
-           'fair_mixture_scorer', 'output_kind', 'make_task_scorer']
+__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'column_uniforms',
+           'threshold_probability', 'fair_threshold_scorer', 'fair_mixture_scorer', 'output_kind', 'make_task_scorer',
+           'compile_final', 'compiled_model_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -162,7 +163,8 @@ def argmax_agrees(model, probe: pd.DataFrame) -> bool:
 # %% ../nbs/05a_scorer.ipynb #9b2885d5
 def make_scorer(model, probe: pd.DataFrame | None = None):
     """A function `X -> (probability of the positive label, 0/1 label)` for `model` (X: a DataFrame, or a dict of column
-    arrays in contract order); the scorer's `.fast` says whether a compiled preprocessor (checked on `probe`) replaced scikit-learn's."""
+    arrays in contract order); the scorer's `.fast` says whether a compiled preprocessor (checked on `probe`) replaced
+    scikit-learn's, `.compiled_model` whether the final estimator's numpy twin (`compile_final`) replaced it too."""
     import sklearn
     from sklearn.pipeline import Pipeline
     if output_kind(model) != 'binary': return make_task_scorer(model, probe)
@@ -171,7 +173,9 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
     if isinstance(model, Pipeline) and len(model.steps) > 1:
         last, transform = model.steps[-1][1], model[:-1].transform
         compiled = compiled_if_equal(model, probe) if len(model.steps) == 2 and probe is not None else None
-        if compiled is not None: transform, fast = compiled, True
+        if compiled is not None:
+            if (whole := compiled_model_scorer(model, compiled, probe)) is not None: return whole
+            transform, fast = compiled, True
         argmax_ok = probe is not None and argmax_agrees(model, probe)
         classes = getattr(last, 'classes_', None)
         def fwd(X):
@@ -185,14 +189,65 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             proba, label = fwd(X)
         return np.asarray(proba, dtype='float64'), np.asarray(label).astype('int64')
-    score.fast = fast
+    score.fast, score.compiled_model = fast, False
+    if fast and not _same_as_model(score, model, probe): return make_scorer(model, None)   # the probe disagreed: scikit-learn's whole path
     return score
 
+# %% ../nbs/05a_scorer.ipynb #cd27113c
+_MIX1, _MIX2, _START = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(30)); x = x * _MIX1
+    x = x ^ (x >> np.uint64(27)); x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+def _missing(x) -> bool: return x is None or x is pd.NA or (isinstance(x, float) and x != x)
+
+def column_uniforms(cols: dict, names: list, seed: int = 0) -> np.ndarray:
+    "`mlcycle.train.row_uniforms` of the columns `names` given as arrays (the server parser's), without building a DataFrame."
+    n = len(cols[names[0]]) if names else 0
+    key = f'{abs(int(seed)):016d}'[-16:]
+    h = np.full(n, np.uint64((abs(int(seed)) + _START) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+    with np.errstate(over='ignore', invalid='ignore'):
+        for c in names:
+            a = np.asarray(cols[c])
+            if a.dtype.kind in 'fiu':
+                a = a.astype('float64') + 0.0; a[np.isnan(a)] = np.nan      # one bit pattern for -0.0 and for every NaN
+                v = _splitmix(a.view(np.uint64))
+            else:
+                o = np.array(['\x00' if _missing(x) else str(x) for x in a.tolist()], dtype=object)
+                v = pd.util.hash_array(o, hash_key=key, categorize=False) if n else np.zeros(0, np.uint64)
+            h = _splitmix(h ^ v)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+def threshold_probability(model, cols: dict, scores: np.ndarray) -> np.ndarray:
+    "A `FairThresholdClassifier`'s `decision_probability` from the sensitive column's array and the base scores."
+    groups = np.array(['<missing>' if _missing(x) else str(x) for x in np.asarray(cols[model.sensitive_feature]).tolist()], dtype=object)
+    s = np.asarray(scores, dtype='float64')
+    q = (s >= 0.5).astype(float)                                       # unseen groups: the base model's decision
+    for g, r in model.thresholds.items():
+        m = groups == g
+        if not m.any(): continue
+        rule = lambda op, t: (s[m] > t) if op == '>' else (s[m] < t)
+        v = r['p0'] * rule(r['operator0'], r['threshold0']) + r['p1'] * rule(r['operator1'], r['threshold1'])
+        q[m] = r['p_ignore'] * r['prediction_constant'] + (1 - r['p_ignore']) * v
+    return q
+
 # %% ../nbs/05a_scorer.ipynb #b09d8b30
+def _model_outputs(model, X):
+    "The model's own answer for `X` as a scorer's two arrays: (probability of the positive label or of the predicted class, or the number; label or class index, or 0)."
+    kind = output_kind(model)
+    if kind == 'binary': return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype('int64')
+    if kind == 'regression': return np.asarray(model.predict(X), dtype='float64'), np.zeros(len(X), dtype='int64')
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    where = {k: i for i, k in enumerate(last.classes_.tolist())}
+    i = np.array([where[k] for k in np.asarray(model.predict(X)).tolist()], dtype='int64')
+    return model.predict_proba(X)[np.arange(len(i)), i], i
+
 def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
-    "Whether `score` gives the model's own probabilities and decisions on `probe`, as a DataFrame and as parser column arrays."
+    "Whether `score` gives the model's own probabilities (or numbers) and decisions on `probe`, as a DataFrame and as parser column arrays."
     try:
-        want_p, want_y = model.predict_proba(probe)[:, 1], np.asarray(model.predict(probe)).astype('int64')
+        want_p, want_y = _model_outputs(model, probe)
         for X in (probe, {c: probe[c].to_numpy() for c in probe.columns}):
             p, y = score(X)
             if not (np.allclose(p, want_p, rtol=1e-12, atol=1e-12) and np.array_equal(y, want_y)): return False
@@ -206,10 +261,10 @@ def fair_threshold_scorer(model, probe: pd.DataFrame | None):
     if not base.fast: return None
     cols = [c for c in model.feature_names_in_ if c in probe.columns]
     def score(X):
-        F = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, copy=False)
         s, _ = base(X)
-        return s, (row_uniforms(F[cols], model.seed) < model.decision_probability(F, s)).astype('int64')
-    score.fast = True
+        if isinstance(X, pd.DataFrame): return s, (row_uniforms(X[cols], model.seed) < model.decision_probability(X, s)).astype('int64')
+        return s, (column_uniforms(X, cols, model.seed) < threshold_probability(model, X, s)).astype('int64')   # the parser's arrays
+    score.fast, score.compiled_model = True, base.compiled_model
     return score if _same_as_model(score, model, probe) else None
 
 def fair_mixture_scorer(model, probe: pd.DataFrame | None):
@@ -220,13 +275,13 @@ def fair_mixture_scorer(model, probe: pd.DataFrame | None):
     cols = [c for c in model.feature_names_in_ if c in probe.columns]
     def score(X):
         import sklearn
-        F = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, copy=False)
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             Z = compiled(X)
             p = sum(w * m.predict_proba(Z)[:, 1] for w, m in zip(model.weights, model.predictors))
             q = np.asarray(sum(w * m.predict(Z) for w, m in zip(model.weights, model.predictors)), float)
-        return np.asarray(p, float), (row_uniforms(F[cols], model.seed) < q).astype('int64')
-    score.fast = True
+        u = row_uniforms(X[cols], model.seed) if isinstance(X, pd.DataFrame) else column_uniforms(X, cols, model.seed)
+        return np.asarray(p, float), (u < q).astype('int64')
+    score.fast, score.compiled_model = True, False
     return score if _same_as_model(score, model, probe) else None
 
 # %% ../nbs/05a_scorer.ipynb #21fea519
@@ -243,10 +298,18 @@ def make_task_scorer(model, probe: pd.DataFrame | None = None):
     from sklearn.pipeline import Pipeline
     kind, fast = output_kind(model), False
     last, transform = (model.steps[-1][1], model[:-1].transform) if isinstance(model, Pipeline) and len(model.steps) > 1 else (model, None)
+    classes = [str(k) for k in getattr(last, 'classes_', [])]
+    def answer(a: dict) -> dict:
+        if kind == 'regression': return {'request_id': a['request_id'], 'prediction': a['probability'], 'model_version': a['model_version'], 'arm': a['arm']}
+        return {**a, 'label': classes[a['label']]}
+    def dress(score, fast, compiled_model):
+        score.fast, score.compiled_model, score.kind, score.classes, score.answer = fast, compiled_model, kind, classes, answer
+        return score
     if transform is not None and len(model.steps) == 2 and probe is not None:
         compiled = compiled_if_equal(model, probe)
-        if compiled is not None: transform, fast = compiled, True
-    classes = [str(k) for k in getattr(last, 'classes_', [])]
+        if compiled is not None:
+            if (whole := compiled_model_scorer(model, compiled, probe)) is not None: return dress(whole, True, True)
+            transform, fast = compiled, True
     def score(X):
         if isinstance(X, dict) and not fast: X = pd.DataFrame(X)
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
@@ -254,8 +317,60 @@ def make_task_scorer(model, probe: pd.DataFrame | None = None):
             if kind == 'regression': v = np.asarray(last.predict(Z), dtype='float64'); return v, np.zeros(len(v), dtype='int64')
             P = last.predict_proba(Z); i = np.argmax(P, axis=1)
             return P[np.arange(len(i)), i].astype('float64'), i.astype('int64')
-    def answer(a: dict) -> dict:
-        if kind == 'regression': return {'request_id': a['request_id'], 'prediction': a['probability'], 'model_version': a['model_version'], 'arm': a['arm']}
-        return {**a, 'label': classes[a['label']]}
-    score.fast, score.kind, score.classes, score.answer = fast, kind, classes, answer
+    dress(score, fast, False)
+    if fast and not _same_as_model(score, model, probe): return make_task_scorer(model, None)   # the probe disagreed: scikit-learn's whole path
     return score
+
+# %% ../nbs/05a_scorer.ipynb #bbdea0a6
+def _forest(last, method: str, width: int | None):
+    "Each tree's `method` on float32 rows, summed in the forest's order into float64 and divided by the number of trees."
+    trees = list(last.estimators_)
+    def f(Z):
+        Z = np.ascontiguousarray(Z, dtype=np.float32)
+        acc = np.zeros((len(Z), width) if width else len(Z), dtype='float64')
+        for t in trees: acc += getattr(t, method)(Z, check_input=False)
+        acc /= len(trees)
+        return acc
+    return f
+
+def compile_final(last):
+    """A numpy twin of a fitted final estimator, or None: `Z -> (class probabilities, predicted class index)` for logistic
+    regression and random forest classifiers, `Z -> (predictions, None)` for ridge / linear regression and random forest regressors."""
+    from scipy.special import expit
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+    from sklearn.utils.extmath import softmax
+    if isinstance(last, RandomForestClassifier) and last.n_outputs_ == 1:
+        proba = _forest(last, 'predict_proba', int(last.n_classes_))
+        def forest(Z): P = proba(Z); return P, np.argmax(P, axis=1)
+        return forest
+    if isinstance(last, RandomForestRegressor) and last.n_outputs_ == 1:
+        value = _forest(last, 'predict', None)
+        return lambda Z: (value(Z), None)
+    if isinstance(last, LogisticRegression) and last.coef_.ndim == 2:
+        W, b = last.coef_.T, last.intercept_
+        if len(last.classes_) == 2:
+            def logit(Z):
+                d = (np.asarray(Z, dtype='float64') @ W + b).reshape(-1); p = expit(d)
+                return np.stack([1 - p, p], axis=1), (d > 0).astype('int64')
+            return logit
+        def multinomial(Z):
+            d = np.asarray(Z, dtype='float64') @ W + b
+            return softmax(d.copy(), copy=False), np.argmax(d, axis=1)
+        return multinomial
+    if isinstance(last, (Ridge, LinearRegression)) and np.ndim(last.coef_) == 1:
+        w, b = last.coef_, last.intercept_
+        return lambda Z: (np.asarray(Z, dtype='float64') @ w + b, None)
+    return None
+
+def compiled_model_scorer(model, compiled, probe: pd.DataFrame | None):
+    "A scorer running `compiled` (the preprocessor) and `compile_final` (the estimator), when it gives the model's own outputs on `probe`; else None."
+    if probe is None or (final := compile_final(model.steps[-1][1])) is None: return None
+    kind, classes = output_kind(model), getattr(model.steps[-1][1], 'classes_', None)
+    def score(X):
+        out, i = final(compiled(X))
+        if kind == 'regression': return np.asarray(out, dtype='float64'), np.zeros(len(out), dtype='int64')
+        if kind == 'binary': return out[:, 1].astype('float64'), np.asarray(classes[i]).astype('int64')
+        return out[np.arange(len(i)), i].astype('float64'), i.astype('int64')
+    score.fast = score.compiled_model = True
+    return score if _same_as_model(score, model, probe) else None

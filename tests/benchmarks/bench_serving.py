@@ -2,13 +2,18 @@
 
     python tests/benchmarks/bench_serving.py [--workspace DIR] [--seconds 15] [--out results.json]
 
-Same machine, same run, same registered Adult model (HistGradientBoosting pipeline, 100 iterations):
-- in-process predict_proba (the limit),
-- the peer: `mlflow models serve --env-manager local` on /invocations,
-- `mlcycle serve` on /predict and /invocations (prediction log on: SQLite WAL in the workspace),
-- load from `wrk` (Debian package): 1 connection (sequential) and 32 connections,
-- prediction-log write rate on SQLite and on PostgreSQL (a server started here, Debian's `postgresql`).
-Only 127.0.0.1 is used; every run is bounded in time."""
+Same machine, same run, the models users serve:
+- the champion that `mlcycle run --stages 01-05 --no-circle` selects and registers on the bundled charter (on Adult:
+  HistGradientBoosting + ThresholdOptimizer, a `FairThresholdClassifier`), from DIR when it already ran there, else
+  from a new workspace where this script runs that command first;
+- beside it, that champion's own base pipeline without the post-processor (registered in a scratch copy of DIR);
+for each of them, in the same run:
+- in-process predict_proba + predict (the limit),
+- the peer: `mlflow models serve --env-manager local` on /invocations, serving the same registered version,
+- `mlcycle serve` on /invocations and /predict (prediction log on: a fresh SQLite WAL file per server),
+- load from `wrk` (Debian package), one Adult test row per request: 1 connection (sequential) and 32 connections,
+and the prediction-log write rate on SQLite and on PostgreSQL (a server started here, Debian's `postgresql`).
+`--peer-omp1` adds the peer with OpenMP limited to one thread. Only 127.0.0.1 is used; every run is bounded in time."""
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,10 +72,10 @@ def in_process(model, X):
         ts = []
         for _ in range(n): t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
         return float(np.median(ts))
-    one = med(lambda: model.predict_proba(X.iloc[[0]]), 200)
+    one = med(lambda: (model.predict_proba(X.iloc[[0]]), model.predict(X.iloc[[0]])), 30)
     big = X.sample(4096, replace=True, random_state=0)
-    b = med(lambda: model.predict_proba(big), 10)
-    return {'one_row_predict_proba_ms': one * 1000, 'batch_4096_rows_per_s': 4096 / b, 'batch_4096_us_per_row': b / 4096 * 1e6}
+    b = med(lambda: (model.predict_proba(big), model.predict(big)), 3)
+    return {'one_row_predict_proba_and_predict_ms': one * 1000, 'batch_4096_rows_per_s': 4096 / b, 'batch_4096_us_per_row': b / 4096 * 1e6}
 
 
 def log_rate(url, rows=200_000, per_submit=64, threads=16):
@@ -106,81 +111,118 @@ def postgres():
     return f'postgresql+psycopg://postgres@127.0.0.1:{port}/postgres', down
 
 
-def demo_champion(workspace=None):
-    "A scratch workspace whose @champion is the deployment notebook's stand-in Adult model; returns (workspace, version)."
+def champion_workspace(workspace=None):
+    "A workspace with the champion `mlcycle run --stages 01-05 --no-circle` registered (the command runs here when it has not)."
     from mlcycle.core import Workspace
-    from mlcycle.data import run_data_stage
-    from mlcycle.deploy import demo_model_version, promote, scratch_workspace
-    home = Workspace(workspace or tempfile.mkdtemp(prefix='bench-home-'))
-    if not home.has_stage('02_data'): run_data_stage(workspace=home)
-    ws = scratch_workspace(home)
-    v = demo_model_version(ws, max_iter=100)
-    promote(ws, v, reason='benchmark')
+    root = Path(workspace or tempfile.mkdtemp(prefix='bench-run-'))
+    if not (Workspace(root).has_stage('05_deployment') if root.exists() else False):
+        exe = shutil.which('mlcycle', path=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
+        subprocess.run([exe, 'run', '--stages', '01-05', '--no-circle', '-w', str(root), '-r', str(root/'reports')], check=True, timeout=3600)
+    return Workspace(root)
+
+
+def plain_workspace(home, champion, family: str):
+    "A scratch copy of `home` whose @champion is the champion's base pipeline (no post-processor); returns (workspace, version)."
+    from mlcycle.charter import workspace_charter
+    from mlcycle.core import read_json
+    from mlcycle.data import feature_frame
+    from mlcycle.deploy import promote, scratch_workspace
+    from mlcycle.train import register_model
+    base = getattr(champion, 'estimator', champion)
+    ws, c = scratch_workspace(home), workspace_charter(home)
+    splits = home.manifest('02_data')['outputs']['splits']
+    X = feature_frame(home.load_snapshot(splits['train']['fingerprint']).head(50), read_json(home.root/'data'/'contract.json'))
+    v = register_model(ws, c, base, X, {k: splits[k]['fingerprint'] for k in ('train', 'validation', 'test')}, family)
+    promote(ws, v, force=True, reason="benchmark: the champion's base pipeline beside it")
     return ws, v
+
+
+def peer(ws, name, version, split, seconds, extra_env=None, tag='peer'):
+    "`mlflow models serve --env-manager local` on the registered version: sequential and 32-connection /invocations."
+    env = {**os.environ, 'MLFLOW_TRACKING_URI': ws.tracking_uri, 'PATH': f'{Path(sys.executable).parent}:{os.environ["PATH"]}', **(extra_env or {})}
+    port = free_port()
+    p = start([sys.executable, '-m', 'mlflow', 'models', 'serve', '-m', f'models:/{name}/{version}', '--env-manager', 'local',
+               '--host', '127.0.0.1', '-p', str(port)], env, ws.root/f'{tag}.log')
+    try:
+        wait(f'http://127.0.0.1:{port}/ping')
+        u = f'http://127.0.0.1:{port}/invocations'
+        wrk(u, split, 1, 3)   # warm up
+        return {'sequential': wrk(u, split, 1, seconds), 'c32': wrk(u, split, 32, seconds)}
+    finally: stop(p)
+
+
+def ours(ws, row, split, seconds):
+    "`mlcycle serve` on the workspace's @champion, a fresh SQLite prediction log: /invocations and /predict, sequential and 32 connections."
+    from mlcycle.predlog import read_log
+    env = {k: v for k, v in os.environ.items() if k != 'MLFLOW_TRACKING_URI'}
+    env['PATH'] = f'{Path(sys.executable).parent}:{os.environ["PATH"]}'
+    log_url = f'sqlite:///{tempfile.mkdtemp(prefix="bench-plog-")}/predictions.db'
+    port, log = free_port(), ws.root/'serve.log'
+    p = start([sys.executable, '-c', 'from mlcycle.serve import cli_main; cli_main()', 'serve', '--workspace', str(ws.root), '--port', str(port),
+               '--log-url', log_url], env, log)
+    try:
+        wait(f'http://127.0.0.1:{port}/ready')
+        u, one = f'http://127.0.0.1:{port}', json.dumps(row).encode()
+        wrk(u + '/invocations', split, 8, 3)   # warm up
+        res = {'invocations_sequential': wrk(u + '/invocations', split, 1, seconds), 'invocations_c32': wrk(u + '/invocations', split, 32, seconds),
+               'predict_sequential': wrk(u + '/predict', one, 1, seconds), 'predict_c32': wrk(u + '/predict', one, 32, seconds)}
+        with urllib.request.urlopen(u + '/metrics') as r: m = r.read().decode()
+        res['rows_logged'] = int(re.search(r'mlcycle_predictions_total\{version="\d+",arm="champion"\} (\d+)', m).group(1))
+        res['mean_batch_rows'] = float(re.search(r'mlcycle_batch_rows_sum\{scope="model"\} ([\d.]+)', m).group(1)) / \
+                                 float(re.search(r'mlcycle_batch_rows_count\{scope="model"\} (\d+)', m).group(1))
+    finally: stop(p)
+    res['log_rows_in_db'] = len(read_log(log_url, features=False))
+    res['scorer'] = next((l.strip() for l in log.read_text(errors='replace').splitlines() if 'preprocessor:' in l), '')
+    return res
+
+
+def ratios(pe, ml):
+    return {'throughput_c32_vs_peer': ml['invocations_c32']['requests_per_s'] / pe['c32']['requests_per_s'],
+            'p99_c32_ms': ml['invocations_c32']['p99_ms'],
+            'sequential_p50_vs_peer': ml['invocations_sequential']['p50_ms'] / pe['sequential']['p50_ms'],
+            'predict_throughput_c32_vs_peer': ml['predict_c32']['requests_per_s'] / pe['c32']['requests_per_s'],
+            'predict_sequential_p50_vs_peer': ml['predict_sequential']['p50_ms'] / pe['sequential']['p50_ms']}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--workspace', default=None, help='a workspace where stage 02 ran (default: a new one)')
+    ap.add_argument('--workspace', default=None, help='a workspace where `mlcycle run --stages 01-05 --no-circle` ran (default: run it in a new one)')
     ap.add_argument('--seconds', type=int, default=15)
+    ap.add_argument('--peer-omp1', action='store_true', help='also measure the peer with OMP_NUM_THREADS=1')
     ap.add_argument('--out', default=None)
     a = ap.parse_args()
     import mlflow
-    from mlcycle.core import Workspace, read_json, setup_mlflow
-    from mlcycle.data import adult, feature_frame, run_data_stage
-    ws, v = demo_champion(a.workspace)
-    setup_mlflow(ws, 'adult-income')
-    model = mlflow.sklearn.load_model(f'models:/adult-income/{v}')
-    contract = read_json(ws.root/'data'/'contract.json')
+    from mlcycle.charter import workspace_charter
+    from mlcycle.core import read_json, setup_mlflow
+    from mlcycle.data import adult, feature_frame
+    home = champion_workspace(a.workspace)
+    c = workspace_charter(home)
+    setup_mlflow(home, c.name)
+    v_champ = mlflow.MlflowClient().get_model_version_by_alias(c.name, 'champion').version
+    champion = mlflow.sklearn.load_model(f'models:/{c.name}/{v_champ}')
+    family = mlflow.MlflowClient().get_model_version(c.name, v_champ).tags.get('model_family', '').split('+')[0]
+    ws_plain, v_plain = plain_workspace(home, champion, family)
+    setup_mlflow(ws_plain, c.name)
+    plain = mlflow.sklearn.load_model(f'models:/{c.name}/{v_plain}')
     test = adult('test')
-    X = feature_frame(test, contract)
-    res = {'machine': {'cpus': os.cpu_count(), 'load_avg_at_start': os.getloadavg()}, 'in_process': in_process(model, X)}
-    row = json.loads(test.head(1).drop(columns=['income']).to_json(orient='records'))
-    split = json.dumps({'dataframe_split': json.loads(test.head(1).drop(columns=['income']).to_json(orient='split', index=False))}).encode()
-    env = {**os.environ, 'MLFLOW_TRACKING_URI': ws.tracking_uri, 'PATH': f'{Path(sys.executable).parent}:{os.environ["PATH"]}'}
-    # the peer, as users run it, and with OpenMP limited to one thread (as mlcycle serve's scorer runs) for fairness
-    for key, extra in (('peer', {}), ('peer_omp1', {'OMP_NUM_THREADS': '1'})):
-        port = free_port()
-        p = start([sys.executable, '-m', 'mlflow', 'models', 'serve', '-m', f'models:/adult-income/{v}', '--env-manager', 'local',
-                   '--host', '127.0.0.1', '-p', str(port)], {**env, **extra}, ws.root/f'{key}.log')
-        try:
-            wait(f'http://127.0.0.1:{port}/ping')
-            u = f'http://127.0.0.1:{port}/invocations'
-            wrk(u, split, 1, 3)   # warm up
-            res[key] = {'sequential': wrk(u, split, 1, a.seconds), 'c32': wrk(u, split, 32, a.seconds)}
-        finally: stop(p)
-    # mlcycle serve
-    env.pop('MLFLOW_TRACKING_URI')
-    port = free_port()
-    p = start([sys.executable, '-c', 'from mlcycle.serve import cli_main; cli_main()', 'serve', '--workspace', str(ws.root), '--port', str(port)],
-              env, ws.root/'serve.log')
-    try:
-        wait(f'http://127.0.0.1:{port}/ready')
-        u = f'http://127.0.0.1:{port}'
-        wrk(u + '/predict', json.dumps(row).encode(), 8, 3)   # warm up
-        res['mlcycle'] = {'sequential': wrk(u + '/predict', json.dumps(row).encode(), 1, a.seconds),
-                          'c32': wrk(u + '/predict', json.dumps(row).encode(), 32, a.seconds),
-                          'invocations_sequential': wrk(u + '/invocations', split, 1, a.seconds),
-                          'invocations_c32': wrk(u + '/invocations', split, 32, a.seconds)}
-        with urllib.request.urlopen(u + '/metrics') as r: m = r.read().decode()
-        res['mlcycle']['rows_logged'] = int(re.search(r'mlcycle_predictions_total\{version="\d+",arm="champion"\} (\d+)', m).group(1))
-        res['mlcycle']['mean_batch_rows'] = float(re.search(r'mlcycle_batch_rows_sum\{scope="model"\} ([\d.]+)', m).group(1)) / \
-                                            float(re.search(r'mlcycle_batch_rows_count\{scope="model"\} (\d+)', m).group(1))
-    finally: stop(p)
-    from mlcycle.predlog import read_log
-    res['mlcycle']['log_rows_in_db'] = len(read_log(ws, features=False))
+    X = feature_frame(test, read_json(home.root/'data'/'contract.json'))
+    head = test.head(1).drop(columns=[c.data.target])
+    row = json.loads(head.to_json(orient='records'))
+    split = json.dumps({'dataframe_split': json.loads(head.to_json(orient='split', index=False))}).encode()
+    res = {'machine': {'cpus': os.cpu_count(), 'load_avg_at_start': os.getloadavg()}, 'workspace': str(home.root)}
+    for key, ws, v, model in (('champion', home, v_champ, champion), ('plain', ws_plain, v_plain, plain)):
+        r = res[key] = {'model': type(model).__name__ + (f' over {type(model.estimator).__name__}' if hasattr(model, 'estimator') else ''),
+                        'version': str(v), 'in_process': in_process(model, X)}
+        r['peer'] = peer(ws, c.name, v, split, a.seconds)
+        if a.peer_omp1: r['peer_omp1'] = peer(ws, c.name, v, split, a.seconds, {'OMP_NUM_THREADS': '1'}, 'peer_omp1')
+        r['mlcycle'] = ours(ws, row, split, a.seconds)
+        r['ratios'] = ratios(r['peer'], r['mlcycle'])
     # the prediction log alone
     res['log_sqlite'] = log_rate(f'sqlite:///{tempfile.mkdtemp(prefix="bench-log-")}/p.db')
     url, down = postgres()
     if url:
         try: res['log_postgresql'] = log_rate(url)
         finally: down()
-    pe, ml = res['peer'], res['mlcycle']
-    p1 = res['peer_omp1']
-    res['ratios'] = {'throughput_c32_vs_peer': ml['c32']['requests_per_s'] / pe['c32']['requests_per_s'],
-                     'sequential_p50_vs_peer': ml['sequential']['p50_ms'] / pe['sequential']['p50_ms'],
-                     'throughput_c32_vs_peer_omp1': ml['c32']['requests_per_s'] / p1['c32']['requests_per_s'],
-                     'sequential_p50_vs_peer_omp1': ml['sequential']['p50_ms'] / p1['sequential']['p50_ms']}
     res['machine']['load_avg_at_end'] = os.getloadavg()
     print(json.dumps(res, indent=2))
     if a.out: Path(a.out).write_text(json.dumps(res, indent=2))
