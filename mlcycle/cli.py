@@ -31,12 +31,12 @@ def write_index(run_dir: Path, run_id: str, records: list[dict], ws: Workspace, 
     rows = ''.join(
         f"<tr class='{r['status']}'><td>{r['stage']}</td><td>{html.escape(r['name'])}</td><td>{r['status']}</td><td>{r['seconds']:.1f} s</td>"
         f"<td>{html.escape(_manifest_summary(ws, r['name']))}{('<br><b>' + html.escape(r['error']) + '</b>') if r.get('error') else ''}</td>"
-        f"<td><a href='{r.get('html', '')}'>report</a> · <a href='{r['notebook']}'>notebook</a></td><td>{documents_html(r)}</td></tr>" for r in records)
+        f"<td><a href='{r.get('html', '')}'>report</a> · <a href='{r['notebook']}'>notebook</a></td><td class='docs'>{documents_html(r)}</td></tr>" for r in records)
     total = sum(r['seconds'] for r in records)
     extra = ''.join(f'<li>{html.escape(s)}</li>' for s in (summary or []))
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>mlcycle {run_id}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;width:100%}}
-td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}tr.failed{{background:#fdd}}tr.ok td:nth-child(3){{color:#070}}</style></head>
+td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}tr.failed{{background:#fdd}}td.docs{{min-width:18em;font-size:.9em}}tr.ok td:nth-child(3){{color:#070}}</style></head>
 <body><h1>mlcycle run {run_id}</h1><p>Workspace <code>{html.escape(str(ws.root))}</code> · {len(records)} stage(s) · {total:.1f} s ·
 audit log: {html.escape(str(ws.audit.verify()))}</p><ul>{extra}</ul>
 <table><tr><th>#</th><th>stage</th><th>status</th><th>time</th><th>outcome</th><th>reports</th><th>documents</th></tr>{rows}</table></body></html>"""
