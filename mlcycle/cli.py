@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlcycle
 from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json, verify_audit
+from .reports import documents_html
 from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_run_id, notebook_dir, notebook_params,
                      notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
 
@@ -26,19 +27,19 @@ def _manifest_summary(ws: Workspace, name: str) -> str:
     return ', '.join(f'{k}: {o[k]}' for k in keys if k in o and not isinstance(o[k], (dict, list)))
 
 def write_index(run_dir: Path, run_id: str, records: list[dict], ws: Workspace, summary: list[str] | None = None) -> Path:
-    "The run's `index.html`: a summary and one row per stage with links to its executed notebook and HTML."
+    "The run's `index.html`: a summary and one row per stage with links to its executed notebook, its HTML and the documents it wrote."
     rows = ''.join(
         f"<tr class='{r['status']}'><td>{r['stage']}</td><td>{html.escape(r['name'])}</td><td>{r['status']}</td><td>{r['seconds']:.1f} s</td>"
         f"<td>{html.escape(_manifest_summary(ws, r['name']))}{('<br><b>' + html.escape(r['error']) + '</b>') if r.get('error') else ''}</td>"
-        f"<td><a href='{r.get('html', '')}'>report</a> · <a href='{r['notebook']}'>notebook</a></td></tr>" for r in records)
+        f"<td><a href='{r.get('html', '')}'>report</a> · <a href='{r['notebook']}'>notebook</a></td><td class='docs'>{documents_html(r)}</td></tr>" for r in records)
     total = sum(r['seconds'] for r in records)
     extra = ''.join(f'<li>{html.escape(s)}</li>' for s in (summary or []))
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>mlcycle {run_id}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;width:100%}}
-td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}tr.failed{{background:#fdd}}tr.ok td:nth-child(3){{color:#070}}</style></head>
+td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}tr.failed{{background:#fdd}}td.docs{{min-width:18em;font-size:.9em}}tr.ok td:nth-child(3){{color:#070}}</style></head>
 <body><h1>mlcycle run {run_id}</h1><p>Workspace <code>{html.escape(str(ws.root))}</code> · {len(records)} stage(s) · {total:.1f} s ·
 audit log: {html.escape(str(ws.audit.verify()))}</p><ul>{extra}</ul>
-<table><tr><th>#</th><th>stage</th><th>status</th><th>time</th><th>outcome</th><th>reports</th></tr>{rows}</table></body></html>"""
+<table><tr><th>#</th><th>stage</th><th>status</th><th>time</th><th>outcome</th><th>reports</th><th>documents</th></tr>{rows}</table></body></html>"""
     p = run_dir/'index.html'
     p.write_text(page, encoding='utf-8')
     (run_dir/'run.json').write_text(to_json({'run_id': run_id, 'workspace': str(ws.root), 'stages': records}, indent=2))

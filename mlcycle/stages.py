@@ -179,14 +179,10 @@ def stage_args(a, spec: StageParams) -> dict:
     return spec.check(params)
 
 # %% ../nbs/10a_stages.ipynb #46f9db46
-def notebook_to_html(ipynb: Path) -> Path:
-    "Render an executed notebook to HTML beside it."
-    import nbformat
-    from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
-    out = ipynb.with_suffix('.html')
-    out.write_text(body, encoding='utf-8')
-    return out
+def notebook_to_html(ipynb: Path, code: bool | None = None) -> Path:
+    "Render an executed notebook to HTML beside it: its findings without the code unless `code` or MLCYCLE_REPORT_CODE=1 (see `mlcycle.reports`)."
+    from mlcycle.reports import render_report
+    return render_report(ipynb, code)
 
 def _error_line(e: Exception) -> str:
     ename, evalue = getattr(e, 'ename', type(e).__name__), getattr(e, 'evalue', str(e))
@@ -260,6 +256,10 @@ def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dic
     if err is not None:
         rec['error'] = _error_line(err)
         raise StageFailed(rec)
+    if html_report:   # the documents the stage wrote (model card, drift report, ...), beside its report
+        from mlcycle.reports import stage_documents
+        try: rec['documents'] = stage_documents(parameters['workspace'], rec, out_dir)
+        except Exception as e: rec['documents_error'] = f'{type(e).__name__}: {e}'
     return rec
 
 class StageFailed(MlcycleError):

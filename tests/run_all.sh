@@ -14,11 +14,12 @@ command -v "$PY" >/dev/null || PY=python3
 T0=$(date +%s)
 since() { echo "$(( $(date +%s) - $1 )) s"; }
 
-# System packages some tests use (a real PostgreSQL server; the load generator). Installed when we can.
+# System packages some tests use (a real PostgreSQL server; the load generator; a headless browser). Installed when we can.
 t=$(date +%s)
 need=()
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v wrk >/dev/null || need+=(wrk)
+command -v chromium >/dev/null || need+=(chromium)   # the browser check of the reports (tests/test_reports_browser.py)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing system packages: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
