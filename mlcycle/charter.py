@@ -20,8 +20,8 @@ from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml,
 __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS',
            'MAX_TEXT_FEATURES', 'CANDIDATES', 'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER',
            'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective',
-           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Charter', 'CharterError',
-           'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
+           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook', 'MonitoringSpec', 'Charter',
+           'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
            'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'target_problems',
            'task_target', 'stratify_labels', 'leakage_target', 'target_summary', 'judged_groups', 'judged_rows',
            'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives',
@@ -322,6 +322,18 @@ class Production(_Strict):
     sources: list[Source] = Field(default_factory=list)
     holdout_share: float = Field(0.15, ge=0.01, le=0.5)
 
+class Webhook(_Strict):
+    "Where stage 06's alerts are sent: a URL that takes a POST, the payload's format, and how hard to try."
+    url: str = Field(pattern=r'^https?://[^\s/]+')        # http(s)://host[:port]/path; a Slack incoming-webhook URL for format slack
+    format: Literal['json', 'slack'] = 'json'           # json: the alerts as data; slack: {"text": ...} (Slack, Mattermost, Teams workflows)
+    min_severity: Literal['info', 'warning', 'critical'] = 'warning'   # alerts below this are not sent
+    retries: int = Field(3, ge=0, le=10)                # attempts after the first, with exponential backoff
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+class MonitoringSpec(_Strict):
+    "Who hears about stage 06's alerts: webhooks that `mlcycle monitor` notifies (not part of the charter's hash)."
+    webhooks: list[Webhook] = Field(default_factory=list)
+
 class Charter(_Strict):
     "The problem, its data, and what good enough means."
     name: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
@@ -338,6 +350,7 @@ class Charter(_Strict):
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     production: Production = Field(default_factory=Production)
     features: list[DerivedFeature] = Field(default_factory=list)   # derived features (FEATURE_KINDS)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)   # notifications (webhooks) of stage 06's alerts
     base_dir: str | None = Field(None, exclude=True)   # where relative source paths start (the charter file's folder)
 
     @model_validator(mode='after')
@@ -376,11 +389,13 @@ class Charter(_Strict):
     def to_dict(self) -> dict:
         d = self.model_dump(mode='json')
         if not d.get('features'): d.pop('features', None)   # a charter without derived features keeps its hash
+        if not d.get('monitoring', {}).get('webhooks'): d.pop('monitoring', None)
         return d
     @property
     def hash(self) -> str:
         "Fingerprint of the charter's content (what the gates read), independent of YAML formatting."
-        return hashlib.sha256(to_json(self.to_dict()).encode()).hexdigest()[:16]
+        d = self.to_dict(); d.pop('monitoring', None)   # where alerts go is not what the gates read
+        return hashlib.sha256(to_json(d).encode()).hexdigest()[:16]
 
 # %% ../nbs/01a_charter.ipynb #a1c327f3
 class CharterError(MlcycleError):

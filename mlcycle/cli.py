@@ -296,7 +296,7 @@ def evidence_traffic(ctx: dict):
     ctx['skip'].discard('07_retraining-regate')
 
 # %% ../nbs/10_cli.ipynb #4e863d37
-CLI_MODULES = ['mlcycle.predlog', 'mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor',
+CLI_MODULES = ['mlcycle.predlog', 'mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor', 'mlcycle.notify',
                'mlcycle.retrain', 'mlcycle.governance', 'mlcycle.retire', 'mlcycle.batch', 'mlcycle.init']
 
 def _cmd_run(a):

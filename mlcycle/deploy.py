@@ -15,8 +15,8 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 # %% auto #0
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
            'promote', 'rollback', 'end_challenger', 'notify_server', 'approval_state', 'require_approval',
-           'pinned_requirements', 'kubernetes_manifest', 'build_container_context', 'register_cli',
-           'latest_passed_version', 'run_deployment']
+           'pinned_requirements', 'kubernetes_manifest', 'build_container_context', 'monitoring_cronjob',
+           'register_cli', 'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
 def scratch_workspace(ws: Workspace, path=None) -> Workspace:
@@ -422,6 +422,7 @@ def build_container_context(ws=None, version=None, out=None, port: int = 8080, n
         (tmp/'entrypoint.sh').write_text(_ENTRYPOINT.format(**fmt))
         server = tracking_uri or (ws.tracking_uri if ws.tracking_uri.startswith(('http://', 'https://')) else 'http://mlflow:5000')
         (tmp/'kubernetes.yaml').write_text(kubernetes_manifest(name, version, fmt['image'], int(port), replicas, server))
+        (tmp/'monitoring-cronjob.yaml').write_text(monitoring_cronjob(name, server))
         for p in (tmp/'bin'/'mlcycle', tmp/'entrypoint.sh'): p.chmod(0o755)
         (tmp/'.dockerignore').write_text('**/__pycache__\n**/*.pyc\nworkspace/predictions.db*\n')
         info = {'model': name, 'version': version, 'run_id': mv.run_id, 'source': mv.source,
@@ -436,6 +437,40 @@ def build_container_context(ws=None, version=None, out=None, port: int = 8080, n
         shutil.rmtree(tmp, ignore_errors=True); raise
     ws.audit.append('container_context_built', model=name, version=version, path=str(dest), requirements=len(reqs))
     return dest
+
+# %% ../nbs/05_deployment.ipynb #a1e7c0b5
+_CRON_HEADER = """\
+# {name}: `mlcycle monitor` on a schedule ({schedule}, UTC): stage 06 on the prediction log, then a notification to the
+# charter's webhooks (monitoring.webhooks) when it raises alerts. It sits beside the Deployment in kubernetes.yaml.
+# - Image: one with the mlcycle package installed from its wheel (the wheel bundles the stage notebooks, papermill and
+#   ipykernel come with it), e.g. FROM python:3.11-slim + RUN pip install mlcycle; the serving image leaves notebooks out.
+# - Workspace: the model's workspace (charter.json, stages/, data/) on the PersistentVolumeClaim {claim}; reports go
+#   to reports/ inside it. The prediction log and the MLflow server are the ones the Deployment uses (same Secret).
+# - A failed run or a failed notification fails the Job (backoffLimit 0: the next schedule tries again; the webhook
+#   retries happen inside the run), so the cluster's own Job-failure alerting reports that nobody was told.
+# kubectl apply -f monitoring-cronjob.yaml ; run once now: kubectl create job --from=cronjob/{job} {job}-manual
+"""
+
+def monitoring_cronjob(name: str, tracking_uri: str = 'http://mlflow:5000', schedule: str = '0 * * * *',
+                       image: str = 'mlcycle-monitor:latest', claim: str | None = None) -> str:
+    "A Kubernetes CronJob that runs `mlcycle monitor` (stage 06, then notifications) on `schedule`, as YAML."
+    import yaml
+    app = _k8s_name(name); job, secret, claim = f'{app}-monitor', f'{app}-serving', claim or f'{app}-workspace'
+    labels = {'app.kubernetes.io/name': app, 'app.kubernetes.io/component': 'monitoring', 'app.kubernetes.io/part-of': 'mlcycle'}
+    env = [{'name': 'MLFLOW_TRACKING_URI', 'value': tracking_uri},
+           {'name': 'MLCYCLE_PREDICTION_LOG_URL', 'valueFrom': {'secretKeyRef': {'name': secret, 'key': 'prediction-log-url'}}}]
+    pod = {'restartPolicy': 'Never', 'securityContext': {'runAsNonRoot': True, 'runAsUser': 10001},
+           'containers': [{'name': 'monitor', 'image': image, 'imagePullPolicy': 'IfNotPresent', 'command': ['mlcycle'],
+                           'args': ['monitor', '--workspace', '/workspace', '--reports', '/workspace/reports', '-p', 'demo_rows', '0'],
+                           'env': env, 'volumeMounts': [{'name': 'workspace', 'mountPath': '/workspace'}],
+                           'resources': {'requests': {'cpu': '1', 'memory': '2Gi'}, 'limits': {'memory': '4Gi'}}}],
+           'volumes': [{'name': 'workspace', 'persistentVolumeClaim': {'claimName': claim}}]}
+    cron = {'apiVersion': 'batch/v1', 'kind': 'CronJob', 'metadata': {'name': job, 'labels': labels, 'annotations': {'mlcycle/model': name}},
+            'spec': {'schedule': schedule, 'timeZone': 'Etc/UTC', 'concurrencyPolicy': 'Forbid', 'startingDeadlineSeconds': 600,
+                     'successfulJobsHistoryLimit': 3, 'failedJobsHistoryLimit': 5,
+                     'jobTemplate': {'spec': {'backoffLimit': 0, 'activeDeadlineSeconds': 3600,
+                                              'template': {'metadata': {'labels': labels}, 'spec': pod}}}}}
+    return _CRON_HEADER.format(name=name, schedule=schedule, claim=claim, job=job) + yaml.safe_dump(cron, sort_keys=False)
 
 # %% ../nbs/05_deployment.ipynb #cb2a112b
 from .stages import Param, StageParams, add_common_args

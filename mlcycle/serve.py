@@ -18,10 +18,10 @@ from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'Histogram', 'Metrics', 'registry_pointer', 'load_model_set', 'fixed_model_set', 'feedback_token',
-           'target_classes', 'authorize', 'ModelServer', 'start', 'stop', 'ready', 'metrics_text', 'predict',
-           'invocations', 'feedback', 'resolve_feedback', 'reload', 'read_json_body', 'error_body', 'create_app',
-           'serve', 'worker_app', 'register_cli', 'cli_main']
+__all__ = ['LATENCY_BUCKETS', 'Histogram', 'Metrics', 'monitoring_gauge_lines', 'monitoring_gauges', 'registry_pointer',
+           'load_model_set', 'fixed_model_set', 'feedback_token', 'target_classes', 'authorize', 'ModelServer', 'start',
+           'stop', 'ready', 'metrics_text', 'predict', 'invocations', 'feedback', 'resolve_feedback', 'reload',
+           'read_json_body', 'error_body', 'create_app', 'serve', 'worker_app', 'register_cli', 'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #aeebbb49
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -74,6 +74,53 @@ class Metrics:
                       self.reloads, lambda t: f'trigger="{t}"')
         L += _counter('mlcycle_feedback_total', 'Feedback labels by outcome (a conflict disputes the request id).', self.feedback, lambda o: f'outcome="{o}"')
         return '\n'.join(L) + '\n'
+
+# %% ../nbs/05b_serving.ipynb #c0ffee02
+_GAUGE_CACHE: dict = {}
+
+def _gauge(name: str, help_: str, samples: list[tuple[str, float]]) -> list[str]:
+    if not samples: return []
+    return [f'# HELP {name} {help_}', f'# TYPE {name} gauge'] + [f'{name}{{{k}}} {float(v):.10g}' if k else f'{name} {float(v):.10g}' for k, v in samples]
+
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+def _esc(v) -> str: return str(v).replace('\\', '\\\\').replace('"', '\\"').replace('\n', ' ')
+
+def monitoring_gauge_lines(m: dict) -> list[str]:
+    "Prometheus gauges from a `06_monitoring` manifest: drift, score drift, realized performance, window, alerts, last run."
+    o, win = m.get('outputs', {}), m.get('outputs', {}).get('window', {})
+    import datetime as dt
+    L = _gauge('mlcycle_monitoring_last_run_timestamp_seconds', 'When the latest stage 06 run finished (Unix time).',
+               [('', dt.datetime.fromisoformat(m['finished']).timestamp())] if m.get('finished') else [])
+    L += _gauge('mlcycle_monitoring_window_rows', 'Rows in the latest monitoring window, and how many were labelled.',
+                [(f'kind="{k}"', win[k]) for k in ('rows', 'labelled') if _num(win.get(k))])
+    drift = o.get('drift', [])
+    L += _gauge('mlcycle_monitoring_feature_psi', 'PSI of each feature, latest window against the training reference.',
+                [(f'feature="{_esc(d["feature"])}"', d['psi']) for d in drift if _num(d.get('psi'))])
+    L += _gauge('mlcycle_monitoring_feature_drift', '1 when stage 06 flagged the feature as drifted in the latest window.',
+                [(f'feature="{_esc(d["feature"])}"', float(bool(d.get('drift')))) for d in drift])
+    L += _gauge('mlcycle_monitoring_score_psi', "PSI of each version's scores, latest window against its validation scores.",
+                [(f'version="{_esc(v)}"', d['psi']) for v, d in o.get('prediction_drift', {}).items() if _num(d.get('psi'))])
+    L += _gauge('mlcycle_monitoring_performance', 'Realized performance on the labelled rows of the latest window, by version, arm and metric.',
+                [(f'version="{_esc(r.get("model_version"))}",arm="{_esc(r.get("arm"))}",metric="{_esc(k)}"', v)
+                 for r in o.get('performance', []) for k, v in r.items() if k not in ('model_version', 'arm') and _num(v)])
+    sev = [a.get('severity') for a in o.get('alerts', [])]
+    L += _gauge('mlcycle_monitoring_alerts', 'Alerts of the latest stage 06 run by severity.',
+                [(f'severity="{s}"', sev.count(s)) for s in ('critical', 'warning', 'info')] if 'alerts' in o else [])
+    L += _gauge('mlcycle_monitoring_retrain_recommended', '1 when the latest stage 06 run recommends retraining.',
+                [('', float(o['recommendation'] == 'retrain'))] if 'recommendation' in o else [])
+    return L
+
+def monitoring_gauges(ws: Workspace) -> str:
+    "The gauges of the workspace's latest stage 06 run as Prometheus text ('' before any); re-read only when the manifest changes."
+    p = ws.manifest_path('06_monitoring')
+    try: st = p.stat()
+    except FileNotFoundError: return ''
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if _GAUGE_CACHE.get('key') != key:
+        try: lines = monitoring_gauge_lines(read_json(p))
+        except Exception as e: lines = [f'# mlcycle: monitoring gauges unavailable ({type(e).__name__})']
+        _GAUGE_CACHE.update(key=key, text='\n'.join(lines) + '\n' if lines else '')
+    return _GAUGE_CACHE['text']
 
 # %% ../nbs/05b_serving.ipynb #6d0939f1
 def _load_version(name: str, version: str, probe=None) -> Served:
@@ -219,7 +266,7 @@ def ready(self: ModelServer) -> dict:
     if self.models is None: raise RequestError(503, {'ready': False, 'reason': self.error})
     return {'ready': True, **self.models.describe()}
 
-def metrics_text(self: ModelServer) -> str: return self.metrics.render()
+def metrics_text(self: ModelServer) -> str: return self.metrics.render() + monitoring_gauges(self.ws)
 
 for f in (start, stop, ready, metrics_text): setattr(ModelServer, f.__name__, f)
 

@@ -8,8 +8,16 @@
 - Detection: shifts of known size injected into the production half (population PSI >= 0.25 on one feature,
   calibrated on the whole half): numeric (age +k years, a share of people working 10 h more), categorical (marital_status and
   occupation mix reweighted), and a brand-new workclass category -> share of windows where that feature is flagged.
-Rates come with 95 % Wilson intervals."""
-import argparse, json, math, sys, time
+Rates come with 95 % Wilson intervals.
+
+Peer (`--peer evidently`): Evidently's default data-drift preset (`DataDriftPreset()`) on the same windows, in its own
+virtual environment that the benchmark creates (`python -m venv` + `pip install evidently`), so the project's pins do not
+move; the windows go over as Parquet to `peer_evidently.py`, run by that environment's python. Reported side by side:
+both at their defaults, and Evidently with its drift threshold scaled so that its false-alarm rate on the null windows
+equals mlcycle's on the same windows (detection at equal false-alarm rates).
+
+    python tests/benchmarks/bench_drift.py --peer evidently --resamples 10 --sizes 500,2000 --target 0.1 --reference-rows 5000"""
+import argparse, json, math, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +136,114 @@ def markdown(res) -> str:
     return '\n'.join(L)
 
 
+# --- the peer: Evidently's DataDriftPreset on the same windows ---------------------------------------------------------
+PEER_VENV = Path(tempfile.gettempdir())/'mlcycle-bench-evidently'
+PEER_PACKAGES = ['evidently', 'pandas<3', 'pyarrow']   # evidently 0.7 imports a pandas helper that pandas 3 removed
+
+
+def peer_python(venv=PEER_VENV) -> Path:
+    "The python of Evidently's own virtual environment, created (python -m venv + pip install) when missing."
+    py = Path(venv)/'bin'/'python'
+    if not py.exists(): subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    if subprocess.run([str(py), '-c', 'import evidently, pyarrow'], capture_output=True).returncode:
+        subprocess.run([str(py), '-m', 'pip', 'install', '-q', *PEER_PACKAGES], check=True)
+    return py
+
+
+def peer_windows(ref, prod, sizes, resamples, target=0.25, seed=3):
+    "The windows both tools judge: `null` ones from the production half, and from each shifted half (calibrated to `target`)."
+    halves = {'null': (None, prod, None, None)}
+    for name in SHIFTS:
+        k, v, shifted = calibrate(ref, prod, name, target, seed)
+        halves[name] = (SHIFTS[name][0], shifted, float(k), v)
+    rng, out = np.random.default_rng(seed), []
+    for name, (col, half, k, v) in halves.items():
+        for n in sizes:
+            for i in range(resamples):
+                out.append({'id': f'{len(out)}', 'shift': name, 'feature': col, 'strength': k, 'population_psi': v, 'n': n,
+                            'frame': half.iloc[rng.choice(len(half), n, replace=False)].reset_index(drop=True)})
+    return out
+
+
+def _ratio(c: dict) -> float:
+    "A column's drift value on one scale, drift at >= 1: distance / threshold, or log p / log threshold for tests."
+    if 'p_value' in c['method'].lower().replace('-', '_').replace(' ', '_'):
+        return math.log(max(c['value'], 1e-300)) / math.log(c['threshold'])
+    return c['value'] / c['threshold']
+
+
+def run_peer(ref, contract, wins, python) -> dict:
+    "Evidently's verdicts on `wins` (window id -> its per-column results), run by `python` in a scratch folder."
+    feats = contract['features']
+    cols = {'numerical': [f for f in feats if contract['columns'][f]['kind'] == 'numeric'],
+            'categorical': [f for f in feats if contract['columns'][f]['kind'] != 'numeric']}
+    with tempfile.TemporaryDirectory(prefix='bench-drift-peer-') as d:
+        d = Path(d)
+        (d/'columns.json').write_text(json.dumps(cols))
+        ref[feats].to_parquet(d/'reference.parquet', index=False)
+        pd.concat([w['frame'][feats].assign(_window=w['id']) for w in wins], ignore_index=True).to_parquet(d/'windows.parquet', index=False)
+        subprocess.run([str(python), str(Path(__file__).with_name('peer_evidently.py')), str(d)], check=True)
+        return json.loads((d/'evidently.json').read_text())
+
+
+def compare_with_peer(ref, prod, contract, sizes=(500, 2000), resamples=50, target=0.25, alpha=0.05, venv=PEER_VENV) -> dict:
+    "mlcycle and Evidently on the same windows: false alarms on null windows, detection of each shift, seconds per window."
+    wins = peer_windows(ref, prod, sizes, resamples, target)
+    det, mine = DriftDetector(ref, contract), {}
+    t0 = time.perf_counter()
+    for w in wins:
+        t = det.compare(w['frame'], alpha=alpha)
+        mine[w['id']] = set(t.loc[t.drift, 'feature'])
+    ml_seconds = (time.perf_counter() - t0) / len(wins)
+    peer = run_peer(ref, contract, wins, peer_python(venv))
+    ev = peer['windows']
+    ratios = {i: {c: _ratio(r) for c, r in e['columns'].items()} for i, e in ev.items()}
+    out = {'evidently': peer['evidently'], 'target_psi': target, 'alpha': alpha, 'resamples': resamples, 'sizes': {},
+           'seconds_per_window': {'mlcycle': ml_seconds, 'evidently': float(np.mean([e['seconds'] for e in ev.values()]))},
+           'methods': sorted({f"{c}: {r['method']} (threshold {r['threshold']:g})" for e in ev.values() for c, r in e['columns'].items()})}
+    for n in sizes:
+        null = [w['id'] for w in wins if w['shift'] == 'null' and w['n'] == n]
+        ml_fa = sum(bool(mine[i]) for i in null)
+        null_max = sorted((max(ratios[i].values()) for i in null), reverse=True)
+        scale = null_max[ml_fa] if ml_fa < len(null) else 0.0   # Evidently alarms when a ratio > scale: at most ml_fa null windows do
+        row = {'threshold_scale_at_mlcycle_false_alarms': scale,
+               'false_alarms': {'mlcycle': rate(ml_fa, len(null)), 'evidently_any_column': rate(sum(m >= 1 for m in null_max), len(null)),
+                                'evidently_dataset': rate(sum(ev[i]['drifted_share'] >= ev[i]['drift_share'] for i in null), len(null)),
+                                'evidently_matched': rate(sum(m > scale for m in null_max), len(null))},
+               'detections': {}}
+        for name in SHIFTS:
+            ids = [w for w in wins if w['shift'] == name and w['n'] == n]
+            col = ids[0]['feature']
+            row['detections'][name] = {
+                'feature': col, 'strength': ids[0]['strength'], 'population_psi': ids[0]['population_psi'],
+                'mlcycle': rate(sum(col in mine[w['id']] for w in ids), len(ids)),
+                'evidently_any_column': rate(sum(ratios[w['id']][col] >= 1 for w in ids), len(ids)),
+                'evidently_dataset': rate(sum(ev[w['id']]['drifted_share'] >= ev[w['id']]['drift_share'] for w in ids), len(ids)),
+                'evidently_matched': rate(sum(ratios[w['id']][col] > scale for w in ids), len(ids))}
+        out['sizes'][n] = row
+    return out
+
+
+def peer_markdown(p) -> str:
+    f = lambda r: f"**{r['rate']:.0%}** ({r['hits']}/{r['n']})"
+    tools = [('mlcycle (default)', 'mlcycle'), ('Evidently DataDriftPreset (default; the column flagged)', 'evidently_any_column'),
+             ("Evidently's dataset verdict (default: >= half the columns drifted)", 'evidently_dataset'),
+             ("Evidently, threshold scaled to mlcycle's false-alarm rate", 'evidently_matched')]
+    L = []
+    for n, row in p['sizes'].items():
+        names = list(row['detections'])
+        L += ['', f"Windows of {int(n):,} rows ({p['resamples']} per case; shifts at population PSI ≈ {p['target_psi']:g}; Evidently's threshold scale "
+              f"for equal false alarms: ×{row['threshold_scale_at_mlcycle_false_alarms']:.2f}):", '',
+              '| detector | false alarms (null windows, any feature) | ' + ' | '.join(f"{s.split(' (')[0]} (PSI {row['detections'][s]['population_psi']:.2f})" for s in names) + ' |',
+              '| --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
+        for label, k in tools:
+            L.append(f"| {label} | {f(row['false_alarms'][k])} | " + ' | '.join(f(row['detections'][s][k]) for s in names) + ' |')
+    s = p['seconds_per_window']
+    L += ['', f"Seconds per window: mlcycle {s['mlcycle']:.3f}, Evidently {p['evidently']} {s['evidently']:.3f}. "
+          f"Evidently's methods here: {'; '.join(sorted({m.split(': ', 1)[1] for m in p['methods']}))}."]
+    return '\n'.join(L)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--resamples', type=int, default=200)
@@ -135,9 +251,17 @@ def main(argv=None):
     ap.add_argument('--out', default=None)
     ap.add_argument('--target', type=float, default=0.25, help='population PSI of the injected shifts (0.25: major; try 0.1 for moderate)')
     ap.add_argument('--skip-speed', action='store_true')
+    ap.add_argument('--peer', choices=['evidently'], default=None, help="run Evidently's DataDriftPreset on the same windows (its own venv)")
+    ap.add_argument('--reference-rows', type=int, default=0, help='with --peer: fit both detectors on this many reference rows (seeded sample; 0: all)')
+    ap.add_argument('--peer-venv', default=str(PEER_VENV), help='where the peer\'s virtual environment lives (created when missing)')
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(',')]
     ref, prod, contract = pools()
+    if a.peer:
+        if a.reference_rows: ref = ref.sample(a.reference_rows, random_state=0).reset_index(drop=True)
+        res = json.loads(json.dumps(compare_with_peer(ref, prod, contract, sizes, a.resamples, a.target, venv=a.peer_venv), default=float))
+        if a.out: Path(a.out).write_text(json.dumps(res, indent=2))
+        print(peer_markdown(res)); return
     res = {'speed': None if a.skip_speed else speed(), 'false_alarms': false_alarms(ref, prod, contract, sizes, a.resamples),
            'detections': detections(ref, prod, contract, sizes, a.resamples, target=a.target)}
     res = json.loads(json.dumps(res, default=float))
