@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
@@ -26,12 +27,12 @@ from .stats import (N_RESAMPLES, resampled_errors, auc_delong, bootstrap_indices
 __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
            'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS', 'PARAMS', 'parse_window', 'read_window',
            'logged_rows', 'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci',
-           'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'operations',
-           'server_error_rate', 'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups',
-           'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window', 'run_monitoring',
-           'task_log_view', 'task_measurable', 'task_realized_performance', 'task_performance_over_time',
-           'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift', 'task_score_checks',
-           'monitor_task_window', 'register_cli']
+           'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'label_free_window',
+           'operations', 'server_error_rate', 'build_alerts', 'recommend', 'plot_drift', 'plot_performance',
+           'plot_groups', 'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window',
+           'run_monitoring', 'task_log_view', 'task_measurable', 'task_realized_performance',
+           'task_performance_over_time', 'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift',
+           'task_score_checks', 'monitor_task_window', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -248,6 +249,40 @@ def fairness_objectives(rates: pd.DataFrame, c: Charter) -> pd.DataFrame:
                         'passed': o.met(value) if measured else None, 'clearly_violated': bool(o.max is not None and lo_gap > o.threshold),
                         'groups_judged': int(len(sel)), 'detail': detail})
     return pd.DataFrame(out)
+
+# %% ../nbs/06_monitoring.ipynb #6ff100e0
+def label_free_window(log: pd.DataFrame, c: Charter, references: dict, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Per served version: `estimate` (the label-free estimate on every row of the window, and estimated vs realized on
+    the labelled rows), `calibration` (production ECE on labelled rows) and `alerts`. `references`: version → (labels,
+    scores) of labelled reference rows, for the calibrator."""
+    est_rows, cal_rows, alerts = [], [], []
+    served = log[log.arm.astype(str) != 'shadow'] if 'arm' in log else log
+    for v, g in served.groupby(served.model_version.astype(str), sort=True):
+        if v not in references: continue
+        cal, s, d = score_calibrator(*references[v]), g.probability.to_numpy(float), g.label.to_numpy(int)
+        est = estimate_performance(cal.predict(s), scores=s, pred=d, seed=seed, level=1 - alpha)
+        alerts += estimate_alerts(est, c.objectives, f'v{v}')
+        lab = g.y_true.notna().to_numpy()
+        t = est.assign(labelled=int(lab.sum()), realized=np.nan, agrees=np.nan, warning='')
+        if lab.sum() >= MIN_LABELS:
+            both = estimated_vs_realized(estimate_performance(cal.predict(s[lab]), scores=s[lab], pred=d[lab], seed=seed, level=1 - alpha),
+                                         g.y_true.to_numpy()[lab].astype(int), s[lab], d[lab])
+            t[['estimate_labelled', 'realized', 'agrees', 'warning']] = both[['estimate', 'realized', 'agrees', 'warning']].to_numpy()
+            for r in both[both.warning != ''].itertuples():
+                alerts.append(_alert('warning', 'estimate_disagrees', f'v{v}', r.realized, r.estimate, f'v{v}: {r.warning}'))
+            e = ece_with_ci(g.y_true.to_numpy()[lab].astype(int), s[lab], seed=seed, level=1 - alpha)
+            cal_rows.append({'model_version': v, **e})
+        est_rows += [{'model_version': v, **r} for r in t.to_dict('records')]
+    return {'estimate': pd.DataFrame(est_rows), 'calibration': pd.DataFrame(cal_rows), 'alerts': alerts}
+
+def _label_free(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, versions: list, alpha: float) -> dict:
+    "`label_free_window` with each version's scores of the workspace's labelled test split as its reference (versions that cannot load are skipped)."
+    from mlcycle.data import feature_frame
+    test = ws.load_snapshot(fps['test'])
+    X, y, refs = feature_frame(test, contract), binary_target(c, test[c.data.target]), {}
+    for v in versions:
+        with contextlib.suppress(Exception): refs[v] = (y, _load_model(ws, c, v).predict_proba(X)[:, 1])
+    return label_free_window(log, c, refs, alpha)
 
 # %% ../nbs/06_monitoring.ipynb #845a8d25
 ERROR_RATE_WARNING, ERROR_RATE_CRITICAL = 0.01, 0.05
@@ -578,7 +613,8 @@ def _monitoring_outputs(r: dict, counts: dict, seconds: float) -> dict:
                 fairness_note=r['fairness_note'], operations=r['operations'].to_dict('records'), errors=r['errors'], alerts=r['alerts'],
                 alerts_count=len([a for a in r['alerts'] if a['severity'] != 'info']), alerts_critical=counts['critical'],
                 recommendation='retrain' if rec['retrain'] else 'no retrain', recommendation_text=rec['text'],
-                recommendation_reasons=rec['reasons'], seconds=round(seconds, 2))
+                recommendation_reasons=rec['reasons'], seconds=round(seconds, 2),
+                label_free={k: v.to_dict('records') for k, v in r.get('label_free', {}).items() if k != 'alerts'})
 
 # %% ../nbs/06_monitoring.ipynb #b2dddca6
 def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
@@ -592,7 +628,7 @@ def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict,
     rates, fair, fairness_note = _fairness_in_production(log, c, alpha)
     return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
-                          fairness=fair, fairness_note=fairness_note)
+                          fairness=fair, fairness_note=fairness_note, label_free=_label_free(ws, c, contract, fps, log, versions, alpha))
 
 def _window_result(log, c, contract, window, versions, server_url, raw, **checks) -> dict:
     "One window's result for any task: the checks, the log's operations and server errors, the alerts and the recommendation."
@@ -601,6 +637,7 @@ def _window_result(log, c, contract, window, versions, server_url, raw, **checks
     alerts = build_alerts(c, checks['drift'], checks['prediction_drift'], checks['serving_skew'], checks['performance'], checks['fairness'], ops, errors)
     if checks['fairness_note'] and c.retention.log_sensitive_features == 'drop':
         alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, checks['fairness_note']))
+    alerts += checks.get('label_free', {}).get('alerts', [])
     win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
            'labelled': int(log.y_true.notna().sum()), 'versions': versions}
     skew_rows = feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None
