@@ -8,7 +8,8 @@
   towards older people (weight exp(age / 10)) and towards more education (weight exp(education_num / 2)); concept shift:
   30 % of the labels of married people flipped (inputs unchanged, so no label-free estimate can see it).
 - mlcycle: scores mapped by an isotonic calibrator fitted on the reference (`calibration.score_calibrator`), then
-  `calibration.estimate_performance` (decisions at 0.5). NannyML: `CBPE` (binary, chunk = one window) fitted on the
+  `calibration.estimate_performance` (decisions at 0.5), its interval with the calibrator refitted on 50 bootstrap
+  resamples of the reference (`calibration.calibrated_draws`), as stage 06 does. NannyML: `CBPE` (binary, chunk = one window) fitted on the
   same reference, in ITS OWN virtual environment (created by this script with `python -m venv` + `pip install nannyml`,
   so the project's pins do not move); data goes through CSV files and a small script run with that venv's python.
 - Reported per scenario: mean absolute error of the estimated accuracy and ROC AUC against the realized value, for both;
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from mlcycle.calibration import estimate_performance, estimated_vs_realized, score_calibrator
+from mlcycle.calibration import calibrated_draws, estimate_performance, estimated_vs_realized, score_calibrator
 from mlcycle.charter import binary_target, load_charter
 from mlcycle.data import adult, feature_frame, infer_contract
 from mlcycle.train import candidate_pipeline
@@ -119,7 +120,8 @@ def main():
         nml = pd.read_csv(tmp/'nml_out.csv')
         for k, (i, yw) in enumerate(ws):
             s = S['s_pool'][i]
-            est = estimate_performance(cal.predict(s), scores=s, pred=(s >= 0.5).astype(int), seed=k)
+            est = estimate_performance(cal.predict(s), scores=s, pred=(s >= 0.5).astype(int), seed=k,
+                                       proba_draws=calibrated_draws(S['y_ref'], S['s_ref'], s, seed=k))
             t = estimated_vs_realized(est, yw, s).set_index('metric')
             rows.append({'scenario': sc, 'window': k, 'realized_accuracy': t.realized['accuracy'], 'realized_roc_auc': t.realized['roc_auc'],
                          'mlcycle_accuracy': t.estimate['accuracy'], 'mlcycle_roc_auc': t.estimate['roc_auc'],
