@@ -30,8 +30,8 @@ __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS
            'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
            'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
            'score_rows', 'task_outputs', 'machine_load', 'latency_context', 'single_row_timings', 'single_row_latency',
-           'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'add_calibrated_candidate',
-           'refit_candidate', 'cv_estimates', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
+           'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'refit_candidate', 'cv_estimates',
+           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
            'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
            'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
            'run_model_development']
@@ -472,30 +472,6 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
         cv_estimates(cands, c, contract, pd.concat([train_df, validation_df], ignore_index=True), test_rows=len(validation_df), log=log)
     return cands
 
-# %% ../nbs/03_model_development.ipynb #c928203e
-def add_calibrated_candidate(cands: list[Candidate], c: Charter, contract: dict, validation_df: pd.DataFrame, train_df: pd.DataFrame | None = None,
-                             latency_rows: int = 40, method: str = CALIBRATION_METHOD, tolerance: float = CALIBRATION_TOLERANCE, log=print) -> list[Candidate]:
-    "Append the calibrated twin of the best unmitigated binary candidate to `cands` when it helps (see above); the base then steps aside."
-    base = [x for x in cands if x.mitigation is None and x.model is not None and x.metrics and x.deployable and '+calibrated' not in x.name]
-    if c.task != 'binary_classification' or not base or len(validation_df) < SMALL_DATA_ROWS: return cands
-    p, sign = c.primary.metric, (1 if c.primary.higher_is_better else -1)
-    best = max(base, key=lambda x: sign * x.metrics.get(p, -np.inf * sign))
-    X, y = feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target])
-    s = best.model.predict_proba(X)[:, 1]
-    m = lambda q: {k: objective_value(k, y, q) for k in ('expected_calibration_error', 'log_loss', p)}
-    keep, why = calibration_verdict(m(s), m(crossfit_calibration(y, s, method, seed=c.development.seed)), p, c.primary.higher_is_better, tolerance)
-    if not keep:
-        log(f'{best.name}+calibrated ({method}): {why} on cross-fitted validation scores'); return cands
-    t0 = time.perf_counter()
-    cand = Candidate(name=f'{best.name}+calibrated', family=best.family, model=calibrate_fitted(best.model, X, y, method),
-                     params={**best.params, 'calibration': method}, cv_mean=best.cv_mean, cv_std=best.cv_std,
-                     fit_seconds=time.perf_counter() - t0, note=f'{best.name} with {method} calibration fitted on the validation split; {why} (cross-fitted)')
-    evaluate_candidate(cand, c, contract, validation_df, train_df, latency_rows)
-    best.deployable, best.note = False, (best.note + '; ' if best.note else '') + f'superseded by {cand.name}'
-    cands.append(cand)
-    log(f'{cand.name}: {why} on cross-fitted validation scores')
-    return cands
-
 # %% ../nbs/03_model_development.ipynb #9d585a98
 SMALL_DATA_ROWS = 1000   # a validation split under this many rows: objectives are estimated by repeated CV
 CV_REPEATS = 2           # repeats of the stratified k-fold (k = the charter's development.cv_folds)
@@ -536,6 +512,30 @@ def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.Data
         cand.metrics['cv_estimate_folds'] = len(folds)
         log(f'{cand.name}: objectives from {len(folds)} CV folds ({time.perf_counter() - t0:.1f} s)')
     return pd.DataFrame(rows)
+
+# %% ../nbs/03_model_development.ipynb #c928203e
+def add_calibrated_candidate(cands: list[Candidate], c: Charter, contract: dict, validation_df: pd.DataFrame, train_df: pd.DataFrame | None = None,
+                             latency_rows: int = 40, method: str = CALIBRATION_METHOD, tolerance: float = CALIBRATION_TOLERANCE, log=print) -> list[Candidate]:
+    "Append the calibrated twin of the best unmitigated binary candidate to `cands` when it helps (see above); the base then steps aside."
+    base = [x for x in cands if x.mitigation is None and x.model is not None and x.metrics and x.deployable and '+calibrated' not in x.name]
+    if c.task != 'binary_classification' or not base or len(validation_df) < SMALL_DATA_ROWS: return cands
+    p, sign = c.primary.metric, (1 if c.primary.higher_is_better else -1)
+    best = max(base, key=lambda x: sign * x.metrics.get(p, -np.inf * sign))
+    X, y = feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target])
+    s = best.model.predict_proba(X)[:, 1]
+    m = lambda q: {k: objective_value(k, y, q) for k in ('expected_calibration_error', 'log_loss', p)}
+    keep, why = calibration_verdict(m(s), m(crossfit_calibration(y, s, method, seed=c.development.seed)), p, c.primary.higher_is_better, tolerance)
+    if not keep:
+        log(f'{best.name}+calibrated ({method}): {why} on cross-fitted validation scores'); return cands
+    t0 = time.perf_counter()
+    cand = Candidate(name=f'{best.name}+calibrated', family=best.family, model=calibrate_fitted(best.model, X, y, method),
+                     params={**best.params, 'calibration': method}, cv_mean=best.cv_mean, cv_std=best.cv_std,
+                     fit_seconds=time.perf_counter() - t0, note=f'{best.name} with {method} calibration fitted on the validation split; {why} (cross-fitted)')
+    evaluate_candidate(cand, c, contract, validation_df, train_df, latency_rows)
+    best.deployable, best.note = False, (best.note + '; ' if best.note else '') + f'superseded by {cand.name}'
+    cands.append(cand)
+    log(f'{cand.name}: {why} on cross-fitted validation scores')
+    return cands
 
 # %% ../nbs/03_model_development.ipynb #d11f1046
 def pareto_front(accuracy, unfairness) -> np.ndarray:
