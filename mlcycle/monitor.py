@@ -284,7 +284,8 @@ def server_error_rate(url: str, timeout: float = 5) -> dict:
             'error_rate': (client + server) / total if total else float('nan'), 'server_error_rate': server / total if total else float('nan')}
 
 # %% ../nbs/06_monitoring.ipynb #a9134974
-RETRAIN_RULES = ('feature_drift', 'missing_rate_change', 'prediction_drift', 'performance_below_objective', 'fairness_objective')
+RETRAIN_RULES = ('feature_drift', 'missing_rate_change', 'prediction_drift', 'performance_below_objective', 'fairness_objective',
+                 'estimated_performance_below_objective', 'estimate_disagrees')   # model findings: warnings name no service fault
 MIN_LABELS = 100
 
 def _alert(severity, rule, subject, value, threshold, message):
