@@ -648,6 +648,7 @@ SKOPS_TRUSTED_TYPES = [
     'numpy.dtype',
     'sklearn.tree._tree.Tree',
     'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
+    'sklearn.calibration._CalibratedClassifier',   # the calibrated candidate's score map (stage 03)
     'mlcycle.train.FairThresholdClassifier',
     'mlcycle.train.FairMixtureClassifier',
     *FEATURE_TRUSTED_TYPES,              # the functions of the charter's derived features (mlcycle.features)
