@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .calibration import expected_calibration_error, top_label
 from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
 
 # %% auto #0
@@ -38,6 +39,7 @@ METRICS = {
     'f1': ('performance', True, True),
     'log_loss': ('performance', False, False),
     'brier': ('performance', False, True),
+    'expected_calibration_error': ('performance', False, True),   # equal-mass bins (mlcycle.calibration)
     'demographic_parity_difference': ('fairness', False, True),
     'demographic_parity_ratio': ('fairness', True, True),
     'equalized_odds_difference': ('fairness', False, True),
@@ -54,9 +56,9 @@ METRICS = {
     'accuracy_difference': ('fairness', False, True),      # largest gap in accuracy between groups
 }
 TASK_METRICS = {   # the metrics an objective may name, per charter task
-    'binary_classification': ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier',
+    'binary_classification': ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier', 'expected_calibration_error',
                               'demographic_parity_difference', 'demographic_parity_ratio', 'equalized_odds_difference', 'p95_latency_ms'],
-    'multiclass_classification': ['accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'roc_auc_ovr', 'accuracy_difference', 'p95_latency_ms'],
+    'multiclass_classification': ['accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'expected_calibration_error', 'roc_auc_ovr', 'accuracy_difference', 'p95_latency_ms'],
     'regression': ['rmse', 'mae', 'r2', 'abs_mean_error', 'mae_difference', 'p95_latency_ms'],
 }
 # the binary task's metrics by family (what the binary stages compute and report)
@@ -230,6 +232,10 @@ class Objective(_Strict):
             raise ValueError(f"{self.metric} threshold must be > 0, got {value}; example: {example}")
         if family == 'fairness' and not self.sensitive_feature:
             raise ValueError(f"fairness objective {self.metric!r} needs `sensitive_feature`; example: {example}")
+        if self.primary and self.metric == 'expected_calibration_error':
+            raise ValueError("expected_calibration_error cannot be the primary objective (a model that always answers the base rate is "
+                             "perfectly calibrated); keep a ranking or accuracy metric primary and add it beside: "
+                             "{metric: expected_calibration_error, max: 0.05}")
         if family != 'performance' and self.primary:
             raise ValueError(f"the primary objective must be a performance metric ({', '.join(PERFORMANCE_METRICS)}), not {self.metric!r}")
         return self
@@ -639,6 +645,7 @@ def task_metric_value(metric: str, y_true, proba=None, pred=None, sensitive=None
     if metric == 'balanced_accuracy': return float(skm.balanced_accuracy_score(y, pred))
     if metric == 'macro_f1': return float(skm.f1_score(y, pred, average='macro', zero_division=0))
     if metric == 'roc_auc_ovr': return ovr_auc(y, proba)
+    if metric == 'expected_calibration_error': return expected_calibration_error(*top_label(y, proba))   # top-label ECE
     if metric == 'log_loss':
         P = np.clip(proba.to_numpy(dtype=float), 1e-15, 1); P = P / P.sum(1, keepdims=True)
         return float(skm.log_loss(y, P, labels=[str(k) for k in proba.columns]))
@@ -664,6 +671,7 @@ def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, 
     if metric == 'roc_auc': return float(skm.roc_auc_score(y_true, proba))
     if metric == 'log_loss': return float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1]))
     if metric == 'brier': return float(skm.brier_score_loss(y_true, proba))
+    if metric == 'expected_calibration_error': return expected_calibration_error(y_true, proba)
     fn = {'accuracy': skm.accuracy_score, 'balanced_accuracy': skm.balanced_accuracy_score,
           'precision': lambda a, b: skm.precision_score(a, b, zero_division=0),
           'recall': lambda a, b: skm.recall_score(a, b, zero_division=0),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
@@ -27,11 +28,11 @@ __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', '
            'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS', 'PARAMS', 'parse_window', 'read_window',
            'logged_rows', 'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci',
            'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'operations',
-           'server_error_rate', 'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups',
-           'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window', 'run_monitoring',
-           'task_log_view', 'task_measurable', 'task_realized_performance', 'task_performance_over_time',
-           'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift', 'task_score_checks',
-           'monitor_task_window', 'register_cli']
+           'server_error_rate', 'build_alerts', 'recommend', 'label_free_window', 'plot_drift', 'plot_performance',
+           'plot_groups', 'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window',
+           'run_monitoring', 'task_log_view', 'task_measurable', 'task_realized_performance',
+           'task_performance_over_time', 'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift',
+           'task_score_checks', 'monitor_task_window', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -283,7 +284,8 @@ def server_error_rate(url: str, timeout: float = 5) -> dict:
             'error_rate': (client + server) / total if total else float('nan'), 'server_error_rate': server / total if total else float('nan')}
 
 # %% ../nbs/06_monitoring.ipynb #a9134974
-RETRAIN_RULES = ('feature_drift', 'missing_rate_change', 'prediction_drift', 'performance_below_objective', 'fairness_objective')
+RETRAIN_RULES = ('feature_drift', 'missing_rate_change', 'prediction_drift', 'performance_below_objective', 'fairness_objective',
+                 'estimated_performance_below_objective', 'estimate_disagrees')   # model findings: warnings name no service fault
 MIN_LABELS = 100
 
 def _alert(severity, rule, subject, value, threshold, message):
@@ -359,6 +361,42 @@ def recommend(alerts: list[dict]) -> dict:
     else: text = 'no retrain: ' + ('no critical drift, performance and fairness within the charter' if not other
                                   else 'the model\'s inputs and results hold; the alerts are for the service: ' + '; '.join(other[:3]))
     return {'retrain': bool(why), 'reasons': why, 'operational': other, 'text': text}
+
+# %% ../nbs/06_monitoring.ipynb #6ff100e0
+def label_free_window(log: pd.DataFrame, c: Charter, references: dict, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Per served version: `estimate` (the label-free estimate on every row of the window, and estimated vs realized on
+    the labelled rows), `calibration` (production ECE on labelled rows) and `alerts`. `references`: version → (labels,
+    scores) of labelled reference rows, for the calibrator."""
+    est_rows, cal_rows, alerts = [], [], []
+    served = log[log.arm.astype(str) != 'shadow'] if 'arm' in log else log
+    for v, g in served.groupby(served.model_version.astype(str), sort=True):
+        if v not in references: continue
+        cal, s, d = score_calibrator(*references[v]), g.probability.to_numpy(float), g.label.to_numpy(int)
+        draws = calibrated_draws(*references[v], s, seed=seed)   # the calibrator's own uncertainty, in every interval
+        est = estimate_performance(cal.predict(s), scores=s, pred=d, seed=seed, level=1 - alpha, proba_draws=draws)
+        alerts += estimate_alerts(est, c.objectives, f'v{v}')
+        lab = g.y_true.notna().to_numpy()
+        t = est.assign(labelled=int(lab.sum()), realized=np.nan, agrees=np.nan, warning='')
+        if lab.sum() >= MIN_LABELS:
+            both = estimated_vs_realized(estimate_performance(cal.predict(s[lab]), scores=s[lab], pred=d[lab], seed=seed, level=1 - alpha,
+                                                              proba_draws=draws[:, lab]),
+                                         g.y_true.to_numpy()[lab].astype(int), s[lab], d[lab])
+            t[['estimate_labelled', 'realized', 'agrees', 'warning']] = both[['estimate', 'realized', 'agrees', 'warning']].to_numpy()
+            for r in both[both.warning != ''].itertuples():
+                alerts.append(_alert('warning', 'estimate_disagrees', f'v{v}', r.realized, r.estimate, f'v{v}: {r.warning}'))
+            e = ece_with_ci(g.y_true.to_numpy()[lab].astype(int), s[lab], seed=seed, level=1 - alpha)
+            cal_rows.append({'model_version': v, **e})
+        est_rows += [{'model_version': v, **r} for r in t.to_dict('records')]
+    return {'estimate': pd.DataFrame(est_rows), 'calibration': pd.DataFrame(cal_rows), 'alerts': alerts}
+
+def _label_free(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, versions: list, alpha: float) -> dict:
+    "`label_free_window` with each version's scores of the workspace's labelled test split as its reference (versions that cannot load are skipped)."
+    from mlcycle.data import feature_frame
+    test = ws.load_snapshot(fps['test'])
+    X, y, refs = feature_frame(test, contract), binary_target(c, test[c.data.target]), {}
+    for v in versions:
+        with contextlib.suppress(Exception): refs[v] = (y, _load_model(ws, c, v).predict_proba(X)[:, 1])
+    return label_free_window(log, c, refs, alpha)
 
 # %% ../nbs/06_monitoring.ipynb #47e241f2
 def plot_drift(t: pd.DataFrame, title: str = 'Data drift per feature'):
@@ -578,7 +616,8 @@ def _monitoring_outputs(r: dict, counts: dict, seconds: float) -> dict:
                 fairness_note=r['fairness_note'], operations=r['operations'].to_dict('records'), errors=r['errors'], alerts=r['alerts'],
                 alerts_count=len([a for a in r['alerts'] if a['severity'] != 'info']), alerts_critical=counts['critical'],
                 recommendation='retrain' if rec['retrain'] else 'no retrain', recommendation_text=rec['text'],
-                recommendation_reasons=rec['reasons'], seconds=round(seconds, 2))
+                recommendation_reasons=rec['reasons'], seconds=round(seconds, 2),
+                label_free={k: v.to_dict('records') for k, v in r.get('label_free', {}).items() if k != 'alerts'})
 
 # %% ../nbs/06_monitoring.ipynb #b2dddca6
 def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
@@ -592,7 +631,7 @@ def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict,
     rates, fair, fairness_note = _fairness_in_production(log, c, alpha)
     return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
-                          fairness=fair, fairness_note=fairness_note)
+                          fairness=fair, fairness_note=fairness_note, label_free=_label_free(ws, c, contract, fps, log, versions, alpha))
 
 def _window_result(log, c, contract, window, versions, server_url, raw, **checks) -> dict:
     "One window's result for any task: the checks, the log's operations and server errors, the alerts and the recommendation."
@@ -601,6 +640,7 @@ def _window_result(log, c, contract, window, versions, server_url, raw, **checks
     alerts = build_alerts(c, checks['drift'], checks['prediction_drift'], checks['serving_skew'], checks['performance'], checks['fairness'], ops, errors)
     if checks['fairness_note'] and c.retention.log_sensitive_features == 'drop':
         alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, checks['fairness_note']))
+    alerts += checks.get('label_free', {}).get('alerts', [])
     win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
            'labelled': int(log.y_true.notna().sum()), 'versions': versions}
     skew_rows = feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None
@@ -626,7 +666,7 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
         for a in r['alerts']:
             if a['severity'] != 'info': st.record('monitoring_alert', **a)
         st.record('monitoring_recommendation', retrain=r['recommendation']['retrain'], why=r['recommendation']['text'])
-    return dict(charter=c, workspace=ws, **{k: r[k] for k in _RESULT_KEYS})
+    return dict(charter=c, workspace=ws, **{k: r[k] for k in _RESULT_KEYS}, label_free=r.get('label_free', {}))
 
 # %% ../nbs/06_monitoring.ipynb #1ac31244
 def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:

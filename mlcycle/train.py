@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 import mlcycle
+from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fitted, calibration_verdict, crossfit_calibration
 from .core import MlcycleError, Workspace, read_json, setup_mlflow, to_json
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
@@ -30,9 +31,10 @@ __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS
            'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
            'score_rows', 'task_outputs', 'machine_load', 'latency_context', 'single_row_timings', 'single_row_latency',
            'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'refit_candidate', 'cv_estimates',
-           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
-           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
-           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
+           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
+           'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
+           'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -382,7 +384,7 @@ def single_row_latency(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2,
 # %% ../nbs/03_model_development.ipynb #2a1db5e5
 def task_report_metrics(c: Charter) -> list[str]:
     "The performance metrics reported for every candidate of the charter's task."
-    if c.task == 'binary_classification': return ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
+    if c.task == 'binary_classification': return ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier', 'expected_calibration_error']
     return [m for m in TASK_METRICS[c.task] if METRICS[m][0] == 'performance']
 
 def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_df: pd.DataFrame,
@@ -464,6 +466,7 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
                 log(f'{cands[-1].name}: {cands[-1].note}')
     for cand in cands:
         if cand.model is not None: evaluate_candidate(cand, c, contract, validation_df, train_df, latency_rows)
+    add_calibrated_candidate(cands, c, contract, validation_df, train_df, latency_rows, log=log)
     if len(validation_df) < SMALL_DATA_ROWS:
         log(f'small data: {len(validation_df)} validation rows < {SMALL_DATA_ROWS}: objectives estimated by {dev.cv_folds}-fold CV repeated {CV_REPEATS} times')
         cv_estimates(cands, c, contract, pd.concat([train_df, validation_df], ignore_index=True), test_rows=len(validation_df), log=log)
@@ -509,6 +512,30 @@ def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.Data
         cand.metrics['cv_estimate_folds'] = len(folds)
         log(f'{cand.name}: objectives from {len(folds)} CV folds ({time.perf_counter() - t0:.1f} s)')
     return pd.DataFrame(rows)
+
+# %% ../nbs/03_model_development.ipynb #c928203e
+def add_calibrated_candidate(cands: list[Candidate], c: Charter, contract: dict, validation_df: pd.DataFrame, train_df: pd.DataFrame | None = None,
+                             latency_rows: int = 40, method: str = CALIBRATION_METHOD, tolerance: float = CALIBRATION_TOLERANCE, log=print) -> list[Candidate]:
+    "Append the calibrated twin of the best unmitigated binary candidate to `cands` when it helps (see above); the base then steps aside."
+    base = [x for x in cands if x.mitigation is None and x.model is not None and x.metrics and x.deployable and '+calibrated' not in x.name]
+    if c.task != 'binary_classification' or not base or len(validation_df) < SMALL_DATA_ROWS: return cands
+    p, sign = c.primary.metric, (1 if c.primary.higher_is_better else -1)
+    best = max(base, key=lambda x: sign * x.metrics.get(p, -np.inf * sign))
+    X, y = feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target])
+    s = best.model.predict_proba(X)[:, 1]
+    m = lambda q: {k: objective_value(k, y, q) for k in ('expected_calibration_error', 'log_loss', p)}
+    keep, why = calibration_verdict(m(s), m(crossfit_calibration(y, s, method, seed=c.development.seed)), p, c.primary.higher_is_better, tolerance)
+    if not keep:
+        log(f'{best.name}+calibrated ({method}): {why} on cross-fitted validation scores'); return cands
+    t0 = time.perf_counter()
+    cand = Candidate(name=f'{best.name}+calibrated', family=best.family, model=calibrate_fitted(best.model, X, y, method),
+                     params={**best.params, 'calibration': method}, cv_mean=best.cv_mean, cv_std=best.cv_std,
+                     fit_seconds=time.perf_counter() - t0, note=f'{best.name} with {method} calibration fitted on the validation split; {why} (cross-fitted)')
+    evaluate_candidate(cand, c, contract, validation_df, train_df, latency_rows)
+    best.deployable, best.note = False, (best.note + '; ' if best.note else '') + f'superseded by {cand.name}'
+    cands.append(cand)
+    log(f'{cand.name}: {why} on cross-fitted validation scores')
+    return cands
 
 # %% ../nbs/03_model_development.ipynb #d11f1046
 def pareto_front(accuracy, unfairness) -> np.ndarray:
@@ -621,6 +648,7 @@ SKOPS_TRUSTED_TYPES = [
     'numpy.dtype',
     'sklearn.tree._tree.Tree',
     'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
+    'sklearn.calibration._CalibratedClassifier',   # the calibrated candidate's score map (stage 03)
     'mlcycle.train.FairThresholdClassifier',
     'mlcycle.train.FairMixtureClassifier',
     *FEATURE_TRUSTED_TYPES,              # the functions of the charter's derived features (mlcycle.features)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import calibration_report, resampled_ece
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, workspace_charter
 from .data import feature_frame
@@ -211,7 +212,8 @@ def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencie
     idx = bootstrap_indices(len(y), n_resamples, seed)
     lo, hi = [], []
     for o in c.objectives:
-        if o.family == 'performance': v = resampled_metric(o.metric, y, proba, pred, idx)
+        if o.metric == 'expected_calibration_error': v = resampled_ece(y, proba, idx)
+        elif o.family == 'performance': v = resampled_metric(o.metric, y, proba, pred, idx)
         elif o.family == 'fairness':   # judged groups only (charter.judged_rows), the rows the value itself is computed on
             g = frame[o.sensitive_feature].astype(str).to_numpy(); keep = judged_rows(g, c.data.requirements.min_group_size)
             v = resampled_fairness(o.metric, np.asarray(y)[keep], np.asarray(pred)[keep], g[keep], bootstrap_indices(int(keep.sum()), n_resamples, seed))
