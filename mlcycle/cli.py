@@ -197,7 +197,7 @@ def ab_traffic(ctx: dict):
     sent = ctx.get('production_sent', 0)
     plan = unsent_rows(ab_rows(design), sent, len(production_data(ws, ctx.get('traffic'))['data']), 'the A/B')
     if plan['short']:
-        msg = f"{plan['short']}: sending the {plan['rows']} left; the A/B analysis waits for the rest"
+        msg = f"{plan['short']}: " + (f"sending the {plan['rows']} left" if plan['rows'] else 'none to send') + '; the A/B analysis waits for the rest'
         ctx['echo'](f'[--] {msg}'); ctx['summary'].append(msg)
     if not plan['rows']: return
     start_server(ctx)

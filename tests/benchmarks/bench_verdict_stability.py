@@ -1,7 +1,7 @@
 """How stable are the circle's decisions? Over N seeds, the retraining gate's verdict and the A/B decision (run on demand):
 
     mlcycle run --stages 01-05 --no-circle -w WS          # once: a workspace with v1 as @champion on the bundled charter
-    python tests/benchmarks/bench_verdict_stability.py -w WS [--champion 1] [--seeds 20] [--first-seed 0] [--scenarios gig_economy,new_category] [--out r.json]
+    python tests/benchmarks/bench_verdict_stability.py -w WS [--champion 1] [--seeds 20] [--first-seed 0 | --seed-list 2,10] [--scenarios gig_economy,new_category] [--out r.json]
 
 For each scenario and each seed, the deciding parts of the default circle run in one process, without a server, and follow
 the circle to its decision:
@@ -110,7 +110,7 @@ def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int, pool: 
 
 
 def run(workspace, seeds: int = 20, scenarios=('gig_economy', 'new_category'), rows: int = 4000, champion: str | None = None, log=print,
-        out: str | None = None, first_seed: int = 0) -> dict:
+        out: str | None = None, first_seed: int = 0, seed_list=None) -> dict:
     import mlflow
     from mlcycle.charter import workspace_charter
     from mlcycle.core import Workspace, read_json
@@ -125,7 +125,7 @@ def run(workspace, seeds: int = 20, scenarios=('gig_economy', 'new_category'), r
     results, summary = [], {}
     for sc in scenarios:
         rs = []
-        for s in range(first_seed, first_seed + seeds):
+        for s in (seed_list or range(first_seed, first_seed + seeds)):
             r = one_seed(ws, c, contract, champ, sc, s, rows, pool); rs.append(r)
             log(f"{sc} seed {s}: first look {r['first_verdict']}, gate {r['verdict']}, A/B {r['decision']} (reusing rows: "
                 f"{r.get('decision_reusing_rows')}) ({r['seconds']:.0f} s) · {r.get('gate', '')[:160]} · {r.get('ab_short') or ''}")
@@ -135,7 +135,7 @@ def run(workspace, seeds: int = 20, scenarios=('gig_economy', 'new_category'), r
         reused = collections.Counter((r['verdict'], r.get('decision_reusing_rows', r['decision'])) for r in rs)
         decisions = collections.Counter(r['decision'] for r in rs)
         both = collections.Counter((r['verdict'], r['decision']) for r in rs)
-        summary[sc] = {'seeds': seeds, 'first_look': dict(first), 'same_first_look': first.most_common(1)[0][1], 'verdicts': dict(verdicts), 'decisions': dict(decisions),
+        summary[sc] = {'seeds': len(rs), 'seed_list': [r['seed'] for r in rs], 'first_look': dict(first), 'same_first_look': first.most_common(1)[0][1], 'verdicts': dict(verdicts), 'decisions': dict(decisions),
                        'same_verdict': verdicts.most_common(1)[0][1], 'same_decision': decisions.most_common(1)[0][1],
                        'same_both': both.most_common(1)[0][1], 'most_common': list(both.most_common(1)[0][0]),
                        'same_both_reusing_rows': reused.most_common(1)[0][1], 'most_common_reusing_rows': list(reused.most_common(1)[0][0]),
@@ -153,8 +153,10 @@ if __name__ == '__main__':
     ap.add_argument('--champion', default=None, help='the version to retrain from (default: @champion; e.g. 1 in a workspace where the circle ran)')
     ap.add_argument('--out', default=None)
     ap.add_argument('--first-seed', type=int, default=0, help='seeds first_seed .. first_seed + seeds - 1 (to split a run)')
+    ap.add_argument('--seed-list', default='', help='these seeds instead, e.g. 2,10,16 (to split a run)')
     a = ap.parse_args()
-    r = run(a.workspace, a.seeds, tuple(a.scenarios.split(',')), a.rows, a.champion, out=a.out, first_seed=a.first_seed)
+    r = run(a.workspace, a.seeds, tuple(a.scenarios.split(',')), a.rows, a.champion, out=a.out, first_seed=a.first_seed,
+            seed_list=[int(x) for x in a.seed_list.split(',')] if a.seed_list else None)
     print(json.dumps(r['summary'], indent=2))
     print('load average at the end:', r['load_average'])
     if a.out: Path(a.out).write_text(json.dumps(r, indent=2, default=str))
