@@ -62,7 +62,7 @@ def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int, pool: 
     target, sent = c.data.target, min(rows, pool)                 # the circle's production traffic: each row once (`distinct_rows`)
     # as `simulate(seed=s, skip=k)` sends them: the first `k + n` rows of the seeded order, the first `k` left out (sent before)
     replay = lambda n, skip: replay_rows(skip + n, scenario, 1.0, seed, workspace=ws)[0].iloc[skip:].reset_index(drop=True)
-    df = replay(sent, 0)
+    df = replay(sent, 0)[[*contract['features'], target]]          # what the prediction log keeps of a row: the contract's features and the label
     new = df.assign(_ts=np.arange(len(df), dtype=float), _request_id=[f'{seed}-{i}' for i in range(len(df))])
     data = retraining_parts(ws, c, contract, new, test_share=0.3)
     parts = data['parts']
@@ -83,7 +83,7 @@ def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int, pool: 
         plan = evidence_plan(ev.get('more_rows_needed'), sent, pool)
         out.update(more_rows_needed=ev.get('more_rows_needed'), evidence_rows=plan['rows'], evidence_why=plan['why'])
         if plan['rows']:
-            extra = replay(plan['rows'], sent)
+            extra = replay(plan['rows'], sent)[[*contract['features'], target]]
             extra = extra.assign(_ts=len(new) + np.arange(len(extra), dtype=float), _request_id=[f'{seed}-{len(new) + i}' for i in range(len(extra))])
             sent += plan['rows']
             holdout, fitted = unseen_split(pd.concat([new, extra], ignore_index=True), parts['train'], parts['validation'])   # as `run_regate`
