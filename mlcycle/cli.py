@@ -17,7 +17,7 @@ from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_
 # %% auto #0
 __all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle',
            'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'approval_step', 'with_approvals',
-           'retraining_decision', 'evidence_traffic', 'build_parser', 'main']
+           'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows', 'evidence_traffic', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -186,19 +186,24 @@ def production_traffic(ctx: dict):
     _traffic(ctx, ctx['production_sent'], 'production traffic', seed=1)
 
 def ab_traffic(ctx: dict):
-    "Hook: if stage 07 put a challenger in an A/B test, send traffic until the designed sample size per arm is labelled."
-    import math
+    """Hook: if stage 07 put a challenger in an A/B test, send production rows not sent before (the challenger trained and was
+    gated on the rows sent) until the designed sample size per arm is labelled; when too few are left, say so and send those."""
     ws = ctx['workspace']
     design = ws.manifest('07_retraining')['outputs'].get('ab_design') if ws.has_stage('07_retraining') else None
     if not design:
         o = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
         why = o['gate_summary'] if o.get('validation_status') == 'insufficient_evidence' else 'no challenger passed the gate'
         ctx['echo'](f'[--] no challenger in an A/B test: nothing to send ({why})'); ctx['summary'].append(f'A/B test: {why}'); return
-    if design.get('mode') == 'shadow': need = max(design['champion'], design['challenger'])   # every row is scored by both
-    else: need = max(design['champion'] / max(1 - design['share'], 1e-9), design['challenger'] / max(design['share'], 1e-9))
-    rows = int(math.ceil(need * 1.15))       # routing is by hash, so the split is only near the share
+    from mlcycle.simulate import production_data
+    sent = ctx.get('production_sent', 0)
+    plan = unsent_rows(ab_rows(design), sent, len(production_data(ws, ctx.get('traffic'))['data']), 'the A/B')
+    if plan['short']:
+        msg = f"{plan['short']}: " + (f"sending the {plan['rows']} left" if plan['rows'] else 'none to send') + '; the A/B analysis waits for the rest'
+        ctx['echo'](f'[--] {msg}'); ctx['summary'].append(msg)
+    if not plan['rows']: return
     start_server(ctx)
-    _traffic(ctx, rows, f"A/B traffic (v{design['champion_version']} vs v{design['challenger_version']})", seed=2)
+    _traffic(ctx, plan['rows'], f"A/B traffic (v{design['champion_version']} vs v{design['challenger_version']})", seed=1, skip=sent)
+    ctx['production_sent'] = sent + plan['rows']
 
 def circle_plan(stages: list[str]) -> list[tuple]:
     "The run's steps: (stage, report name, hook); the production hooks only where the stages around them are run."
@@ -273,26 +278,47 @@ def retraining_decision(ctx: dict):
     ctx['echo'](f'[--] retraining (trigger {stage_trigger}): {why}')
     ctx['summary'].append(f'retraining triggered by {stage_trigger}: {why}')
 
+# %% ../nbs/10_cli.ipynb #e10a0005
+def evidence_plan(more: int | None, sent: int, pool: int) -> dict:
+    """The circle's wait for a gate at insufficient evidence, when `sent` of the `pool` production rows were sent: `rows` to send
+    (the `more` labelled rows needed + 10 %, since rows can come back without a label; at most the rows left), or 0 and `why` not."""
+    import math
+    left = max(int(pool) - int(sent), 0)
+    if more is None: return {'rows': 0, 'left': left, 'why': 'its value sits on a limit'}
+    if more > left: return {'rows': 0, 'left': left, 'why': f'only {left} production rows are left'}
+    return {'rows': min(left, int(math.ceil(more * 1.1))), 'left': left, 'why': None}
+
+def ab_rows(design: dict) -> int:
+    "Rows the A/B (or shadow) design asks to send: each arm's labelled rows over its share (both, in shadow mode) + 15 %, since routing by hash splits only near the share."
+    import math
+    if design.get('mode') == 'shadow': need = max(design['champion'], design['challenger'])
+    else: need = max(design['champion'] / max(1 - design['share'], 1e-9), design['challenger'] / max(design['share'], 1e-9))
+    return int(math.ceil(need * 1.15))
+
+def unsent_rows(needed: int, sent: int, pool: int, what: str = 'the phase') -> dict:
+    """`rows` to send for `what`, which needs `needed` production rows not sent before, when `sent` of the `pool` were: at most
+    the rows left; `short` says so when they are too few (a row sent again would be judged by a model that trained on it)."""
+    left = max(int(pool) - int(sent), 0)
+    short = None if needed <= left else f'not enough unsent rows: {what} needs {needed}, and {left} of the {pool} production rows were not sent before'
+    return {'rows': min(int(needed), left), 'left': left, 'short': short}
+
 # %% ../nbs/10_cli.ipynb #e10a0004
 def evidence_traffic(ctx: dict):
     """Hook after stage 07's train phase: when its gate found insufficient evidence, send the labelled production rows it
     asks for (rows not sent before), so that phase regate judges the same version on them; otherwise phase regate is skipped."""
-    import math
     from mlcycle.simulate import production_data
     ws = ctx['workspace']
     o = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
     ctx.setdefault('skip', set()).add('07_retraining-regate')
     if o.get('validation_status') != 'insufficient_evidence': return
     more, sent = (o.get('evidence_design') or {}).get('more_rows_needed'), ctx.get('production_sent', 0)
-    left = len(production_data(ws, ctx.get('traffic'))['data']) - sent
-    if more is None or more > left:
-        why = f'only {left} production rows are left' if more else 'its value sits on a limit'
-        ctx['echo'](f"[--] {o['gate_summary']}: {why}, so the circle cannot wait for enough evidence"); return
-    rows = min(left, int(math.ceil(more * 1.1)))           # a small margin: rows can come back without a label
-    ctx['echo'](f'[--] waiting for the evidence: {more} more labelled rows needed; sending {rows} production rows not sent before')
+    plan = evidence_plan(more, sent, len(production_data(ws, ctx.get('traffic'))['data']))
+    if not plan['rows']:
+        ctx['echo'](f"[--] {o['gate_summary']}: {plan['why']}, so the circle cannot wait for enough evidence"); return
+    ctx['echo'](f"[--] waiting for the evidence: {more} more labelled rows needed; sending {plan['rows']} production rows not sent before")
     start_server(ctx)
-    _traffic(ctx, rows, 'production traffic for the evidence', seed=1, skip=sent)
-    ctx['production_sent'] = sent + rows
+    _traffic(ctx, plan['rows'], 'production traffic for the evidence', seed=1, skip=sent)
+    ctx['production_sent'] = sent + plan['rows']
     ctx['skip'].discard('07_retraining-regate')
 
 # %% ../nbs/10_cli.ipynb #4e863d37

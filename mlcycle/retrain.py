@@ -24,8 +24,8 @@ __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_
            'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
            'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
            'challenger_candidates', 'gate_challenger', 'start_ab_test', 'train_outputs', 'gate_evidence',
-           'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'evidence_holdout',
-           'run_regate', 'register_cli']
+           'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'unseen_split',
+           'evidence_holdout', 'run_regate', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
@@ -732,14 +732,18 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
     return dict(charter=c, workspace=ws, analysis=an, decision=decision, applied=acted, moves=moves, command=command, mlflow_run_id=run.info.run_id)
 
 # %% ../nbs/07_retraining.ipynb #e7a1d032
-def evidence_holdout(ws: Workspace, new: pd.DataFrame, fingerprints: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(the new rows a retrained version was never fitted or selected on, the new rows it was fitted on), by row key against its train and validation snapshots."
+def unseen_split(new: pd.DataFrame, train: pd.DataFrame, validation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(the rows of `new` in neither `train` nor `validation`, the rows of `new` in `train`), by row key, in key order: arrival does not matter."
     cols = [x for x in new.columns if not str(x).startswith('_')]
-    fitted = set(row_keys(ws.load_snapshot(fingerprints['train'])[cols]))
-    seen = fitted | set(row_keys(ws.load_snapshot(fingerprints['validation'])[cols]))
+    fitted = set(row_keys(train[cols]))
+    seen = fitted | set(row_keys(validation[cols]))
     keys = row_keys(new[cols])
     unseen = ~pd.Series(keys).isin(seen).to_numpy()
     return in_key_order(new[unseen]), in_key_order(new[pd.Series(keys).isin(fitted).to_numpy()])
+
+def evidence_holdout(ws: Workspace, new: pd.DataFrame, fingerprints: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(the new rows a retrained version was never fitted or selected on, the new rows it was fitted on), by row key against its train and validation snapshots."
+    return unseen_split(new, ws.load_snapshot(fingerprints['train']), ws.load_snapshot(fingerprints['validation']))
 
 def run_regate(charter=None, workspace=None, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'fixed', max_looks: int = 5,
                min_ab_samples: int = 0, server_url: str = '', log_url: str | None = None, log=print) -> dict:
