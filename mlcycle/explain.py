@@ -12,16 +12,10 @@ from .charter import METRICS, objective_value
 from .train import score_rows
 
 # %% auto #0
-__all__ = ['IMPORTANCE_ROWS', 'IMPORTANCE_REPEATS', 'task_of', 'primary_score', 'permutation_importance_table', 'plot_importance',
+__all__ = ['IMPORTANCE_ROWS', 'IMPORTANCE_REPEATS', 'primary_score', 'permutation_importance_table', 'plot_importance',
            'reference_values', 'occlusion_attributions', 'explanation_records', 'attribution_drift', 'drivers_markdown']
 
-# %% ../nbs/03b_explain.ipynb #633ae103
-def task_of(metric: str, y=None, proba=None) -> str:
-    "The task a metric belongs to (binary, multiclass or regression), from the metric and, for shared ones, the model's output."
-    if metric in ('rmse', 'mae', 'r2', 'abs_mean_error'): return 'regression'
-    if metric in ('macro_f1', 'roc_auc_ovr') or isinstance(proba, pd.DataFrame): return 'multiclass_classification'
-    return 'binary_classification'
-
+# %% ../nbs/03b_explain.ipynb #23a8cd90
 def primary_score(model, X: pd.DataFrame, y, metric: str) -> float:
     """`metric` of `model` on (`X`, `y`), signed so that higher is better (an error such as RMSE is negated): the score
     whose drop permutation importance measures. `y` as the model learns it (`charter.task_target`)."""
