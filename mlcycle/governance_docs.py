@@ -13,6 +13,7 @@ import pandas as pd
 
 from .core import to_json
 from .charter import Charter
+from .explain import drivers_markdown
 from .stats import GAP_METRICS, GROUP_RATES
 
 TASK_GAP_METRICS = ['mae_difference', 'accuracy_difference']   # the gaps of regression and multiclass charters
@@ -314,6 +315,12 @@ def _card_ethics(c: Charter, ev: dict, m: dict) -> dict:
             'human_oversight': c.intended_use.strip()}
 
 # %% ../nbs/08b_governance_documents.ipynb #cfac9513
+def _drivers(c: Charter, ev: dict) -> dict:
+    "What drives the model: stage 04's permutation importance on the test split (`mlcycle.explain`), when it validated this version."
+    v04 = _s04_report(ev)
+    return {'importance': (v04 or {}).get('importance'), 'sensitive_features': list(c.data.sensitive_features),
+            'note': '' if v04 else (ev['stages']['04'].get('note') or 'stage 04 recorded no report for this version')}
+
 def model_card(c: Charter, ev: dict, m: dict, digest: str, so: dict, cav: list[str]) -> dict:
     "The model card (Mitchell et al.'s nine sections, the sign-off and the audit integrity) as a dictionary."
     evaluation, training = _card_data(ev)
@@ -332,6 +339,7 @@ def model_card(c: Charter, ev: dict, m: dict, digest: str, so: dict, cav: list[s
                     'uncertainty': f"95% percentile bootstrap over the test rows, {m['n_boot']} resamples (seed {m['seed']})"},
         'evaluation_data': evaluation, 'training_data': training,
         'quantitative_analyses': _card_analyses(ev, m),
+        'what_drives_the_model': _drivers(c, ev),
         'ethical_considerations': _card_ethics(c, ev, m),
         'caveats_and_recommendations': cav,
         'sign_off': so,
@@ -349,7 +357,8 @@ def bias_report(ev: dict, m: dict, card: dict) -> dict:
             'tradeoff': ({'table': tr['table'].to_dict('records'), 'selected': tr['selected'], 'fairness_key': tr['fairness_key'],
                           'note': tr['note']} if tr['available'] else {'note': tr['note']}),
             'stage_04': {'fairness': v04.get('fairness')} if v04 else {'note': ev['stages']['04'].get('note') or 'stage 04 recorded no report'},
-            'production': card['quantitative_analyses']['production_fairness']}
+            'production': card['quantitative_analyses']['production_fairness'],
+            'what_drives_the_model': card['what_drives_the_model']}
 
 # %% ../nbs/08b_governance_documents.ipynb #984ae558
 def _stage_highlights(ev: dict) -> dict:
@@ -569,7 +578,10 @@ def _card_md_closing(cd: dict) -> list[str]:
 def card_markdown(g: dict) -> str:
     "The model card as Markdown."
     cd = g['card']
-    return '\n'.join(_card_md_intro(cd) + _card_md_data(cd) + _card_md_analyses(cd) + _card_md_closing(cd))
+    drivers = cd.get('what_drives_the_model') or {}
+    return '\n'.join(_card_md_intro(cd) + _card_md_data(cd) + _card_md_analyses(cd)
+                     + drivers_markdown(drivers.get('importance'), drivers.get('sensitive_features', []), note=drivers.get('note', ''))
+                     + _card_md_closing(cd))
 
 # %% ../nbs/08b_governance_documents.ipynb #e0dda56a
 def bias_markdown(g: dict, figures: dict | None = None) -> str:
@@ -600,6 +612,8 @@ def bias_markdown(g: dict, figures: dict | None = None) -> str:
     pf = b['production']
     md += ['## Production fairness', '', f"_{md_escape(pf.get('note') or '')}_", '']
     if pf.get('available') and pf.get('table'): md += [md_table(pd.DataFrame(pf['table']))]
+    drivers = b.get('what_drives_the_model') or {}     # which inputs the decisions rest on; is a sensitive feature among them?
+    md += drivers_markdown(drivers.get('importance'), drivers.get('sensitive_features', []), note=drivers.get('note', ''))
     return '\n'.join(md)
 
 def compliance_markdown(g: dict) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 from .calibration import calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
+from .explain import IMPORTANCE_ROWS, attribution_drift, permutation_importance_table
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
                            numeric_edges, psi)
@@ -32,7 +33,8 @@ __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', '
            'plot_groups', 'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window',
            'run_monitoring', 'task_log_view', 'task_measurable', 'task_realized_performance',
            'task_performance_over_time', 'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift',
-           'task_score_checks', 'monitor_task_window', 'register_cli']
+           'task_score_checks', 'monitor_task_window', 'production_attribution_drift', 'attribution_record',
+           'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -657,16 +659,20 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
     c = workspace_charter(ws, charter)
     fps, contract, log = _read_inputs(ws, log_url, window, model_version)
     r = monitor_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
+    r['attribution_drift'] = _attribution_drift(ws, c, contract, fps, log, model_version)      # reported, not alerted on
     counts = {s: sum(a['severity'] == s for a in r['alerts']) for s in ('critical', 'warning', 'info')}
     setup_mlflow(ws, c.name)
     with ws.stage('06_monitoring', charter_hash=c.hash, window=str(window or 'all'), model_version=str(model_version or 'all'),
                   reference=fps['train'], prediction_log=(log_url or ws.prediction_log_url).split('@')[-1]) as st:
         r['mlflow_run_id'], r['figures'] = _log_monitoring_run(c, r, counts, plots)
         st.manifest['outputs'].update(_monitoring_outputs(r, counts, time.perf_counter() - t_start))
+        st.manifest['outputs']['attribution_drift'] = attribution_record(r['attribution_drift'])
+        if r['attribution_drift']['table'] is not None:
+            import mlflow; mlflow.MlflowClient().log_text(r['mlflow_run_id'], r['attribution_drift']['table'].to_csv(index=False), 'attribution_drift.csv')
         for a in r['alerts']:
             if a['severity'] != 'info': st.record('monitoring_alert', **a)
         st.record('monitoring_recommendation', retrain=r['recommendation']['retrain'], why=r['recommendation']['text'])
-    return dict(charter=c, workspace=ws, **{k: r[k] for k in _RESULT_KEYS}, label_free=r.get('label_free', {}))
+    return dict(charter=c, workspace=ws, attribution_drift=r['attribution_drift'], **{k: r[k] for k in _RESULT_KEYS}, label_free=r.get('label_free', {}))
 
 # %% ../nbs/06_monitoring.ipynb #1ac31244
 def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
@@ -808,6 +814,46 @@ def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: 
     return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
                           fairness=fair, fairness_note=fairness_note)
+
+# %% ../nbs/06_monitoring.ipynb #e7a1c0f2
+def production_attribution_drift(model, c: Charter, contract: dict, log: pd.DataFrame, reference_X: pd.DataFrame, reference_y,
+                                 max_rows: int = IMPORTANCE_ROWS) -> dict:
+    """`explain.attribution_drift` of `model` between the reference rows (`reference_X`, `reference_y`: the test split) and the
+    labelled rows of `log`: `{'table', 'rows', 'note'}` (`table` None, with the reason in `note`, when it cannot be computed)."""
+    view = log if c.task == 'binary_classification' else task_log_view(log, c, contract)
+    lab = view[view.y_true.notna()]
+    hidden = [f for f in opaque_columns(c) if f in contract['features']]
+    missing = [f for f in contract['features'] if f'x_{f}' not in log.columns]
+    if hidden or missing:
+        return {'table': None, 'rows': len(lab), 'note': f"the log holds {', '.join(hidden or missing)} hashed or not at all, and the model needs "
+                                                           'every input raw: attribution drift not computed'}
+    if len(lab) < MIN_LABELS:
+        return {'table': None, 'rows': len(lab), 'note': f'{len(lab)} labelled rows in the window, fewer than {MIN_LABELS}: attribution drift not computed'}
+    y = (lab.y_true.astype(int).to_numpy() if c.task == 'binary_classification' else
+         lab.y_true.astype(float).to_numpy() if c.task == 'regression' else lab.y_true.astype(str).to_numpy(dtype=object))
+    seed, metric = c.development.seed, c.primary.metric
+    ref = permutation_importance_table(model, reference_X, reference_y, metric, seed=seed, max_rows=max_rows)
+    cur = permutation_importance_table(model, log_features(lab, contract), y, metric, seed=seed, max_rows=max_rows)
+    return {'table': attribution_drift(ref, cur), 'rows': len(lab), 'note': ''}
+
+def _attribution_drift(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, model_version='') -> dict:
+    "`production_attribution_drift` of the version that answered most labelled rows of the window, against the stage-02 test split."
+    from mlcycle.charter import task_target
+    from mlcycle.data import feature_frame
+    lab = log[log.y_true.notna()]
+    if not len(lab): return {'table': None, 'rows': 0, 'note': 'no labelled rows in the window: attribution drift not computed', 'model_version': None}
+    v = str(model_version) if model_version else str(lab.model_version.astype(str).value_counts().index[0])
+    try:
+        test = ws.load_snapshot(fps['test'])
+        r = production_attribution_drift(_load_model(ws, c, v), c, contract, log[log.model_version.astype(str) == v],
+                                          feature_frame(test, contract), task_target(c, test[c.data.target]))
+    except Exception as e:
+        r = {'table': None, 'rows': len(lab), 'note': f'attribution drift not computed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'}
+    return {**r, 'model_version': v}
+
+def attribution_record(r: dict) -> dict:
+    "The attribution drift for the manifest (JSON)."
+    return {k: (v.to_dict('records') if isinstance(v, pd.DataFrame) else v) for k, v in r.items()}
 
 # %% ../nbs/06_monitoring.ipynb #a7378e66
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args

@@ -18,10 +18,11 @@ from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'Histogram', 'Metrics', 'monitoring_gauge_lines', 'monitoring_gauges', 'registry_pointer',
-           'load_model_set', 'fixed_model_set', 'feedback_token', 'target_classes', 'authorize', 'ModelServer', 'start',
-           'stop', 'ready', 'metrics_text', 'predict', 'invocations', 'feedback', 'resolve_feedback', 'reload',
-           'read_json_body', 'error_body', 'create_app', 'serve', 'worker_app', 'register_cli', 'cli_main']
+__all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'Histogram', 'Metrics', 'monitoring_gauge_lines', 'monitoring_gauges',
+           'registry_pointer', 'load_model_set', 'fixed_model_set', 'feedback_token', 'target_classes', 'authorize',
+           'ModelServer', 'start', 'stop', 'ready', 'metrics_text', 'predict', 'invocations', 'wants_explanation',
+           'explain', 'feedback', 'resolve_feedback', 'reload', 'read_json_body', 'error_body', 'create_app', 'serve',
+           'worker_app', 'register_cli', 'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #aeebbb49
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -291,6 +292,53 @@ async def invocations(self: ModelServer, body, t0: float | None = None) -> dict:
 
 ModelServer.predict, ModelServer.invocations = predict, invocations
 
+# %% ../nbs/05b_serving.ipynb #e7a1c0e2
+EXPLAIN_MAX_ROWS = 100     # rows per explained request: each costs a scoring call of (features + 1) rows
+
+def wants_explanation(query: bytes | str) -> bool:
+    "Whether a query string asks for explanations (`explain=true`, `1` or `yes`)."
+    from urllib.parse import parse_qs
+    q = parse_qs(query.decode('latin-1') if isinstance(query, bytes) else query)
+    return any(v.strip().lower() in ('true', '1', 'yes') for v in q.get('explain', []))
+
+def _explain_reference(self: ModelServer) -> dict:
+    "The typical training row occlusion compares with (`explain.reference_values` of stage 02's training split), read once."
+    if getattr(self, '_reference', None) is None:
+        from mlcycle.data import feature_frame
+        from mlcycle.explain import reference_values
+        try: train = self.ws.load_snapshot(self.ws.manifest('02_data')['outputs']['splits']['train']['fingerprint'])
+        except Exception:
+            raise RequestError(409, {'error': 'explain_unavailable', 'reason': "this workspace has no stage-02 training split to take reference values from",
+                                     'fix': 'serve from the workspace that ran stage 02, or call /predict without explain'}) from None
+        self._reference = reference_values(feature_frame(train, self.contract))
+    return self._reference
+
+async def explain(self: ModelServer, records, t0: float | None = None) -> dict:
+    """`/predict?explain=true`: the answers of `predict` (scored and logged as usual), plus per row the occlusion attributions
+    of the model version that answered it, largest first, and the features whose replacement alone flips the decision."""
+    from mlcycle.explain import explanation_records, occlusion_attributions
+    if self.models is None: raise RequestError(503, {'error': 'not_ready', 'reason': self.error})
+    X = self.parser.frame([self.parser.parse(records)])
+    if len(X) > EXPLAIN_MAX_ROWS:
+        raise RequestError(413, {'error': 'too_many_rows_to_explain', 'expected': f'at most {EXPLAIN_MAX_ROWS} rows with explain=true',
+                                 'found': f'{len(X)} rows', 'fix': 'split the request, or drop explain=true'})
+    loop = asyncio.get_running_loop()
+    reference = await loop.run_in_executor(None, self._explain_reference)
+    answers = await self.predict(records, t0)
+    ms = self.models
+    served = {s.version: s for s in (ms.champion, ms.challenger) if s is not None}
+    out = [None] * len(answers)
+    for v in dict.fromkeys(a['model_version'] for a in answers):
+        rows = [i for i, a in enumerate(answers) if a['model_version'] == v]
+        sv = served.get(v, ms.champion)        # reloaded meanwhile: the champion explains, and says which version it is
+        ex = await loop.run_in_executor(None, occlusion_attributions, sv.model, X.iloc[rows], reference)
+        for i, e in zip(rows, explanation_records(ex)): out[i] = {'model_version': sv.version, **e}
+    return {'predictions': answers, 'positive_label': self.charter.data.positive_label, 'explanations': out,
+            'explanation_method': 'occlusion: score of the row minus its score with that one feature set to the median (numbers) or '
+                                  'most common value (categories) of the training split; largest first'}
+
+ModelServer._explain_reference, ModelServer.explain = _explain_reference, explain
+
 # %% ../nbs/05b_serving.ipynb #d3ec3c64
 async def feedback(self: ModelServer, body, authorization: str | None = None) -> dict:
     "Store true labels for earlier request ids; the summary says what was accepted, duplicate, conflicting (now disputed) or unknown."
@@ -378,8 +426,8 @@ def error_body(e: RequestError) -> tuple[int, bytes, list]:
 
 # %% ../nbs/05b_serving.ipynb #0538e5de
 def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float):
-    "`handle(route, header, chunks) -> (status, body bytes, headers)` for /predict and /invocations: shared by FastAPI and the fast lane."
-    async def handle(route, header, chunks):
+    "`handle(route, header, chunks, query) -> (status, body bytes, headers)` for /predict and /invocations: shared by FastAPI and the fast lane."
+    async def handle(route, header, chunks, query: bytes = b''):
         t0, b = time.perf_counter(), srv.batcher
         try:
             if route == '/invocations':
@@ -390,6 +438,7 @@ def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float):
             try: body = await read_json_body(header('content-length'), chunks, max_body_bytes, body_timeout)
             finally: b.incoming -= 1
             if route == '/invocations': status, content = 200, await srv.invocations(body, t0)
+            elif wants_explanation(query): status, content = 200, await srv.explain(body, t0)   # opt-in, off the fast path
             else: status, content = 200, {'predictions': await srv.predict(body, t0), 'positive_label': srv.charter.data.positive_label}
             out, headers = json.dumps(content, separators=(',', ':')).encode(), []
         except RequestError as e: status, out, headers = error_body(e)
@@ -409,7 +458,7 @@ def _fast_lane(app, handle):
                     if m['type'] != 'http.request': return
                     yield m.get('body', b'')
                     if not m.get('more_body'): return
-            status, body, extra = await handle(scope['path'], headers.get, chunks())
+            status, body, extra = await handle(scope['path'], headers.get, chunks(), scope.get('query_string', b''))
             await send({'type': 'http.response.start', 'status': status,
                         'headers': [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode()), *extra]})
             await send({'type': 'http.response.body', 'body': body})
@@ -457,7 +506,7 @@ def _routes(app, srv: ModelServer, handle, max_body_bytes: int, body_timeout: fl
 
     @app.post('/predict', openapi_extra=predict_doc, summary='Score one record or a list of records')
     @_req
-    async def predict(request): return _respond(*await handle('/predict', request.headers.get, request.stream()))
+    async def predict(request): return _respond(*await handle('/predict', request.headers.get, request.stream(), request.url.query.encode()))
 
     @app.post('/invocations', openapi_extra=invocations_doc, summary="MLflow's scoring protocol")
     @_req

@@ -611,6 +611,10 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
         from mlcycle.features import derived_importance
         rec['derived_importance'] = derived_importance(model, feature_frame(test_df, contract), binary_target(c, test_df[c.data.target]),
                                                        seed=c.development.seed).to_dict('records')
+    from mlcycle.explain import permutation_importance_table, plot_importance    # what drives the model (03b_explain), on the test split
+    importance = permutation_importance_table(model, feature_frame(test_df, contract), task_target(c, test_df[c.data.target]), c.primary.metric,
+                                              seed=c.development.seed)
+    rec['importance'] = importance.to_dict('records')
     with mlflow.start_run(run_name=f'04_validation v{version}', tags={'mlcycle.stage': '04_validation', 'mlcycle.charter_hash': c.hash,
                                                                      'model_version': version, 'validation_status': rep['status']}) as run:
         with warnings.catch_warnings():   # MLflow's hint about integer columns does not apply to a stored snapshot
@@ -619,6 +623,9 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
         mlflow.log_metrics(_metrics_for_mlflow(rep))
         mlflow.log_text(to_json(rec, indent=2), 'gate.json')
         mlflow.log_text(rep['slices'].to_csv(index=False), 'slices.csv')
+        mlflow.log_text(importance.to_csv(index=False), 'importance.csv')
+        mlflow.log_metrics({f'importance.{_safe(r.feature)}': float(r.importance) for r in importance.itertuples() if np.isfinite(r.importance)})
+        fig = plot_importance(importance); mlflow.log_figure(fig, 'importance.png'); plt.close(fig)
         for name, fn in (('performance.png', plot_performance), ('fairness.png', plot_fairness), ('robustness.png', plot_robustness)):
             if name == 'fairness.png' and not rep['fairness']['by_group']: continue
             fig = fn(rep); mlflow.log_figure(fig, name); plt.close(fig)
