@@ -868,6 +868,7 @@ PARAMS = StageParams('06', [
     Param('alpha', 0.05, 'family-wise false-alarm rate of the drift tests per run (Bonferroni over all tests)'),
     Param('demo_rows', 4000, "only when the workspace's own SQLite log is empty: serve the champion locally, replay this many rows (0: never)"),
     Param('demo_scenario', '', 'drift scenario of that demo traffic (empty: the default for the data; see 05c_simulate)'),
+    Param('notify', True, "send this run's alerts to the charter's webhooks (monitoring.webhooks); False: nobody"),
 ])
 
 def _monitor_cmd(a):

@@ -13,7 +13,8 @@ from .charter import Charter, CharterError, Webhook, load_charter, workspace_cha
 
 # %% auto #0
 __all__ = ['SEVERITY_RANK', 'alerts_to_send', 'alert_context', 'json_payload', 'slack_payload', 'payload', 'redact_url',
-           'deliver', 'WebhookReceiver', 'notify_alerts', 'notification_charter', 'notify_workspace', 'register_cli']
+           'deliver', 'WebhookReceiver', 'notify_alerts', 'notification_charter', 'notify_workspace',
+           'notification_lines', 'run_notifications', 'register_cli']
 
 # %% ../nbs/06c_notify.ipynb #09bc6398
 SEVERITY_RANK = {'info': 0, 'warning': 1, 'critical': 2}
@@ -130,17 +131,32 @@ def notify_workspace(ws: Workspace, charter_path=None, **deliver_kw) -> list[dic
     return notify_alerts(ws, c.monitoring.webhooks, m['outputs'].get('alerts', []), ctx, **deliver_kw)
 
 # %% ../nbs/06c_notify.ipynb #e591f480
+def notification_lines(recs: list[dict], c: Charter, notify: bool = True) -> list[str]:
+    "One line per delivery (or why nothing was sent), as stage 06's report and `mlcycle monitor` print them."
+    if not notify: return ['notifications: none sent (notify = False)']
+    if not c.monitoring.webhooks: return ['notifications: no webhooks in the charter (monitoring.webhooks)']
+    if not recs: return ["notifications: no alert at or above the webhooks' min_severity: nothing sent"]
+    return [f"notified {r['url']} ({r['format']}): {'ok' if r['ok'] else 'FAILED'}, status {r['status']}, "
+            f"{r['attempts']} attempt(s), {r['alerts']} alert(s)" + (f": {r['error']}" if r.get('error') else '') for r in recs]
+
+def run_notifications(ws: Workspace) -> list[dict]:
+    "The delivery records of the workspace's latest stage 06 run (stage 06 notifies at the end of its run)."
+    run, path = ws.manifest('06_monitoring').get('run_id', ''), ws.root/'notifications.jsonl'
+    if not path.exists(): return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get('stage_run') == run]
+
 def _notify_cmd(run_stage):
     def cmd(a):
         ws = Workspace(a.workspace)
         c = notification_charter(ws, a.charter)     # fails here, before the stage, on a bad charter or webhook
-        if a.notify_only: ws.manifest('06_monitoring')   # fails when stage 06 has not run
-        if not a.notify_only: run_stage(a)
-        if a.no_notify: return
-        if not c.monitoring.webhooks: print('notifications: no webhooks in the charter (monitoring.webhooks)'); return
-        recs = notify_workspace(ws, a.charter)
-        for r in recs: print(f"notified {r['url']} ({r['format']}): {'ok' if r['ok'] else 'FAILED'}, status {r['status']}, {r['attempts']} attempt(s)")
-        if not recs: print('notifications: no alert at or above the webhooks\' min_severity: nothing sent')
+        if a.notify_only:
+            ws.manifest('06_monitoring')              # fails when stage 06 has not run
+            recs = notify_workspace(ws, a.charter) if c.monitoring.webhooks else []
+        else:                                         # the stage notifies at the end of its run (its `notify` parameter)
+            if a.no_notify: a.param = [*(getattr(a, 'param', None) or []), ['notify', 'false']]
+            run_stage(a)
+            recs = run_notifications(ws)
+        print('\n'.join(notification_lines(recs, c, not a.no_notify)))
         failed = [r for r in recs if not r['ok']]
         if failed: raise MlcycleError(f"{len(failed)} notification(s) failed ({'; '.join(r['url'] + ': ' + r['error'] for r in failed)}): "
                                       "check monitoring.webhooks in the charter, then `mlcycle monitor --notify-only`")

@@ -88,11 +88,17 @@ def adult_circle(tmp_path_factory):
     the tests of the circle itself check its return code and output."""
     d = tmp_path_factory.mktemp('circle')
     wsd, rep, snap = d/'ws', d/'reports', d/'after_04'
+    import yaml
+    from mlcycle.notify import WebhookReceiver
     env = {**os.environ, 'MLCYCLE_ADMIN_TOKEN': 'tok', 'PYTHONUNBUFFERED': '1'}
     env.pop('MLFLOW_TRACKING_URI', None)
-    r = subprocess.run([sys.executable, '-c', _CIRCLE, wsd, rep, snap, 'run', '-c', relaxed_charter(d), '-w', wsd, '-r', rep],
-                       cwd=d, env=env, capture_output=True, text=True, timeout=3600)
-    return {'ws': wsd, 'reports': rep, 'returncode': r.returncode, 'stdout': r.stdout, 'stderr': r.stderr,
+    charter = relaxed_charter(d)
+    with WebhookReceiver() as hook:            # a real local receiver for stage 06's alerts
+        c = yaml.safe_load(charter.read_text()); c['monitoring'] = {'webhooks': [{'url': hook.url, 'format': 'json'}]}
+        charter.write_text(yaml.safe_dump(c))
+        r = subprocess.run([sys.executable, '-c', _CIRCLE, wsd, rep, snap, 'run', '-c', charter, '-w', wsd, '-r', rep],
+                           cwd=d, env=env, capture_output=True, text=True, timeout=3600)
+    return {'ws': wsd, 'reports': rep, 'returncode': r.returncode, 'stdout': r.stdout, 'stderr': r.stderr, 'webhook': hook.received,
             'after_04': snap/'ws' if (snap/'ws'/'stages'/'04_validation.json').exists() else None}
 
 

@@ -248,3 +248,27 @@ def test_mlcycle_run_is_the_full_circle(adult_circle, mlcycle):
 def ws_charter(ws):
     from mlcycle.charter import workspace_charter
     return workspace_charter(ws)
+
+
+def test_the_circles_monitoring_report_shows_the_estimate_and_the_alert_it_sent(adult_circle):
+    """Stage 06 of the full circle sent its alerts to the charter's webhook (a real local receiver, see `adult_circle`), and
+    its report shows the label-free estimate of each served version beside the realized value, and that delivery."""
+    import json, re
+    from mlcycle.core import Workspace
+    assert adult_circle['returncode'] == 0, adult_circle['stdout'][-3000:]
+    ws = Workspace(adult_circle['ws'])
+    o6, run = ws.manifest('06_monitoring')['outputs'], ws.manifest('06_monitoring')['run_id']
+    (body,) = adult_circle['webhook']                     # one message: stage 06 ran once in the circle
+    assert body['event'] == 'monitoring_alerts' and body['stage_run'] == run and body['model'] == ws_charter(ws).name
+    assert body['counts']['critical'] == o6['alerts_critical'] >= 1
+    assert {a['rule'] for a in body['alerts']} <= {a['rule'] for a in o6['alerts']}
+    recs = [json.loads(l) for l in (ws.root/'notifications.jsonl').read_text().splitlines()]
+    assert [(r['ok'], r['status'], r['stage_run']) for r in recs] == [(True, 200, run)]
+    assert any(e['event'] == 'notification_sent' for e in ws.audit.entries())
+    (run_dir,) = adult_circle['reports'].glob('run-*')
+    html = (run_dir/'06_monitoring.html').read_text()
+    assert re.search(r'notified http://127\.0\.0\.1:\d+/?\S* \(json\): ok, status 200', html), 'the delivery is not in the report'
+    assert 'Performance before the labels' in html and 'estimate' in html and 'realized' in html
+    lf = o6['label_free']['estimate']
+    assert lf and all(r['rows'] > 0 for r in lf), lf
+    assert any(r.get('realized') is not None and r['realized'] == r['realized'] for r in lf), lf   # the labels came: realized beside it
