@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .calibration import calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
+from .calibration import ESTIMATED_METRICS, calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .explain import IMPORTANCE_ROWS, attribution_drift, permutation_importance_table
@@ -368,7 +368,8 @@ def recommend(alerts: list[dict]) -> dict:
 def label_free_window(log: pd.DataFrame, c: Charter, references: dict, alpha: float = 0.05, seed: int = 0) -> dict:
     """Per served version: `estimate` (the label-free estimate on every row of the window, and estimated vs realized on
     the labelled rows), `calibration` (production ECE on labelled rows) and `alerts`. `references`: version → (labels,
-    scores) of labelled reference rows, for the calibrator."""
+    scores) of labelled reference rows, for the calibrator. The estimated-vs-realized check judges three metrics at once,
+    so each interval there is at level 1 - alpha/3 (Bonferroni): a window where nothing changed warns in at most alpha of runs."""
     est_rows, cal_rows, alerts = [], [], []
     served = log[log.arm.astype(str) != 'shadow'] if 'arm' in log else log
     for v, g in served.groupby(served.model_version.astype(str), sort=True):
@@ -380,7 +381,7 @@ def label_free_window(log: pd.DataFrame, c: Charter, references: dict, alpha: fl
         lab = g.y_true.notna().to_numpy()
         t = est.assign(labelled=int(lab.sum()), realized=np.nan, agrees=np.nan, warning='')
         if lab.sum() >= MIN_LABELS:
-            both = estimated_vs_realized(estimate_performance(cal.predict(s[lab]), scores=s[lab], pred=d[lab], seed=seed, level=1 - alpha,
+            both = estimated_vs_realized(estimate_performance(cal.predict(s[lab]), scores=s[lab], pred=d[lab], seed=seed, level=1 - alpha / len(ESTIMATED_METRICS),
                                                               proba_draws=draws[:, lab]),
                                          g.y_true.to_numpy()[lab].astype(int), s[lab], d[lab])
             t[['estimate_labelled', 'realized', 'agrees', 'warning']] = both[['estimate', 'realized', 'agrees', 'warning']].to_numpy()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from mlcycle.calibration import calibrated_draws, estimate_performance, estimated_vs_realized, score_calibrator
+from mlcycle.calibration import ESTIMATED_METRICS, calibrated_draws, estimate_performance, estimated_vs_realized, score_calibrator
 from mlcycle.charter import binary_target, load_charter
 from mlcycle.data import adult, feature_frame, infer_contract
 from mlcycle.train import candidate_pipeline
@@ -120,8 +120,8 @@ def main():
         nml = pd.read_csv(tmp/'nml_out.csv')
         for k, (i, yw) in enumerate(ws):
             s = S['s_pool'][i]
-            est = estimate_performance(cal.predict(s), scores=s, pred=(s >= 0.5).astype(int), seed=k,
-                                       proba_draws=calibrated_draws(S['y_ref'], S['s_ref'], s, seed=k))
+            est = estimate_performance(cal.predict(s), scores=s, pred=(s >= 0.5).astype(int), seed=k, level=1 - 0.05 / len(ESTIMATED_METRICS),
+                                       proba_draws=calibrated_draws(S['y_ref'], S['s_ref'], s, seed=k))   # stage 06's check: Bonferroni over the 3 metrics
             t = estimated_vs_realized(est, yw, s).set_index('metric')
             rows.append({'scenario': sc, 'window': k, 'realized_accuracy': t.realized['accuracy'], 'realized_roc_auc': t.realized['roc_auc'],
                          'mlcycle_accuracy': t.estimate['accuracy'], 'mlcycle_roc_auc': t.estimate['roc_auc'],
