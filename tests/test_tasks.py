@@ -117,7 +117,7 @@ def test_multiclass_circle_penguins(tmp_path, mlcycle):
     "Penguin species: macro F1, log loss, one-vs-rest AUC with intervals; per-sex accuracy; the server answers with a species."
     ws, m = _circle('penguins', tmp_path, mlcycle)
     rep = m('04_validation')['report']
-    assert {r['metric'] for r in rep['performance']} == {'accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'roc_auc_ovr'}
+    assert {r['metric'] for r in rep['performance']} == {'accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'roc_auc_ovr', 'expected_calibration_error'}
     assert any(r['metric'] == 'accuracy_difference' for r in rep['fairness'])
     assert 'class_mix_cur' in next(iter(m('06_monitoring')['prediction_drift'].values()))
     rows = penguins().drop(columns='species').head(3)
