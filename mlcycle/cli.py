@@ -187,9 +187,9 @@ def production_traffic(ctx: dict):
 
 def ab_traffic(ctx: dict):
     """Hook: if stage 07 put a challenger in an A/B test, send production rows not sent before (the challenger trained and was
-    gated on the rows sent) until the designed sample size per arm is labelled. When too few are left, say so, send those, and
-    (the simulator's pool is finite; real traffic would simply keep coming) top up with rows replayed in another seeded order,
-    counted and flagged in the output, since the challenger may have trained on some of them."""
+    gated on the rows sent) until the designed sample size per arm is labelled. When too few are left (the simulator's pool
+    is finite; real traffic would keep coming), say so and send those: the analysis then looks at what came, and decides only
+    if the evidence is strong enough at that look (the default sequential design), otherwise the test continues."""
     ws = ctx['workspace']
     design = ws.manifest('07_retraining')['outputs'].get('ab_design') if ws.has_stage('07_retraining') else None
     if not design:
@@ -198,17 +198,14 @@ def ab_traffic(ctx: dict):
         ctx['echo'](f'[--] no challenger in an A/B test: nothing to send ({why})'); ctx['summary'].append(f'A/B test: {why}'); return
     from mlcycle.simulate import production_data
     sent = ctx.get('production_sent', 0)
-    need = ab_rows(design)
-    plan = unsent_rows(need, sent, len(production_data(ws, ctx.get('traffic'))['data']), 'the A/B')
-    top_up = need - plan['rows']
+    plan = unsent_rows(ab_rows(design), sent, len(production_data(ws, ctx.get('traffic'))['data']), 'the A/B')
     if plan['short']:
-        msg = (f"{plan['short']}: sending the {plan['rows']} left, then {top_up} rows replayed in another seeded order "
-               f"(sent before: the challenger may have trained on some, so this A/B is weaker evidence than designed)")
+        msg = (f"{plan['short']}: sending the {plan['rows']} left; the A/B decides on them only if the evidence is strong enough "
+               f"at this look ({design.get('method', 'fixed')} design), otherwise it continues and v{design['champion_version']} keeps serving")
         ctx['echo'](f'[--] {msg}'); ctx['summary'].append(msg)
+    if not plan['rows']: return
     start_server(ctx)
-    label = f"A/B traffic (v{design['champion_version']} vs v{design['challenger_version']})"
-    if plan['rows']: _traffic(ctx, plan['rows'], label, seed=1, skip=sent)
-    if top_up > 0: _traffic(ctx, top_up, label + ', replayed rows', seed=2)
+    _traffic(ctx, plan['rows'], f"A/B traffic (v{design['champion_version']} vs v{design['challenger_version']})", seed=1, skip=sent)
     ctx['production_sent'] = sent + plan['rows']
 
 def circle_plan(stages: list[str]) -> list[tuple]:

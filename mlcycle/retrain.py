@@ -23,7 +23,7 @@ __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_
            'split_for_retraining', 'recent_holdout', 'row_keys', 'in_key_order', 'keyed_holdout', 'refit_candidates',
            'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
            'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
-           'challenger_candidates', 'gate_challenger', 'start_ab_test', 'train_outputs', 'gate_evidence',
+           'challenger_candidates', 'gate_challenger', 'ab_plan', 'start_ab_test', 'train_outputs', 'gate_evidence',
            'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'unseen_split',
            'evidence_holdout', 'run_regate', 'register_cli']
 
@@ -44,7 +44,7 @@ PARAMS = StageParams('07', [
     Param('ab_share', 0.5, 'share of live traffic routed to the challenger during the A/B test'),
     Param('shadow', False, 'shadow mode: the challenger scores every request, the champion answers (no user sees it)'),
     Param('min_ab_samples', 0, 'labelled rows per arm before the A/B test is analyzed; 0: the computed sample size'),
-    Param('ab_method', 'fixed', "fixed (one look at the planned sample size) | sequential (O'Brien-Fleming alpha spending)"),
+    Param('ab_method', 'sequential', "sequential (O'Brien-Fleming alpha spending: decides at a look only on strong evidence; at the full sample, the fixed test) | fixed (one look at the planned sample size)"),
     Param('max_looks', 5, 'sequential: planned number of looks'),
     Param('auto_promote', False, 'act on the decision (promote / end the test / roll back); false: record a recommendation for a person'),
     Param('server_url', '', 'a running server to reload after alias moves (needs $MLCYCLE_ADMIN_TOKEN)'),
@@ -474,30 +474,37 @@ def gate_challenger(ws: Workspace, c: Charter, version: str, data: dict, contrac
     return validate_version(ws, c, version, test_df=parts['test'], train_df=fit_rows, validation_df=parts['validation'],
                             contract=contract, stage_run=stage_run, log=log)
 
-def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_version: str, champion_model, gate: dict, test_df: pd.DataFrame,
-                  contract: dict, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'fixed', max_looks: int = 5,
-                  min_ab_samples: int = 0, why: str = '') -> dict:
-    "Fix the A/B design from both models' accuracy on the gate's rows, make the version @challenger, and record the design."
+def ab_plan(c: Charter, champion_model, gate: dict, test_df: pd.DataFrame, contract: dict, ab_share: float = 0.5, shadow: bool = False,
+            ab_method: str = 'sequential', max_looks: int = 5, min_ab_samples: int = 0) -> dict:
+    """The A/B (or shadow) design from both models on the gate's rows, sized for the test that decides: accuracy's
+    two-proportion test, or, when the charter's primary metric is another one (binary, not shadow), that metric's test
+    (`primary_design`), with accuracy's size kept beside it as `accuracy_design`."""
     from mlcycle.data import feature_frame
-    from mlcycle.deploy import promote
     Xt, yt = feature_frame(test_df, contract), task_target(c, test_df[c.data.target])
     right_c = champion_model.predict(Xt) == yt
     right_n = np.asarray(gate['pred']) == yt
     if c.task == 'regression':
         from mlcycle.task_ab import regression_ab_design
-        design = regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples)
-    else:
-        p_c = float(right_c.mean())
-        if c.task == 'multiclass_classification':      # a champion right on every gate row: the design asks for the MDE just below 1
-            p_c = min(p_c, 1 - c.validation.min_detectable_effect - 1e-3)
-        design = ab_design(c, p_c, ab_share, shadow, float((right_c != right_n).mean()), method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
+        return regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples)
+    p_c = float(right_c.mean())
+    if c.task == 'multiclass_classification':      # a champion right on every gate row: the design asks for the MDE just below 1
+        p_c = min(p_c, 1 - c.validation.min_detectable_effect - 1e-3)
+    design = ab_design(c, p_c, ab_share, shadow, float((right_c != right_n).mean()), method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
     if c.task == 'multiclass_classification': design['classes'] = contract['classes']
-    if c.task == 'binary_classification' and not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: enough rows for its test too
+    if c.task == 'binary_classification' and not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: its test sets the size
         prim = primary_design(c, yt, champion_model.predict_proba(Xt)[:, 1], np.asarray(gate['proba']), ab_share, design['alpha'], design['power'])
-        design.update(metric=c.primary.metric, secondary_metric='accuracy', primary_design=prim)
+        design.update(metric=c.primary.metric, secondary_metric='accuracy', primary_design=prim,
+                      accuracy_design={'champion': design['champion'], 'challenger': design['challenger']})
         if not design.get('override'):
-            design['champion'], design['challenger'] = max(design['champion'], prim['champion']), max(design['challenger'], prim['challenger'])
-            design['total'] = design['champion'] + design['challenger']
+            design['champion'], design['challenger'], design['total'] = prim['champion'], prim['challenger'], prim['champion'] + prim['challenger']
+    return design
+
+def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_version: str, champion_model, gate: dict, test_df: pd.DataFrame,
+                  contract: dict, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'sequential', max_looks: int = 5,
+                  min_ab_samples: int = 0, why: str = '') -> dict:
+    "Fix the A/B design (`ab_plan`) before any traffic, make the version @challenger, and record the design."
+    from mlcycle.deploy import promote
+    design = ab_plan(c, champion_model, gate, test_df, contract, ab_share, shadow, ab_method, max_looks, min_ab_samples)
     promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
             reason=f'{why}; gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows')
     design.update(start_ts=time.time(), champion_version=champion_version, challenger_version=version, looks=[])
@@ -592,7 +599,7 @@ def _champion_family(info: dict, model) -> str:
 def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new_query: str = '', strategy: str = 'full',
                    window_rows: int = 0, window_days: float = 0.0, half_life: float = 0, trigger: str = 'manual',
                    search_iterations: int = 0, test_share: float = 0.3, ab_share: float = 0.5, shadow: bool = False,
-                   min_ab_samples: int = 0, ab_method: str = 'fixed', max_looks: int = 5, server_url: str = '',
+                   min_ab_samples: int = 0, ab_method: str = 'sequential', max_looks: int = 5, server_url: str = '',
                    log_url: str | None = None, n_jobs: int = 2, log=print) -> dict:
     "Phase train: new data → training set → stage 03 training → stage 04 gate → `@challenger` with a fixed A/B design."
     import mlflow
@@ -745,7 +752,7 @@ def evidence_holdout(ws: Workspace, new: pd.DataFrame, fingerprints: dict) -> tu
     "(the new rows a retrained version was never fitted or selected on, the new rows it was fitted on), by row key against its train and validation snapshots."
     return unseen_split(new, ws.load_snapshot(fingerprints['train']), ws.load_snapshot(fingerprints['validation']))
 
-def run_regate(charter=None, workspace=None, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'fixed', max_looks: int = 5,
+def run_regate(charter=None, workspace=None, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'sequential', max_looks: int = 5,
                min_ab_samples: int = 0, server_url: str = '', log_url: str | None = None, log=print) -> dict:
     "Phase regate: the version the train phase left at insufficient evidence, gated again on every labelled new row it was never fitted on."
     from mlcycle.train import load_model_version

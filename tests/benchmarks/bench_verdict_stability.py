@@ -13,9 +13,9 @@ the circle to its decision:
 - when the first look is insufficient evidence, the circle's wait (`mlcycle.cli.evidence_plan`, as `evidence_traffic`):
   the rows it asks for + 10 %, the next rows of the same seeded order (never sent before), and phase regate's gate on every
   new row the challenger was never fitted or selected on (`mlcycle.retrain.unseen_split`, as `run_regate`);
-- the A/B test, when the final gate passed: the design of `start_ab_test` (`ab_design` and `primary_design`), and as many
+- the A/B test, when the final gate passed: stage 07's design (`ab_plan`: sized for the primary metric's test, sequential), and as many
   production rows not sent before as it asks for (`ab_rows`, `unsent_rows`, as `ab_traffic`; when too few are left, those
-  left: the fixed-horizon analysis then says continue), routed by the server's hash of distinct request ids, both models'
+  left: the sequential analysis looks at them and decides only on strong enough evidence, else says continue), routed by the server's hash of distinct request ids, both models'
   answers, `analyze_ab` + `decision_for`. `decision_reusing_rows`: the decision at the full design on rows drawn again from
   the whole pool (what the circle did before it sent only unsent rows), for comparison.
 The figure is the count of seeds whose final verdict and A/B decision equal the most common pair (`same_both`): the
@@ -51,10 +51,8 @@ def ab_decision(c, contract, champ, chal, ab, seed: int, design: dict, tag: str)
 
 
 def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int, pool: int) -> dict:
-    from mlcycle.charter import binary_target
     from mlcycle.cli import ab_rows, evidence_plan, unsent_rows
-    from mlcycle.data import feature_frame
-    from mlcycle.retrain import (ab_design, challenger_candidates, gate_evidence, primary_design, retraining_parts, unseen_split)
+    from mlcycle.retrain import ab_plan, challenger_candidates, gate_evidence, retraining_parts, unseen_split
     from mlcycle.simulate import replay_rows
     from mlcycle.train import select_model
     from mlcycle.validate import gate_model
@@ -93,12 +91,9 @@ def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int, pool: 
     out.update(verdict=ev['status'], gate=ev.get('text') or gate['summary'], gate_rows=gate['rows'],
                objectives={o['rule']: round(o['value'], 4) for o in ev.get('objectives', [])})
     if ev['status'] != 'passed': return {**out, 'decision': 'keep', 'seconds': time.perf_counter() - t0}
-    Xt, yt = feature_frame(test, contract), binary_target(c, test[target])
-    right_c = champ.predict(Xt) == yt
-    design = ab_design(c, float(right_c.mean()), 0.5, p_discordant=float((right_c != (np.asarray(gate['pred']) == yt)).mean()))
-    prim = primary_design(c, yt, champ.predict_proba(Xt)[:, 1], gate['proba'], 0.5)
-    out.update(ab_design_accuracy=[design['champion'], design['challenger']], ab_design_primary=[prim['champion'], prim['challenger']])
-    design.update(metric=c.primary.metric, champion=max(design['champion'], prim['champion']), challenger=max(design['challenger'], prim['challenger']))
+    design = ab_plan(c, champ, gate, test, contract)              # stage 07's design: sized on the test that decides, sequential
+    out.update(ab_design_accuracy=[design.get('accuracy_design', design)['champion'], design.get('accuracy_design', design)['challenger']],
+               ab_design_primary=[design['champion'], design['challenger']], ab_method=design['method'])
     need = ab_rows(design)
     plan = unsent_rows(need, sent, pool, 'the A/B')             # as the circle's `ab_traffic`: only rows not sent before
     out.update(ab_needed=need, ab_unsent=plan['rows'], ab_short=plan['short'])
