@@ -23,9 +23,9 @@ __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_
            'split_for_retraining', 'recent_holdout', 'row_keys', 'in_key_order', 'keyed_holdout', 'refit_candidates',
            'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
            'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
-           'challenger_candidates', 'gate_challenger', 'ab_plan', 'start_ab_test', 'train_outputs', 'gate_evidence',
-           'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis', 'unseen_split',
-           'evidence_holdout', 'run_regate', 'register_cli']
+           'challenger_candidates', 'gate_challenger', 'ab_plan', 'non_inferiority_sized', 'start_ab_test',
+           'train_outputs', 'gate_evidence', 'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining',
+           'run_ab_analysis', 'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
@@ -478,14 +478,15 @@ def ab_plan(c: Charter, champion_model, gate: dict, test_df: pd.DataFrame, contr
             ab_method: str = 'sequential', max_looks: int = 5, min_ab_samples: int = 0) -> dict:
     """The A/B (or shadow) design from both models on the gate's rows, sized for the test that decides: accuracy's
     two-proportion test, or, when the charter's primary metric is another one (binary, not shadow), that metric's test
-    (`primary_design`), with accuracy's size kept beside it as `accuracy_design`."""
+    (`primary_design`), with accuracy's size kept beside it as `accuracy_design`; then for every claim the decision can
+    make (`non_inferiority_sized`)."""
     from mlcycle.data import feature_frame
     Xt, yt = feature_frame(test_df, contract), task_target(c, test_df[c.data.target])
     right_c = champion_model.predict(Xt) == yt
     right_n = np.asarray(gate['pred']) == yt
     if c.task == 'regression':
         from mlcycle.task_ab import regression_ab_design
-        return regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples)
+        return non_inferiority_sized(regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples))
     p_c = float(right_c.mean())
     if c.task == 'multiclass_classification':      # a champion right on every gate row: the design asks for the MDE just below 1
         p_c = min(p_c, 1 - c.validation.min_detectable_effect - 1e-3)
@@ -497,7 +498,22 @@ def ab_plan(c: Charter, champion_model, gate: dict, test_df: pd.DataFrame, contr
                       accuracy_design={'champion': design['champion'], 'challenger': design['challenger']})
         if not design.get('override'):
             design['champion'], design['challenger'], design['total'] = prim['champion'], prim['challenger'], prim['champion'] + prim['challenger']
-    return design
+    return non_inferiority_sized(design)
+
+def non_inferiority_sized(design: dict) -> dict:
+    """A design that can support each claim its decision makes. It is sized to detect the MDE (superiority); but a challenger
+    no better is promoted when the interval's lower end clears the non-inferiority margin m, and with m below the MDE that
+    claim needs more rows: the same test at true difference 0 needs (z_α/2 + z_β)² σ² / m² of them, (MDE / m)² times as many.
+    Without them, two equal models show non-inferiority only about 29 % of the time at m = MDE / 2, not the
+    design's 80 %: a tie is decided by the sample. A person's
+    `min_ab_samples` is left as given."""
+    m, mde = design.get('non_inferiority_margin') or 0.0, design['mde']
+    if design.get('override') or not 0 < m < mde: return {**design, 'sized_for': 'superiority'}
+    k = (mde / m) ** 2
+    arms = {a: int(math.ceil(design[a] * k)) for a in ('champion', 'challenger')}
+    total = arms['champion'] if design.get('mode') == 'shadow' else arms['champion'] + arms['challenger']
+    return {**design, **arms, 'total': total, 'sized_for': f'non-inferiority at margin {m:g} ({k:.3g}× the MDE design)',
+            'superiority_design': {'champion': design['champion'], 'challenger': design['challenger']}}
 
 def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_version: str, champion_model, gate: dict, test_df: pd.DataFrame,
                   contract: dict, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'sequential', max_looks: int = 5,
