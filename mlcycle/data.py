@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import ASSETS, MlcycleError, Workspace, fingerprint_df
+from .core import MlcycleError, Workspace, fingerprint_df
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
 from .charter import (Charter, binary_target, check_charter_against_data, leakage_target, load_charter, stratify_labels, task_target, target_summary,
                       time_values, workspace_charter)
+from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
-__all__ = ['ADULT_COLUMNS', 'LEAKAGE_AUC', 'read_only_query', 'load_source', 'load_data', 'prepare_adult', 'adult',
-           'feature_columns', 'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError',
-           'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts', 'concordance',
-           'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report', 'check_requirements',
-           'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows',
-           'run_data_stage']
+__all__ = ['LEAKAGE_AUC', 'read_only_query', 'load_source', 'load_data', 'feature_columns', 'infer_contract', 'task_of_contract',
+           'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch', 'violations_frame',
+           'outlier_counts', 'concordance', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role',
+           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back',
+           'check_production', 'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -95,21 +95,6 @@ def load_data(c: Charter) -> tuple[pd.DataFrame, list[dict]]:
             raise MlcycleError(f'data.combine: join needs id_column {key!r} in every source; source {i} lacks it')
         out = out.merge(f, on=key, how='inner', suffixes=('', f'_src{i}'))
     return out, records
-
-# %% ../nbs/02_data.ipynb #e895e85a
-ADULT_COLUMNS = ['age', 'workclass', 'fnlwgt', 'education', 'education_num', 'marital_status', 'occupation',
-                 'relationship', 'race', 'sex', 'capital_gain', 'capital_loss', 'hours_per_week', 'native_country', 'income']
-
-def prepare_adult(raw_path, test_file: bool = False) -> pd.DataFrame:
-    "Read an original UCI `adult.data` / `adult.test` file into a tidy DataFrame."
-    df = pd.read_csv(raw_path, header=None, names=ADULT_COLUMNS, skipinitialspace=True, na_values=['?'],
-                     skiprows=1 if test_file else 0).dropna(how='all')
-    df['income'] = df['income'].str.rstrip('.')
-    return df
-
-def adult(split: str = 'train') -> pd.DataFrame:
-    "The bundled UCI Adult data: `split` is 'train' (32,561 rows) or 'test' (16,281 rows)."
-    return pd.read_csv(ASSETS/f'adult_{split}.csv.gz')
 
 # %% ../nbs/02_data.ipynb #43e1eb8e
 def feature_columns(c: Charter, df: pd.DataFrame) -> list[str]:

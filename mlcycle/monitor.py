@@ -4,7 +4,9 @@
 
 # %% ../nbs/06_monitoring.ipynb #b98e89f7
 # Why this module is over 600 lines: one monitoring window reads drift, score checks, realized performance,
-# fairness and operations from the same log rows; drift detection itself is its own module (drift).
+# fairness and operations from the same log rows, and the module is also the stage (inputs, MLflow, manifest, CLI).
+# Drift detection is its own module (drift), and so are the model's own checks (model_checks: the label-free
+# estimate, attribution drift, regression and multiclass).
 from __future__ import annotations
 
 import contextlib, math, os, re, subprocess, sys, time
@@ -14,27 +16,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .calibration import ESTIMATED_METRICS, calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
-from .explain import IMPORTANCE_ROWS, attribution_drift, permutation_importance_table
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
                            numeric_edges, psi)
+from .model_checks import (MIN_LABELS, alert, arm_rows, attribution_record, label_free_checks, load_version, log_features, opaque_columns,
+                                  task_fairness_objectives, task_group_errors, task_log_view, task_performance_over_time,
+                                  task_realized_performance, task_score_checks, workspace_attribution_drift)
 from .stats import (N_RESAMPLES, resampled_errors, auc_delong, bootstrap_indices, normal_interval, percentile_ci, resampled_metric,
                            two_proportion_test, wilson_interval)
 
 # %% auto #0
 __all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
-           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MIN_LABELS', 'PARAMS', 'parse_window', 'read_window',
-           'logged_rows', 'log_features', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci',
-           'realized_performance', 'performance_over_time', 'group_rates', 'fairness_objectives', 'operations',
-           'server_error_rate', 'build_alerts', 'recommend', 'label_free_window', 'plot_drift', 'plot_performance',
-           'plot_groups', 'free_port', 'local_server', 'ensure_champion', 'opaque_columns', 'monitor_window',
-           'run_monitoring', 'task_log_view', 'task_measurable', 'task_realized_performance',
-           'task_performance_over_time', 'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift',
-           'task_score_checks', 'monitor_task_window', 'production_attribution_drift', 'attribution_record',
-           'register_cli']
+           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'PARAMS', 'parse_window', 'read_window', 'logged_rows',
+           'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance',
+           'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
+           'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
+           'ensure_champion', 'monitor_window', 'run_monitoring', 'monitor_task_window', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -86,13 +85,6 @@ def logged_rows(ws_or_url) -> int:
         with eng.connect() as conn: return int(conn.execute(sa.text('SELECT count(*) FROM predictions')).scalar_one())
     except Exception: return 0
     finally: eng.dispose()
-
-def log_features(log: pd.DataFrame, contract: dict) -> pd.DataFrame:
-    "The logged inputs as the contract's feature frame (columns the log does not hold, e.g. dropped sensitive ones, are left out)."
-    from mlcycle.data import feature_frame
-    cols = {c: f'x_{c}' for c in contract['features'] if f'x_{c}' in log.columns}
-    sub = {'features': list(cols), 'columns': {c: contract['columns'][c] for c in cols}}
-    return feature_frame(log[list(cols.values())].set_axis(list(cols), axis=1), sub)
 
 # %% ../nbs/06_monitoring.ipynb #c833c727
 POSITIVE_RATE_DELTA = 0.05     # a change of the positive-decision rate (absolute) that alerts on its own
@@ -160,22 +152,11 @@ def metric_with_ci(metric: str, y, proba, pred=None, alpha: float = 0.05, n_boot
     draws = resampled_metric(metric, y, proba, pred, bootstrap_indices(len(y), n_boot, seed))
     return float(objective_value(metric, y, proba, pred)), *percentile_ci(draws, 1 - alpha)
 
-def _arms(log: pd.DataFrame) -> pd.DataFrame:
-    "One row per logged answer and, for shadow scoring, one per shadow score: version, arm, probability, label."
-    cols = ['ts', 'model_version', 'arm', 'probability', 'label', 'y_true', 'feedback_ts']
-    out = [log[cols].assign(model_version=log.model_version.astype(str))]
-    if 'shadow_version' in log and log.shadow_version.notna().any():
-        sh = log[log.shadow_version.notna()]
-        out.append(pd.DataFrame({'ts': sh.ts, 'model_version': sh.shadow_version.astype(str), 'arm': 'shadow',
-                                 'probability': sh.shadow_probability.astype(float), 'label': sh.shadow_label.astype(int),
-                                 'y_true': sh.y_true, 'feedback_ts': sh.feedback_ts}))
-    return pd.concat(out, ignore_index=True)
-
 def realized_performance(log: pd.DataFrame, c: Charter, alpha: float = 0.05) -> pd.DataFrame:
     "Per model version and arm: served and labelled rows, coverage, label delay, the primary metric and accuracy with CIs."
     p = c.primary.metric
     rows = []
-    for (v, arm), g in _arms(log).groupby(['model_version', 'arm'], sort=True):
+    for (v, arm), g in arm_rows(log).groupby(['model_version', 'arm'], sort=True):
         lab = g[g.y_true.notna()]
         y = lab.y_true.to_numpy(int)
         pv, plo, phi = metric_with_ci(p, y, lab.probability, lab.label, alpha)
@@ -190,7 +171,7 @@ def performance_over_time(log: pd.DataFrame, c: Charter, buckets: int = 8, min_r
     "The primary metric and accuracy per version and arm in equal-count time buckets of labelled rows (with CIs and coverage)."
     p = c.primary.metric
     rows = []
-    a = _arms(log)
+    a = arm_rows(log)
     for (v, arm), g in a.groupby(['model_version', 'arm'], sort=True):
         g = g.sort_values('ts')
         lab = g[g.y_true.notna()]
@@ -288,12 +269,6 @@ def server_error_rate(url: str, timeout: float = 5) -> dict:
 # %% ../nbs/06_monitoring.ipynb #a9134974
 RETRAIN_RULES = ('feature_drift', 'missing_rate_change', 'prediction_drift', 'performance_below_objective', 'fairness_objective',
                  'estimated_performance_below_objective', 'estimate_disagrees')   # model findings: warnings name no service fault
-MIN_LABELS = 100
-
-def _alert(severity, rule, subject, value, threshold, message):
-    return {'severity': severity, 'rule': rule, 'subject': subject, 'value': None if value is None else float(value),
-            'threshold': None if threshold is None else float(threshold), 'message': message}
-
 def build_alerts(c: Charter, drift: pd.DataFrame | None = None, pred_drift: dict | None = None, skew: dict | None = None,
                  perf: pd.DataFrame | None = None, fairness: pd.DataFrame | None = None, ops: pd.DataFrame | None = None,
                  errors: dict | None = None) -> list[dict]:
@@ -304,52 +279,52 @@ def build_alerts(c: Charter, drift: pd.DataFrame | None = None, pred_drift: dict
         if 'distribution' in r.signals or 'new_category' in r.signals or 'vanished_category' in r.signals:
             sev = 'critical' if (r.psi >= PSI_CRITICAL and r.p_value < r.alpha_per_test) else 'warning'
             extra = (f'; new values {r.new_values}' if r.new_values else '') + (f'; vanished {r.vanished}' if r.vanished else '')
-            out.append(_alert(sev, 'feature_drift', r.feature, r.psi, PSI_CRITICAL if sev == 'critical' else PSI_WARNING,
+            out.append(alert(sev, 'feature_drift', r.feature, r.psi, PSI_CRITICAL if sev == 'critical' else PSI_WARNING,
                               f'{r.feature}: PSI {r.psi:.3f}, {r.test} p={r.p_value:.2g} (level {r.alpha_per_test:.2g}){extra}'))
         if 'missing_rate' in r.signals:
             d = r.missing_cur - r.missing_ref
             sev = 'critical' if abs(d) >= MISSING_DELTA_CRITICAL else 'warning'
-            out.append(_alert(sev, 'missing_rate_change', r.feature, r.missing_cur, r.missing_ref,
+            out.append(alert(sev, 'missing_rate_change', r.feature, r.missing_cur, r.missing_ref,
                               f'{r.feature}: missing rate {r.missing_ref:.1%} → {r.missing_cur:.1%} (p={r.missing_p:.2g})'))
     for v, d in (pred_drift or {}).items():
         if d.get('status', 'ok') != 'ok':
             sev = 'critical' if d['status'] == 'critical' else 'warning'
-            out.append(_alert(sev, 'prediction_drift', f'v{v}', d['psi'], PSI_CRITICAL if sev == 'critical' else PSI_WARNING,
+            out.append(alert(sev, 'prediction_drift', f'v{v}', d['psi'], PSI_CRITICAL if sev == 'critical' else PSI_WARNING,
                               f"v{v}: score PSI {d['psi']:.3f} (KS p={d['p_value']:.2g}); positive decisions {d['positive_rate_ref']:.1%} → {d['positive_rate_cur']:.1%}"))
     for v, s in (skew or {}).items():
         if s.get('skew'):
-            out.append(_alert('critical', 'serving_skew', f'v{v}', s['max_score_diff'], s['tolerance'],
+            out.append(alert('critical', 'serving_skew', f'v{v}', s['max_score_diff'], s['tolerance'],
                               f"v{v}: {s['rows_score_differs']} of {s['checked']} re-scored rows differ (max score difference {s['max_score_diff']:.2g}), "
                               f"{s['rows_decision_differs']} decisions differ: the serving path does not compute what training computes"))
     p = c.primary
     for r in (perf.to_dict('records') if perf is not None and len(perf) else []):
         subj = f"v{r['model_version']}/{r['arm']}"
         if r['labelled'] < MIN_LABELS:
-            out.append(_alert('info', 'low_label_coverage', subj, r['labelled'], MIN_LABELS,
+            out.append(alert('info', 'low_label_coverage', subj, r['labelled'], MIN_LABELS,
                               f"{subj}: only {r['labelled']} labelled rows ({r['coverage']:.0%} coverage): performance not judged yet")); continue
         v, lo, hi = r[p.metric], r[f'{p.metric}_lo'], r[f'{p.metric}_hi']
         if not p.met(v):
             clearly = (hi < p.threshold) if p.higher_is_better else (lo > p.threshold)
-            out.append(_alert('critical' if clearly else 'warning', 'performance_below_objective', subj, v, p.threshold,
+            out.append(alert('critical' if clearly else 'warning', 'performance_below_objective', subj, v, p.threshold,
                               f"{subj}: realized {p.metric} {v:.3f} [{lo:.3f}, {hi:.3f}] on {r['labelled']} labelled rows "
                               f"({r['coverage']:.0%} coverage) misses the objective {p.describe()}"))
     for r in (fairness.to_dict('records') if fairness is not None and len(fairness) else []):
         if r['measured'] and not r['passed']:
-            out.append(_alert('critical' if r['clearly_violated'] else 'warning', 'fairness_objective', f"v{r['model_version']}", r['value'], r['threshold'],
+            out.append(alert('critical' if r['clearly_violated'] else 'warning', 'fairness_objective', f"v{r['model_version']}", r['value'], r['threshold'],
                               f"v{r['model_version']}: {r['objective']} violated in production: {r['value']:.3f} ({r['detail']})"))
     slo = next((o for o in c.objectives if o.metric == 'p95_latency_ms'), None)
     for r in (ops.to_dict('records') if ops is not None and len(ops) else []):
         subj = f"v{r['model_version']}/{r['arm']}"
         if slo is not None and r['latency_p95_ms'] > slo.threshold:
-            out.append(_alert('critical' if r['latency_p95_ms'] > 2 * slo.threshold else 'warning', 'latency_slo', subj, r['latency_p95_ms'], slo.threshold,
+            out.append(alert('critical' if r['latency_p95_ms'] > 2 * slo.threshold else 'warning', 'latency_slo', subj, r['latency_p95_ms'], slo.threshold,
                               f"{subj}: p95 latency {r['latency_p95_ms']:.1f} ms over the SLO {slo.threshold:g} ms"))
         if r['violation_rate'] >= VIOLATION_RATE_WARNING:
             sev = 'critical' if r['violation_rate'] >= VIOLATION_RATE_CRITICAL else 'warning'
-            out.append(_alert(sev, 'contract_violations', subj, r['violation_rate'], VIOLATION_RATE_CRITICAL if sev == 'critical' else VIOLATION_RATE_WARNING,
+            out.append(alert(sev, 'contract_violations', subj, r['violation_rate'], VIOLATION_RATE_CRITICAL if sev == 'critical' else VIOLATION_RATE_WARNING,
                               f"{subj}: {r['violation_rate']:.1%} of rows break the contract (scored anyway): {r['violations']}"))
     if errors and np.isfinite(errors.get('error_rate', float('nan'))) and errors['error_rate'] >= ERROR_RATE_WARNING:
         sev = 'critical' if errors['error_rate'] >= ERROR_RATE_CRITICAL else 'warning'
-        out.append(_alert(sev, 'error_rate', 'server', errors['error_rate'], ERROR_RATE_CRITICAL if sev == 'critical' else ERROR_RATE_WARNING,
+        out.append(alert(sev, 'error_rate', 'server', errors['error_rate'], ERROR_RATE_CRITICAL if sev == 'critical' else ERROR_RATE_WARNING,
                           f"{errors['error_rate']:.1%} of {errors['requests']} scoring requests failed ({errors['client_errors']} refused, {errors['server_errors']} server errors)"))
     order = {'critical': 0, 'warning': 1, 'info': 2}
     return sorted(out, key=lambda a: (order[a['severity']], a['rule'], a['subject']))
@@ -363,43 +338,6 @@ def recommend(alerts: list[dict]) -> dict:
     else: text = 'no retrain: ' + ('no critical drift, performance and fairness within the charter' if not other
                                   else 'the model\'s inputs and results hold; the alerts are for the service: ' + '; '.join(other[:3]))
     return {'retrain': bool(why), 'reasons': why, 'operational': other, 'text': text}
-
-# %% ../nbs/06_monitoring.ipynb #6ff100e0
-def label_free_window(log: pd.DataFrame, c: Charter, references: dict, alpha: float = 0.05, seed: int = 0) -> dict:
-    """Per served version: `estimate` (the label-free estimate on every row of the window, and estimated vs realized on
-    the labelled rows), `calibration` (production ECE on labelled rows) and `alerts`. `references`: version → (labels,
-    scores) of labelled reference rows, for the calibrator. The estimated-vs-realized check judges three metrics at once,
-    so each interval there is at level 1 - alpha/3 (Bonferroni): a window where nothing changed warns in at most alpha of runs."""
-    est_rows, cal_rows, alerts = [], [], []
-    served = log[log.arm.astype(str) != 'shadow'] if 'arm' in log else log
-    for v, g in served.groupby(served.model_version.astype(str), sort=True):
-        if v not in references: continue
-        cal, s, d = score_calibrator(*references[v]), g.probability.to_numpy(float), g.label.to_numpy(int)
-        draws = calibrated_draws(*references[v], s, seed=seed)   # the calibrator's own uncertainty, in every interval
-        est = estimate_performance(cal.predict(s), scores=s, pred=d, seed=seed, level=1 - alpha, proba_draws=draws)
-        alerts += estimate_alerts(est, c.objectives, f'v{v}')
-        lab = g.y_true.notna().to_numpy()
-        t = est.assign(labelled=int(lab.sum()), realized=np.nan, agrees=np.nan, warning='')
-        if lab.sum() >= MIN_LABELS:
-            both = estimated_vs_realized(estimate_performance(cal.predict(s[lab]), scores=s[lab], pred=d[lab], seed=seed, level=1 - alpha / len(ESTIMATED_METRICS),
-                                                              proba_draws=draws[:, lab]),
-                                         g.y_true.to_numpy()[lab].astype(int), s[lab], d[lab])
-            t[['estimate_labelled', 'realized', 'agrees', 'warning']] = both[['estimate', 'realized', 'agrees', 'warning']].to_numpy()
-            for r in both[both.warning != ''].itertuples():
-                alerts.append(_alert('warning', 'estimate_disagrees', f'v{v}', r.realized, r.estimate, f'v{v}: {r.warning}'))
-            e = ece_with_ci(g.y_true.to_numpy()[lab].astype(int), s[lab], seed=seed, level=1 - alpha)
-            cal_rows.append({'model_version': v, **e})
-        est_rows += [{'model_version': v, **r} for r in t.to_dict('records')]
-    return {'estimate': pd.DataFrame(est_rows), 'calibration': pd.DataFrame(cal_rows), 'alerts': alerts}
-
-def _label_free(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, versions: list, alpha: float) -> dict:
-    "`label_free_window` with each version's scores of the workspace's labelled test split as its reference (versions that cannot load are skipped)."
-    from mlcycle.data import feature_frame
-    test = ws.load_snapshot(fps['test'])
-    X, y, refs = feature_frame(test, contract), binary_target(c, test[c.data.target]), {}
-    for v in versions:
-        with contextlib.suppress(Exception): refs[v] = (y, _load_model(ws, c, v).predict_proba(X)[:, 1])
-    return label_free_window(log, c, refs, alpha)
 
 # %% ../nbs/06_monitoring.ipynb #47e241f2
 def plot_drift(t: pd.DataFrame, title: str = 'Data drift per feature'):
@@ -508,11 +446,6 @@ def ensure_champion(ws: Workspace, charter=None, log=print) -> str:
     return v
 
 # %% ../nbs/06_monitoring.ipynb #ae5921ab
-def _load_model(ws: Workspace, c: Charter, version: str):
-    import mlflow
-    setup_mlflow(ws, c.name)
-    return mlflow.sklearn.load_model(f'models:/{c.name}/{version}')
-
 def _metric_key(s: str) -> str: return re.sub(r'[^A-Za-z0-9_.\-/ ]', '_', s)
 
 def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, dict, pd.DataFrame]:
@@ -524,10 +457,6 @@ def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, d
         raise MlcycleError(f'the prediction log has no rows in window {window or "all"!r}' + (f' for version {model_version}' if model_version else '') +
                            ': serve traffic first (`mlcycle serve`, `mlcycle simulate`) or widen the window')
     return fps, contract, log
-
-def opaque_columns(c: Charter) -> list[str]:
-    "The sensitive features the prediction log holds hashed or not at all: drift cannot compare them with the training data."
-    return [] if c.retention.log_sensitive_features == 'store' else list(c.data.sensitive_features)
 
 def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float, opaque=()) -> tuple[pd.DataFrame, float]:
     """Drift of the window's features against the stage-02 training split, and the seconds the comparison took. `opaque`:
@@ -557,7 +486,7 @@ def _score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.
     pred_drift, skew, policy = {}, {}, c.retention.log_sensitive_features
     for v in versions:
         served = log[log.model_version.astype(str) == v]
-        try: model = _load_model(ws, c, v)
+        try: model = load_version(ws, c, v)
         except Exception as e:
             skew[v] = {'checked': 0, 'note': f'cannot load v{v}: {str(e).splitlines()[0][:200]}', 'skew': False}; continue
         scores = served.probability.to_numpy(float)
@@ -634,7 +563,7 @@ def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict,
     rates, fair, fairness_note = _fairness_in_production(log, c, alpha)
     return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
-                          fairness=fair, fairness_note=fairness_note, label_free=_label_free(ws, c, contract, fps, log, versions, alpha))
+                          fairness=fair, fairness_note=fairness_note, label_free=label_free_checks(ws, c, contract, fps, log, versions, alpha))
 
 def _window_result(log, c, contract, window, versions, server_url, raw, **checks) -> dict:
     "One window's result for any task: the checks, the log's operations and server errors, the alerts and the recommendation."
@@ -642,7 +571,7 @@ def _window_result(log, c, contract, window, versions, server_url, raw, **checks
     errors = server_error_rate(server_url) if server_url else None
     alerts = build_alerts(c, checks['drift'], checks['prediction_drift'], checks['serving_skew'], checks['performance'], checks['fairness'], ops, errors)
     if checks['fairness_note'] and c.retention.log_sensitive_features == 'drop':
-        alerts.append(_alert('info', 'fairness_not_monitored', 'log', None, None, checks['fairness_note']))
+        alerts.append(alert('info', 'fairness_not_monitored', 'log', None, None, checks['fairness_note']))
     alerts += checks.get('label_free', {}).get('alerts', [])
     win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
            'labelled': int(log.y_true.notna().sum()), 'versions': versions}
@@ -660,7 +589,7 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
     c = workspace_charter(ws, charter)
     fps, contract, log = _read_inputs(ws, log_url, window, model_version)
     r = monitor_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
-    r['attribution_drift'] = _attribution_drift(ws, c, contract, fps, log, model_version)      # reported, not alerted on
+    r['attribution_drift'] = workspace_attribution_drift(ws, c, contract, fps, log, model_version)      # reported, not alerted on
     counts = {s: sum(a['severity'] == s for a in r['alerts']) for s in ('critical', 'warning', 'info')}
     setup_mlflow(ws, c.name)
     with ws.stage('06_monitoring', charter_hash=c.hash, window=str(window or 'all'), model_version=str(model_version or 'all'),
@@ -675,132 +604,7 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
         st.record('monitoring_recommendation', retrain=r['recommendation']['retrain'], why=r['recommendation']['text'])
     return dict(charter=c, workspace=ws, attribution_drift=r['attribution_drift'], **{k: r[k] for k in _RESULT_KEYS}, label_free=r.get('label_free', {}))
 
-# %% ../nbs/06_monitoring.ipynb #1ac31244
-def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
-    "The log with `label` the prediction (number or class) and `y_true` the true value (number or class; NaN until labelled)."
-    v = log.copy()
-    if c.task == 'regression':
-        v['label'] = v.probability.astype(float)
-        v['y_true'] = pd.to_numeric(v.label_true, errors='coerce').where(v.y_true.notna())
-        if 'shadow_probability' in v: v['shadow_label'] = v.shadow_probability
-    else:
-        classes = np.asarray(contract['classes'], dtype=object)
-        v['label'] = classes[v.label.to_numpy(int)]
-        v['y_true'] = v.label_true.astype(object).where(v.y_true.notna())
-        if 'shadow_label' in v: v['shadow_label'] = [classes[int(k)] if pd.notna(k) else None for k in v.shadow_label]
-    return v
-
-def _task_value_ci(c: Charter, metric: str, y, pred, alpha: float, seed: int = 0) -> tuple[float, float, float]:
-    "A metric of labelled rows with a percentile-bootstrap interval (regression errors vectorised)."
-    from mlcycle.charter import objective_value
-    y, pred = np.asarray(y), np.asarray(pred)
-    if len(y) < 2: return float('nan'), float('nan'), float('nan')
-    idx = bootstrap_indices(len(y), N_RESAMPLES, seed)
-    if c.task == 'regression': draws = resampled_errors(metric, y.astype(float), pred.astype(float), idx)
-    else: draws = np.array([objective_value(metric, y[i], pred=pred[i]) for i in idx])
-    return float(objective_value(metric, y, pred=pred)), *percentile_ci(draws, 1 - alpha)
-
-def task_measurable(c: Charter, metric: str) -> bool:
-    "Whether production can measure `metric` from logged answers (multiclass logs the predicted class, not every probability)."
-    return c.task == 'regression' or metric in ('accuracy', 'balanced_accuracy', 'macro_f1')
-
-def _task_perf_row(c: Charter, lab: pd.DataFrame, alpha: float) -> dict:
-    p, second = c.primary.metric, ('mae' if c.task == 'regression' else 'accuracy')
-    pv, plo, phi = _task_value_ci(c, p, lab.y_true, lab.label, alpha) if task_measurable(c, p) else (float('nan'),) * 3
-    sv, slo, shi = _task_value_ci(c, second, lab.y_true, lab.label, alpha)
-    out = {p: pv, f'{p}_lo': plo, f'{p}_hi': phi, second: sv, f'{second}_lo': slo, f'{second}_hi': shi}
-    if c.task == 'regression': out['mean_error'] = float((lab.label.astype(float) - lab.y_true.astype(float)).mean()) if len(lab) else float('nan')
-    return {'accuracy': float('nan'), 'accuracy_lo': float('nan'), 'accuracy_hi': float('nan'), **out}
-
-def task_realized_performance(view: pd.DataFrame, c: Charter, alpha: float = 0.05) -> pd.DataFrame:
-    "`realized_performance` for regression and multiclass: per version and arm, coverage, label delay and the primary metric with its interval."
-    rows = []
-    for (v, arm), g in _arms(view).groupby(['model_version', 'arm'], sort=True):
-        lab = g[g.y_true.notna()]
-        rows.append({'model_version': v, 'arm': arm, 'served': len(g), 'labelled': len(lab), 'coverage': len(lab) / len(g) if len(g) else 0.0,
-                     'label_delay_s_median': float((lab.feedback_ts - lab.ts).median()) if len(lab) else float('nan'),
-                     **_task_perf_row(c, lab, alpha)})
-    return pd.DataFrame(rows)
-
-def task_performance_over_time(view: pd.DataFrame, c: Charter, buckets: int = 8, min_rows: int = 100, alpha: float = 0.05) -> pd.DataFrame:
-    "`performance_over_time` for regression and multiclass: equal-count buckets of labelled rows."
-    rows = []
-    for (v, arm), g in _arms(view).groupby(['model_version', 'arm'], sort=True):
-        g = g.sort_values('ts'); lab = g[g.y_true.notna()]
-        if len(lab) == 0: continue
-        for i, part in enumerate(np.array_split(np.arange(len(lab)), int(max(1, min(buckets, len(lab) // max(min_rows, 1)))))):
-            b = lab.iloc[part]; served = int(((g.ts >= b.ts.min()) & (g.ts <= b.ts.max())).sum())
-            rows.append({'model_version': v, 'arm': arm, 'bucket': i, 'ts_start': b.ts.min(), 'ts_end': b.ts.max(), 'labelled': len(b),
-                         'coverage': len(b) / served if served else float('nan'), **_task_perf_row(c, b, alpha)})
-    return pd.DataFrame(rows)
-
 # %% ../nbs/06_monitoring.ipynb #e546ead1
-def task_group_errors(view: pd.DataFrame, c: Charter, feature: str) -> pd.DataFrame:
-    "Per version and group of `feature`: rows, mean prediction (regression) and, on labelled rows, MAE and mean error or accuracy."
-    col, rows = f'x_{feature}', []
-    if col not in view.columns: return pd.DataFrame(rows)
-    g_all = view.assign(_g=view[col].astype(str).where(view[col].notna(), '<missing>'), _v=view.model_version.astype(str))
-    for (v, grp), g in g_all.groupby(['_v', '_g'], sort=True):
-        lab = g[g.y_true.notna()]
-        r = {'model_version': v, 'feature': feature, 'group': grp, 'rows': len(g), 'labelled': len(lab)}
-        if c.task == 'regression':
-            e = lab.label.astype(float) - lab.y_true.astype(float)
-            r.update(mean_prediction=float(g.label.astype(float).mean()), mae=float(e.abs().mean()) if len(lab) else float('nan'),
-                     mean_error=float(e.mean()) if len(lab) else float('nan'))
-        else: r.update(accuracy=float((lab.label == lab.y_true).mean()) if len(lab) else float('nan'))
-        rows.append(r)
-    return pd.DataFrame(rows)
-
-def task_fairness_objectives(rates: pd.DataFrame, c: Charter) -> pd.DataFrame:
-    "Each fairness objective (mae_difference, accuracy_difference) per version over groups with at least min_group_size labelled rows."
-    out, min_n = [], c.data.requirements.min_group_size
-    for o in c.objectives_of('fairness'):
-        r = rates[rates.feature == o.sensitive_feature] if len(rates) else rates
-        col = 'mae' if o.metric == 'mae_difference' else 'accuracy'
-        for v, g in (r.groupby('model_version') if len(r) else []):
-            sel = g[(g.labelled >= min_n) & g[col].notna()]
-            value = float(sel[col].max() - sel[col].min()) if len(sel) >= 2 else float('nan')
-            detail = f'{col} {sel[col].min():.4g}–{sel[col].max():.4g} over {len(sel)} groups' if len(sel) >= 2 else f'fewer than two groups with {min_n} labelled rows'
-            measured = bool(np.isfinite(value))
-            out.append({'objective': o.describe(), 'model_version': v, 'value': value, 'threshold': o.threshold, 'measured': measured,
-                        'passed': o.met(value) if measured else None, 'clearly_violated': False, 'groups_judged': int(len(sel)), 'detail': detail})
-    return pd.DataFrame(out)
-
-def task_prediction_drift(c: Charter, ref, cur, alpha: float = 0.05) -> dict:
-    "Drift of the predicted numbers (regression) or of the class mix (multiclass): PSI and the drift test of `DriftDetector`."
-    col = 'prediction' if c.task == 'regression' else 'predicted_label'
-    ref, cur = pd.DataFrame({col: ref}), pd.DataFrame({col: cur})
-    if c.task != 'regression': ref, cur = ref.astype(str), cur.astype(str)
-    t = DriftDetector(ref).compare(cur, alpha=alpha).iloc[0]
-    out = {'rows': len(cur), 'psi': float(t.psi), 'ks': float(t.statistic), 'p_value': float(t.p_value), 'status': str(t.status),
-           'positive_rate_ref': float('nan'), 'positive_rate_cur': float('nan')}
-    if c.task == 'regression': out.update(mean_ref=float(ref[col].mean()), mean_cur=float(cur[col].mean()) if len(cur) else float('nan'))
-    else: out.update(class_mix_ref=ref[col].value_counts(normalize=True).round(4).to_dict(), class_mix_cur=cur[col].value_counts(normalize=True).round(4).to_dict())
-    return out
-
-def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view: pd.DataFrame, versions: list, alpha: float) -> tuple[dict, dict]:
-    "Per version: prediction drift (validation predictions vs served ones) and training–serving skew (served rows re-scored through scikit-learn)."
-    from mlcycle.data import feature_frame
-    from mlcycle.train import score_rows
-    val = feature_frame(ws.load_snapshot(fps['validation']), contract)
-    pred_drift, skew = {}, {}
-    for v in versions:
-        served = view[view.model_version.astype(str) == v]
-        try: model = _load_model(ws, c, v)
-        except Exception as e:
-            skew[v] = {'checked': 0, 'note': f'cannot load v{v}: {str(e).splitlines()[0][:200]}', 'skew': False}; continue
-        pred_drift[v] = task_prediction_drift(c, score_rows(model, val)[1], served.label.to_numpy(), alpha)
-        X = log_features(served.tail(20_000), contract)
-        if c.retention.log_sensitive_features != 'store' and c.data.sensitive_features or not len(X) or any(f not in X for f in contract['features']):
-            skew[v] = {'checked': 0, 'skew': False, 'note': 'rows cannot be re-scored from the log'}; continue
-        got = score_rows(model, X)[1]; logged = served.tail(20_000).label.to_numpy()
-        if c.task == 'regression':
-            diff = np.abs(np.asarray(got, float) - logged.astype(float)); bad = diff > 1e-6 * np.maximum(1, np.abs(logged.astype(float)))
-        else: diff = (np.asarray(got).astype(str) != logged.astype(str)).astype(float); bad = diff > 0
-        skew[v] = {'rows': len(served), 'checked': len(X), 'max_score_diff': float(diff.max()), 'rows_score_differs': int(bad.sum()),
-                   'rows_decision_differs': int(bad.sum()), 'tolerance': 1e-6, 'skew': bool(bad.any())}
-    return pred_drift, skew
-
 def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
                         alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
     "`monitor_window` for a regression or multiclass charter: the same checks and result keys, read through `task_log_view`."
@@ -815,46 +619,6 @@ def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: 
     return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
                           fairness=fair, fairness_note=fairness_note)
-
-# %% ../nbs/06_monitoring.ipynb #e7a1c0f2
-def production_attribution_drift(model, c: Charter, contract: dict, log: pd.DataFrame, reference_X: pd.DataFrame, reference_y,
-                                 max_rows: int = IMPORTANCE_ROWS) -> dict:
-    """`explain.attribution_drift` of `model` between the reference rows (`reference_X`, `reference_y`: the test split) and the
-    labelled rows of `log`: `{'table', 'rows', 'note'}` (`table` None, with the reason in `note`, when it cannot be computed)."""
-    view = log if c.task == 'binary_classification' else task_log_view(log, c, contract)
-    lab = view[view.y_true.notna()]
-    hidden = [f for f in opaque_columns(c) if f in contract['features']]
-    missing = [f for f in contract['features'] if f'x_{f}' not in log.columns]
-    if hidden or missing:
-        return {'table': None, 'rows': len(lab), 'note': f"the log holds {', '.join(hidden or missing)} hashed or not at all, and the model needs "
-                                                           'every input raw: attribution drift not computed'}
-    if len(lab) < MIN_LABELS:
-        return {'table': None, 'rows': len(lab), 'note': f'{len(lab)} labelled rows in the window, fewer than {MIN_LABELS}: attribution drift not computed'}
-    y = (lab.y_true.astype(int).to_numpy() if c.task == 'binary_classification' else
-         lab.y_true.astype(float).to_numpy() if c.task == 'regression' else lab.y_true.astype(str).to_numpy(dtype=object))
-    seed, metric = c.development.seed, c.primary.metric
-    ref = permutation_importance_table(model, reference_X, reference_y, metric, seed=seed, max_rows=max_rows)
-    cur = permutation_importance_table(model, log_features(lab, contract), y, metric, seed=seed, max_rows=max_rows)
-    return {'table': attribution_drift(ref, cur), 'rows': len(lab), 'note': ''}
-
-def _attribution_drift(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, model_version='') -> dict:
-    "`production_attribution_drift` of the version that answered most labelled rows of the window, against the stage-02 test split."
-    from mlcycle.charter import task_target
-    from mlcycle.data import feature_frame
-    lab = log[log.y_true.notna()]
-    if not len(lab): return {'table': None, 'rows': 0, 'note': 'no labelled rows in the window: attribution drift not computed', 'model_version': None}
-    v = str(model_version) if model_version else str(lab.model_version.astype(str).value_counts().index[0])
-    try:
-        test = ws.load_snapshot(fps['test'])
-        r = production_attribution_drift(_load_model(ws, c, v), c, contract, log[log.model_version.astype(str) == v],
-                                          feature_frame(test, contract), task_target(c, test[c.data.target]))
-    except Exception as e:
-        r = {'table': None, 'rows': len(lab), 'note': f'attribution drift not computed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'}
-    return {**r, 'model_version': v}
-
-def attribution_record(r: dict) -> dict:
-    "The attribution drift for the manifest (JSON)."
-    return {k: (v.to_dict('records') if isinstance(v, pd.DataFrame) else v) for k, v in r.items()}
 
 # %% ../nbs/06_monitoring.ipynb #a7378e66
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args

@@ -12,63 +12,18 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError
+from .presets import ADULT_DEFAULT_SCENARIO, ADULT_SCENARIO_COLUMNS, ADULT_SCENARIOS
+from .stats import weighted_resample
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'PRESET_COLUMNS', 'GENERIC', 'apply_scenario', 'parse_scenario', 'pick_column', 'default_scenario',
            'distinct_rows', 'production_data', 'replay_rows', 'simulate', 'register_cli']
 
 # %% ../nbs/05c_simulate.ipynb #f60e4381
-# --- Adult presets: the bundled charter's named scenarios (they name its columns); generic scenarios are below
-def _resample(df, weights, rng):
-    w = np.asarray(weights, float); w = w / w.sum()
-    return df.iloc[rng.choice(len(df), size=len(df), replace=True, p=w)].reset_index(drop=True)
-
 def _none(df, rng, k): return df.copy()
 
-def _ageing(df, rng, k):
-    out = _resample(df, np.exp(k * (df['age'].to_numpy() - 38) / 15), rng)
-    out['age'] = np.minimum(out['age'] + round(8 * k), 90)
-    return out
-
-def _recession(df, rng, k, positive='>50K', negative='<=50K'):
-    out = df.copy()
-    gain = out['capital_gain'] > 0
-    out.loc[gain & (rng.random(len(out)) < 0.8 * k), 'capital_gain'] = 0
-    out['hours_per_week'] = np.maximum(1, np.round(out['hours_per_week'] * (1 - 0.2 * k))).astype(int)
-    if 'income' in out:
-        lose = (out['income'] == positive) & (rng.random(len(out)) < 0.3 * k)
-        out.loc[lose, 'income'] = negative
-    return out
-
-def _occupation_shift(df, rng, k):
-    up, down = {'Tech-support', 'Prof-specialty', 'Exec-managerial'}, {'Craft-repair', 'Machine-op-inspct', 'Handlers-cleaners', 'Farming-fishing'}
-    w = np.where(df['occupation'].isin(up), 1 + 2 * k, np.where(df['occupation'].isin(down), 1 / (1 + 2 * k), 1.0))
-    return _resample(df, w, rng)
-
-def _new_category(df, rng, k):
-    out = df.copy()
-    out.loc[rng.random(len(out)) < 0.3 * k, 'workclass'] = 'Gig-economy'
-    return out
-
-def _gig_economy(df, rng, k, positive='>50K', negative='<=50K'):
-    out = df.copy()
-    gig = rng.random(len(out)) < 0.3 * k
-    out.loc[gig, 'workclass'] = 'Gig-economy'
-    if 'income' in out:
-        out.loc[gig, 'income'] = np.where(out.loc[gig, 'hours_per_week'] >= 45, positive, negative)
-    return out
-
-SCENARIOS = {   # Adult presets
-    'none': (_none, 'nothing changes'),
-    'ageing': (_ageing, 'an ageing population: older rows more likely, ages +8 years'),
-    'recession': (_recession, 'a recession: capital gains vanish, hours fall 20%, some high earners drop below the threshold'),
-    'occupation_shift': (_occupation_shift, 'the occupation mix shifts to tech, professional and managerial jobs'),
-    'new_category': (_new_category, "a new workclass value 'Gig-economy' in 30% of rows"),
-    'gig_economy': (_gig_economy, "'Gig-economy' workers (30% of rows) whose income follows a new rule: >50K when working 45+ hours"),
-}
-PRESET_COLUMNS = {'ageing': ['age'], 'recession': ['capital_gain', 'hours_per_week'], 'occupation_shift': ['occupation'],
-                  'new_category': ['workclass'], 'gig_economy': ['workclass', 'hours_per_week']}
-# --- end of Adult presets
+SCENARIOS = {'none': (_none, 'nothing changes'), **ADULT_SCENARIOS}   # named: `none`, then the bundled charter's presets (mlcycle.presets)
+PRESET_COLUMNS = dict(ADULT_SCENARIO_COLUMNS)                          # the columns each preset needs
 
 def apply_scenario(df: pd.DataFrame, scenario: str = 'none', intensity: float = 1.0, seed: int = 0, contract: dict | None = None,
                    target: str | None = None, positive_label=None) -> pd.DataFrame:
@@ -125,7 +80,7 @@ def _top(df, col): return df[col].astype(str).value_counts().index[0]
 
 def _mix(df, rng, k, col, value, contract, target, positive):
     _check(df, col, 'mix')
-    return _resample(df, np.where(df[col].astype(str) == _top(df, col), 1 / (1 + 3 * k), 1.0), rng)
+    return weighted_resample(df, np.where(df[col].astype(str) == _top(df, col), 1 / (1 + 3 * k), 1.0), rng)
 
 def _novel(df, rng, k, col, value, contract, target, positive):
     _check(df, col, 'novel'); out = df.copy().astype({col: object})
@@ -140,7 +95,7 @@ def _missing(df, rng, k, col, value, contract, target, positive):
 def _vanish(df, rng, k, col, value, contract, target, positive):
     _check(df, col, 'vanish')
     gone = df[col].astype(str) == (value or _top(df, col))
-    return _resample(df, np.where(gone, 1 - k, 1.0) + 1e-12 * (k < 1), rng) if gone.any() and (~gone).any() else df.copy()
+    return weighted_resample(df, np.where(gone, 1 - k, 1.0) + 1e-12 * (k < 1), rng) if gone.any() and (~gone).any() else df.copy()
 
 def _concept(df, rng, k, col, value, contract, target, positive):
     _check(df, col, 'concept'); out = df.copy().astype({col: object})
@@ -165,8 +120,8 @@ GENERIC = {
 }
 
 def default_scenario(contract: dict) -> str:
-    "The full circle's scenario: the `gig_economy` preset when the data has its columns, else the generic `concept`."
-    return 'gig_economy' if set(PRESET_COLUMNS['gig_economy']) <= set(contract['features']) else 'concept'
+    "The full circle's scenario: the bundled charter's preset (`gig_economy`) when the data has its columns, else the generic `concept`."
+    return ADULT_DEFAULT_SCENARIO if set(PRESET_COLUMNS[ADULT_DEFAULT_SCENARIO]) <= set(contract['features']) else 'concept'
 
 # %% ../nbs/05c_simulate.ipynb #b073542c
 def distinct_rows(workspace, traffic, wanted: int, log=print) -> int:

@@ -15,11 +15,11 @@ from .core import MlcycleError
 
 # %% auto #0
 __all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'bootstrap_indices',
-           'percentile_ci', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci', 'resampled_errors',
-           'paired_difference_test', 'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size',
-           'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness', 'normal_interval', 'wilson_interval',
-           'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size', 'paired_sample_size',
-           'obrien_fleming_spent']
+           'weighted_resample', 'percentile_ci', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci',
+           'resampled_errors', 'paired_difference_test', 'welch_test', 'two_mean_sample_size',
+           'paired_mean_sample_size', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
+           'normal_interval', 'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test',
+           'two_proportion_sample_size', 'paired_sample_size', 'obrien_fleming_spent']
 
 # %% ../nbs/00b_stats.ipynb #cc1a1d31
 N_RESAMPLES = 500
@@ -28,6 +28,12 @@ N_RESAMPLES = 500
 def bootstrap_indices(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
     "An (n_resamples × n) matrix of row indices drawn with replacement."
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n), dtype=np.int32 if n < 2**31 else np.int64)
+
+# %% ../nbs/00b_stats.ipynb #21e21e8c
+def weighted_resample(df: pd.DataFrame, weights, rng: np.random.Generator) -> pd.DataFrame:
+    "As many rows as `df` has, drawn with replacement with probability proportional to `weights` (a fresh 0..n-1 index)."
+    w = np.asarray(weights, float); w = w / w.sum()
+    return df.iloc[rng.choice(len(df), size=len(df), replace=True, p=w)].reset_index(drop=True)
 
 # %% ../nbs/00b_stats.ipynb #62265623
 def percentile_ci(values, level: float = 0.95) -> tuple[float, float]:
