@@ -5,7 +5,7 @@
 # %% ../nbs/00b_stats.ipynb #97a6eba2
 from __future__ import annotations
 
-import math, warnings
+import math, time, warnings
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ __all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', '
            'resampled_errors', 'paired_difference_test', 'welch_test', 'two_mean_sample_size',
            'paired_mean_sample_size', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
            'normal_interval', 'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test',
-           'two_proportion_sample_size', 'paired_sample_size', 'obrien_fleming_spent']
+           'two_proportion_sample_size', 'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
 
 # %% ../nbs/00b_stats.ipynb #cc1a1d31
 N_RESAMPLES = 500
@@ -243,3 +243,28 @@ def obrien_fleming_spent(t: float, alpha: float = 0.05) -> float:
     "Cumulative alpha spent at information fraction `t` (Lan–DeMets, O'Brien–Fleming type)."
     t = min(max(float(t), 0.0), 1.0)
     return 0.0 if t == 0 else float(2 - 2 * norm.cdf(norm.ppf(1 - alpha / 2) / math.sqrt(t)))
+
+# %% ../nbs/00b_stats.ipynb #5e9a0c02
+def sequential_look(design: dict, labelled: dict, p_value: float, looks: list | None = None, alpha: float = 0.05) -> dict:
+    """One look at an A/B test whose `design` has rows per arm (`champion`, `challenger`), `method` fixed | sequential,
+    `max_looks`, and, when sized for non-inferiority, the `superiority_design`: `decide` with the `level` to test at, or
+    `continue` and why. The look is appended to `looks` (sequential)."""
+    frac = lambda d: min(labelled['champion'] / max(d['champion'], 1), labelled['challenger'] / max(d['challenger'], 1))
+    t_all, t = min(frac(design), 1.0), min(frac(design.get('superiority_design') or design), 1.0)
+    looks = list(looks or [])
+    if design['method'] == 'fixed':
+        if t_all < 1:
+            return {'status': 'continue', 'looks': looks, 'reason': f"fixed horizon: {labelled['champion']} / {design['champion']} champion and "
+                    f"{labelled['challenger']} / {design['challenger']} challenger labelled rows; the test is not looked at before"}
+        return {'status': 'decide', 'level': alpha, 'looks': looks}
+    if len(looks) >= design['max_looks'] and t_all < 1:
+        return {'status': 'continue', 'looks': looks, 'reason': f"all {design['max_looks']} planned looks used; wait for the full sample"}
+    spent = looks[-1]['alpha_spent'] if looks else 0.0
+    cum = obrien_fleming_spent(t, alpha) if t < 1 else alpha
+    level = max(cum - spent, 0.0)
+    looks.append({'look': len(looks) + 1, 'information_fraction': t, 'non_inferiority_fraction': t_all, 'alpha_spent': cum, 'level': level,
+                  'p_value': p_value, 'ts': time.time()})
+    if p_value < level or t_all >= 1: return {'status': 'decide', 'level': level, 'looks': looks}
+    why = (f"look {len(looks)} at {t:.0%} of the sample: p={p_value:.3g} ≥ its level {level:.2g}" if t < 1 else
+           f"look {len(looks)}: no difference at the superiority sample (p={p_value:.3g}); non-inferiority needs its own, {t_all:.0%} of it so far")
+    return {'status': 'continue', 'looks': looks, 'reason': why + '; continue'}

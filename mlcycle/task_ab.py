@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core import MlcycleError
 from .charter import Charter
-from .stats import (mcnemar_test, obrien_fleming_spent, paired_difference_test, paired_mean_sample_size, paired_sample_size,
+from .stats import (mcnemar_test, paired_difference_test, sequential_look, paired_mean_sample_size, paired_sample_size,
                            two_mean_sample_size, two_proportion_sample_size, two_proportion_test, welch_test)
 
 # %% auto #0
@@ -72,21 +72,10 @@ def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challen
     looks = list(looks_so_far or [])
     out = {'design': design, 'labelled': n_arm, 'needed': need, 'information_fraction': min(frac, 1.0), 'served': arms['served'],
            'arms': summ, 'test': test, 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger)}
-    if design['method'] == 'fixed':
-        if frac < 1:
-            return {**out, 'status': 'continue', 'reason': f"fixed horizon: {n_arm['champion']} / {need['champion']} champion and "
-                    f"{n_arm['challenger']} / {need['challenger']} challenger labelled rows; the test is not looked at before"}
-        level = alpha
-    else:
-        spent, t = (looks[-1]['alpha_spent'] if looks else 0.0), min(frac, 1.0)
-        if len(looks) >= design['max_looks'] and frac < 1:
-            return {**out, 'status': 'continue', 'reason': f"all {design['max_looks']} planned looks used; wait for the full sample"}
-        cum = obrien_fleming_spent(t, alpha) if t < 1 else alpha
-        level = max(cum - spent, 0.0)
-        looks.append({'look': len(looks) + 1, 'information_fraction': t, 'alpha_spent': cum, 'level': level, 'p_value': test['p_value'], 'ts': time.time()})
-        out['looks'] = looks
-        if test['p_value'] >= level and t < 1:
-            return {**out, 'status': 'continue', 'reason': f"look {len(looks)} at {t:.0%} of the sample: p={test['p_value']:.3g} ≥ its level {level:.2g}; continue"}
+    look = sequential_look(design, n_arm, test['p_value'], looks, alpha)
+    out['looks'] = look['looks']
+    if look['status'] == 'continue': return {**out, 'status': 'continue', 'reason': look['reason']}
+    level = look['level']
     margin, sig = design['non_inferiority_margin'], test['p_value'] < level
     result = ('challenger_better' if sig and test['difference'] > 0 else 'challenger_worse' if sig else
               'non_inferior' if test['ci_low'] > -margin else 'inconclusive')
