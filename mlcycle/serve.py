@@ -7,7 +7,7 @@
 # and the app that wires its routes; parsing, the compiled scorer, the batcher and the prediction log are their own modules.
 from __future__ import annotations
 
-import asyncio, concurrent.futures as cf, hmac, json, os, random, secrets, sys, time
+import asyncio, concurrent.futures as cf, gc, hmac, json, os, random, secrets, sys, time
 
 import numpy as np
 import pandas as pd
@@ -22,9 +22,9 @@ from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
 # %% auto #0
 __all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'Histogram', 'Metrics', 'monitoring_gauge_lines', 'monitoring_gauges',
            'registry_pointer', 'load_model_set', 'fixed_model_set', 'feedback_token', 'target_classes', 'authorize',
-           'ModelServer', 'start', 'stop', 'ready', 'metrics_text', 'predict', 'invocations', 'wants_explanation',
-           'explain', 'feedback', 'resolve_feedback', 'reload', 'read_json_body', 'error_body', 'create_app', 'serve',
-           'worker_app', 'register_cli', 'cli_main']
+           'ModelServer', 'start', 'stop', 'ready', 'metrics_text', 'settle_heap', 'predict', 'invocations',
+           'wants_explanation', 'explain', 'feedback', 'resolve_feedback', 'reload', 'read_json_body', 'error_body',
+           'create_app', 'serve', 'worker_app', 'register_cli', 'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #aeebbb49
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -251,7 +251,9 @@ async def start(self: ModelServer):
         self.batcher.log = self.log
     self.batcher.start()
     try:
-        self.models, self.error = await loop.run_in_executor(None, self.load), None
+        ms = await loop.run_in_executor(None, self.load)
+        settle_heap()               # before the first request: see below
+        self.models, self.error = ms, None
         print(f"mlcycle serve: ready, {self.models.describe()}, log {safe_url(self.log_url) if self.logging else 'off'}", file=sys.stderr, flush=True)
     except Exception as e:
         self.error = _reason(e)
@@ -263,6 +265,7 @@ async def stop(self: ModelServer):
     if self._poller is not None: self._poller.cancel()
     await self.batcher.stop()
     if self.log is not None: await asyncio.get_running_loop().run_in_executor(None, self.log.close)
+    gc.unfreeze()
 
 def ready(self: ModelServer) -> dict:
     "What is served (`/ready`); `RequestError` 503 with the reason while no models are loaded."
@@ -272,6 +275,13 @@ def ready(self: ModelServer) -> dict:
 def metrics_text(self: ModelServer) -> str: return self.metrics.render() + monitoring_gauges(self.ws)
 
 for f in (start, stop, ready, metrics_text): setattr(ModelServer, f.__name__, f)
+
+# %% ../nbs/05b_serving.ipynb #065ac9dc
+def settle_heap(refreeze: bool = False) -> int:
+    "Collect now, then leave every object alive (the libraries, the loaded models) out of later collections; returns how many are frozen."
+    if refreeze: gc.unfreeze()          # a reload: let the collector see the version swapped out
+    gc.collect(); gc.freeze()
+    return gc.get_freeze_count()
 
 # %% ../nbs/05b_serving.ipynb #21546093
 async def predict(self: ModelServer, records, t0: float | None = None) -> list[dict]:
@@ -371,6 +381,7 @@ async def reload(self: ModelServer, trigger: str = 'admin', previous: bool = Tru
         before = self.models.describe() if self.models else None
         new = await asyncio.get_running_loop().run_in_executor(None, self.load, self.models if previous else None)
         self.models, self.error = new, None
+        settle_heap(refreeze=True)  # one full collection per model change: the version swapped out is freed
     self.metrics.reloads[trigger] = self.metrics.reloads.get(trigger, 0) + 1
     print(f'mlcycle serve: reloaded ({trigger}) {before} -> {new.describe()}', file=sys.stderr, flush=True)
     return before, new.describe()
