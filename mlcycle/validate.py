@@ -8,7 +8,7 @@
 # design, and the report; the statistics themselves live in stats, calibration and explain.
 from __future__ import annotations
 
-import itertools, warnings
+import itertools, math, warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,9 @@ __all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDI
            'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate', 'non_inferiority',
            'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_draws', 'task_performance', 'task_fairness',
            'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check', 'task_non_inferiority',
-           'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'plot_performance', 'plot_fairness',
-           'plot_robustness', 'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
+           'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'gate_evidence', 'plot_performance',
+           'plot_fairness', 'plot_robustness', 'report_record', 'validate_version', 'run_validation',
+           'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -509,6 +510,37 @@ def plot_task_fairness(rep: dict, features: list[str] | None = None):
     for a, f in zip(ax[0], features):
         by[f].drop(columns=['count', 'mean_target', 'mean_prediction'], errors='ignore').plot.bar(ax=a, rot=20); a.set_title(f'{f}: per group (test split)'); a.legend(fontsize=8)
     fig.tight_layout(); return fig
+
+# %% ../nbs/04_validation.ipynb #e7a1d012
+def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1.0, power: float = 0.8) -> dict:
+    """The gate's sample-size design on `n_rows` held-out rows: per objective, decided (its interval on one side of the limit)
+    or the held-out rows it needs to be decided with probability `power` if its value holds; the verdict passed / failed /
+    insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts)."""
+    from scipy.stats import norm
+    za = norm.ppf(0.975); k = ((za + norm.ppf(power)) / za) ** 2          # the intervals are 95 % ones; power as in the A/B design
+    family = {o.describe(): o.family for o in c.objectives}
+    per, fails = [], []
+    for r in rules.itertuples():
+        fam = family.get(r.rule) if r.kind == 'objective' else None
+        finite = all(np.isfinite(x) for x in (r.value, r.ci_low, r.ci_high))
+        if fam in (None, 'operational') or not finite:
+            if not r.passed: fails.append(r.rule)
+            continue
+        half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
+        decided = not (r.ci_low <= r.threshold <= r.ci_high)
+        need = None if decided else (int(math.ceil(n_rows * k * (half / dist) ** 2)) if dist > 0 else None)
+        per.append({'rule': r.rule, 'value': float(r.value), 'half_width': float(half), 'distance': float(dist), 'decided': decided,
+                    'passed': bool(r.passed) if decided else None, 'rows_needed': need})
+        if decided and not r.passed: fails.append(r.rule)
+    open_ = [p for p in per if not p['decided']]
+    status = 'failed' if fails else 'insufficient_evidence' if open_ else 'passed'
+    needed = None if not open_ or any(p['rows_needed'] is None for p in open_) else max(p['rows_needed'] for p in open_)
+    more = None if needed is None else max(int(math.ceil((needed - int(n_rows)) / share)), 1)
+    text = '' if status != 'insufficient_evidence' else (
+        'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
+        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g} ± {p['half_width']:.3g}, {p['distance']:.3g} from the limit" for p in open_) + ')')
+    return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
+            'rows_needed': needed, 'more_rows_needed': more, 'text': text}
 
 # %% ../nbs/04_validation.ipynb #104afe68
 def plot_performance(rep: dict, title: str = ''):
