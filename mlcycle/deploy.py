@@ -129,7 +129,10 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
     forced = status != 'passed'
     if forced:
         if not force:
-            raise MlcycleError(f'version {version} has validation_status={status!r}, not passed: run the stage-04 gate, '
+            todo = ('the stage-04 gate could not tell its objectives from their limits on the test split: label more data (a larger '
+                    'test split) or state a charter limit the data can decide, then run stage 04 again' if status == 'insufficient_evidence'
+                    else 'run the stage-04 gate')
+            raise MlcycleError(f'version {version} has validation_status={status!r}, not passed: {todo}, '
                                f'or promote anyway with --force --reason "why"')
         if not reason.strip(): raise MlcycleError('--force needs --reason "why" (it goes into the audit log)')
         ws.audit.append('promotion_forced', model=name, version=version, alias=as_, validation_status=status, reason=reason)
@@ -552,7 +555,10 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
         print('no validated version: running stage 04 first'); run_validation(charter, ws)
         version = latest_passed_version(ws, c.name)
     if version is None:
-        raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: fix what the stage-04 gate reported, '
+        v04 = ws.manifest('04_validation')['outputs'] if ws.has_stage('04_validation') else {}
+        told = (f"stage 04 left v{v04.get('model_version')} at {v04['validation_status']} ({v04.get('verdict')})"
+                if v04.get('validation_status') == 'insufficient_evidence' else 'fix what the stage-04 gate reported')
+        raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: {told}, '
                            'or deploy one explicitly with version=… and force=True, reason=…')
     if deploy_as == 'champion': require_approval(ws, version, c.name, force=force)
     res = promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force, reason=reason or 'stage 05 deployment')

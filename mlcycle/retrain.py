@@ -17,6 +17,7 @@ from .core import MlcycleError, Workspace, current_actor, fingerprint_df, read_j
 from .charter import Charter, binary_target, stratify_labels, target_summary, task_target, workspace_charter
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
+from .validate import gate_evidence
 
 # %% auto #0
 __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
@@ -24,8 +25,8 @@ __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_
            'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
            'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
            'challenger_candidates', 'gate_challenger', 'ab_plan', 'non_inferiority_sized', 'start_ab_test',
-           'train_outputs', 'gate_evidence', 'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining',
-           'run_ab_analysis', 'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
+           'train_outputs', 'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis',
+           'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
@@ -528,37 +529,6 @@ def train_outputs(run_id: str, trigger: str, strategy: str, new_rows: int, data:
                 recommendation=(f"A/B test running: analyze after {design['champion']} + {design['challenger']} labelled rows"
                                 if design else f"keep the champion for now: {gate['summary']}" if waiting else 'keep the champion: no challenger passed the gate'),
                 seconds=round(seconds, 1))
-
-# %% ../nbs/07_retraining.ipynb #e7a1d012
-def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1.0, power: float = 0.8) -> dict:
-    """The gate's sample-size design on `n_rows` held-out rows: per objective, decided (its interval on one side of the limit)
-    or the held-out rows it needs to be decided with probability `power` if its value holds; the verdict passed / failed /
-    insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts)."""
-    from scipy.stats import norm
-    za = norm.ppf(0.975); k = ((za + norm.ppf(power)) / za) ** 2          # the intervals are 95 % ones; power as in the A/B design
-    family = {o.describe(): o.family for o in c.objectives}
-    per, fails = [], []
-    for r in rules.itertuples():
-        fam = family.get(r.rule) if r.kind == 'objective' else None
-        finite = all(np.isfinite(x) for x in (r.value, r.ci_low, r.ci_high))
-        if fam in (None, 'operational') or not finite:
-            if not r.passed: fails.append(r.rule)
-            continue
-        half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
-        decided = not (r.ci_low <= r.threshold <= r.ci_high)
-        need = None if decided else (int(math.ceil(n_rows * k * (half / dist) ** 2)) if dist > 0 else None)
-        per.append({'rule': r.rule, 'value': float(r.value), 'half_width': float(half), 'distance': float(dist), 'decided': decided,
-                    'passed': bool(r.passed) if decided else None, 'rows_needed': need})
-        if decided and not r.passed: fails.append(r.rule)
-    open_ = [p for p in per if not p['decided']]
-    status = 'failed' if fails else 'insufficient_evidence' if open_ else 'passed'
-    needed = None if not open_ or any(p['rows_needed'] is None for p in open_) else max(p['rows_needed'] for p in open_)
-    more = None if needed is None else max(int(math.ceil((needed - int(n_rows)) / share)), 1)
-    text = '' if status != 'insufficient_evidence' else (
-        'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
-        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g} ± {p['half_width']:.3g}, {p['distance']:.3g} from the limit" for p in open_) + ')')
-    return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
-            'rows_needed': needed, 'more_rows_needed': more, 'text': text}
 
 # %% ../nbs/07_retraining.ipynb #e7a1d014
 def apply_gate_evidence(ws: Workspace, c: Charter, version: str, gate: dict, stage_run, share: float = 1.0, log=print) -> dict:

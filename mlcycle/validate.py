@@ -8,7 +8,7 @@
 # design, and the report; the statistics themselves live in stats, calibration and explain.
 from __future__ import annotations
 
-import itertools, warnings
+import itertools, math, warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +21,14 @@ from .data import feature_frame
 from .stats import ERROR_METRICS, N_RESAMPLES, bootstrap_indices, resampled_errors, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'fairness_report',
-           'slice_report', 'overfit_check', 'probe_numeric_noise', 'probe_missing_values', 'probe_unseen_categories',
-           'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate', 'non_inferiority',
-           'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_draws', 'task_performance', 'task_fairness',
-           'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check', 'task_non_inferiority',
-           'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'plot_performance', 'plot_fairness',
-           'plot_robustness', 'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
+__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'EVIDENCE_ADVICE',
+           'fairness_report', 'slice_report', 'overfit_check', 'probe_numeric_noise', 'probe_missing_values',
+           'probe_unseen_categories', 'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate',
+           'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_draws', 'task_performance',
+           'task_fairness', 'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check',
+           'task_non_inferiority', 'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'gate_evidence',
+           'evidence_verdict', 'plot_performance', 'plot_fairness', 'plot_robustness', 'report_record',
+           'validate_version', 'run_validation', 'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -232,6 +233,11 @@ def _robustness_rule(rob: pd.DataFrame) -> dict:
     "One gate rule from `robustness_gate` (drops judged against the charter's limit) or, without limits, `robustness_report` (valid outputs only)."
     m, bad = rob.metric.iloc[0], rob[~rob.passed]
     worst = rob.loc[rob['drop'].idxmax()] if rob['drop'].notna().any() else None
+    if 'verdict' in rob and len(bad):      # the probe that binds the verdict: a clear failure first, else the undecided one needing most rows
+        first = lambda v: bad[bad.verdict == v]
+        clear = pd.concat([first('invalid output'), first('beyond')])
+        open_ = first('insufficient evidence')
+        worst = clear.iloc[0] if len(clear) else open_.loc[open_.rows_needed.astype(float).fillna(np.inf).idxmax()] if len(open_) else worst
     if 'verdict' not in rob:
         return {'rule': 'robustness: every probe scored without error, with valid outputs', 'kind': 'robustness',
                 'value': float('nan') if worst is None else worst['drop'], 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': np.nan,
@@ -249,6 +255,7 @@ def _robustness_rule(rob: pd.DataFrame) -> dict:
             'ci_low': np.nan if worst is None else worst.drop_ci_low, 'ci_high': np.nan if worst is None else worst.drop_ci_high,
             'threshold': np.nan if worst is None else worst.max_drop, 'passed': bool(bad.empty),
             'detail': '; '.join(why(r) for r in bad.itertuples()) or (f'value = the largest {m} drop ({worst.probe})' if worst is not None else '')}
+
 
 def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustness: pd.DataFrame | None,
                   non_inferiority: dict | None = None, latency_note: str = '') -> dict:
@@ -510,6 +517,49 @@ def plot_task_fairness(rep: dict, features: list[str] | None = None):
         by[f].drop(columns=['count', 'mean_target', 'mean_prediction'], errors='ignore').plot.bar(ax=a, rot=20); a.set_title(f'{f}: per group (test split)'); a.legend(fontsize=8)
     fig.tight_layout(); return fig
 
+# %% ../nbs/04_validation.ipynb #e7a1d012
+def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1.0, power: float = 0.8) -> dict:
+    """The gate's sample-size design on `n_rows` held-out rows: per objective, decided (its interval on one side of the limit)
+    or the held-out rows it needs to be decided with probability `power` if its value holds (also each robustness drop against its
+    limit); the verdict passed / failed / insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts)."""
+    from scipy.stats import norm
+    za = norm.ppf(0.975); k = ((za + norm.ppf(power)) / za) ** 2          # the intervals are 95 % ones; power as in the A/B design
+    family = {o.describe(): o.family for o in c.objectives}
+    per, fails = [], []
+    for r in rules.itertuples():
+        fam = family.get(r.rule) if r.kind == 'objective' else None
+        finite = all(np.isfinite(float(x)) for x in (r.value, r.ci_low, r.ci_high, r.threshold))
+        if not (r.kind == 'robustness' or fam not in (None, 'operational')) or not finite:   # timings, overfitting, non-inferiority: as stage 04 judges them
+            if not r.passed: fails.append(r.rule)
+            continue
+        half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
+        decided = not (r.ci_low <= r.threshold <= r.ci_high) and (r.value > r.threshold) == (r.ci_low > r.threshold)
+        need = None if decided else (int(math.ceil(n_rows * k * (half / dist) ** 2)) if dist > 0 else None)
+        per.append({'rule': r.rule, 'value': float(r.value), 'half_width': float(half), 'distance': float(dist), 'decided': decided,
+                    'passed': bool(r.passed) if decided else None, 'rows_needed': need})
+        if decided and not r.passed: fails.append(r.rule)
+    open_ = [p for p in per if not p['decided']]
+    status = 'failed' if fails else 'insufficient_evidence' if open_ else 'passed'
+    needed = None if not open_ or any(p['rows_needed'] is None for p in open_) else max(p['rows_needed'] for p in open_)
+    more = None if needed is None else max(int(math.ceil((needed - int(n_rows)) / share)), 1)
+    text = '' if status != 'insufficient_evidence' else (
+        'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
+        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g} ± {p['half_width']:.3g}, {p['distance']:.3g} from the limit" for p in open_) + ')')
+    return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
+            'rows_needed': needed, 'more_rows_needed': more, 'text': text}
+
+# %% ../nbs/04_validation.ipynb #49228d1a
+EVIDENCE_ADVICE = ('label more data, so that the test split grows (stage 02 holds it out), or state a limit in the charter that '
+                   'this data can decide; stage 05 deploys only a passed version')
+
+def evidence_verdict(c: Charter, rep: dict, share: float = 1.0) -> dict:
+    """A gate report (`gate_model`) judged on its evidence (`gate_evidence`): `status` passed / failed / insufficient_evidence, the
+    summary of an undecided gate naming the rows needed and what to do, and the design under `evidence`."""
+    ev = gate_evidence(c, rep['rules'], rep['rows'], share)
+    if ev['status'] != 'insufficient_evidence': return {**rep, 'evidence': ev}
+    return {**rep, 'status': ev['status'], 'evidence': ev,
+            'summary': f"{ev['text']}. {ev['rows']:,} test rows cannot tell {', '.join(ev['undecided'])} from the limit: {EVIDENCE_ADVICE}"}
+
 # %% ../nbs/04_validation.ipynb #104afe68
 def plot_performance(rep: dict, title: str = ''):
     "ROC, precision-recall, calibration (reliability) and confusion-matrix plots of a gate report."
@@ -578,11 +628,12 @@ def report_record(rep: dict) -> dict:
             'fairness': rep['fairness']['summary'].to_dict('records'),
             'fairness_by_group': {f: t.reset_index().to_dict('records') for f, t in rep['fairness']['by_group'].items()},
             'slices': rep['slices'].to_dict('records'), 'non_inferiority': rep['non_inferiority'],
-            'p95_latency_ms': float(np.percentile(rep['latencies_ms'], 95)), 'machine_load': rep['machine_load']}
+            'p95_latency_ms': float(np.percentile(rep['latencies_ms'], 95)), 'machine_load': rep['machine_load'], 'evidence': rep.get('evidence')}
 
 def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_df=None, validation_df=None, contract=None,
-                     stage_run: StageRun | None = None, log=print) -> dict:
-    "Run the gate on registered `version` against the test split, then tag the version, log to MLflow and audit the verdict."
+                     stage_run: StageRun | None = None, evidence_share: float | None = 1.0, log=print) -> dict:
+    """Run the gate on registered `version` against the test split, judge its evidence (`evidence_verdict`; `evidence_share` None:
+    the point values alone), then tag the version, log to MLflow and audit the verdict."""
     import mlflow
     import matplotlib.pyplot as plt
     from mlcycle.train import load_model_version, model_version_info
@@ -609,6 +660,7 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
         log(f'non-inferiority: comparing with the champion, version {champion_version}')
     rep = gate_model(model, c, contract, test_df, train_df=train_df, validation_df=validation_df, champion=champion,
                      champion_version=champion_version)
+    if evidence_share is not None: rep = evidence_verdict(c, rep, evidence_share)
     rec = report_record(rep)
     if contract.get('derived'):   # did the charter's derived features pay? (permutation importance on the test split)
         from mlcycle.features import derived_importance
@@ -635,9 +687,11 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     tags = {'validation_status': rep['status'], 'validation_summary': rep['summary'][:4900], 'validation_run_id': run.info.run_id,
             'validation_charter_hash': c.hash, 'validation_test_fingerprint': test_fp}
     for k, v in tags.items(): client.set_model_version_tag(c.name, version, k, v)
+    ev = rep.get('evidence') or {}
     details = dict(model=c.name, version=version, status=rep['status'], summary=rep['summary'], charter_hash=c.hash,
-                   failed_rules=rep['rules'][~rep['rules'].passed].rule.tolist(), champion_version=champion_version,
-                   mlflow_run_id=run.info.run_id, test_fingerprint=test_fp)
+                   failed_rules=ev['failed_rules'] if ev else rep['rules'][~rep['rules'].passed].rule.tolist(), champion_version=champion_version,
+                   mlflow_run_id=run.info.run_id, test_fingerprint=test_fp,
+                   **({'undecided': ev['undecided'], 'rows': ev['rows'], 'more_rows_needed': ev['more_rows_needed']} if ev else {}))
     if stage_run is not None: stage_run.record('validation_verdict', **details)
     else: ws.audit.append('validation_verdict', **details)
     log(f'version {version}: {rep["summary"]}')
@@ -646,7 +700,8 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
 
 # %% ../nbs/04_validation.ipynb #3a548a07
 def run_validation(charter=None, workspace=None, version=None, log=print) -> dict:
-    "Stage 04: the gate on the test split for the version stage 03 registered (or `version`); verdict to tags, manifest and audit log."
+    """Stage 04: the gate on the test split for the version stage 03 registered (or `version`), judged on its evidence (passed,
+    failed or insufficient_evidence); verdict to tags, manifest (with the evidence design) and audit log."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('03_model_development'):
         from mlcycle.train import run_model_development
@@ -666,7 +721,8 @@ def run_validation(charter=None, workspace=None, version=None, log=print) -> dic
         rep = validate_version(ws, c, version, stage_run=st, log=log)
         st.manifest['outputs'].update(validation_status=rep['status'], verdict=rep['summary'], model_name=c.name, model_version=rep['version'],
                                       champion_version=rep['champion_version'], mlflow_run_id=rep['mlflow_run_id'],
-                                      test_fingerprint=rep['test_fingerprint'], stop=rep['status'] != 'passed', report=rep['record'])
+                                      test_fingerprint=rep['test_fingerprint'], stop=rep['status'] != 'passed', report=rep['record'],
+                                      evidence_design=rep.get('evidence'))
     return dict(charter=c, workspace=ws, **rep)
 
 # %% ../nbs/04_validation.ipynb #88b648f4

@@ -26,7 +26,8 @@ def _decide(ws):
     from mlcycle.charter import workspace_charter
     from mlcycle.core import fingerprint_df, read_json
     from mlcycle.monitor import RETRAIN_RULES, run_monitoring
-    from mlcycle.retrain import challenger_candidates, gate_evidence, load_new_data, retraining_parts
+    from mlcycle.retrain import challenger_candidates, load_new_data, retraining_parts
+    from mlcycle.validate import gate_evidence
     from mlcycle.train import load_model_version, select_model
     from mlcycle.validate import gate_model
     c = workspace_charter(ws)

@@ -52,7 +52,8 @@ def ab_decision(c, contract, champ, chal, ab, seed: int, design: dict, tag: str)
 
 def one_seed(ws, c, contract, champ, scenario: str, seed: int, rows: int, pool: int) -> dict:
     from mlcycle.cli import ab_rows, evidence_plan, unsent_rows
-    from mlcycle.retrain import ab_plan, challenger_candidates, gate_evidence, retraining_parts, unseen_split
+    from mlcycle.retrain import ab_plan, challenger_candidates, retraining_parts, unseen_split
+    from mlcycle.validate import gate_evidence
     from mlcycle.simulate import replay_rows
     from mlcycle.train import select_model
     from mlcycle.validate import gate_model
