@@ -257,6 +257,8 @@ def sequential_look(design: dict, labelled: dict, p_value: float, looks: list | 
             return {'status': 'continue', 'looks': looks, 'reason': f"fixed horizon: {labelled['champion']} / {design['champion']} champion and "
                     f"{labelled['challenger']} / {design['challenger']} challenger labelled rows; the test is not looked at before"}
         return {'status': 'decide', 'level': alpha, 'looks': looks}
+    if min(labelled['champion'], labelled['challenger']) == 0:      # nothing to test yet: not a look
+        return {'status': 'continue', 'looks': looks, 'reason': 'no labelled rows in an arm yet; continue'}
     if len(looks) >= design['max_looks'] and t_all < 1:
         return {'status': 'continue', 'looks': looks, 'reason': f"all {design['max_looks']} planned looks used; wait for the full sample"}
     spent = looks[-1]['alpha_spent'] if looks else 0.0
