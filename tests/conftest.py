@@ -10,9 +10,10 @@ BIN = Path(sys.executable).parent
 
 # Tests that share an expensive module- or session-scoped fixture run in the same pytest-xdist worker (`--dist
 # loadgroup` in tests/run_all.sh), so that each fixture is still built once: one group per test file, except that the
-# stage 03-04 tests read the full circle's workspace and so join the circle's file. Each circle of test_your_data is
+# stage 03-04 tests and the browser check of the reports read the full circle's workspace and so join the circle's file
+# (in another group, a second worker would build its own circle: ~12 minutes of CPU). Each circle of test_your_data is
 # its own group (they share nothing), so the two workers can take them side by side.
-SHARED_GROUPS = {'test_stages_03_04': 'test_retraining'}
+SHARED_GROUPS = {'test_stages_03_04': 'test_retraining', 'test_reports_browser': 'test_retraining'}
 
 
 @pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the marks
