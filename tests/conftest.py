@@ -103,13 +103,30 @@ def adult_circle(tmp_path_factory):
             'after_04': snap/'ws' if (snap/'ws'/'stages'/'04_validation.json').exists() else None}
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """The folder of a read-only session template, built once per test run: under pytest-xdist the first worker that asks
+    builds it (`build(folder)`) under a file lock in the run's shared temp folder, and the other worker waits and reuses it
+    (before, each worker built its own). Without xdist, an ordinary temp folder."""
+    if worker_id == 'master':
+        d = tmp_path_factory.mktemp(name); build(d); return d
+    import fcntl
+    root = tmp_path_factory.getbasetemp().parent          # shared by the workers of this run only
+    d, done = root/f'shared-{name}', root/f'shared-{name}.done'
+    with open(root/f'shared-{name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)                   # released when the file closes, also if `build` raises
+        if not done.exists():
+            shutil.rmtree(d, ignore_errors=True); d.mkdir()
+            build(d); done.touch()
+    return d
+
+
 @pytest.fixture(scope='session')
-def adult_workspace_0102(tmp_path_factory):
+def adult_workspace_0102(tmp_path_factory, worker_id):
     """A workspace where stages 01 and 02 ran on the bundled Adult data (through the real CLI), shared read-only. The charter's
     latency SLO is relaxed: stage 01 times a quick model, and on a busy machine its p95 went over 50 ms (verdict 'at risk')."""
-    d = tmp_path_factory.mktemp('adult0102')
-    mlcycle_cmd('run', '--stages', '01,02', '--charter', relaxed_charter(d), '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
-    return d
+    def build(d):
+        mlcycle_cmd('run', '--stages', '01,02', '--charter', relaxed_charter(d), '--workspace', d/'ws', '--reports', d/'reports', cwd=d, check=True)
+    return built_once(tmp_path_factory, worker_id, 'adult0102', build)
 
 
 # ---- stage 05 (deployment, serving): a registry with stand-in models, running servers, a real PostgreSQL ----
@@ -122,16 +139,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope='session')
-def registry_template(adult_workspace_0102, tmp_path_factory):
+def registry_template(adult_workspace_0102, tmp_path_factory, worker_id):
     """A scratch copy of the Adult workspace with three registered stand-in models (deploy.demo_model_version):
     v1 and v2 passed validation, v3 failed. Tests copy it (`registry_ws`) rather than change it."""
     from mlcycle.core import Workspace
     from mlcycle.deploy import demo_model_version, scratch_workspace
-    ws = scratch_workspace(Workspace(adult_workspace_0102/'ws'), tmp_path_factory.mktemp('registry')/'ws')
-    versions = [demo_model_version(ws, max_iter=40), demo_model_version(ws, max_iter=80, seed=1),
-                demo_model_version(ws, max_iter=20, validation_status='failed')]
-    assert versions == ['1', '2', '3']
-    return ws
+    def build(d):
+        ws = scratch_workspace(Workspace(adult_workspace_0102/'ws'), d/'ws')
+        versions = [demo_model_version(ws, max_iter=40), demo_model_version(ws, max_iter=80, seed=1),
+                    demo_model_version(ws, max_iter=20, validation_status='failed')]
+        assert versions == ['1', '2', '3']
+    return Workspace(built_once(tmp_path_factory, worker_id, 'registry', build)/'ws')
 
 
 @pytest.fixture
@@ -259,13 +277,14 @@ def copy_workspace(src, dest, logs=False):
 
 
 @pytest.fixture(scope='session')
-def lifecycle_template(adult_workspace_0102, tmp_path_factory):
+def lifecycle_template(adult_workspace_0102, tmp_path_factory, worker_id):
     "A scratch copy of the Adult workspace with two registered stand-in versions (deploy.demo_model_version), both passed."
     from mlcycle.core import Workspace
     from mlcycle.deploy import demo_model_version, scratch_workspace
-    ws = scratch_workspace(Workspace(adult_workspace_0102/'ws'), tmp_path_factory.mktemp('lifecycle')/'ws')
-    assert [demo_model_version(ws, max_iter=40), demo_model_version(ws, max_iter=80, seed=1)] == ['1', '2']
-    return ws
+    def build(d):
+        ws = scratch_workspace(Workspace(adult_workspace_0102/'ws'), d/'ws')
+        assert [demo_model_version(ws, max_iter=40), demo_model_version(ws, max_iter=80, seed=1)] == ['1', '2']
+    return Workspace(built_once(tmp_path_factory, worker_id, 'lifecycle', build)/'ws')
 
 
 @pytest.fixture
@@ -275,20 +294,22 @@ def gov_ws(lifecycle_template, tmp_path):
 
 
 @pytest.fixture(scope='session')
-def history_template(lifecycle_template, tmp_path_factory):
+def history_template(lifecycle_template, tmp_path_factory, worker_id):
     """v1 @champion and v2 @challenger (A/B, share 0.5) with a prediction-log history written by the log's own writer:
     v1 1500 rows 120–35 days ago and 600 rows 25–0 days ago; v2 300 rows 25–0 days ago, and 200 rows 90–40 days ago
     that v1 also scored as the shadow. No row lies between 25 and 35 days old, so a 30-day cutoff is unambiguous."""
+    from mlcycle.core import Workspace
     from mlcycle.deploy import promote
     from mlcycle.retire import demo_prediction_history
-    ws = copy_workspace(lifecycle_template, tmp_path_factory.mktemp('history')/'ws')
-    promote(ws, '1', reason='test champion')
-    demo_prediction_history(ws, '1', (120, 35), rows=1500, seed=1)
-    demo_prediction_history(ws, '2', (90, 40), rows=200, seed=4, shadow_version='1')
-    promote(ws, '2', as_='challenger', share=0.5, reason='test A/B')
-    demo_prediction_history(ws, '2', (25, 0), rows=300, arm='challenger', seed=2)
-    demo_prediction_history(ws, '1', (25, 0), rows=600, seed=3)
-    return ws
+    def build(d):
+        ws = copy_workspace(lifecycle_template, d/'ws')
+        promote(ws, '1', reason='test champion')
+        demo_prediction_history(ws, '1', (120, 35), rows=1500, seed=1)
+        demo_prediction_history(ws, '2', (90, 40), rows=200, seed=4, shadow_version='1')
+        promote(ws, '2', as_='challenger', share=0.5, reason='test A/B')
+        demo_prediction_history(ws, '2', (25, 0), rows=300, arm='challenger', seed=2)
+        demo_prediction_history(ws, '1', (25, 0), rows=600, seed=3)
+    return Workspace(built_once(tmp_path_factory, worker_id, 'history', build)/'ws')
 
 
 @pytest.fixture
