@@ -361,18 +361,33 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
         result = 'fairness_violated'
     return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin), 'reason': reason}
 
-def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at: float, alpha: float = 0.05, min_rows: int = 500) -> dict:
-    "Before/after check of a promotion: the champion's labelled accuracy since `promoted_at` vs @previous's before it (observational)."
+def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at: float, alpha: float = 0.05, min_rows: int = 500,
+                   c: Charter | None = None, classes: list | None = None) -> dict:
+    """Before/after check of a promotion (observational): the champion's labelled rows since `promoted_at` against @previous's
+    before it. Binary: accuracy of the served decisions. With a regression or multiclass charter `c`: absolute errors
+    (Welch's t-test) or the served class's accuracy (`classes`: the contract's labels), as the task's A/B compares them."""
     lab = log[log.y_true.notna()]
     v = lab.model_version.astype(str)
     after, before = lab[(v == str(champion)) & (lab.ts >= promoted_at)], lab[(v == str(previous)) & (lab.ts < promoted_at)]
     if len(after) < min_rows or len(before) < min_rows:
         return {'status': 'continue', 'reason': f'{len(after)} labelled rows since the promotion and {len(before)} before it; {min_rows} each needed'}
-    ka, kb = int((before.label == before.y_true).sum()), int((after.label == after.y_true).sum())
+    if c is not None and c.task == 'regression':
+        from mlcycle.task_ab import row_outcomes
+        from mlcycle.stats import welch_test
+        eb, ea = row_outcomes(before, c, classes), row_outcomes(after, c, classes)
+        t = welch_test(eb, ea, alpha)                   # previous − champion mean absolute error: below 0, the champion errs more
+        worse = t['p_value'] < alpha and t['difference'] < 0
+        return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t, 'metric': 'absolute_error',
+                'reason': f"v{champion} since promotion MAE {ea.mean():.4g} (n={len(after)}) vs v{previous} before {eb.mean():.4g} "
+                          f"(n={len(before)}): {-t['difference']:+.4g}, p={t['p_value']:.3g}"}
+    if c is not None and c.task == 'multiclass_classification':
+        from mlcycle.task_ab import row_outcomes
+        ka, kb = int(row_outcomes(before, c, classes).sum()), int(row_outcomes(after, c, classes).sum())
+    else: ka, kb = int((before.label == before.y_true).sum()), int((after.label == after.y_true).sum())
     t = two_proportion_test(ka, len(before), kb, len(after), alpha)
     worse = t['p_value'] < alpha and t['difference'] < 0
-    return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t,
-            'reason': f"v{champion} since promotion {kb / len(after):.4f} (n={len(after)}) vs v{previous} before {ka / len(before):.4f} "
+    return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t, 'metric': 'accuracy',
+            'reason': f"v{champion} since promotion accuracy {kb / len(after):.4f} (n={len(after)}) vs v{previous} before {ka / len(before):.4f} "
                       f"(n={len(before)}): {t['difference']:+.4f}, p={t['p_value']:.3g}"}
 
 DECISIONS = {'challenger_better': 'promote', 'non_inferior': 'promote', 'challenger_worse': 'keep', 'inconclusive': 'keep',
@@ -657,7 +672,8 @@ def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, se
     elif 'previous' in al:
         promoted_at = next((pd.Timestamp(e['ts']).timestamp() for e in reversed(ws.audit.entries())
                             if e['event'] == 'alias_moved' and e['details'].get('alias') == 'champion' and str(e['details'].get('to_version')) == al['champion']), None)
-        an = rollback_check(log_df, al['champion'], al['previous'], promoted_at or 0.0)
+        an = rollback_check(log_df, al['champion'], al['previous'], promoted_at or 0.0, c=c,
+                            classes=read_json(ws.root/'data'/'contract.json').get('classes'))
         an.update(champion_version=al['champion'], previous_version=al['previous']); kind = 'post_promotion'
     else:
         raise MlcycleError('nothing to analyze: there is no @challenger (run the train phase first) and no @previous to compare the champion with')
