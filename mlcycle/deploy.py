@@ -39,6 +39,7 @@ def demo_model_version(ws: Workspace, max_iter: int = 60, seed: int = 0, validat
     from mlflow.models import infer_signature
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
     from mlcycle.charter import binary_target, workspace_charter
     from mlcycle.data import build_preprocessor, feature_frame
     c, m = workspace_charter(ws), ws.manifest('02_data')
@@ -46,8 +47,9 @@ def demo_model_version(ws: Workspace, max_iter: int = 60, seed: int = 0, validat
     train = ws.load_snapshot(m['outputs']['splits']['train']['fingerprint'])
     if rows and rows < len(train): train = train.sample(rows, random_state=seed)
     X, y = feature_frame(train, contract), binary_target(c, train[c.data.target])
-    pipe = Pipeline([('prep', build_preprocessor(contract)),
-                     ('clf', HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed))]).fit(X, y)
+    with threadpool_limits(1):   # the same trees as with more threads; OpenMP threads that wait on a busy core burn CPU
+        pipe = Pipeline([('prep', build_preprocessor(contract)),
+                         ('clf', HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed))]).fit(X, y)
     setup_mlflow(ws, c.name)
     import sklearn, skops
     with mlflow.start_run(run_name='demo-model', tags={'mlcycle.stage': 'demo'}):
