@@ -33,20 +33,23 @@ def scratch_workspace(ws: Workspace, path=None) -> Workspace:
         new.audit.append('stage_record_copied', stage=name, stage_run=read_json(new.manifest_path(name)).get('run_id'), source=str(ws.root))
     return new
 
-def demo_model_version(ws: Workspace, max_iter: int = 60, seed: int = 0, validation_status: str = 'passed') -> str:
-    "Register a HistGradientBoosting pipeline fitted on the stage-02 train snapshot (a stand-in for stage 03's model); returns its version."
+def demo_model_version(ws: Workspace, max_iter: int = 60, seed: int = 0, validation_status: str = 'passed', rows: int | None = None) -> str:
+    "Register a HistGradientBoosting pipeline fitted on the stage-02 train snapshot (a stand-in for stage 03's model), or on a seeded sample of `rows` of it; returns its version."
     import mlflow
     from mlflow.models import infer_signature
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
     from mlcycle.charter import binary_target, workspace_charter
     from mlcycle.data import build_preprocessor, feature_frame
     c, m = workspace_charter(ws), ws.manifest('02_data')
     contract = read_json(ws.root/'data'/'contract.json')
     train = ws.load_snapshot(m['outputs']['splits']['train']['fingerprint'])
+    if rows and rows < len(train): train = train.sample(rows, random_state=seed)
     X, y = feature_frame(train, contract), binary_target(c, train[c.data.target])
-    pipe = Pipeline([('prep', build_preprocessor(contract)),
-                     ('clf', HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed))]).fit(X, y)
+    with threadpool_limits(1):   # the same trees as with more threads; OpenMP threads that wait on a busy core burn CPU
+        pipe = Pipeline([('prep', build_preprocessor(contract)),
+                         ('clf', HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed))]).fit(X, y)
     setup_mlflow(ws, c.name)
     import sklearn, skops
     with mlflow.start_run(run_name='demo-model', tags={'mlcycle.stage': 'demo'}):
