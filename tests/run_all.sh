@@ -38,6 +38,12 @@ if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- mlcycle; the
   git --no-pager diff --stat -- mlcycle; echo "mlcycle/ is out of sync with nbs/: run nbdev_export and commit"; exit 1
 fi
 
+# One OpenMP thread per process: the suite runs three processes (two pytest workers and nbdev_test) on the machine's
+# cores, and scikit-learn's HistGradientBoosting with two threads each spent most of its CPU spinning while its threads
+# waited for each other (one 40-tree fit: 32 CPU-s with two threads, 5 with one). The models are the same with one
+# thread (predictions equal); latency figures measured in tests are then one-thread figures, which no test asserts on.
+export OMP_NUM_THREADS=1
+
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "== notebook tests (nbdev_test, in the background; output below when done) and pytest"
