@@ -191,10 +191,10 @@ def group_difference_per_draw(values, groups, idx, min_group_size: int = 1) -> n
 # %% ../nbs/00b_stats.ipynb #e2dccb2f
 CLASS_METRICS = ['accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc_ovr', 'log_loss']
 
-def resampled_class_metric(metric: str, y, proba: pd.DataFrame, pred, idx) -> np.ndarray:
-    "A multiclass performance metric (`CLASS_METRICS`; `proba` one column per label) on every bootstrap draw."
+def resampled_class_metric(metric: str, y, proba: pd.DataFrame | None, pred, idx) -> np.ndarray:
+    "A multiclass performance metric (`CLASS_METRICS`; `proba` one column per label, needed by AUC and log loss only) on every bootstrap draw."
     y, pred = np.asarray(y).astype(str), np.asarray(pred).astype(str)
-    cols = proba.columns.astype(str).to_numpy()
+    cols = None if proba is None else proba.columns.astype(str).to_numpy()
     if metric == 'accuracy': return (y == pred)[idx].mean(1)
     if metric == 'roc_auc_ovr':          # mean over the classes with both positives and negatives in the draw
         S = proba.to_numpy(float)
