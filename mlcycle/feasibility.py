@@ -103,6 +103,7 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
                   seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per objective: the expected value (from `proba`, cross-validated P(positive) for `df`), the interval half-width on a
     test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would."""
+    from mlcycle.validate import task_draws     # stage 04's draws of a regression or multiclass metric
     if c.task == 'binary_classification':
         y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
         pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size
@@ -118,8 +119,9 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
         sens = df[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None
         value = lambda i: objective_value(o.metric, y[i], _rows(proba, i), pred[i], None if sens is None else sens[i], min_group_size=n_min)
         expected = value(np.arange(len(df)))
-        draws = (_fairness_draws(o.metric, y, pred, sens, idx, n_min) if o.family == 'fairness' and c.task == 'binary_classification'
-                 else np.array([value(i) for i in idx]))
+        if c.task != 'binary_classification': draws = task_draws(c, o.metric, y, proba, pred, idx, sens, n_min)   # all draws at once
+        elif o.family == 'fairness': draws = _fairness_draws(o.metric, y, pred, sens, idx, n_min)
+        else: draws = np.array([value(i) for i in idx])
         ok = np.isfinite(draws)
         if not np.isfinite(expected) or ok.mean() < 0.5:   # rows at which the second-largest group reaches min_group_size in the test split
             share = np.sort(pd.Series(sens).value_counts(normalize=True).to_numpy())[::-1]

@@ -15,7 +15,7 @@ from .core import Workspace, setup_mlflow
 from .charter import Charter, binary_target
 from .drift import DriftDetector
 from .explain import IMPORTANCE_ROWS, attribution_drift, permutation_importance_table
-from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, resampled_errors
+from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, resampled_class_metric, resampled_errors
 
 # %% auto #0
 __all__ = ['MIN_LABELS', 'alert', 'log_features', 'opaque_columns', 'arm_rows', 'load_version', 'label_free_window',
@@ -112,12 +112,13 @@ def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame
     return v
 
 def _task_value_ci(c: Charter, metric: str, y, pred, alpha: float, seed: int = 0) -> tuple[float, float, float]:
-    "A metric of labelled rows with a percentile-bootstrap interval (regression errors vectorised)."
+    "A metric of labelled rows with a percentile-bootstrap interval (regression errors and multiclass label metrics on all draws at once)."
     from mlcycle.charter import objective_value
     y, pred = np.asarray(y), np.asarray(pred)
     if len(y) < 2: return float('nan'), float('nan'), float('nan')
     idx = bootstrap_indices(len(y), N_RESAMPLES, seed)
     if c.task == 'regression': draws = resampled_errors(metric, y.astype(float), pred.astype(float), idx)
+    elif metric in ('accuracy', 'balanced_accuracy', 'macro_f1'): draws = resampled_class_metric(metric, y, None, pred, idx)   # all draws at once
     else: draws = np.array([objective_value(metric, y[i], pred=pred[i]) for i in idx])
     return float(objective_value(metric, y, pred=pred)), *percentile_ci(draws, 1 - alpha)
 

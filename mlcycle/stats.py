@@ -14,12 +14,13 @@ from scipy.stats import norm, rankdata
 from .core import MlcycleError
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'bootstrap_indices',
-           'weighted_resample', 'percentile_ci', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci',
-           'resampled_errors', 'paired_difference_test', 'welch_test', 'two_mean_sample_size',
+__all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'CLASS_METRICS',
+           'bootstrap_indices', 'weighted_resample', 'percentile_ci', 'roc_auc_rows', 'resampled_metric',
+           'performance_with_ci', 'resampled_errors', 'paired_difference_test', 'welch_test', 'two_mean_sample_size',
            'paired_mean_sample_size', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
-           'normal_interval', 'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test',
-           'two_proportion_sample_size', 'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
+           'group_means_per_draw', 'group_difference_per_draw', 'resampled_class_metric', 'normal_interval',
+           'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size',
+           'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
 
 # %% ../nbs/00b_stats.ipynb #cc1a1d31
 N_RESAMPLES = 500
@@ -167,6 +168,52 @@ def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
     y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
     codes, uniq = pd.factorize(pd.Series(groups).astype(str), sort=True)
     return fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx))[metric]
+
+# %% ../nbs/00b_stats.ipynb #40b45b08
+def group_means_per_draw(values, codes, k: int, idx) -> tuple[np.ndarray, np.ndarray]:
+    "(rows, mean of `values`) per draw and group (`codes` in 0..k−1): two (draws × k) matrices, NaN mean for an absent group."
+    B = idx.shape[0]
+    G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
+    n = np.bincount(G, minlength=B * k).reshape(B, k)
+    s = np.bincount(G, weights=np.asarray(values, float)[idx].ravel(), minlength=B * k).reshape(B, k)
+    with np.errstate(invalid='ignore', divide='ignore'): return n, np.where(n > 0, s / n, np.nan)
+
+# %% ../nbs/00b_stats.ipynb #80f128d3
+def group_difference_per_draw(values, groups, idx, min_group_size: int = 1) -> np.ndarray:
+    """Largest minus smallest group mean of `values` on every draw, over the groups with at least `min_group_size` rows in
+    that draw (NaN when fewer than two are): `mae_difference` / `accuracy_difference` of every draw at once."""
+    codes, uniq = pd.factorize(pd.Series(np.asarray(groups, dtype=object)).astype(str), sort=True)
+    n, m = group_means_per_draw(values, codes, len(uniq), idx)
+    judged = n >= max(min_group_size, 1)
+    m = np.where(judged, m, np.nan)
+    return np.where(judged.sum(1) >= 2, np.fmax.reduce(m, 1) - np.fmin.reduce(m, 1), np.nan)
+
+# %% ../nbs/00b_stats.ipynb #e2dccb2f
+CLASS_METRICS = ['accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc_ovr', 'log_loss']
+
+def resampled_class_metric(metric: str, y, proba: pd.DataFrame | None, pred, idx) -> np.ndarray:
+    "A multiclass performance metric (`CLASS_METRICS`; `proba` one column per label, needed by AUC and log loss only) on every bootstrap draw."
+    y, pred = np.asarray(y).astype(str), np.asarray(pred).astype(str)
+    cols = None if proba is None else proba.columns.astype(str).to_numpy()
+    if metric == 'accuracy': return (y == pred)[idx].mean(1)
+    if metric == 'roc_auc_ovr':          # mean over the classes with both positives and negatives in the draw
+        S = proba.to_numpy(float)
+        auc = np.stack([roc_auc_rows((y == k)[idx], S[:, j][idx]) for j, k in enumerate(cols)], 1)
+        ok = ~np.isnan(auc)
+        return np.where(ok.any(1), np.where(ok, auc, 0).sum(1) / np.maximum(ok.sum(1), 1), np.nan)
+    if metric == 'log_loss':             # scikit-learn's: columns in sorted-label order, clipped to [eps, 1 − eps]
+        if not np.isin(y, cols).all(): raise MlcycleError(f'log_loss: labels {sorted(set(y) - set(cols))} have no probability column; score with the model that knows every label')
+        P = np.clip(proba.to_numpy(float), 1e-15, 1); P = P / P.sum(1, keepdims=True); eps = np.finfo(float).eps
+        return (-np.log(np.clip(P[np.arange(len(y)), np.searchsorted(np.sort(cols), y)], eps, 1 - eps)))[idx].mean(1)
+    if metric not in CLASS_METRICS: raise MlcycleError(f'no resampled form of multiclass metric {metric!r}; known: {", ".join(CLASS_METRICS)}')
+    classes, codes = np.unique(np.concatenate([y, pred]), return_inverse=True)
+    k, B, hit = len(classes), idx.shape[0], (y == pred).astype(float)
+    cnt = lambda c, w=None: np.bincount((c[idx] + k * np.arange(B)[:, None]).ravel(), None if w is None else w[idx].ravel(), minlength=B * k).reshape(B, k)
+    pos, pp, tp = cnt(codes[:len(y)]), cnt(codes[len(y):]), cnt(codes[:len(y)], hit)
+    with warnings.catch_warnings(), np.errstate(invalid='ignore', divide='ignore'):
+        warnings.simplefilter('ignore', RuntimeWarning)
+        if metric == 'balanced_accuracy': return np.nanmean(np.where(pos > 0, tp / pos, np.nan), 1)   # classes present in the draw's truth
+        return np.nanmean(np.where(pos + pp > 0, 2 * tp / (pos + pp), np.nan), 1)                   # macro F1 over labels seen in the draw
 
 # %% ../nbs/00b_stats.ipynb #51d16ef5
 def normal_interval(estimate: float, se: float, alpha: float = 0.05) -> tuple[float, float]:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .calibration import calibration_report, resampled_ece
+from .calibration import calibration_report, expected_calibration_error, resampled_ece, top_label
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, workspace_charter
 from .data import feature_frame
-from .stats import ERROR_METRICS, N_RESAMPLES, bootstrap_indices, resampled_errors, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
+from .stats import (CLASS_METRICS, ERROR_METRICS, N_RESAMPLES, bootstrap_indices, group_difference_per_draw, resampled_class_metric,
+                           resampled_errors, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric)
 
 # %% auto #0
 __all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'EVIDENCE_ADVICE',
@@ -338,9 +339,15 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
 
 # %% ../nbs/04_validation.ipynb #1e8b8069
 def task_draws(c: Charter, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
-    "`metric` on every bootstrap draw (rows of `idx`): vectorised for regression errors, draw by draw otherwise."
+    "`metric` on every bootstrap draw (rows of `idx`), all draws at once (`mlcycle.stats`); draw by draw only for a metric without a resampled form."
     if c.task == 'regression' and metric in ERROR_METRICS: return resampled_errors(metric, y, pred, idx)
     y, pred = np.asarray(y), np.asarray(pred)
+    if metric == 'mae_difference': return group_difference_per_draw(np.abs(pred.astype(float) - y.astype(float)), sens, idx, min_group_size)
+    if metric == 'accuracy_difference': return group_difference_per_draw(y.astype(str) == pred.astype(str), sens, idx, min_group_size)
+    if isinstance(proba, pd.DataFrame) and metric in CLASS_METRICS: return resampled_class_metric(metric, y, proba, pred, idx)
+    if isinstance(proba, pd.DataFrame) and metric == 'expected_calibration_error':   # bins from each draw's own scores, as the charter's value
+        hit, conf = top_label(y, proba)
+        return np.array([expected_calibration_error(hit[i], conf[i]) for i in idx])
     take = lambda i: None if proba is None else proba.iloc[i].reset_index(drop=True)
     return np.array([objective_value(metric, y[i], take(i), pred[i], None if sens is None else sens[i], min_group_size=min_group_size) for i in idx])
 
@@ -371,11 +378,13 @@ def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str],
         metrics = {'count': flm.count, 'mae': lambda a, b: float(np.mean(np.abs(b - a))), 'mean_error': lambda a, b: float(np.mean(b - a)),
                    'mean_prediction': lambda a, b: float(np.mean(b)), 'mean_target': lambda a, b: float(np.mean(a))}
         gaps = {'mae_difference': 'mae', 'mean_prediction_difference': 'mean_prediction'}
+        per_row = {'mae': lambda a, b: np.abs(b - a), 'mean_prediction': lambda a, b: b}      # the per-row values whose group means are gapped
     else:
         labels = sorted(set(map(str, y)) | set(map(str, pred)))
         metrics = {'count': flm.count, 'accuracy': lambda a, b: float(np.mean(np.asarray(a) == np.asarray(b))),
                    **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: float(np.mean(np.asarray(b) == k)))(k) for k in labels}}
         gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference.{_safe(k)}': f'share_predicted.{_safe(k)}' for k in labels}}
+        per_row = {'accuracy': lambda a, b: np.asarray(a) == np.asarray(b), **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: np.asarray(b) == k)(k) for k in labels}}
     for f in features:
         g = frame[f].astype(str).to_numpy(); keep = judged_rows(g, n_min)
         mf = flm.MetricFrame(metrics=metrics, y_true=y, y_pred=pred, sensitive_features=pd.Series(g, name=f))
@@ -383,13 +392,9 @@ def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str],
         if len(np.unique(g[keep])) < 2: continue
         judged = flm.MetricFrame(metrics={k: metrics[v] for k, v in gaps.items()}, y_true=y[keep], y_pred=pred[keep], sensitive_features=g[keep])
         diff, idx = judged.difference(), bootstrap_indices(int(keep.sum()), n_resamples, seed)
-        for name, fn in ((k, metrics[v]) for k, v in gaps.items()):
-            yk, pk, gk = y[keep], pred[keep], g[keep]
-            draws = []
-            for i in idx:
-                s = pd.Series(np.arange(len(i))).groupby(gk[i]).apply(lambda r: fn(yk[i][r.to_numpy()], pk[i][r.to_numpy()]))
-                draws.append(float(s.max() - s.min()) if len(s) > 1 else np.nan)
-            lo, hi = percentile_ci(np.asarray(draws), 0.95)
+        yk, pk, gk = y[keep], pred[keep], g[keep]
+        for name, m in gaps.items():      # the groups present in each draw (all judged on the full rows): every draw at once
+            lo, hi = percentile_ci(group_difference_per_draw(per_row[m](yk, pk), gk, idx), 0.95)
             rows.append({'sensitive_feature': f, 'metric': name, 'value': float(diff[name]), 'ci_low': lo, 'ci_high': hi})
     return {'by_group': by_group, 'summary': pd.DataFrame(rows)}
 
