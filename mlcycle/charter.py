@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .calibration import expected_calibration_error, top_label
+from .stats import CLASS_METRICS, ERROR_METRICS, group_difference_per_draw, resampled_class_metric, resampled_errors
 from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
 
 # %% auto #0
@@ -28,7 +29,7 @@ __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS',
            'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
            'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'target_problems',
            'task_target', 'stratify_labels', 'leakage_target', 'target_summary', 'judged_groups', 'judged_rows',
-           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives',
+           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives', 'task_draws',
            'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
@@ -696,6 +697,21 @@ def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.Dat
                      'primary': o.primary, 'passed': o.met(v), 'measured': not (isinstance(v, float) and math.isnan(v)),
                      'note': too_small_note(sens, n_min) if sens is not None else ''})
     return pd.DataFrame(rows)
+
+# %% ../nbs/01a_charter.ipynb #3722c3af
+def task_draws(c: Charter, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
+    "`metric` on every bootstrap draw (rows of `idx`), all draws at once (`mlcycle.stats`); draw by draw only for a metric without a resampled form."
+    if c.task == 'regression' and metric in ERROR_METRICS: return resampled_errors(metric, y, pred, idx)
+    y, pred = np.asarray(y), np.asarray(pred)
+    if metric == 'mae_difference': return group_difference_per_draw(np.abs(pred.astype(float) - y.astype(float)), sens, idx, min_group_size)
+    if metric == 'accuracy_difference': return group_difference_per_draw(y.astype(str) == pred.astype(str), sens, idx, min_group_size)
+    if isinstance(proba, pd.DataFrame) and metric in CLASS_METRICS: return resampled_class_metric(metric, y, proba, pred, idx)
+    if isinstance(proba, pd.DataFrame) and metric == 'expected_calibration_error':   # bins from each draw's own scores, as the charter's value
+        hit, conf = top_label(y, proba)
+        return np.array([expected_calibration_error(hit[i], conf[i]) for i in idx])
+    take = lambda i: None if proba is None else proba.iloc[i].reset_index(drop=True)
+    return np.array([objective_value(metric, y[i], take(i), pred[i], None if sens is None else sens[i], min_group_size=min_group_size) for i in idx])
+
 
 # %% ../nbs/01a_charter.ipynb #4a695e32
 def workspace_charter(ws: Workspace, path=None) -> Charter:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace
 from .charter import (BUNDLED_CHARTER, Charter, binary_target, leakage_target, task_target, check_charter_against_data, evaluate_objectives,
-                             judged_rows, load_charter, objective_value)
+                             judged_rows, load_charter, objective_value, task_draws)
 from .data import build_preprocessor, feature_frame, infer_contract, load_data
 
 # %% auto #0
@@ -103,7 +103,6 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
                   seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per objective: the expected value (from `proba`, cross-validated P(positive) for `df`), the interval half-width on a
     test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would."""
-    from mlcycle.validate import task_draws     # stage 04's draws of a regression or multiclass metric
     if c.task == 'binary_classification':
         y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
         pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size

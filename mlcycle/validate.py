@@ -16,7 +16,7 @@ import pandas as pd
 
 from .calibration import calibration_report, expected_calibration_error, resampled_ece, top_label
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
-from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, workspace_charter
+from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, task_draws, workspace_charter
 from .data import feature_frame
 from .stats import (CLASS_METRICS, ERROR_METRICS, N_RESAMPLES, bootstrap_indices, group_difference_per_draw, resampled_class_metric,
                            resampled_errors, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric)
@@ -25,11 +25,11 @@ from .stats import (CLASS_METRICS, ERROR_METRICS, N_RESAMPLES, bootstrap_indices
 __all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'EVIDENCE_ADVICE',
            'fairness_report', 'slice_report', 'overfit_check', 'probe_numeric_noise', 'probe_missing_values',
            'probe_unseen_categories', 'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate',
-           'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_draws', 'task_performance',
-           'task_fairness', 'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check',
-           'task_non_inferiority', 'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'gate_evidence',
-           'evidence_verdict', 'plot_performance', 'plot_fairness', 'plot_robustness', 'report_record',
-           'validate_version', 'run_validation', 'mitigation_effect']
+           'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_performance', 'task_fairness',
+           'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check', 'task_non_inferiority',
+           'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'gate_evidence', 'evidence_verdict',
+           'plot_performance', 'plot_fairness', 'plot_robustness', 'report_record', 'validate_version',
+           'run_validation', 'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -338,19 +338,6 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y))
 
 # %% ../nbs/04_validation.ipynb #1e8b8069
-def task_draws(c: Charter, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
-    "`metric` on every bootstrap draw (rows of `idx`), all draws at once (`mlcycle.stats`); draw by draw only for a metric without a resampled form."
-    if c.task == 'regression' and metric in ERROR_METRICS: return resampled_errors(metric, y, pred, idx)
-    y, pred = np.asarray(y), np.asarray(pred)
-    if metric == 'mae_difference': return group_difference_per_draw(np.abs(pred.astype(float) - y.astype(float)), sens, idx, min_group_size)
-    if metric == 'accuracy_difference': return group_difference_per_draw(y.astype(str) == pred.astype(str), sens, idx, min_group_size)
-    if isinstance(proba, pd.DataFrame) and metric in CLASS_METRICS: return resampled_class_metric(metric, y, proba, pred, idx)
-    if isinstance(proba, pd.DataFrame) and metric == 'expected_calibration_error':   # bins from each draw's own scores, as the charter's value
-        hit, conf = top_label(y, proba)
-        return np.array([expected_calibration_error(hit[i], conf[i]) for i in idx])
-    take = lambda i: None if proba is None else proba.iloc[i].reset_index(drop=True)
-    return np.array([objective_value(metric, y[i], take(i), pred[i], None if sens is None else sens[i], min_group_size=min_group_size) for i in idx])
-
 def task_performance(c: Charter, y, proba, pred, n_resamples: int, seed: int) -> pd.DataFrame:
     "Every performance metric of the task (regression also the signed mean error) with a percentile-bootstrap interval."
     idx = bootstrap_indices(len(y), n_resamples, seed)
