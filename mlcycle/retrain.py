@@ -15,7 +15,8 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, fingerprint_df, read_json, setup_mlflow, to_json
 from .charter import Charter, binary_target, stratify_labels, target_summary, task_target, workspace_charter
-from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test
+from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test, welch_test
+from .task_ab import row_outcomes
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
 from .validate import gate_evidence
 
@@ -364,31 +365,23 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
 def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at: float, alpha: float = 0.05, min_rows: int = 500,
                    c: Charter | None = None, classes: list | None = None) -> dict:
     """Before/after check of a promotion (observational): the champion's labelled rows since `promoted_at` against @previous's
-    before it. Binary: accuracy of the served decisions. With a regression or multiclass charter `c`: absolute errors
-    (Welch's t-test) or the served class's accuracy (`classes`: the contract's labels), as the task's A/B compares them."""
+    before it, on what the task's A/B compares (`row_outcomes`): the served decision's accuracy (binary, or multiclass with
+    the contract's `classes`), or the absolute error with Welch's t-test (a regression charter `c`)."""
     lab = log[log.y_true.notna()]
     v = lab.model_version.astype(str)
     after, before = lab[(v == str(champion)) & (lab.ts >= promoted_at)], lab[(v == str(previous)) & (lab.ts < promoted_at)]
     if len(after) < min_rows or len(before) < min_rows:
         return {'status': 'continue', 'reason': f'{len(after)} labelled rows since the promotion and {len(before)} before it; {min_rows} each needed'}
-    if c is not None and c.task == 'regression':
-        from mlcycle.task_ab import row_outcomes
-        from mlcycle.stats import welch_test
-        eb, ea = row_outcomes(before, c, classes), row_outcomes(after, c, classes)
-        t = welch_test(eb, ea, alpha)                   # previous − champion mean absolute error: below 0, the champion errs more
-        worse = t['p_value'] < alpha and t['difference'] < 0
-        return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t, 'metric': 'absolute_error',
-                'reason': f"v{champion} since promotion MAE {ea.mean():.4g} (n={len(after)}) vs v{previous} before {eb.mean():.4g} "
-                          f"(n={len(before)}): {-t['difference']:+.4g}, p={t['p_value']:.3g}"}
-    if c is not None and c.task == 'multiclass_classification':
-        from mlcycle.task_ab import row_outcomes
-        ka, kb = int(row_outcomes(before, c, classes).sum()), int(row_outcomes(after, c, classes).sum())
-    else: ka, kb = int((before.label == before.y_true).sum()), int((after.label == after.y_true).sum())
-    t = two_proportion_test(ka, len(before), kb, len(after), alpha)
+    binary = c is None or c.task == 'binary_classification'
+    outcome = (lambda d: (d.label == d.y_true).to_numpy(float)) if binary else (lambda d: row_outcomes(d, c, classes))
+    ob, oa = outcome(before), outcome(after)
+    if not binary and c.task == 'regression':
+        metric, t = 'absolute_error', welch_test(ob, oa, alpha)          # previous − champion error: below 0, the champion errs more
+    else: metric, t = 'accuracy', two_proportion_test(int(ob.sum()), len(ob), int(oa.sum()), len(oa), alpha)   # champion − previous
     worse = t['p_value'] < alpha and t['difference'] < 0
-    return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t, 'metric': 'accuracy',
-            'reason': f"v{champion} since promotion accuracy {kb / len(after):.4f} (n={len(after)}) vs v{previous} before {ka / len(before):.4f} "
-                      f"(n={len(before)}): {t['difference']:+.4f}, p={t['p_value']:.3g}"}
+    return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t, 'metric': metric,
+            'reason': f"{metric}: v{champion} since promotion {oa.mean():.4g} (n={len(after)}) vs v{previous} before {ob.mean():.4g} "
+                      f"(n={len(before)}), p={t['p_value']:.3g}"}
 
 DECISIONS = {'challenger_better': 'promote', 'non_inferior': 'promote', 'challenger_worse': 'keep', 'inconclusive': 'keep',
              'fairness_violated': 'keep', 'champion_worse': 'rollback', 'champion_holds': 'keep'}

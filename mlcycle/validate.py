@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .calibration import calibration_report, expected_calibration_error, resampled_ece, top_label
+from .calibration import calibration_report, expected_calibration_error, resampled_ece
 from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, task_draws, workspace_charter
 from .data import feature_frame
-from .stats import (CLASS_METRICS, ERROR_METRICS, N_RESAMPLES, bootstrap_indices, group_difference_per_draw, resampled_class_metric,
-                           resampled_errors, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric)
+from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
 __all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'EVIDENCE_ADVICE',

@@ -36,6 +36,15 @@ def pytest_runtest_makereport(item, call):
         rep.outcome, rep.longrepr = 'failed', f'skipped under tests/run_all.sh, which installs what every test needs: {reason}'
 
 
+def end_open_ab(ws, why: str):
+    """End an A/B test a circle left open (its production rows ran out and the sequential test continues), so that every
+    request is answered by the champion: for tests that compare the server's answers with the champion's own."""
+    from mlcycle.core import Workspace
+    from mlcycle.deploy import aliases, end_challenger
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    if 'challenger' in aliases(ws): end_challenger(ws, reason=why)
+
+
 def mlcycle_cmd(*args, cwd=None, env=None, timeout=900, check=False):
     "Run the real `mlcycle` command; returns the CompletedProcess."
     exe = shutil.which('mlcycle', path=str(BIN)) or 'mlcycle'

@@ -144,9 +144,8 @@ def test_full_circle_with_derived_features_and_served_parity(tmp_path, mlcycle, 
     test = ws.load_snapshot(out('02_data')['splits']['test']['fingerprint'])
     model = load_model_version(ws, c, 'champion')
     X = feature_frame(test, contract)
-    from mlcycle.deploy import aliases, end_challenger
-    if 'challenger' in aliases(ws):      # an A/B left open (the production rows ran out) would route some rows to v2
-        end_challenger(ws, reason='the parity test compares the champion with its served answers')
+    from conftest import end_open_ab
+    end_open_ab(ws, 'the parity test compares the champion with its served answers')
     s = start_server(ws, env=with_helpers_on_path())
     records = json.loads(test[contract['features']].to_json(orient='records'))
     preds = []

@@ -90,10 +90,9 @@ def _serve_one(ws: Path, rows: pd.DataFrame):
     import urllib.request
     from mlcycle.core import Workspace
     from mlcycle.monitor import local_server
-    from mlcycle.deploy import aliases, end_challenger
+    from conftest import end_open_ab
     body = json.dumps(json.loads(rows.to_json(orient='records'))).encode()
-    if 'challenger' in aliases(Workspace(ws)):       # an A/B left open (the production rows ran out): answers come from the champion only
-        end_challenger(Workspace(ws), reason='the test compares the champion\'s answers on two routes')
+    end_open_ab(ws, "the test compares the champion's answers on two routes")
     with local_server(Workspace(ws)) as url:
         post = lambda path, b: json.loads(urllib.request.urlopen(urllib.request.Request(url + path, b, {'Content-Type': 'application/json'}), timeout=30).read())
         return post('/predict', body), post('/invocations', json.dumps({'dataframe_records': json.loads(rows.to_json(orient='records'))}).encode())
