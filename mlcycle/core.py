@@ -19,7 +19,7 @@ import mlcycle
 __all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
            'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
            'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'relocate_store',
-           'setup_mlflow', 'reset_mlflow']
+           'setup_mlflow', 'reset_mlflow', 'schema_rows', 'log_dataset']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -423,3 +423,21 @@ def reset_mlflow():
     for k, v in saved.items():
         if v is None: os.environ.pop(k, None)
         else: os.environ[k] = v
+
+# %% ../nbs/00_core.ipynb #d81e2fde
+def schema_rows(df: pd.DataFrame) -> pd.DataFrame:
+    "The rows of `df` that carry every column's type and whether it has missing values: the first row and each column's first missing row."
+    if len(df) == 0: return df
+    miss = df.isna().to_numpy()
+    first = {0, *(int(j) for j in miss.argmax(axis=0)[miss.any(axis=0)])}
+    return df.iloc[sorted(first)]
+
+def log_dataset(df: pd.DataFrame, name: str, context: str, targets: str | None = None, source=None, digest: str | None = None,
+                tags: dict | None = None):
+    "Log `df` as an input of the active MLflow run, its schema inferred from `schema_rows(df)`, not from every value."
+    import mlflow
+    from mlflow.models import infer_signature
+    ds = mlflow.data.from_pandas(df, source=source, name=name, targets=targets, digest=digest)
+    ds.__dict__['schema'] = infer_signature(schema_rows(df)).inputs   # PandasDataset.schema is a cached property: filled here
+    mlflow.log_input(ds, context=context, tags=tags)
+    return ds

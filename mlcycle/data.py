@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, fingerprint_df
+from .core import MlcycleError, Workspace, fingerprint_df, log_dataset
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
 from .charter import (Charter, binary_target, check_charter_against_data, leakage_target, load_charter, stratify_labels, task_target, target_summary,
                       time_values, workspace_charter)
@@ -433,8 +433,7 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
         st.write_json('data/contract.json', contract)
         with mlflow.start_run(run_name='02_data', tags={'mlcycle.stage': '02_data', 'mlcycle.charter_hash': c.hash}) as run:
             for role, part in splits.items():
-                mlflow.log_input(mlflow.data.from_pandas(part, source=str(ws.snapshot_path(fps[role])), name=f'{c.name}-{role}',
-                                                         targets=c.data.target), context=role)
+                log_dataset(part, f'{c.name}-{role}', role, targets=c.data.target, source=str(ws.snapshot_path(fps[role])))
             mlflow.log_metrics({'rows': len(df), 'duplicates': quality['duplicates'],
                                 'max_missing_rate': float(quality['missing'].missing_rate.max()),
                                 **{f'rows_{k}': len(v) for k, v in splits.items()}})

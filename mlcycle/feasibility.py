@@ -39,7 +39,8 @@ def group_sizes(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
     combos = [[f] for f in feats] + ([feats] if len(feats) > 1 else [])
     y = leakage_target(c, df[c.data.target])   # binary: the 0/1 target; else a 0/1 view (charter.leakage_target)
     for combo in combos:
-        key = df[combo].astype(str).agg(' & '.join, axis=1) if len(combo) > 1 else df[combo[0]].astype(str)
+        key = df[combo[0]].astype(str)
+        for f in combo[1:]: key = key + ' & ' + df[f].astype(str)   # joined column by column: a row-wise join took 20 s on Adult
         g = pd.DataFrame({'group': key.to_numpy(), 'y': y}).groupby('group')['y'].agg(['size', 'mean'])
         for name, row in g.iterrows():
             out.append({'feature': ' & '.join(combo), 'group': name, 'rows': int(row['size']),

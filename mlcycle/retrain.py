@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, current_actor, fingerprint_df, read_json, setup_mlflow, to_json
+from .core import MlcycleError, Workspace, current_actor, fingerprint_df, log_dataset, read_json, setup_mlflow, to_json
 from .charter import Charter, binary_target, stratify_labels, target_summary, task_target, workspace_charter
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test, welch_test
 from .task_ab import row_outcomes
@@ -608,8 +608,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
         with mlflow.start_run(run_name='07_retraining', tags={'mlcycle.stage': '07_retraining', 'mlcycle.charter_hash': c.hash, 'trigger': trigger,
                                                               'strategy': strategy, 'champion_version': champion_v}) as run:
             for role in ('train', 'validation', 'test'):
-                mlflow.log_input(mlflow.data.from_pandas(parts[role], name=f'{c.name}-retrain-{role}', targets=c.data.target, digest=fps[role]),
-                                 context=role, tags={'fingerprint': fps[role]})
+                log_dataset(parts[role], f'{c.name}-retrain-{role}', role, targets=c.data.target, digest=fps[role], tags={'fingerprint': fps[role]})
             mlflow.log_params({'trigger': trigger, 'strategy': strategy, 'new_rows': len(new), 'search_iterations': search_iterations,
                                'ab_share': ab_share, 'shadow': shadow, 'ab_method': ab_method})
             mlflow.log_metrics({k: float(v) for k, v in data['info'].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})

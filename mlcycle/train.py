@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 import mlcycle
 from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fitted, calibration_verdict, crossfit_calibration
-from .core import MlcycleError, Workspace, read_json, setup_mlflow, to_json
+from .core import MlcycleError, Workspace, log_dataset, read_json, schema_rows, setup_mlflow, to_json
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
@@ -697,7 +697,8 @@ def register_model(ws: Workspace, c: Charter, model, X_example: pd.DataFrame, fi
     if missing: raise MlcycleError(f'register_model needs the fingerprints of the train, validation and test splits; missing {missing}')
     sig_X = signature_frame(X_example, ws)
     example = sig_X.head(5)
-    signature = infer_signature(sig_X, model.predict(X_example))
+    at = schema_rows(sig_X.reset_index(drop=True)).index   # the rows that carry the schema (MLflow would read every value)
+    signature = infer_signature(sig_X.iloc[at], model.predict(X_example.iloc[at]))
     version_tags = {'lifecycle': 'candidate', 'validation_status': 'pending', 'charter_hash': c.hash,
                     **{f'data_{k}_fingerprint': fingerprints[k] for k in ('train', 'validation', 'test')},
                     'model_family': model_family, **{k: str(v) for k, v in (tags or {}).items()}}
@@ -827,8 +828,8 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
             with warnings.catch_warnings():   # MLflow's hints about local file sources and integer columns do not apply to snapshots
                 warnings.simplefilter('ignore', UserWarning)
                 for role, df in (('train', train_df), ('validation', val_df)):
-                    mlflow.log_input(mlflow.data.from_pandas(df, source=str(ws.snapshot_path(fps[role])), name=f'{c.name}-{role}',
-                                                             targets=c.data.target, digest=fps[role]), context=role, tags={'fingerprint': fps[role]})
+                    log_dataset(df, f'{c.name}-{role}', role, targets=c.data.target, source=str(ws.snapshot_path(fps[role])), digest=fps[role],
+                                tags={'fingerprint': fps[role]})
             mlflow.set_tag('data_test_fingerprint', fps['test'])   # recorded, not read: the test split stays untouched until stage 04
             cands = train_candidates(c, contract, train_df, val_df, search_iterations=search_iterations, eg_estimator=eg_estimator or None,
                                      n_jobs=n_jobs, log=log)

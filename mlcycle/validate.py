@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import calibration_report, expected_calibration_error, resampled_ece
-from .core import MlcycleError, StageRun, Workspace, read_json, setup_mlflow, to_json
+from .core import MlcycleError, StageRun, Workspace, log_dataset, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, task_draws, workspace_charter
 from .data import feature_frame
 from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
@@ -61,7 +61,9 @@ def slice_report(y, proba, pred, frame: pd.DataFrame, features: list[str], min_g
     combos = [[f] for f in features] + [list(x) for r in range(2, len(features) + 1) for x in itertools.combinations(features, r)]
     rows = []
     for combo in combos:
-        key = frame[combo].astype(str).agg(' & '.join, axis=1).to_numpy() if len(combo) > 1 else frame[combo[0]].astype(str).to_numpy()
+        key = frame[combo[0]].astype(str)
+        for f in combo[1:]: key = key + ' & ' + frame[f].astype(str)   # column by column, not a row-wise join
+        key = key.to_numpy()
         for g in sorted(set(key)):
             m = key == g
             yy, pp, dd = y[m], proba[m], pred[m]
@@ -665,7 +667,7 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
                                                                      'model_version': version, 'validation_status': rep['status']}) as run:
         with warnings.catch_warnings():   # MLflow's hint about integer columns does not apply to a stored snapshot
             warnings.simplefilter('ignore', UserWarning)
-            mlflow.log_input(mlflow.data.from_pandas(test_df, name=f'{c.name}-test', targets=c.data.target, digest=test_fp), context='test')
+            log_dataset(test_df, f'{c.name}-test', 'test', targets=c.data.target, digest=test_fp)
         mlflow.log_metrics(_metrics_for_mlflow(rep))
         mlflow.log_text(to_json(rec, indent=2), 'gate.json')
         mlflow.log_text(rep['slices'].to_csv(index=False), 'slices.csv')
