@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy, datetime as dt, html, os, shutil, time
 from pathlib import Path
 
-import nbformat
-
 from .core import Workspace, read_json
 
 # %% auto #0
@@ -27,6 +25,7 @@ CODE_LINK = '*This report shows the findings; the code that produced them is in 
 def reader_notebook(nb, notebook_href: str | None = None):
     """A copy of executed notebook `nb` for a reader: stderr outputs dropped, code cells left with no output dropped, and
     under the title a line linking the executed notebook `notebook_href`, where the code is."""
+    import nbformat
     out = copy.deepcopy(nb)
     cells = []
     for c in out.cells:
@@ -55,6 +54,7 @@ def report_html(nb, notebook_href: str | None = None, code: bool | None = None) 
 
 def render_report(ipynb: Path, code: bool | None = None) -> Path:
     "Render the executed notebook `ipynb` to HTML beside it (see `report_html`)."
+    import nbformat   # here, not at the top: every `mlcycle` command imports this module, and nbformat's jsonschema costs 3 CPU-s to import
     ipynb = Path(ipynb)
     out = ipynb.with_suffix('.html')
     out.write_text(report_html(nbformat.read(str(ipynb), as_version=4), ipynb.name, code), encoding='utf-8')
