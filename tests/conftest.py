@@ -11,18 +11,29 @@ BIN = Path(sys.executable).parent
 # Tests that share an expensive module- or session-scoped fixture run in the same pytest-xdist worker (`--dist
 # loadgroup` in tests/run_all.sh), so that each fixture is still built once: one group per test file, except that the
 # stage 03-04 tests and the browser check of the reports read the full circle's workspace and so join the circle's file
-# (in another group, a second worker would build its own circle: ~12 minutes of CPU). Each circle of test_your_data is
-# its own group (they share nothing), so the two workers can take them side by side.
+# (in another group, a second worker would build its own circle: ~12 minutes of CPU). Each full circle on a dataset
+# (a test marked `slow`) is its own group: they share nothing, so the two workers can take them side by side.
 SHARED_GROUPS = {'test_stages_03_04': 'test_retraining', 'test_reports_browser': 'test_retraining'}
+
+
+def _group(item) -> str:
+    mod = item.module.__name__.rsplit('.', 1)[-1]
+    return item.name if item.get_closest_marker('slow') else SHARED_GROUPS.get(mod, mod)
 
 
 @pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        mod = item.module.__name__.rsplit('.', 1)[-1]
-        group = SHARED_GROUPS.get(mod, mod)
-        if mod == 'test_your_data' and item.originalname == 'test_full_circle_on_your_data': group = item.name
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Group the tests (above), then order the groups longest first, so that no worker is left alone with a circle at the
+    end of the run while the other waits: the group with the Adult circle (about a third of the suite's CPU), then the
+    other full circles, then the rest in file order. `tests/run_all.sh` passes `--no-loadscope-reorder`, which keeps
+    this order (pytest-xdist would otherwise put the groups with most tests first, and the one-test circles last)."""
+    groups = {item: _group(item) for item in items}
+    rank = {}
+    for item, g in groups.items():
+        r = 0 if 'adult_circle' in item.fixturenames else 1 if item.get_closest_marker('slow') else 2
+        rank[g] = min(rank.get(g, 2), r)
+    items.sort(key=lambda item: rank[groups[item]])   # stable: file order within a rank
+    for item in items: item.add_marker(pytest.mark.xdist_group(groups[item]))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -54,7 +54,7 @@ nb_pid=$!
 
 t=$(date +%s)
 set +e
-MLCYCLE_TESTS_NO_SKIP=1 python -m pytest tests -n 2 --dist loadgroup -ra --durations=10 --timeout 1800 "$@"
+MLCYCLE_TESTS_NO_SKIP=1 python -m pytest tests -n 2 --dist loadgroup --no-loadscope-reorder -ra --durations=10 --timeout 1800 "$@"
 rc=$?
 set -e
 pytest_s=$(since $t)
