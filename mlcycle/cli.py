@@ -11,7 +11,7 @@ from pathlib import Path
 import mlcycle
 from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json, verify_audit
 from .reports import documents_html
-from .stages import (STAGE_RE, StageFailed, add_common_args, execute_stage, new_run_id, notebook_dir, notebook_params,
+from .stages import (STAGE_RE, StageFailed, StageKernel, add_common_args, execute_stage, new_run_id, notebook_dir, notebook_params,
                      notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
 
 # %% auto #0
@@ -67,11 +67,12 @@ def stop_reason(ws: Workspace, stage_name: str) -> str | None:
     return None
 
 def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', params: dict | None = None,
-                  circle: dict | None = None, echo=None, full_notebooks: bool = False) -> dict:
+                  circle: dict | None = None, echo=None, full_notebooks: bool = False, kernel_per_stage: bool = False) -> dict:
     """Execute stage notebooks in order into `reports/<run-id>/`; returns the run record (index path, stage records).
 
     `circle` (see `circle_plan`) adds the production part between stages: a model server on loopback, simulated
-    traffic, the A/B test. Whatever it starts is stopped at the end, also on failure."""
+    traffic, the A/B test. Whatever it starts is stopped at the end, also on failure. The stages run one after another in
+    one kernel (`StageKernel`: each from an empty namespace), or each in its own with `kernel_per_stage`."""
     echo = echo or _echo
     if charter:   # a charter with schema errors fails here, in one line, before any notebook starts
         from mlcycle.charter import load_charter
@@ -85,6 +86,8 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = {'workspace': ws, 'charter': charter, 'run_dir': run_dir, 'cleanup': [], 'summary': [], 'params': dict(params or {}),
            'echo': echo, **(circle or {})}
+    kernel = None if kernel_per_stage else StageKernel(run_dir)
+    if kernel is not None: ctx['cleanup'].insert(0, kernel.close)      # cleanups run last-first: the kernel stops last
     steps = with_approvals(circle_plan(stages) if circle is not None else [(s, None, None) for s in stages])
     records, failure, t_run = [], None, time.perf_counter()
     echo(f'mlcycle run {run_id}: stages {", ".join(stages)} · workspace {ws.root}')
@@ -99,7 +102,7 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
             if name in ctx.get('skip', ()): continue        # a hook found this step has nothing to do
             echo(f'[{s}] {name} ...', end='')
             step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
-            try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name, full=full_notebooks)
+            try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name, full=full_notebooks, kernel=kernel)
             except StageFailed as e:
                 records.append(e.record); echo(f" FAILED ({e.record['seconds']:.1f} s)"); failure = e; break
             records.append(rec)
@@ -333,7 +336,8 @@ def _cmd_run(a):
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic, 'trigger': a.trigger}
     params['approval'] = {'by': a.approver}   # `mlcycle run` records its approval steps (approval_step); `mlcycle stage` does not
-    run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks)
+    run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks,
+                  kernel_per_stage=a.kernel_per_stage)
 
 def _cmd_stage(a):
     s = parse_stages(a.stage)
@@ -363,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--approver', default='', help="who approves each version before it becomes @champion where the charter requires it (default: the current user); recorded in the audit log")
     r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "
                    "(default: report mode, the notebooks' exported code and Run sections)")
+    r.add_argument('--kernel-per-stage', action='store_true', help='start a new kernel for each stage (default: the stages run one '
+                   'after another in one kernel, each from an empty namespace, so that imports are loaded once)')
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser('stage', help='run one stage notebook', description='Execute one stage notebook with papermill.')
     s.add_argument('stage', help='stage number, e.g. 02')

@@ -148,7 +148,7 @@ def task_performance_over_time(view: pd.DataFrame, c: Charter, buckets: int = 8,
     "`performance_over_time` for regression and multiclass: equal-count buckets of labelled rows."
     rows = []
     for (v, arm), g in arm_rows(view).groupby(['model_version', 'arm'], sort=True):
-        g = g.sort_values('ts'); lab = g[g.y_true.notna()]
+        g = g.sort_values('ts', kind='stable'); lab = g[g.y_true.notna()]
         if len(lab) == 0: continue
         for i, part in enumerate(np.array_split(np.arange(len(lab)), int(max(1, min(buckets, len(lab) // max(min_rows, 1)))))):
             b = lab.iloc[part]; served = int(((g.ts >= b.ts.min()) & (g.ts <= b.ts.max())).sum())

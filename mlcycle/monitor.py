@@ -28,9 +28,9 @@ from .stats import (N_RESAMPLES, resampled_errors, auc_delong, bootstrap_indices
                            two_proportion_test, wilson_interval)
 
 # %% auto #0
-__all__ = ['POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
-           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'PARAMS', 'parse_window', 'read_window', 'logged_rows',
-           'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance',
+__all__ = ['ARRIVAL_COLUMNS', 'POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
+           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'PARAMS', 'parse_window', 'read_window', 'in_content_order',
+           'logged_rows', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance',
            'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
            'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
            'ensure_champion', 'monitor_window', 'run_monitoring', 'monitor_task_window', 'register_cli']
@@ -73,6 +73,17 @@ def read_window(ws_or_url, window='', model_version='', now: float | None = None
         v = str(model_version)
         log = log[(log.model_version.astype(str) == v) | (log.shadow_version.astype(str) == v)]
     return log.reset_index(drop=True)
+
+ARRIVAL_COLUMNS = ('id', 'request_id', 'ts', 'latency_ms', 'feedback_ts')   # how and when a row came, not what it is
+
+def in_content_order(log: pd.DataFrame) -> pd.DataFrame:
+    """The log's rows ordered by what they are (inputs, version, arm, answer, label), not by when they were logged: every
+    resampled interval and seeded shuffle of stage 06 then sees the same rows in the same order, whatever order concurrent
+    requests reached the log in. Rows equal in all of these are interchangeable; among them, log order."""
+    cols = [c for c in log.columns if c not in ARRIVAL_COLUMNS]
+    if len(log) < 2 or not cols: return log
+    key = pd.util.hash_pandas_object(log[cols].astype(str), index=False).to_numpy()
+    return log.iloc[np.lexsort((np.arange(len(log)), key))].reset_index(drop=True)
 
 def logged_rows(ws_or_url) -> int:
     "How many predictions the log holds (0 when no server has written it yet)."
@@ -173,7 +184,7 @@ def performance_over_time(log: pd.DataFrame, c: Charter, buckets: int = 8, min_r
     rows = []
     a = arm_rows(log)
     for (v, arm), g in a.groupby(['model_version', 'arm'], sort=True):
-        g = g.sort_values('ts')
+        g = g.sort_values('ts', kind='stable')   # rows logged at the same moment keep the window's (content) order
         lab = g[g.y_true.notna()]
         k = int(max(1, min(buckets, len(lab) // max(min_rows, 1))))
         if len(lab) == 0: continue
@@ -452,7 +463,7 @@ def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, d
     "The split fingerprints, the data contract and the log window (an error when the window is empty)."
     fps = {k: v['fingerprint'] for k, v in ws.manifest('02_data')['outputs']['splits'].items()}
     contract = read_json(ws.root/'data'/'contract.json')
-    log = read_window(log_url or ws, window, model_version)
+    log = in_content_order(read_window(log_url or ws, window, model_version))   # the same rows, the same order: arrival does not matter
     if not len(log):
         raise MlcycleError(f'the prediction log has no rows in window {window or "all"!r}' + (f' for version {model_version}' if model_version else '') +
                            ': serve traffic first (`mlcycle serve`, `mlcycle simulate`) or widen the window')
@@ -496,7 +507,7 @@ def _score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.
         pred_drift[v] = prediction_drift(model.predict_proba(val)[:, 1], scores, alpha)
         if policy != 'store' and c.data.sensitive_features:
             skew[v] = {'checked': 0, 'skew': False, 'note': f'the log {policy}s the sensitive features, so rows cannot be re-scored'}
-        elif len(served): skew[v] = serving_skew(served.tail(20_000), model, contract)
+        elif len(served): skew[v] = serving_skew(served.sort_values('id').tail(20_000), model, contract)   # the latest 20,000
     return pred_drift, skew
 
 def _fairness_in_production(log: pd.DataFrame, c: Charter, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -575,7 +586,7 @@ def _window_result(log, c, contract, window, versions, server_url, raw, **checks
     alerts += checks.get('label_free', {}).get('alerts', [])
     win = {'window': str(window or 'all'), 'rows': len(log), 'from_ts': float(log.ts.min()), 'to_ts': float(log.ts.max()),
            'labelled': int(log.y_true.notna().sum()), 'versions': versions}
-    skew_rows = feature_skew(log_features(log, contract).tail(len(raw)), raw, contract) if raw is not None else None
+    skew_rows = feature_skew(log_features(log.sort_values('id'), contract).tail(len(raw)), raw, contract) if raw is not None else None   # in log order, as `raw` was sent
     return dict(log=log, window=win, **checks, feature_skew=skew_rows, operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
 
 _RESULT_KEYS = ('log', 'drift', 'prediction_drift', 'serving_skew', 'feature_skew', 'performance', 'over_time', 'group_rates', 'fairness',

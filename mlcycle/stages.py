@@ -5,7 +5,7 @@
 # %% ../nbs/10a_stages.ipynb #5930110b
 from __future__ import annotations
 
-import ast, datetime as dt, inspect, io, json, re, time, tokenize, uuid
+import ast, datetime as dt, inspect, io, json, os, re, time, tokenize, uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,10 @@ import mlcycle
 from .core import MlcycleError, resolve_workspace
 
 # %% auto #0
-__all__ = ['STAGE_RE', 'WORKSPACE_HELP', 'CHARTER_HELP', 'RUN_HEADING', 'notebook_dir', 'stage_notebooks', 'parse_stages',
-           'Param', 'parse_value', 'StageParams', 'notebook_params', 'add_common_args', 'stage_args',
-           'notebook_to_html', 'report_notebook', 'execute_stage', 'StageFailed', 'new_run_id', 'check_stage_spec']
+__all__ = ['STAGE_RE', 'WORKSPACE_HELP', 'CHARTER_HELP', 'KERNEL_ARGS', 'RUN_HEADING', 'notebook_dir', 'stage_notebooks',
+           'parse_stages', 'Param', 'parse_value', 'StageParams', 'notebook_params', 'add_common_args', 'stage_args',
+           'StageKernel', 'notebook_to_html', 'report_notebook', 'execute_stage', 'StageFailed', 'new_run_id',
+           'check_stage_spec']
 
 # %% ../nbs/10a_stages.ipynb #85847cc1
 STAGE_RE = re.compile(r'^(0[1-9])_([a-z0-9_]+)\.ipynb$')
@@ -178,6 +179,48 @@ def stage_args(a, spec: StageParams) -> dict:
     params.update({p.name: getattr(a, p.name) for p in spec if p.flag and getattr(a, p.name, None) is not None})
     return spec.check(params)
 
+# %% ../nbs/10a_stages.ipynb #abdd70c3
+KERNEL_ARGS = ['--IPKernelApp.log_level=CRITICAL', '--HistoryManager.hist_file=:memory:']   # the kernel's own log lines are noise here
+
+class StageKernel:
+    "One Jupyter kernel that a run's stages execute in, one after another, each from an empty namespace (see above)."
+    def __init__(self, cwd):
+        self.cwd, self.km, self.started, self.env0 = str(cwd), None, 0, {}
+
+    def manager(self):
+        "The kernel manager for the next stage: the running kernel with its namespace emptied, or a new kernel."
+        from jupyter_core.utils import run_sync
+        if self.km is not None and not run_sync(self.km.is_alive)(): self.close()
+        if self.km is None:
+            from jupyter_client.manager import AsyncKernelManager
+            self.km, self.env0 = AsyncKernelManager(kernel_name='python3'), dict(os.environ)
+            run_sync(self.km.start_kernel)(cwd=self.cwd, extra_arguments=KERNEL_ARGS)
+            self.started += 1
+            run_sync(self._execute)("import os as _os, sys as _sys\n_sys._mlcycle_env0 = dict(_os.environ); del _os, _sys")
+        else:   # as a new kernel would start: no variables, the run's folder, the environment the command has now
+            run_sync(self._execute)(
+                "get_ipython().run_line_magic('reset', '-f')\nimport os as _os, sys as _sys, gc as _gc\n"
+                f"_env = {{k: v for k, v in _sys._mlcycle_env0.items() if k not in {sorted(self.env0)!r}}}\n"
+                f"_env.update({dict(os.environ)!r}); _os.environ.clear(); _os.environ.update(_env)\n"
+                f"_os.chdir({self.cwd!r}); _gc.collect(); del _os, _sys, _gc, _env")
+        return self.km
+
+    async def _execute(self, code: str):
+        kc = self.km.client(); kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=120)
+            r = await kc.execute_interactive(code, timeout=120, output_hook=lambda m: None)
+            if r['content']['status'] != 'ok': raise MlcycleError(f"could not prepare the stage kernel: {r['content'].get('evalue')}")
+        finally: kc.stop_channels()
+
+    def close(self):
+        "Shut the kernel down (the next `manager()` starts a new one)."
+        from jupyter_core.utils import run_sync
+        if self.km is None: return
+        try: run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception: pass
+        self.km = None
+
 # %% ../nbs/10a_stages.ipynb #46f9db46
 def notebook_to_html(ipynb: Path, code: bool | None = None) -> Path:
     "Render an executed notebook to HTML beside it: its findings without the code unless `code` or MLCYCLE_REPORT_CODE=1 (see `mlcycle.reports`)."
@@ -226,9 +269,9 @@ def _work_seconds(executed: Path) -> float | None:
     return round(sum((c.metadata.get('papermill', {}).get('duration') or 0) for c in nb.cells[start:] if c.cell_type == 'code'), 2)
 
 def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dict | None = None, html_report: bool = True,
-                  report_name: str | None = None, full: bool = False) -> dict:
+                  report_name: str | None = None, full: bool = False, kernel: StageKernel | None = None) -> dict:
     """Run stage notebook `stage` ('01'…) with papermill into `out_dir` (as `report_name`.ipynb); returns status, seconds and paths.
-    Report mode (see `report_notebook`) unless `full`."""
+    Report mode (see `report_notebook`) unless `full`. In `kernel` (a `StageKernel`) when given, else in a new kernel."""
     import nbformat, papermill as pm
     nb = stage_notebooks()[stage]
     parameters = None
@@ -242,11 +285,13 @@ def execute_stage(stage: str, out_dir, charter=None, workspace=None, params: dic
         src = out_dir/f'.{out.stem}.input.ipynb'
         nbformat.write(report_notebook(nbformat.read(str(nb), as_version=4)), str(src))
     try:
+        km = {'km': kernel.manager()} if kernel is not None else {}
         pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name='python3', progress_bar=False,
                             cwd=str(out_dir), log_output=False, report_mode=False,
-                            extra_arguments=['--IPKernelApp.log_level=CRITICAL'])   # the kernel's own log lines are noise here
+                            extra_arguments=KERNEL_ARGS, **km)
     except Exception as e:
         err = e
+        if kernel is not None: kernel.close()   # a stage that failed leaves no state behind for the next: it gets a new kernel
     finally:
         if src != nb: Path(src).unlink(missing_ok=True)
     rec = {'stage': stage, 'name': nb.stem, 'step': out.stem, 'notebook': out.name, 'seconds': round(time.perf_counter() - t0, 2),
