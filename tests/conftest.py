@@ -14,6 +14,7 @@ BIN = Path(sys.executable).parent
 # (in another group, a second worker would build its own circle: ~12 minutes of CPU). Each full circle on a dataset
 # (a test marked `slow`) is its own group: they share nothing, so the two workers can take them side by side.
 SHARED_GROUPS = {'test_stages_03_04': 'test_retraining', 'test_reports_browser': 'test_retraining'}
+LONG_GROUPS = {'test_scaleout'}   # minutes without a full circle (a PostgreSQL server, MLflow's server, Spark): started with the circles
 
 
 def _group(item) -> str:
@@ -25,12 +26,12 @@ def _group(item) -> str:
 def pytest_collection_modifyitems(config, items):
     """Group the tests (above), then order the groups longest first, so that no worker is left alone with a circle at the
     end of the run while the other waits: the group with the Adult circle (about a third of the suite's CPU), then the
-    other full circles, then the rest in file order. `tests/run_all.sh` passes `--no-loadscope-reorder`, which keeps
+    other full circles and the `LONG_GROUPS`, then the rest in file order. `tests/run_all.sh` passes `--no-loadscope-reorder`, which keeps
     this order (pytest-xdist would otherwise put the groups with most tests first, and the one-test circles last)."""
     groups = {item: _group(item) for item in items}
     rank = {}
     for item, g in groups.items():
-        r = 0 if 'adult_circle' in item.fixturenames else 1 if item.get_closest_marker('slow') else 2
+        r = 0 if 'adult_circle' in item.fixturenames else 1 if item.get_closest_marker('slow') or g in LONG_GROUPS else 2
         rank[g] = min(rank.get(g, 2), r)
     items.sort(key=lambda item: rank[groups[item]])   # stable: file order within a rank
     for item in items: item.add_marker(pytest.mark.xdist_group(groups[item]))
