@@ -12,7 +12,7 @@ import mlcycle
 from .core import MlcycleError, Workspace, read_json, resolve_workspace, to_json, verify_audit
 from .reports import documents_html
 from .stages import (STAGE_RE, StageFailed, StageKernel, add_common_args, execute_stage, new_run_id, notebook_dir, notebook_params,
-                     notebook_to_html, parse_stages, parse_value, report_notebook, stage_notebooks)
+                     notebook_to_html, parse_stages, parse_value, report_notebook, skip_slow_optional_imports, stage_notebooks)
 
 # %% auto #0
 __all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle',
@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of the `mlcycle` command."
+    skip_slow_optional_imports()   # before papermill imports nbformat (see mlcycle.stages)
     parser = build_parser()
     a = parser.parse_args(argv)
     if not getattr(a, 'func', None): parser.print_help(); return 0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .charter import METRICS, objective_value
-from .train import score_rows
+from .latency import score_rows
 
 # %% auto #0
 __all__ = ['IMPORTANCE_ROWS', 'IMPORTANCE_REPEATS', 'primary_score', 'permutation_importance_table', 'plot_importance',

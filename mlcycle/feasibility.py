@@ -14,6 +14,7 @@ from .core import MlcycleError, Workspace
 from .charter import (BUNDLED_CHARTER, Charter, binary_target, leakage_target, task_target, check_charter_against_data, evaluate_objectives,
                              judged_rows, load_charter, objective_value, task_draws)
 from .data import build_preprocessor, feature_frame, infer_contract, load_data
+from .latency import single_row_timings
 
 # %% auto #0
 __all__ = ['TEST_SIZE', 'QUICK_SCORING', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve', 'task_outputs_of',
@@ -205,10 +206,7 @@ def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
         if name == 'quick_model': quick_proba = proba
         lat = None
         if name == 'quick_model':
-            m.fit(X, y)
-            lat = []
-            for i in range(200):
-                row = X.iloc[[i]]; t0 = time.perf_counter(); m.predict_proba(row); lat.append((time.perf_counter() - t0) * 1000)
+            lat = single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it
         t = evaluate_objectives(c, y, proba, frame=df, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
     prim = c.primary
@@ -246,10 +244,7 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
             proba, pred = o, o.columns.to_numpy()[np.argmax(o.to_numpy(), axis=1)]
         lat = None
         if name == 'quick_model':
-            out, lat = o, []
-            m.fit(X, y)
-            for i in range(min(200, len(X))):
-                row = X.iloc[[i]]; t0 = time.perf_counter(); m.predict(row); lat.append((time.perf_counter() - t0) * 1000)
+            out, lat = o, single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it
         t = evaluate_objectives(c, y, proba, pred, frame=df, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
     scoring = QUICK_SCORING[c.primary.metric]

@@ -123,7 +123,7 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
                            '(were its artifacts deleted by stage 09?)') from None
     X = feature_frame(df, contract)
     if contract.get('task', 'binary_classification') != 'binary_classification':     # regression / multiclass: (None or class probabilities, prediction)
-        from mlcycle.train import score_rows
+        from mlcycle.latency import score_rows
         return (*score_rows(model, X), model)
     return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype(int), model
 

@@ -202,7 +202,7 @@ def task_prediction_drift(c: Charter, ref, cur, alpha: float = 0.05) -> dict:
 def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view: pd.DataFrame, versions: list, alpha: float) -> tuple[dict, dict]:
     "Per version: prediction drift (validation predictions vs served ones) and training–serving skew (served rows re-scored through scikit-learn)."
     from mlcycle.data import feature_frame
-    from mlcycle.train import score_rows
+    from mlcycle.latency import score_rows
     val = feature_frame(ws.load_snapshot(fps['validation']), contract)
     pred_drift, skew = {}, {}
     for v in versions:

@@ -5,7 +5,7 @@
 # %% ../nbs/10a_stages.ipynb #5930110b
 from __future__ import annotations
 
-import ast, datetime as dt, inspect, io, json, os, re, time, tokenize, uuid
+import ast, datetime as dt, inspect, io, json, os, re, sys, time, tokenize, uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,10 @@ import mlcycle
 from .core import MlcycleError, resolve_workspace
 
 # %% auto #0
-__all__ = ['STAGE_RE', 'WORKSPACE_HELP', 'CHARTER_HELP', 'KERNEL_ARGS', 'RUN_HEADING', 'notebook_dir', 'stage_notebooks',
-           'parse_stages', 'Param', 'parse_value', 'StageParams', 'notebook_params', 'add_common_args', 'stage_args',
-           'StageKernel', 'notebook_to_html', 'report_notebook', 'execute_stage', 'StageFailed', 'new_run_id',
-           'check_stage_spec']
+__all__ = ['STAGE_RE', 'WORKSPACE_HELP', 'CHARTER_HELP', 'SLOW_OPTIONAL_IMPORTS', 'KERNEL_ARGS', 'RUN_HEADING', 'notebook_dir',
+           'stage_notebooks', 'parse_stages', 'Param', 'parse_value', 'StageParams', 'notebook_params',
+           'add_common_args', 'stage_args', 'skip_slow_optional_imports', 'StageKernel', 'notebook_to_html',
+           'report_notebook', 'execute_stage', 'StageFailed', 'new_run_id', 'check_stage_spec']
 
 # %% ../nbs/10a_stages.ipynb #85847cc1
 STAGE_RE = re.compile(r'^(0[1-9])_([a-z0-9_]+)\.ipynb$')
@@ -179,6 +179,13 @@ def stage_args(a, spec: StageParams) -> dict:
     params.update({p.name: getattr(a, p.name) for p in spec if p.flag and getattr(a, p.name, None) is not None})
     return spec.check(params)
 
+# %% ../nbs/10a_stages.ipynb #e904ca59
+SLOW_OPTIONAL_IMPORTS = ('rfc3987_syntax',)   # jsonschema's `iri` format checker: ~35 Earley parsers built on import
+
+def skip_slow_optional_imports() -> None:
+    "Mark the optional packages in `SLOW_OPTIONAL_IMPORTS` as absent in this process, unless one is already imported (see above)."
+    for name in SLOW_OPTIONAL_IMPORTS: sys.modules.setdefault(name, None)
+
 # %% ../nbs/10a_stages.ipynb #abdd70c3
 KERNEL_ARGS = ['--IPKernelApp.log_level=CRITICAL', '--HistoryManager.hist_file=:memory:']   # the kernel's own log lines are noise here
 
@@ -196,7 +203,8 @@ class StageKernel:
             self.km, self.env0 = AsyncKernelManager(kernel_name='python3'), dict(os.environ)
             run_sync(self.km.start_kernel)(cwd=self.cwd, extra_arguments=KERNEL_ARGS)
             self.started += 1
-            run_sync(self._execute)("import os as _os, sys as _sys\n_sys._mlcycle_env0 = dict(_os.environ); del _os, _sys")
+            run_sync(self._execute)("import os as _os, sys as _sys\n_sys._mlcycle_env0 = dict(_os.environ)\n"
+                                    f"for _m in {SLOW_OPTIONAL_IMPORTS!r}: _sys.modules.setdefault(_m, None)\ndel _os, _sys")
         else:   # as a new kernel would start: no variables, the run's folder, the environment the command has now
             run_sync(self._execute)(
                 "get_ipython().run_line_magic('reset', '-f')\nimport os as _os, sys as _sys, gc as _gc\n"

@@ -23,18 +23,18 @@ from .core import MlcycleError, Workspace, log_dataset, read_json, schema_rows, 
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
+from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_latency, single_row_timings
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'SKOPS_TRUSTED_TYPES',
            'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
            'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
            'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
-           'score_rows', 'task_outputs', 'machine_load', 'latency_context', 'single_row_timings', 'single_row_latency',
-           'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'refit_candidate', 'cv_estimates',
-           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
-           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
-           'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
-           'run_model_development']
+           'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'refit_candidate',
+           'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table',
+           'Selection', 'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements',
+           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
+           'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -333,53 +333,11 @@ def fit_exponentiated_gradient(contract: dict, X: pd.DataFrame, y, sensitive_fea
     return FairMixtureClassifier.from_exponentiated_gradient(eg, features, seed), eg
 
 # %% ../nbs/03_model_development.ipynb #f1c02a32
-def score_rows(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """`(probability of the positive label, 0/1 decision)` for each row of `X` in one pass through the model:
-    `predict_with_proba` when the model has it (the fairness wrappers do), else the class of the larger probability."""
-    if hasattr(model, 'predict_with_proba'): return model.predict_with_proba(X)
-    if not hasattr(model, 'predict_proba'): return None, np.asarray(model.predict(X), dtype=float)          # a regressor
-    P = model.predict_proba(X)
-    if P.shape[1] > 2:                                                                                     # multiclass
-        cls = np.asarray(model.classes_).astype(str)
-        return pd.DataFrame(P, columns=cls), cls[P.argmax(1)]
-    return P[:, 1], np.asarray(model.classes_)[P.argmax(1)].astype(int)   # = predict for these classifiers, in one pass
-
 def task_outputs(c: Charter, model, X: pd.DataFrame) -> tuple:
     """What the metrics read from a model for the charter's task: `(P(positive), 0/1 decision)` for binary (as every stage
     always did), `(class-probability frame, label)` for multiclass, `(None, predicted number)` for regression."""
     if c.task == 'binary_classification': return model.predict_proba(X)[:, 1], model.predict(X)
     return score_rows(model, X)
-
-def machine_load() -> dict:
-    "The 1-minute load average and CPU count: the context any timing needs (an overloaded machine slows every call)."
-    la, n = os.getloadavg()[0], os.cpu_count() or 1
-    return {'load_average': round(la, 2), 'cpus': n, 'overloaded': bool(la > 1.5 * n)}
-
-def latency_context(load: dict) -> str:
-    "A sentence saying under which load latency was measured, and what that means when the machine was overloaded."
-    s = f"measured with a load average of {load['load_average']:g} on {load['cpus']} CPUs"
-    if load['overloaded']: s += ': the machine was overloaded, so the latency says more about other jobs than about the model; re-measure on a quieter machine'
-    return s
-
-def single_row_timings(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2, threads: int | None = 1) -> pd.DataFrame:
-    """Milliseconds to score one row (`score_rows`: probability and decision) for each of the first `rows` rows of `X`,
-    on `threads` threads: `cpu_ms` (CPU time of the scoring thread) and `wall_ms`, each the fastest of `repeats`."""
-    from threadpoolctl import threadpool_limits
-    out = []
-    with threadpool_limits(threads):
-        score_rows(model, X.iloc[[0]])                                   # warm-up
-        for i in range(min(rows, len(X))):
-            row, cpu, wall = X.iloc[[i]], float('inf'), float('inf')
-            for _ in range(repeats):
-                t0, c0 = time.perf_counter(), time.thread_time()
-                score_rows(model, row)
-                cpu, wall = min(cpu, (time.thread_time() - c0) * 1000), min(wall, (time.perf_counter() - t0) * 1000)
-            out.append((cpu, wall))
-    return pd.DataFrame(out, columns=['cpu_ms', 'wall_ms'])
-
-def single_row_latency(model, X: pd.DataFrame, rows: int = 50, repeats: int = 2, threads: int | None = 1, clock: str = 'cpu') -> list[float]:
-    "Per-row scoring time in ms (`clock` 'cpu' or 'wall', see `single_row_timings`): the sample the latency objective's p95 is taken from."
-    return single_row_timings(model, X, rows, repeats, threads)[f'{clock}_ms'].tolist()
 
 # %% ../nbs/03_model_development.ipynb #2a1db5e5
 def task_report_metrics(c: Charter) -> list[str]:
@@ -388,7 +346,7 @@ def task_report_metrics(c: Charter) -> list[str]:
     return [m for m in TASK_METRICS[c.task] if METRICS[m][0] == 'performance']
 
 def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_df: pd.DataFrame,
-                       train_df: pd.DataFrame | None = None, latency_rows: int = 40) -> Candidate:
+                       train_df: pd.DataFrame | None = None, latency_rows: int = LATENCY_ROWS) -> Candidate:
     "Fill in `cand.objectives`, `cand.metrics` and `cand.latencies_ms` from the validation split (and the training split's primary metric)."
     X, y = feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target])
     proba, pred = task_outputs(c, cand.model, X)
@@ -414,7 +372,7 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
 # %% ../nbs/03_model_development.ipynb #6333b77f
 def train_candidates(c: Charter, contract: dict, train_df: pd.DataFrame, validation_df: pd.DataFrame, *,
                      search_iterations: int | None = None, families: list[str] | None = None, mitigations: bool = True,
-                     eg_estimator: str | None = 'logistic_regression', n_jobs: int = 2, latency_rows: int = 40, log=print) -> list[Candidate]:
+                     eg_estimator: str | None = 'logistic_regression', n_jobs: int = 2, latency_rows: int = LATENCY_ROWS, log=print) -> list[Candidate]:
     """Tune, mitigate and evaluate every candidate of charter `c` on the given training and validation splits.
     Native thread pools run single-threaded; the parallelism is `n_jobs` worker processes in the search and cross-fitting."""
     from threadpoolctl import threadpool_limits
@@ -515,7 +473,7 @@ def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.Data
 
 # %% ../nbs/03_model_development.ipynb #c928203e
 def add_calibrated_candidate(cands: list[Candidate], c: Charter, contract: dict, validation_df: pd.DataFrame, train_df: pd.DataFrame | None = None,
-                             latency_rows: int = 40, method: str = CALIBRATION_METHOD, tolerance: float = CALIBRATION_TOLERANCE, log=print) -> list[Candidate]:
+                             latency_rows: int = LATENCY_ROWS, method: str = CALIBRATION_METHOD, tolerance: float = CALIBRATION_TOLERANCE, log=print) -> list[Candidate]:
     "Append the calibrated twin of the best unmitigated binary candidate to `cands` when it helps (see above); the base then steps aside."
     base = [x for x in cands if x.mitigation is None and x.model is not None and x.metrics and x.deployable and '+calibrated' not in x.name]
     if c.task != 'binary_classification' or not base or len(validation_df) < SMALL_DATA_ROWS: return cands

@@ -18,6 +18,7 @@ from .calibration import calibration_report, expected_calibration_error, resampl
 from .core import MlcycleError, StageRun, Workspace, log_dataset, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, task_draws, workspace_charter
 from .data import feature_frame
+from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
@@ -295,7 +296,7 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
 # %% ../nbs/04_validation.ipynb #e7ec66bb
 def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, train_df: pd.DataFrame | None = None,
                validation_df: pd.DataFrame | None = None, champion=None, champion_version: str | None = None,
-               seed: int | None = None, latency_rows: int = 100) -> dict:
+               seed: int | None = None, latency_rows: int = LATENCY_ROWS) -> dict:
     "All of stage 04's measurements for `model` on `test_df`, and the gate's verdict (native thread pools single-threaded, as in stage 03)."
     from threadpoolctl import threadpool_limits
     with threadpool_limits(1):
@@ -304,7 +305,6 @@ def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, trai
 def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
     if c.task != 'binary_classification':
         return gate_task_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
-    from mlcycle.train import latency_context, machine_load, single_row_timings
     seed = c.development.seed if seed is None else seed
     B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
     X, y = feature_frame(test_df, contract), binary_target(c, test_df[target])
@@ -398,7 +398,6 @@ def task_output_problem(c: Charter, proba, pred, n: int) -> str:
 
 def task_robustness(c: Charter, model, X: pd.DataFrame, y, contract: dict, seed: int = 0, notable_drop: float = ROBUSTNESS_NOTABLE_DROP) -> pd.DataFrame:
     "`robustness_report` for regression and multiclass models: the primary metric before and after each probe (relative for errors)."
-    from mlcycle.train import score_rows
     metric = c.primary.metric
     rel = not METRICS[metric][2] and c.task == 'regression'
     sign = 1 if METRICS[metric][1] else -1
@@ -434,7 +433,6 @@ def task_overfit_check(c: Charter, scores: dict) -> dict:
 
 def task_non_inferiority(c: Charter, y, cand, champ, n_resamples: int, seed: int) -> dict:
     "Paired-bootstrap difference of the primary metric (candidate − champion, positive = better; relative to the champion for regression errors)."
-    from mlcycle.train import score_rows
     m, sign, margin = c.primary.metric, (1 if c.primary.higher_is_better else -1), c.validation.non_inferiority_margin
     idx = bootstrap_indices(len(y), n_resamples, seed)
     a, b = objective_value(m, y, *cand), objective_value(m, y, *champ)
@@ -447,7 +445,6 @@ def task_non_inferiority(c: Charter, y, cand, champ, n_resamples: int, seed: int
 # %% ../nbs/04_validation.ipynb #20d6cbe8
 def gate_task_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
     "`gate_model` for a regression or multiclass charter: the same rules and report keys, from `task_*` measurements."
-    from mlcycle.train import latency_context, machine_load, single_row_timings, score_rows
     seed = c.development.seed if seed is None else seed
     B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
     X, y = feature_frame(test_df, contract), task_target(c, test_df[target])
