@@ -180,7 +180,7 @@ def test_mlcycle_run_is_the_full_circle(adult_circle, mlcycle):
     drifted traffic ('gig_economy', the default: a concept change) with late labels, stage 06 alerts, stage 07 retrains v2 as @challenger and
     reloads the server, A/B traffic through the server, the analysis decides and acts, 08 governs the champion, 09 retires
     the replaced version. The server is stopped at the end, the index links every report, and the audit chain holds.
-    (Only the charter's latency SLO is relaxed, so that a busy shared test machine does not decide the outcome.) The run is the
+    (The charter's latency SLO is relaxed and stage 03 tries two configurations per family: see conftest.adult_circle.) The run is the
     session's `adult_circle` fixture, which the tests of stages 03-04 also read."""
     import mlflow, socket
     from mlcycle.core import Workspace

@@ -13,7 +13,7 @@ def test_spark_engine_equals_in_process(registry_ws, tmp_path, mlcycle):
     from mlcycle.data import adult
     from mlcycle.deploy import promote
     promote(registry_ws, '2', reason='spark test')
-    df = adult('test'); df.to_parquet(tmp_path/'in.parquet', index=False)
+    df = adult('test').sample(4000, random_state=0); df.to_parquet(tmp_path/'in.parquet', index=False)   # rows enough for several Spark tasks
     mlcycle('predict', '--input', tmp_path/'in.parquet', '--output', tmp_path/'local.parquet', '--workspace', registry_ws.root, check=True)
     mlcycle('predict', '--engine', 'spark', '--master', 'local[2]', '--input', tmp_path/'in.parquet', '--output', tmp_path/'spark.parquet',
             '--workspace', registry_ws.root, check=True, env={'OMP_NUM_THREADS': '1'})
