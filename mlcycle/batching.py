@@ -79,11 +79,11 @@ def _route_and_score(ms: ModelSet, X: dict, n: int, keys: list):
         if served is ms.challenger: versions[idx] = served.version; arms[idx] = 'challenger'
     return proba.tolist(), label.tolist(), versions.tolist(), arms.tolist()
 
-def _row_keys(parts: list[Parsed], rids: list[str]) -> list:
-    "The routing key of each row: the id column's value when sent, else the row's request id."
-    if not any(p.keys for p in parts): return rids
+def _row_keys(parts: list[Parsed], inputs: list[str]) -> list:
+    "The routing key of each row: the id column's value when sent, else the row's inputs (its logged features JSON)."
+    if not any(p.keys for p in parts): return inputs
     keys = [k for p in parts for k in (p.keys or [None] * p.n)]
-    return [k if k is not None else rid for k, rid in zip(keys, rids)]
+    return [k if k is not None else x for k, x in zip(keys, inputs)]
 
 # %% ../nbs/05a_batching.ipynb #5d40807a
 def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_ids: list[str], arrivals: list[float],
@@ -92,11 +92,11 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     X = parts[0].columns if len(parts) == 1 else {c: np.concatenate([p.columns[c] for p in parts]) for c in parser.features}
     n = sum(p.n for p in parts)
     rids = [f'{r}-{i}' for r, p in zip(request_ids, parts) for i in range(p.n)]
-    pl, ll, vl, al = _route_and_score(ms, X, n, _row_keys(parts, rids))
+    feats = _features_json(X, parser.features, n, policy)
+    pl, ll, vl, al = _route_and_score(ms, X, n, _row_keys(parts, feats))
     shadow = ms.challenger.score(X) if (ms.challenger is not None and ms.shadow) else None
     done = time.time()
     latl = np.concatenate([np.full(p.n, (done - a) * 1000) for p, a in zip(parts, arrivals)]).tolist()
-    feats = _features_json(X, parser.features, n, policy)
     flags = [f for p in parts for f in p.flags]
     rows = []
     for i in range(n):

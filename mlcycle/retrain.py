@@ -258,7 +258,7 @@ def ab_sample_size(p_control: float, mde: float, share: float = 0.5, alpha: floa
 def simulate_ab(correct_champion: np.ndarray, correct_challenger: np.ndarray, n_total: int, share: float = 0.5, reps: int = 200,
                 alpha: float = 0.05, looks: int = 1, spending: str = 'obrien_fleming', seed: int = 0) -> dict:
     """Monte Carlo of the A/B analysis: each replication draws `n_total` rows from the pool (with replacement), routes them as the
-    server does (`mlcycle.batching.bucket` of distinct request ids below `share`), and tests at `looks` equally spaced looks
+    server does (`mlcycle.batching.bucket` of distinct keys below `share`), and tests at `looks` equally spaced looks
     (spending 'obrien_fleming' or 'naive')."""
     from mlcycle.batching import bucket
     rng = np.random.default_rng(seed)
