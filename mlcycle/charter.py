@@ -29,8 +29,8 @@ __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS',
            'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
            'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'target_problems',
            'task_target', 'stratify_labels', 'leakage_target', 'target_summary', 'judged_groups', 'judged_rows',
-           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives', 'task_draws',
-           'workspace_charter']
+           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives', 'group_names',
+           'task_draws', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -697,6 +697,15 @@ def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.Dat
                      'primary': o.primary, 'passed': o.met(v), 'measured': not (isinstance(v, float) and math.isnan(v)),
                      'note': too_small_note(sens, n_min) if sens is not None else ''})
     return pd.DataFrame(rows)
+
+# %% ../nbs/01a_charter.ipynb #5cced10a
+def group_names(df: pd.DataFrame, features, missing: str = '<missing>') -> pd.Series:
+    "One group name per row of `df`: its values of `features` (one name or a list) as text, joined by ' & ', `missing` for a missing value."
+    features = [features] if isinstance(features, str) else list(features)
+    text = lambda f: df[f].astype(str).where(df[f].notna(), missing).astype(str)
+    out = text(features[0])
+    for f in features[1:]: out = out + ' & ' + text(f)
+    return out.rename(' & '.join(features))
 
 # %% ../nbs/01a_charter.ipynb #3722c3af
 def task_draws(c: Charter, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:

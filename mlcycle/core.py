@@ -17,7 +17,7 @@ import mlcycle
 
 # %% auto #0
 __all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
-           'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
+           'row_keys', 'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
            'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'relocate_store',
            'setup_mlflow', 'reset_mlflow', 'schema_rows', 'log_dataset']
 
@@ -46,6 +46,15 @@ def fingerprint_file(path) -> str:
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:16]
+
+# %% ../nbs/00_core.ipynb #9a975a66
+def row_keys(df: pd.DataFrame, columns=None) -> np.ndarray:
+    """A 64-bit key per row of `df` from its values in `columns` (default: every column whose name does not start with `_`,
+    the bookkeeping ones such as `_source`), read in name order, numbers as floats: the same row, the same key, in any
+    order and from any source."""
+    cols = sorted(str(x) for x in df.columns if not str(x).startswith('_')) if columns is None else sorted(map(str, columns))
+    as_text = lambda s: (s.astype(float) if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else s).astype(str)
+    return pd.util.hash_pandas_object(pd.DataFrame({x: as_text(df[x]).to_numpy() for x in cols}, index=range(len(df))), index=False).to_numpy()
 
 # %% ../nbs/00_core.ipynb #4d950cb2
 def atomic_write_bytes(path, data: bytes) -> Path:

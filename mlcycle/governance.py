@@ -15,7 +15,7 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .predlog import log_exists
-from .charter import Charter, binary_target, task_target, evaluate_objectives, objective_value, workspace_charter
+from .charter import Charter, binary_target, task_target, evaluate_objectives, group_names, objective_value, workspace_charter
 from .data import feature_frame
 from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_markdown, caveats, checklist_facts,
                                      compliance_checklist, evidence_facts, lineage_svg, md_escape, md_table, model_card,
@@ -129,12 +129,8 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
 
 # %% ../nbs/08_governance.ipynb #ab6f2a8f
 def group_labels(df: pd.DataFrame, features) -> pd.Series:
-    "One group name per row: the sensitive values as text (missing shown as '<missing>'), joined by ' & '."
-    features = [features] if isinstance(features, str) else list(features)
-    parts = [df[f].astype('str').where(df[f].notna(), '<missing>').astype(str) for f in features]
-    out = parts[0]
-    for p in parts[1:]: out = out + ' & ' + p
-    return out.rename(' & '.join(features))
+    "One group name per row: the sensitive values as text, missing shown as '<missing>', joined by ' & ' (`charter.group_names`)."
+    return group_names(df, features)
 
 def _metric_frame(y, pred, df: pd.DataFrame, features: list) -> tuple:
     "fairlearn's `MetricFrame` for `features` and its by-group table (one `group` column, `rows`)."

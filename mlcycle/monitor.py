@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, read_json, setup_mlflow
+from .core import MlcycleError, Workspace, read_json, row_keys, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
@@ -82,8 +82,7 @@ def in_content_order(log: pd.DataFrame) -> pd.DataFrame:
     requests reached the log in. Rows equal in all of these are interchangeable; among them, log order."""
     cols = [c for c in log.columns if c not in ARRIVAL_COLUMNS]
     if len(log) < 2 or not cols: return log
-    key = pd.util.hash_pandas_object(log[cols].astype(str), index=False).to_numpy()
-    return log.iloc[np.lexsort((np.arange(len(log)), key))].reset_index(drop=True)
+    return log.iloc[np.lexsort((np.arange(len(log)), row_keys(log, cols)))].reset_index(drop=True)
 
 def logged_rows(ws_or_url) -> int:
     "How many predictions the log holds (0 when no server has written it yet)."

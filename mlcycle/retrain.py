@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, current_actor, fingerprint_df, log_dataset, read_json, setup_mlflow, to_json
+from .core import MlcycleError, Workspace, current_actor, fingerprint_df, log_dataset, read_json, row_keys, setup_mlflow, to_json
 from .charter import Charter, binary_target, stratify_labels, target_summary, task_target, workspace_charter
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test, welch_test
 from .task_ab import row_outcomes
@@ -22,7 +22,7 @@ from .validate import gate_evidence
 
 # %% auto #0
 __all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
-           'split_for_retraining', 'recent_holdout', 'row_keys', 'in_key_order', 'keyed_holdout', 'refit_candidates',
+           'split_for_retraining', 'recent_holdout', 'in_key_order', 'keyed_holdout', 'refit_candidates',
            'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
            'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
            'challenger_candidates', 'gate_challenger', 'ab_plan', 'non_inferiority_sized', 'start_ab_test',
@@ -188,13 +188,6 @@ def recent_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_r
     return tr.sort_values('_ts', kind='stable').reset_index(drop=True), te.sort_values('_ts', kind='stable').reset_index(drop=True)
 
 # %% ../nbs/07_retraining.ipynb #e7a1d002
-def row_keys(df: pd.DataFrame) -> np.ndarray:
-    """A key per row from its own values (every column not starting with `_`: inputs and label; numbers as floats, so 40 from
-    the log and 40.0 from a snapshot are one value): the same row, the same key, in any order."""
-    cols = sorted(str(x) for x in df.columns if not str(x).startswith('_'))
-    as_text = lambda s: (s.astype(float) if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else s).astype(str)
-    return pd.util.hash_pandas_object(pd.DataFrame({x: as_text(df[x]) for x in cols}), index=False).to_numpy()
-
 def in_key_order(df: pd.DataFrame) -> pd.DataFrame:
     "`df` sorted by `row_keys` (ties, which are identical rows, by their `_` columns): an order that does not depend on arrival."
     extra = [x for x in ('_source', '_weight') if x in df.columns]

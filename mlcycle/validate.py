@@ -16,7 +16,7 @@ import pandas as pd
 
 from .calibration import calibration_report, expected_calibration_error, resampled_ece
 from .core import MlcycleError, StageRun, Workspace, log_dataset, read_json, setup_mlflow, to_json
-from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, judged_rows, load_charter, objective_value, task_draws, workspace_charter
+from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, group_names, judged_rows, load_charter, objective_value, task_draws, workspace_charter
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
@@ -62,9 +62,7 @@ def slice_report(y, proba, pred, frame: pd.DataFrame, features: list[str], min_g
     combos = [[f] for f in features] + [list(x) for r in range(2, len(features) + 1) for x in itertools.combinations(features, r)]
     rows = []
     for combo in combos:
-        key = frame[combo[0]].astype(str)
-        for f in combo[1:]: key = key + ' & ' + frame[f].astype(str)   # column by column, not a row-wise join
-        key = key.to_numpy()
+        key = group_names(frame, combo).to_numpy()
         for g in sorted(set(key)):
             m = key == g
             yy, pp, dd = y[m], proba[m], pred[m]
