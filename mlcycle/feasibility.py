@@ -5,7 +5,7 @@
 # %% ../nbs/01_problem_definition.ipynb #a4a9aea9
 from __future__ import annotations
 
-import math, time
+import math
 
 import numpy as np
 import pandas as pd

@@ -204,7 +204,7 @@ class StageKernel:
             run_sync(self.km.start_kernel)(cwd=self.cwd, extra_arguments=KERNEL_ARGS)
             self.started += 1
             run_sync(self._execute)("import os as _os, sys as _sys\n_sys._mlcycle_env0 = dict(_os.environ)\n"
-                                    f"for _m in {SLOW_OPTIONAL_IMPORTS!r}: _sys.modules.setdefault(_m, None)\ndel _os, _sys")
+                                    f"for _m in {SLOW_OPTIONAL_IMPORTS!r}: _sys.modules.setdefault(_m, None)\ndel _os, _sys, _m")
         else:   # as a new kernel would start: no variables, the run's folder, the environment the command has now
             run_sync(self._execute)(
                 "get_ipython().run_line_magic('reset', '-f')\nimport os as _os, sys as _sys, gc as _gc\n"

@@ -23,7 +23,7 @@ from .core import MlcycleError, Workspace, log_dataset, read_json, schema_rows, 
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
-from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_latency, single_row_timings
+from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'SKOPS_TRUSTED_TYPES',
