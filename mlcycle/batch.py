@@ -15,9 +15,9 @@ import pandas as pd
 from .core import MlcycleError, Workspace, read_json
 
 # %% auto #0
-__all__ = ['SQL_RE', 'is_sql', 'input_rows', 'iter_chunks', 'chunk_features', 'PredictionWriter', 'check_tracking', 'score_chunk',
-           'score_table', 'spark_available', 'spark_session', 'ProbabilityModel', 'spark_model_copy',
-           'score_table_spark', 'register_cli']
+__all__ = ['SQL_RE', 'is_sql', 'input_rows', 'input_columns', 'iter_chunks', 'chunk_features', 'PredictionWriter',
+           'check_tracking', 'answer_kind', 'answer_columns', 'score_chunk', 'score_table', 'spark_available',
+           'spark_session', 'ScorerModel', 'spark_model_copy', 'score_table_spark', 'register_cli']
 
 # %% ../nbs/11_batch.ipynb #6c16aa68
 SQL_RE = re.compile(r'^\s*(select|with)\b', re.I | re.S)
@@ -46,6 +46,14 @@ def input_rows(source, db_url: str | None = None) -> int | None:
         import pyarrow.parquet as pq
         return pq.ParquetFile(p).metadata.num_rows
     return None
+
+def input_columns(path) -> list[str]:
+    "The column names of a Parquet or CSV file, read from its footer or header only."
+    p = Path(path)
+    if _file_kind(p) == 'parquet':
+        import pyarrow.parquet as pq
+        return list(pq.read_schema(p).names)
+    return list(pd.read_csv(p, nrows=0, sep='\t' if '.tsv' in p.name.lower() else ',').columns)
 
 def iter_chunks(source, chunk_rows: int = 50_000, db_url: str | None = None):
     "Yield the input as DataFrames of at most `chunk_rows` rows (file path or SQL query against `db_url`)."
@@ -165,8 +173,26 @@ def _resolve_version(ws, c, version=None, alias='champion') -> str:
         raise MlcycleError(f'model {c.name!r} has no {ref} in the registry at {ws.tracking_uri} '
                            f'({str(e).strip().splitlines()[0][:200]}); see `mlcycle promote` or pass --version') from None
 
-def score_chunk(chunk: pd.DataFrame, contract: dict, scorer, start: int, name: str, version: str, warn: Counter | None = None) -> pd.DataFrame:
-    "Validate one chunk (raise on blocking violations), score it, return its prediction rows."
+def answer_kind(model) -> tuple[str, list | None]:
+    "What `model` answers: 'binary', 'multiclass' or 'regression', and a multiclass model's class names (in the scorer's index order)."
+    from mlcycle.scorer import output_kind
+    kind = output_kind(model)
+    if kind != 'multiclass': return kind, None
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    return kind, [str(k) for k in getattr(last, 'classes_', getattr(model, 'classes_', []))]
+
+def answer_columns(score, label, kind: str, classes: list | None = None) -> dict:
+    """The output's `score` and `prediction` from a scorer's `(score, label)` (`mlcycle.scorer.make_scorer`): binary, the
+    positive label's probability and the 0/1 decision; multiclass, the predicted class's probability and its name;
+    regression, the predicted number in both."""
+    score, label = np.asarray(score, dtype='float64'), np.asarray(label, dtype='int64')
+    if kind == 'regression': return {'score': score, 'prediction': score}
+    if kind == 'multiclass': return {'score': score, 'prediction': np.asarray(classes, dtype=object)[label]}
+    return {'score': score, 'prediction': label}
+
+def score_chunk(chunk: pd.DataFrame, contract: dict, scorer, start: int, name: str, version: str, warn: Counter | None = None,
+                kind: str = 'binary', classes: list | None = None) -> pd.DataFrame:
+    "Validate one chunk (raise on blocking violations), score it, return its prediction rows (`answer_columns` for `kind`)."
     from mlcycle.data import validate_batch
     vs = validate_batch(chunk, contract, what=f'input rows {start}-{start + len(chunk) - 1}')
     if warn is not None:
@@ -175,7 +201,7 @@ def score_chunk(chunk: pd.DataFrame, contract: dict, scorer, start: int, name: s
     out = {'row': np.arange(start, start + len(chunk), dtype='int64')}
     idc = contract.get('id_column')
     if idc and idc in chunk.columns: out[idc] = chunk[idc].to_numpy()
-    out.update(score=proba, prediction=label, model_name=name, model_version=version)
+    out.update(answer_columns(proba, label, kind, classes), model_name=name, model_version=version)
     return pd.DataFrame(out)
 
 def score_table(source, output, workspace=None, version=None, alias: str = 'champion', chunk_rows: int = 50_000,
@@ -195,13 +221,13 @@ def score_table(source, output, workspace=None, version=None, alias: str = 'cham
     check_tracking(ws.tracking_uri)
     v = _resolve_version(ws, c, version, alias)
     model = load_model_version(ws, c, v)
-    scorer = make_scorer(model, contract_probe(contract))
+    scorer, (kind, classes) = make_scorer(model, contract_probe(contract)), answer_kind(model)
     t0, start, warn = time.perf_counter(), 0, Counter()
     total = input_rows(source, db_url)
     show = (sys.stderr.isatty() if progress is None else progress)
     with PredictionWriter(out_path) as w, tqdm(total=total, unit='rows', disable=not show, file=sys.stderr, desc='scoring') as bar:
         for chunk in iter_chunks(source, chunk_rows, db_url or ws.prediction_log_url):
-            w.write(score_chunk(chunk, contract, scorer, start, c.name, v, warn))
+            w.write(score_chunk(chunk, contract, scorer, start, c.name, v, warn, kind, classes))
             start += len(chunk); bar.update(len(chunk))
         w.commit()
     secs = time.perf_counter() - t0
@@ -230,16 +256,18 @@ def spark_session(master: str = 'local[*]', app: str = 'mlcycle-predict'):
             .config('spark.sql.execution.arrow.pyspark.enabled', 'true')
             .config('spark.sql.execution.arrow.maxRecordsPerBatch', '10000').getOrCreate())
 
-class ProbabilityModel:
-    "A pyfunc model whose `predict` is the probability of the positive label, on the contract's features (what `score_table` writes)."
-    def __init__(self, model, contract: dict): self.model, self.contract = model, contract
+class ScorerModel:
+    """A pyfunc model whose `predict` is the serving scorer's `(score, label)` (`mlcycle.scorer.make_scorer`) on the contract's
+    features, as a frame: the same numbers `score_table` writes, whatever the task or a fairness post-processor's decision."""
+    def __init__(self, model, contract: dict):
+        from mlcycle.scorer import contract_probe, make_scorer
+        self.contract, self.scorer = contract, make_scorer(model, contract_probe(contract))
     def predict(self, data, params=None):
-        import sklearn
-        with sklearn.config_context(assume_finite=True):
-            return self.model.predict_proba(chunk_features(pd.DataFrame(data), self.contract))[:, 1]
+        score, label = self.scorer(chunk_features(pd.DataFrame(data), self.contract))
+        return pd.DataFrame({'score': np.asarray(score, dtype='float64'), 'label': np.asarray(label, dtype='int64')})
 
 def _load_pyfunc(path):
-    "pyfunc loader of `spark_model_copy`: the skops model, loaded with mlcycle's trusted-types list, as a `ProbabilityModel`."
+    "pyfunc loader of `spark_model_copy`: the skops model, loaded with mlcycle's trusted-types list, as a `ScorerModel`."
     import json, skops.io as sio
     from mlcycle.train import SKOPS_TRUSTED_TYPES
     import yaml
@@ -247,12 +275,12 @@ def _load_pyfunc(path):
     if path.is_dir(): path = path/yaml.safe_load((path/'MLmodel').read_text())['flavors']['sklearn']['pickled_model']
     contract = json.loads((path.parent/'mlcycle_contract.json').read_text())
     from mlcycle.features import declared_trusted_types   # the charter's derived features, as stage 02 copied them into the contract
-    return ProbabilityModel(sio.load(path, trusted=SKOPS_TRUSTED_TYPES + declared_trusted_types(contract.get('derived', []))), contract)
+    return ScorerModel(sio.load(path, trusted=SKOPS_TRUSTED_TYPES + declared_trusted_types(contract.get('derived', []))), contract)
 
 def spark_model_copy(model_uri: str, dst, contract: dict) -> Path:
     """Download a registered model's artifacts to `dst` and point its pyfunc flavour at `mlcycle.batch` (model files untouched),
-    so `spark_udf` returns the positive-label probability: MLflow's sklearn pyfunc only calls `predict` and ignores a
-    `predict_method` parameter. The copy loads with the package's skops trusted-types list, as `load_model_version` does."""
+    so `spark_udf` returns the serving scorer's score and label (`ScorerModel`): MLflow's sklearn pyfunc only calls `predict`
+    and ignores a `predict_method` parameter. The copy loads with the package's skops trusted-types list, as `load_model_version` does."""
     import json, mlflow, yaml
     try: local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     except Exception as e: raise MlcycleError(f'cannot download {model_uri}: {str(e).strip().splitlines()[0]}') from None
@@ -284,9 +312,14 @@ def score_table_spark(source, output, workspace=None, version=None, alias: str =
     contract_path = ws.root/'data'/'contract.json'
     if not contract_path.exists(): raise MlcycleError(f'no data contract at {contract_path}: run stage 02 in workspace {ws.root} first')
     contract, c = read_json(contract_path), workspace_charter(ws, charter or None)
+    missing = [col for col in contract['features'] if col not in input_columns(src)]
+    if missing:   # before Spark starts: the contract's own message, in a second rather than after a JVM's start
+        validate_batch(pd.DataFrame({col: [] for col in contract['features'] if col not in missing}), contract, what=f'input {src}')
     check_tracking(ws.tracking_uri)
     v = _resolve_version(ws, c, version, alias)
     setup_mlflow(ws, c.name)
+    from mlcycle.train import load_model_version
+    answer = answer_kind(load_model_version(ws, c, v))
     t0 = time.perf_counter()
     spark = spark or spark_session(master)
     from pyspark.sql import functions as F, types as T
@@ -299,26 +332,22 @@ def score_table_spark(source, output, workspace=None, version=None, alias: str =
             vs = validate_batch(b, contract, raise_on_blocking=False)
             if vs: yield pd.DataFrame([vars(x) for x in vs])
     present = [col for col in contract['features'] if col in df.columns]
-    missing = [col for col in contract['features'] if col not in df.columns]
-    if missing:
-        validate_batch(pd.DataFrame({col: [] for col in present}), contract, what=f'input {src}')   # raises with the contract's message
     from mlcycle.data import ContractError, Violation
     found = df.select(*present).mapInPandas(check, schema).groupBy('column', 'check', 'expected', 'blocking', 'fix') \
               .agg(F.sum('rows').alias('rows'), F.first('found').alias('found')).collect()
     vs = [Violation(r['column'], r['check'], r['expected'], r['found'], int(r['rows']), bool(r['blocking']), r['fix']) for r in found]
     if any(x.blocking for x in vs): raise ContractError(vs, f'input {src}')
     local = spark_model_copy(f'models:/{c.name}/{v}', tempfile.mkdtemp(prefix='mlcycle-spark-model-'), contract)
-    udf = mlflow.pyfunc.spark_udf(spark, str(local), result_type='double', env_manager='local')
+    udf = mlflow.pyfunc.spark_udf(spark, str(local), result_type='score double, label long', env_manager='local')
     # row numbers in file order, then the features cast as the contract says (numbers as double, text as string)
     df = df.withColumn('__row', F.monotonically_increasing_id())
     feats = [F.col(f'`{col}`').cast('double' if contract['columns'][col]['kind'] == 'numeric' else 'string').alias(col) for col in contract['features']]
     scored = df.select('__row', *([F.col(f'`{contract["id_column"]}`')] if contract.get('id_column') in df.columns else []),
-                       udf(F.struct(*feats)).alias('score'))
+                       udf(F.struct(*feats)).alias('answer')).select('*', 'answer.score', 'answer.label').drop('answer')
     pdf = scored.orderBy('__row').toPandas()
     out = {'row': np.arange(len(pdf), dtype='int64')}
     if contract.get('id_column') in pdf.columns: out[contract['id_column']] = pdf[contract['id_column']].to_numpy()
-    score = pdf['score'].to_numpy('float64')
-    out.update(score=score, prediction=(score > 0.5).astype('int64'), model_name=c.name, model_version=v)
+    out.update(answer_columns(pdf['score'].to_numpy('float64'), pdf['label'].to_numpy('int64'), *answer), model_name=c.name, model_version=v)
     with PredictionWriter(out_path) as w:
         w.write(pd.DataFrame(out)); w.commit()
     secs = time.perf_counter() - t0

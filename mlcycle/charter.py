@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .calibration import expected_calibration_error, top_label
 from .stats import CLASS_METRICS, ERROR_METRICS, group_difference_per_draw, resampled_class_metric, resampled_errors
-from .core import ASSETS, MlcycleError, Workspace, atomic_write_json, load_yaml, read_json, to_json
+from .core import ASSETS, MISSING_GROUP, MlcycleError, Workspace, atomic_write_json, group_text, load_yaml, read_json, to_json
 
 # %% auto #0
 __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS',
@@ -596,7 +596,7 @@ def target_summary(c: Charter, y: pd.Series) -> dict:
 def judged_groups(groups, min_group_size: int) -> pd.DataFrame:
     """Rows per sensitive group among the evaluated rows, with `judged` True for groups of at least `min_group_size`.
     The one rule of every stage: a group too small to judge is reported and flagged, and left out of the gated value."""
-    vc = pd.Series(np.asarray(groups, dtype=object)).astype(str).value_counts()
+    vc = pd.Series(group_text(groups)).value_counts()
     t = pd.DataFrame({'group': vc.index.astype(str), 'rows': vc.to_numpy(dtype=int)}).sort_values('group', ignore_index=True)
     t['judged'] = t.rows >= min_group_size
     return t
@@ -604,7 +604,7 @@ def judged_groups(groups, min_group_size: int) -> pd.DataFrame:
 def judged_rows(groups, min_group_size: int) -> np.ndarray:
     "Boolean mask of the rows whose group is judged (`judged_groups`): the rows a gated fairness value is computed on."
     t = judged_groups(groups, min_group_size)
-    return pd.Series(np.asarray(groups, dtype=object)).astype(str).isin(t.group[t.judged]).to_numpy()
+    return pd.Series(group_text(groups)).isin(t.group[t.judged]).to_numpy()
 
 def too_small_note(groups, min_group_size: int) -> str:
     "'' when every group is judged, else which groups were left out and why (for reports)."
@@ -633,7 +633,7 @@ def task_metric_value(metric: str, y_true, proba=None, pred=None, sensitive=None
     pred = np.asarray(pred)
     if metric in ('mae_difference', 'accuracy_difference'):
         import fairlearn.metrics as flm
-        s = np.asarray(sensitive, dtype=object).astype(str)
+        s = group_text(sensitive)
         keep = judged_rows(s, min_group_size)
         if len(np.unique(s[keep])) < 2: return float('nan')
         fn = skm.mean_absolute_error if metric == 'mae_difference' else skm.accuracy_score
@@ -667,7 +667,7 @@ def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, 
         return float(np.percentile(latencies_ms, 95)) if latencies_ms is not None and len(latencies_ms) else float('nan')
     if metric in FAIRNESS_METRICS:
         import fairlearn.metrics as flm
-        sensitive = np.asarray(sensitive, dtype=object).astype(str)
+        sensitive = group_text(sensitive)
         keep = judged_rows(sensitive, min_group_size)
         if len(np.unique(sensitive[keep])) < 2: return float('nan')
         return float(getattr(flm, metric)(y_true[keep], np.asarray(pred)[keep], sensitive_features=sensitive[keep]))
@@ -689,7 +689,7 @@ def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.Dat
     n_min = c.data.requirements.min_group_size if min_group_size is None else min_group_size
     rows = []
     for o in c.objectives:
-        sens = frame[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None
+        sens = group_text(frame[o.sensitive_feature]) if o.sensitive_feature else None
         if o.family == 'operational' and latencies_ms is None: v = float('nan')
         else: v = objective_value(o.metric, y_true, proba, pred, sens, latencies_ms, n_min)
         rows.append({'objective': o.describe(), 'metric': o.metric, 'sensitive_feature': o.sensitive_feature,
@@ -699,10 +699,10 @@ def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.Dat
     return pd.DataFrame(rows)
 
 # %% ../nbs/01a_charter.ipynb #5cced10a
-def group_names(df: pd.DataFrame, features, missing: str = '<missing>') -> pd.Series:
+def group_names(df: pd.DataFrame, features, missing: str = MISSING_GROUP) -> pd.Series:
     "One group name per row of `df`: its values of `features` (one name or a list) as text, joined by ' & ', `missing` for a missing value."
     features = [features] if isinstance(features, str) else list(features)
-    text = lambda f: df[f].astype(str).where(df[f].notna(), missing).astype(str)
+    text = lambda f: pd.Series(group_text(df[f], missing), index=df.index)
     out = text(features[0])
     for f in features[1:]: out = out + ' & ' + text(f)
     return out.rename(' & '.join(features))

@@ -16,10 +16,10 @@ import pandas as pd
 import mlcycle
 
 # %% auto #0
-__all__ = ['ASSETS', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df', 'fingerprint_file',
-           'row_keys', 'atomic_write_bytes', 'to_json', 'atomic_write_json', 'read_json', 'load_yaml', 'current_actor',
-           'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace', 'verify_audit', 'StageRun', 'relocate_store',
-           'setup_mlflow', 'reset_mlflow', 'schema_rows', 'log_dataset']
+__all__ = ['ASSETS', 'MISSING_GROUP', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df',
+           'fingerprint_file', 'row_keys', 'group_text', 'atomic_write_bytes', 'to_json', 'atomic_write_json',
+           'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace',
+           'verify_audit', 'StageRun', 'relocate_store', 'setup_mlflow', 'reset_mlflow', 'schema_rows', 'log_dataset']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -55,6 +55,14 @@ def row_keys(df: pd.DataFrame, columns=None) -> np.ndarray:
     cols = sorted(str(x) for x in df.columns if not str(x).startswith('_')) if columns is None else sorted(map(str, columns))
     as_text = lambda s: (s.astype(float) if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else s).astype(str)
     return pd.util.hash_pandas_object(pd.DataFrame({x: as_text(df[x]).to_numpy() for x in cols}, index=range(len(df))), index=False).to_numpy()
+
+# %% ../nbs/00_core.ipynb #9508df6a
+MISSING_GROUP = '<missing>'
+
+def group_text(values, missing: str = MISSING_GROUP) -> np.ndarray:
+    "Values of a sensitive feature as group names (an object array of text): a missing value (None, NaN, NA) is the group `missing`."
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
+    return s.astype(str).where(s.notna(), missing).to_numpy(dtype=object)
 
 # %% ../nbs/00_core.ipynb #4d950cb2
 def atomic_write_bytes(path, data: bytes) -> Path:

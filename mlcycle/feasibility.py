@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace
+from .core import MlcycleError, Workspace, group_text
 from .charter import (BUNDLED_CHARTER, Charter, binary_target, leakage_target, task_target, check_charter_against_data, evaluate_objectives, group_names,
                              judged_rows, load_charter, objective_value, task_draws)
 from .data import build_preprocessor, feature_frame, infer_contract, load_data
@@ -75,7 +75,7 @@ TEST_SIZE = 0.2   # stage 02's default share of rows in the test split
 def _fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> np.ndarray:
     "A fairness metric on every resample (rows `idx[b]`), over the groups judged in that resample; NaN where fewer than two are."
     y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
-    codes, uniq = pd.factorize(pd.Series(np.asarray(groups, dtype=object)).astype(str)); k, B = len(uniq), len(idx)
+    codes, uniq = pd.factorize(group_text(groups)); k, B = len(uniq), len(idx)
     G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
     cnt = lambda w=None: np.bincount(G, weights=None if w is None else w[idx].ravel().astype(float), minlength=B * k).reshape(B, k)
     n, sel, pos, tp = cnt(), cnt(pred), cnt(y), cnt(pred * y)
@@ -116,7 +116,7 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
              'distance': float('nan'), 'verifiable': None, 'rows_needed': None}
         if o.family == 'operational':
             rows.append({**r, 'text': f'{o.describe()}: measured on single-row timings, not on test rows'}); continue
-        sens = df[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None
+        sens = group_text(df[o.sensitive_feature]) if o.sensitive_feature else None
         value = lambda i: objective_value(o.metric, y[i], _rows(proba, i), pred[i], None if sens is None else sens[i], min_group_size=n_min)
         expected = value(np.arange(len(df)))
         if c.task != 'binary_classification': draws = task_draws(c, o.metric, y, proba, pred, idx, sens, n_min)   # all draws at once

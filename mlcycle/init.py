@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .core import MlcycleError
+from .core import MlcycleError, group_text
 from .charter import Source, binary_target, objective_value, parse_charter, time_values, unparseable_times
 from .data import build_preprocessor, feature_frame, infer_contract, load_source
 from .feasibility import TEST_SIZE, verifiability
@@ -85,7 +85,7 @@ def quick_baseline(df: pd.DataFrame, draft) -> tuple[np.ndarray, dict]:
     m = make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300, solver='newton-cholesky'))
     proba = cross_val_predict(m, X, y, cv=StratifiedKFold(3, shuffle=True, random_state=draft.development.seed), method='predict_proba')[:, 1]
     n_min = draft.data.requirements.min_group_size
-    gaps = {f: objective_value('demographic_parity_difference', y, proba, sensitive=df[f].astype(str).to_numpy(), min_group_size=n_min)
+    gaps = {f: objective_value('demographic_parity_difference', y, proba, sensitive=group_text(df[f]), min_group_size=n_min)
             for f in draft.data.sensitive_features}
     return proba, {'roc_auc': objective_value('roc_auc', y, proba), 'demographic_parity_difference': gaps}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import ESTIMATED_METRICS, calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
-from .core import Workspace, setup_mlflow
+from .core import Workspace, group_text, setup_mlflow
 from .charter import Charter, binary_target
 from .drift import DriftDetector
 from .explain import IMPORTANCE_ROWS, attribution_drift, permutation_importance_table
@@ -160,7 +160,7 @@ def task_group_errors(view: pd.DataFrame, c: Charter, feature: str) -> pd.DataFr
     "Per version and group of `feature`: rows, mean prediction (regression) and, on labelled rows, MAE and mean error or accuracy."
     col, rows = f'x_{feature}', []
     if col not in view.columns: return pd.DataFrame(rows)
-    g_all = view.assign(_g=view[col].astype(str).where(view[col].notna(), '<missing>'), _v=view.model_version.astype(str))
+    g_all = view.assign(_g=group_text(view[col]), _v=view.model_version.astype(str))
     for (v, grp), g in g_all.groupby(['_v', '_g'], sort=True):
         lab = g[g.y_true.notna()]
         r = {'model_version': v, 'feature': feature, 'group': grp, 'rows': len(g), 'labelled': len(lab)}

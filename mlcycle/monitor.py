@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, read_json, row_keys, setup_mlflow
+from .core import MlcycleError, Workspace, group_text, read_json, row_keys, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
@@ -205,7 +205,7 @@ def group_rates(log: pd.DataFrame, feature: str, alpha: float = 0.05) -> pd.Data
     col = f'x_{feature}'
     rows = []
     if col not in log.columns: return pd.DataFrame(rows)
-    g_all = log.assign(_g=log[col].astype(str).where(log[col].notna(), '<missing>'), _v=log.model_version.astype(str))
+    g_all = log.assign(_g=group_text(log[col]), _v=log.model_version.astype(str))
     for (v, grp), g in g_all.groupby(['_v', '_g'], sort=True):
         k, n = int(g.label.sum()), len(g)
         lab = g[g.y_true.notna()]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
 
-from .core import MlcycleError
+from .core import MlcycleError, group_text
 
 # %% auto #0
 __all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'CLASS_METRICS',
@@ -166,7 +166,7 @@ def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
     "A fairness gap (demographic parity difference/ratio, equalized odds difference) of `groups` on every bootstrap draw."
     if metric not in GAP_METRICS: raise MlcycleError(f'unknown fairness metric {metric!r}; known: {", ".join(GAP_METRICS)}')
     y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    codes, uniq = pd.factorize(pd.Series(groups).astype(str), sort=True)
+    codes, uniq = pd.factorize(group_text(groups), sort=True)
     return fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx))[metric]
 
 # %% ../nbs/00b_stats.ipynb #40b45b08
@@ -182,7 +182,7 @@ def group_means_per_draw(values, codes, k: int, idx) -> tuple[np.ndarray, np.nda
 def group_difference_per_draw(values, groups, idx, min_group_size: int = 1) -> np.ndarray:
     """Largest minus smallest group mean of `values` on every draw, over the groups with at least `min_group_size` rows in
     that draw (NaN when fewer than two are): `mae_difference` / `accuracy_difference` of every draw at once."""
-    codes, uniq = pd.factorize(pd.Series(np.asarray(groups, dtype=object)).astype(str), sort=True)
+    codes, uniq = pd.factorize(group_text(groups), sort=True)
     n, m = group_means_per_draw(values, codes, len(uniq), idx)
     judged = n >= max(min_group_size, 1)
     m = np.where(judged, m, np.nan)

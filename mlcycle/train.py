@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 import mlcycle
 from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fitted, calibration_verdict, crossfit_calibration
-from .core import MlcycleError, Workspace, log_dataset, read_json, schema_rows, setup_mlflow, to_json
+from .core import MlcycleError, Workspace, group_text, log_dataset, read_json, schema_rows, setup_mlflow, to_json
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
@@ -168,7 +168,7 @@ def row_uniforms(X: pd.DataFrame, seed: int = 0) -> np.ndarray:
 
 def group_key(s: pd.Series) -> pd.Series:
     "Sensitive-feature values as text (missing → '<missing>'), the way groups are named in thresholds and reports."
-    return s.astype('str').where(s.notna(), '<missing>').astype(str)
+    return pd.Series(group_text(s), index=s.index)
 
 # %% ../nbs/03_model_development.ipynb #7433dccd
 def _apply_rule(op: str, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -355,7 +355,7 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
     cand.objectives = evaluate_objectives(c, y, proba, pred, frame=validation_df, latencies_ms=cand.latencies_ms)
     m = {k: objective_value(k, y, proba, pred) for k in task_report_metrics(c)}
     for o in c.objectives_of('fairness'):   # judged groups only (charter.judged_rows), as every stage gates fairness
-        g = validation_df[o.sensitive_feature].astype(str).to_numpy()
+        g = group_text(validation_df[o.sensitive_feature])
         m[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, proba, pred, g, min_group_size=c.data.requirements.min_group_size)
         m[f'groups_judged[{o.sensitive_feature}]'] = int(judged_groups(g, c.data.requirements.min_group_size).judged.sum())
     m['p95_latency_ms'] = float(np.percentile(cand.latencies_ms, 95)) if cand.latencies_ms else float('nan')

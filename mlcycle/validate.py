@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import calibration_report, expected_calibration_error, resampled_ece
-from .core import MlcycleError, StageRun, Workspace, log_dataset, read_json, setup_mlflow, to_json
+from .core import MlcycleError, StageRun, Workspace, group_text, log_dataset, read_json, setup_mlflow, to_json
 from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, group_names, judged_rows, load_charter, objective_value, task_draws, workspace_charter
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
@@ -43,7 +43,7 @@ def fairness_report(y, pred, frame: pd.DataFrame, features: list[str], n_resampl
     idx = bootstrap_indices(len(y), n_resamples, seed)
     by_group, rows = {}, []
     for f in features:
-        sf = frame[f].astype(str).to_numpy()
+        sf = group_text(frame[f])
         mf = flm.MetricFrame(metrics={'selection_rate': flm.selection_rate, 'true_positive_rate': flm.true_positive_rate,
                                       'false_positive_rate': flm.false_positive_rate, 'accuracy': accuracy_score, 'count': flm.count},
                              y_true=y, y_pred=pred, sensitive_features=pd.Series(sf, name=f))
@@ -220,7 +220,7 @@ def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencie
         if o.metric == 'expected_calibration_error': v = resampled_ece(y, proba, idx)
         elif o.family == 'performance': v = resampled_metric(o.metric, y, proba, pred, idx)
         elif o.family == 'fairness':   # judged groups only (charter.judged_rows), the rows the value itself is computed on
-            g = frame[o.sensitive_feature].astype(str).to_numpy(); keep = judged_rows(g, c.data.requirements.min_group_size)
+            g = group_text(frame[o.sensitive_feature]); keep = judged_rows(g, c.data.requirements.min_group_size)
             v = resampled_fairness(o.metric, np.asarray(y)[keep], np.asarray(pred)[keep], g[keep], bootstrap_indices(int(keep.sum()), n_resamples, seed))
         elif latencies_ms is not None and len(latencies_ms):
             lat = np.asarray(latencies_ms, float)
@@ -372,7 +372,7 @@ def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str],
         gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference.{_safe(k)}': f'share_predicted.{_safe(k)}' for k in labels}}
         per_row = {'accuracy': lambda a, b: np.asarray(a) == np.asarray(b), **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: np.asarray(b) == k)(k) for k in labels}}
     for f in features:
-        g = frame[f].astype(str).to_numpy(); keep = judged_rows(g, n_min)
+        g = group_text(frame[f]); keep = judged_rows(g, n_min)
         mf = flm.MetricFrame(metrics=metrics, y_true=y, y_pred=pred, sensitive_features=pd.Series(g, name=f))
         by_group[f] = mf.by_group
         if len(np.unique(g[keep])) < 2: continue
@@ -459,7 +459,7 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
     idx, n_min, lo, hi = bootstrap_indices(len(y), B, seed), c.data.requirements.min_group_size, [], []
     for o in c.objectives:
         if o.family == 'operational': v = np.percentile(np.asarray(latencies)[bootstrap_indices(len(latencies), B, seed)], 95, axis=1)
-        else: v = task_draws(c, o.metric, y, proba, pred, idx, test_df[o.sensitive_feature].astype(str).to_numpy() if o.sensitive_feature else None, n_min)
+        else: v = task_draws(c, o.metric, y, proba, pred, idx, group_text(test_df[o.sensitive_feature]) if o.sensitive_feature else None, n_min)
         a, b = percentile_ci(v, 0.95); lo.append(a); hi.append(b)
     objectives['ci_low'], objectives['ci_high'] = lo, hi
     robustness = task_robustness(c, model, X, y, contract, seed)
@@ -722,6 +722,6 @@ def mitigation_effect(model, c: Charter, contract: dict, test_df: pd.DataFrame) 
     for name, d in (('base model, score ≥ 0.5', model.estimator.predict(X)), ('served (post-processed)', model.predict(X))):
         r = {'decisions': name, 'accuracy': float((d == y).mean()), 'selection_rate': float(d.mean())}
         for o in c.objectives_of('fairness'):
-            r[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, pred=d, sensitive=test_df[o.sensitive_feature].astype(str).to_numpy())
+            r[f'{o.metric}[{o.sensitive_feature}]'] = objective_value(o.metric, y, pred=d, sensitive=group_text(test_df[o.sensitive_feature]))
         rows.append(r)
     return pd.DataFrame(rows)

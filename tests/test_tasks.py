@@ -115,6 +115,10 @@ def test_regression_circle_diamonds(tmp_path, mlcycle):
     prices = [a['prediction'] for a in pred['predictions']]
     assert len(prices) == 3 and all(isinstance(x, float) and 100 < x < 30000 for x in prices), pred
     assert inv['predictions'] == pytest.approx(prices)
+    rows.to_csv(tmp_path/'in.csv', index=False)         # batch scoring answers with the price too, in `prediction` and `score`
+    mlcycle('predict', '--input', tmp_path/'in.csv', '--output', tmp_path/'out.csv', '--workspace', ws, check=True)
+    out = pd.read_csv(tmp_path/'out.csv')
+    assert out['prediction'].tolist() == pytest.approx(prices) and out['score'].tolist() == pytest.approx(prices)
 
 
 @pytest.mark.slow
@@ -130,3 +134,13 @@ def test_multiclass_circle_penguins(tmp_path, mlcycle):
     labels = [a['label'] for a in pred['predictions']]
     assert set(labels) <= {'Adelie', 'Chinstrap', 'Gentoo'} and all(0 < a['probability'] <= 1 for a in pred['predictions'])
     assert inv['predictions'] == labels
+    # batch scoring answers as the server does (the species, its probability), in-process and on Spark alike
+    from mlcycle.batch import spark_available
+    assert spark_available() is None, spark_available()
+    penguins().drop(columns='species').to_parquet(tmp_path/'in.parquet', index=False)
+    mlcycle('predict', '--input', tmp_path/'in.parquet', '--output', tmp_path/'local.parquet', '--workspace', ws, check=True)
+    mlcycle('predict', '--engine', 'spark', '--master', 'local[1]', '--input', tmp_path/'in.parquet', '--output', tmp_path/'spark.parquet',
+            '--workspace', ws, check=True, env={'OMP_NUM_THREADS': '1'})
+    a, b = pd.read_parquet(tmp_path/'local.parquet'), pd.read_parquet(tmp_path/'spark.parquet')
+    assert a['prediction'].head(3).tolist() == labels and len(a) == len(b) == len(penguins())
+    assert (a['prediction'] == b['prediction']).all() and np.allclose(a['score'], b['score'], rtol=0, atol=1e-12)
