@@ -18,12 +18,12 @@ def rdata(package: str, name: str) -> pd.DataFrame:
 
 
 def diamonds(rows: int = 3000) -> pd.DataFrame: return rdata('ggplot2', 'diamonds').sample(rows, random_state=0).reset_index(drop=True)
-def penguins() -> pd.DataFrame: return rdata('palmerpenguins', 'penguins').dropna(subset=['sex']).reset_index(drop=True)   # 333 rows
+def penguins() -> pd.DataFrame: return rdata('palmerpenguins', 'penguins')   # 344 rows, 11 without a recorded sex
 
 
 CIRCLES = {   # charter under tests/charters → the data file it names and how to make it
     'diamonds': ('diamonds.csv', diamonds),     # regression on price, 3,000 of 53,940 rows (seeded)
-    'penguins': ('penguins.csv', penguins),     # multiclass on species, sex as the sensitive feature
+    'penguins': ('penguins.csv', penguins),     # multiclass on species, sex as the sensitive feature (11 rows without one)
 }
 
 
@@ -125,6 +125,8 @@ def test_regression_circle_diamonds(tmp_path, mlcycle):
 def test_multiclass_circle_penguins(tmp_path, mlcycle):
     "Penguin species: macro F1, log loss, one-vs-rest AUC with intervals; per-sex accuracy; the server answers with a species."
     ws, m = _circle('penguins', tmp_path, mlcycle)
+    groups = {g['group']: g for g in m('01_problem_definition')['group_sizes']}
+    assert groups['<missing>']['rows'] == 11 and groups['<missing>']['too_small'], groups   # no recorded sex: a group of its own, too small to judge
     rep = m('04_validation')['report']
     assert {r['metric'] for r in rep['performance']} == {'accuracy', 'balanced_accuracy', 'macro_f1', 'log_loss', 'roc_auc_ovr', 'expected_calibration_error'}
     assert any(r['metric'] == 'accuracy_difference' for r in rep['fairness'])
