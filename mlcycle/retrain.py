@@ -205,10 +205,10 @@ def keyed_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_ro
     return rows[~held].reset_index(drop=True), rows[held].reset_index(drop=True)
 
 # %% ../nbs/07_retraining.ipynb #757e23c3
-def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFrame, family: str = '', seed: int = 0, n_jobs: int = 2) -> list:
+def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFrame, family: str = '', seed: int = 0, n_jobs: int | None = None) -> list:
     "The champion's configuration refitted on `train_df`: the base pipeline, and the mitigated model when the champion had one."
     from sklearn.base import clone
-    from mlcycle.train import Candidate, FairMixtureClassifier, FairThresholdClassifier, fit_exponentiated_gradient, fit_threshold_optimizer
+    from mlcycle.train import Candidate, FairMixtureClassifier, FairThresholdClassifier, fit_exponentiated_gradient, fit_threshold_optimizer, search_processes
     from mlcycle.data import feature_frame
     X, y = feature_frame(train_df, contract), task_target(c, train_df[c.data.target])
     fair = c.objectives_of('fairness')
@@ -231,7 +231,7 @@ def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFram
         t1 = time.perf_counter()
         o = next((o for o in fair if o.sensitive_feature == sf), fair[0] if fair else None)
         model, _ = fit_threshold_optimizer(base, X, y, sf, o.metric if o else 'demographic_parity_difference',
-                                           cv_folds=c.development.cv_folds, seed=c.development.seed, n_jobs=n_jobs)
+                                           cv_folds=c.development.cv_folds, seed=c.development.seed, n_jobs=search_processes(len(train_df), n_jobs))
         out.append(Candidate(name=f'{family}+threshold_optimizer (refit)', family=family, model=model, mitigation='threshold_optimizer',
                              params={**params, 'sensitive_feature': sf}, fit_seconds=time.perf_counter() - t1,
                              note='per-group thresholds refitted on cross-fitted scores of the refitted base'))
@@ -444,7 +444,7 @@ def retraining_parts(ws: Workspace, c: Charter, contract: dict, new: pd.DataFram
             'test_source': test_source, 'holdout_is_new': holdout_is_new}
 
 def challenger_candidates(c: Charter, contract: dict, parts: dict, champion_model, family: str, search_iterations: int = 0,
-                          n_jobs: int = 2, log=print) -> list:
+                          n_jobs: int | None = None, log=print) -> list:
     "Stage 03's randomized search (`search_iterations` > 0), else the champion's own configuration refitted; each evaluated on validation."
     from mlcycle.train import evaluate_candidate, train_candidates
     if search_iterations and search_iterations > 0:
@@ -574,7 +574,7 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
                    window_rows: int = 0, window_days: float = 0.0, half_life: float = 0, trigger: str = 'manual',
                    search_iterations: int = 0, test_share: float = 0.3, ab_share: float = 0.5, shadow: bool = False,
                    min_ab_samples: int = 0, ab_method: str = 'sequential', max_looks: int = 5, server_url: str = '',
-                   log_url: str | None = None, n_jobs: int = 2, log=print) -> dict:
+                   log_url: str | None = None, n_jobs: int | None = None, log=print) -> dict:
     "Phase train: new data → training set → stage 03 training → stage 04 gate → `@challenger` with a fixed A/B design."
     import mlflow
     from mlcycle.data import feature_frame

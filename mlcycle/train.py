@@ -26,15 +26,15 @@ from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 
 # %% auto #0
-__all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'SKOPS_TRUSTED_TYPES',
-           'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
-           'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
-           'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
-           'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'train_candidates', 'refit_candidate',
-           'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table',
-           'Selection', 'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements',
-           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
-           'plot_tradeoff', 'run_model_development']
+__all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS',
+           'SKOPS_TRUSTED_TYPES', 'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate',
+           'task_folds', 'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier',
+           'cross_fitted_scores', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
+           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
+           'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates', 'add_calibrated_candidate',
+           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
+           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
+           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -370,9 +370,16 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
     return cand
 
 # %% ../nbs/03_model_development.ipynb #6333b77f
+PARALLEL_MIN_ROWS = 10_000   # training rows from which the search runs in two worker processes (measured above)
+
+def search_processes(rows: int, n_jobs: int | None = None) -> int:
+    "Worker processes for the search and cross-fitting: `n_jobs` when set, else one below `PARALLEL_MIN_ROWS` training rows and two from there."
+    if n_jobs: return int(n_jobs)
+    return 1 if rows < PARALLEL_MIN_ROWS else min(2, os.cpu_count() or 1)
+
 def train_candidates(c: Charter, contract: dict, train_df: pd.DataFrame, validation_df: pd.DataFrame, *,
                      search_iterations: int | None = None, families: list[str] | None = None, mitigations: bool = True,
-                     eg_estimator: str | None = 'logistic_regression', n_jobs: int = 2, latency_rows: int = LATENCY_ROWS, log=print) -> list[Candidate]:
+                     eg_estimator: str | None = 'logistic_regression', n_jobs: int | None = None, latency_rows: int = LATENCY_ROWS, log=print) -> list[Candidate]:
     """Tune, mitigate and evaluate every candidate of charter `c` on the given training and validation splits.
     Native thread pools run single-threaded; the parallelism is `n_jobs` worker processes in the search and cross-fitting."""
     from threadpoolctl import threadpool_limits
@@ -381,7 +388,7 @@ def train_candidates(c: Charter, contract: dict, train_df: pd.DataFrame, validat
                                  n_jobs, latency_rows, log)
 
 def _train_candidates(c, contract, train_df, validation_df, search_iterations, families, mitigations, eg_estimator, n_jobs, latency_rows, log):
-    dev = c.development
+    dev, n_jobs = c.development, search_processes(len(train_df), n_jobs)
     n_iter = search_iterations or dev.search_iterations
     families = families or dev.candidates
     X, y = feature_frame(train_df, contract), task_target(c, train_df[c.data.target])
@@ -767,7 +774,7 @@ def _log_candidate(cand: Candidate, c: Charter):
     cand.run_id = r.info.run_id
 
 def run_model_development(charter=None, workspace=None, search_iterations: int | None = None, eg_estimator: str | None = 'logistic_regression',
-                          n_jobs: int = 2, log=print) -> dict:
+                          n_jobs: int | None = None, log=print) -> dict:
     "Stage 03: tune and mitigate candidates, select against the charter on validation, register the chosen model."
     import mlflow
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
