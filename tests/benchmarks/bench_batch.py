@@ -24,12 +24,13 @@ def main():
     a = ap.parse_args()
     from mlcycle.core import Workspace, read_json
     from mlcycle.charter import workspace_charter
-    from mlcycle.data import adult, feature_frame, run_data_stage
+    from mlcycle.data import adult, feature_frame
+    from mlcycle.feasibility import run_through_data
     from mlcycle.deploy import demo_model_version, promote
     from mlcycle.train import load_model_version
     from mlcycle.batch import score_table, score_table_spark
     tmp = Path(tempfile.mkdtemp(prefix='bench-batch-'))
-    ws = Workspace(tmp/'ws'); run_data_stage(None, ws.root)
+    ws = run_through_data(None, tmp/'ws', log=lambda *_: None)     # stages 01 and 02 on the bundled data
     v = demo_model_version(ws, max_iter=100); promote(ws, v, reason='benchmark')
     contract = read_json(ws.root/'data'/'contract.json')
     model = load_model_version(ws, workspace_charter(ws), v)
