@@ -11,7 +11,19 @@ import argparse, json, os, resource, statistics, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import demo_champion, free_port, postgres, start, stop, wait, wrk   # noqa: E402
+from bench_serving import free_port, postgres, start, stop, wait, wrk   # noqa: E402
+
+
+def demo_champion(workspace=None):
+    "A scratch workspace whose @champion is the deployment notebook's stand-in Adult model; returns (workspace, version)."
+    from mlcycle.core import Workspace
+    from mlcycle.deploy import demo_model_version, promote, scratch_workspace
+    from mlcycle.feasibility import run_through_data
+    home = run_through_data(None, Workspace(workspace or tempfile.mkdtemp(prefix='bench-home-')), log=lambda *_: None)
+    ws = scratch_workspace(home)
+    v = demo_model_version(ws, max_iter=100)
+    promote(ws, v, reason='benchmark')
+    return ws, v
 
 
 def tree_cpu(pid):
