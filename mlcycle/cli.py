@@ -15,9 +15,10 @@ from .stages import (STAGE_RE, StageFailed, StageKernel, add_common_args, execut
                      notebook_to_html, parse_stages, parse_value, report_notebook, skip_slow_optional_imports, stage_notebooks)
 
 # %% auto #0
-__all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_MODULES', 'write_index', 'log_run_to_mlflow', 'stop_reason', 'run_lifecycle',
-           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'approval_step', 'with_approvals',
-           'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows', 'evidence_traffic', 'build_parser', 'main']
+__all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_COMMANDS', 'CLI_MODULES', 'BUILTIN_COMMANDS', 'write_index', 'log_run_to_mlflow',
+           'stop_reason', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan',
+           'approval_step', 'with_approvals', 'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows',
+           'evidence_traffic', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -328,8 +329,12 @@ def evidence_traffic(ctx: dict):
     ctx['skip'].discard('07_retraining-regate')
 
 # %% ../nbs/10_cli.ipynb #4e863d37
-CLI_MODULES = ['mlcycle.predlog', 'mlcycle.deploy', 'mlcycle.serve', 'mlcycle.simulate', 'mlcycle.train', 'mlcycle.validate', 'mlcycle.monitor', 'mlcycle.notify',
-               'mlcycle.retrain', 'mlcycle.governance', 'mlcycle.retire', 'mlcycle.batch', 'mlcycle.init']
+CLI_COMMANDS = {'purge': 'mlcycle.predlog', 'promote': 'mlcycle.deploy', 'rollback': 'mlcycle.deploy', 'package': 'mlcycle.deploy',
+                'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': 'mlcycle.monitor', 'retrain': 'mlcycle.retrain',
+                'approve': 'mlcycle.governance', 'govern': 'mlcycle.governance', 'retire': 'mlcycle.retire', 'predict': 'mlcycle.batch',
+                'init': 'mlcycle.init'}   # command → the module whose `register_cli` adds it (the examples check each module adds exactly these)
+CLI_MODULES = list(dict.fromkeys(CLI_COMMANDS.values()))
+BUILTIN_COMMANDS = ('run', 'stage', 'audit')
 
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
@@ -349,7 +354,9 @@ def _cmd_audit(a):
     print(r)
     if not r.ok: sys.exit(1)
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `mlcycle` parser. With `command`, only the module that adds it is imported (none for `run`, `stage`, `audit`):
+    importing every stage module costs about a second per command; without one (help, a typo), all of them."""
     p = argparse.ArgumentParser(prog='mlcycle', description='The whole life of a tabular ML model, stage notebook by stage notebook.')
     p.add_argument('--version', action='version', version=f'mlcycle {mlcycle.__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
@@ -380,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = ausub.add_parser('verify', help='verify the hash chain; exits 1 naming the first bad entry')
     add_common_args(v, charter=None, reports=False, param=False)
     v.set_defaults(func=_cmd_audit)
-    for mod in CLI_MODULES:
+    mods = [CLI_COMMANDS[command]] if command in CLI_COMMANDS else [] if command in BUILTIN_COMMANDS else CLI_MODULES
+    for mod in mods:
         try: m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name == mod: continue
@@ -391,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     "Entry point of the `mlcycle` command."
     skip_slow_optional_imports()   # before papermill imports nbformat (see mlcycle.stages)
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(map(str, argv))
+    parser = build_parser(next((t for t in argv if not t.startswith('-')), None))   # the top level has no option taking a value
     a = parser.parse_args(argv)
     if not getattr(a, 'func', None): parser.print_help(); return 0
     try:
