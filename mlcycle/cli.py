@@ -330,10 +330,13 @@ def evidence_traffic(ctx: dict):
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_COMMANDS = {'purge': 'mlcycle.predlog', 'promote': 'mlcycle.deploy', 'rollback': 'mlcycle.deploy', 'package': 'mlcycle.deploy',
-                'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': 'mlcycle.monitor', 'retrain': 'mlcycle.retrain',
-                'approve': 'mlcycle.governance', 'govern': 'mlcycle.governance', 'retire': 'mlcycle.retire', 'predict': 'mlcycle.batch',
-                'init': 'mlcycle.init'}   # command → the module whose `register_cli` adds it (the examples check each module adds exactly these)
-CLI_MODULES = list(dict.fromkeys(CLI_COMMANDS.values()))
+                'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': ('mlcycle.monitor', 'mlcycle.notify'),
+                'retrain': 'mlcycle.retrain', 'approve': 'mlcycle.governance', 'govern': 'mlcycle.governance', 'retire': 'mlcycle.retire',
+                'predict': 'mlcycle.batch', 'init': 'mlcycle.init'}
+# command → the module whose `register_cli` adds it, then any that extend it (stage 06's notifications add options to
+# `monitor`); the examples check that these are every module with a `register_cli` and that each adds exactly these
+_modules_of = lambda v: (v,) if isinstance(v, str) else tuple(v)
+CLI_MODULES = list(dict.fromkeys(m for v in CLI_COMMANDS.values() for m in _modules_of(v)))
 BUILTIN_COMMANDS = ('run', 'stage', 'audit')
 
 def _cmd_run(a):
@@ -387,7 +390,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     v = ausub.add_parser('verify', help='verify the hash chain; exits 1 naming the first bad entry')
     add_common_args(v, charter=None, reports=False, param=False)
     v.set_defaults(func=_cmd_audit)
-    mods = [CLI_COMMANDS[command]] if command in CLI_COMMANDS else [] if command in BUILTIN_COMMANDS else CLI_MODULES
+    mods = _modules_of(CLI_COMMANDS[command]) if command in CLI_COMMANDS else [] if command in BUILTIN_COMMANDS else CLI_MODULES
     for mod in mods:
         try: m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
