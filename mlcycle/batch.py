@@ -175,11 +175,9 @@ def _resolve_version(ws, c, version=None, alias='champion') -> str:
 
 def answer_kind(model) -> tuple[str, list | None]:
     "What `model` answers: 'binary', 'multiclass' or 'regression', and a multiclass model's class names (in the scorer's index order)."
-    from mlcycle.scorer import output_kind
+    from mlcycle.scorer import output_classes, output_kind
     kind = output_kind(model)
-    if kind != 'multiclass': return kind, None
-    last = model.steps[-1][1] if hasattr(model, 'steps') else model
-    return kind, [str(k) for k in getattr(last, 'classes_', getattr(model, 'classes_', []))]
+    return kind, (output_classes(model) if kind == 'multiclass' else None)
 
 def answer_columns(score, label, kind: str, classes: list | None = None) -> dict:
     """The output's `score` and `prediction` from a scorer's `(score, label)` (`mlcycle.scorer.make_scorer`): binary, the

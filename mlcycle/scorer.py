@@ -14,8 +14,8 @@ from .train import row_uniforms
 
 # %% auto #0
 __all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'column_uniforms',
-           'threshold_probability', 'fair_threshold_scorer', 'fair_mixture_scorer', 'output_kind', 'make_task_scorer',
-           'compile_final', 'compiled_model_scorer']
+           'threshold_probability', 'fair_threshold_scorer', 'fair_mixture_scorer', 'output_classes', 'output_kind',
+           'make_task_scorer', 'compile_final', 'compiled_model_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -285,6 +285,11 @@ def fair_mixture_scorer(model, probe: pd.DataFrame | None):
     return score if _same_as_model(score, model, probe) else None
 
 # %% ../nbs/05a_scorer.ipynb #21fea519
+def output_classes(model) -> list[str]:
+    "A classifier's labels as text, in the order of its probability columns (the class index a task scorer returns); [] for a regressor."
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    return [str(k) for k in getattr(last, 'classes_', getattr(model, 'classes_', []))]
+
 def output_kind(model) -> str:
     "'regression', 'multiclass' or 'binary': what the final estimator of `model` outputs."
     last = model.steps[-1][1] if hasattr(model, 'steps') else model
@@ -298,7 +303,7 @@ def make_task_scorer(model, probe: pd.DataFrame | None = None):
     from sklearn.pipeline import Pipeline
     kind, fast = output_kind(model), False
     last, transform = (model.steps[-1][1], model[:-1].transform) if isinstance(model, Pipeline) and len(model.steps) > 1 else (model, None)
-    classes = [str(k) for k in getattr(last, 'classes_', [])]
+    classes = output_classes(model)
     def answer(a: dict) -> dict:
         if kind == 'regression': return {'request_id': a['request_id'], 'prediction': a['probability'], 'model_version': a['model_version'], 'arm': a['arm']}
         return {**a, 'label': classes[a['label']]}
