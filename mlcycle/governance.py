@@ -114,10 +114,14 @@ def evaluation_split(ws: Workspace) -> tuple[pd.DataFrame, str]:
 
 def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = None):
     "Load a registered version (sklearn flavour, skops) and score `df`: (P(positive), 0/1 decisions, the model)."
-    import mlflow
+    from mlcycle.features import declared_trusted_types
+    from mlcycle.registry import fetch_model
     _, name = _client(ws, name)
     contract = read_json(ws.root/'data'/'contract.json')
-    try: model = mlflow.sklearn.load_model(f'models:/{name}/{version}')
+    try: model = fetch_model(f'models:/{name}/{version}', declared_trusted_types(contract.get('derived', []))).model
+    except MlcycleError as e:
+        if 'not skops' in str(e) or 'trusted' in str(e): raise
+        raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e)[:300]} (were its artifacts deleted by stage 09?)') from None
     except Exception as e:
         raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e).splitlines()[0][:300]} '
                            '(were its artifacts deleted by stage 09?)') from None
