@@ -15,7 +15,7 @@ from .features import FEATURE_TRUSTED_TYPES
 # %% auto #0
 __all__ = ['SKOPS_TRUSTED_TYPES', 'DECISION_EVENTS', 'model_digest', 'load_model_dir', 'LoadedModel', 'download_model',
            'fetch_model', 'version_digest', 'decided_aliases', 'decided_pointer', 'vouch', 'lifecycle_record',
-           'registry_differences']
+           'registry_differences', 'registry_check']
 
 # %% ../nbs/00e_registry.ipynb #830fef92
 SKOPS_TRUSTED_TYPES = [
@@ -137,3 +137,18 @@ def registry_differences(entries: list[dict], name: str, registry_aliases: dict)
         said = f"audit #{e['seq']} {'put it on v' + rec if rec else 'removed it'}" if e is not None else 'no audit entry moved it'
         out.append(f"@{a} of {name!r}: the registry says {'v' + str(reg) if reg is not None else 'nothing'}, {said}")
     return out
+
+# %% ../nbs/00e_registry.ipynb #3d418d9d
+def registry_check(ws: Workspace) -> list[str]:
+    "`registry_differences` for the workspace's model, read from its registry ([] with no charter, no registry or no such model)."
+    import mlflow
+    from mlcycle.charter import workspace_charter
+    if not (ws.root/'charter.json').exists(): return []
+    uri = ws.tracking_uri
+    if uri == f"sqlite:///{ws.root/'mlflow.db'}" and not (ws.root/'mlflow.db').exists(): return []
+    name = workspace_charter(ws).name
+    try: reg = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(name).aliases or {}
+    except Exception as e:
+        if getattr(e, 'error_code', '') in ('RESOURCE_DOES_NOT_EXIST', 'NOT_FOUND'): reg = {}
+        else: raise MlcycleError(f'cannot read the aliases of {name!r} from the registry: {(str(e).splitlines() or [type(e).__name__])[0][:300]}') from None
+    return registry_differences(ws.audit.entries(), name, {a: str(v) for a, v in reg.items()})
