@@ -147,9 +147,9 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
     current = aliases(ws, name)
     out = {'model': name, 'version': version, 'as': as_, 'forced': forced, 'moves': []}
     if as_ == 'champion':
-        from mlcycle.registry import decided_pointer
-        if current.get('champion') == version and decided_pointer(ws.audit.entries(), name).get('champion') == version:
-            out['unchanged'] = True; return out
+        from mlcycle.registry import vouch
+        if current.get('champion') == version and not vouch(ws.audit.entries(), name, 'champion', version, None):
+            out['unchanged'] = True; return out      # already decided, with its digest: nothing to record (else the move is recorded now)
         old = _set_alias(ws, cl, name, 'champion', version, why, forced=forced)
         out['moves'].append(('champion', old, version))
         if old is not None:
