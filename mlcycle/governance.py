@@ -421,10 +421,10 @@ def retirement_evidence(ws: Workspace, c: Charter, version, name: str | None = N
         o = ws.manifest('09_retirement')['outputs']
         if str(o.get('model_version')) == v and o.get('retired'):
             return {'ok': True, 'source': 'stages/09_retirement.json', 'summary': f"retired ({o.get('reason')}); replacement v{o.get('replacement') or 'none'}"}
-    vs = list_versions(ws, name)
-    cur = next((x for x in vs if str(x.version) == v), None)
+    cl, name = _client(ws, name)
+    vs = list_versions(ws, name)             # the search leaves aliases out: they are read from the version itself
     rep = None
-    if cur is not None and 'champion' in (cur.aliases or []):
+    if 'champion' in (cl.get_model_version(name, v).aliases or []):
         ok = [str(x.version) for x in vs if str(x.version) != v and x.tags.get('validation_status') == 'passed' and x.tags.get('lifecycle') != 'retired']
         rep = ok[-1] if ok else None
     try: p = retirement_plan(ws, v, replacement=rep, name=name)
