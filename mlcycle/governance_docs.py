@@ -23,7 +23,7 @@ TASK_GAP_METRICS = ['mae_difference', 'accuracy_difference']   # the gaps of reg
 
 # %% auto #0
 __all__ = ['TASK_GAP_METRICS', 'DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'UNCONFIRMED', 'MIN_TOKEN_CHARS',
-           'COMPLIANCE_RULES', 'CAVEAT_SOURCES', 'NO_SENSITIVE', 'DECISION_RULES', 'FAIRNESS_MEASURES',
+           'COMPLIANCE_RULES', 'CAVEAT_SOURCES', 'NO_SENSITIVE', 'NO_SENTENCE', 'DECISION_RULES', 'FAIRNESS_MEASURES',
            'LINEAGE_REQUIRED', 'md_escape', 'md_table', 'unconfirmed', 'compliance_checklist', 'evidence_facts',
            'caveat_items', 'caveats', 'model_card', 'bias_report', 'lineage_missing', 'champion_promotions',
            'checklist_facts', 'plot_group_fairness', 'plot_tradeoff', 'lineage_svg', 'card_markdown', 'bias_markdown',
@@ -365,7 +365,8 @@ def _card_analyses(ev: dict, m: dict) -> dict:
 def _card_ethics(c: Charter, ev: dict, m: dict) -> dict:
     return {'sensitive_data': (f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}."
                                if c.data.sensitive_features else 'No sensitive features declared in the charter; fairness not evaluated.'),
-            'risk': f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip(),
+            'risk': (f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip() if c.risk_stated else
+                     f'Risk level not stated in the charter (the default {c.risk.level} applies; {c.risk.framework}). {c.risk.notes}'.strip()),
             'fairness_objectives': [f"{r.objective}: {_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}] → {'met' if r.passed else 'NOT met'}"
                                     for r in m['objectives'].itertuples() if r.metric in GAP_METRICS + TASK_GAP_METRICS],
             'mitigation': ev['record']['tags'].get('mitigation', 'none recorded'),
@@ -380,6 +381,7 @@ def _drivers(c: Charter, ev: dict) -> dict:
             'note': '' if v04 else (ev['stages']['04'].get('note') or 'stage 04 recorded no report for this version')}
 
 NO_SENSITIVE = 'no sensitive features declared; fairness not evaluated'
+NO_SENTENCE = NO_SENSITIVE[0].upper() + NO_SENSITIVE[1:] + '.'
 DECISION_RULES = {'binary_classification': "the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness mitigation is part of the model",
                   'multiclass_classification': 'the class with the highest predicted probability (`predict`)',
                   'regression': 'none: the output is the predicted value itself (`predict`), with no threshold'}
@@ -588,7 +590,7 @@ def _card_md_intro(cd: dict) -> list[str]:
             f"**Risk.** not stated in the charter (the default level `{iu['risk_level']}` applies, which is not an assessment). {md_escape(iu['risk_notes'])}"), '',
            '## Factors', '']
     fa = cd['factors']
-    if not fa['sensitive_features']: md += [f"{fa.get('note') or NO_SENSITIVE}.".capitalize(), '']
+    if not fa['sensitive_features']: md += [NO_SENTENCE, '']
     else: md += [f"Sensitive features: {', '.join(fa['sensitive_features'])}; evaluated per group and for "
                  f"{', '.join(fa['evaluated_groups']) or 'no grouping (none of them is in the test split)'}. "
                  f"Groups under {fa['min_group_size']} test rows are reported but too small to judge.", '']
@@ -672,6 +674,7 @@ def bias_markdown(g: dict, figures: dict | None = None) -> str:
            f"({b['evaluation']['rows']} rows) · 95% bootstrap intervals over {b['evaluation']['n_boot']} resamples · evidence digest `{b['evidence_digest']}`._", '',
            '## The charter’s fairness objectives', '', md_table(pd.DataFrame(b['objectives'])[['objective', 'value', 'ci_low', 'ci_high', 'threshold', 'passed', 'robust']]
                                                               if b['objectives'] else pd.DataFrame()), '## Per group (fairlearn MetricFrame)', '']
+    if not b['groups']: md += [f'_{NO_SENTENCE}_', '']
     for feat, rows in b['groups'].items():
         t = pd.DataFrame(rows)
         show = t if 'selection_rate' not in t else pd.DataFrame({'group': t.group, 'rows': t.rows,
