@@ -429,6 +429,7 @@ def retirement_evidence(ws: Workspace, c: Charter, version, name: str | None = N
         rep = ok[-1] if ok else None
     try: p = retirement_plan(ws, v, replacement=rep, name=name)
     except MlcycleError as e: return {'ok': False, 'source': None, 'summary': str(e)}
+    except Exception as e: return {'ok': False, 'source': None, 'summary': f'the dry-run plan cannot be computed: {type(e).__name__}: {str(e).splitlines()[0][:200]}'}
     d = p['deletes']
     return {'ok': True, 'source': 'dry-run plan (stage 09)', 'retention_days': p['retention_days'], 'replacement': rep,
             'summary': (f"retention {p['retention_days']:g} days (charter): would purge {d['predictions']} prediction and {d['feedback']} feedback row(s), "
