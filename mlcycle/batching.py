@@ -91,7 +91,7 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     "Score several parsed requests as one batch; returns per-request answers and the log rows."
     X = parts[0].columns if len(parts) == 1 else {c: np.concatenate([p.columns[c] for p in parts]) for c in parser.features}
     n = sum(p.n for p in parts)
-    rids = [f'{r}-{i}' for r, p in zip(request_ids, parts) for i in range(p.n)]
+    rids = [f'{r}-{p.first_row + i}' for r, p in zip(request_ids, parts) for i in range(p.n)]   # a chunk's rows go on from its first
     feats = _features_json(X, parser.features, n, policy)
     pl, ll, vl, al = _route_and_score(ms, X, n, _row_keys(parts, feats))
     shadow = ms.challenger.score(X) if (ms.challenger is not None and ms.shadow) else None
