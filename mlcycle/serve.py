@@ -468,9 +468,9 @@ class Limits:
     bulk_concurrency: int = 1         # bulk requests decoded, parsed and scored at a time, server-wide
     bulk_queue: int = 16              # bulk requests waiting their turn at most; more: 503 at once
     bulk_wait: float = 30.0           # seconds a bulk request may wait for its turn; then 503
-    chunk_rows: int = 256             # rows per model call of a bulk request
+    chunk_rows: int = 32              # rows per model call of a bulk request while other requests come in
     explain_concurrency: int = 1      # explained requests computed at a time
-    explain_queue: int = 2            # explained requests waiting at most; more: 429
+    explain_queue: int = 16           # explained requests waiting at most; more: 429
     admin_failures: int = 5           # wrong admin tokens from one address within admin_window seconds before a lockout
     admin_window: float = 60.0
     admin_max_delay: float = 300.0    # the lockout doubles from 1 s up to this
@@ -561,7 +561,8 @@ async def decode_in_steps(raw: bytes, every: int = 256):
 
 async def predict_in_chunks(srv: ModelServer, records, t0: float, chunk_rows: int) -> list[dict]:
     """`ModelServer.predict` for a large request: parsed `chunk_rows` at a time (yielding to the loop in between), then
-    scored one chunk per model call, so a small request waits for one chunk at most, not for the whole request. Every
+    scored and logged one chunk at a time while other requests come in (up to 32 chunks per model call when none came for
+    a second), so a small request waits for one chunk at most, not for the whole request. Every
     chunk is parsed before any is scored: a request refused with 422 leaves nothing in the log. One request id."""
     arrival = time.time()
     if srv.models is None: raise RequestError(503, {'error': 'not_ready', 'reason': srv.error})
@@ -570,13 +571,17 @@ async def predict_in_chunks(srv: ModelServer, records, t0: float, chunk_rows: in
     for k in range(0, len(records), chunk_rows):
         p = srv.parser.parse(records[k:k + chunk_rows]); p.first_row = k; parts.append(p)
         await asyncio.sleep(0)
-    rid, answers, logged = new_request_id(srv.id_prefix), [], []
+    rid, answers, b = new_request_id(srv.id_prefix), [], srv.batcher
     try:
-        for p in parts:
-            a, lf = await srv.batcher.submit(p, rid, arrival)
-            answers += a; logged.append(lf)
-        for lf in logged:
-            if lf is not None: await lf
+        k = 0
+        while k < len(parts):
+            # one chunk at a time while other requests come in; when none came for a second, up to 32 at once (one model call)
+            n = 1 if time.monotonic() - b.last_small < 1.0 else 32
+            done = await asyncio.gather(*(b.submit(p, rid, arrival, bulk=True) for p in parts[k:k + n]))
+            k += n
+            for a, lf in done:                # the next chunks once these are logged: the log writer never has more queued
+                answers += a
+                if lf is not None: await lf
     except Exception as e: raise _unavailable('scoring or logging', e) from None
     dt, by = time.perf_counter() - t0, {}
     for x in answers: k = (x['model_version'], x['arm']); by[k] = by.get(k, 0) + 1
@@ -621,10 +626,11 @@ def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float, lim
             length = header('content-length')
             if not explained and length and length.isdigit() and int(length) > L.bulk_bytes and bulk_lane.full():
                 raise bulk_lane._refuse('the bulk lane is full')           # before reading the body
-            b.incoming += 1
+            small = not (length and length.isdigit() and int(length) > L.bulk_bytes)
+            b.incoming += small               # the batcher waits for requests being read: not for a large one
             try:
                 raw = await read_json_body(length, chunks, max_body_bytes, body_timeout, decode=False)
-            finally: b.incoming -= 1
+            finally: b.incoming -= small
             if explained:
                 async with explain_lane.enter(): status, content = 200, await srv.explain(_loads(raw), t0)   # opt-in, off the fast path
                 out = json.dumps(content, separators=(',', ':')).encode()
