@@ -114,16 +114,17 @@ def main():
     port = free_port()
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MLCYCLE_ADMIN_TOKEN': 'bench-admin-token-0123456789'}
     env.pop('MLFLOW_TRACKING_URI', None)
-    if a.code: env['PYTHONPATH'] = a.code
     log = Path(home.root)/f'bench-fairness-{port}.log'
     db = Path(home.root)/'predictions.db'
     pre = f'import sys; sys.setswitchinterval({a.switch_interval_ms / 1000}); ' if a.switch_interval_ms else ''
+    if a.code: pre += f'import sys; sys.path.insert(0, {str(Path(a.code).resolve())!r}); '    # before the current folder `python -c` puts first
     srv = start([sys.executable, '-c', pre + 'from mlcycle.serve import cli_main; cli_main()', 'serve', '--workspace', str(home.root),
                  '--port', str(port), '--alias-poll-seconds', '0', *a.serve_args.split()], env, log)
     res = {'machine': {'cpus': os.cpu_count(), 'load_avg_at_start': os.getloadavg()}, 'workspace': str(home.root),
            'code': a.code or 'this checkout', 'serve_args': a.serve_args, 'big_body_bytes': len(big), 'rounds': []}
     try:
         wait(f'http://127.0.0.1:{port}/ready')
+        if a.code: res['code_check'] = subprocess.run([sys.executable, '-c', pre + 'import mlcycle; print(mlcycle.__file__)'], capture_output=True, text=True).stdout.strip()
         one_row_client(port, one, 2)                        # warm-up
         for r in range(a.rounds):
             size0 = sum(f.stat().st_size for f in db.parent.glob('predictions.db*'))
