@@ -9,13 +9,13 @@ import hashlib, os, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import MlcycleError, Workspace
+from .core import AuditLog, MlcycleError, Workspace
 from .features import FEATURE_TRUSTED_TYPES
 
 # %% auto #0
 __all__ = ['SKOPS_TRUSTED_TYPES', 'DECISION_EVENTS', 'model_digest', 'load_model_dir', 'LoadedModel', 'download_model',
-           'fetch_model', 'version_digest', 'decided_aliases', 'decided_pointer', 'vouch', 'lifecycle_record',
-           'registry_differences', 'registry_check']
+           'fetch_model', 'version_digest', 'decided_aliases', 'decided_pointer', 'vouch', 'record_log',
+           'record_required', 'lifecycle_record', 'registry_differences', 'registry_check']
 
 # %% ../nbs/00e_registry.ipynb #830fef92
 SKOPS_TRUSTED_TYPES = [
@@ -121,11 +121,23 @@ def vouch(entries: list[dict], name: str, alias: str, version, digest: str | Non
     return ''
 
 # %% ../nbs/00e_registry.ipynb #56bae6ea
+def record_log(ws: Workspace) -> AuditLog:
+    "The audit log that holds `ws`'s decisions: `$MLCYCLE_AUDIT_LOG` (a pod's read-only mount of the workspace's log), else the workspace's own."
+    return AuditLog(os.environ['MLCYCLE_AUDIT_LOG']) if os.environ.get('MLCYCLE_AUDIT_LOG') else ws.audit
+
+def record_required(ws: Workspace) -> bool:
+    """Whether a server must follow the record rather than the registry: always, unless the workspace carries neither an
+    audit log nor a stage record (a container image's workspace holds only the charter and the data contract). A
+    workspace with stage records and no log had its log removed: the record is then required, and missing."""
+    log = record_log(ws)
+    return log.path.exists() or log.head_path.exists() or any(ws.stages_dir.glob('*.json'))
+
 def lifecycle_record(ws: Workspace) -> list[dict]:
-    "The audit entries of `ws`, when the log verifies; `MlcycleError` naming what is wrong otherwise."
-    r = ws.audit.verify()
+    "The audit entries of `ws`'s record (`record_log`), when the log verifies; `MlcycleError` naming what is wrong otherwise."
+    log = record_log(ws)
+    r = log.verify()
     if not r.ok: raise MlcycleError(f'the audit log does not verify ({r}): nothing it records can vouch for a model; run `mlcycle audit verify`')
-    return ws.audit.entries()
+    return log.entries()
 
 def registry_differences(entries: list[dict], name: str, registry_aliases: dict) -> list[str]:
     "Each alias of `name` where the registry (`alias → version`) and the record's last decision disagree, one line each."

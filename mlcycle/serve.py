@@ -20,7 +20,7 @@ from .request import LabelCheck, RequestError, RowParser, mlflow_records, openap
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
-from .registry import decided_pointer, fetch_model, lifecycle_record, vouch
+from .registry import decided_pointer, fetch_model, lifecycle_record, record_log, record_required, vouch
 
 # %% auto #0
 __all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'MIN_ADMIN_TOKEN', 'CONNECTIONS', 'Histogram', 'Metrics',
@@ -155,7 +155,7 @@ def registry_pointer(name: str, client=None, ws: Workspace | None = None) -> dic
     last decisions (`decided_pointer`). A server reloads when this changes."""
     import mlflow
     out = {'registry': _read_aliases(client or mlflow.MlflowClient(), name)}
-    if ws is not None: out['record'] = decided_pointer(ws.audit.entries(), name)
+    if ws is not None: out['record'] = decided_pointer(record_log(ws).entries(), name)
     return out
 
 def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None, ws: Workspace | None = None,
@@ -286,8 +286,13 @@ class ModelServer:
         if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe, trusted)
         else:
             setup_mlflow(self.ws, self.charter.name)
-            refusals, self.pointer = [], registry_pointer(self.charter.name, ws=self.ws)
-            ms = load_model_set(self.charter.name, previous, self.probe, self.ws, trusted, self.digests, refusals)
+            rec = self.ws if record_required(self.ws) else None
+            if rec is None and previous is None:
+                print('mlcycle serve: this workspace carries no audit log: following the registry\'s aliases as they are (models still load '
+                      'through the skops-only loader); mount the workspace\'s audit log and set $MLCYCLE_AUDIT_LOG to have alias moves checked',
+                      file=sys.stderr, flush=True)
+            refusals, self.pointer = [], registry_pointer(self.charter.name, ws=rec)
+            ms = load_model_set(self.charter.name, previous, self.probe, rec, trusted, self.digests, refusals)
             self._refused(refusals)
         for sv in (ms.champion, ms.challenger):
             if sv is not None: print(f"mlcycle serve: v{sv.version} preprocessor: {'compiled (checked against scikit-learn)' if sv.score.fast else 'scikit-learn'}", file=sys.stderr, flush=True)
@@ -448,7 +453,7 @@ async def _follow_registry(self: ModelServer):
             if client is None:
                 import mlflow
                 client = mlflow.MlflowClient(tracking_uri=self.ws.tracking_uri, registry_uri=self.ws.tracking_uri)
-            want = await loop.run_in_executor(None, lambda: registry_pointer(self.charter.name, client, self.ws))
+            want = await loop.run_in_executor(None, lambda: registry_pointer(self.charter.name, client, self.ws if record_required(self.ws) else None))
             if want != self.pointer: await self.reload('poll', True)
             failures = 0
         except asyncio.CancelledError: raise
