@@ -149,6 +149,10 @@ def test_init_writes_a_commented_charter_that_loads(tmp_path, mlcycle):
     assert c.data.time_column is None and c.data.sensitive_features == []          # no name suggests a protected attribute
     assert 'quick logistic regression, 3-fold CV: ROC AUC 0.' in text and 'verifiable' in text and 'TO CONFIRM' in text
     assert 0.6 < c.primary.threshold < 0.9 and c.data.requirements.min_rows == 4000
+    # issue 27: no overfitting tolerance or robustness limit the user did not choose; stage 04 measures both and warns
+    assert c.validation.overfit_tolerance is None and c.validation.robustness_max_drop is None
+    assert not [l for l in text.splitlines() if not l.lstrip().startswith('#') and ('overfit_tolerance' in l or 'robustness_max_drop' in l)]
+    assert 'they fail a version only under a limit you state' in text
     again = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'churn', '--out', tmp_path/'proj'/'charter.yaml', cwd=tmp_path)
     assert again.returncode == 1 and again.stderr.strip().count('\n') == 0 and '--force' in again.stderr
     bad = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'state', '--out', tmp_path/'x.yaml', cwd=tmp_path)   # 51 text labels
