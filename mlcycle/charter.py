@@ -309,17 +309,21 @@ class Development(_Strict):
 
 class ValidationSpec(_Strict):
     "Stage 04's knobs."
-    overfit_tolerance: float = Field(0.03, ge=0, le=1)        # allowed train-test gap on the primary metric
+    # allowed train-test gap on the primary metric; None (not stated): stage 04 measures the gap with its interval and
+    # warns beyond a reference (validate.OVERFIT_REFERENCE), but only a stated tolerance gates
+    overfit_tolerance: float | None = Field(None, ge=0, le=1)
     non_inferiority_margin: float = Field(0.01, ge=0, le=1)   # how much worse than the champion a new version may be
     bootstrap_resamples: int = Field(500, ge=50)
     min_detectable_effect: float = Field(0.02, gt=0, le=1)   # for the A/B test's sample size (stage 07)
     # allowed drop of the primary metric under each stage-04 robustness probe: one value for every probe, or
-    # {probe: drop}; 0.10 by default, a tenth of a [0, 1] metric's range when a tenth of the inputs are corrupted
-    robustness_max_drop: float | dict[str, float] = Field(0.10)
+    # {probe: drop} (probes left out are not stated); None (not stated): the drops are measured with their intervals and
+    # warned beyond a reference (validate.ROBUSTNESS_REFERENCE, 0.10), but only a stated limit gates
+    robustness_max_drop: float | dict[str, float] | None = Field(None)
 
     @field_validator('robustness_max_drop')
     @classmethod
     def _drops(cls, v):
+        if v is None: return v
         bad = {k: x for k, x in (v.items() if isinstance(v, dict) else [('all probes', v)]) if not 0 <= x <= 1}
         if bad: raise ValueError(f"robustness_max_drop must be in [0, 1] (a drop of the primary metric), got {bad}; "
                                  "example: robustness_max_drop: 0.1, or {out_of_range: 0.15, missing_values: 0.05}")

@@ -544,7 +544,7 @@ def candidate_table(cands: list[Candidate], c: Charter) -> pd.DataFrame:
             r['meets_objectives'] = bool(objs.passed.all())
             r['meets_with_margin'] = bool(r['meets_objectives'] and all(_with_margin(o, cand.metrics) for o in c.objectives))
         else: r['meets_objectives'] = r['meets_with_margin'] = False
-        r['overfit_ok'] = bool(r.get('overfit_gap', 0.0) <= tol)
+        r['overfit_ok'] = bool(tol is None or r.get('overfit_gap', 0.0) <= tol)   # a tolerance the charter does not state does not exclude
         r['eligible'] = bool(r['deployable'] and r['meets_objectives'] and r['overfit_ok'])
         r['note'] = cand.note
         rows.append(r)
@@ -596,10 +596,12 @@ def select_model(cands: list[Candidate], c: Charter) -> Selection:
     objs = {x.name: objectives_from_metrics(c, x.metrics) for x in scored}
     def distance(x):
         o = list(objs[x.name].itertuples())
-        return (sum(not r.passed for r in o) + (x.metrics.get('overfit_gap', 0) > c.validation.overfit_tolerance), sum(_shortfall(r) for r in o if np.isfinite(_shortfall(r))), x.name)
+        return (sum(not r.passed for r in o) + overfits(x), sum(_shortfall(r) for r in o if np.isfinite(_shortfall(r))), x.name)
+    tol = c.validation.overfit_tolerance
+    overfits = lambda x: tol is not None and x.metrics.get('overfit_gap', 0) > tol
     closest = min(scored, key=distance)
     missed = [f"{o.objective} (got {o.value:.4g})" for o in objs[closest.name].itertuples() if not o.passed]
-    if closest.metrics.get('overfit_gap', 0) > c.validation.overfit_tolerance:
+    if overfits(closest):
         missed.append(f"overfitting: train−validation gap {closest.metrics['overfit_gap']:.3f} > tolerance {c.validation.overfit_tolerance}")
     if any(not o.passed and o.metric == 'p95_latency_ms' for o in objs[closest.name].itertuples()):
         i = next(i for i, m in enumerate(missed) if m.startswith('p95_latency_ms'))

@@ -22,14 +22,14 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
-__all__ = ['PERFORMANCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_MAX_DROP', 'EVIDENCE_ADVICE',
-           'fairness_report', 'slice_report', 'overfit_check', 'probe_numeric_noise', 'probe_missing_values',
-           'probe_unseen_categories', 'probe_out_of_range', 'robustness_report', 'drop_verdict', 'robustness_gate',
-           'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model', 'task_performance', 'task_fairness',
-           'task_output_problem', 'task_robustness', 'relative_scores', 'task_overfit_check', 'task_non_inferiority',
-           'gate_task_model', 'plot_task_performance', 'plot_task_fairness', 'gate_evidence', 'evidence_verdict',
-           'plot_performance', 'plot_fairness', 'plot_robustness', 'report_record', 'validate_version',
-           'run_validation', 'mitigation_effect']
+__all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_REFERENCE',
+           'EVIDENCE_ADVICE', 'fairness_report', 'slice_report', 'overfit_check', 'probe_numeric_noise',
+           'probe_missing_values', 'probe_unseen_categories', 'probe_out_of_range', 'robustness_report', 'drop_verdict',
+           'robustness_gate', 'judge_drops', 'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model',
+           'task_performance', 'task_fairness', 'task_output_problem', 'task_robustness', 'task_robustness_gate',
+           'relative_scores', 'task_overfit_check', 'task_non_inferiority', 'gate_task_model', 'plot_task_performance',
+           'plot_task_fairness', 'gate_evidence', 'evidence_verdict', 'plot_performance', 'plot_fairness',
+           'plot_robustness', 'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -77,15 +77,25 @@ def slice_report(y, proba, pred, frame: pd.DataFrame, features: list[str], min_g
     return t
 
 # %% ../nbs/04_validation.ipynb #4ce3ca00
-def overfit_check(c: Charter, scores: dict) -> dict:
-    "Train−test and validation−test gaps of the primary metric (positive = worse on test) against `overfit_tolerance`."
+OVERFIT_REFERENCE = 0.03   # not a limit: the gap beyond which a charter without `overfit_tolerance` gets a warning (the old default)
+
+def overfit_check(c: Charter, scores: dict, test_ci: tuple | None = None) -> dict:
+    """Train−test and validation−test gaps of the primary metric (positive = worse on test), the train−test gap's interval
+    (the training score minus the test score's bootstrap interval `test_ci`), judged against the charter's `overfit_tolerance`
+    when it states one (`gates`); when it does not, `warning` says whether the gap is beyond `OVERFIT_REFERENCE`, and it passes."""
     sign = 1 if c.primary.higher_is_better else -1
     tol = c.validation.overfit_tolerance
     gap = lambda a: sign * (scores[a] - scores['test']) if scores.get(a) is not None and np.isfinite(scores[a]) else float('nan')
     g_train, g_val = gap('train'), gap('validation')
+    lo = hi = float('nan')
+    if test_ci is not None and np.isfinite(g_train) and np.isfinite(test_ci).all():
+        lo, hi = sorted(float(sign * (scores['train'] - t)) for t in test_ci)
+    gates = tol is not None
     return {'metric': c.primary.metric, **{k: scores.get(k) for k in ('train', 'validation', 'test')},
-            'gap_train_test': g_train, 'gap_validation_test': g_val, 'tolerance': tol,
-            'passed': bool(np.isnan(g_train) or g_train <= tol)}
+            'gap_train_test': g_train, 'gap_ci_low': lo, 'gap_ci_high': hi, 'gap_validation_test': g_val, 'tolerance': tol,
+            'reference': None if gates else OVERFIT_REFERENCE, 'gates': gates,
+            'warning': bool(not gates and np.isfinite(g_train) and g_train > OVERFIT_REFERENCE),
+            'passed': bool(not gates or np.isnan(g_train) or g_train <= tol)}
 
 # %% ../nbs/04_validation.ipynb #29d00478
 ROBUSTNESS_NOTABLE_DROP = 0.05
@@ -158,7 +168,7 @@ def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = '
     return pd.DataFrame(rows)
 
 # %% ../nbs/04_validation.ipynb #54ff67be
-ROBUSTNESS_VERDICTS = ('within', 'beyond', 'insufficient evidence', 'invalid output')
+ROBUSTNESS_VERDICTS = ('within', 'beyond', 'insufficient evidence', 'invalid output', 'not gated')
 
 def drop_verdict(drop: float, lo: float, hi: float, limit: float, n: int) -> tuple[str, int | None]:
     "`within` (interval ≤ limit), `beyond` (interval > limit) or `insufficient evidence` with the rows that would tell them apart."
@@ -168,32 +178,44 @@ def drop_verdict(drop: float, lo: float, hi: float, limit: float, n: int) -> tup
     gap = abs(drop - limit)
     return 'insufficient evidence', (int(np.ceil(round(n * ((hi - lo) / 2 / gap) ** 2, 6))) if gap > 0 else None)
 
-def _max_drop(max_drop, probe: str) -> float:
+def _max_drop(max_drop, probe: str) -> float | None:
+    "The charter's limit for `probe`, or None when it states none (no `robustness_max_drop`, or a mapping that leaves the probe out)."
+    if max_drop is None: return None
     if not isinstance(max_drop, dict): return float(max_drop)
     unknown = set(max_drop) - set(PROBES)
     if unknown: raise MlcycleError(f"validation.robustness_max_drop names unknown probe(s) {sorted(unknown)}; probes: {', '.join(PROBES)}")
-    return float(max_drop.get(probe, ROBUSTNESS_MAX_DROP))
+    return float(max_drop[probe]) if probe in max_drop else None
 
-ROBUSTNESS_MAX_DROP = 0.10   # the charter's default (charter.ValidationSpec.robustness_max_drop)
+ROBUSTNESS_REFERENCE = 0.10   # not a limit: the drop beyond which a probe without a charter limit gets a warning (the old default)
 
-def robustness_gate(model, X: pd.DataFrame, y, contract: dict, metric: str = 'roc_auc', max_drop: float | dict = ROBUSTNESS_MAX_DROP,
+def robustness_gate(model, X: pd.DataFrame, y, contract: dict, metric: str = 'roc_auc', max_drop: float | dict | None = None,
                     seed: int = 0, n_resamples: int = N_RESAMPLES, level: float = 0.95) -> pd.DataFrame:
-    "`robustness_report` plus each drop's paired-bootstrap interval, its limit and verdict; passed = valid output and drop `within` the limit."
+    """`robustness_report` plus each drop's paired-bootstrap interval, its limit and verdict; passed = valid output and, where the
+    charter states a limit (`gates`), drop `within` it. A probe without a limit is `not gated`: `warning` when its drop is beyond `ROBUSTNESS_REFERENCE`."""
+    _max_drop(max_drop, next(iter(PROBES)))            # a limit for an unknown probe is refused before any scoring
     rep = robustness_report(model, X, y, contract, metric, seed)
     y = np.asarray(y).astype(int); sign = 1 if METRICS[metric][1] else -1
     idx = bootstrap_indices(len(y), n_resamples, seed)
     base = resampled_metric(metric, y, model.predict_proba(X)[:, 1], model.predict(X), idx)
+    draws = lambda Xp: sign * (base - resampled_metric(metric, y, model.predict_proba(Xp)[:, 1], model.predict(Xp), idx))
+    return judge_drops(rep, max_drop, {r.probe: percentile_ci(draws(PROBES[r.probe](X, contract, seed=seed)), level)
+                                       for r in rep.itertuples() if r.valid_output}, len(y))
+
+def judge_drops(rep: pd.DataFrame, max_drop, intervals: dict, n: int) -> pd.DataFrame:
+    """A robustness report judged: each probe's drop interval (`intervals`, probe → (low, high)) against the charter's limit for
+    it (`drop_verdict`), or `not gated` with a `warning` beyond `ROBUSTNESS_REFERENCE` when the charter states none."""
     rows = []
     for r in rep.itertuples():
-        lim, lo, hi = _max_drop(max_drop, r.probe), float('nan'), float('nan')
-        if r.valid_output:
-            Xp = PROBES[r.probe](X, contract, seed=seed)
-            lo, hi = percentile_ci(sign * (base - resampled_metric(metric, y, model.predict_proba(Xp)[:, 1], model.predict(Xp), idx)), level)
-        verdict, need = drop_verdict(r.drop if r.valid_output else float('nan'), lo, hi, lim, len(y))
-        rows.append({'drop_ci_low': lo, 'drop_ci_high': hi, 'max_drop': lim, 'verdict': verdict, 'rows_needed': need})
+        lim = _max_drop(max_drop, r.probe); lo, hi = intervals.get(r.probe, (float('nan'), float('nan')))
+        if lim is None:
+            verdict, need = ('not gated' if r.valid_output else 'invalid output'), None
+        else: verdict, need = drop_verdict(r.drop if r.valid_output else float('nan'), lo, hi, lim, n)
+        rows.append({'drop_ci_low': lo, 'drop_ci_high': hi, 'max_drop': np.nan if lim is None else lim, 'verdict': verdict, 'rows_needed': need,
+                     'gates': lim is not None, 'reference': np.nan if lim is not None else ROBUSTNESS_REFERENCE,
+                     'warning': bool(lim is None and r.valid_output and r.drop > ROBUSTNESS_REFERENCE)})
     out = pd.concat([rep, pd.DataFrame(rows)], axis=1)
-    out['passed'] = out.valid_output & (out.verdict == 'within')
-    out['rows'] = len(y)
+    out['passed'] = out.valid_output & ((out.verdict == 'within') | ~out.gates)
+    out['rows'] = n
     return out
 
 
@@ -231,9 +253,13 @@ def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencie
     return t
 
 def _robustness_rule(rob: pd.DataFrame) -> dict:
-    "One gate rule from `robustness_gate` (drops judged against the charter's limit) or, without limits, `robustness_report` (valid outputs only)."
+    """The gating robustness rule from `robustness_gate`: the drops under the probes the charter states a limit for, judged
+    against it, and valid outputs under every probe; without any stated limit (or from `robustness_report`), valid outputs only."""
     m, bad = rob.metric.iloc[0], rob[~rob.passed]
-    worst = rob.loc[rob['drop'].idxmax()] if rob['drop'].notna().any() else None
+    gated = rob[rob.gates.astype(bool)] if 'gates' in rob else rob if 'verdict' in rob else rob.iloc[:0]
+    if 'verdict' in rob and gated.empty: rob = rob.drop(columns='verdict')     # no limit stated: the rule is valid outputs
+    worst = gated.loc[gated['drop'].idxmax()] if gated['drop'].notna().any() else None
+    if gated.empty: worst = rob.loc[rob['drop'].idxmax()] if rob['drop'].notna().any() else None
     if 'verdict' in rob and len(bad):      # the probe that binds the verdict: a clear failure first, else the undecided one needing most rows
         first = lambda v: bad[bad.verdict == v]
         clear = pd.concat([first('invalid output'), first('beyond')])
@@ -250,17 +276,36 @@ def _robustness_rule(rob: pd.DataFrame) -> dict:
         more = f'; about {int(r.rows_needed) - len_rows:,} more labelled test rows needed' if pd.notna(r.rows_needed) and r.rows_needed > len_rows else ''
         return f'insufficient evidence: {len_rows:,} test rows cannot tell {d} from the limit {r.max_drop:g}{more}'
     len_rows = int(rob['rows'].iloc[0]) if 'rows' in rob else 0
-    lims = sorted(set(rob.max_drop))
-    return {'rule': f"robustness: {m} drop under each probe ≤ {lims[0]:g}" if len(lims) == 1 else f"robustness: {m} drop under each probe within its limit",
+    lims, under = sorted(set(gated.max_drop)), 'each probe' if len(gated) == len(rob) else ', '.join(gated.probe)
+    return {'rule': (f"robustness: {m} drop under {under} ≤ {lims[0]:g}" if len(lims) == 1 and len(gated) == len(rob)
+                     else f"robustness: {m} drop under {under} within its limit" + ('' if len(gated) == len(rob) else ', valid outputs under every probe')),
             'kind': 'robustness', 'value': float('nan') if worst is None else worst['drop'],
             'ci_low': np.nan if worst is None else worst.drop_ci_low, 'ci_high': np.nan if worst is None else worst.drop_ci_high,
             'threshold': np.nan if worst is None else worst.max_drop, 'passed': bool(bad.empty),
             'detail': '; '.join(why(r) for r in bad.itertuples()) or (f'value = the largest {m} drop ({worst.probe})' if worst is not None else '')}
 
+def _robustness_warning(rob: pd.DataFrame) -> dict | None:
+    """The non-gating robustness rule: the drops under the probes the charter states no limit for, with their intervals;
+    `warning` when one is beyond `ROBUSTNESS_REFERENCE`. None when every probe has a limit (or `robustness_report`)."""
+    if 'gates' not in rob: return None
+    free = rob[~rob.gates.astype(bool) & rob.valid_output]
+    if free.empty: return None
+    m, ref = rob.metric.iloc[0], float(free.reference.iloc[0])
+    worst, over = free.loc[free['drop'].fillna(-np.inf).idxmax()], free[free.warning.astype(bool)]
+    under = 'each probe' if len(free) == len(rob) else ', '.join(free.probe)
+    return {'rule': f"robustness: {m} drop under {under} (not gated: no robustness_max_drop in the charter)", 'kind': 'robustness',
+            'value': worst['drop'], 'ci_low': worst.drop_ci_low, 'ci_high': worst.drop_ci_high, 'threshold': ref, 'passed': True,
+            'gates': False, 'warning': bool(len(over)),
+            'detail': ('; '.join(f"robustness under {r.probe}: {m} drop {r.drop:.4f} [{r.drop_ci_low:.4f}, {r.drop_ci_high:.4f}] beyond the reference {ref:g}"
+                                 for r in over.itertuples()) + '; state validation.robustness_max_drop to gate on it') if len(over)
+                      else f'value = the largest {m} drop ({worst.probe}), within the reference {ref:g}'}
+
 
 def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustness: pd.DataFrame | None,
                   non_inferiority: dict | None = None, latency_note: str = '') -> dict:
-    "The gate's rules (objective, value, interval, threshold, passed) and the verdict: passed only if every rule passes."
+    """The gate's rules (objective, value, interval, threshold, passed, whether it `gates`, `warning`) and the verdict: passed only
+    if every gating rule passes. A criterion the charter states no limit for (overfitting, a robustness drop) is a rule that
+    does not gate: measured with its interval, a `warning` when beyond its reference value, listed under "warnings" in the summary."""
     rules = []
     for o in objectives.itertuples():
         straddles = bool(np.isfinite(o.ci_low) and o.ci_low <= o.threshold <= o.ci_high)
@@ -269,11 +314,19 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
                       'detail': '; '.join(x for x in ['not measured' if not o.measured else '',
                                                        'uncertain: the interval straddles the threshold' if straddles else '',
                                                        latency_note if o.metric == 'p95_latency_ms' and o.measured else ''] if x)})
-    rules.append({'rule': f"overfitting: {overfit['metric']} train−test gap ≤ {overfit['tolerance']:g}", 'kind': 'overfitting',
-                  'value': overfit['gap_train_test'], 'ci_low': np.nan, 'ci_high': np.nan, 'threshold': overfit['tolerance'],
-                  'passed': bool(overfit['passed']),
-                  'detail': f"train {overfit['train']:.4f}, test {overfit['test']:.4f}" if overfit.get('train') is not None else 'no training data given'})
-    if robustness is not None: rules.append(_robustness_rule(robustness))
+    of = overfit; gates = of['tolerance'] is not None
+    scores = f"train {of['train']:.4f}, test {of['test']:.4f}" if of.get('train') is not None else 'no training data given'
+    lo, hi = of.get('gap_ci_low', np.nan), of.get('gap_ci_high', np.nan)
+    rel = ', relative to the test value' if of.get('relative') else ''
+    rules.append({'rule': f"overfitting: {of['metric']} train−test gap ≤ {of['tolerance']:g}" if gates
+                          else f"overfitting: {of['metric']} train−test gap (not gated: no overfit_tolerance in the charter)", 'kind': 'overfitting',
+                  'value': of['gap_train_test'], 'ci_low': lo, 'ci_high': hi, 'threshold': of['tolerance'] if gates else of.get('reference', OVERFIT_REFERENCE),
+                  'passed': bool(of['passed']), 'gates': gates, 'warning': bool(of.get('warning')),
+                  'detail': (f"overfitting: {of['metric']} train−test gap {of['gap_train_test']:.4f} [{lo:.4f}, {hi:.4f}]{rel} beyond the reference "
+                             f"{of.get('reference', OVERFIT_REFERENCE):g} ({scores}); state validation.overfit_tolerance to gate on it") if of.get('warning') else scores})
+    if robustness is not None:
+        rules.append(_robustness_rule(robustness))
+        if (w := _robustness_warning(robustness)) is not None: rules.append(w)
     if non_inferiority is not None:
         ni = non_inferiority
         rules.append({'rule': f"non-inferiority vs @champion: {ni['metric']} difference > −{ni['margin']:g}", 'kind': 'non_inferiority',
@@ -281,15 +334,19 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
                       'passed': bool(ni['passed']),
                       'detail': ni.get('error') or f"candidate {ni['candidate']:.4f} vs champion {ni['champion']:.4f}" + (f" (v{ni['champion_version']})" if ni.get('champion_version') else '')})
     rules = pd.DataFrame(rules)
-    status = 'passed' if rules.passed.all() else 'failed'
-    failed = rules[~rules.passed]
+    rules['gates'], rules['warning'] = rules.gates.fillna(True).astype(bool), rules.warning.fillna(False).astype(bool)
+    gating = rules[rules.gates]
+    status = 'passed' if gating.passed.all() else 'failed'
+    failed = gating[~gating.passed]
     fmt = lambda r: (f"{r.rule}: {r.value:.4g}" + (f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if np.isfinite(r.ci_low) else '')
                      + (f" ({r.detail})" if r.detail and not r.passed else ''))
     if status == 'passed':
-        summary = f'passed: all {len(rules)} rules hold (' + '; '.join(fmt(r) for r in rules[rules.kind == 'objective'].itertuples()) + ')'
+        summary = f'passed: all {len(gating)} rules hold (' + '; '.join(fmt(r) for r in rules[rules.kind == 'objective'].itertuples()) + ')'
     else:
-        summary = f'failed: {len(failed)} of {len(rules)} rules fail: ' + '; '.join(fmt(r) for r in failed.itertuples())
-    return {'status': status, 'rules': rules, 'summary': summary}
+        summary = f'failed: {len(failed)} of {len(gating)} rules fail: ' + '; '.join(fmt(r) for r in failed.itertuples())
+    warned = rules.detail[rules.warning].tolist()
+    if warned: summary += '; warnings (no limit in the charter, not gated): ' + '; '.join(warned)
+    return {'status': status, 'rules': rules, 'summary': summary, 'warnings': warned}
 
 # %% ../nbs/04_validation.ipynb #e7ec66bb
 def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, train_df: pd.DataFrame | None = None,
@@ -316,8 +373,9 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
         if df is not None:
             Xs = feature_frame(df, contract)
             scores[name] = objective_value(c.primary.metric, binary_target(c, df[target]), model.predict_proba(Xs)[:, 1], model.predict(Xs))
-    overfit = overfit_check(c, scores)
     objectives = objectives_with_ci(c, y, proba, pred, test_df, latencies, B, seed)
+    prim = objectives[objectives.primary.astype(bool)].iloc[0]
+    overfit = overfit_check(c, scores, (prim.ci_low, prim.ci_high))
     robustness = robustness_gate(model, X, y, contract, c.primary.metric, c.validation.robustness_max_drop, seed, B)
     fairness = fairness_report(y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     slices = slice_report(y, proba, pred, test_df, feats, c.data.requirements.min_group_size) if feats else pd.DataFrame()
@@ -332,7 +390,7 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
         ni['champion_version'] = champion_version
     note = f"CPU time of one scoring thread; wall-clock p95 {load['p95_wall_ms']:.1f} ms, {latency_context(load)}"
     gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=note)
-    return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], objectives=objectives, performance=perf,
+    return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], warnings=gate['warnings'], objectives=objectives, performance=perf,
                 overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y))
 
@@ -418,15 +476,30 @@ def task_robustness(c: Charter, model, X: pd.DataFrame, y, contract: dict, seed:
         rows.append(r)
     return pd.DataFrame(rows)
 
+def task_robustness_gate(c: Charter, model, X: pd.DataFrame, y, contract: dict, seed: int = 0, n_resamples: int = N_RESAMPLES,
+                         level: float = 0.95) -> pd.DataFrame:
+    """`task_robustness` judged as `robustness_gate` judges a binary model: each drop's paired-bootstrap interval (relative to the
+    clean value for regression errors, as the drop) against the charter's `robustness_max_drop`, or a warning beyond the reference."""
+    _max_drop(c.validation.robustness_max_drop, next(iter(PROBES)))
+    rep = task_robustness(c, model, X, y, contract, seed)
+    metric = c.primary.metric; sign = 1 if METRICS[metric][1] else -1
+    idx = bootstrap_indices(len(y), n_resamples, seed)
+    bp, bd = score_rows(model, X)
+    base, point = task_draws(c, metric, y, bp, bd, idx), objective_value(metric, y, bp, bd)
+    scale = abs(point) if not METRICS[metric][2] and c.task == 'regression' and point else 1.0
+    draws = lambda Xp: sign * (base - task_draws(c, metric, y, *score_rows(model, Xp), idx)) / scale
+    return judge_drops(rep, c.validation.robustness_max_drop, {r.probe: percentile_ci(draws(PROBES[r.probe](X, contract, seed=seed)), level)
+                                                               for r in rep.itertuples() if r.valid_output}, len(y))
+
 def relative_scores(c: Charter, scores: dict) -> bool:
     "Whether the primary metric's gaps are read relative to the test value: regression metrics in the target's unit."
     return c.task == 'regression' and not METRICS[c.primary.metric][2] and bool(scores.get('test'))
 
-def task_overfit_check(c: Charter, scores: dict) -> dict:
-    "`overfit_check`, with gaps relative to the test value for regression errors (0.1 = 10 % of the test error)."
-    if not relative_scores(c, scores): return overfit_check(c, scores)
+def task_overfit_check(c: Charter, scores: dict, test_ci: tuple | None = None) -> dict:
+    "`overfit_check`, with gaps (and their interval) relative to the test value for regression errors (0.1 = 10 % of the test error)."
+    if not relative_scores(c, scores): return overfit_check(c, scores, test_ci)
     t = abs(scores['test'])
-    out = overfit_check(c, {k: (v / t if v is not None else None) for k, v in scores.items()})
+    out = overfit_check(c, {k: (v / t if v is not None else None) for k, v in scores.items()}, None if test_ci is None else tuple(x / t for x in test_ci))
     return {**out, **{k: scores.get(k) for k in ('train', 'validation', 'test')}, 'relative': True}
 
 def task_non_inferiority(c: Charter, y, cand, champ, n_resamples: int, seed: int) -> dict:
@@ -454,7 +527,6 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
     scores = {'test': objective_value(c.primary.metric, y, proba, pred)}
     for name, df in (('train', train_df), ('validation', validation_df)):
         if df is not None: scores[name] = objective_value(c.primary.metric, task_target(c, df[target]), *score_rows(model, feature_frame(df, contract)))
-    overfit = task_overfit_check(c, scores)
     objectives = evaluate_objectives(c, y, proba, pred, frame=test_df, latencies_ms=latencies)
     idx, n_min, lo, hi = bootstrap_indices(len(y), B, seed), c.data.requirements.min_group_size, [], []
     for o in c.objectives:
@@ -462,7 +534,9 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
         else: v = task_draws(c, o.metric, y, proba, pred, idx, group_text(test_df[o.sensitive_feature]) if o.sensitive_feature else None, n_min)
         a, b = percentile_ci(v, 0.95); lo.append(a); hi.append(b)
     objectives['ci_low'], objectives['ci_high'] = lo, hi
-    robustness = task_robustness(c, model, X, y, contract, seed)
+    prim = objectives[objectives.primary.astype(bool)].iloc[0]
+    overfit = task_overfit_check(c, scores, (prim.ci_low, prim.ci_high))
+    robustness = task_robustness_gate(c, model, X, y, contract, seed, B)
     fairness = task_fairness(c, y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     ni = None
     if champion is not None:
@@ -475,7 +549,7 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
     note = f"CPU time of one scoring thread; wall-clock p95 {load['p95_wall_ms']:.1f} ms, {latency_context(load)}"
     gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=note)
     slices = pd.concat([t.reset_index().rename(columns={f: 'group'}).assign(slice=f) for f, t in fairness['by_group'].items()], ignore_index=True) if feats else pd.DataFrame()
-    return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], objectives=objectives, performance=perf,
+    return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], warnings=gate['warnings'], objectives=objectives, performance=perf,
                 overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y), task=c.task)
 
@@ -509,12 +583,14 @@ def plot_task_fairness(rep: dict, features: list[str] | None = None):
 def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1.0, power: float = 0.8) -> dict:
     """The gate's sample-size design on `n_rows` held-out rows: per objective, decided (its interval on one side of the limit)
     or the held-out rows it needs to be decided with probability `power` if its value holds (also each robustness drop against its
-    limit); the verdict passed / failed / insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts)."""
+    limit); the verdict passed / failed / insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts).
+    Rules that do not gate (no limit in the charter) are left out: they warn, they decide nothing."""
     from scipy.stats import norm
     za = norm.ppf(0.975); k = ((za + norm.ppf(power)) / za) ** 2          # the intervals are 95 % ones; power as in the A/B design
     family = {o.describe(): o.family for o in c.objectives}
     per, fails = [], []
     for r in rules.itertuples():
+        if not getattr(r, 'gates', True): continue
         fam = family.get(r.rule) if r.kind == 'objective' else None
         finite = all(np.isfinite(float(x)) for x in (r.value, r.ci_low, r.ci_high, r.threshold))
         if not (r.kind == 'robustness' or fam not in (None, 'operational')) or not finite:   # timings, overfitting, non-inferiority: as stage 04 judges them
@@ -523,7 +599,8 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1
         half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
         decided = not (r.ci_low <= r.threshold <= r.ci_high) and (r.value > r.threshold) == (r.ci_low > r.threshold)
         need = None if decided else (int(math.ceil(n_rows * k * (half / dist) ** 2)) if dist > 0 else None)
-        per.append({'rule': r.rule, 'value': float(r.value), 'half_width': float(half), 'distance': float(dist), 'decided': decided,
+        per.append({'rule': r.rule, 'value': float(r.value), 'ci_low': float(r.ci_low), 'ci_high': float(r.ci_high), 'threshold': float(r.threshold),
+                    'half_width': float(half), 'distance': float(dist), 'decided': decided,
                     'passed': bool(r.passed) if decided else None, 'rows_needed': need})
         if decided and not r.passed: fails.append(r.rule)
     open_ = [p for p in per if not p['decided']]
@@ -532,7 +609,8 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1
     more = None if needed is None else max(int(math.ceil((needed - int(n_rows)) / share)), 1)
     text = '' if status != 'insufficient_evidence' else (
         'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
-        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g} ± {p['half_width']:.3g}, {p['distance']:.3g} from the limit" for p in open_) + ')')
+        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g}, interval [{p['ci_low']:.4g}, {p['ci_high']:.4g}] contains the limit {p['threshold']:.4g}"
+                           for p in open_) + ')')
     return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
             'rows_needed': needed, 'more_rows_needed': more, 'text': text}
 
@@ -545,8 +623,10 @@ def evidence_verdict(c: Charter, rep: dict, share: float = 1.0) -> dict:
     summary of an undecided gate naming the rows needed and what to do, and the design under `evidence`."""
     ev = gate_evidence(c, rep['rules'], rep['rows'], share)
     if ev['status'] != 'insufficient_evidence': return {**rep, 'evidence': ev}
+    warned = rep.get('warnings') or []
     return {**rep, 'status': ev['status'], 'evidence': ev,
-            'summary': f"{ev['text']}. {ev['rows']:,} test rows cannot tell {', '.join(ev['undecided'])} from the limit: {EVIDENCE_ADVICE}"}
+            'summary': f"{ev['text']}. {ev['rows']:,} test rows cannot tell {', '.join(ev['undecided'])} from the limit: {EVIDENCE_ADVICE}"
+                       + ('; warnings (no limit in the charter, not gated): ' + '; '.join(warned) if warned else '')}
 
 # %% ../nbs/04_validation.ipynb #104afe68
 def plot_performance(rep: dict, title: str = ''):
@@ -603,6 +683,7 @@ def _metrics_for_mlflow(rep: dict) -> dict:
     for k in ('train', 'validation'):
         if rep['overfit'].get(k) is not None: out[f"{k}_{rep['overfit']['metric']}"] = rep['overfit'][k]
     out['overfit_gap_train_test'] = rep['overfit']['gap_train_test']
+    out['overfit_gap_ci_low'], out['overfit_gap_ci_high'] = rep['overfit'].get('gap_ci_low'), rep['overfit'].get('gap_ci_high')
     for r in rep['robustness'].itertuples(): out[f'robustness_drop_{r.probe}'] = r.drop
     if rep['non_inferiority']: out['non_inferiority_difference'] = rep['non_inferiority']['difference']
     out['gate_passed'] = float(rep['status'] == 'passed')
@@ -610,7 +691,7 @@ def _metrics_for_mlflow(rep: dict) -> dict:
 
 def report_record(rep: dict) -> dict:
     "The JSON-able part of a gate report (for the manifest and MLflow)."
-    return {'status': rep['status'], 'summary': rep['summary'], 'rows': rep['rows'], 'rules': rep['rules'].to_dict('records'),
+    return {'status': rep['status'], 'summary': rep['summary'], 'rows': rep['rows'], 'rules': rep['rules'].to_dict('records'), 'warnings': rep.get('warnings', []),
             'objectives': rep['objectives'].to_dict('records'), 'performance': rep['performance'].to_dict('records'),
             'overfit': rep['overfit'], 'robustness': rep['robustness'].to_dict('records'),
             'fairness': rep['fairness']['summary'].to_dict('records'),
@@ -678,7 +759,7 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     ev = rep.get('evidence') or {}
     details = dict(model=c.name, version=version, status=rep['status'], summary=rep['summary'], charter_hash=c.hash,
                    failed_rules=ev['failed_rules'] if ev else rep['rules'][~rep['rules'].passed].rule.tolist(), champion_version=champion_version,
-                   mlflow_run_id=run.info.run_id, test_fingerprint=test_fp,
+                   mlflow_run_id=run.info.run_id, test_fingerprint=test_fp, warnings=rep.get('warnings', []),
                    **({'undecided': ev['undecided'], 'rows': ev['rows'], 'more_rows_needed': ev['more_rows_needed']} if ev else {}))
     if stage_run is not None: stage_run.record('validation_verdict', **details)
     else: ws.audit.append('validation_verdict', **details)
@@ -710,6 +791,7 @@ def run_validation(charter=None, workspace=None, version=None, log=print) -> dic
         st.manifest['outputs'].update(validation_status=rep['status'], verdict=rep['summary'], model_name=c.name, model_version=rep['version'],
                                       champion_version=rep['champion_version'], mlflow_run_id=rep['mlflow_run_id'],
                                       test_fingerprint=rep['test_fingerprint'], stop=rep['status'] != 'passed', report=rep['record'],
+                                      warnings=rep.get('warnings', []),
                                       evidence_design=rep.get('evidence'))
     return dict(charter=c, workspace=ws, **rep)
 

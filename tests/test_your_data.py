@@ -98,8 +98,7 @@ def test_small_data_selection_uses_repeated_cv_and_prefers_a_margin(tmp_path):
     from mlcycle.data import infer_contract, split_data
     from mlcycle.train import SMALL_DATA_ROWS, select_model, train_candidates
     c = load_charter(write_charter(tmp_path, attrition(), MARITAL, AUC + [DP_MARITAL],
-                                   development={'candidates': ['logistic_regression'], 'search_iterations': 1, 'cv_folds': 3},
-                                   validation={'overfit_tolerance': 0.1}))   # 882 training rows: a train-test gap of 0.06 is expected
+                                   development={'candidates': ['logistic_regression'], 'search_iterations': 1, 'cv_folds': 3}))
     s = split_data(attrition(), c)
     assert len(s['validation']) < SMALL_DATA_ROWS
     cands = train_candidates(c, infer_contract(s['train'], c), s['train'], s['validation'], eg_estimator=None, n_jobs=1, latency_rows=5, log=lambda *_: None)
@@ -150,6 +149,10 @@ def test_init_writes_a_commented_charter_that_loads(tmp_path, mlcycle):
     assert c.data.time_column is None and c.data.sensitive_features == []          # no name suggests a protected attribute
     assert 'quick logistic regression, 3-fold CV: ROC AUC 0.' in text and 'verifiable' in text and 'TO CONFIRM' in text
     assert 0.6 < c.primary.threshold < 0.9 and c.data.requirements.min_rows == 4000
+    # issue 27: no overfitting tolerance or robustness limit the user did not choose; stage 04 measures both and warns
+    assert c.validation.overfit_tolerance is None and c.validation.robustness_max_drop is None
+    assert not [l for l in text.splitlines() if not l.lstrip().startswith('#') and ('overfit_tolerance' in l or 'robustness_max_drop' in l)]
+    assert 'they fail a version only under a limit you state' in text
     again = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'churn', '--out', tmp_path/'proj'/'charter.yaml', cwd=tmp_path)
     assert again.returncode == 1 and again.stderr.strip().count('\n') == 0 and '--force' in again.stderr
     bad = mlcycle('init', '--data', tmp_path/'churn.csv', '--target', 'state', '--out', tmp_path/'x.yaml', cwd=tmp_path)   # 51 text labels
