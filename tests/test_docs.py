@@ -158,9 +158,29 @@ def test_pages_open_in_a_browser(site, browser, page_name, heading):
     page.on('console', lambda m: errors.append(f'console: {m.text}') if m.type == 'error' else None)
     page.on('requestfailed', lambda r: errors.append(f'failed to load {r.url}'))
     page.goto((site/page_name).as_uri(), wait_until='load')
-    h1 = page.locator('h1').first
+    h1 = page.locator('[role="main"] h1').first          # the page's own heading, not the sidebar's logo
     assert h1.is_visible() and heading in h1.inner_text(), h1.inner_text()
     assert h1.bounding_box()['y'] < 800
     assert page.locator('.output.traceback, .output.error').count() == 0
     page.close()
     assert not errors, errors
+
+
+def test_readme_map_states_the_import_order():
+    """The README's map says that, when imported, each module imports only modules above it or in its own row, with three
+    exceptions it names; every module of the package is in the map."""
+    import re
+    rows = [l for l in (ROOT/'README.md').read_text(encoding='utf-8').splitlines() if l.startswith('| ') and '`mlcycle.' in l]
+    row_of = {}
+    for i, l in enumerate(rows):
+        cell = l.split('|')[3]
+        for m in re.findall(r'`(?:mlcycle)?\.(\w+)`', cell): row_of[m] = i
+    modules = {p.stem for p in (ROOT/'mlcycle').glob('*.py') if not p.stem.startswith('_')}
+    assert modules <= set(row_of), sorted(modules - set(row_of))
+    exceptions = {('feasibility', 'data'), ('init', 'data'), ('model_checks', 'drift')}
+    later = set()
+    for m in modules:
+        src = (ROOT/'mlcycle'/f'{m}.py').read_text(encoding='utf-8')
+        for dep in set(re.findall(r'^from (?:\.|mlcycle\.)(\w+) import', src, re.M)) - {m}:
+            if dep in row_of and row_of[dep] > row_of[m]: later.add((m, dep))
+    assert later == exceptions, f'imports of a module below in the map: {sorted(later)}; the README names {sorted(exceptions)}'

@@ -50,6 +50,14 @@ def _models(cls, path='', seen=None):
     return found
 
 
+def _limits(f) -> str:
+    "The field's bounds from its pydantic metadata (ge=1 -> '≥ 1')."
+    signs = (('ge', '≥'), ('gt', '>'), ('le', '≤'), ('lt', '<'), ('min_length', 'at least'), ('max_length', 'at most'))
+    parts = [f'{sign} {getattr(m, k)}' for m in f.metadata for k, sign in signs if getattr(m, k, None) is not None]
+    parts += [f'matches `{m.pattern}`' for m in f.metadata if getattr(m, 'pattern', None)]
+    return (', ' + ', '.join(parts)) if parts else ''
+
+
 def _cell(s) -> str: return str(s).replace('|', '\\|').replace('\n', ' ')
 
 
@@ -61,7 +69,7 @@ def charter_markdown() -> str:
         doc = inspect.getdoc(cls) if cls.__doc__ else ''
         md += [f'**`{path}`** ({cls.__name__}){": " + _cell(doc) if doc else ""}', '',
                '| field | type | default | what it is |', '| --- | --- | --- | --- |']
-        md += [f'| `{n}` | {_type(f.annotation)} | {_default(f)} | {_cell(notes.get(n, ""))} |' for n, f in cls.model_fields.items()]
+        md += [f'| `{n}` | {_type(f.annotation)}{_cell(_limits(f))} | {_default(f)} | {_cell(notes.get(n, ""))} |' for n, f in cls.model_fields.items()]
         md += ['']
     md += ['**Metrics an objective may name** (`objectives[].metric`; `min` for a metric where higher is better, `max` otherwise; '
            'a fairness metric needs `sensitive_feature`)', '', '| metric | family | better | tasks |', '| --- | --- | --- | --- |']
