@@ -149,7 +149,7 @@ def browser():
         b.close()
 
 
-@pytest.mark.parametrize('page_name, heading', [('index.html', 'mlcycle'), ('01_problem_definition.html', 'Stage 01')])
+@pytest.mark.parametrize('page_name, heading', [('index.html', 'mlcycle'), ('01_problem_definition.html', 'Problem definition')])
 def test_pages_open_in_a_browser(site, browser, page_name, heading):
     "The home page and a stage page show their heading in the first screen, and the browser reports no error."
     page = browser.new_page(viewport={'width': 1280, 'height': 800})
