@@ -91,7 +91,7 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     "Score several parsed requests as one batch; returns per-request answers and the log rows."
     X = parts[0].columns if len(parts) == 1 else {c: np.concatenate([p.columns[c] for p in parts]) for c in parser.features}
     n = sum(p.n for p in parts)
-    rids = [f'{r}-{i}' for r, p in zip(request_ids, parts) for i in range(p.n)]
+    rids = [f'{r}-{p.first_row + i}' for r, p in zip(request_ids, parts) for i in range(p.n)]   # a chunk's rows go on from its first
     feats = _features_json(X, parser.features, n, policy)
     pl, ll, vl, al = _route_and_score(ms, X, n, _row_keys(parts, feats))
     shadow = ms.challenger.score(X) if (ms.challenger is not None and ms.shadow) else None
@@ -133,28 +133,47 @@ class Batcher:
         self.get_models, self.parser, self.policy, self.log, self.on_batch = get_models, parser, policy, log, on_batch
         self.max_batch_rows, self.max_wait = max_batch_rows, max_wait_ms / 1000
         self.q: asyncio.Queue | None = None
+        self.bulk: asyncio.Queue | None = None   # chunks of large requests: scored alone, when no other request waits
+        self._wake: asyncio.Event | None = None
+        self.last_small = 0.0      # when the last request that is not a bulk chunk was submitted (time.monotonic)
         self.incoming = 0          # requests accepted, not yet queued
         self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix='scorer', initializer=_limit_threads, initargs=(threads,))
         self.task, self._pending = None, set()
 
     def start(self):
-        self.q = asyncio.Queue()
+        self.q, self.bulk, self._wake = asyncio.Queue(), asyncio.Queue(), asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self):
         if self.task: self.task.cancel()
         self.pool.shutdown(wait=True)
 
-    async def submit(self, parsed: Parsed, request_id: str, arrival: float):
-        "Score `parsed` in the next batch; returns (answers, an awaitable that is done when the request's rows are committed)."
+    async def submit(self, parsed: Parsed, request_id: str, arrival: float, bulk: bool = False):
+        """Score `parsed` in the next batch; returns (answers, an awaitable that is done when the request's rows are committed).
+        `bulk`: a chunk of a large request, scored alone and only when no other request waits (see below)."""
         fut = asyncio.get_running_loop().create_future()
-        await self.q.put((parsed, request_id, arrival, fut))
+        if not bulk: self.last_small = time.monotonic()
+        await (self.bulk if bulk else self.q).put((parsed, request_id, arrival, fut))
+        self._wake.set()
         return await fut
+
+    async def _first(self):
+        "The first item of the next batch and whether it is a bulk chunk: a waiting request always goes before a chunk."
+        while True:
+            if not self.q.empty(): return self.q.get_nowait(), False
+            if not self.bulk.empty(): return self.bulk.get_nowait(), True
+            self._wake.clear(); await self._wake.wait()
 
     async def _gather(self) -> list:
         "The next batch: everything waiting, plus what arrives within `max_wait` while requests are still being read."
         loop = asyncio.get_running_loop()
-        items = [await self.q.get()]; rows = items[0][0].n
+        first, bulk = await self._first()
+        if bulk:                   # chunks waiting together (the server was quiet) are one model call, while no other request waits
+            items, rows = [first], first[0].n
+            while rows < self.max_batch_rows and self.q.empty() and not self.bulk.empty():
+                it = self.bulk.get_nowait(); items.append(it); rows += it[0].n
+            return items
+        items = [first]; rows = first[0].n
         deadline = loop.time() + self.max_wait
         while rows < self.max_batch_rows:
             try: it = self.q.get_nowait()

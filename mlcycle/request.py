@@ -34,13 +34,13 @@ def _num(v):
     "A JSON value as a float for a numeric column (None = missing); raises ValueError for anything else."
     t = type(v)
     if t is float:
-        if math.isinf(v): raise ValueError
+        if not math.isfinite(v): raise ValueError     # NaN, Infinity: only null means missing
         return v
     if t is int: return float(v)
     if v is None: return math.nan
     if t is str:
         x = float(v)                  # ValueError for non-numeric text
-        if math.isinf(x): raise ValueError
+        if not math.isfinite(x): raise ValueError
         return x
     raise ValueError
 
@@ -50,8 +50,16 @@ def _cat(v):
     if t is str or v is None: return v
     if t is bool: return str(v)
     if t is int: return str(v)
-    if t is float: return None if math.isnan(v) else (str(int(v)) if v.is_integer() else str(v))
+    if t is float:
+        if not math.isfinite(v): raise ValueError
+        return str(int(v)) if v.is_integer() else str(v)
     raise ValueError
+
+def _non_finite(c: str, vals: list):
+    "A 422 naming `c` when it holds a NaN or an infinite number (the JSON literals `NaN`, `Infinity`, `-Infinity`)."
+    bad = [v for v in vals if type(v) is float and not math.isfinite(v)]
+    if bad: raise RequestError(422, {'error': 'non_finite', 'column': c, 'expected': 'finite numbers, or null when unknown',
+                                     'found': f'{len(bad)} value(s) like {json.dumps(bad[0])}', 'fix': f'send null for an unknown {c!r}, not NaN or Infinity'})
 
 def _is_num(v):
     try: _num(v); return True
@@ -74,6 +82,7 @@ class Parsed:
     n: int
     flags: list              # per row: '' or 'col:check,col:check'
     keys: list | None = None # per row routing key (the charter's id column), if sent
+    first_row: int = 0       # the index of row 0 in its request (a large request is scored in chunks: its row ids go on)
 
 class RowParser:
     "Checks JSON records against a data contract and turns them into column arrays (see above)."
@@ -127,6 +136,7 @@ def _numeric(self: RowParser, c: str, records: list, flagged: dict) -> np.ndarra
     try: arr = np.array([_num(v) for v in vals], dtype='float64')
     except (ValueError, TypeError, OverflowError):
         if any(v is _MISSING for v in vals): raise self._missing(c, len(records), 'numeric') from None
+        _non_finite(c, vals)
         bad = [v for v in vals if not _is_num(v)]
         raise RequestError(422, {'error': 'wrong_type', 'column': c, 'expected': f"numbers ({self.dtypes[c]}), or null when unknown",
                                  'found': f'{len(bad)} value(s) like {json.dumps(bad[0])[:60]}',
@@ -141,6 +151,7 @@ def _categorical(self: RowParser, c: str, records: list, flagged: dict) -> np.nd
     try: vals = [_cat(v) for v in vals]
     except ValueError:
         if any(v is _MISSING for v in vals): raise self._missing(c, len(records), 'categorical') from None
+        _non_finite(c, vals)
         bad = [v for v in vals if not (v is None or isinstance(v, (str, int, float)))]
         raise RequestError(422, {'error': 'wrong_type', 'column': c, 'expected': 'text (one of the training categories), or null',
                                  'found': f'{len(bad)} value(s) like {json.dumps(bad[0])[:60]}',
@@ -253,12 +264,12 @@ def parse_feedback(body, check: LabelCheck, max_items: int = 100_000) -> tuple[l
 
 # %% ../nbs/05a_request.ipynb #1ae496d4
 def record_schema(contract: dict) -> dict:
-    "The JSON schema of one record: the contract's columns, numeric with their training range, categorical with examples."
+    "The JSON schema of one record: the contract's columns and their types (no training ranges or categories: the schema is public)."
     props = {}
     for c in contract['features']:
         s = contract['columns'][c]
-        if s['kind'] == 'numeric': props[c] = {'type': ['number', 'null'], 'description': f"numeric ({s['dtype']}), training range [{s['min']:g}, {s['max']:g}]"}
-        else: props[c] = {'type': ['string', 'null'], 'description': 'categorical', 'examples': s['categories'][:5]}
+        if s['kind'] == 'numeric': props[c] = {'type': ['number', 'null'], 'description': f"numeric ({s['dtype']}), null when unknown"}
+        else: props[c] = {'type': ['string', 'null'], 'description': 'categorical (text), null when unknown'}
     return {'type': 'object', 'properties': props, 'required': list(contract['features'])}
 
 def _json_body(schema: dict) -> dict: return {'requestBody': {'required': True, 'content': {'application/json': {'schema': schema}}}}

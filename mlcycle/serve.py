@@ -7,7 +7,9 @@
 # and the app that wires its routes; parsing, the compiled scorer, the batcher and the prediction log are their own modules.
 from __future__ import annotations
 
-import asyncio, concurrent.futures as cf, gc, hmac, json, os, random, secrets, sys, time
+import asyncio, concurrent.futures as cf, gc, hmac, json, math, os, random, secrets, sys, time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,13 +20,16 @@ from .request import LabelCheck, RequestError, RowParser, mlflow_records, openap
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
+from .registry import decided_pointer, fetch_model, lifecycle_record, record_log, record_required, vouch
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'Histogram', 'Metrics', 'monitoring_gauge_lines', 'monitoring_gauges',
-           'registry_pointer', 'load_model_set', 'fixed_model_set', 'feedback_token', 'target_classes', 'authorize',
-           'ModelServer', 'start', 'stop', 'ready', 'metrics_text', 'settle_heap', 'predict', 'invocations',
-           'wants_explanation', 'explain', 'feedback', 'resolve_feedback', 'reload', 'read_json_body', 'error_body',
-           'create_app', 'serve', 'worker_app', 'register_cli', 'cli_main']
+__all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'MIN_ADMIN_TOKEN', 'CONNECTIONS', 'Histogram', 'Metrics',
+           'monitoring_gauge_lines', 'monitoring_gauges', 'registry_pointer', 'load_model_set', 'fixed_model_set',
+           'feedback_token', 'target_classes', 'authorize', 'ModelServer', 'start', 'stop', 'ready', 'metrics_text',
+           'settle_heap', 'predict', 'invocations', 'wants_explanation', 'explain', 'feedback', 'resolve_feedback',
+           'reload', 'read_json_body', 'error_body', 'check_admin_token', 'Limits', 'Lane', 'AdminGuard',
+           'decode_in_steps', 'predict_in_chunks', 'dumps_in_steps', 'create_app', 'default_max_connections', 'serve',
+           'worker_app', 'register_cli', 'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #aeebbb49
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -51,6 +56,8 @@ class Metrics:
         self.requests, self.errors, self.rows, self.feedback = {}, {}, {}, {}
         self.latency, self.model_latency, self.batch_rows = {}, {}, Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384))
         self.reloads = {}        # trigger ('admin' or 'poll') -> model swaps
+        self.auth_failures = {}  # reason ('wrong_token', 'missing_token', 'locked_out') -> refused admin requests
+        self.refused = {}        # reason ('bulk', 'explain', 'max_connections', 'header_timeout') -> requests or connections turned away
     def request(self, route: str, status: int, seconds: float):
         k = (route, status); self.requests[k] = self.requests.get(k, 0) + 1
         self.latency.setdefault(route, Histogram()).observe(seconds)
@@ -75,6 +82,10 @@ class Metrics:
         L += self.batch_rows.lines('mlcycle_batch_rows', 'scope="model"')
         L += _counter('mlcycle_model_reloads_total', 'Model swaps by trigger (admin = /admin/reload, poll = an alias move seen in the registry).',
                       self.reloads, lambda t: f'trigger="{t}"')
+        L += _counter('mlcycle_admin_auth_failures_total', 'Admin requests refused by reason (wrong or missing token, or the address locked out after repeated failures).',
+                      self.auth_failures, lambda r: f'reason="{r}"')
+        L += _counter('mlcycle_refused_total', 'Requests or connections turned away to protect the others (bulk or explain lane full, connection limit, header timeout).',
+                      self.refused, lambda r: f'reason="{r}"')
         L += _counter('mlcycle_feedback_total', 'Feedback labels by outcome (a conflict disputes the request id).', self.feedback, lambda o: f'outcome="{o}"')
         return '\n'.join(L) + '\n'
 
@@ -126,45 +137,70 @@ def monitoring_gauges(ws: Workspace) -> str:
     return _GAUGE_CACHE['text']
 
 # %% ../nbs/05b_serving.ipynb #6d0939f1
-def _load_version(name: str, version: str, probe=None) -> Served:
-    import mlflow
-    m = mlflow.sklearn.load_model(f'models:/{name}/{version}')
-    return Served(name, str(version), m, make_scorer(m, probe))
+def _load_version(name: str, version: str, probe=None, trusted=()) -> tuple[Served, str]:
+    "Version `version` of `name` through the one loader (skops, the lifecycle's trusted types), and its artifacts' digest."
+    lm = fetch_model(f'models:/{name}/{version}', trusted)
+    return Served(name, str(version), lm.model, make_scorer(lm.model, probe)), lm.digest
 
 def _read_aliases(cl, name: str) -> dict:
-    "What the registry says should be served: `{'model', 'champion'[, 'challenger', 'share', 'shadow']}` (the shape of `ModelSet.describe`)."
-    try: champ = cl.get_model_version_by_alias(name, 'champion')
+    "The registry's aliases of `name` (alias → version); a one-line error when the model or the registry cannot be read."
+    try: return {a: str(v) for a, v in (cl.get_registered_model(name).aliases or {}).items()}
     except Exception as e:
         if getattr(e, 'error_code', '') in ('RESOURCE_DOES_NOT_EXIST', 'INVALID_PARAMETER_VALUE', 'NOT_FOUND'):
             raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)') from None
         raise MlcycleError(f'cannot read the aliases of {name!r} from the registry: {(str(e).splitlines() or [type(e).__name__])[0][:300]}') from None
-    d = {'model': name, 'champion': str(champ.version)}
-    try: ch = cl.get_model_version_by_alias(name, 'challenger')
-    except Exception: ch = None
-    if ch is not None and str(ch.version) != str(champ.version):
-        d.update(challenger=str(ch.version), share=min(max(float(ch.tags.get('traffic_share', 0.1)), 0.0), 1.0),
-                 shadow=ch.tags.get('shadow', 'false').lower() == 'true')
-    return d
 
-def registry_pointer(name: str, client=None) -> dict:
-    "The aliases of `name` as `ModelSet.describe()` would show them once loaded: two registry reads, no model loading."
+def registry_pointer(name: str, client=None, ws: Workspace | None = None) -> dict:
+    """What decides the served set, read without loading a model: the registry's aliases and, with `ws`, the audit log's
+    last decisions (`decided_pointer`). A server reloads when this changes."""
     import mlflow
-    return _read_aliases(client or mlflow.MlflowClient(), name)
+    out = {'registry': _read_aliases(client or mlflow.MlflowClient(), name)}
+    if ws is not None: out['record'] = decided_pointer(record_log(ws).entries(), name)
+    return out
 
-def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None) -> ModelSet:
-    "Read `@champion` / `@challenger` of registered model `name` from the registry (MLflow already set up) and load them, reusing loaded versions."
+def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None, ws: Workspace | None = None,
+                   trusted=(), digests: dict | None = None, refusals: list | None = None) -> ModelSet:
+    """Load the champion (and challenger) of registered model `name` (MLflow already set up), reusing `previous`'s versions.
+    With `ws`, what is served is what the lifecycle decided: the versions the audit log's last `alias_moved` entries name,
+    with the artifacts whose digest they record. An alias the registry moved outside mlcycle is refused and added to
+    `refusals` as `(alias, registry_version, served_version, reason)`; a decided version whose artifacts changed is not
+    served. Without `ws` (a notebook example), the registry's aliases are followed as they are."""
     import mlflow
-    want = _read_aliases(mlflow.MlflowClient(), name)
+    registry = _read_aliases(mlflow.MlflowClient(), name)
+    digests = {} if digests is None else digests
     cache = {s.version: s for s in ([previous.champion] + ([previous.challenger] if previous.challenger else []))} if previous else {}
-    get = lambda v: cache.get(str(v)) or _load_version(name, str(v), probe)
+    def get(v):
+        if v in cache and v in digests: return cache[v]
+        sv, digests[v] = _load_version(name, v, probe, trusted)
+        return sv
+    if ws is None:
+        if 'champion' not in registry: raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)')
+        want = {'champion': registry['champion']}
+        if registry.get('challenger') not in (None, registry['champion']):
+            tags = mlflow.MlflowClient().get_model_version(name, registry['challenger']).tags
+            want.update(challenger=registry['challenger'], share=min(max(float(tags.get('traffic_share', 0.1)), 0.0), 1.0),
+                        shadow=tags.get('shadow', 'false').lower() == 'true')
+    else:
+        entries = lifecycle_record(ws)
+        want = decided_pointer(entries, name)
+        for alias in ('champion', 'challenger'):
+            if registry.get(alias) is not None and registry.get(alias) != want.get(alias):
+                why = vouch(entries, name, alias, registry[alias], None) or f'the record does not put @{alias} on v{registry[alias]}'
+                if refusals is not None: refusals.append((alias, registry[alias], want.get(alias), why))
+        if 'champion' not in want:
+            raise MlcycleError(f'no mlcycle decision put @champion of {name!r} on a version (the audit log has none): promote one with `mlcycle promote VERSION`')
     champion = get(want['champion'])
+    if ws is not None and (why := vouch(entries, name, 'champion', want['champion'], digests[want['champion']])):
+        raise MlcycleError(f'refusing to serve v{want["champion"]} as champion: {why}')
     challenger = get(want['challenger']) if 'challenger' in want else None
-    return ModelSet(champion, challenger, want.get('share', 0.0), want.get('shadow', False), time.time())
+    if challenger is not None and ws is not None and (why := vouch(entries, name, 'challenger', want['challenger'], digests[want['challenger']])):
+        if refusals is not None: refusals.append(('challenger', want['challenger'], None, why))
+        challenger = None
+    return ModelSet(champion, challenger, want.get('share', 0.0) if challenger else 0.0, want.get('shadow', False) if challenger else False, time.time())
 
-def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None) -> ModelSet:
+def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None, trusted=()) -> ModelSet:
     "A `ModelSet` of one model from a path or URI (a container serving one pinned version)."
-    import mlflow
-    m = mlflow.sklearn.load_model(model_uri)
+    m = fetch_model(model_uri, trusted).model
     return ModelSet(Served(name, str(version), m, make_scorer(m, probe)), loaded_at=time.time())
 
 # %% ../nbs/05b_serving.ipynb #5d408078
@@ -223,6 +259,7 @@ class ModelServer:
         self.batcher = Batcher(lambda: self.models, self.parser, self.policy, None, self.metrics.batch_rows.observe, max_batch_rows, max_wait_ms, threads)
         self.poll = float(alias_poll_seconds or 0) if not model_uri else 0.0
         self._reload_lock, self._poller = None, None
+        self.digests, self.refused, self.pointer = {}, {}, None    # version → artifact digest; alias → refusal; what the last load followed
         self.id_prefix = secrets.token_hex(5)       # per process: replicas' request ids never collide, and the log shows who answered
 
     def _feedback_token(self) -> str:
@@ -231,12 +268,32 @@ class ModelServer:
             print(f'mlcycle serve: /feedback is off: no $MLCYCLE_FEEDBACK_TOKEN and the workspace is not writable ({e.strerror})', file=sys.stderr)
             return ''
 
+    def _refused(self, refusals: list):
+        "Report each new refusal once: stderr, and an `alias_refused` audit entry (stderr only where the workspace is read-only)."
+        now = {a: {'registry_version': rv, 'served_version': sv, 'reason': why} for a, rv, sv, why in refusals}
+        for alias, r in now.items():
+            if self.refused.get(alias) == r: continue
+            print(f"mlcycle serve: REFUSED @{alias} → v{r['registry_version']}: {r['reason']}; serving "
+                  f"{'v' + r['served_version'] if r['served_version'] else 'no ' + alias}", file=sys.stderr, flush=True)
+            try: self.ws.audit.append('alias_refused', model=self.charter.name, alias=alias, **r)
+            except OSError as e: print(f'mlcycle serve: cannot write the refusal to the audit log ({e.strerror})', file=sys.stderr, flush=True)
+        self.refused = now
+
     def load(self, previous: ModelSet | None = None) -> ModelSet:
         "The models to serve now: the pinned model, or what the registry's aliases name (reusing `previous`'s loaded versions)."
-        if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe)
+        from mlcycle.features import declared_trusted_types
+        trusted = declared_trusted_types(self.charter.features)
+        if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe, trusted)
         else:
             setup_mlflow(self.ws, self.charter.name)
-            ms = load_model_set(self.charter.name, previous, self.probe)
+            rec = self.ws if record_required(self.ws) else None
+            if rec is None and previous is None:
+                print('mlcycle serve: this workspace carries no audit log: following the registry\'s aliases as they are (models still load '
+                      'through the skops-only loader); mount the workspace\'s audit log and set $MLCYCLE_AUDIT_LOG to have alias moves checked',
+                      file=sys.stderr, flush=True)
+            refusals, self.pointer = [], registry_pointer(self.charter.name, ws=rec)
+            ms = load_model_set(self.charter.name, previous, self.probe, rec, trusted, self.digests, refusals)
+            self._refused(refusals)
         for sv in (ms.champion, ms.challenger):
             if sv is not None: print(f"mlcycle serve: v{sv.version} preprocessor: {'compiled (checked against scikit-learn)' if sv.score.fast else 'scikit-learn'}", file=sys.stderr, flush=True)
         return ms
@@ -270,7 +327,7 @@ async def stop(self: ModelServer):
 def ready(self: ModelServer) -> dict:
     "What is served (`/ready`); `RequestError` 503 with the reason while no models are loaded."
     if self.models is None: raise RequestError(503, {'ready': False, 'reason': self.error})
-    return {'ready': True, **self.models.describe()}
+    return {'ready': True, **self.models.describe(), **({'refused': self.refused} if self.refused else {})}
 
 def metrics_text(self: ModelServer) -> str: return self.metrics.render() + monitoring_gauges(self.ws)
 
@@ -387,7 +444,7 @@ async def reload(self: ModelServer, trigger: str = 'admin', previous: bool = Tru
     return before, new.describe()
 
 async def _follow_registry(self: ModelServer):
-    "Every `poll` seconds (±10 %, so replicas do not poll in step): compare the aliases with what is loaded; reload on a change."
+    "Every `poll` seconds (±10 %, so replicas do not poll in step): reload when the registry's aliases or the lifecycle's decisions changed."
     loop, failures, client = asyncio.get_running_loop(), 0, None
     while True:
         await asyncio.sleep(self.poll * random.uniform(0.9, 1.1))
@@ -396,8 +453,8 @@ async def _follow_registry(self: ModelServer):
             if client is None:
                 import mlflow
                 client = mlflow.MlflowClient(tracking_uri=self.ws.tracking_uri, registry_uri=self.ws.tracking_uri)
-            want = await loop.run_in_executor(None, registry_pointer, self.charter.name, client)
-            if want != self.models.describe(): await self.reload('poll', True)
+            want = await loop.run_in_executor(None, lambda: registry_pointer(self.charter.name, client, self.ws if record_required(self.ws) else None))
+            if want != self.pointer: await self.reload('poll', True)
             failures = 0
         except asyncio.CancelledError: raise
         except Exception as e:           # the registry is down or the new version does not load: keep serving what is loaded
@@ -409,8 +466,8 @@ async def _follow_registry(self: ModelServer):
 ModelServer.reload, ModelServer._follow_registry = reload, _follow_registry
 
 # %% ../nbs/05b_serving.ipynb #0538e5dc
-async def read_json_body(length: str | None, chunks, max_bytes: int, timeout: float):
-    "The body as JSON: 413 over `max_bytes` (by Content-Length, or while reading), 408 when it takes over `timeout` seconds, 400 when not JSON."
+async def read_json_body(length: str | None, chunks, max_bytes: int, timeout: float, decode: bool = True):
+    "The body as JSON (`decode=False`: its bytes): 413 over `max_bytes` (by Content-Length, or while reading), 408 when it takes over `timeout` seconds, 400 when not JSON."
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise RequestError(413, {'error': 'body_too_large', 'expected': f'at most {max_bytes} bytes', 'found': f'{length} bytes'})
     body, size = [], 0
@@ -423,7 +480,11 @@ async def read_json_body(length: str | None, chunks, max_bytes: int, timeout: fl
     except TimeoutError:
         raise RequestError(408, {'error': 'body_timeout', 'expected': f'the whole body within {timeout:g} s', 'found': f'{size} bytes',
                                  'fix': 'send the body right after the headers'}) from None
-    try: return json.loads(b''.join(body))
+    raw = b''.join(body)
+    return _loads(raw) if decode else raw
+
+def _loads(raw: bytes):
+    try: return json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise RequestError(400, {'error': 'bad_json', 'expected': 'a JSON body', 'found': str(e)[:200]}) from None
 
@@ -433,27 +494,200 @@ def _json_only(content_type: str | None):
     if ctype != 'application/json': raise RequestError(415, {'error': 'unsupported_media_type', 'expected': 'application/json', 'found': ctype or 'none'})
 
 def error_body(e: RequestError) -> tuple[int, bytes, list]:
-    "(status, JSON body, extra headers) of a refusal: 401 names the scheme, 408 closes the connection."
+    "(status, JSON body, extra headers) of a refusal: 401 names the scheme, 408 closes the connection, a `retry_after` is Retry-After."
     headers = [(b'www-authenticate', b'Bearer')] if e.status == 401 else [(b'connection', b'close')] if e.status == 408 else []
+    if isinstance(e.detail, dict) and 'retry_after' in e.detail: headers.append((b'retry-after', str(e.detail['retry_after']).encode()))
     return e.status, json.dumps({'detail': e.detail}, separators=(',', ':')).encode(), headers
 
+# %% ../nbs/05b_serving.ipynb #f00d0002
+MIN_ADMIN_TOKEN = 16    # characters; `secrets.token_urlsafe(32)` gives 43
+
+def check_admin_token(token: str | None):
+    "`MlcycleError` for an admin token shorter than `MIN_ADMIN_TOKEN` characters ('' is fine: the admin routes are off)."
+    if token and len(token) < MIN_ADMIN_TOKEN:
+        raise MlcycleError(f'$MLCYCLE_ADMIN_TOKEN is {len(token)} characters: the admin token must be at least {MIN_ADMIN_TOKEN} (or unset, which '
+                           'turns the admin routes off). Make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"')
+
+@dataclass
+class Limits:
+    "What one client may cost the others (`mlcycle serve` flags of the same names; defaults and reasons above)."
+    bulk_bytes: int = 64 << 10        # a body over this goes through the bulk lane (about 400 Adult rows)
+    bulk_concurrency: int = 1         # bulk requests decoded, parsed and scored at a time, server-wide
+    bulk_queue: int = 16              # bulk requests waiting their turn at most; more: 503 at once
+    bulk_wait: float = 30.0           # seconds a bulk request may wait for its turn; then 503
+    chunk_rows: int = 32              # rows per model call of a bulk request while other requests come in
+    explain_concurrency: int = 1      # explained requests computed at a time
+    explain_queue: int = 16           # explained requests waiting at most; more: 429
+    admin_failures: int = 5           # wrong admin tokens from one address within admin_window seconds before a lockout
+    admin_window: float = 60.0
+    admin_max_delay: float = 300.0    # the lockout doubles from 1 s up to this
+
+class Lane:
+    "At most `slots` holders at a time and `queue` waiting; `enter()` raises `RequestError(status)` with Retry-After when full or after `wait` s."
+    def __init__(self, name: str, slots: int, queue: int, wait: float, status: int, refused: dict):
+        self.name, self.slots, self.queue, self.wait, self.status, self.refused = name, max(1, int(slots)), int(queue), wait, status, refused
+        self.busy, self.waiting, self._sem = 0, 0, None
+    def _refuse(self, why: str):
+        self.refused[self.name] = self.refused.get(self.name, 0) + 1
+        return RequestError(self.status, {'error': f'{self.name}_busy', 'reason': why, 'retry_after': 1,
+                                          'fix': 'retry after the Retry-After seconds, or send fewer rows per request'})
+    def full(self) -> bool: return self.busy >= self.slots and self.waiting >= self.queue
+    @asynccontextmanager
+    async def enter(self):
+        if self._sem is None: self._sem = asyncio.Semaphore(self.slots)
+        if self.busy >= self.slots and self.waiting >= self.queue:
+            raise self._refuse(f'{self.busy} {self.name} request(s) in progress and {self.waiting} waiting, the most this server takes')
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.wait): await self._sem.acquire()
+        except TimeoutError: raise self._refuse(f'waited {self.wait:g} s for a {self.name} slot') from None
+        finally: self.waiting -= 1
+        self.busy += 1
+        try: yield
+        finally: self.busy -= 1; self._sem.release()
+
+class AdminGuard:
+    """Wrong admin tokens: counted (`mlcycle_admin_auth_failures_total`), logged to stderr with the client's address (never the
+    token sent), and after `limits.admin_failures` within `admin_window` seconds from one address, that address gets 429 with
+    Retry-After, also with the right token, for 1 s, doubling with each further lockout up to `admin_max_delay`. A success
+    forgets the address. The comparison stays `authorize`'s constant-time one."""
+    def __init__(self, limits: Limits, counts: dict, clock=time.monotonic):
+        self.limits, self.counts, self.clock = limits, counts, clock
+        self.recent, self.locked = {}, {}      # address -> failure times; address -> (until, lockouts so far)
+    def _count(self, reason): self.counts[reason] = self.counts.get(reason, 0) + 1
+    def check(self, client: str, authorization: str | None, token: str, route: str):
+        now, L = self.clock(), self.limits
+        until, lockouts = self.locked.get(client, (0.0, 0))
+        if now < until:
+            self._count('locked_out')
+            raise RequestError(429, {'error': 'too_many_failed_attempts', 'retry_after': math.ceil(until - now),
+                                     'fix': 'wait Retry-After seconds; check $MLCYCLE_ADMIN_TOKEN on both sides'})
+        try: authorize(authorization, token, 'admin', 'MLCYCLE_ADMIN_TOKEN')
+        except RequestError as e:
+            if e.detail.get('error') in ('wrong_token', 'missing_token'):
+                self._count(e.detail['error'])
+                times = [t for t in self.recent.get(client, []) if now - t < L.admin_window] + [now]
+                self.recent[client] = times
+                if len(self.recent) > 10_000:          # bounded memory: forget addresses quiet for a window
+                    self.recent = {k: v for k, v in self.recent.items() if now - v[-1] < L.admin_window}
+                msg = f'mlcycle serve: admin token refused ({e.detail["error"]}) from {client} on {route}: {len(times)} in {L.admin_window:g} s'
+                if len(times) >= L.admin_failures:
+                    delay = min(L.admin_max_delay, 2.0 ** lockouts)
+                    self.locked[client] = (now + delay, lockouts + 1); self.recent.pop(client, None)
+                    msg += f'; locked out for {delay:g} s'
+                print(msg, file=sys.stderr, flush=True)
+            raise
+        self.recent.pop(client, None); self.locked.pop(client, None)
+
+
+# %% ../nbs/05b_serving.ipynb #f00d0005
+async def decode_in_steps(raw: bytes, every: int = 256):
+    """A large body as JSON without holding the event loop: a top-level list is decoded record by record, yielding to the loop
+    every `every` records, so small requests are answered in between (anything else is one `json.loads`). 400 when not JSON."""
+    try:
+        text = raw.decode('utf-8')
+        i = len(text) - len(text.lstrip())
+        if not text.startswith('[', i): return json.loads(text)
+        dec, out, ws, n = json.JSONDecoder(), [], ' \t\n\r', len(text)
+        i += 1
+        while i < n and text[i] in ws: i += 1
+        if i < n and text[i] == ']': return json.loads(text)          # [] (and anything after it) as json.loads sees it
+        while True:
+            v, i = dec.raw_decode(text, i); out.append(v)
+            while i < n and text[i] in ws: i += 1
+            if i < n and text[i] == ',':
+                i += 1
+                while i < n and text[i] in ws: i += 1
+            elif i < n and text[i] == ']':
+                if text[i + 1:].strip(ws): raise ValueError(f'extra data after the list at {i + 1}')
+                return out
+            else: raise ValueError(f"expected ',' or ']' at {i}")
+            if len(out) % every == 0: await asyncio.sleep(0)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(400, {'error': 'bad_json', 'expected': 'a JSON body', 'found': str(e)[:200]}) from None
+
+async def predict_in_chunks(srv: ModelServer, records, t0: float, chunk_rows: int) -> list[dict]:
+    """`ModelServer.predict` for a large request: parsed `chunk_rows` at a time (yielding to the loop in between), then
+    scored and logged one chunk at a time while other requests come in (up to 32 chunks per model call when none came for
+    a second), so a small request waits for one chunk at most, not for the whole request. Every
+    chunk is parsed before any is scored: a request refused with 422 leaves nothing in the log. One request id."""
+    arrival = time.time()
+    if srv.models is None: raise RequestError(503, {'error': 'not_ready', 'reason': srv.error})
+    records = srv.parser._records(records)
+    parts = []
+    for k in range(0, len(records), chunk_rows):
+        p = srv.parser.parse(records[k:k + chunk_rows]); p.first_row = k; parts.append(p)
+        await asyncio.sleep(0)
+    rid, answers, b = new_request_id(srv.id_prefix), [], srv.batcher
+    try:
+        k = 0
+        while k < len(parts):
+            # one chunk at a time while other requests come in; when none came for a second, up to 32 at once (one model call)
+            n = 1 if time.monotonic() - b.last_small < 1.0 else 32
+            done = await asyncio.gather(*(b.submit(p, rid, arrival, bulk=True) for p in parts[k:k + n]))
+            k += n
+            for a, lf in done:                # the next chunks once these are logged: the log writer never has more queued
+                answers += a
+                if lf is not None: await lf
+    except Exception as e: raise _unavailable('scoring or logging', e) from None
+    dt, by = time.perf_counter() - t0, {}
+    for x in answers: k = (x['model_version'], x['arm']); by[k] = by.get(k, 0) + 1
+    for (v, a), n in by.items(): srv.metrics.scored(v, a, n, dt)
+    return answers
+
+async def dumps_in_steps(content: dict, key: str = 'predictions', every: int = 1024) -> bytes:
+    "`json.dumps(content)` (compact) of a large answer, its `key` list encoded `every` items at a time, yielding to the loop between."
+    items, enc = content[key], json.JSONEncoder(separators=(',', ':')).encode
+    head = enc({**content, key: []}).encode()
+    at = head.index(f'"{key}":[]'.encode()) + len(key) + 4        # after '"key":['
+    parts = [head[:at]]
+    for k in range(0, len(items), every):
+        if k: parts.append(b',')
+        parts.append(enc(items[k:k + every])[1:-1].encode()); await asyncio.sleep(0)
+    parts.append(head[at:])
+    return b''.join(parts)
+
+
 # %% ../nbs/05b_serving.ipynb #0538e5de
-def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float):
-    "`handle(route, header, chunks, query) -> (status, body bytes, headers)` for /predict and /invocations: shared by FastAPI and the fast lane."
+def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float, limits: Limits | None = None):
+    """`handle(route, header, chunks, query) -> (status, body bytes, headers)` for /predict and /invocations: shared by FastAPI and
+    the fast lane. JSON only (415 otherwise, as for every route with a body); an explained request takes a slot of the explain lane
+    (429 when full); a body over `limits.bulk_bytes` takes the bulk lane (503 when full) and is decoded, parsed and scored in steps."""
+    L = limits or Limits()
+    explain_lane = Lane('explain', L.explain_concurrency, L.explain_queue, 10.0, 429, srv.metrics.refused)
+    bulk_lane = Lane('bulk', L.bulk_concurrency, L.bulk_queue, L.bulk_wait, 503, srv.metrics.refused)
+    srv.lanes = {'explain': explain_lane, 'bulk': bulk_lane}
+    async def bulk(route, raw, t0):
+        async with bulk_lane.enter():
+            body = await decode_in_steps(raw)
+            records = mlflow_records(body) if route == '/invocations' else body
+            answers = await predict_in_chunks(srv, records, t0, L.chunk_rows)
+            if route == '/invocations': content = {'predictions': [a['prediction'] if 'prediction' in a else a['label'] for a in answers]}
+            else: content = {'predictions': answers, 'positive_label': srv.charter.data.positive_label}
+            return await dumps_in_steps(content)
     async def handle(route, header, chunks, query: bytes = b''):
         t0, b = time.perf_counter(), srv.batcher
         try:
-            if route == '/invocations':
-                ctype = (header('content-type') or 'application/json').split(';')[0].strip().lower()
-                if ctype not in ('application/json', ''):
-                    raise RequestError(415, {'error': 'unsupported_media_type', 'expected': 'application/json', 'found': ctype})
-            b.incoming += 1
-            try: body = await read_json_body(header('content-length'), chunks, max_body_bytes, body_timeout)
-            finally: b.incoming -= 1
-            if route == '/invocations': status, content = 200, await srv.invocations(body, t0)
-            elif wants_explanation(query): status, content = 200, await srv.explain(body, t0)   # opt-in, off the fast path
-            else: status, content = 200, {'predictions': await srv.predict(body, t0), 'positive_label': srv.charter.data.positive_label}
-            out, headers = json.dumps(content, separators=(',', ':')).encode(), []
+            _json_only(header('content-type'))
+            explained = route == '/predict' and wants_explanation(query)
+            length = header('content-length')
+            if not explained and length and length.isdigit() and int(length) > L.bulk_bytes and bulk_lane.full():
+                raise bulk_lane._refuse('the bulk lane is full')           # before reading the body
+            small = not (length and length.isdigit() and int(length) > L.bulk_bytes)
+            b.incoming += small               # the batcher waits for requests being read: not for a large one
+            try:
+                raw = await read_json_body(length, chunks, max_body_bytes, body_timeout, decode=False)
+            finally: b.incoming -= small
+            if explained:
+                async with explain_lane.enter(): status, content = 200, await srv.explain(_loads(raw), t0)   # opt-in, off the fast path
+                out = json.dumps(content, separators=(',', ':')).encode()
+            elif len(raw) > L.bulk_bytes: status, out = 200, await bulk(route, raw, t0)
+            else:
+                body = _loads(raw)
+                if route == '/invocations': content = await srv.invocations(body, t0)
+                else: content = {'predictions': await srv.predict(body, t0), 'positive_label': srv.charter.data.positive_label}
+                status, out = 200, json.dumps(content, separators=(',', ':')).encode()
+            headers = []
         except RequestError as e: status, out, headers = error_body(e)
         except Exception as e: status, out, headers = error_body(_unavailable('scoring', e))
         srv.metrics.request(route, status, time.perf_counter() - t0)
@@ -497,9 +731,9 @@ async def _answer(srv: ModelServer, route: str | None, call):
     if route: srv.metrics.request(route, status, time.perf_counter() - t0)
     return _respond(status, out, headers)
 
-async def _admin_reload(srv: ModelServer, authorization: str | None) -> dict:
+async def _admin_reload(srv: ModelServer, authorization: str | None, client: str = 'unknown') -> dict:
     "/admin/reload: 409 for what mlcycle can explain (such as a missing `@champion`), 503 otherwise; both say what is served."
-    authorize(authorization, srv.admin_token, 'admin', 'MLCYCLE_ADMIN_TOKEN')
+    srv.admin_guard.check(client, authorization, srv.admin_token, '/admin/reload')
     serving = lambda: srv.models.describe() if srv.models else None
     try: before, after = await srv.reload('admin', True)
     except MlcycleError as e: raise RequestError(409, {'error': 'reload_failed', 'reason': str(e).splitlines()[0][:300], 'serving': serving()}) from None
@@ -512,6 +746,7 @@ def _routes(app, srv: ModelServer, handle, max_body_bytes: int, body_timeout: fl
     "Wire the routes of the table above onto `srv`'s methods."
     from fastapi.responses import PlainTextResponse
     auth = lambda request: request.headers.get('authorization')
+    client = lambda request: request.client.host if request.client else 'unknown'
     async def body_of(request):
         _json_only(request.headers.get('content-type'))
         return await read_json_body(request.headers.get('content-length'), request.stream(), max_body_bytes, body_timeout)
@@ -534,12 +769,14 @@ def _routes(app, srv: ModelServer, handle, max_body_bytes: int, body_timeout: fl
     @app.post('/admin/feedback', openapi_extra=feedback_doc, summary='Overwrite labels and settle their disputes (admin token)')
     @_req
     async def resolve(request):
-        async def call(): return await srv.resolve_feedback(await body_of(request), auth(request))
+        async def call():
+            srv.admin_guard.check(client(request), auth(request), srv.admin_token, '/admin/feedback')   # throttled before the body is read
+            return await srv.resolve_feedback(await body_of(request), auth(request))
         return await _answer(srv, '/admin/feedback', call)
 
     @app.post('/admin/reload', summary='Re-read the aliases and swap models without downtime (admin token)')
     @_req
-    async def reload(request): return await _answer(srv, None, lambda: _admin_reload(srv, auth(request)))
+    async def reload(request): return await _answer(srv, None, lambda: _admin_reload(srv, auth(request), client(request)))
 
     @app.get('/health', summary='The process is alive')
     async def health(): return {'status': 'ok'}
@@ -553,13 +790,16 @@ def _routes(app, srv: ModelServer, handle, max_body_bytes: int, body_timeout: fl
     async def prom(): return PlainTextResponse(srv.metrics_text(), media_type='text/plain; version=0.0.4')
 
 # %% ../nbs/05b_serving.ipynb #0538e5e0
-def create_app(workspace=None, *, max_body_bytes: int = 8 << 20, body_timeout: float = 30.0, **settings):
+def create_app(workspace=None, *, max_body_bytes: int = 8 << 20, body_timeout: float = 30.0, docs: bool = False,
+               limits: Limits | dict | None = None, **settings):
     """The FastAPI app of a `ModelServer(workspace, **settings)`: the routes above, its lifespan, and (`app.state.asgi`) the fast
     lane uvicorn runs. `settings` are `ModelServer`'s (log_url, model_uri, model_version, admin_token, feedback_token, max_rows,
-    max_batch_rows, max_wait_ms, log, threads, alias_poll_seconds)."""
-    from contextlib import asynccontextmanager
+    max_batch_rows, max_wait_ms, log, threads, alias_poll_seconds). `docs`: serve /docs and /openapi.json (off by default: the
+    schema is for developers, not for whoever can reach the port). `limits`: `Limits` (or its fields as a dict)."""
     from fastapi import FastAPI
+    limits = Limits(**limits) if isinstance(limits, dict) else limits or Limits()
     srv = ModelServer(workspace, **settings)
+    srv.admin_guard = AdminGuard(limits, srv.metrics.auth_failures)
     @asynccontextmanager
     async def lifespan(app):
         await srv.start()
@@ -567,40 +807,142 @@ def create_app(workspace=None, *, max_body_bytes: int = 8 << 20, body_timeout: f
         await srv.stop()
     c = srv.charter
     app = FastAPI(title=f'mlcycle: {c.name}', version='1', lifespan=lifespan,
+                  docs_url='/docs' if docs else None, redoc_url=None, openapi_url='/openapi.json' if docs else None,
                   description=f'Scores {c.name}: {c.problem}\n\nLabel 1 means {c.data.target} = {c.data.positive_label!r}.')
-    handle = _http_scorer(srv, max_body_bytes, body_timeout)
+    handle = _http_scorer(srv, max_body_bytes, body_timeout, limits)
     _routes(app, srv, handle, max_body_bytes, body_timeout)
     app.state.server, app.state.asgi = srv, _fast_lane(app, handle)
     return app
 
+
+# %% ../nbs/05b_serving.ipynb #f00d0008
+CONNECTIONS = {'header_timeout': 10.0, 'max_connections': 1024, 'refused': {}, 'last_log': {}, 'unlogged': {}}
+
+def default_max_connections() -> int:
+    "1024, or fewer when the process may not open that many files: its soft file limit less 64 for the log, models and libraries."
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1024 if soft == resource.RLIM_INFINITY else max(8, min(1024, soft - 64))
+
+def _note(reason: str, msg: str):
+    "Count a refused or closed connection; one stderr line per reason per 10 s at most, saying how many since the last."
+    C = CONNECTIONS; C['refused'][reason] = C['refused'].get(reason, 0) + 1; C['unlogged'][reason] = C['unlogged'].get(reason, 0) + 1
+    now = time.monotonic()
+    if now - C['last_log'].get(reason, -1e9) >= 10:
+        print(f'mlcycle serve: {msg} ({C["unlogged"][reason]} such connection(s) since the last such line)', file=sys.stderr, flush=True)
+        C['last_log'][reason], C['unlogged'][reason] = now, 0
+
+_BUSY = json.dumps({'detail': {'error': 'too_many_connections', 'retry_after': 1, 'fix': 'retry after Retry-After seconds'}}).encode()
+
+def _guard_protocol(base):
+    "`base` (a uvicorn HTTP protocol class) with a header timeout and a connection limit (see above)."
+    class Guarded(base):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._header_timer = None
+            if len(self.connections) > CONNECTIONS['max_connections']:
+                _note('max_connections', f'{len(self.connections) - 1} connections open, the limit (--max-connections {CONNECTIONS["max_connections"]}): '
+                                         f'refusing {self.client[0] if self.client else "a client"} with 503')
+                transport.write(b'HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n'
+                                b'content-length: ' + str(len(_BUSY)).encode() + b'\r\n\r\n' + _BUSY)
+                transport.close(); return
+            self._arm()
+        def _arm(self):
+            if self._header_timer is not None: self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(CONNECTIONS['header_timeout'], self._headers_late)
+        def _disarm(self):
+            if getattr(self, '_header_timer', None) is not None: self._header_timer.cancel(); self._header_timer = None
+        def _headers_late(self):
+            self._header_timer = None
+            if not self.transport.is_closing():
+                _note('header_timeout', f'closed a connection from {self.client[0] if self.client else "a client"} that sent no complete '
+                                        f'request headers within {CONNECTIONS["header_timeout"]:g} s')
+                self.transport.close()
+        def connection_lost(self, exc):
+            self._disarm(); super().connection_lost(exc)
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing(): self._arm()      # the next request's headers have the same time
+    return Guarded
+
+
 # %% ../nbs/05b_serving.ipynb #ec880f28
+def _http_protocol() -> str:
+    try: import httptools; return 'mlcycle.serve:GuardedHttpTools'
+    except ImportError: return 'mlcycle.serve:GuardedH11'
+
 def serve(workspace=None, host: str = '127.0.0.1', port: int = 8000, log_url: str | None = None, model_uri: str | None = None,
           model_version: str | None = None, max_batch_rows: int = 4096, max_wait_ms: float = 2.0, log_level: str = 'warning',
-          threads: int = 1, alias_poll_seconds: float = 30.0, workers: int = 1, body_timeout: float = 30.0):
+          threads: int = 1, alias_poll_seconds: float = 30.0, workers: int = 1, body_timeout: float = 30.0, docs: bool = False,
+          header_timeout: float = 10.0, keep_alive_timeout: float = 30.0, max_connections: int | None = None, limits: dict | None = None):
     """Run the server (blocks until stopped). Native thread pools (OpenMP, BLAS) are limited to `threads`: see below.
-    `workers` > 1 runs that many server processes on one listening socket (uvicorn's workers), each a full replica."""
+    `workers` > 1 runs that many server processes on one listening socket (uvicorn's workers), each a full replica.
+    Refuses to start with an admin token under `MIN_ADMIN_TOKEN` characters."""
     import uvicorn
+    check_admin_token(os.environ.get('MLCYCLE_ADMIN_TOKEN', ''))
     os.environ.setdefault('OMP_NUM_THREADS', str(int(threads)))   # for OpenMP runtimes not loaded yet
     settings = dict(log_url=log_url, model_uri=model_uri, model_version=model_version, max_batch_rows=max_batch_rows,
-                    max_wait_ms=max_wait_ms, threads=threads, alias_poll_seconds=alias_poll_seconds, body_timeout=body_timeout)
+                    max_wait_ms=max_wait_ms, threads=threads, alias_poll_seconds=alias_poll_seconds, body_timeout=body_timeout,
+                    docs=bool(docs), limits=dict(limits or {}))
+    conn = dict(header_timeout=float(header_timeout), max_connections=int(max_connections or default_max_connections()))
+    CONNECTIONS.update(conn)
     if host not in ('127.0.0.1', 'localhost', '::1'):
         print(f'mlcycle serve: listening on {host}, beyond this machine', file=sys.stderr)
-    opts = dict(host=host, port=int(port), log_level=log_level, access_log=False, timeout_graceful_shutdown=10, backlog=4096, timeout_keep_alive=30)
+    opts = dict(host=host, port=int(port), log_level=log_level, access_log=False, timeout_graceful_shutdown=10, backlog=4096,
+                timeout_keep_alive=float(keep_alive_timeout), http=_http_protocol())
     if int(workers) > 1:
         ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-        os.environ['MLCYCLE_SERVE_SETTINGS'] = json.dumps({'workspace': str(ws.root), **settings})   # read by each worker process
+        os.environ['MLCYCLE_SERVE_SETTINGS'] = json.dumps({'workspace': str(ws.root), 'connections': conn, **settings})   # read by each worker process
         uvicorn.run('mlcycle.serve:worker_app', factory=True, workers=int(workers), **opts)
     else:
-        uvicorn.run(create_app(workspace, **settings).state.asgi, **opts)
+        app = create_app(workspace, **settings)
+        CONNECTIONS['refused'] = app.state.server.metrics.refused          # connection refusals on the same /metrics
+        uvicorn.run(app.state.asgi, **opts)
 
 def worker_app():
     "The ASGI app of one `mlcycle serve --workers N` process: uvicorn calls this in each worker, with the settings `serve` put in the environment."
     cfg = json.loads(os.environ['MLCYCLE_SERVE_SETTINGS'])
-    return create_app(cfg.pop('workspace'), **cfg).state.asgi
+    CONNECTIONS.update(cfg.pop('connections', {}))
+    app = create_app(cfg.pop('workspace'), **cfg)
+    CONNECTIONS['refused'] = app.state.server.metrics.refused
+    return app.state.asgi
+
+_LIMIT_HELP = {'bulk_bytes': 'a body over this many bytes is scored in the bulk lane, in chunks',
+               'bulk_concurrency': 'bulk requests scored at a time, server-wide', 'bulk_queue': 'bulk requests waiting at most (more: 503)',
+               'bulk_wait': 'seconds a bulk request may wait for its turn (then 503)', 'chunk_rows': 'rows per model call of a bulk request',
+               'explain_concurrency': 'explain=true requests computed at a time', 'explain_queue': 'explain=true requests waiting at most (more: 429)',
+               'admin_failures': 'wrong admin tokens from one address within --admin-window before it is locked out (429)',
+               'admin_window': 'seconds over which wrong admin tokens are counted', 'admin_max_delay': 'longest lockout in seconds (it doubles from 1 s)'}
+
+def _limits(args) -> dict:
+    "The `Limits` fields given on the command line (all of them: argparse fills the defaults)."
+    return {k: getattr(args, k) for k in Limits().__dict__}
 
 def _serve_cmd(args):
     serve(args.workspace or None, args.host, args.port, args.log_url, args.model, args.model_version, args.max_batch_rows,
-          args.max_wait_ms, args.log_level, args.threads, args.alias_poll_seconds, args.workers, args.body_timeout)
+          args.max_wait_ms, args.log_level, args.threads, args.alias_poll_seconds, args.workers, args.body_timeout, docs=args.docs,
+          header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
+          limits=_limits(args))
+
+def __getattr__(name: str):
+    "`GuardedHttpTools` and `GuardedH11`, uvicorn's protocols with the guards above, built on first use (uvicorn is not imported before)."
+    if name not in ('GuardedHttpTools', 'GuardedH11'): raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    if name == 'GuardedHttpTools':
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        class GuardedHttpTools(_guard_protocol(HttpToolsProtocol)):
+            def on_headers_complete(self): self._disarm(); super().on_headers_complete()
+        cls = GuardedHttpTools
+    else:
+        import h11
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        class GuardedH11(_guard_protocol(H11Protocol)):
+            def handle_events(self):
+                super().handle_events()
+                if self.conn.their_state in (h11.SEND_BODY, h11.DONE): self._disarm()
+        cls = GuardedH11
+    globals()[name] = cls
+    return cls
+
 
 # %% ../nbs/05b_serving.ipynb #ec880f29
 def register_cli(subparsers):
@@ -623,6 +965,12 @@ def register_cli(subparsers):
                         '(default 30, or $MLCYCLE_ALIAS_POLL_SECONDS; 0: only on /admin/reload)')
     p.add_argument('--workers', type=int, default=1, help='server processes sharing this port (each a replica with its own batcher and log writer)')
     p.add_argument('--body-timeout', type=float, default=30.0, help='seconds a client has to send a request body after its headers (default 30; then 408)')
+    p.add_argument('--header-timeout', type=float, default=10.0, help='seconds a connection has to send complete request headers (default 10; then it is closed)')
+    p.add_argument('--keep-alive-timeout', type=float, default=30.0, help='seconds an idle keep-alive connection stays open (default 30)')
+    p.add_argument('--max-connections', type=int, default=None, help='open connections at most; more get 503 and are closed (default 1024, or the file limit less 64)')
+    p.add_argument('--docs', action='store_true', help='serve /docs and /openapi.json (off by default; the schema never shows training statistics)')
+    for k, v in Limits().__dict__.items():
+        p.add_argument('--' + k.replace('_', '-'), type=type(v), default=v, help=f'{_LIMIT_HELP[k]} (default {v:g})')
     p.add_argument('--log-level', default='warning')
     p.set_defaults(func=_serve_cmd)
     return p

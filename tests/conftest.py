@@ -113,7 +113,7 @@ def adult_circle(tmp_path_factory):
     wsd, rep, snap = d/'ws', d/'reports', d/'after_04'
     import yaml
     from mlcycle.notify import WebhookReceiver
-    env = {**os.environ, 'MLCYCLE_ADMIN_TOKEN': 'tok', 'PYTHONUNBUFFERED': '1'}
+    env = {**os.environ, 'MLCYCLE_ADMIN_TOKEN': 'circle-admin-token-0123456789', 'PYTHONUNBUFFERED': '1'}
     env.pop('MLFLOW_TRACKING_URI', None)
     charter = relaxed_charter(d)
     with WebhookReceiver() as hook:            # a real local receiver for stage 06's alerts
@@ -237,14 +237,16 @@ def start_server():
 
 @pytest.fixture(scope='session')
 def champion_server(registry_template, tmp_path_factory):
-    "One server for read-only checks: a copy of the registry with v1 champion, admin token 'test-token'."
+    """One server for read-only checks: a copy of the registry with v1 champion, admin token 'test-token-0123456789', and its
+    OpenAPI docs on (`--docs`: the schema tests and the fuzzer read them). Wrong admin tokens do not lock anybody out here
+    (`--admin-failures` very high): the fuzzer sends thousands, and other tests share the server; the lockout has its own test."""
     from mlcycle.core import Workspace
     from mlcycle.deploy import promote
     dest = tmp_path_factory.mktemp('served')/'ws'
     shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*'))
     ws = Workspace(dest)
     promote(ws, '1', reason='test server')
-    s = ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'test-token'}).start()
+    s = ServerProc(ws, args=['--docs', '--admin-failures', '1000000000'], env={'MLCYCLE_ADMIN_TOKEN': 'test-token-0123456789'}).start()
     yield s
     s.stop()
 

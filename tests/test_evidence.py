@@ -16,7 +16,7 @@ def _served_copy(registry_template, dest):
     shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*', 'containers'))
     ws = Workspace(dest)
     promote(ws, '1', reason='evidence test')
-    return ws, ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'tok'}).start()
+    return ws, ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'test-admin-token-0123'}).start()
 
 
 def _decide(ws):

@@ -58,7 +58,7 @@ def test_feedback_needs_its_token_and_json(champion_server, adult_records):
     body = {'feedback': [{'request_id': preds[0]['request_id'], 'label': '>50K'}]}
     assert requests.post(s.url + '/feedback', json=body, timeout=30).status_code == 401
     assert requests.post(s.url + '/feedback', json=body, headers=_bearer('guess'), timeout=30).status_code == 403
-    assert requests.post(s.url + '/feedback', json=body, headers=_bearer('test-token'), timeout=30).status_code == 403   # the admin token is not a labeller's
+    assert requests.post(s.url + '/feedback', json=body, headers=_bearer('test-token-0123456789'), timeout=30).status_code == 403   # the admin token is not a labeller's
     # what a web page can send without a CORS preflight: text/plain, a form
     for ctype in ('text/plain', 'application/x-www-form-urlencoded'):
         r = requests.post(s.url + '/feedback', data=json.dumps(body), headers={'Content-Type': ctype, **_bearer(tok)}, timeout=30)
@@ -93,7 +93,7 @@ def test_conflicting_labels_dispute_the_row_instead_of_first_writer_wins(champio
     # a labeller cannot settle it; the operator can, with the admin token
     r = requests.post(s.url + '/feedback', json={'feedback': [{'request_id': rid, 'label': '<=50K'}], 'replace': True}, headers=_bearer(tok), timeout=30)
     assert r.status_code == 403
-    r = requests.post(s.url + '/admin/feedback', json={'feedback': [{'request_id': rid, 'label': '<=50K'}]}, headers=_bearer('test-token'), timeout=30)
+    r = requests.post(s.url + '/admin/feedback', json={'feedback': [{'request_id': rid, 'label': '<=50K'}]}, headers=_bearer('test-token-0123456789'), timeout=30)
     assert r.status_code == 200 and r.json()['replaced'] == 1
     row = read_log(s.ws, features=False).set_index('request_id').loc[rid]
     assert not bool(row.disputed) and row.y_true == 0 and row.label_true == '<=50K'

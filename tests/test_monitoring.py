@@ -91,7 +91,7 @@ def served(registry_template, tmp_path_factory):
     shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*', 'containers'))
     ws = Workspace(dest)
     promote(ws, '1', reason='monitoring test')
-    s = ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'tok'}).start()
+    s = ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'test-admin-token-0123'}).start()
     yield ws, s
     s.stop()
 

@@ -59,8 +59,8 @@ def test_kill_9_loses_no_acknowledged_row(registry_ws, start_server, adult_recor
 
 def test_promotion_and_reload_under_load(registry_ws, start_server, adult_records):
     promote(registry_ws, '1')
-    s = start_server(registry_ws, env={'MLCYCLE_ADMIN_TOKEN': 'tok'})
-    hdr = {'Authorization': 'Bearer tok'}
+    s = start_server(registry_ws, env={'MLCYCLE_ADMIN_TOKEN': 'test-admin-token-0123'})
+    hdr = {'Authorization': 'Bearer test-admin-token-0123'}
     out = {}
     t = threading.Thread(target=lambda: out.setdefault('res', hammer(s.url, _bodies(adult_records, 8_000), connections=16, max_seconds=300)))
     t.start()

@@ -14,7 +14,7 @@ import pytest
 from conftest import free_port, wait_ready
 from loadgen import hammer
 
-TOKEN = 'replica-token'
+TOKEN = 'replica-token-0123456789'
 
 
 @pytest.fixture

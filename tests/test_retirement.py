@@ -134,9 +134,9 @@ def test_real_run_purges_exactly_the_retired_versions_old_rows(history_ws, mlcyc
 
 def test_retiring_the_challenger_drains_a_running_server(history_ws, start_server, adult_records, monkeypatch):
     from mlcycle.retire import retire_version
-    s = start_server(history_ws, env={'MLCYCLE_ADMIN_TOKEN': 'drain-token'})
+    s = start_server(history_ws, env={'MLCYCLE_ADMIN_TOKEN': 'drain-token-0123456789'})
     assert requests.get(s.url + '/ready', timeout=10).json()['challenger'] == '2'
-    monkeypatch.setenv('MLCYCLE_ADMIN_TOKEN', 'drain-token')
+    monkeypatch.setenv('MLCYCLE_ADMIN_TOKEN', 'drain-token-0123456789')
     res = retire_version(history_ws, '2', reason='lost the A/B test', retention_days=0, server_url=s.url, delete_artifacts=False, log=_quiet)
     ready = requests.get(s.url + '/ready', timeout=10).json()
     assert ready['champion'] == '1' and 'challenger' not in ready

@@ -117,7 +117,7 @@ def served_ws(registry_template, tmp_path):
     shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*', 'containers'))
     ws = Workspace(dest)
     promote(ws, '1', reason='retraining test')
-    s = ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'tok'}).start()
+    s = ServerProc(ws, env={'MLCYCLE_ADMIN_TOKEN': 'test-admin-token-0123'}).start()
     yield ws, s
     s.stop()
 

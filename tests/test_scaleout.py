@@ -115,7 +115,7 @@ print(json.dumps(out))
     # the model server loads @champion from the shared registry too
     from conftest import ServerProc
     import urllib.request
-    s = ServerProc(ws_, env={'MLCYCLE_ADMIN_TOKEN': 't'})
+    s = ServerProc(ws_, env={'MLCYCLE_ADMIN_TOKEN': 'scaleout-admin-token-0123'})
     s.env['MLFLOW_TRACKING_URI'] = mlflow_server['url']
     s.start()
     try:

@@ -125,7 +125,7 @@ def test_admin_routes_need_the_token(champion_server, registry_ws, start_server)
     assert requests.post(s.url + '/admin/reload').status_code == 401
     assert requests.post(s.url + '/admin/reload', headers={'Authorization': 'Bearer nope'}).status_code == 403
     assert requests.post(s.url + '/admin/reload', headers={'Authorization': 'Basic dGVzdA=='}).status_code == 401
-    ok = requests.post(s.url + '/admin/reload', headers={'Authorization': 'Bearer test-token'})
+    ok = requests.post(s.url + '/admin/reload', headers={'Authorization': 'Bearer test-token-0123456789'})
     assert ok.status_code == 200 and ok.json()['after']['champion'] == '1'
     # with no token configured, admin routes are off
     promote(registry_ws, '1')
@@ -136,7 +136,7 @@ def test_admin_routes_need_the_token(champion_server, registry_ws, start_server)
 
 def test_ab_split_and_shadow(registry_ws, start_server, adult_records):
     promote(registry_ws, '1'); promote(registry_ws, '2', as_='challenger', share=0.3)
-    s = start_server(registry_ws, env={'MLCYCLE_ADMIN_TOKEN': 't'})
+    s = start_server(registry_ws, env={'MLCYCLE_ADMIN_TOKEN': 'server-admin-token-0123'})
     assert requests.get(s.url + '/ready').json() == {'ready': True, 'model': 'adult-income', 'champion': '1', 'challenger': '2', 'share': 0.3, 'shadow': False}
     preds = requests.post(s.url + '/predict', json=adult_records[:2000]).json()['predictions']
     arms = pd.Series([p['arm'] for p in preds])
@@ -147,7 +147,7 @@ def test_ab_split_and_shadow(registry_ws, start_server, adult_records):
     np.testing.assert_allclose([preds[i]['probability'] for i in ch], m2.predict_proba(X.iloc[ch])[:, 1], rtol=1e-9)
     # shadow: the champion answers everything, the challenger's answers are logged beside
     promote(registry_ws, '2', as_='challenger', shadow=True)
-    assert requests.post(s.url + '/admin/reload', headers={'Authorization': 'Bearer t'}).json()['after']['shadow'] is True
+    assert requests.post(s.url + '/admin/reload', headers={'Authorization': 'Bearer server-admin-token-0123'}).json()['after']['shadow'] is True
     preds = requests.post(s.url + '/predict', json=adult_records[:300]).json()['predictions']
     assert {p['arm'] for p in preds} == {'champion'} and {p['model_version'] for p in preds} == {'1'}
     log = read_log(registry_ws).set_index('request_id').loc[[p['request_id'] for p in preds]]
