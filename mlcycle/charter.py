@@ -280,7 +280,7 @@ class Risk(_Strict):
 class Retention(_Strict):
     prediction_log_days: int = Field(90, ge=1)
     # how the prediction log keeps the sensitive features: as sent, as a keyed hash (groups stay comparable), or not at all.
-    # Default hash: the safest that still lets stage 06 measure fairness per group (see the README); `store` is needed
+    # Default hash: the safest that still lets stage 06 measure fairness per group (see the documentation's design decisions); `store` is needed
     # only to retrain on logged rows (stage 07 new_data=feedback) when the model takes the sensitive features as inputs
     log_sensitive_features: Literal['store', 'hash', 'drop'] = 'hash'
 

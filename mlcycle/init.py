@@ -206,7 +206,7 @@ def charter_yaml(draft: dict) -> str:
         desc = next((t for k, t in n['objectives'].items() if k.startswith(o['metric'] + (f"[{o['sensitive_feature']}]" if o.get('sensitive_feature') else ''))), '')
         L += [f'  # {desc}' if desc else '  # latency: the p95 of one prediction, in ms', '  - ' + _y(o)]
     L += [_y({k: d[k]}) if not k.startswith('#') else k for k in ('intended_use', 'out_of_scope', 'owners')]
-    L += ['# how much each stage searches and tolerates, sized for this data (see the README for every key)', _y({'development': d['development']}),
+    L += ['# how much each stage searches and tolerates, sized for this data (the charter reference in the documentation lists every key)', _y({'development': d['development']}),
           _y({'validation': d['validation']}),
           '# stage 04 measures the train-test gap and the drop under each robustness probe, with their intervals, and warns beyond',
           '# 0.03 and 0.10; they fail a version only under a limit you state: validation: {overfit_tolerance: 0.05, robustness_max_drop: 0.1}',
@@ -216,7 +216,7 @@ def charter_yaml(draft: dict) -> str:
           '# production rows for the full circle: none named, so stage 02 holds back 15% (the latest by time_column, else a seeded random share);',
           '# name your own new rows instead with  production: {sources: [{kind: csv, path: new_rows.csv}]}  (labels optional)']
     if draft.get('features'):
-        L += ['# derived features proposed from the data (uncomment those you want; the README lists every kind):', '# features:']
+        L += ['# derived features proposed from the data (uncomment those you want; the derived-features page of the documentation lists every kind):', '# features:']
         L += [f"#   - {_y({k: v for k, v in f.items() if k != 'why'})}   # {f['why']}" for f in draft['features']]
     return '\n'.join(L) + '\n'
 
@@ -245,7 +245,7 @@ def register_cli(subparsers):
                               description='Write a starting charter from the data: task, sensitive features to confirm, requirements from '
                                           'its size, objectives from a quick baseline, and whether the test split can verify each one.')
     p.add_argument('--data', required=True, help='a CSV or Parquet file with the target column')
-    p.add_argument('--target', required=True, help='the column to predict (two values)')
+    p.add_argument('--target', required=True, help='the column to predict: two values make a binary task, up to 20 labels a multiclass one, a number with more than 20 values a regression')
     p.add_argument('--out', default='charter.yaml', help='where to write the charter (default: charter.yaml)')
     p.add_argument('--name', default=None, help='model name (default: the data file name)')
     p.add_argument('--positive-label', default=None, help='the target value to predict as positive (default: the rarer value)')
