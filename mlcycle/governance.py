@@ -416,10 +416,11 @@ def server_configuration(ws: Workspace, name: str, version) -> dict:
     return {'source': where, 'admin_token': admin}
 
 def retirement_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -> dict:
-    """How this version is retired: stage 09's record when it was, else whether `retire.retirement_plan` can compute its
-    dry-run plan under the charter's retention (for the serving @champion, with the newest other validated version as
-    the replacement; with none, retiring it is refused and there is no plan)."""
-    from mlcycle.retire import retirement_plan
+    """How this version is retired: stage 09's record when it was, else whether stage 09 could retire it now under the
+    charter's retention: a version that is not the serving @champion can always be retired; the champion only with a
+    validated replacement (the newest other version that passed), which stage 09 promotes first. With none, retiring it
+    is refused (`retire.retirement_plan` says the same), and there is no plan. Stage 09 builds on this module, so the
+    rule is read here, not by importing it."""
     name, v = name or c.name, str(version)
     if ws.has_stage('09_retirement'):
         o = ws.manifest('09_retirement')['outputs']
@@ -431,14 +432,12 @@ def retirement_evidence(ws: Workspace, c: Charter, version, name: str | None = N
     if 'champion' in (cl.get_model_version(name, v).aliases or []):
         ok = [str(x.version) for x in vs if str(x.version) != v and x.tags.get('validation_status') == 'passed' and x.tags.get('lifecycle') != 'retired']
         rep = ok[-1] if ok else None
-    try: p = retirement_plan(ws, v, replacement=rep, name=name)
-    except MlcycleError as e: return {'ok': False, 'source': None, 'summary': str(e)}
-    except Exception as e: return {'ok': False, 'source': None, 'summary': f'the dry-run plan cannot be computed: {type(e).__name__}: {str(e).splitlines()[0][:200]}'}
-    d = p['deletes']
-    return {'ok': True, 'source': 'dry-run plan (stage 09)', 'retention_days': p['retention_days'], 'replacement': rep,
-            'summary': (f"retention {p['retention_days']:g} days (charter): would purge {d['predictions']} prediction and {d['feedback']} feedback row(s), "
-                        f"{len(p['alias_changes'])} alias change(s){f' (v{rep} promoted first)' if rep else ''}, {len(d['snapshot_files'])} snapshot file(s), "
-                        f"MLflow {', '.join(d['mlflow_soft_delete']) or 'nothing'} soft-deleted")}
+        if rep is None:
+            return {'ok': False, 'source': None, 'summary': f'v{v} is the serving @champion of {name} and no other version passed validation: '
+                    'retiring it would leave nothing to serve, so there is no retirement plan (validate a replacement first)'}
+    days = c.retention.prediction_log_days
+    return {'ok': True, 'source': 'retirement rule (stage 09)', 'retention_days': days, 'replacement': rep,
+            'summary': f"retention {days:g} days (charter); stage 09 can retire it{f' after promoting v{rep}' if rep else ''} (`mlcycle retire {v} --dry-run` lists every change)"}
 
 
 # %% ../nbs/08_governance.ipynb #6a7c501b
