@@ -199,6 +199,42 @@ def test_postgresql_source_runs_read_only(postgres_url):
     eng.dispose()
 
 
+def test_predict_sql_input_cannot_change_the_database(registry_ws, adult_records, mlcycle, tmp_path):
+    "`mlcycle predict --input` with a SQL query that writes (issue 32): refused or failed read-only, the rows all still there."
+    db = tmp_path/'score.db'
+    con = sqlite3.connect(db); pd.DataFrame(adult_records[:5]).to_sql('t', con, index=False); con.close()
+    for q in ('WITH x AS (SELECT 1) DELETE FROM t', 'SELECT 1; DELETE FROM t', "WITH x AS (SELECT 1) INSERT INTO t (age) SELECT 1"):
+        r = mlcycle('predict', '--workspace', registry_ws.root, '--input', q, '--db', f'sqlite:///{db}', '--output', tmp_path/'out.csv',
+                    '--version', '1', '--no-progress', timeout=300)
+        assert r.returncode != 0 and ('readonly' in r.stderr or 'one SELECT' in r.stderr), (q, r.stderr[-2000:])
+        assert sqlite3.connect(db).execute('SELECT count(*) FROM t').fetchone()[0] == 5, q
+        assert not (tmp_path/'out.csv').exists()
+    r = mlcycle('predict', '--workspace', registry_ws.root, '--input', 'SELECT * FROM t', '--db', f'sqlite:///{db}',
+                '--output', tmp_path/'out.csv', '--version', '1', '--no-progress', timeout=300)
+    assert r.returncode == 0 and len(pd.read_csv(tmp_path/'out.csv')) == 5, r.stderr[-2000:]
+
+
+def test_predict_sql_input_on_postgresql_runs_read_only(postgres_url):
+    "The batch reader takes the sources' read-only path: on PostgreSQL a SELECT that writes fails in a read-only transaction."
+    import sqlalchemy as sa
+    from mlcycle.batch import iter_chunks
+    from mlcycle.core import MlcycleError
+    eng = sa.create_engine(postgres_url)
+    with eng.begin() as c:
+        c.exec_driver_sql('CREATE TABLE to_score (age integer)'); c.exec_driver_sql('INSERT INTO to_score VALUES (30), (40), (50)')
+        c.exec_driver_sql('CREATE SEQUENCE to_score_seq')
+    with pytest.raises(MlcycleError, match='read-only transaction'):      # a SELECT that writes: it advances a sequence
+        list(iter_chunks("SELECT nextval('to_score_seq') AS age FROM to_score", 2, postgres_url))
+    with pytest.raises(MlcycleError, match='data-modifying|read-only'):
+        list(iter_chunks('WITH gone AS (DELETE FROM to_score RETURNING *) SELECT * FROM gone', 2, postgres_url))
+    with eng.connect() as c:
+        assert c.exec_driver_sql('SELECT count(*) FROM to_score').scalar_one() == 3
+        assert c.exec_driver_sql('SELECT is_called FROM to_score_seq').scalar_one() is False     # nextval never ran
+    test = [len(x) for x in iter_chunks('SELECT * FROM to_score', 2, postgres_url)]
+    assert test == [2, 1]
+    eng.dispose()
+
+
 # ---- 7. the smaller ones --------------------------------------------------------------------------------------------
 
 def test_stalled_body_gets_408_and_the_connection_closes(registry_ws, start_server):
