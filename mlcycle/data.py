@@ -425,7 +425,7 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     c = workspace_charter(ws, charter)
     df, sources = load_data(c)
     check_charter_against_data(c, df)
-    check_features(c, df)
+    feature_warnings = check_features(c, df)   # trusted_types the custom transformers do not need (also issued as warnings)
     modelled, prod, prod_rec = production_rows(c, df)
     splits = split_data(modelled, c, test_size, validation_size)
     contract = infer_contract(splits['train'], c)
@@ -453,7 +453,8 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
             quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
                      'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
                      'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records'),
-                     'suggested_features': quality['suggested_features']})
+                     'suggested_features': quality['suggested_features']},
+            feature_warnings=feature_warnings)
         st.record('data_accepted', rows=len(df), sources=[s['fingerprint'] for s in sources], splits=fps,
                   why='charter fits the data; requirements met; no leakage suspect')
     return dict(charter=c, workspace=ws, data=df, splits=splits, production=prod, production_record=prod_rec, contract=contract, quality=quality, fingerprints=fps,

@@ -235,6 +235,39 @@ def test_predict_sql_input_on_postgresql_runs_read_only(postgres_url):
     eng.dispose()
 
 
+# ---- 8. a custom transformer is trusted before it is imported --------------------------------------------------------
+
+def _custom_charter(tmp_path, trusted) -> Path:
+    import yaml
+    from conftest import relaxed_charter
+    p = relaxed_charter(tmp_path)
+    d = yaml.safe_load(p.read_text())
+    d['features'] = [{'name': 'age_scaled', 'kind': 'custom', 'inputs': ['age'], 'transformer': 'probe_features:Scale', 'trusted_types': trusted}]
+    p.write_text(yaml.safe_dump(d)); return p
+
+
+def test_custom_transformer_is_not_imported_before_it_is_trusted(tmp_path, mlcycle):
+    "The probe of issue 32: a module named by `features: custom` ran at import with trusted_types empty."
+    mods = tmp_path/'mods'; mods.mkdir()
+    (mods/'probe_features.py').write_text(f"open({str(tmp_path/'imported')!r}, 'w').close()\n"
+                                          "from sklearn.preprocessing import StandardScaler as Scale\n")
+    env = {'PYTHONPATH': os.pathsep.join([str(mods), os.environ.get('PYTHONPATH', '')])}
+    r = mlcycle('stage', '01', '--charter', _custom_charter(tmp_path, []), '--workspace', tmp_path/'ws', '--reports', tmp_path/'rep',
+                env=env, timeout=300)
+    assert r.returncode != 0 and 'trusted_types does not list probe_features.Scale' in r.stderr, r.stderr[-2000:]
+    assert 'trusted_types: [probe_features.Scale]' in r.stderr
+    assert not (tmp_path/'imported').exists()                     # its code never ran
+    r = mlcycle('stage', '01', '--charter', _custom_charter(tmp_path, ['probe_features.Scale', 'builtins.eval', 'posix.system']),
+                '--workspace', tmp_path/'ws', '--reports', tmp_path/'rep', env=env, timeout=300)
+    assert r.returncode != 0 and 'builtins.eval (' in r.stderr and 'posix.system (' in r.stderr and 'run code' in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/'imported').exists()
+    from mlcycle.charter import load_charter
+    sys.path.insert(0, str(mods))
+    try: assert load_charter(_custom_charter(tmp_path, ['probe_features:Scale'])).features[0].trusted_types == ['probe_features.Scale']
+    finally: sys.path.remove(str(mods))
+    assert (tmp_path/'imported').exists()                         # trusted: imported
+
+
 # ---- 7. the smaller ones --------------------------------------------------------------------------------------------
 
 def test_stalled_body_gets_408_and_the_connection_closes(registry_ws, start_server):
