@@ -268,6 +268,27 @@ def test_custom_transformer_is_not_imported_before_it_is_trusted(tmp_path, mlcyc
     assert (tmp_path/'imported').exists()                         # trusted: imported
 
 
+def test_a_workspace_is_owner_only(adult_workspace_0102, mlcycle, tmp_path):
+    """Issue 32: the data snapshots (every row, sensitive features in clear), mlflow.db, the audit log and charter.json were
+    0644 in a 0755 folder. After stages 01 and 02 (the real command), nothing in the workspace is open to group or others."""
+    ws = adult_workspace_0102/'ws'
+    entries = [ws, *ws.rglob('*')]
+    names = {p.name for p in entries}
+    assert {'mlflow.db', 'audit.jsonl', 'charter.json', 'contract.json'} <= names and any(p.suffix == '.parquet' for p in entries)
+    assert any(p.is_dir() for p in ws.glob('mlartifacts/*'))
+    opened = {str(p.relative_to(ws)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in entries
+              if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077}
+    assert not opened, opened
+    # an existing workspace (made before: 0755, a 0644 snapshot) keeps working and is set owner-only by its next stage
+    import shutil
+    old = tmp_path/'old'; shutil.copytree(ws, old)
+    for p in [old, *old.rglob('*')]: os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    r = mlcycle('stage', '02', '--workspace', old, '--reports', tmp_path/'rep', timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not [p for p in [old, *old.rglob('*')] if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077]
+    assert mlcycle('audit', 'verify', '--workspace', old, timeout=120).returncode == 0
+
+
 # ---- 7. the smaller ones --------------------------------------------------------------------------------------------
 
 def test_stalled_body_gets_408_and_the_connection_closes(registry_ws, start_server):
