@@ -28,10 +28,10 @@ __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS',
            'refused_trusted_type', 'transformer_type', 'needs_trust', 'DerivedFeature', 'Source', 'Requirements',
            'DataSpec', 'Objective', 'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook',
            'MonitoringSpec', 'Charter', 'CharterError', 'format_validation_error', 'parse_charter', 'load_charter',
-           'check_charter_against_data', 'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target',
-           'target_problems', 'task_target', 'stratify_labels', 'leakage_target', 'target_summary', 'judged_groups',
-           'judged_rows', 'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives',
-           'group_names', 'task_draws', 'workspace_charter']
+           'columns_shown', 'source_names', 'check_charter_against_data', 'feature_input_errors', 'time_values',
+           'unparseable_times', 'binary_target', 'target_problems', 'task_target', 'stratify_labels', 'leakage_target',
+           'target_summary', 'judged_groups', 'judged_rows', 'too_small_note', 'ovr_auc', 'task_metric_value',
+           'objective_value', 'evaluate_objectives', 'group_names', 'task_draws', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -505,13 +505,29 @@ def load_charter(path=None) -> Charter:
     return parse_charter(data, base_dir=path.resolve().parent, source=f'charter {path.name}')
 
 # %% ../nbs/01a_charter.ipynb #0f5c9a64
+def columns_shown(c: Charter, df: pd.DataFrame) -> str:
+    """'; columns are: …' for a message, only when `df` holds the charter's target: data read from a file that lacks it may
+    not be a table at all (a password file read as a one-column CSV), and its 'column names' would be its first line."""
+    return f'; columns are: {", ".join(map(str, df.columns))}' if c.data.target in df.columns else ''
+
+def source_names(c: Charter) -> str:
+    "The charter's sources as a message names them: each file's path, or a SQL source's query (never a database password)."
+    return ', '.join(s.path if s.kind != 'sql' else f'sql query {s.query[:80]!r}' for s in c.data.sources)
+
 def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
-    "Raise `CharterError` listing every charter key that does not fit the data `df`."
+    """Raise `CharterError` listing every charter key that does not fit the data `df`. Names and values from the data appear
+    only when it holds the target column (`columns_shown`); without it, the message gives the sources, the shape, and nothing read."""
     cols, errs = list(df.columns), []
     def missing(key, name):
         if name is not None and name not in df.columns:
-            errs.append(f'  - {key}: column {name!r} is not in the data; columns are: {", ".join(map(str, cols))}')
-    missing('data.target', c.data.target)
+            errs.append(f'  - {key}: column {name!r} is not in the data{columns_shown(c, df)}')
+    if c.data.target not in df.columns:
+        near = [x for x in map(str, cols) if x.lower() == str(c.data.target).lower()]
+        raise CharterError(f'the charter does not fit the data: data.target: column {c.data.target!r} is not in the data read from '
+                           f'{source_names(c)}' + (f' (a column differs only in case: {near[0]!r})' if near else '') +
+                           f'; the data has {len(cols)} column(s) and {len(df)} row(s). Its column names are not shown: without '
+                           'the target it may not be the table meant' + (' (one column: is it comma-separated? set options: {sep: ...} '
+                           'on the source)' if len(cols) == 1 else '') + '; check data.sources[].path and data.target')
     for i, s in enumerate(c.data.sensitive_features): missing(f'data.sensitive_features[{i}]', s)
     for i, s in enumerate(c.data.drop_columns): missing(f'data.drop_columns[{i}]', s)
     missing('data.id_column', c.data.id_column)
@@ -554,7 +570,7 @@ def feature_input_errors(c: Charter, df: pd.DataFrame) -> list[str]:
     for i, f in enumerate(c.features):
         for j, col in enumerate(f.inputs):
             if col not in df.columns:
-                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not in the data; columns are: {", ".join(map(str, df.columns))}')
+                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not in the data{columns_shown(c, df)}')
             elif col in (c.data.time_column, *c.data.drop_columns):
                 errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not a model input '
                             f'({"data.time_column" if col == c.data.time_column else "data.drop_columns"}); derive features from model inputs only')

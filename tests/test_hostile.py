@@ -289,6 +289,22 @@ def test_a_workspace_is_owner_only(adult_workspace_0102, mlcycle, tmp_path):
     assert mlcycle('audit', 'verify', '--workspace', old, timeout=120).returncode == 0
 
 
+def test_a_source_that_is_not_the_data_is_not_echoed(tmp_path, mlcycle):
+    "Issue 32: a CSV source pointing at a password file put its first line, as 'columns are: …', in stage 01's report and run.json."
+    import yaml
+    from conftest import relaxed_charter
+    secret = tmp_path/'passwd'
+    secret.write_text('root:x:0:0:s3cretline:/root:/bin/bash\ndaemon:x:1:1:daemon2nd:/usr/sbin:/usr/sbin/nologin\n')
+    p = relaxed_charter(tmp_path); d = yaml.safe_load(p.read_text())
+    d['data']['sources'] = [{'kind': 'csv', 'path': str(secret)}]; d.pop('production', None); p.write_text(yaml.safe_dump(d))
+    r = mlcycle('run', '--stages', '01', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'rep', timeout=300)
+    assert r.returncode != 0 and str(secret) in r.stderr and '1 column(s)' in r.stderr, r.stderr[-2000:]
+    written = [f for f in [*(tmp_path/'rep').rglob('*'), *(tmp_path/'ws').rglob('*')] if f.is_file()]
+    assert any(f.name == 'run.json' for f in written), written
+    for text in [r.stdout, r.stderr, *(f.read_bytes().decode('utf-8', 'replace') for f in written)]:
+        assert 's3cretline' not in text and 'daemon2nd' not in text
+
+
 # ---- 7. the smaller ones --------------------------------------------------------------------------------------------
 
 def test_stalled_body_gets_408_and_the_connection_closes(registry_ws, start_server):
