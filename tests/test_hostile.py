@@ -235,6 +235,15 @@ def test_predict_sql_input_on_postgresql_runs_read_only(postgres_url):
     eng.dispose()
 
 
+def test_database_url_secrets_stay_out_of_messages():
+    "A password given as a URL query parameter (libpq takes ?password=) is masked too, as the URL's own password is."
+    from mlcycle.batch import iter_chunks
+    from mlcycle.core import MlcycleError
+    with pytest.raises(MlcycleError, match='cannot connect') as e:
+        list(iter_chunks('SELECT 1', 10, 'postgresql+psycopg://bob:pw1secret@127.0.0.1:1/db?password=s3cret&sslpassword=k3y&connect_timeout=2'))
+    assert 'bob' in str(e.value) and not any(s in str(e.value) for s in ('pw1secret', 's3cret', 'k3y')), str(e.value)
+
+
 # ---- 8. a custom transformer is trusted before it is imported --------------------------------------------------------
 
 def _custom_charter(tmp_path, trusted) -> Path:
