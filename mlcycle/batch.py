@@ -33,10 +33,8 @@ def _file_kind(path: Path) -> str:
     raise MlcycleError(f'cannot read {path}: use a .parquet or .csv file (or a SQL query starting with SELECT)')
 
 def _safe_url(url: str) -> str:
-    try:
-        import sqlalchemy as sa
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception: return str(url).split('@')[-1]
+    from mlcycle.predlog import safe_url   # one way to show a database URL in a message
+    return safe_url(str(url))
 
 def input_rows(source, db_url: str | None = None) -> int | None:
     "Number of rows of a Parquet input (from its footer, free); None when unknown before reading."
@@ -60,19 +58,20 @@ def iter_chunks(source, chunk_rows: int = 50_000, db_url: str | None = None):
     if chunk_rows < 1: raise MlcycleError(f'chunk_rows must be at least 1, got {chunk_rows}')
     if is_sql(source):
         import sqlalchemy as sa
+        from mlcycle.data import read_only_connection, read_only_query
         if not db_url: raise MlcycleError('a SQL input needs a database: pass --db URL')
-        eng = sa.create_engine(db_url)
+        query = read_only_query(source, what='--input', fix='pass one query that reads the rows to score')
+        connected = False
         try:
-            try: conn = eng.connect()
-            except Exception as e:
-                raise MlcycleError(f'cannot connect to the input database {_safe_url(db_url)}: {str(e).strip().splitlines()[0]}') from None
-            with conn:
-                conn = conn.execution_options(stream_results=True)
-                try: it = pd.read_sql(sa.text(source), conn, chunksize=chunk_rows)
+            with read_only_connection(db_url) as conn:   # the charter sources' read-only path (mlcycle.data)
+                connected, conn = True, conn.execution_options(stream_results=True)
+                try: it = pd.read_sql(sa.text(query), conn, chunksize=chunk_rows)
                 except Exception as e:
                     raise MlcycleError(f'the input query failed on {_safe_url(db_url)}: {str(e).strip().splitlines()[0]}') from None
                 yield from it
-        finally: eng.dispose()
+        except Exception as e:
+            if connected or isinstance(e, MlcycleError): raise
+            raise MlcycleError(f'cannot connect to the input database {_safe_url(db_url)}: {str(e).strip().splitlines()[0]}') from None
         return
     p = Path(source)
     if not p.exists(): raise MlcycleError(f'input file {p} does not exist')

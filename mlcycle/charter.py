@@ -23,14 +23,15 @@ from .core import ASSETS, MISSING_GROUP, MlcycleError, Workspace, atomic_write_j
 
 # %% auto #0
 __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS',
-           'MAX_TEXT_FEATURES', 'CANDIDATES', 'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER',
-           'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective',
-           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook', 'MonitoringSpec', 'Charter',
-           'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'check_charter_against_data',
-           'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target', 'target_problems',
-           'task_target', 'stratify_labels', 'leakage_target', 'target_summary', 'judged_groups', 'judged_rows',
-           'too_small_note', 'ovr_auc', 'task_metric_value', 'objective_value', 'evaluate_objectives', 'group_names',
-           'task_draws', 'workspace_charter']
+           'CODE_RUNNING_BUILTINS', 'CODE_RUNNING_MODULES', 'CODE_RUNNING_NAMES', 'MAX_TEXT_FEATURES', 'CANDIDATES',
+           'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER', 'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS',
+           'refused_trusted_type', 'transformer_type', 'needs_trust', 'DerivedFeature', 'Source', 'Requirements',
+           'DataSpec', 'Objective', 'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook',
+           'MonitoringSpec', 'Charter', 'CharterError', 'format_validation_error', 'parse_charter', 'load_charter',
+           'columns_shown', 'source_names', 'check_charter_against_data', 'feature_input_errors', 'time_values',
+           'unparseable_times', 'binary_target', 'target_problems', 'task_target', 'stratify_labels', 'leakage_target',
+           'target_summary', 'judged_groups', 'judged_rows', 'too_small_note', 'ovr_auc', 'task_metric_value',
+           'objective_value', 'evaluate_objectives', 'group_names', 'task_draws', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -88,6 +89,33 @@ FEATURE_KINDS = {   # kind: (what it makes, how many inputs (None: any), the key
                "{name: mine, kind: custom, inputs: [a, b], transformer: 'my_features:Spread', params: {scale: 2}, trusted_types: [my_features.Spread]}"),
 }
 DATE_PARTS = ['year', 'month', 'day', 'day_of_week', 'hour', 'days_since']
+# trusted_types a charter may not list: a model file that may hold one of these can run code, or read and write files, as it loads or predicts
+CODE_RUNNING_BUILTINS = {'eval', 'exec', 'compile', '__import__', 'getattr', 'setattr', 'delattr', 'open', 'input', 'breakpoint',
+                         'globals', 'locals', 'vars', 'exit', 'quit', 'help', 'memoryview'}
+CODE_RUNNING_MODULES = ('os', 'posix', 'nt', 'subprocess', 'pty', 'shutil', 'sys', 'ctypes', 'cffi', 'socket', 'ssl', 'signal',
+                        'multiprocessing', 'threading', 'concurrent', 'asyncio', 'pickle', '_pickle', 'cPickle', 'copyreg', 'shelve', 'marshal',
+                        'dill', 'cloudpickle', 'joblib', 'importlib', 'pkgutil', 'zipimport', 'runpy', 'code', 'codeop', 'types', 'inspect',
+                        'operator', 'gc', 'pdb', 'bdb', 'trace', 'timeit', 'profile', 'cProfile', 'io', '_io', 'pathlib', 'tempfile',
+                        'fileinput', 'glob', 'webbrowser', 'urllib', 'http', 'ftplib', 'smtplib', '__builtin__')
+CODE_RUNNING_NAMES = {'numpy.load', 'numpy.fromfile', 'pandas.eval', 'pandas.read_pickle', 'sklearn.utils._testing'}
+
+def refused_trusted_type(name: str) -> str | None:
+    "Why a `trusted_types` entry is refused (a type that runs code or touches files; see `CODE_RUNNING_MODULES`), or None."
+    mod, _, attr = name.rpartition('.')
+    if mod == 'builtins' and attr in CODE_RUNNING_BUILTINS: return f'the built-in {attr}() runs code or reaches files and objects by name'
+    top = mod.split('.')[0]
+    if top in CODE_RUNNING_MODULES or name.split('.')[0] in CODE_RUNNING_MODULES:
+        return f'module {top or name} runs code, processes, serialized objects or files'
+    if any(name == n or name.startswith(n + '.') for n in CODE_RUNNING_NAMES): return 'it runs code or reads serialized objects'
+    return None
+
+def transformer_type(transformer: str) -> str:
+    "The skops type name of a custom transformer `module:Class`: `module.Class`, the entry `trusted_types` must hold."
+    return transformer.replace(':', '.')
+
+def needs_trust(transformer: str) -> bool:
+    "A scikit-learn class (`sklearn.…`) is part of the installed package, and skops trusts its estimators: any other module is the user's code."
+    return transformer.split(':')[0].split('.')[0] != 'sklearn'
 MAX_TEXT_FEATURES = 1000
 
 class DerivedFeature(BaseModel):
@@ -107,6 +135,15 @@ class DerivedFeature(BaseModel):
     transformer: str | None = None            # custom: 'module:Class'
     params: dict[str, Any] = Field(default_factory=dict)
     trusted_types: list[str] = Field(default_factory=list)
+
+    @field_validator('trusted_types')
+    @classmethod
+    def _safe_types(cls, v):
+        v = [transformer_type(t.strip()) for t in v]            # `module:Class` and `module.Class` are the same entry
+        bad = [f'{t} ({why})' for t in v if (why := refused_trusted_type(t))]
+        if bad: raise ValueError(f"refused: {'; '.join(bad)}. A model file is loaded trusting these types, so one of them would let the file "
+                                 "run code: list only your own transformer classes and the types skops names for them")
+        return v
 
     @field_validator('kind')
     @classmethod
@@ -140,6 +177,12 @@ class DerivedFeature(BaseModel):
         mod, _, cls = (self.transformer or '').partition(':')
         if not (mod and cls):
             raise ValueError(f"feature {self.name!r}: `transformer` must be 'module:Class', got {self.transformer!r}; example: {example}")
+        own = transformer_type(self.transformer)
+        if why := refused_trusted_type(own):
+            raise ValueError(f"feature {self.name!r}: transformer {self.transformer!r} is refused: {why}; name a scikit-learn transformer class of your own")
+        if needs_trust(self.transformer) and own not in self.trusted_types:   # checked before the import: importing a module runs its code
+            raise ValueError(f"feature {self.name!r}: transformer {self.transformer!r} is not imported until the charter trusts it: "
+                             f"trusted_types does not list {own}; if you reviewed that code, add trusted_types: [{own}]")
         try: klass = getattr(importlib.import_module(mod), cls)
         except Exception as e:
             raise ValueError(f"feature {self.name!r}: cannot import transformer {self.transformer!r} ({type(e).__name__}: {e}); "
@@ -479,13 +522,29 @@ def load_charter(path=None) -> Charter:
     return parse_charter(data, base_dir=path.resolve().parent, source=f'charter {path.name}')
 
 # %% ../nbs/01a_charter.ipynb #0f5c9a64
+def columns_shown(c: Charter, df: pd.DataFrame) -> str:
+    """'; columns are: …' for a message, only when `df` holds the charter's target: data read from a file that lacks it may
+    not be a table at all (a password file read as a one-column CSV), and its 'column names' would be its first line."""
+    return f'; columns are: {", ".join(map(str, df.columns))}' if c.data.target in df.columns else ''
+
+def source_names(c: Charter) -> str:
+    "The charter's sources as a message names them: each file's path, or a SQL source's query (never a database password)."
+    return ', '.join(s.path if s.kind != 'sql' else f'sql query {s.query[:80]!r}' for s in c.data.sources)
+
 def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
-    "Raise `CharterError` listing every charter key that does not fit the data `df`."
+    """Raise `CharterError` listing every charter key that does not fit the data `df`. Names and values from the data appear
+    only when it holds the target column (`columns_shown`); without it, the message gives the sources, the shape, and nothing read."""
     cols, errs = list(df.columns), []
     def missing(key, name):
         if name is not None and name not in df.columns:
-            errs.append(f'  - {key}: column {name!r} is not in the data; columns are: {", ".join(map(str, cols))}')
-    missing('data.target', c.data.target)
+            errs.append(f'  - {key}: column {name!r} is not in the data{columns_shown(c, df)}')
+    if c.data.target not in df.columns:
+        near = [x for x in map(str, cols) if x.lower() == str(c.data.target).lower()]
+        raise CharterError(f'the charter does not fit the data: data.target: column {c.data.target!r} is not in the data read from '
+                           f'{source_names(c)}' + (f' (a column differs only in case: {near[0]!r})' if near else '') +
+                           f'; the data has {len(cols)} column(s) and {len(df)} row(s). Its column names are not shown: without '
+                           'the target it may not be the table meant' + (' (one column: is it comma-separated? set options: {sep: ...} '
+                           'on the source)' if len(cols) == 1 else '') + '; check data.sources[].path and data.target')
     for i, s in enumerate(c.data.sensitive_features): missing(f'data.sensitive_features[{i}]', s)
     for i, s in enumerate(c.data.drop_columns): missing(f'data.drop_columns[{i}]', s)
     missing('data.id_column', c.data.id_column)
@@ -528,7 +587,7 @@ def feature_input_errors(c: Charter, df: pd.DataFrame) -> list[str]:
     for i, f in enumerate(c.features):
         for j, col in enumerate(f.inputs):
             if col not in df.columns:
-                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not in the data; columns are: {", ".join(map(str, df.columns))}')
+                errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not in the data{columns_shown(c, df)}')
             elif col in (c.data.time_column, *c.data.drop_columns):
                 errs.append(f'  - features[{i}].inputs[{j}]: column {col!r} of feature {f.name!r} is not a model input '
                             f'({"data.time_column" if col == c.data.time_column else "data.drop_columns"}); derive features from model inputs only')

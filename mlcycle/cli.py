@@ -56,6 +56,7 @@ def log_run_to_mlflow(ws: Workspace, run_dir: Path, run_id: str, records: list[d
     with mlflow.start_run(run_name=f'lifecycle {run_id}', tags={'mlcycle.lifecycle_run': run_id, 'mlcycle.charter_hash': c.hash}):
         mlflow.log_metrics({f"seconds_{r['name']}": r['seconds'] for r in records})
         mlflow.log_artifacts(str(run_dir), artifact_path='reports')
+    ws.make_private()   # the reports' copies in mlartifacts/ are the workspace's, owner-only as the rest of it
 
 def _echo(msg, end='\n'): print(msg, end=end, flush=True)
 

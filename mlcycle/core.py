@@ -18,8 +18,9 @@ import mlcycle
 # %% auto #0
 __all__ = ['ASSETS', 'MISSING_GROUP', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df',
            'fingerprint_file', 'row_keys', 'group_text', 'atomic_write_bytes', 'to_json', 'atomic_write_json',
-           'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'resolve_workspace', 'Workspace',
-           'verify_audit', 'StageRun', 'relocate_store', 'setup_mlflow', 'reset_mlflow', 'schema_rows', 'log_dataset']
+           'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'resolve_workspace', 'owner_only',
+           'Workspace', 'verify_audit', 'StageRun', 'relocate_store', 'setup_mlflow', 'reset_mlflow', 'schema_rows',
+           'log_dataset']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -248,12 +249,37 @@ def resolve_workspace(path=None) -> Path:
     path = path or os.environ.get('MLCYCLE_WORKSPACE') or DEFAULT_WORKSPACE
     return Path(path).expanduser().resolve()
 
+def owner_only(root) -> int:
+    """Drop the group and other permission bits from folder `root` and everything under it that this user owns (symbolic
+    links are left alone, as are entries of another owner); returns how many entries changed."""
+    import stat
+    changed = 0
+    def tighten(p: str):
+        nonlocal changed
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or not st.st_mode & 0o077: return
+            os.chmod(p, stat.S_IMODE(st.st_mode) & 0o700); changed += 1
+        except OSError: pass        # gone meanwhile, or not ours to change
+    tighten(str(root))
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files: tighten(os.path.join(d, n))
+    return changed
+
 class Workspace:
-    "A model's home folder: manifests, snapshots, MLflow store and the audit log."
+    """A model's home folder: manifests, snapshots, MLflow store and the audit log. It holds every row of the data in clear,
+    so it is the owner's alone: the folder is created (or, when it exists, set) mode 0700, and `make_private` sets what is
+    inside owner-only (files 0600, folders 0700): each stage calls it when it ends (`StageRun`)."""
     def __init__(self, path=None, tracking_uri: str | None = None):
         self.root = resolve_workspace(path)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if self.root.stat().st_uid == os.geteuid() and self.root.stat().st_mode & 0o077: self.root.chmod(0o700)
         self._tracking_uri = tracking_uri
+
+    def make_private(self) -> int:
+        "Set everything in the workspace owner-only (see `owner_only`); returns how many files and folders changed."
+        return owner_only(self.root)
 
     @classmethod
     def local(cls, path=None) -> 'Workspace':
@@ -370,6 +396,7 @@ class StageRun:
             if exc_type is None: self._commit()
         finally:
             shutil.rmtree(self._staging, ignore_errors=True)
+            self.ws.make_private()   # snapshots, the MLflow database and artifacts, the audit log: owner-only
         return False
 
     def _commit(self):

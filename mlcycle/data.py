@@ -5,6 +5,7 @@
 # %% ../nbs/02_data.ipynb #5ae59baf
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,11 +19,11 @@ from .charter import (Charter, binary_target, check_charter_against_data, leakag
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
-__all__ = ['LEAKAGE_AUC', 'read_only_query', 'load_source', 'load_data', 'feature_columns', 'infer_contract', 'task_of_contract',
-           'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch', 'violations_frame',
-           'outlier_counts', 'concordance', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role',
-           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back',
-           'check_production', 'production_rows', 'run_data_stage']
+__all__ = ['LEAKAGE_AUC', 'read_only_query', 'read_only_connection', 'load_source', 'load_data', 'feature_columns',
+           'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
+           'validate_batch', 'violations_frame', 'outlier_counts', 'concordance', 'single_feature_auc_ovr',
+           'single_feature_auc', 'column_role', 'quality_report', 'check_requirements', 'plot_quality',
+           'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -30,8 +31,9 @@ def _resolve(path: str, base_dir) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() or base_dir is None else Path(base_dir)/p)
 
-def read_only_query(query: str) -> str:
-    "The SQL a source runs: a bare table name becomes `SELECT * FROM name`; anything but one SELECT (or WITH) statement is refused."
+def read_only_query(query: str, what: str = 'data source sql', fix: str = 'fix data.sources[].query in the charter') -> str:
+    """The SQL a source runs: a bare table name becomes `SELECT * FROM name`; anything but one SELECT (or WITH) statement is
+    refused, the message starting with `what` and ending with `fix` (`mlcycle predict` says `--input`)."""
     import re
     q = query.strip().rstrip(';').strip()
     if not re.search(r'\s', q): return f'SELECT * FROM {q}'
@@ -39,8 +41,8 @@ def read_only_query(query: str) -> str:
     first = (re.match(r'\w+', body) or [''])[0].upper()
     if first not in ('SELECT', 'WITH') or ';' in body:
         found = f'{first or body[:20]!r}' + (' and more than one statement' if ';' in body else '')
-        raise MlcycleError(f'data source sql: the query must be one SELECT (or WITH … SELECT) statement, found {found}; '
-                           'sources are read, never changed: fix data.sources[].query in the charter')
+        raise MlcycleError(f'{what}: the query must be one SELECT (or WITH … SELECT) statement, found {found}; '
+                           f'sources are read, never changed: {fix}')
     return q
 
 def _read_only_engine(url: str):
@@ -53,6 +55,18 @@ def _read_only_engine(url: str):
         return sa.create_engine('sqlite://', creator=lambda: sqlite3.connect(uri, uri=True))
     return sa.create_engine(url)
 
+@contextlib.contextmanager
+def read_only_connection(url: str):
+    """A connection to `url` that cannot change the database: SQLite opened read-only (`mode=ro`, so nothing is created
+    either); PostgreSQL in a read-only transaction (`SET TRANSACTION READ ONLY`: a `WITH … DELETE … RETURNING` that passed
+    `read_only_query` still fails). Every SQL read of mlcycle's (charter sources, `mlcycle predict --input`) goes through it."""
+    engine = _read_only_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == 'postgresql': conn.exec_driver_sql('SET TRANSACTION READ ONLY')
+            yield conn
+    finally: engine.dispose()
+
 def load_source(src, base_dir=None) -> pd.DataFrame:
     "Read one charter source into a DataFrame (a SQL source read-only: see `read_only_query`)."
     try:
@@ -60,12 +74,7 @@ def load_source(src, base_dir=None) -> pd.DataFrame:
         if src.kind == 'parquet': return pd.read_parquet(_resolve(src.path, base_dir), **src.options)
         import sqlalchemy as sa
         query = read_only_query(src.query)
-        engine = _read_only_engine(src.url)
-        try:
-            with engine.connect() as conn:
-                if engine.dialect.name == 'postgresql': conn.exec_driver_sql('SET TRANSACTION READ ONLY')
-                return pd.read_sql(sa.text(query), conn, **src.options)
-        finally: engine.dispose()
+        with read_only_connection(src.url) as conn: return pd.read_sql(sa.text(query), conn, **src.options)
     except MlcycleError: raise
     except FileNotFoundError as e:
         raise MlcycleError(f'data source {src.kind}: file {_resolve(src.path, base_dir)} not found; fix data.sources[].path in the charter (relative paths start at the charter file)') from None
@@ -416,7 +425,7 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     c = workspace_charter(ws, charter)
     df, sources = load_data(c)
     check_charter_against_data(c, df)
-    check_features(c, df)
+    feature_warnings = check_features(c, df)   # trusted_types the custom transformers do not need (also issued as warnings)
     modelled, prod, prod_rec = production_rows(c, df)
     splits = split_data(modelled, c, test_size, validation_size)
     contract = infer_contract(splits['train'], c)
@@ -444,7 +453,8 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
             quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
                      'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
                      'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records'),
-                     'suggested_features': quality['suggested_features']})
+                     'suggested_features': quality['suggested_features']},
+            feature_warnings=feature_warnings)
         st.record('data_accepted', rows=len(df), sources=[s['fingerprint'] for s in sources], splits=fps,
                   why='charter fits the data; requirements met; no leakage suspect')
     return dict(charter=c, workspace=ws, data=df, splits=splits, production=prod, production_record=prod_rec, contract=contract, quality=quality, fingerprints=fps,

@@ -300,7 +300,7 @@ COPY bin/ bin/
 COPY model/ model/
 COPY workspace/ workspace/
 COPY entrypoint.sh context.json ./
-RUN useradd --system --uid 10001 --home-dir /srv/mlcycle mlcycle && chown -R mlcycle workspace && chmod +x entrypoint.sh bin/mlcycle
+RUN useradd --system --uid 10001 --home-dir /srv/mlcycle mlcycle && chown -R mlcycle workspace && chmod -R a+rX model && chmod +x entrypoint.sh bin/mlcycle
 USER mlcycle
 ENV MLCYCLE_HOST=0.0.0.0 PORT={port}
 EXPOSE {port}

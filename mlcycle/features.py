@@ -165,9 +165,11 @@ def declared_trusted_types(derived) -> list[str]:
         out += [t for t in f.trusted_types if t not in out]
     return out
 
-def check_custom_serializable(f: DerivedFeature, df: pd.DataFrame, i: int = 0, rows: int = 200) -> None:
+def check_custom_serializable(f: DerivedFeature, df: pd.DataFrame, i: int = 0, rows: int = 200) -> list[str]:
     """Fit custom feature `f` on up to `rows` rows of `df` and round-trip it through skops, the model's format: refused (one line)
-    when it fails to fit, to serialize, or holds types that neither skops trusts by default nor `trusted_types` declares."""
+    when it fails to fit, to serialize, or holds types that neither skops trusts by default nor `trusted_types` declares.
+    Returns the `trusted_types` entries the fitted transformer does not hold (besides its own class, listed to be imported):
+    each widens what skops loads from the model file for nothing."""
     import skops.io as sio
     key, X = f'features[{i}]', df[f.inputs].head(rows)
     try: fitted = custom_transformer(f).fit(X)
@@ -182,11 +184,21 @@ def check_custom_serializable(f: DerivedFeature, df: pd.DataFrame, i: int = 0, r
         raise MlcycleError(f'{key}.trusted_types: custom transformer {f.transformer!r} holds types skops does not trust by default: {needed}; '
                            f'review them and, if you trust this code, list them: trusted_types: {needed}')
     sio.loads(blob, trusted=list(f.trusted_types))
+    from mlcycle.charter import transformer_type
+    held = set(sio.get_untrusted_types(data=blob)) | {transformer_type(f.transformer)}
+    return [t for t in f.trusted_types if t not in held]
 
-def check_features(c: Charter, df: pd.DataFrame) -> None:
-    "Stage 02's check of the charter's derived features on the data: every custom transformer fits and round-trips through skops."
+def check_features(c: Charter, df: pd.DataFrame) -> list[str]:
+    """Stage 02's check of the charter's derived features on the data: every custom transformer fits and round-trips through skops.
+    Returns (and issues as warnings) one line per feature whose `trusted_types` lists types its transformer does not need."""
+    import warnings
+    out = []
     for i, f in enumerate(c.features):
-        if f.kind == 'custom': check_custom_serializable(f, df, i)
+        if f.kind == 'custom' and (extra := check_custom_serializable(f, df, i)):
+            out.append(f'features[{i}].trusted_types: {extra} are not held by transformer {f.transformer!r}; each widens what skops '
+                       'will load from the model file: remove them')
+            warnings.warn(out[-1], UserWarning, stacklevel=2)
+    return out
 
 # %% ../nbs/02a_features.ipynb #b9de0e23
 def semantic_kind(s: pd.Series, sample: int = 500, seed: int = 0) -> str | None:

@@ -53,14 +53,24 @@ def payload(hook: Webhook, alerts: list[dict], context: dict) -> dict:
 
 # %% ../nbs/06c_notify.ipynb #d1984e1f
 def redact_url(url: str) -> str:
-    "`scheme://host[:port]/…#<fingerprint>`: enough to tell receivers apart, not enough to post to them."
+    """`scheme://host[:port]/…#<fingerprint>`: enough to tell receivers apart, not enough to post to them. The user name and
+    password (`https://user:pw@host`), the path, the query and the fragment are left out; the fingerprint is a hash of the whole URL."""
     u = urllib.parse.urlsplit(url)
-    return f"{u.scheme}://{u.netloc}/…#{hashlib.sha256(url.encode()).hexdigest()[:10]}"
+    host = u.hostname or ''
+    if ':' in host: host = f'[{host}]'             # an IPv6 address
+    try: port = f':{u.port}' if u.port else ''
+    except ValueError: port = ''                   # not a number: left out rather than echoed
+    return f"{u.scheme}://{host}{port}/…#{hashlib.sha256(url.encode()).hexdigest()[:10]}"
 
 def _post(url: str, body: dict, timeout: float) -> tuple[int | None, str]:
-    "One POST of `body` as JSON: (HTTP status or None, error text or '')."
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method='POST',
-                                 headers={'Content-Type': 'application/json', 'User-Agent': 'mlcycle-notify'})
+    "One POST of `body` as JSON: (HTTP status or None, error text or ''). A user name and password in the URL are sent as HTTP Basic auth."
+    import base64
+    headers, u = {'Content-Type': 'application/json', 'User-Agent': 'mlcycle-notify'}, urllib.parse.urlsplit(url)
+    if u.username is not None:   # urllib would take `user:pw@host` for a host name
+        cred = f'{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or "")}'
+        headers['Authorization'] = 'Basic ' + base64.b64encode(cred.encode()).decode()
+        url = urllib.parse.urlunsplit(u._replace(netloc=u.netloc.rpartition('@')[2]))
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method='POST', headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, ''
     except urllib.error.HTTPError as e: return e.code, f'HTTP {e.code} {e.reason}'

@@ -14,9 +14,9 @@ import pandas as pd
 from .core import MlcycleError, Workspace
 
 # %% auto #0
-__all__ = ['log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy', 'workspace_secret',
-           'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'PredictionLog', 'read_log',
-           'integrity_check', 'expired_rows', 'purge_before', 'purge_expired', 'register_cli']
+__all__ = ['SECRET_URL_KEYS', 'log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy',
+           'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'PredictionLog',
+           'read_log', 'integrity_check', 'expired_rows', 'purge_before', 'purge_expired', 'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -50,12 +50,17 @@ def log_tables(meta) -> tuple:
     return _prediction_table(meta), _label_table(meta, 'feedback', True), _label_table(meta, 'feedback_conflicts', False)
 
 # %% ../nbs/05a_predlog.ipynb #74823c47
+SECRET_URL_KEYS = ('password', 'passwd', 'pwd', 'secret', 'token', 'key', 'sslpassword', 'credentials')
+
 def safe_url(url: str) -> str:
-    "A URL with its password masked, for messages."
+    """A database URL for messages: its password masked, and so are query parameters that carry one (libpq takes
+    `?password=…`; `sslpassword`, `…token`, `…key`, …). The user name stays: it says which role failed to connect."""
     try:
         import sqlalchemy as sa
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception: return url.split('@')[-1]
+        u = sa.engine.make_url(url)
+        u = u.set(query={k: ('***' if any(s in k.lower() for s in SECRET_URL_KEYS) else v) for k, v in u.query.items()})
+        return u.render_as_string(hide_password=True)
+    except Exception: return url.split('@')[-1].split('?')[0]
 
 def sqlite_path(url: str) -> Path | None:
     "The file of a SQLite URL (None for another database or an in-memory one)."

@@ -199,6 +199,121 @@ def test_postgresql_source_runs_read_only(postgres_url):
     eng.dispose()
 
 
+def test_predict_sql_input_cannot_change_the_database(registry_ws, adult_records, mlcycle, tmp_path):
+    "`mlcycle predict --input` with a SQL query that writes (issue 32): refused or failed read-only, the rows all still there."
+    db = tmp_path/'score.db'
+    con = sqlite3.connect(db); pd.DataFrame(adult_records[:5]).to_sql('t', con, index=False); con.close()
+    for q in ('WITH x AS (SELECT 1) DELETE FROM t', 'SELECT 1; DELETE FROM t', "WITH x AS (SELECT 1) INSERT INTO t (age) SELECT 1"):
+        r = mlcycle('predict', '--workspace', registry_ws.root, '--input', q, '--db', f'sqlite:///{db}', '--output', tmp_path/'out.csv',
+                    '--version', '1', '--no-progress', timeout=300)
+        assert r.returncode != 0 and ('readonly' in r.stderr or 'one SELECT' in r.stderr), (q, r.stderr[-2000:])
+        assert sqlite3.connect(db).execute('SELECT count(*) FROM t').fetchone()[0] == 5, q
+        assert not (tmp_path/'out.csv').exists()
+    r = mlcycle('predict', '--workspace', registry_ws.root, '--input', 'SELECT * FROM t', '--db', f'sqlite:///{db}',
+                '--output', tmp_path/'out.csv', '--version', '1', '--no-progress', timeout=300)
+    assert r.returncode == 0 and len(pd.read_csv(tmp_path/'out.csv')) == 5, r.stderr[-2000:]
+
+
+def test_predict_sql_input_on_postgresql_runs_read_only(postgres_url):
+    "The batch reader takes the sources' read-only path: on PostgreSQL a SELECT that writes fails in a read-only transaction."
+    import sqlalchemy as sa
+    from mlcycle.batch import iter_chunks
+    from mlcycle.core import MlcycleError
+    eng = sa.create_engine(postgres_url)
+    with eng.begin() as c:
+        c.exec_driver_sql('CREATE TABLE to_score (age integer)'); c.exec_driver_sql('INSERT INTO to_score VALUES (30), (40), (50)')
+        c.exec_driver_sql('CREATE SEQUENCE to_score_seq')
+    with pytest.raises(MlcycleError, match='read-only transaction'):      # a SELECT that writes: it advances a sequence
+        list(iter_chunks("SELECT nextval('to_score_seq') AS age FROM to_score", 2, postgres_url))
+    with pytest.raises(MlcycleError, match='data-modifying|read-only'):
+        list(iter_chunks('WITH gone AS (DELETE FROM to_score RETURNING *) SELECT * FROM gone', 2, postgres_url))
+    with eng.connect() as c:
+        assert c.exec_driver_sql('SELECT count(*) FROM to_score').scalar_one() == 3
+        assert c.exec_driver_sql('SELECT is_called FROM to_score_seq').scalar_one() is False     # nextval never ran
+    test = [len(x) for x in iter_chunks('SELECT * FROM to_score', 2, postgres_url)]
+    assert test == [2, 1]
+    eng.dispose()
+
+
+def test_database_url_secrets_stay_out_of_messages():
+    "A password given as a URL query parameter (libpq takes ?password=) is masked too, as the URL's own password is."
+    from mlcycle.batch import iter_chunks
+    from mlcycle.core import MlcycleError
+    with pytest.raises(MlcycleError, match='cannot connect') as e:
+        list(iter_chunks('SELECT 1', 10, 'postgresql+psycopg://bob:pw1secret@127.0.0.1:1/db?password=s3cret&sslpassword=k3y&connect_timeout=2'))
+    assert 'bob' in str(e.value) and not any(s in str(e.value) for s in ('pw1secret', 's3cret', 'k3y')), str(e.value)
+
+
+# ---- 8. a custom transformer is trusted before it is imported --------------------------------------------------------
+
+def _custom_charter(tmp_path, trusted) -> Path:
+    import yaml
+    from conftest import relaxed_charter
+    p = relaxed_charter(tmp_path)
+    d = yaml.safe_load(p.read_text())
+    d['features'] = [{'name': 'age_scaled', 'kind': 'custom', 'inputs': ['age'], 'transformer': 'probe_features:Scale', 'trusted_types': trusted}]
+    p.write_text(yaml.safe_dump(d)); return p
+
+
+def test_custom_transformer_is_not_imported_before_it_is_trusted(tmp_path, mlcycle):
+    "The probe of issue 32: a module named by `features: custom` ran at import with trusted_types empty."
+    mods = tmp_path/'mods'; mods.mkdir()
+    (mods/'probe_features.py').write_text(f"open({str(tmp_path/'imported')!r}, 'w').close()\n"
+                                          "from sklearn.preprocessing import StandardScaler as Scale\n")
+    env = {'PYTHONPATH': os.pathsep.join([str(mods), os.environ.get('PYTHONPATH', '')])}
+    r = mlcycle('stage', '01', '--charter', _custom_charter(tmp_path, []), '--workspace', tmp_path/'ws', '--reports', tmp_path/'rep',
+                env=env, timeout=300)
+    assert r.returncode != 0 and 'trusted_types does not list probe_features.Scale' in r.stderr, r.stderr[-2000:]
+    assert 'trusted_types: [probe_features.Scale]' in r.stderr
+    assert not (tmp_path/'imported').exists()                     # its code never ran
+    r = mlcycle('stage', '01', '--charter', _custom_charter(tmp_path, ['probe_features.Scale', 'builtins.eval', 'posix.system']),
+                '--workspace', tmp_path/'ws', '--reports', tmp_path/'rep', env=env, timeout=300)
+    assert r.returncode != 0 and 'builtins.eval (' in r.stderr and 'posix.system (' in r.stderr and 'run code' in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/'imported').exists()
+    from mlcycle.charter import load_charter
+    sys.path.insert(0, str(mods))
+    try: assert load_charter(_custom_charter(tmp_path, ['probe_features:Scale'])).features[0].trusted_types == ['probe_features.Scale']
+    finally: sys.path.remove(str(mods))
+    assert (tmp_path/'imported').exists()                         # trusted: imported
+
+
+def test_a_workspace_is_owner_only(adult_workspace_0102, mlcycle, tmp_path):
+    """Issue 32: the data snapshots (every row, sensitive features in clear), mlflow.db, the audit log and charter.json were
+    0644 in a 0755 folder. After stages 01 and 02 (the real command), nothing in the workspace is open to group or others."""
+    ws = adult_workspace_0102/'ws'
+    entries = [ws, *ws.rglob('*')]
+    names = {p.name for p in entries}
+    assert {'mlflow.db', 'audit.jsonl', 'charter.json', 'contract.json'} <= names and any(p.suffix == '.parquet' for p in entries)
+    assert any(p.is_dir() for p in ws.glob('mlartifacts/*'))
+    opened = {str(p.relative_to(ws)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in entries
+              if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077}
+    assert not opened, opened
+    # an existing workspace (made before: 0755, a 0644 snapshot) keeps working and is set owner-only by its next stage
+    import shutil
+    old = tmp_path/'old'; shutil.copytree(ws, old)
+    for p in [old, *old.rglob('*')]: os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    r = mlcycle('stage', '02', '--workspace', old, '--reports', tmp_path/'rep', timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not [p for p in [old, *old.rglob('*')] if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077]
+    assert mlcycle('audit', 'verify', '--workspace', old, timeout=120).returncode == 0
+
+
+def test_a_source_that_is_not_the_data_is_not_echoed(tmp_path, mlcycle):
+    "Issue 32: a CSV source pointing at a password file put its first line, as 'columns are: …', in stage 01's report and run.json."
+    import yaml
+    from conftest import relaxed_charter
+    secret = tmp_path/'passwd'
+    secret.write_text('root:x:0:0:s3cretline:/root:/bin/bash\ndaemon:x:1:1:daemon2nd:/usr/sbin:/usr/sbin/nologin\n')
+    p = relaxed_charter(tmp_path); d = yaml.safe_load(p.read_text())
+    d['data']['sources'] = [{'kind': 'csv', 'path': str(secret)}]; d.pop('production', None); p.write_text(yaml.safe_dump(d))
+    r = mlcycle('run', '--stages', '01', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'rep', timeout=300)
+    assert r.returncode != 0 and str(secret) in r.stderr and '1 column(s)' in r.stderr, r.stderr[-2000:]
+    written = [f for f in [*(tmp_path/'rep').rglob('*'), *(tmp_path/'ws').rglob('*')] if f.is_file()]
+    assert any(f.name == 'run.json' for f in written), written
+    for text in [r.stdout, r.stderr, *(f.read_bytes().decode('utf-8', 'replace') for f in written)]:
+        assert 's3cretline' not in text and 'daemon2nd' not in text
+
+
 # ---- 7. the smaller ones --------------------------------------------------------------------------------------------
 
 def test_stalled_body_gets_408_and_the_connection_closes(registry_ws, start_server):

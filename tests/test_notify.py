@@ -49,6 +49,21 @@ def test_a_receiver_that_never_succeeds_is_recorded_as_failed(tmp_path):
     assert json.loads((ws.root/'notifications.jsonl').read_text())['ok'] is False
 
 
+def test_webhook_credentials_reach_no_file(tmp_path):
+    "A receiver URL with a user name, password and a token in its path (issue 32): the audit log and notifications.jsonl keep neither."
+    from mlcycle.charter import Webhook
+    from mlcycle.core import Workspace
+    from mlcycle.notify import WebhookReceiver, notify_alerts
+    ws = Workspace.local(tmp_path/'ws')
+    with WebhookReceiver(path='/services/tok3nPath') as rx:
+        url = rx.url.replace('http://', 'http://bob:s3cretPW@')
+        rec, = notify_alerts(ws, [Webhook(url=url)], _alerts(), {'model': 'm'}, sleep=lambda s: None)
+    assert rec['ok'] and len(rx.received) == 1                      # the credentials were still used to post
+    for f in ('audit.jsonl', 'notifications.jsonl'):
+        text = (ws.root/f).read_text()
+        assert '127.0.0.1' in text and not any(s in text for s in ('bob', 's3cretPW', 'tok3nPath')), (f, text)
+
+
 @pytest.fixture
 def monitored_ws(history_ws):
     "history_ws after one in-process stage 06 run (no papermill)."
