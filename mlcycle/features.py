@@ -280,26 +280,30 @@ def suggest_features(contract: dict, df: pd.DataFrame | None = None) -> list[dic
     return out
 
 # %% ../nbs/02a_features.ipynb #5407b875
-def derived_importance(model, X: pd.DataFrame, y, n_repeats: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Permutation importance of each derived feature on (`X`, `y`): the drop in ROC AUC when the columns the feature fills are
-    shuffled together (rows permuted with a seeded generator), mean and spread over `n_repeats`. Empty when the model is not a
-    pipeline (or a post-processor around one) whose first step is a `derived_preprocessor`."""
-    from sklearn.metrics import roc_auc_score
+def derived_importance(model, X: pd.DataFrame, y, n_repeats: int = 5, seed: int = 0, metric: str = 'roc_auc') -> pd.DataFrame:
+    """Permutation importance of each derived feature on (`X`, `y`): the drop in the task's `metric` (the charter's primary one;
+    `y` as the model learns it, `charter.task_target`) when the columns the feature fills are shuffled together (rows permuted
+    with a seeded generator), mean and spread over `n_repeats`. Scored as `explain.primary_score` scores: higher is better, so a
+    rise of an error (RMSE) is a positive importance; a regressor's predictions, a multiclass model's class probabilities.
+    Empty when the model is not a pipeline (or a post-processor around one) whose first step is a `derived_preprocessor`."""
     from sklearn.pipeline import Pipeline
-    cols = ['feature', 'columns', 'importance_mean', 'importance_std']
+    from mlcycle.explain import primary_score
+    cols = ['feature', 'columns', 'importance_mean', 'importance_std', 'metric']
     if not isinstance(model, Pipeline): model = getattr(model, 'estimator', model)   # a post-processed model: its scoring pipeline
     if not isinstance(model, Pipeline) or not hasattr(model.steps[0][1], 'output_indices_'): return pd.DataFrame(columns=cols)
     slices = derived_output_columns(model.steps[0][1])
     Z, rest = np.asarray(model[:1].transform(X), dtype='float64'), model[1:]
     y = np.asarray(y)
-    base = roc_auc_score(y, rest.predict_proba(Z)[:, 1])
+    score = lambda A: primary_score(rest, A, y, metric)
+    base = score(Z)
     rng, rows = np.random.default_rng(seed), []
     for name, sl in slices.items():
         drops = []
         for _ in range(n_repeats):
             Zp = Z.copy(); Zp[:, sl] = Z[rng.permutation(len(Z))][:, sl]
-            drops.append(base - roc_auc_score(y, rest.predict_proba(Zp)[:, 1]))
-        rows.append({'feature': name, 'columns': sl.stop - sl.start, 'importance_mean': float(np.mean(drops)), 'importance_std': float(np.std(drops))})
+            drops.append(base - score(Zp))
+        rows.append({'feature': name, 'columns': sl.stop - sl.start, 'importance_mean': float(np.mean(drops)), 'importance_std': float(np.std(drops)),
+                     'metric': metric})
     return pd.DataFrame(rows, columns=cols).sort_values('importance_mean', ascending=False, ignore_index=True)
 
 # %% ../nbs/02a_features.ipynb #50941a3f

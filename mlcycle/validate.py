@@ -652,8 +652,8 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     rec = report_record(rep)
     if contract.get('derived'):   # did the charter's derived features pay? (permutation importance on the test split)
         from mlcycle.features import derived_importance
-        rec['derived_importance'] = derived_importance(model, feature_frame(test_df, contract), binary_target(c, test_df[c.data.target]),
-                                                       seed=c.development.seed).to_dict('records')
+        rec['derived_importance'] = derived_importance(model, feature_frame(test_df, contract), task_target(c, test_df[c.data.target]),
+                                                       seed=c.development.seed, metric=c.primary.metric).to_dict('records')   # the task's own score
     from mlcycle.explain import permutation_importance_table, plot_importance    # what drives the model (03b_explain), on the test split
     importance = permutation_importance_table(model, feature_frame(test_df, contract), task_target(c, test_df[c.data.target]), c.primary.metric,
                                               seed=c.development.seed)
