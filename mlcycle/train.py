@@ -29,12 +29,13 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS',
            'SKOPS_TRUSTED_TYPES', 'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate',
            'task_folds', 'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier',
-           'cross_fitted_scores', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
-           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
-           'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates', 'add_calibrated_candidate',
-           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
-           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
-           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'cross_fitted_scores', 'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier',
+           'fairlearn_moment', 'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics',
+           'evaluate_candidate', 'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates',
+           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
+           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
+           'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
+           'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -255,16 +256,37 @@ def cross_fitted_scores(model, X: pd.DataFrame, y, cv_folds: int = 3, seed: int 
     cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
     return cross_val_predict(clone(model), X, np.asarray(y), cv=cv, method='predict_proba', n_jobs=n_jobs)[:, 1]
 
+def unmitigable_groups(groups, y, min_group_size: int = 1) -> dict:
+    """Groups post-processing cannot fit thresholds on, with why: fewer than `min_group_size` training rows (too small to
+    judge, as in every stage), or labels all of one class (no true- or false-positive rate: fairlearn stops on it)."""
+    t = pd.DataFrame({'g': np.asarray(groups), 'y': np.asarray(y)}).groupby('g').y.agg(rows='size', positives='sum')
+    out = {}
+    for g, r in t.iterrows():
+        if r.rows < min_group_size: out[str(g)] = f'{r.rows} training rows, under min_group_size {min_group_size}'
+        elif r.positives in (0, r.rows): out[str(g)] = f'all {r.rows} training labels are {int(r.positives > 0)}'
+    return out
+
 def fit_threshold_optimizer(base, X: pd.DataFrame, y, sensitive_feature: str, metric: str = 'demographic_parity_difference',
-                            scores=None, cv_folds: int = 3, seed: int = 42, n_jobs: int = 1):
-    "Per-group thresholds for the fitted pipeline `base` (fairlearn ThresholdOptimizer on cross-fitted scores); returns (FairThresholdClassifier, the fitted ThresholdOptimizer)."
+                            scores=None, cv_folds: int = 3, seed: int = 42, n_jobs: int = 1, min_group_size: int = 1):
+    """Per-group thresholds for the fitted pipeline `base` (fairlearn ThresholdOptimizer on cross-fitted scores); returns
+    (FairThresholdClassifier, the fitted ThresholdOptimizer). Groups in `unmitigable_groups` are left out of the fit and
+    keep the base model's decision, as an unseen group does (`left_out_`: group -> why); fewer than two groups left to
+    fit raise an `MlcycleError` saying so (stage 03 then skips the candidate)."""
     from fairlearn.postprocessing import ThresholdOptimizer
     if metric not in FAIRLEARN_CONSTRAINTS: raise MlcycleError(f'no fairlearn constraint for metric {metric!r}; known: {", ".join(FAIRLEARN_CONSTRAINTS)}')
+    y, groups = np.asarray(y), group_key(X[sensitive_feature])
+    left_out = unmitigable_groups(groups, y, min_group_size)
+    keep = ~groups.isin(list(left_out)).to_numpy()
+    if groups[keep].nunique() < 2:
+        raise MlcycleError(f'per-group thresholds need two groups of {sensitive_feature!r} with both labels and at least min_group_size '
+                           f'{min_group_size} training rows; ' + ('; '.join(f'{g} is left out ({why})' for g, why in left_out.items()) or 'it has one group'))
     if scores is None: scores = cross_fitted_scores(base, X, y, cv_folds, seed, n_jobs)
     to = ThresholdOptimizer(estimator=_ScoreColumn(), constraints=FAIRLEARN_CONSTRAINTS[metric], objective='accuracy_score',
                             prefit=True, predict_method='predict_proba')
-    to.fit(pd.DataFrame({'score': scores}), np.asarray(y), sensitive_features=group_key(X[sensitive_feature]))
-    return FairThresholdClassifier.from_threshold_optimizer(to, base, sensitive_feature, seed), to
+    to.fit(pd.DataFrame({'score': np.asarray(scores)[keep]}), y[keep], sensitive_features=groups[keep])
+    model = FairThresholdClassifier.from_threshold_optimizer(to, base, sensitive_feature, seed)
+    model.left_out_ = left_out
+    return model, to
 
 # %% ../nbs/03_model_development.ipynb #dab9ca4b
 class FairMixtureClassifier(ClassifierMixin, BaseEstimator):
@@ -407,12 +429,18 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
         else:
             for base in list(cands):
                 t0 = time.perf_counter()
-                model, _ = fit_threshold_optimizer(base.model, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed, n_jobs=n_jobs)
+                try: model, _ = fit_threshold_optimizer(base.model, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed,
+                                                        n_jobs=n_jobs, min_group_size=c.data.requirements.min_group_size)
+                except MlcycleError as e:   # no two groups to fit thresholds on: the candidate is skipped with the reason, not a crash
+                    cands.append(Candidate(name=f'{base.family}+threshold_optimizer', family=base.family, model=None, mitigation='threshold_optimizer',
+                                           deployable=False, note=f'not fitted: {e}'))
+                    log(f'{cands[-1].name}: {cands[-1].note}'); continue
                 cands.append(Candidate(name=f'{base.family}+threshold_optimizer', family=base.family, model=model, mitigation='threshold_optimizer',
                                        params={**base.params, 'constraint': FAIRLEARN_CONSTRAINTS[o.metric], 'sensitive_feature': o.sensitive_feature},
                                        cv_mean=base.cv_mean, cv_std=base.cv_std, fit_seconds=time.perf_counter() - t0,
                                        note='score = the base model\'s (CV scores are its); per-group thresholds from cross-fitted training scores'))
-                log(f'{cands[-1].name}: thresholds for {len(model.thresholds)} groups of {o.sensitive_feature} ({cands[-1].fit_seconds:.1f} s)')
+                log(f'{cands[-1].name}: thresholds for {len(model.thresholds)} groups of {o.sensitive_feature} ({cands[-1].fit_seconds:.1f} s)'
+                    + ''.join(f'; {g} left out, the base model decides for it ({why})' for g, why in model.left_out_.items()))
         if eg_estimator:
             base = next((b for b in cands if b.family == eg_estimator and b.mitigation is None), None)
             params = base.params if base else {}
@@ -449,7 +477,8 @@ def refit_candidate(cand: Candidate, cands: list[Candidate], c: Charter, contrac
     o = next(o for o in fair if o.sensitive_feature == cand.params.get('sensitive_feature'))
     if cand.mitigation == 'threshold_optimizer':
         base = clone(cand.model.estimator).fit(X, y)
-        return fit_threshold_optimizer(base, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed)[0]
+        return fit_threshold_optimizer(base, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed,
+                                       min_group_size=c.data.requirements.min_group_size)[0]
     base = next((b for b in cands if b.family == cand.family and b.mitigation is None), None)
     est = base_estimator(cand.family, dev.seed).set_params(**(base.params if base else {}))
     return fit_exponentiated_gradient(contract, X, y, df[o.sensitive_feature], est, o.metric, o.threshold, seed=dev.seed)[0]
