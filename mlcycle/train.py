@@ -601,7 +601,14 @@ def _shortfall(o) -> float:
 
 def describe_objectives(objectives: pd.DataFrame) -> str:
     "One line per objective: value, threshold, met or not."
-    return '; '.join(f"{o.objective}: {o.value:.4g} {'✓' if o.passed else '✗'}" for o in objectives.itertuples())
+    return '; '.join(f"{o.objective}: {_value_text(o.value)} {'✓' if o.passed else '✗'}" for o in objectives.itertuples())
+
+def _value_text(v) -> str: return f'{v:.4g}' if np.isfinite(v) else 'not measured'
+
+def _missed_text(o, note: str = '') -> str:
+    "An objective a candidate misses, with its value, or why it could not be measured (`charter.unjudged_reason`), never 'nan'."
+    if np.isfinite(o.value): return f'{o.objective} (got {o.value:.4g})'
+    return f'{o.objective} (not measured: {note})' if note else f'{o.objective} (not measured)'
 
 def select_model(cands: list[Candidate], c: Charter) -> Selection:
     "The best eligible candidate by the primary metric, or none with the closest candidate named."
@@ -626,7 +633,8 @@ def select_model(cands: list[Candidate], c: Charter) -> Selection:
         o = list(objs[x.name].itertuples())
         return (sum(not r.passed for r in o) + (x.metrics.get('overfit_gap', 0) > c.validation.overfit_tolerance), sum(_shortfall(r) for r in o if np.isfinite(_shortfall(r))), x.name)
     closest = min(scored, key=distance)
-    missed = [f"{o.objective} (got {o.value:.4g})" for o in objs[closest.name].itertuples() if not o.passed]
+    notes = {} if closest.objectives is None else dict(zip(closest.objectives.objective, closest.objectives.note))   # on the validation split
+    missed = [_missed_text(o, notes.get(o.objective, '')) for o in objs[closest.name].itertuples() if not o.passed]
     if closest.metrics.get('overfit_gap', 0) > c.validation.overfit_tolerance:
         missed.append(f"overfitting: train−validation gap {closest.metrics['overfit_gap']:.3f} > tolerance {c.validation.overfit_tolerance}")
     if any(not o.passed and o.metric == 'p95_latency_ms' for o in objs[closest.name].itertuples()):

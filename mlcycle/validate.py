@@ -266,7 +266,7 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
         straddles = bool(np.isfinite(o.ci_low) and o.ci_low <= o.threshold <= o.ci_high)
         rules.append({'rule': o.objective, 'kind': 'objective', 'value': o.value, 'ci_low': o.ci_low, 'ci_high': o.ci_high,
                       'threshold': o.threshold, 'passed': bool(o.passed),
-                      'detail': '; '.join(x for x in ['not measured' if not o.measured else '',
+                      'detail': '; '.join(x for x in [('not measured: ' + getattr(o, 'note', '') if getattr(o, 'note', '') else 'not measured') if not o.measured else '',
                                                        'uncertain: the interval straddles the threshold' if straddles else '',
                                                        latency_note if o.metric == 'p95_latency_ms' and o.measured else ''] if x)})
     rules.append({'rule': f"overfitting: {overfit['metric']} train−test gap ≤ {overfit['tolerance']:g}", 'kind': 'overfitting',
@@ -283,7 +283,7 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
     rules = pd.DataFrame(rules)
     status = 'passed' if rules.passed.all() else 'failed'
     failed = rules[~rules.passed]
-    fmt = lambda r: (f"{r.rule}: {r.value:.4g}" + (f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if np.isfinite(r.ci_low) else '')
+    fmt = lambda r: (f"{r.rule}: " + (f"{r.value:.4g}" if np.isfinite(r.value) else 'not measured') + (f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if np.isfinite(r.ci_low) else '')
                      + (f" ({r.detail})" if r.detail and not r.passed else ''))
     if status == 'passed':
         summary = f'passed: all {len(rules)} rules hold (' + '; '.join(fmt(r) for r in rules[rules.kind == 'objective'].itertuples()) + ')'
