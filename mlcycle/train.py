@@ -494,8 +494,12 @@ def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.Data
     rows = []
     for cand in [x for x in cands if x.model is not None and x.deployable]:
         t0 = time.perf_counter()
-        for k, (tr, te) in enumerate(folds):
-            model, held = refit_candidate(cand, cands, c, contract, df.iloc[tr]), df.iloc[te]
+        try: refits = [(refit_candidate(cand, cands, c, contract, df.iloc[tr]), te) for tr, te in folds]   # small data: a few models
+        except MlcycleError as e:   # a mitigation that cannot be refitted on a fold (a group under min_group_size there): skipped, said why
+            cand.deployable, cand.note = False, (cand.note + '; ' if cand.note else '') + f'not estimated by CV: {e}'
+            log(f'{cand.name}: {cand.note}'); continue
+        for k, (model, te) in enumerate(refits):
+            held = df.iloc[te]
             proba, pred = score_rows(model, feature_frame(held, contract))
             t = evaluate_objectives(c, y[te], proba, pred, frame=held)
             rows += [{'candidate': cand.name, 'fold': k, 'key': keys[r.objective], 'value': r.value} for r in t.itertuples() if r.objective in keys]
