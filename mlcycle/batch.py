@@ -266,14 +266,13 @@ class ScorerModel:
 
 def _load_pyfunc(path):
     "pyfunc loader of `spark_model_copy`: the skops model, loaded with mlcycle's trusted-types list, as a `ScorerModel`."
-    import json, skops.io as sio
-    from mlcycle.train import SKOPS_TRUSTED_TYPES
-    import yaml
-    path = Path(path)
-    if path.is_dir(): path = path/yaml.safe_load((path/'MLmodel').read_text())['flavors']['sklearn']['pickled_model']
-    contract = json.loads((path.parent/'mlcycle_contract.json').read_text())
+    import json
     from mlcycle.features import declared_trusted_types   # the charter's derived features, as stage 02 copied them into the contract
-    return ScorerModel(sio.load(path, trusted=SKOPS_TRUSTED_TYPES + declared_trusted_types(contract.get('derived', []))), contract)
+    from mlcycle.registry import load_model_dir           # the one loader: skops only, the lifecycle's trusted types
+    path = Path(path)
+    root = path if path.is_dir() else path.parent
+    contract = json.loads((root/'mlcycle_contract.json').read_text())
+    return ScorerModel(load_model_dir(root, declared_trusted_types(contract.get('derived', [])), f'model copy {root.name}'), contract)
 
 def spark_model_copy(model_uri: str, dst, contract: dict) -> Path:
     """Download a registered model's artifacts to `dst` and point its pyfunc flavour at `mlcycle.batch` (model files untouched),

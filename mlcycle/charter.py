@@ -354,6 +354,9 @@ class Charter(_Strict):
     intended_use: str = Field(min_length=1)
     out_of_scope: str = Field(min_length=1)
     owners: list[str] = Field(min_length=1)
+    # the licence of the model and of its training data, as the owners state it (the model card prints it, or "not stated");
+    # not part of the charter's hash: no gate reads it
+    license: str = ''
     risk: Risk = Field(default_factory=Risk)
     retention: Retention = Field(default_factory=Retention)
     development: Development = Field(default_factory=Development)
@@ -396,15 +399,25 @@ class Charter(_Strict):
     @property
     def primary(self) -> Objective: return next(o for o in self.objectives if o.primary)
     def objectives_of(self, family: str) -> list[Objective]: return [o for o in self.objectives if o.family == family]
-    def to_dict(self) -> dict:
+    @property
+    def risk_stated(self) -> bool:
+        "Does the charter state its risk level (`risk: {level: …}`), rather than leave it to the default?"
+        return 'level' in self.risk.model_fields_set
+    def _content(self) -> dict:
         d = self.model_dump(mode='json')
         if not d.get('features'): d.pop('features', None)   # a charter without derived features keeps its hash
         if not d.get('monitoring', {}).get('webhooks'): d.pop('monitoring', None)
+        if not d.get('license'): d.pop('license', None)
+        return d
+    def to_dict(self) -> dict:
+        "The charter as stored (charter.json): a risk level left to the default stays out, so it reads back as unstated."
+        d = self._content()
+        if not self.risk_stated: d['risk'].pop('level', None)
         return d
     @property
     def hash(self) -> str:
         "Fingerprint of the charter's content (what the gates read), independent of YAML formatting."
-        d = self.to_dict(); d.pop('monitoring', None)   # where alerts go is not what the gates read
+        d = self._content(); d.pop('monitoring', None); d.pop('license', None)   # where alerts go, and the licence, are not what the gates read
         return hashlib.sha256(to_json(d).encode()).hexdigest()[:16]
 
 # %% ../nbs/01a_charter.ipynb #a1c327f3

@@ -356,6 +356,13 @@ def _cmd_audit(a):
     r = verify_audit(a.workspace)
     print(r)
     if not r.ok: sys.exit(1)
+    from mlcycle.registry import registry_check     # the registry's aliases against the decisions the log records
+    diffs = registry_check(Workspace(a.workspace))
+    for d in diffs: print(f'registry differs from the audit log: {d}')
+    if diffs:
+        print('servers refuse these aliases and keep what the log decided; to decide otherwise, `mlcycle promote VERSION` '
+              '(or `mlcycle rollback`) records the move')
+        sys.exit(1)
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `mlcycle` parser. With `command`, only the module that adds it is imported (none for `run`, `stage`, `audit`):

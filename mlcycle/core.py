@@ -155,6 +155,12 @@ def _audit_mac(entry_hash: str) -> str | None:
     key = os.environ.get('MLCYCLE_AUDIT_KEY')
     return hmac.new(key.encode(), entry_hash.encode(), 'sha256').hexdigest() if key else None
 
+def _head(seq: int, entry_hash: str) -> dict:
+    "The content of `audit.head`: the last entry's number and hash, with an HMAC of both under `$MLCYCLE_AUDIT_KEY` when it is set."
+    head = {'seq': seq, 'hash': entry_hash}
+    if (mac := _audit_mac(f'head:{seq}:{entry_hash}')) is not None: head['mac'] = mac
+    return head
+
 def current_actor() -> str:
     "Who is acting: `$MLCYCLE_ACTOR`, else the login name."
     if os.environ.get('MLCYCLE_ACTOR'): return os.environ['MLCYCLE_ACTOR']
@@ -204,7 +210,7 @@ class AuditLog:
                 if (mac := _audit_mac(entry['hash'])) is not None: entry['mac'] = mac
                 f.seek(0, os.SEEK_END)
                 f.write(to_json(entry) + '\n'); f.flush(); os.fsync(f.fileno())
-                atomic_write_json(self.head_path, {'seq': entry['seq'], 'hash': entry['hash']})
+                atomic_write_json(self.head_path, _head(entry['seq'], entry['hash']))
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return entry
@@ -224,9 +230,13 @@ class AuditLog:
                 return AuditReport(False, i - 1, i, 'no valid MAC under $MLCYCLE_AUDIT_KEY (written or rewritten without the key)')
             prev, n = e['hash'], i
         if self.head_path.exists():
-            head = read_json(self.head_path)
-            if head.get('seq') != n or head.get('hash') != prev:
-                return AuditReport(False, n, n + 1, f"log ends at entry {n} but the head records entry {head.get('seq')} (entries cut off the end?)")
+            try: head = read_json(self.head_path)
+            except (json.JSONDecodeError, UnicodeDecodeError): return AuditReport(False, n, n + 1, 'audit.head is not valid JSON')
+            if not isinstance(head, dict) or head.get('seq') != n or head.get('hash') != prev:
+                return AuditReport(False, n, n + 1, f"log ends at entry {n} but the head records entry {head.get('seq') if isinstance(head, dict) else head} (entries cut off the end?)")
+            mac = _audit_mac(f"head:{head.get('seq')}:{head.get('hash')}")
+            if mac is not None and not hmac.compare_digest(str(head.get('mac', '')), mac):
+                return AuditReport(False, n, n + 1, 'audit.head has no valid MAC under $MLCYCLE_AUDIT_KEY (rewritten without the key: entries cut off the end?)')
         elif n: return AuditReport(False, n, 1, 'audit.head is missing')
         return AuditReport(True, n)
 

@@ -102,8 +102,12 @@ def _set_alias(ws, cl, name, alias, version, reason, **extra):
     old = None
     try: old = str(cl.get_model_version_by_alias(name, alias).version)
     except Exception: pass
+    from mlcycle.registry import version_digest
+    digest = version_digest(name, version)      # what this decision vouches for: the server serves these artifacts only
+    status = cl.get_model_version(name, str(version)).tags.get('validation_status', 'pending')
     cl.set_registered_model_alias(name, alias, str(version))
-    ws.audit.append('alias_moved', model=name, alias=alias, from_version=old, to_version=str(version), reason=reason, **extra)
+    ws.audit.append('alias_moved', model=name, alias=alias, from_version=old, to_version=str(version), reason=reason,
+                    model_digest=digest, validation_status=status, **extra)
     return old
 
 def _drop_alias(ws, cl, name, alias, reason, **extra):
@@ -143,8 +147,9 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
     current = aliases(ws, name)
     out = {'model': name, 'version': version, 'as': as_, 'forced': forced, 'moves': []}
     if as_ == 'champion':
-        if current.get('champion') == version:
-            out['unchanged'] = True; return out
+        from mlcycle.registry import vouch
+        if current.get('champion') == version and not vouch(ws.audit.entries(), name, 'champion', version, None):
+            out['unchanged'] = True; return out      # already decided, with its digest: nothing to record (else the move is recorded now)
         old = _set_alias(ws, cl, name, 'champion', version, why, forced=forced)
         out['moves'].append(('champion', old, version))
         if old is not None:

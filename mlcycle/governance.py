@@ -27,8 +27,8 @@ __all__ = ['PERFORMANCE', 'GOVERNANCE_STAGES', 'PARAMS', 'list_versions', 'resol
            'version_fingerprints', 'evaluation_split', 'score_version', 'group_labels', 'group_fairness',
            'fairness_analysis', 'objectives_table', 'measure_version', 'measure_task_version', 'stage_evidence',
            'mitigation_tradeoff', 'production_fairness', 'version_events', 'alias_history', 'approvals', 'approve',
-           'evidence_digest', 'sign_off', 'lineage_steps', 'configuration_evidence', 'read_evidence',
-           'governance_documents', 'build_governance', 'run_governance', 'register_cli']
+           'evidence_digest', 'sign_off', 'lineage_steps', 'server_configuration', 'retirement_evidence',
+           'read_evidence', 'governance_documents', 'build_governance', 'run_governance', 'register_cli']
 
 # %% ../nbs/08_governance.ipynb #61505571
 def _client(ws: Workspace, name: str | None = None):
@@ -114,10 +114,14 @@ def evaluation_split(ws: Workspace) -> tuple[pd.DataFrame, str]:
 
 def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = None):
     "Load a registered version (sklearn flavour, skops) and score `df`: (P(positive), 0/1 decisions, the model)."
-    import mlflow
+    from mlcycle.features import declared_trusted_types
+    from mlcycle.registry import fetch_model
     _, name = _client(ws, name)
     contract = read_json(ws.root/'data'/'contract.json')
-    try: model = mlflow.sklearn.load_model(f'models:/{name}/{version}')
+    try: model = fetch_model(f'models:/{name}/{version}', declared_trusted_types(contract.get('derived', []))).model
+    except MlcycleError as e:
+        if 'not skops' in str(e) or 'trusted' in str(e): raise
+        raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e)[:300]} (were its artifacts deleted by stage 09?)') from None
     except Exception as e:
         raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e).splitlines()[0][:300]} '
                            '(were its artifacts deleted by stage 09?)') from None
@@ -388,15 +392,53 @@ def lineage_steps(ws: Workspace, c: Charter, rec: dict, events: list[dict]) -> l
     return rows
 
 # %% ../nbs/08_governance.ipynb #7d9e8f61
-def configuration_evidence() -> dict:
-    """Evidence outside the workspace and registry that the compliance map reads: whether the serving configuration has an
-    admin token (`$MLCYCLE_ADMIN_TOKEN`, read by `mlcycle serve`: without it nobody can reload, roll back or stop the served
-    model remotely; only its length is kept), and the installed retirement procedure (the stage 09 notebook)."""
-    from mlcycle.stages import stage_notebooks
-    tok = os.environ.get('MLCYCLE_ADMIN_TOKEN', '')
-    try: nb = stage_notebooks().get('09')
-    except MlcycleError: nb = None
-    return {'admin_token': {'configured': bool(tok), 'length': len(tok)}, 'retirement_procedure': str(nb) if nb is not None and nb.exists() else ''}
+def server_configuration(ws: Workspace, name: str, version) -> dict:
+    """The served deployment's configuration as the workspace records it, not this process's environment: the container
+    context stage 05 (or `mlcycle package`) wrote for this version, whose `kubernetes.yaml` says where the server's
+    `$MLCYCLE_ADMIN_TOKEN` comes from (without it nobody can reload, roll back or stop the served model remotely). A token
+    written into the manifest is kept only as its length. `source` None: nothing recorded, so not measured."""
+    import yaml
+    m05 = ws.manifest('05_deployment')['outputs'] if ws.has_stage('05_deployment') else {}
+    cands = [ws.root/'containers'/f'{name}-v{version}'] + ([Path(m05['container_context'])] if m05.get('container_context')
+                                                          and str(m05.get('version')) == str(version) else [])
+    ctx = next((p for p in cands if (p/'kubernetes.yaml').exists()), None)
+    if ctx is None: return {'source': None, 'note': f'no container context of v{version}: stage 05 did not package it'}
+    where = f'containers/{ctx.name}/kubernetes.yaml'
+    try: docs = [d for d in yaml.safe_load_all((ctx/'kubernetes.yaml').read_text()) if isinstance(d, dict)]
+    except yaml.YAMLError as e: return {'source': None, 'note': f"{where} does not parse ({str(e).splitlines()[0]})"}
+    env = [e for d in docs if d.get('kind') == 'Deployment'
+           for ct in ((d.get('spec') or {}).get('template') or {}).get('spec', {}).get('containers') or [] for e in ct.get('env') or []]
+    tok = next((e for e in env if e.get('name') == 'MLCYCLE_ADMIN_TOKEN'), None)
+    ref = ((tok or {}).get('valueFrom') or {}).get('secretKeyRef')
+    if tok is None: admin = {'configured': False, 'length': 0}
+    elif ref: admin = {'configured': True, 'length': None, 'from': f"the Kubernetes Secret {ref.get('name')} (key {ref.get('key')})"}
+    else: admin = {'configured': bool(str(tok.get('value') or '')), 'length': len(str(tok.get('value') or ''))}
+    return {'source': where, 'admin_token': admin}
+
+def retirement_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -> dict:
+    """How this version is retired: stage 09's record when it was, else whether `retire.retirement_plan` can compute its
+    dry-run plan under the charter's retention (for the serving @champion, with the newest other validated version as
+    the replacement; with none, retiring it is refused and there is no plan)."""
+    from mlcycle.retire import retirement_plan
+    name, v = name or c.name, str(version)
+    if ws.has_stage('09_retirement'):
+        o = ws.manifest('09_retirement')['outputs']
+        if str(o.get('model_version')) == v and o.get('retired'):
+            return {'ok': True, 'source': 'stages/09_retirement.json', 'summary': f"retired ({o.get('reason')}); replacement v{o.get('replacement') or 'none'}"}
+    cl, name = _client(ws, name)
+    vs = list_versions(ws, name)             # the search leaves aliases out: they are read from the version itself
+    rep = None
+    if 'champion' in (cl.get_model_version(name, v).aliases or []):
+        ok = [str(x.version) for x in vs if str(x.version) != v and x.tags.get('validation_status') == 'passed' and x.tags.get('lifecycle') != 'retired']
+        rep = ok[-1] if ok else None
+    try: p = retirement_plan(ws, v, replacement=rep, name=name)
+    except MlcycleError as e: return {'ok': False, 'source': None, 'summary': str(e)}
+    except Exception as e: return {'ok': False, 'source': None, 'summary': f'the dry-run plan cannot be computed: {type(e).__name__}: {str(e).splitlines()[0][:200]}'}
+    d = p['deletes']
+    return {'ok': True, 'source': 'dry-run plan (stage 09)', 'retention_days': p['retention_days'], 'replacement': rep,
+            'summary': (f"retention {p['retention_days']:g} days (charter): would purge {d['predictions']} prediction and {d['feedback']} feedback row(s), "
+                        f"{len(p['alias_changes'])} alias change(s){f' (v{rep} promoted first)' if rep else ''}, {len(d['snapshot_files'])} snapshot file(s), "
+                        f"MLflow {', '.join(d['mlflow_soft_delete']) or 'nothing'} soft-deleted")}
 
 
 # %% ../nbs/08_governance.ipynb #6a7c501b
@@ -440,7 +482,8 @@ def read_evidence(ws: Workspace, c: Charter, version, name: str | None = None) -
             'contract_exists': (ws.root/'data'/'contract.json').exists(), 'log_exists': log_exists(ws),
             'log_rows': _version_log_rows(ws, version), 'lineage': lineage_steps(ws, c, rec, events),
             'fingerprints': version_fingerprints(rec), 'alias_history': alias_history(events),
-            'generated_at': _now(), 'generated_by': current_actor(), **configuration_evidence()}
+            'generated_at': _now(), 'generated_by': current_actor(),
+            'server_config': server_configuration(ws, name, version), 'retirement': retirement_evidence(ws, c, version, name)}
 
 # %% ../nbs/08_governance.ipynb #6155c5f2
 def governance_documents(c: Charter, ev: dict, n_boot: int | None = None, seed: int | None = None, files: dict | None = None) -> dict:

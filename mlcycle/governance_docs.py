@@ -22,10 +22,11 @@ TASK_GAP_METRICS = ['mae_difference', 'accuracy_difference']   # the gaps of reg
 
 
 # %% auto #0
-__all__ = ['TASK_GAP_METRICS', 'DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'MIN_TOKEN_CHARS', 'COMPLIANCE_RULES',
-           'LINEAGE_REQUIRED', 'md_escape', 'md_table', 'compliance_checklist', 'evidence_facts', 'caveats',
-           'model_card', 'bias_report', 'lineage_missing', 'champion_promotions', 'checklist_facts',
-           'plot_group_fairness', 'plot_tradeoff', 'lineage_svg', 'card_markdown', 'bias_markdown',
+__all__ = ['TASK_GAP_METRICS', 'DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'UNCONFIRMED', 'MIN_TOKEN_CHARS',
+           'COMPLIANCE_RULES', 'CAVEAT_SOURCES', 'NO_SENSITIVE', 'NO_SENTENCE', 'DECISION_RULES', 'FAIRNESS_MEASURES',
+           'LINEAGE_REQUIRED', 'md_escape', 'md_table', 'unconfirmed', 'compliance_checklist', 'evidence_facts',
+           'caveat_items', 'caveats', 'model_card', 'bias_report', 'lineage_missing', 'champion_promotions',
+           'checklist_facts', 'plot_group_fairness', 'plot_tradeoff', 'lineage_svg', 'card_markdown', 'bias_markdown',
            'compliance_markdown', 'lineage_markdown', 'to_html', 'render_governance']
 
 # %% ../nbs/08b_governance_documents.ipynb #4c326716
@@ -74,7 +75,18 @@ def _stage(f, k) -> dict: return f['stages'].get(k, {'available': False})
 def _audit_ev(f) -> dict: return _ev('audit', 'audit.jsonl (hash chain)', f['audit']['summary'], f['audit']['ok'])
 def _fair_ok(f): return all(o['passed'] for o in f['fairness_objectives']) if f['fairness_objectives'] else None
 def _s04_here(f) -> bool: return bool(_stage(f, '04')['available'] and _stage(f, '04').get('about_this_version'))
-def _uses_ok(f) -> bool: return bool(f['charter']['intended_use'] and f['charter']['out_of_scope'])
+UNCONFIRMED = 'TO CONFIRM'     # the placeholder `mlcycle init` writes where only the owners can answer
+def unconfirmed(text) -> bool:
+    "Is `text` empty, or still the placeholder `mlcycle init` wrote (`TO CONFIRM: …`)?"
+    return not str(text or '').strip() or UNCONFIRMED in str(text).upper()
+def _unconfirmed_uses(ch) -> list[str]:
+    return [k for k, key in (('intended use', 'intended_use'), ('out-of-scope uses', 'out_of_scope')) if unconfirmed(ch[key])]
+def _uses_ok(f) -> bool: return not _unconfirmed_uses(f['charter'])
+def _uses_gap(f) -> str:
+    un = _unconfirmed_uses(f['charter'])
+    return (f"the charter's {' and '.join(un)} {'is' if len(un) == 1 else 'are'} not stated: still the placeholder `mlcycle init` wrote "
+            f"({UNCONFIRMED!r}); the owners must say who uses the predictions, for what, and what they must not be used for") if un else ''
+def _owners_ok(ch) -> bool: return bool(ch['owners']) and not any(unconfirmed(o) for o in ch['owners'])
 def _primary_text(pr) -> str: return f"{pr['value']:.4f} [{pr['ci_low']:.4f}, {pr['ci_high']:.4f}]"
 def _bias_ok(f) -> bool:   # every sensitive feature has two groups or more large enough to compare, and every fairness objective has a value
     g = f['groups_judged_by_feature']
@@ -86,24 +98,36 @@ def _bias_gap(f) -> str:
     return '; '.join(x for x in [f"fewer than two groups large enough to judge for {', '.join(few)}" if few else '',
                                  f"fairness objective(s) not measured: {', '.join(f['fairness_unmeasured'])}" if f['fairness_unmeasured'] else ''] if x)
 MIN_TOKEN_CHARS = 16
+def _admin_ok(s) -> bool:
+    t = s.get('admin_token') or {}
+    return bool(s.get('source') and t.get('configured') and (t.get('length') is None or t['length'] >= MIN_TOKEN_CHARS))
 def _admin_ev(f, what: str) -> dict:
-    t = f['admin_token']
-    return _ev('config', 'server configuration $MLCYCLE_ADMIN_TOKEN', f"{what}: bearer token of {t['length']} characters" if t['configured']
-               else f'{what}: off (no admin token configured)', t['configured'] and t['length'] >= MIN_TOKEN_CHARS)
+    "The admin routes as the served deployment's recorded configuration has them (not this process's environment)."
+    s = f['server_config']
+    if not s.get('source'): return _ev('config', 'server configuration (none recorded)', f'{what}: not measured', False)
+    t = s['admin_token']
+    value = (f"{what}: off (no admin token configured)" if not t['configured'] else
+             f"{what}: bearer token of {t['length']} characters" if t.get('length') is not None else f"{what}: bearer token from {t.get('from')}")
+    return _ev('config', f"{s['source']} $MLCYCLE_ADMIN_TOKEN", value, _admin_ok(s))
 def _admin_gap(f) -> str:
-    t = f['admin_token']
-    if not t['configured']: return 'no admin token in the server configuration ($MLCYCLE_ADMIN_TOKEN): nobody can reload, roll back or stop the served model remotely'
-    return f"the admin token has {t['length']} characters, fewer than {MIN_TOKEN_CHARS}" if t['length'] < MIN_TOKEN_CHARS else ''
+    s = f['server_config']
+    if not s.get('source'): return ("the served deployment's configuration is not recorded (" + (s.get('note') or 'no container context of this version') +
+                                    "): whether its admin routes need a token is not measured")
+    t = s['admin_token']
+    if not t['configured']: return f"no admin token in the server configuration ({s['source']}): nobody can reload, roll back or stop the served model remotely"
+    return f"the admin token has {t['length']} characters, fewer than {MIN_TOKEN_CHARS}" if not _admin_ok(s) else ''
 
 # %% ../nbs/08b_governance_documents.ipynb #56589b9c
 def _eu_aia_9(f) -> dict:
     ch, s01, s06, fair_ok = f['charter'], _stage(f, '01'), _stage(f, '06'), _fair_ok(f)
     return _item('EU-AIA-9', 'EU AI Act', 'Art. 9', 'Risk management system: risks identified, estimated and evaluated, and monitored after deployment',
-         [_ev('file', 'charter.json', f"risk level {ch['risk_level']}: {ch['risk_notes'] or 'no notes'}", bool(ch['risk_level'])),
+         [_ev('file', 'charter.json risk.level', f"risk level {ch['risk_level']}: {ch['risk_notes'] or 'no notes'}" if ch['risk_stated']
+              else f"not stated (the default {ch['risk_level']!r} applies)", ch['risk_stated']),
           _ev('file', 'stages/01_problem_definition.json', f"feasibility verdict: {s01.get('verdict', 'none')}", s01['available']),
           _ev('file', f['files']['bias_report'], f"fairness objectives {'met' if fair_ok else 'not all met' if fair_ok is False else 'none set'}", fair_ok is not False),
           _ev('file', 'stages/06_monitoring.json', s06.get('note') or f"{s06.get('alerts_count', 0)} alerts, recommendation {s06.get('recommendation')}", s06['available'])],
-         ['stage 01 (feasibility and risk analysis) has not run' if not s01['available'] else '',
+         ['the charter does not state its risk level (risk: {level: minimal | limited | high | unacceptable}): the default is not an assessment' if not ch['risk_stated'] else '',
+          'stage 01 (feasibility and risk analysis) has not run' if not s01['available'] else '',
           'a charter fairness objective is not met on the test split (see the bias report)' if fair_ok is False else '',
           'no post-deployment risk monitoring: stage 06 has not run' if not s06['available'] else ''])
 
@@ -137,10 +161,11 @@ def _eu_aia_12(f) -> dict:
 def _eu_aia_13(f) -> dict:
     pr = f['primary']
     return _item('EU-AIA-13', 'EU AI Act', 'Art. 13', 'Transparency and information to deployers: intended purpose, performance with its limits, known risks, human oversight',
-         [_ev('file', f"{f['files']['model_card']} § Intended use", 'intended and out-of-scope use', _uses_ok(f)),
+         [_ev('file', f"{f['files']['model_card']} § Intended use", 'intended and out-of-scope use stated' if _uses_ok(f)
+              else 'not stated: ' + ', '.join(_unconfirmed_uses(f['charter'])), _uses_ok(f)),
           _ev('metric', f"{pr['metric']} on the test split", _primary_text(pr), np.isfinite(pr['value'])),
-          _ev('file', f"{f['files']['model_card']} § Caveats and recommendations", f"{f['caveats']} caveats", f['caveats'] > 0)],
-         ['intended or out-of-scope use missing from the charter' if not _uses_ok(f) else ''])
+          _ev('file', f"{f['files']['model_card']} § Caveats and recommendations", f"{f['caveats']} caveat(s) from the measurements", f['caveats'] > 0)],
+         [_uses_gap(f), 'the card states no measured limit of the data or the model: none of its caveats comes from a measurement' if not f['caveats'] else ''])
 
 def _eu_aia_14(f) -> dict:
     so, prom = f['sign_off'], f['champion_promotions']
@@ -186,8 +211,9 @@ def _eu_aia_17(f) -> dict:
 def _nist_govern(f) -> dict:
     ch, so = f['charter'], f['sign_off']
     return _item('NIST-GOVERN', 'NIST AI RMF', 'GOVERN', 'Policies, accountability and a culture of risk management are in place',
-         [_ev('file', 'charter.json owners', ', '.join(ch['owners']), bool(ch['owners'])), _ev('audit', 'approval', so['status'], so['approved']), _audit_ev(f)],
-         ['no owners named in the charter' if not ch['owners'] else '', 'no accountable sign-off for this evidence' if not so['approved'] else '',
+         [_ev('file', 'charter.json owners', ', '.join(ch['owners']), _owners_ok(ch)), _ev('audit', 'approval', so['status'], so['approved']), _audit_ev(f)],
+         ['no owners named in the charter' if not ch['owners'] else
+          f"the charter's owners are not confirmed (still {UNCONFIRMED!r}): name the people accountable" if not _owners_ok(ch) else '', 'no accountable sign-off for this evidence' if not so['approved'] else '',
           'the audit log fails verification' if not f['audit']['ok'] else ''])
 
 def _nist_map(f) -> dict:
@@ -195,7 +221,7 @@ def _nist_map(f) -> dict:
     return _item('NIST-MAP', 'NIST AI RMF', 'MAP', 'Context is established and risks are identified: purpose, users, out-of-scope uses, affected groups',
          [_ev('file', 'charter.json', f"intended use, out-of-scope use, sensitive features {ch['sensitive_features']}", _uses_ok(f)),
           _ev('file', 'stages/01_problem_definition.json', f"feasibility {s01.get('verdict', 'not run')}", s01['available'])],
-         ['stage 01 has not run' if not s01['available'] else ''])
+         [_uses_gap(f), 'stage 01 has not run' if not s01['available'] else ''])
 
 def _nist_measure(f) -> dict:
     s06 = _stage(f, '06')
@@ -206,15 +232,15 @@ def _nist_measure(f) -> dict:
          ['production measurement not evidenced: stage 06 has not run' if not s06['available'] else '', _bias_gap(f)])
 
 def _nist_manage(f) -> dict:
-    vs, s05, s07 = f['validation_status'], _stage(f, '05'), _stage(f, '07')
+    vs, s05, s07, rt = f['validation_status'], _stage(f, '05'), _stage(f, '07'), f['retirement']
     return _item('NIST-MANAGE', 'NIST AI RMF', 'MANAGE', 'Risks are prioritised and acted on: gates, rollback, retraining, decommissioning',
          [_ev('metric', 'stage-04 gate', vs, vs == 'passed'),
           _ev('file', 'stages/05_deployment.json', s05.get('note') or f"deployed as {s05.get('deployed_as')}", s05['available']),
           _ev('file', 'stages/07_retraining.json', s07.get('note') or 'retraining decision recorded', s07['available']),
-          _ev('file', 'retirement procedure (stage 09 notebook)', Path(f['retirement_procedure']).name if f['retirement_procedure'] else 'not found', bool(f['retirement_procedure']))],
+          _ev('file', f"retirement: {rt['source'] or 'dry-run plan (stage 09)'}", rt['summary'], rt['ok'])],
          [f"validation_status is {vs!r}" if vs != 'passed' else '', 'no deployment record: stage 05 has not run' if not s05['available'] else '',
           'no retraining record: stage 07 has not run' if not s07['available'] else '',
-          'no retirement procedure: the stage 09 notebook is not installed (reinstall mlcycle)' if not f['retirement_procedure'] else ''])
+          f"no retirement plan for this version: {rt['summary']}" if not rt['ok'] else ''])
 
 COMPLIANCE_RULES = [_eu_aia_9, _eu_aia_10, _eu_aia_11, _eu_aia_12, _eu_aia_13, _eu_aia_14, _eu_aia_15, _eu_aia_17,
                     _nist_govern, _nist_map, _nist_measure, _nist_manage]
@@ -238,25 +264,54 @@ def _s04_report(ev: dict) -> dict | None:
     s04 = ev['stages']['04']
     return s04['outputs'].get('report') if s04['available'] and s04['about_this_version'] else None
 
-def caveats(c: Charter, ev: dict, m: dict) -> list[str]:
-    "The card's caveats: small groups, objectives not met or not robust, missing validation or monitoring, out-of-scope use."
+CAVEAT_SOURCES = ('measured', 'missing evidence', 'charter', 'advice')
+
+def _group_spread(f: dict, min_size: int) -> str:
+    "The range of the per-group metric (accuracy, or regression's mean absolute error) over the groups large enough to judge."
+    t = f['by_group']; m = 'mae' if 'mae' in t else 'accuracy'
+    j = t[~t.too_small.astype(bool)].dropna(subset=[m]) if m in t else t.iloc[:0]
+    if len(j) < 2: return ''
+    lo, hi = j.loc[j[m].idxmin()], j.loc[j[m].idxmax()]
+    return (f"{'Mean absolute error' if m == 'mae' else 'Accuracy'} differs by {f['feature']}: from {_f(lo[m], 3)} ({lo.group}, {lo.rows} rows) "
+            f"to {_f(hi[m], 3)} ({hi.group}, {hi.rows} rows) among groups of at least {min_size} test rows.")
+
+def caveat_items(c: Charter, ev: dict, m: dict) -> list[dict]:
+    """The card's caveats, each with where it comes from: `measured` (a limit of the data or the model that the measurements
+    show: the primary metric's interval, how it differs by group, groups too small to judge, objectives not met or not
+    robust), `missing evidence` (what is not measured or validated), `charter` (what the owners stated, or did not) and `advice`."""
     fair, objectives, tags, s04 = m['fairness'], m['objectives'], ev['record']['tags'], ev['stages']['04']
     groups = [f['by_group'].assign(feature=f['feature']) for f in fair]        # none when the charter names no sensitive feature
     small = pd.concat(groups, ignore_index=True) if groups else pd.DataFrame({'group': [], 'too_small': []})
     small = small[small.too_small.astype(bool)]
     out = []
-    if len(small): out.append(f"{len(small)} sensitive groups (mostly intersections) have fewer than {c.data.requirements.min_group_size} test rows: "
-                              f"their rates are too uncertain to judge (e.g. {', '.join(small.group.head(4))}).")
+    add = lambda source, text: out.append({'source': source, 'text': text})
+    for r in objectives[objectives.primary].itertuples():
+        if r.measured and np.isfinite(r.value):
+            iv = f" (95% interval {_f(r.ci_low)} to {_f(r.ci_high)})" if np.isfinite(r.ci_low) and np.isfinite(r.ci_high) else ''
+            add('measured', f"On the {len(ev['test'])} test rows {r.metric} is {_f(r.value)}{iv}: expect this only on data like the test split; "
+                            'on other sources or populations the performance is not measured.')
+    for f in fair:
+        if ' & ' not in f['feature'] and (s := _group_spread(f, c.data.requirements.min_group_size)): add('measured', s)
+    if len(small): add('measured', f"{len(small)} sensitive groups (mostly intersections) have fewer than {c.data.requirements.min_group_size} test rows: "
+                                   f"their rates are too uncertain to judge (e.g. {', '.join(small.group.head(4))}).")
     for r in objectives.itertuples():
-        if r.measured and not r.passed: out.append(f'Objective {r.objective} is NOT met on the test split (value {_f(r.value)}).')
-        elif r.measured and not r.robust: out.append(f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
-        elif not r.measured: out.append(f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
-    if tags.get('validation_status') != 'passed': out.append(f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
-    if not s04['available'] or not s04['about_this_version']: out.append('No stage-04 validation report for this version: robustness and overfitting are not evidenced here.')
-    if not ev['stages']['06']['available']: out.append('No production monitoring yet (stage 06): drift and realized performance are unknown.')
-    out.append(f"Out of scope, per the charter: {c.out_of_scope.strip()}")
-    out.append('Recommendation: keep a person reviewing every flagged case, re-run governance after each retraining, and re-approve when the evidence digest changes.')
+        if r.measured and not r.passed: add('measured', f'Objective {r.objective} is NOT met on the test split (value {_f(r.value)}).')
+        elif r.measured and not r.robust: add('measured', f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
+        elif not r.measured: add('missing evidence', f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
+    if not c.data.sensitive_features: add('missing evidence', 'No sensitive features are declared in the charter: fairness across groups is not evaluated.')
+    if tags.get('validation_status') != 'passed': add('missing evidence', f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
+    if not s04['available'] or not s04['about_this_version']: add('missing evidence', 'No stage-04 validation report for this version: robustness and overfitting are not evidenced here.')
+    if not ev['stages']['06']['available']: add('missing evidence', 'No production monitoring yet (stage 06): drift and realized performance are unknown.')
+    un = [k for k, v in (('intended use', c.intended_use), ('out-of-scope uses', c.out_of_scope)) if unconfirmed(v)]
+    if un: add('charter', f"The charter's {' and '.join(un)} {'is' if len(un) == 1 else 'are'} not confirmed (still {UNCONFIRMED!r}): "
+                          'do not rely on this model until its owners state them.')
+    else: add('charter', f"Out of scope, per the charter: {c.out_of_scope.strip()}")
+    add('advice', 'Recommendation: keep a person reviewing every flagged case, re-run governance after each retraining, and re-approve when the evidence digest changes.')
     return out
+
+def caveats(c: Charter, ev: dict, m: dict) -> list[str]:
+    "The card's caveats as text (`caveat_items` says where each comes from)."
+    return [x['text'] for x in caveat_items(c, ev, m)]
 
 # %% ../nbs/08b_governance_documents.ipynb #0f385816
 def _card_details(c: Charter, ev: dict) -> dict:
@@ -264,11 +319,11 @@ def _card_details(c: Charter, ev: dict) -> dict:
     return {'name': name, 'version': ev['version'], 'created': rec['created'], 'model': ev['model_description'],
             'family': rec['tags'].get('model_family') or rec['tags'].get('candidate') or 'not recorded',
             'mitigation': rec['tags'].get('mitigation', 'none recorded'), 'task': c.task, 'target': c.data.target,
-            'positive_label': str(c.data.positive_label), 'owners': c.owners, 'charter_hash': c.hash,
+            'positive_label': str(c.data.positive_label) if c.task == 'binary_classification' else f'not applicable ({c.task})', 'owners': c.owners, 'charter_hash': c.hash,
             'training_run_id': rec['run_id'], 'logged_model_id': rec['model_id'], 'aliases': rec['aliases'],
             'lifecycle': rec['tags'].get('lifecycle'), 'validation_status': rec['tags'].get('validation_status'),
             'serialization': rec['flavor'].get('serialization_format'), 'sklearn_version': rec['flavor'].get('sklearn_version'),
-            'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': 'model: as set by the owners; training data UCI Adult CC BY 4.0 when the bundled charter is used',
+            'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': c.license.strip() or 'not stated',
             'contact': ', '.join(c.owners)}
 
 def _target_in_brief(y) -> dict:
@@ -308,8 +363,10 @@ def _card_analyses(ev: dict, m: dict) -> dict:
             'production_fairness': _frames_to_records(ev['production'])}
 
 def _card_ethics(c: Charter, ev: dict, m: dict) -> dict:
-    return {'sensitive_data': f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}.",
-            'risk': f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip(),
+    return {'sensitive_data': (f"The model is evaluated on (and may use as inputs) the sensitive features {', '.join(c.data.sensitive_features)}."
+                               if c.data.sensitive_features else 'No sensitive features declared in the charter; fairness not evaluated.'),
+            'risk': (f'Risk level {c.risk.level} ({c.risk.framework}). {c.risk.notes}'.strip() if c.risk_stated else
+                     f'Risk level not stated in the charter (the default {c.risk.level} applies; {c.risk.framework}). {c.risk.notes}'.strip()),
             'fairness_objectives': [f"{r.objective}: {_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}] → {'met' if r.passed else 'NOT met'}"
                                     for r in m['objectives'].itertuples() if r.metric in GAP_METRICS + TASK_GAP_METRICS],
             'mitigation': ev['record']['tags'].get('mitigation', 'none recorded'),
@@ -323,6 +380,22 @@ def _drivers(c: Charter, ev: dict) -> dict:
     return {'importance': (v04 or {}).get('importance'), 'sensitive_features': list(c.data.sensitive_features),
             'note': '' if v04 else (ev['stages']['04'].get('note') or 'stage 04 recorded no report for this version')}
 
+NO_SENSITIVE = 'no sensitive features declared; fairness not evaluated'
+NO_SENTENCE = NO_SENSITIVE[0].upper() + NO_SENSITIVE[1:] + '.'
+DECISION_RULES = {'binary_classification': "the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness mitigation is part of the model",
+                  'multiclass_classification': 'the class with the highest predicted probability (`predict`)',
+                  'regression': 'none: the output is the predicted value itself (`predict`), with no threshold'}
+FAIRNESS_MEASURES = {'binary_classification': GROUP_RATES + GAP_METRICS,
+                     'multiclass_classification': ['accuracy per group', 'share of each predicted class per group', 'accuracy_difference',
+                                                   'share_predicted_difference per class'],
+                     'regression': ['mae per group', 'mean_error per group', 'mean_prediction per group', 'mae_difference', 'mean_prediction_difference']}
+
+def _card_factors(c: Charter, m: dict) -> dict:
+    "Which groups the card evaluates; says so plainly when the charter declares none."
+    return {'sensitive_features': list(c.data.sensitive_features), 'evaluated_groups': [f['feature'] for f in m['fairness']],
+            'groups': {f['feature']: f['by_group'][['group', 'rows', 'too_small']].to_dict('records') for f in m['fairness']},
+            'min_group_size': c.data.requirements.min_group_size, 'note': '' if c.data.sensitive_features else NO_SENSITIVE}
+
 def model_card(c: Charter, ev: dict, m: dict, digest: str, so: dict, cav: list[str]) -> dict:
     "The model card (Mitchell et al.'s nine sections, the sign-off and the audit integrity) as a dictionary."
     evaluation, training = _card_data(ev)
@@ -331,13 +404,12 @@ def model_card(c: Charter, ev: dict, m: dict, digest: str, so: dict, cav: list[s
         'title': f"Model card: {ev['name']} v{ev['version']}", 'generated_at': ev['generated_at'], 'generated_by': ev['generated_by'], 'evidence_digest': digest,
         'model_details': _card_details(c, ev),
         'intended_use': {'problem': c.problem.strip(), 'primary_intended_uses': c.intended_use.strip(), 'out_of_scope_uses': c.out_of_scope.strip(),
-                         'risk_level': c.risk.level, 'risk_framework': c.risk.framework, 'risk_notes': c.risk.notes},
-        'factors': {'sensitive_features': list(c.data.sensitive_features), 'evaluated_groups': [f['feature'] for f in m['fairness']],
-                    'groups': {f['feature']: f['by_group'][['group', 'rows', 'too_small']].to_dict('records') for f in m['fairness']},
-                    'min_group_size': c.data.requirements.min_group_size},
+                         'unconfirmed': [k for k, v in (('intended use', c.intended_use), ('out-of-scope uses', c.out_of_scope)) if unconfirmed(v)],
+                         'risk_level': c.risk.level, 'risk_stated': c.risk_stated, 'risk_framework': c.risk.framework, 'risk_notes': c.risk.notes},
+        'factors': _card_factors(c, m),
         'metrics': {'performance_measures': list(m['performance'].metric), 'primary': c.primary.describe(),
-                    'decision_threshold': "the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness mitigation is part of the model",
-                    'fairness_measures': GROUP_RATES + GAP_METRICS,
+                    'decision_threshold': DECISION_RULES[c.task],
+                    'fairness_measures': FAIRNESS_MEASURES[c.task] if c.data.sensitive_features else [],
                     'uncertainty': f"95% percentile bootstrap over the test rows, {m['n_boot']} resamples (seed {m['seed']})"},
         'evaluation_data': evaluation, 'training_data': training,
         'quantitative_analyses': _card_analyses(ev, m),
@@ -400,7 +472,7 @@ def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> d
     prim = objectives[objectives.primary].iloc[0]
     m02 = ev['stages']['02']['outputs'] if ev['stages']['02']['available'] else {}
     missing = [s for s in CARD_SECTIONS if not card.get(s)]
-    return {'charter': {'risk_level': c.risk.level, 'risk_notes': c.risk.notes, 'intended_use': c.intended_use, 'out_of_scope': c.out_of_scope,
+    return {'charter': {'risk_level': c.risk.level, 'risk_stated': c.risk_stated, 'risk_notes': c.risk.notes, 'intended_use': c.intended_use, 'out_of_scope': c.out_of_scope,
                         'owners': c.owners, 'sensitive_features': c.data.sensitive_features},
             'audit': {'ok': audit.ok, 'summary': str(audit)}, 'stages': _stage_highlights(ev),
             'primary': {'objective': prim.objective, 'metric': prim.metric, 'value': float(prim.value), 'ci_low': float(prim.ci_low),
@@ -411,10 +483,10 @@ def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> d
             'groups_judged': int(sum((~f['by_group'].too_small).sum() for f in fair)),
             'groups_too_small': int(sum(f['by_group'].too_small.sum() for f in fair)), 'run_id': rec['run_id'],
             'run_status': (rec.get('run') or {}).get('status', 'not found'), 'log_exists': ev['log_exists'], 'log_rows': int(ev['log_rows']),
-            'caveats': len(card['caveats_and_recommendations']), 'sign_off': card['sign_off'],
+            'caveats': sum(x['source'] == 'measured' for x in caveat_items(c, ev, m)), 'sign_off': card['sign_off'],
             'approval_required': c.risk.approval_required, 'champion_promotions': champion_promotions(ev['events'], ev['version']),
-            'admin_token': ev.get('admin_token') or {'configured': False, 'length': 0},
-            'retirement_procedure': ev.get('retirement_procedure') or '', 'lineage_missing': lineage_missing(ev.get('lineage') or []),
+            'server_config': ev.get('server_config') or {'source': None, 'note': 'not read'},
+            'retirement': ev.get('retirement') or {'ok': False, 'source': None, 'summary': 'not read'}, 'lineage_missing': lineage_missing(ev.get('lineage') or []),
             'groups_judged_by_feature': {g['feature']: int((~g['by_group'].too_small).sum()) for g in fair if ' & ' not in g['feature']},
             'fairness_unmeasured': [r.objective for r in objectives[objectives.metric.isin(GAP_METRICS)].itertuples() if not np.isfinite(r.value)],
             'alias_moves': len(ev['alias_history']), 'serialization': rec['flavor'].get('serialization_format'),
@@ -508,11 +580,20 @@ def _card_md_intro(cd: dict) -> list[str]:
            f"sections after Mitchell et al., “Model Cards for Model Reporting” (FAT* 2019)._", '',
            '**Related:** [bias report](bias_report.md) · [compliance evidence map](compliance.md) · [lineage](lineage.md)', '',
            '## Model details', '', md_table(pd.DataFrame([(k.replace('_', ' '), ', '.join(map(str, v)) if isinstance(v, list) else v) for k, v in d.items()], columns=['field', 'value'])),
-           '## Intended use', '', f"**Problem.** {md_escape(iu['problem'])}", '', f"**Primary intended uses.** {md_escape(iu['primary_intended_uses'])}", '',
+           '## Intended use', '']
+    if iu.get('unconfirmed'):
+        md += [f"> **Gap: not stated.** The charter's {' and '.join(iu['unconfirmed'])} still read{'s' if len(iu['unconfirmed']) == 1 else ''} "
+               f"“{UNCONFIRMED}”, the placeholder `mlcycle init` writes: this card cannot say what the model is for until its owners do.", '']
+    md += [f"**Problem.** {md_escape(iu['problem'])}", '', f"**Primary intended uses.** {md_escape(iu['primary_intended_uses'])}", '',
            f"**Out-of-scope uses.** {md_escape(iu['out_of_scope_uses'])}", '',
-           f"**Risk.** level `{iu['risk_level']}` under `{iu['risk_framework']}`. {md_escape(iu['risk_notes'])}", '',
-           '## Factors', '', f"Sensitive features: {', '.join(cd['factors']['sensitive_features'])}; evaluated per group and for "
-           f"{', '.join(cd['factors']['evaluated_groups'])}. Groups under {cd['factors']['min_group_size']} test rows are reported but too small to judge.", '']
+           (f"**Risk.** level `{iu['risk_level']}` under `{iu['risk_framework']}`. {md_escape(iu['risk_notes'])}" if iu.get('risk_stated', True) else
+            f"**Risk.** not stated in the charter (the default level `{iu['risk_level']}` applies, which is not an assessment). {md_escape(iu['risk_notes'])}"), '',
+           '## Factors', '']
+    fa = cd['factors']
+    if not fa['sensitive_features']: md += [NO_SENTENCE, '']
+    else: md += [f"Sensitive features: {', '.join(fa['sensitive_features'])}; evaluated per group and for "
+                 f"{', '.join(fa['evaluated_groups']) or 'no grouping (none of them is in the test split)'}. "
+                 f"Groups under {fa['min_group_size']} test rows are reported but too small to judge.", '']
     for feat, rows in cd['factors']['groups'].items():
         md += [f"- **{md_escape(feat)}**: " + ', '.join(f"{md_escape(r['group'])} ({r['rows']}{', too small' if r['too_small'] else ''})" for r in rows)]
     return md
@@ -521,7 +602,7 @@ def _card_md_data(cd: dict) -> list[str]:
     "Metrics, evaluation data and training data."
     m, md = cd['metrics'], []
     md += ['', '## Metrics', '', f"Performance: {', '.join(m['performance_measures'])} (primary objective: `{md_escape(m['primary'])}`). "
-           f"Fairness: {', '.join(m['fairness_measures'])}. Decision rule: {m['decision_threshold']}. Uncertainty: {m['uncertainty']}.", '',
+           f"Fairness: {', '.join(m['fairness_measures']) or NO_SENSITIVE}. Decision rule: {m['decision_threshold']}. Uncertainty: {m['uncertainty']}.", '',
            '## Evaluation data', '', md_table(pd.DataFrame(list(cd['evaluation_data'].items()), columns=['field', 'value'])),
            '## Training data', '']
     td = cd['training_data']
@@ -593,6 +674,7 @@ def bias_markdown(g: dict, figures: dict | None = None) -> str:
            f"({b['evaluation']['rows']} rows) · 95% bootstrap intervals over {b['evaluation']['n_boot']} resamples · evidence digest `{b['evidence_digest']}`._", '',
            '## The charter’s fairness objectives', '', md_table(pd.DataFrame(b['objectives'])[['objective', 'value', 'ci_low', 'ci_high', 'threshold', 'passed', 'robust']]
                                                               if b['objectives'] else pd.DataFrame()), '## Per group (fairlearn MetricFrame)', '']
+    if not b['groups']: md += [f'_{NO_SENTENCE}_', '']
     for feat, rows in b['groups'].items():
         t = pd.DataFrame(rows)
         show = t if 'selection_rate' not in t else pd.DataFrame({'group': t.group, 'rows': t.rows,

@@ -208,9 +208,9 @@ def charter_yaml(draft: dict) -> str:
     L += [_y({k: d[k]}) if not k.startswith('#') else k for k in ('intended_use', 'out_of_scope', 'owners')]
     L += ['# how much each stage searches and tolerates, sized for this data (see the README for every key)', _y({'development': d['development']}),
           _y({'validation': d['validation']}),
-          '# the prediction log keeps the sensitive features as sent (store), because the full circle retrains on logged rows and the model',
-          '# takes them as inputs; hash (the default: fairness still measured per group) is safer if you retrain from source data instead',
-          _y({'retention': {'prediction_log_days': 90, 'log_sensitive_features': 'store'}}),
+          '# the prediction log keeps the sensitive features hashed with the workspace key: not readable from the log, still grouped for',
+          '# fairness, and decoded with the key when the full circle retrains on logged rows (store keeps them in clear; drop cannot retrain)',
+          _y({'retention': {'prediction_log_days': 90, 'log_sensitive_features': 'hash'}}),
           '# production rows for the full circle: none named, so stage 02 holds back 15% (the latest by time_column, else a seeded random share);',
           '# name your own new rows instead with  production: {sources: [{kind: csv, path: new_rows.csv}]}  (labels optional)']
     if draft.get('features'):

@@ -8,14 +8,15 @@ from __future__ import annotations
 import concurrent.futures as cf, hmac, json, os, queue, secrets, threading, time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace
 
 # %% auto #0
 __all__ = ['log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy', 'workspace_secret',
-           'workspace_log_key', 'classify_feedback', 'PredictionLog', 'read_log', 'integrity_check', 'expired_rows',
-           'purge_before', 'purge_expired', 'register_cli']
+           'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'PredictionLog', 'read_log',
+           'integrity_check', 'expired_rows', 'purge_before', 'purge_expired', 'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -120,6 +121,18 @@ def workspace_secret(ws: Workspace, name: str) -> str:
 def workspace_log_key(ws: Workspace) -> bytes:
     "The workspace's secret key for hashing sensitive values in the log."
     return bytes.fromhex(workspace_secret(ws, '.prediction_log_key'))
+
+# %% ../nbs/05a_predlog.ipynb #e915f06e
+def sensitive_decoder(key: bytes, values) -> dict:
+    """Hash → value for each of `values` (the values a sensitive feature takes in the training data), under the log's `key`:
+    both a number's text forms (`39` and `39.0`), as a request may carry either."""
+    out = {}
+    for v in values:
+        if v is None or (isinstance(v, float) and v != v) or v is pd.NA: continue
+        forms = {str(v)}
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool): forms |= {str(float(v)), str(int(v)) if float(v).is_integer() else str(v)}
+        for s in forms: out[hmac.new(key, s.encode(), 'sha256').hexdigest()[:16]] = v.item() if hasattr(v, 'item') else v
+    return out
 
 # %% ../nbs/05a_predlog.ipynb #f2cff080
 def classify_feedback(items, known: set, stored: dict, replace: bool = False) -> tuple[dict, dict, list, dict]:

@@ -73,11 +73,14 @@ def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float
     prod = production_data(ws)['data']
     df = prod.sample(rows, random_state=seed, replace=rows > len(prod)).reset_index(drop=True)
     X = feature_frame(df, contract)
-    m = mlflow.sklearn.load_model(f'models:/{name}/{version}')
+    from mlcycle.features import declared_trusted_types
+    from mlcycle.registry import fetch_model
+    load = lambda v: fetch_model(f'models:/{name}/{v}', declared_trusted_types(c.features)).model
+    m = load(version)
     proba, pred = m.predict_proba(X)[:, 1], np.asarray(m.predict(X)).astype(int)
     sh = None
     if shadow_version is not None:
-        ms = mlflow.sklearn.load_model(f'models:/{name}/{shadow_version}')
+        ms = load(shadow_version)
         sh = (ms.predict_proba(X)[:, 1], np.asarray(ms.predict(X)).astype(int))
     now = time.time()
     ts = np.sort(now - 86400 * rng.uniform(min(days_ago), max(days_ago), rows))

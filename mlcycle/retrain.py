@@ -21,13 +21,13 @@ from .stages import Param, StageParams, add_common_args, execute_stage, new_run_
 from .validate import gate_evidence
 
 # %% auto #0
-__all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'history_frame', 'dedupe_new_rows', 'recency_weights', 'assemble_training_set',
-           'split_for_retraining', 'recent_holdout', 'in_key_order', 'keyed_holdout', 'refit_candidates',
-           'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check', 'decision_for',
-           'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain', 'retraining_parts',
-           'challenger_candidates', 'gate_challenger', 'ab_plan', 'non_inferiority_sized', 'start_ab_test',
-           'train_outputs', 'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining', 'run_ab_analysis',
-           'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
+__all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'decode_hashed', 'history_frame', 'dedupe_new_rows', 'recency_weights',
+           'assemble_training_set', 'split_for_retraining', 'recent_holdout', 'in_key_order', 'keyed_holdout',
+           'refit_candidates', 'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check',
+           'decision_for', 'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain',
+           'retraining_parts', 'challenger_candidates', 'gate_challenger', 'ab_plan', 'non_inferiority_sized',
+           'start_ab_test', 'train_outputs', 'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining',
+           'run_ab_analysis', 'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
@@ -69,11 +69,16 @@ def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'fe
         if not len(lab): raise MlcycleError('new_data=feedback: the prediction log has no labelled rows yet; send labels to /feedback, or pass a file with new_data')
         policy = c.retention.log_sensitive_features
         hidden = [f for f in c.data.sensitive_features if f in contract['features']]
-        if policy != 'store' and hidden:
-            raise MlcycleError(f'new_data=feedback: the log {policy}s the sensitive features {hidden} (retention.log_sensitive_features: {policy}), '
-                               'but the model takes them as inputs; retrain from the source data instead (new_data=<file or URL>)')
+        if policy == 'drop' and hidden:
+            raise MlcycleError(f'new_data=feedback: the log drops the sensitive features {hidden} (retention.log_sensitive_features: drop), '
+                               'but the model takes them as inputs; retrain from the source data instead (new_data=<file or URL>), '
+                               'or log them hashed (retention.log_sensitive_features: hash), which retraining decodes with the workspace key')
         cols = {f'x_{f}': f for f in contract['features'] if f'x_{f}' in lab.columns}
         df = lab[list(cols)].rename(columns=cols)
+        if policy == 'hash' and hidden:
+            from mlcycle.predlog import workspace_log_key
+            train = ws.load_snapshot(ws.manifest('02_data')['outputs']['splits']['train']['fingerprint'])
+            df = decode_hashed(df, hidden, workspace_log_key(ws), train)
         df[target] = lab.label_true.to_numpy()
         df['_ts'] = lab.ts.to_numpy(float)
         df['_request_id'] = lab.request_id.to_numpy()
@@ -99,6 +104,17 @@ def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'fe
     elif c.task == 'binary_classification' and len(known) > 2:
         raise MlcycleError(f'{what}: the target {target!r} must have at most two values, found {sorted(known)[:10]}')
     return df.reset_index(drop=True)
+
+# %% ../nbs/07_retraining.ipynb #679c9a31
+def decode_hashed(df: pd.DataFrame, columns, key: bytes, train: pd.DataFrame) -> pd.DataFrame:
+    "`df` with each hashed column of `columns` mapped back to `train`'s values of it under the log's `key` (unknown hashes: missing)."
+    from mlcycle.predlog import sensitive_decoder
+    out = df.copy()
+    for f in columns:
+        dec = sensitive_decoder(key, train[f].dropna().unique())
+        vals = [dec.get(h) if isinstance(h, str) else None for h in out[f]]
+        out[f] = pd.to_numeric(pd.Series(vals, index=out.index, dtype=object)) if pd.api.types.is_numeric_dtype(train[f]) else pd.Series(vals, index=out.index, dtype=train[f].dtype)
+    return out
 
 # %% ../nbs/07_retraining.ipynb #582b6f02
 def history_frame(ws: Workspace, c: Charter) -> pd.DataFrame:

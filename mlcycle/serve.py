@@ -18,6 +18,7 @@ from .request import LabelCheck, RequestError, RowParser, mlflow_records, openap
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
+from .registry import decided_pointer, fetch_model, lifecycle_record, vouch
 
 # %% auto #0
 __all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'Histogram', 'Metrics', 'monitoring_gauge_lines', 'monitoring_gauges',
@@ -126,45 +127,70 @@ def monitoring_gauges(ws: Workspace) -> str:
     return _GAUGE_CACHE['text']
 
 # %% ../nbs/05b_serving.ipynb #6d0939f1
-def _load_version(name: str, version: str, probe=None) -> Served:
-    import mlflow
-    m = mlflow.sklearn.load_model(f'models:/{name}/{version}')
-    return Served(name, str(version), m, make_scorer(m, probe))
+def _load_version(name: str, version: str, probe=None, trusted=()) -> tuple[Served, str]:
+    "Version `version` of `name` through the one loader (skops, the lifecycle's trusted types), and its artifacts' digest."
+    lm = fetch_model(f'models:/{name}/{version}', trusted)
+    return Served(name, str(version), lm.model, make_scorer(lm.model, probe)), lm.digest
 
 def _read_aliases(cl, name: str) -> dict:
-    "What the registry says should be served: `{'model', 'champion'[, 'challenger', 'share', 'shadow']}` (the shape of `ModelSet.describe`)."
-    try: champ = cl.get_model_version_by_alias(name, 'champion')
+    "The registry's aliases of `name` (alias → version); a one-line error when the model or the registry cannot be read."
+    try: return {a: str(v) for a, v in (cl.get_registered_model(name).aliases or {}).items()}
     except Exception as e:
         if getattr(e, 'error_code', '') in ('RESOURCE_DOES_NOT_EXIST', 'INVALID_PARAMETER_VALUE', 'NOT_FOUND'):
             raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)') from None
         raise MlcycleError(f'cannot read the aliases of {name!r} from the registry: {(str(e).splitlines() or [type(e).__name__])[0][:300]}') from None
-    d = {'model': name, 'champion': str(champ.version)}
-    try: ch = cl.get_model_version_by_alias(name, 'challenger')
-    except Exception: ch = None
-    if ch is not None and str(ch.version) != str(champ.version):
-        d.update(challenger=str(ch.version), share=min(max(float(ch.tags.get('traffic_share', 0.1)), 0.0), 1.0),
-                 shadow=ch.tags.get('shadow', 'false').lower() == 'true')
-    return d
 
-def registry_pointer(name: str, client=None) -> dict:
-    "The aliases of `name` as `ModelSet.describe()` would show them once loaded: two registry reads, no model loading."
+def registry_pointer(name: str, client=None, ws: Workspace | None = None) -> dict:
+    """What decides the served set, read without loading a model: the registry's aliases and, with `ws`, the audit log's
+    last decisions (`decided_pointer`). A server reloads when this changes."""
     import mlflow
-    return _read_aliases(client or mlflow.MlflowClient(), name)
+    out = {'registry': _read_aliases(client or mlflow.MlflowClient(), name)}
+    if ws is not None: out['record'] = decided_pointer(ws.audit.entries(), name)
+    return out
 
-def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None) -> ModelSet:
-    "Read `@champion` / `@challenger` of registered model `name` from the registry (MLflow already set up) and load them, reusing loaded versions."
+def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFrame | None = None, ws: Workspace | None = None,
+                   trusted=(), digests: dict | None = None, refusals: list | None = None) -> ModelSet:
+    """Load the champion (and challenger) of registered model `name` (MLflow already set up), reusing `previous`'s versions.
+    With `ws`, what is served is what the lifecycle decided: the versions the audit log's last `alias_moved` entries name,
+    with the artifacts whose digest they record. An alias the registry moved outside mlcycle is refused and added to
+    `refusals` as `(alias, registry_version, served_version, reason)`; a decided version whose artifacts changed is not
+    served. Without `ws` (a notebook example), the registry's aliases are followed as they are."""
     import mlflow
-    want = _read_aliases(mlflow.MlflowClient(), name)
+    registry = _read_aliases(mlflow.MlflowClient(), name)
+    digests = {} if digests is None else digests
     cache = {s.version: s for s in ([previous.champion] + ([previous.challenger] if previous.challenger else []))} if previous else {}
-    get = lambda v: cache.get(str(v)) or _load_version(name, str(v), probe)
+    def get(v):
+        if v in cache and v in digests: return cache[v]
+        sv, digests[v] = _load_version(name, v, probe, trusted)
+        return sv
+    if ws is None:
+        if 'champion' not in registry: raise MlcycleError(f'registered model {name!r} has no @champion: promote a version first (`mlcycle promote VERSION`)')
+        want = {'champion': registry['champion']}
+        if registry.get('challenger') not in (None, registry['champion']):
+            tags = mlflow.MlflowClient().get_model_version(name, registry['challenger']).tags
+            want.update(challenger=registry['challenger'], share=min(max(float(tags.get('traffic_share', 0.1)), 0.0), 1.0),
+                        shadow=tags.get('shadow', 'false').lower() == 'true')
+    else:
+        entries = lifecycle_record(ws)
+        want = decided_pointer(entries, name)
+        for alias in ('champion', 'challenger'):
+            if registry.get(alias) is not None and registry.get(alias) != want.get(alias):
+                why = vouch(entries, name, alias, registry[alias], None) or f'the record does not put @{alias} on v{registry[alias]}'
+                if refusals is not None: refusals.append((alias, registry[alias], want.get(alias), why))
+        if 'champion' not in want:
+            raise MlcycleError(f'no mlcycle decision put @champion of {name!r} on a version (the audit log has none): promote one with `mlcycle promote VERSION`')
     champion = get(want['champion'])
+    if ws is not None and (why := vouch(entries, name, 'champion', want['champion'], digests[want['champion']])):
+        raise MlcycleError(f'refusing to serve v{want["champion"]} as champion: {why}')
     challenger = get(want['challenger']) if 'challenger' in want else None
-    return ModelSet(champion, challenger, want.get('share', 0.0), want.get('shadow', False), time.time())
+    if challenger is not None and ws is not None and (why := vouch(entries, name, 'challenger', want['challenger'], digests[want['challenger']])):
+        if refusals is not None: refusals.append(('challenger', want['challenger'], None, why))
+        challenger = None
+    return ModelSet(champion, challenger, want.get('share', 0.0) if challenger else 0.0, want.get('shadow', False) if challenger else False, time.time())
 
-def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None) -> ModelSet:
+def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None, trusted=()) -> ModelSet:
     "A `ModelSet` of one model from a path or URI (a container serving one pinned version)."
-    import mlflow
-    m = mlflow.sklearn.load_model(model_uri)
+    m = fetch_model(model_uri, trusted).model
     return ModelSet(Served(name, str(version), m, make_scorer(m, probe)), loaded_at=time.time())
 
 # %% ../nbs/05b_serving.ipynb #5d408078
@@ -223,6 +249,7 @@ class ModelServer:
         self.batcher = Batcher(lambda: self.models, self.parser, self.policy, None, self.metrics.batch_rows.observe, max_batch_rows, max_wait_ms, threads)
         self.poll = float(alias_poll_seconds or 0) if not model_uri else 0.0
         self._reload_lock, self._poller = None, None
+        self.digests, self.refused, self.pointer = {}, {}, None    # version → artifact digest; alias → refusal; what the last load followed
         self.id_prefix = secrets.token_hex(5)       # per process: replicas' request ids never collide, and the log shows who answered
 
     def _feedback_token(self) -> str:
@@ -231,12 +258,27 @@ class ModelServer:
             print(f'mlcycle serve: /feedback is off: no $MLCYCLE_FEEDBACK_TOKEN and the workspace is not writable ({e.strerror})', file=sys.stderr)
             return ''
 
+    def _refused(self, refusals: list):
+        "Report each new refusal once: stderr, and an `alias_refused` audit entry (stderr only where the workspace is read-only)."
+        now = {a: {'registry_version': rv, 'served_version': sv, 'reason': why} for a, rv, sv, why in refusals}
+        for alias, r in now.items():
+            if self.refused.get(alias) == r: continue
+            print(f"mlcycle serve: REFUSED @{alias} → v{r['registry_version']}: {r['reason']}; serving "
+                  f"{'v' + r['served_version'] if r['served_version'] else 'no ' + alias}", file=sys.stderr, flush=True)
+            try: self.ws.audit.append('alias_refused', model=self.charter.name, alias=alias, **r)
+            except OSError as e: print(f'mlcycle serve: cannot write the refusal to the audit log ({e.strerror})', file=sys.stderr, flush=True)
+        self.refused = now
+
     def load(self, previous: ModelSet | None = None) -> ModelSet:
         "The models to serve now: the pinned model, or what the registry's aliases name (reusing `previous`'s loaded versions)."
-        if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe)
+        from mlcycle.features import declared_trusted_types
+        trusted = declared_trusted_types(self.charter.features)
+        if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe, trusted)
         else:
             setup_mlflow(self.ws, self.charter.name)
-            ms = load_model_set(self.charter.name, previous, self.probe)
+            refusals, self.pointer = [], registry_pointer(self.charter.name, ws=self.ws)
+            ms = load_model_set(self.charter.name, previous, self.probe, self.ws, trusted, self.digests, refusals)
+            self._refused(refusals)
         for sv in (ms.champion, ms.challenger):
             if sv is not None: print(f"mlcycle serve: v{sv.version} preprocessor: {'compiled (checked against scikit-learn)' if sv.score.fast else 'scikit-learn'}", file=sys.stderr, flush=True)
         return ms
@@ -270,7 +312,7 @@ async def stop(self: ModelServer):
 def ready(self: ModelServer) -> dict:
     "What is served (`/ready`); `RequestError` 503 with the reason while no models are loaded."
     if self.models is None: raise RequestError(503, {'ready': False, 'reason': self.error})
-    return {'ready': True, **self.models.describe()}
+    return {'ready': True, **self.models.describe(), **({'refused': self.refused} if self.refused else {})}
 
 def metrics_text(self: ModelServer) -> str: return self.metrics.render() + monitoring_gauges(self.ws)
 
@@ -387,7 +429,7 @@ async def reload(self: ModelServer, trigger: str = 'admin', previous: bool = Tru
     return before, new.describe()
 
 async def _follow_registry(self: ModelServer):
-    "Every `poll` seconds (±10 %, so replicas do not poll in step): compare the aliases with what is loaded; reload on a change."
+    "Every `poll` seconds (±10 %, so replicas do not poll in step): reload when the registry's aliases or the lifecycle's decisions changed."
     loop, failures, client = asyncio.get_running_loop(), 0, None
     while True:
         await asyncio.sleep(self.poll * random.uniform(0.9, 1.1))
@@ -396,8 +438,8 @@ async def _follow_registry(self: ModelServer):
             if client is None:
                 import mlflow
                 client = mlflow.MlflowClient(tracking_uri=self.ws.tracking_uri, registry_uri=self.ws.tracking_uri)
-            want = await loop.run_in_executor(None, registry_pointer, self.charter.name, client)
-            if want != self.models.describe(): await self.reload('poll', True)
+            want = await loop.run_in_executor(None, lambda: registry_pointer(self.charter.name, client, self.ws))
+            if want != self.pointer: await self.reload('poll', True)
             failures = 0
         except asyncio.CancelledError: raise
         except Exception as e:           # the registry is down or the new version does not load: keep serving what is loaded

