@@ -22,8 +22,7 @@ def penguin_charter(tmp_path, metric='equalized_odds_difference', min_group_size
                         {'metric': 'p95_latency_ms', 'max': 1000}],
          'intended_use': 'Tests.', 'out_of_scope': 'Decisions about animals.', 'owners': ['tests@example.org'],
          'development': {'candidates': ['logistic_regression'], 'search_iterations': 1, 'cv_folds': 2, 'seed': 0},
-         'validation': {'overfit_tolerance': 0.5, 'bootstrap_resamples': 50},
-         'retention': {'log_sensitive_features': 'store'}}
+         'validation': {'overfit_tolerance': 0.5, 'bootstrap_resamples': 50}}
     p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d, sort_keys=False)); return p
 
 
@@ -53,7 +52,7 @@ def test_stage03_names_the_group_too_small_to_judge_a_fairness_objective_and_the
                         {'metric': 'demographic_parity_difference', 'max': 0.2, 'sensitive_feature': 'gender'}],
          'intended_use': 'Tests.', 'out_of_scope': 'Decisions about people.', 'owners': ['tests@example.org'],
          'development': {'candidates': ['logistic_regression'], 'search_iterations': 1, 'cv_folds': 2, 'seed': 0},
-         'validation': {'overfit_tolerance': 0.5, 'bootstrap_resamples': 50}, 'retention': {'log_sensitive_features': 'store'}}
+         'validation': {'overfit_tolerance': 0.5, 'bootstrap_resamples': 50}}
     p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d, sort_keys=False))
     r = mlcycle('run', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', '--stages', '01,02,03', cwd=tmp_path, timeout=900)
     out = r.stdout + r.stderr
