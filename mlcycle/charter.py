@@ -30,8 +30,9 @@ __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS',
            'MonitoringSpec', 'Charter', 'CharterError', 'format_validation_error', 'parse_charter', 'load_charter',
            'columns_shown', 'source_names', 'check_charter_against_data', 'feature_input_errors', 'time_values',
            'unparseable_times', 'binary_target', 'target_problems', 'task_target', 'stratify_labels', 'leakage_target',
-           'target_summary', 'judged_groups', 'judged_rows', 'too_small_note', 'ovr_auc', 'task_metric_value',
-           'objective_value', 'evaluate_objectives', 'group_names', 'task_draws', 'workspace_charter']
+           'target_summary', 'judged_groups', 'judged_rows', 'too_small_note', 'unjudged_reason', 'ovr_auc',
+           'task_metric_value', 'objective_value', 'evaluate_objectives', 'group_names', 'task_draws',
+           'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -690,6 +691,24 @@ def too_small_note(groups, min_group_size: int) -> str:
     return (f"{len(small)} group(s) under min_group_size {min_group_size} in the evaluated rows, reported but not gated: "
             + ', '.join(f'{r.group} ({r.rows})' for r in small.itertuples()))
 
+def unjudged_reason(groups, min_group_size: int, feature: str = '') -> str:
+    """'' when at least two groups of `groups` reach `min_group_size`; else why a difference between groups cannot be
+    measured (so a gate never reports a bare NaN): the groups too small to judge with their rows, and what to change:
+    the `min_group_size` that would judge two groups, or how many more labelled rows of which groups it would take."""
+    t = judged_groups(groups, min_group_size).sort_values(['rows', 'group'], ascending=[False, True], ignore_index=True)
+    if t.judged.sum() >= 2: return ''
+    name = repr(feature) if feature else 'the sensitive feature'
+    if len(t) < 2:
+        return (f"{name} has a single group in the evaluated rows ({', '.join(f'{r.group}: {r.rows} rows' for r in t.itertuples()) or 'none'}), "
+                "so no difference between groups can be measured: add rows of other groups, or drop this objective")
+    small, judged = t[~t.judged], t[t.judged]
+    have = f'only {judged.group.iloc[0]} ({judged.rows.iloc[0]} rows) reaches' if len(judged) else 'no group reaches'
+    more = small.head(2 - len(judged))       # the largest small groups: the fewest rows to add
+    return (f"{have} min_group_size {min_group_size} among the evaluated rows of {name}; too small to judge: "
+            + ', '.join(f'{r.group} ({r.rows} rows)' for r in small.itertuples())
+            + f". To judge it, lower data.requirements.min_group_size in the charter to {int(t.rows.iloc[1])}, or label more rows of "
+            + ' and of '.join(f'{r.group} (at least {min_group_size - r.rows} more among the evaluated rows)' for r in more.itertuples()))
+
 TASK_ONLY_METRICS = [m for m in METRICS if m not in TASK_METRICS['binary_classification']]
 
 def ovr_auc(y_true, proba: pd.DataFrame) -> float:
@@ -771,7 +790,7 @@ def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.Dat
         rows.append({'objective': o.describe(), 'metric': o.metric, 'sensitive_feature': o.sensitive_feature,
                      'value': v, 'threshold': o.threshold, 'direction': 'min' if o.min is not None else 'max',
                      'primary': o.primary, 'passed': o.met(v), 'measured': not (isinstance(v, float) and math.isnan(v)),
-                     'note': too_small_note(sens, n_min) if sens is not None else ''})
+                     'note': (unjudged_reason(sens, n_min, o.sensitive_feature) or too_small_note(sens, n_min)) if sens is not None else ''})
     return pd.DataFrame(rows)
 
 # %% ../nbs/01a_charter.ipynb #5cced10a

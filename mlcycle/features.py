@@ -14,20 +14,34 @@ from .core import MlcycleError
 from .charter import DATE_PARTS, FEATURE_KINDS, Charter, DerivedFeature
 
 # %% auto #0
-__all__ = ['FEATURE_TRUSTED_TYPES', 'CONSUMING_KINDS', 'DRIFT_KINDS', 'date_parts', 'date_part_names', 'combined_name', 'ratio',
-           'difference', 'log1p', 'cut_at_edges', 'text_values', 'custom_transformer', 'feature_branch',
-           'consumed_columns', 'derived_preprocessor', 'derived_output_columns', 'declared_trusted_types',
-           'check_custom_serializable', 'check_features', 'semantic_kind', 'suggest_features', 'derived_importance',
-           'derived_frame']
+__all__ = ['FEATURE_TRUSTED_TYPES', 'CONSUMING_KINDS', 'DRIFT_KINDS', 'finite_or_missing', 'date_parts', 'date_part_names',
+           'combined_name', 'ratio', 'difference', 'log1p', 'cut_at_edges', 'text_values', 'custom_transformer',
+           'FiniteInputs', 'feature_branch', 'derive_steps', 'consumed_columns', 'derived_preprocessor',
+           'derived_output_columns', 'declared_trusted_types', 'check_custom_serializable', 'check_features',
+           'semantic_kind', 'suggest_features', 'derived_importance', 'derived_frame']
 
 # %% ../nbs/02a_features.ipynb #db283d87
 def _frame(X) -> pd.DataFrame:
     return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object).reshape(len(X), -1))
 
+def finite_or_missing(X) -> np.ndarray:
+    "`X` as floats with every value that is not a finite number (±inf, NaN, text) made NaN: the one value rule of the derived numbers."
+    import scipy.sparse as sp
+    if sp.issparse(X):
+        X = X.astype('float64', copy=True); X.data[~np.isfinite(X.data)] = np.nan; return X
+    A = np.array(_frame(X).apply(pd.to_numeric, errors='coerce').to_numpy(dtype='float64') if not isinstance(X, np.ndarray) or X.dtype == object
+                 else X, dtype='float64')   # a copy: the caller's data is never changed
+    A[~np.isfinite(A)] = np.nan
+    return A
+
 def _as_dates(s: pd.Series) -> pd.Series:
+    "Parsed dates; unparseable or out of pandas' range = NaT; a value with a time-zone offset converted to UTC (so a row's parts never depend on its neighbours)."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return pd.to_datetime(pd.Series(s, dtype=object).where(pd.notna(s), None), errors='coerce', format='mixed')
+        t = pd.to_datetime(pd.Series(s, dtype=object).where(pd.notna(s), None), errors='coerce', format='mixed', utc=True)
+    return t.dt.tz_convert(None)
+
+def _naive_utc(t: pd.Timestamp) -> pd.Timestamp: return t if t.tz is None else t.tz_convert(None)
 
 def date_parts(X, parts=('year', 'month', 'day_of_week'), reference=None) -> np.ndarray:
     "Date/time parts of each column of `X` (pandas' `.dt`); `days_since` counts days from `reference`; unparseable = NaN."
@@ -35,10 +49,10 @@ def date_parts(X, parts=('year', 'month', 'day_of_week'), reference=None) -> np.
     for _, s in _frame(X).items():
         t = _as_dates(s.to_numpy())
         for p in parts:
-            if p == 'days_since': v = (t - pd.Timestamp(reference or '1970-01-01')).dt.total_seconds() / 86400
+            if p == 'days_since': v = (t - _naive_utc(pd.Timestamp(reference or '1970-01-01'))).dt.total_seconds() / 86400
             else: v = getattr(t.dt, p)
             cols.append(v.astype('float64').to_numpy())
-    return np.column_stack(cols)
+    return finite_or_missing(np.column_stack(cols))
 
 def date_part_names(transformer, names) -> np.ndarray:
     "Output names of `date_parts`: `<input>_<part>`."
@@ -50,26 +64,30 @@ def combined_name(transformer, names) -> np.ndarray:
     return np.array([f'{names[0]}__{transformer.func.__name__}__{names[1]}'], dtype=object)
 
 def ratio(X) -> np.ndarray:
-    "First column over the second (pandas division); a zero denominator gives NaN, imputed downstream."
-    X = _frame(X).apply(pd.to_numeric, errors='coerce')
-    return (X.iloc[:, 0] / X.iloc[:, 1].replace(0, np.nan)).to_numpy(dtype='float64').reshape(-1, 1)
+    "First column over the second; a zero denominator, a non-finite input or result give NaN, imputed downstream."
+    A = finite_or_missing(X)
+    with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+        return finite_or_missing(A[:, :1] / np.where(A[:, 1:2] == 0, np.nan, A[:, 1:2]))
 
 def difference(X) -> np.ndarray:
-    "First column minus the second."
-    X = _frame(X).apply(pd.to_numeric, errors='coerce')
-    return (X.iloc[:, 0] - X.iloc[:, 1]).to_numpy(dtype='float64').reshape(-1, 1)
+    "First column minus the second; a non-finite input or result (an overflow) give NaN, imputed downstream."
+    A = finite_or_missing(X)
+    with np.errstate(invalid='ignore', over='ignore'):
+        return finite_or_missing(A[:, :1] - A[:, 1:2])
 
 def log1p(X) -> np.ndarray:
-    "`numpy.log1p` of a numeric column; values below -1 give NaN, imputed downstream."
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.log1p(_frame(X).apply(pd.to_numeric, errors='coerce').to_numpy(dtype='float64'))
+    "`numpy.log1p` of a numeric column; values of -1 and below (log of zero or less) and non-finite values give NaN, imputed downstream."
+    A = finite_or_missing(X)
+    A[A <= -1] = np.nan
+    return np.log1p(A)
 
 def cut_at_edges(X, edges=()) -> np.ndarray:
-    "Which interval between fixed `edges` each value falls in (`numpy.digitize`), as text for one-hot encoding; missing stays missing."
-    A = _frame(X).apply(pd.to_numeric, errors='coerce').to_numpy(dtype='float64')
-    out = np.digitize(A, edges).astype(object)
-    out[np.isnan(A)] = np.nan
-    return out
+    """Which interval between fixed `edges` each value falls in (`numpy.digitize`: 0 below the first edge), as categories for
+    one-hot encoding; a missing or non-finite number is its own bin, -1 (a NaN here met the integers in the encoder and stopped the stage)."""
+    A = finite_or_missing(X)
+    out = np.digitize(A, edges)
+    out[np.isnan(A)] = -1
+    return out.astype(object)
 
 def text_values(X) -> np.ndarray:
     "A text column as a 1-D array of strings (missing = ''), the input scikit-learn's vectorizers take."
@@ -78,7 +96,7 @@ def text_values(X) -> np.ndarray:
 
 
 FEATURE_TRUSTED_TYPES = [f'mlcycle.features.{f}' for f in ('date_parts', 'date_part_names', 'combined_name', 'ratio', 'difference', 'log1p',
-                                                           'cut_at_edges', 'text_values')]
+                                                           'cut_at_edges', 'text_values', 'finite_or_missing', 'FiniteInputs')]
 
 # %% ../nbs/02a_features.ipynb #a965b569
 def _numeric_tail():
@@ -98,6 +116,34 @@ def custom_transformer(f: DerivedFeature):
     mod, _, cls = f.transformer.partition(':')
     return getattr(importlib.import_module(mod), cls)(**f.params)
 
+from sklearn.base import BaseEstimator, TransformerMixin
+
+class FiniteInputs(TransformerMixin, BaseEstimator):
+    """What a custom transformer's inputs look like: the numeric columns with ±inf made missing and, when `impute` (the
+    transformer does not take missing values, scikit-learn's `allow_nan` tag), missing numbers filled with the training median.
+    Text columns, the column names and their order pass unchanged."""
+    def __init__(self, impute: bool = True): self.impute = impute
+    def fit(self, X, y=None):
+        X = _frame(X)
+        self.medians_ = {str(c): (float(np.nanmedian(v)) if np.isfinite(v).any() else 0.0)
+                         for c, v in ((c, finite_or_missing(X[[c]]).ravel()) for c in self._numeric(X))}
+        return self
+    @staticmethod
+    def _numeric(X) -> list: return [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c]) and not pd.api.types.is_bool_dtype(X[c])]
+    def transform(self, X):
+        X = _frame(X).copy()
+        for c in self._numeric(X):
+            v = finite_or_missing(X[[c]]).ravel()
+            if self.impute: v = np.where(np.isnan(v), self.medians_.get(str(c), 0.0), v)
+            X[c] = v
+        return X
+    def get_feature_names_out(self, input_features=None): return np.asarray(input_features, dtype=object)
+
+def _takes_missing(est) -> bool:
+    from sklearn.utils import get_tags
+    try: return bool(get_tags(est).input_tags.allow_nan)
+    except Exception: return False
+
 def feature_branch(f: DerivedFeature):
     "The scikit-learn transformer (a Pipeline) that computes derived feature `f` from its input columns, ready for a ColumnTransformer."
     from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
@@ -112,7 +158,8 @@ def feature_branch(f: DerivedFeature):
         fn = {'log1p': log1p, 'ratio': ratio, 'difference': difference}[f.kind]
         steps = [('derive', FunctionTransformer(fn, feature_names_out='one-to-one' if f.kind == 'log1p' else combined_name)), *_numeric_tail()]
     elif f.kind == 'bins' and f.bins:
-        steps = [('impute', SimpleImputer(strategy='median', keep_empty_features=True)),
+        steps = [('derive', FunctionTransformer(finite_or_missing, feature_names_out='one-to-one')),
+                 ('impute', SimpleImputer(strategy='median', keep_empty_features=True)),
                  ('bin', KBinsDiscretizer(n_bins=f.bins, encode='onehot-dense', strategy='quantile'))]
     elif f.kind == 'bins':
         steps = [('derive', FunctionTransformer(cut_at_edges, kw_args={'edges': list(f.edges)})), *_onehot(handle_unknown='ignore')]
@@ -124,8 +171,15 @@ def feature_branch(f: DerivedFeature):
                else TfidfVectorizer(max_features=n))
         steps = [('derive', FunctionTransformer(text_values, feature_names_out='one-to-one')), ('vectorize', vec)]
     else:
-        steps = [('custom', custom_transformer(f)), *_numeric_tail()]
+        est = custom_transformer(f)
+        steps = [('inputs', FiniteInputs(impute=not _takes_missing(est))), ('custom', est),
+                 ('finite', FunctionTransformer(finite_or_missing, feature_names_out='one-to-one')), *_numeric_tail()]
     return Pipeline(steps)
+
+def derive_steps(branch) -> list:
+    "The steps of a `feature_branch` before imputation: what computes the feature's values (missing still missing)."
+    names = [n for n, _ in branch.steps]
+    return branch.steps[:names.index('impute')] if 'impute' in names else branch.steps[:1]
 
 CONSUMING_KINDS = ('date_parts', 'rare_categories', 'text')   # their inputs are not also encoded as raw columns
 
@@ -238,26 +292,30 @@ def suggest_features(contract: dict, df: pd.DataFrame | None = None) -> list[dic
     return out
 
 # %% ../nbs/02a_features.ipynb #5407b875
-def derived_importance(model, X: pd.DataFrame, y, n_repeats: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Permutation importance of each derived feature on (`X`, `y`): the drop in ROC AUC when the columns the feature fills are
-    shuffled together (rows permuted with a seeded generator), mean and spread over `n_repeats`. Empty when the model is not a
-    pipeline (or a post-processor around one) whose first step is a `derived_preprocessor`."""
-    from sklearn.metrics import roc_auc_score
+def derived_importance(model, X: pd.DataFrame, y, n_repeats: int = 5, seed: int = 0, metric: str = 'roc_auc') -> pd.DataFrame:
+    """Permutation importance of each derived feature on (`X`, `y`): the drop in the task's `metric` (the charter's primary one;
+    `y` as the model learns it, `charter.task_target`) when the columns the feature fills are shuffled together (rows permuted
+    with a seeded generator), mean and spread over `n_repeats`. Scored as `explain.primary_score` scores: higher is better, so a
+    rise of an error (RMSE) is a positive importance; a regressor's predictions, a multiclass model's class probabilities.
+    Empty when the model is not a pipeline (or a post-processor around one) whose first step is a `derived_preprocessor`."""
     from sklearn.pipeline import Pipeline
-    cols = ['feature', 'columns', 'importance_mean', 'importance_std']
+    from mlcycle.explain import primary_score
+    cols = ['feature', 'columns', 'importance_mean', 'importance_std', 'metric']
     if not isinstance(model, Pipeline): model = getattr(model, 'estimator', model)   # a post-processed model: its scoring pipeline
     if not isinstance(model, Pipeline) or not hasattr(model.steps[0][1], 'output_indices_'): return pd.DataFrame(columns=cols)
     slices = derived_output_columns(model.steps[0][1])
     Z, rest = np.asarray(model[:1].transform(X), dtype='float64'), model[1:]
     y = np.asarray(y)
-    base = roc_auc_score(y, rest.predict_proba(Z)[:, 1])
+    score = lambda A: primary_score(rest, A, y, metric)
+    base = score(Z)
     rng, rows = np.random.default_rng(seed), []
     for name, sl in slices.items():
         drops = []
         for _ in range(n_repeats):
             Zp = Z.copy(); Zp[:, sl] = Z[rng.permutation(len(Z))][:, sl]
-            drops.append(base - roc_auc_score(y, rest.predict_proba(Zp)[:, 1]))
-        rows.append({'feature': name, 'columns': sl.stop - sl.start, 'importance_mean': float(np.mean(drops)), 'importance_std': float(np.std(drops))})
+            drops.append(base - score(Zp))
+        rows.append({'feature': name, 'columns': sl.stop - sl.start, 'importance_mean': float(np.mean(drops)), 'importance_std': float(np.std(drops)),
+                     'metric': metric})
     return pd.DataFrame(rows, columns=cols).sort_values('importance_mean', ascending=False, ignore_index=True)
 
 # %% ../nbs/02a_features.ipynb #50941a3f
@@ -270,7 +328,7 @@ def derived_frame(contract: dict, reference: pd.DataFrame, X: pd.DataFrame) -> p
     out = {}
     for f in (DerivedFeature.model_validate(d) for d in contract.get('derived', [])):
         if f.kind not in DRIFT_KINDS: continue
-        step = Pipeline(feature_branch(f).steps[:1]).fit(reference[f.inputs])
+        step = Pipeline(derive_steps(feature_branch(f))).fit(reference[f.inputs])
         A = np.asarray(step.transform(X[f.inputs]), dtype='float64').reshape(len(X), -1)
         names = ([f'{f.name}.{p}' for p in (f.parts or ['year', 'month', 'day_of_week'])] if f.kind == 'date_parts'
                  else [f.name] if A.shape[1] == 1 else [f'{f.name}.{j}' for j in range(A.shape[1])])

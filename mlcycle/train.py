@@ -30,12 +30,12 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS',
            'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
            'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
-           'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
-           'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
-           'refit_candidate', 'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics',
-           'candidate_table', 'Selection', 'describe_objectives', 'select_model', 'trusted_types_for',
-           'model_requirements', 'signature_frame', 'register_model', 'load_model_version', 'model_version_info',
-           'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
+           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
+           'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates', 'add_calibrated_candidate',
+           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
+           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
+           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -256,16 +256,37 @@ def cross_fitted_scores(model, X: pd.DataFrame, y, cv_folds: int = 3, seed: int 
     cv = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
     return cross_val_predict(clone(model), X, np.asarray(y), cv=cv, method='predict_proba', n_jobs=n_jobs)[:, 1]
 
+def unmitigable_groups(groups, y, min_group_size: int = 1) -> dict:
+    """Groups post-processing cannot fit thresholds on, with why: fewer than `min_group_size` training rows (too small to
+    judge, as in every stage), or labels all of one class (no true- or false-positive rate: fairlearn stops on it)."""
+    t = pd.DataFrame({'g': np.asarray(groups), 'y': np.asarray(y)}).groupby('g').y.agg(rows='size', positives='sum')
+    out = {}
+    for g, r in t.iterrows():
+        if r.rows < min_group_size: out[str(g)] = f'{r.rows} training rows, under min_group_size {min_group_size}'
+        elif r.positives in (0, r.rows): out[str(g)] = f'all {r.rows} training labels are {int(r.positives > 0)}'
+    return out
+
 def fit_threshold_optimizer(base, X: pd.DataFrame, y, sensitive_feature: str, metric: str = 'demographic_parity_difference',
-                            scores=None, cv_folds: int = 3, seed: int = 42, n_jobs: int = 1):
-    "Per-group thresholds for the fitted pipeline `base` (fairlearn ThresholdOptimizer on cross-fitted scores); returns (FairThresholdClassifier, the fitted ThresholdOptimizer)."
+                            scores=None, cv_folds: int = 3, seed: int = 42, n_jobs: int = 1, min_group_size: int = 1):
+    """Per-group thresholds for the fitted pipeline `base` (fairlearn ThresholdOptimizer on cross-fitted scores); returns
+    (FairThresholdClassifier, the fitted ThresholdOptimizer). Groups in `unmitigable_groups` are left out of the fit and
+    keep the base model's decision, as an unseen group does (`left_out_`: group -> why); fewer than two groups left to
+    fit raise an `MlcycleError` saying so (stage 03 then skips the candidate)."""
     from fairlearn.postprocessing import ThresholdOptimizer
     if metric not in FAIRLEARN_CONSTRAINTS: raise MlcycleError(f'no fairlearn constraint for metric {metric!r}; known: {", ".join(FAIRLEARN_CONSTRAINTS)}')
+    y, groups = np.asarray(y), group_key(X[sensitive_feature])
+    left_out = unmitigable_groups(groups, y, min_group_size)
+    keep = ~groups.isin(list(left_out)).to_numpy()
+    if groups[keep].nunique() < 2:
+        raise MlcycleError(f'per-group thresholds need two groups of {sensitive_feature!r} with both labels and at least min_group_size '
+                           f'{min_group_size} training rows; ' + ('; '.join(f'{g} is left out ({why})' for g, why in left_out.items()) or 'it has one group'))
     if scores is None: scores = cross_fitted_scores(base, X, y, cv_folds, seed, n_jobs)
     to = ThresholdOptimizer(estimator=_ScoreColumn(), constraints=FAIRLEARN_CONSTRAINTS[metric], objective='accuracy_score',
                             prefit=True, predict_method='predict_proba')
-    to.fit(pd.DataFrame({'score': scores}), np.asarray(y), sensitive_features=group_key(X[sensitive_feature]))
-    return FairThresholdClassifier.from_threshold_optimizer(to, base, sensitive_feature, seed), to
+    to.fit(pd.DataFrame({'score': np.asarray(scores)[keep]}), y[keep], sensitive_features=groups[keep])
+    model = FairThresholdClassifier.from_threshold_optimizer(to, base, sensitive_feature, seed)
+    model.left_out_ = left_out
+    return model, to
 
 # %% ../nbs/03_model_development.ipynb #dab9ca4b
 class FairMixtureClassifier(ClassifierMixin, BaseEstimator):
@@ -408,12 +429,18 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
         else:
             for base in list(cands):
                 t0 = time.perf_counter()
-                model, _ = fit_threshold_optimizer(base.model, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed, n_jobs=n_jobs)
+                try: model, _ = fit_threshold_optimizer(base.model, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed,
+                                                        n_jobs=n_jobs, min_group_size=c.data.requirements.min_group_size)
+                except MlcycleError as e:   # no two groups to fit thresholds on: the candidate is skipped with the reason, not a crash
+                    cands.append(Candidate(name=f'{base.family}+threshold_optimizer', family=base.family, model=None, mitigation='threshold_optimizer',
+                                           deployable=False, note=f'not fitted: {e}'))
+                    log(f'{cands[-1].name}: {cands[-1].note}'); continue
                 cands.append(Candidate(name=f'{base.family}+threshold_optimizer', family=base.family, model=model, mitigation='threshold_optimizer',
                                        params={**base.params, 'constraint': FAIRLEARN_CONSTRAINTS[o.metric], 'sensitive_feature': o.sensitive_feature},
                                        cv_mean=base.cv_mean, cv_std=base.cv_std, fit_seconds=time.perf_counter() - t0,
                                        note='score = the base model\'s (CV scores are its); per-group thresholds from cross-fitted training scores'))
-                log(f'{cands[-1].name}: thresholds for {len(model.thresholds)} groups of {o.sensitive_feature} ({cands[-1].fit_seconds:.1f} s)')
+                log(f'{cands[-1].name}: thresholds for {len(model.thresholds)} groups of {o.sensitive_feature} ({cands[-1].fit_seconds:.1f} s)'
+                    + ''.join(f'; {g} left out, the base model decides for it ({why})' for g, why in model.left_out_.items()))
         if eg_estimator:
             base = next((b for b in cands if b.family == eg_estimator and b.mitigation is None), None)
             params = base.params if base else {}
@@ -450,7 +477,8 @@ def refit_candidate(cand: Candidate, cands: list[Candidate], c: Charter, contrac
     o = next(o for o in fair if o.sensitive_feature == cand.params.get('sensitive_feature'))
     if cand.mitigation == 'threshold_optimizer':
         base = clone(cand.model.estimator).fit(X, y)
-        return fit_threshold_optimizer(base, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed)[0]
+        return fit_threshold_optimizer(base, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed,
+                                       min_group_size=c.data.requirements.min_group_size)[0]
     base = next((b for b in cands if b.family == cand.family and b.mitigation is None), None)
     est = base_estimator(cand.family, dev.seed).set_params(**(base.params if base else {}))
     return fit_exponentiated_gradient(contract, X, y, df[o.sensitive_feature], est, o.metric, o.threshold, seed=dev.seed)[0]
@@ -466,8 +494,12 @@ def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.Data
     rows = []
     for cand in [x for x in cands if x.model is not None and x.deployable]:
         t0 = time.perf_counter()
-        for k, (tr, te) in enumerate(folds):
-            model, held = refit_candidate(cand, cands, c, contract, df.iloc[tr]), df.iloc[te]
+        try: refits = [(refit_candidate(cand, cands, c, contract, df.iloc[tr]), te) for tr, te in folds]   # small data: a few models
+        except MlcycleError as e:   # a mitigation that cannot be refitted on a fold (a group under min_group_size there): skipped, said why
+            cand.deployable, cand.note = False, (cand.note + '; ' if cand.note else '') + f'not estimated by CV: {e}'
+            log(f'{cand.name}: {cand.note}'); continue
+        for k, (model, te) in enumerate(refits):
+            held = df.iloc[te]
             proba, pred = score_rows(model, feature_frame(held, contract))
             t = evaluate_objectives(c, y[te], proba, pred, frame=held)
             rows += [{'candidate': cand.name, 'fold': k, 'key': keys[r.objective], 'value': r.value} for r in t.itertuples() if r.objective in keys]
@@ -573,7 +605,14 @@ def _shortfall(o) -> float:
 
 def describe_objectives(objectives: pd.DataFrame) -> str:
     "One line per objective: value, threshold, met or not."
-    return '; '.join(f"{o.objective}: {o.value:.4g} {'✓' if o.passed else '✗'}" for o in objectives.itertuples())
+    return '; '.join(f"{o.objective}: {_value_text(o.value)} {'✓' if o.passed else '✗'}" for o in objectives.itertuples())
+
+def _value_text(v) -> str: return f'{v:.4g}' if np.isfinite(v) else 'not measured'
+
+def _missed_text(o, note: str = '') -> str:
+    "An objective a candidate misses, with its value, or why it could not be measured (`charter.unjudged_reason`), never 'nan'."
+    if np.isfinite(o.value): return f'{o.objective} (got {o.value:.4g})'
+    return f'{o.objective} (not measured: {note})' if note else f'{o.objective} (not measured)'
 
 def select_model(cands: list[Candidate], c: Charter) -> Selection:
     "The best eligible candidate by the primary metric, or none with the closest candidate named."
@@ -600,7 +639,8 @@ def select_model(cands: list[Candidate], c: Charter) -> Selection:
     tol = c.validation.overfit_tolerance
     overfits = lambda x: tol is not None and x.metrics.get('overfit_gap', 0) > tol
     closest = min(scored, key=distance)
-    missed = [f"{o.objective} (got {o.value:.4g})" for o in objs[closest.name].itertuples() if not o.passed]
+    notes = {} if closest.objectives is None else dict(zip(closest.objectives.objective, closest.objectives.note))   # on the validation split
+    missed = [_missed_text(o, notes.get(o.objective, '')) for o in objs[closest.name].itertuples() if not o.passed]
     if overfits(closest):
         missed.append(f"overfitting: train−validation gap {closest.metrics['overfit_gap']:.3f} > tolerance {c.validation.overfit_tolerance}")
     if any(not o.passed and o.metric == 'p95_latency_ms' for o in objs[closest.name].itertuples()):

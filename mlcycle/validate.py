@@ -311,7 +311,7 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
         straddles = bool(np.isfinite(o.ci_low) and o.ci_low <= o.threshold <= o.ci_high)
         rules.append({'rule': o.objective, 'kind': 'objective', 'value': o.value, 'ci_low': o.ci_low, 'ci_high': o.ci_high,
                       'threshold': o.threshold, 'passed': bool(o.passed),
-                      'detail': '; '.join(x for x in ['not measured' if not o.measured else '',
+                      'detail': '; '.join(x for x in [('not measured: ' + getattr(o, 'note', '') if getattr(o, 'note', '') else 'not measured') if not o.measured else '',
                                                        'uncertain: the interval straddles the threshold' if straddles else '',
                                                        latency_note if o.metric == 'p95_latency_ms' and o.measured else ''] if x)})
     of = overfit; gates = of['tolerance'] is not None
@@ -338,7 +338,7 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
     gating = rules[rules.gates]
     status = 'passed' if gating.passed.all() else 'failed'
     failed = gating[~gating.passed]
-    fmt = lambda r: (f"{r.rule}: {r.value:.4g}" + (f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if np.isfinite(r.ci_low) else '')
+    fmt = lambda r: (f"{r.rule}: " + (f"{r.value:.4g}" if np.isfinite(r.value) else 'not measured') + (f" [{r.ci_low:.4g}, {r.ci_high:.4g}]" if np.isfinite(r.ci_low) else '')
                      + (f" ({r.detail})" if r.detail and not r.passed else ''))
     if status == 'passed':
         summary = f'passed: all {len(gating)} rules hold (' + '; '.join(fmt(r) for r in rules[rules.kind == 'objective'].itertuples()) + ')'
@@ -733,8 +733,8 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     rec = report_record(rep)
     if contract.get('derived'):   # did the charter's derived features pay? (permutation importance on the test split)
         from mlcycle.features import derived_importance
-        rec['derived_importance'] = derived_importance(model, feature_frame(test_df, contract), binary_target(c, test_df[c.data.target]),
-                                                       seed=c.development.seed).to_dict('records')
+        rec['derived_importance'] = derived_importance(model, feature_frame(test_df, contract), task_target(c, test_df[c.data.target]),
+                                                       seed=c.development.seed, metric=c.primary.metric).to_dict('records')   # the task's own score
     from mlcycle.explain import permutation_importance_table, plot_importance    # what drives the model (03b_explain), on the test split
     importance = permutation_importance_table(model, feature_frame(test_df, contract), task_target(c, test_df[c.data.target]), c.primary.metric,
                                               seed=c.development.seed)

