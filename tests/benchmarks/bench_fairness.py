@@ -1,6 +1,6 @@
 """Fair service under load (issue 32, item 4), run on demand, not by pytest:
 
-    flock /tmp/mlcycle-heavy.lock python tests/benchmarks/bench_fairness.py --workspace DIR [--rounds 5] [--seconds 8] [--out fairness.json]
+    python tests/benchmarks/bench_fairness.py --workspace DIR [--rounds 5] [--seconds 8] [--out fairness.json]
 
 One `mlcycle serve` on the workspace's @champion (the bundled charter's, as `bench_serving.py` builds it: `mlcycle run
 --stages 01-05 --no-circle`, run here in a new workspace when DIR has none), prediction log on. Each round, in this order:
