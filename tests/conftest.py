@@ -341,3 +341,16 @@ def history_template(lifecycle_template, tmp_path_factory, worker_id):
 def history_ws(history_template, tmp_path):
     "A private copy of `history_template`, with its audit log and prediction log."
     return copy_workspace(history_template, tmp_path/'ws', logs=True)
+
+
+@pytest.fixture(scope='module')
+def chromium():
+    """Debian's chromium, headless, driven by Playwright (Playwright's own browser downloads are not used); one per test
+    module, so that Playwright's event loop is not left running under the other modules' asyncio code."""
+    pw_api = pytest.importorskip('playwright.sync_api', reason='pip install playwright (a dev extra)')
+    exe = shutil.which('chromium')
+    if exe is None: pytest.skip('no chromium on PATH: apt-get install chromium (tests/run_all.sh installs it)')
+    with pw_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
+        yield b
+        b.close()

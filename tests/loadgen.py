@@ -1,5 +1,23 @@
 """A small HTTP/1.1 keep-alive load client for the reliability tests: exact request counts, every response parsed."""
-import asyncio, json, time
+import asyncio, json, re, time
+
+
+def post_raw(sock, path: bytes, body: bytes, ctype: bytes = b'application/json') -> tuple[int, bytes]:
+    "One POST over an open keep-alive socket, with as little client work as possible: (status, body)."
+    sock.sendall(b'POST ' + path + b' HTTP/1.1\r\nHost: x\r\nContent-Type: ' + ctype + b'\r\nContent-Length: '
+                 + str(len(body)).encode() + b'\r\n\r\n' + body)
+    buf = b''
+    while b'\r\n\r\n' not in buf:
+        chunk = sock.recv(65536)
+        if not chunk: raise ConnectionError('closed')
+        buf += chunk
+    head, _, rest = buf.partition(b'\r\n\r\n')
+    n = int(re.search(rb'content-length: *(\d+)', head, re.I).group(1))
+    while len(rest) < n:
+        chunk = sock.recv(1 << 20)
+        if not chunk: raise ConnectionError('closed')
+        rest += chunk
+    return int(head.split()[1]), rest
 
 
 async def _conn(host, port, path, bodies, results, stop_at, headers=b''):

@@ -137,22 +137,12 @@ def test_charter_reference_lists_every_field(site):
     for name in [*ch.METRICS, *ch.FEATURE_KINDS]: assert f'>{name}<' in text, name
 
 
-@pytest.fixture(scope='module')
-def browser():
-    "Debian's chromium, headless, driven by Playwright (as tests/test_reports_browser.py does)."
-    pw_api = pytest.importorskip('playwright.sync_api', reason='pip install playwright (a dev extra)')
-    exe = shutil.which('chromium')
-    if exe is None: pytest.skip('no chromium on PATH: apt-get install chromium (tests/run_all.sh installs it)')
-    with pw_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
-        yield b
-        b.close()
 
 
 @pytest.mark.parametrize('page_name, heading', [('index.html', 'mlcycle'), ('01_problem_definition.html', 'Problem definition')])
-def test_pages_open_in_a_browser(site, browser, page_name, heading):
+def test_pages_open_in_a_browser(site, chromium, page_name, heading):
     "The home page and a stage page show their heading in the first screen, and the browser reports no error."
-    page = browser.new_page(viewport={'width': 1280, 'height': 800})
+    page = chromium.new_page(viewport={'width': 1280, 'height': 800})
     errors = []
     page.on('pageerror', lambda e: errors.append(f'script error: {e}'))
     page.on('console', lambda m: errors.append(f'console: {m.text}') if m.type == 'error' else None)

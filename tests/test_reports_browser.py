@@ -30,16 +30,11 @@ def first_screen_problems(screen: dict) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def browser():
-    "Debian's chromium, headless, driven by Playwright (Playwright's own browser downloads are not used)."
-    pw_api = pytest.importorskip('playwright.sync_api', reason='pip install playwright (a dev extra)')
-    exe = shutil.which('chromium')
-    if exe is None: pytest.skip('no chromium on PATH: apt-get install chromium (tests/run_all.sh installs it)')
-    with pw_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
-        page = b.new_page(viewport={'width': 1280, 'height': 800})
-        yield page
-        b.close()
+def browser(chromium):
+    "One page of the session's Chromium (`conftest.chromium`)."
+    page = chromium.new_page(viewport={'width': 1280, 'height': 800})
+    yield page
+    page.close()
 
 
 def screen_of(page, html: Path) -> dict:

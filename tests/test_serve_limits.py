@@ -8,29 +8,12 @@ import pytest
 import requests
 
 from mlcycle.deploy import promote
+from loadgen import post_raw as _post
 
 pytestmark = pytest.mark.timeout(300)
 
 ADMIN = 'limits-admin-token-0123456789'      # 29 characters: over the 16 `mlcycle serve` asks for
 JSON = {'Content-Type': 'application/json'}
-
-
-def _post(sock, path: bytes, body: bytes, ctype=b'application/json') -> tuple[int, bytes]:
-    "One POST over an open keep-alive socket, with as little client work as possible: (status, body)."
-    sock.sendall(b'POST ' + path + b' HTTP/1.1\r\nHost: x\r\nContent-Type: ' + ctype + b'\r\nContent-Length: '
-                 + str(len(body)).encode() + b'\r\n\r\n' + body)
-    buf = b''
-    while b'\r\n\r\n' not in buf:
-        chunk = sock.recv(65536)
-        if not chunk: raise ConnectionError('closed')
-        buf += chunk
-    head, _, rest = buf.partition(b'\r\n\r\n')
-    n = int(re.search(rb'content-length: *(\d+)', head, re.I).group(1))
-    while len(rest) < n:
-        chunk = sock.recv(1 << 20)
-        if not chunk: raise ConnectionError('closed')
-        rest += chunk
-    return int(head.split()[1]), rest
 
 
 def _closed_within(sock, seconds: float) -> float | None:

@@ -15,31 +15,15 @@ The load runs in a child process (asyncio, raw sockets), the one-row client in t
 other's interpreter. The verdict, per phase, on the median over rounds: the one-row client's p99 is at most 100 ms
 and at most twice the quiet p99 of the same run. `--code DIR` serves the package from another checkout (to measure
 the code before a change with the same clients). Only 127.0.0.1 is used; every phase is bounded in time."""
-import argparse, asyncio, json, multiprocessing as mp, os, re, socket, subprocess, sys, time
+import argparse, asyncio, json, multiprocessing as mp, os, socket, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_serving import champion_workspace, free_port, start, stop, wait   # noqa: E402
-
-
-def post(sock, path: bytes, body: bytes) -> tuple[int, bytes]:
-    "One POST on an open keep-alive socket: (status, body)."
-    sock.sendall(b'POST ' + path + b' HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: '
-                 + str(len(body)).encode() + b'\r\n\r\n' + body)
-    buf = b''
-    while b'\r\n\r\n' not in buf:
-        chunk = sock.recv(65536)
-        if not chunk: raise ConnectionError('closed')
-        buf += chunk
-    head, _, rest = buf.partition(b'\r\n\r\n')
-    n = int(re.search(rb'content-length: *(\d+)', head, re.I).group(1))
-    while len(rest) < n:
-        chunk = sock.recv(1 << 20)
-        if not chunk: raise ConnectionError('closed')
-        rest += chunk
-    return int(head.split()[1]), rest
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from loadgen import post_raw as post   # noqa: E402
 
 
 async def _aconn(port, path, body, until, out):
