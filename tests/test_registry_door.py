@@ -54,7 +54,7 @@ def _wait(pred, timeout=60):
     return False
 
 
-def test_a_pickled_champion_set_with_plain_mlflow_never_runs(registry_ws, start_server, mlcycle, tmp_path):
+def test_a_pickled_champion_set_with_plain_mlflow_never_runs(registry_ws, start_server, mlcycle, tmp_path, adult_records):
     ws, marker = registry_ws, tmp_path/'the-payload-ran'
     _log_stage_records(ws)
     assert mlcycle('audit', 'verify', '--workspace', ws.root, timeout=300).returncode == 0
@@ -66,7 +66,8 @@ def test_a_pickled_champion_set_with_plain_mlflow_never_runs(registry_ws, start_
     ready = requests.get(s.url + '/ready', timeout=10).json()
     assert ready['champion'] == '1' and ready['refused']['champion']['registry_version'] == evil, ready
     assert 'moved outside mlcycle' in ready['refused']['champion']['reason']
-    assert requests.post(s.url + '/predict', json=[{'age': 40}], timeout=30).status_code in (200, 422)
+    r = requests.post(s.url + '/predict', json=adult_records[:3], timeout=30)
+    assert r.status_code == 200 and {p['model_version'] for p in r.json()['predictions']} == {'1'}, r.text[:300]   # the decided v1 answers
     refusals = [e['details'] for e in ws.audit.entries() if e['event'] == 'alias_refused']
     assert [(r['alias'], r['registry_version'], r['served_version']) for r in refusals] == [('champion', evil, '1')]
     # `mlcycle audit verify` names the difference and fails
