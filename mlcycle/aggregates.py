@@ -18,7 +18,7 @@ from .stats import auc_delong, normal_interval, two_proportion_test, wilson_inte
 # %% auto #0
 __all__ = ['FINE_BINS', 'SCORE_BINS', 'fine_edges', 'drift_spec', 'drift_update', 'drift_merge', 'ks_from_counts', 'drift_result',
            'performance_update', 'performance_merge', 'auc_from_histograms', 'metric_from_aggregate',
-           'performance_result', 'pandas_aggregate', 'spark_aggregate']
+           'performance_result', 'pandas_aggregate', 'spark_aggregate', 'drift_table']
 
 # %% ../nbs/06e_aggregates.ipynb #21d838f2
 FINE_BINS = 2048   # KS: cut points beyond the reference's distinct values (a numeric feature with more distinct values)
@@ -222,3 +222,11 @@ def spark_aggregate(sdf, update, merge, *args):
     parts = [json.loads(r.aggregate) for r in sdf.mapInPandas(per_partition, 'aggregate string').collect()]
     if not parts: raise MlcycleError('aggregate of an empty Spark DataFrame: the window has no rows; check the log or its window')
     return reduce(merge, parts)
+
+# %% ../nbs/06e_aggregates.ipynb #df6b6bbe
+def drift_table(reference: pd.DataFrame, current: pd.DataFrame, contract: dict | None = None, n_bins: int = 10, alpha: float = 0.05,
+                chunk_rows: int = 100_000) -> pd.DataFrame:
+    "The drift table of `current` against `reference` through the aggregates, `chunk_rows` rows at a time."
+    spec = drift_spec(reference, contract, n_bins=n_bins)
+    chunks = (current.iloc[i:i + chunk_rows] for i in range(0, max(len(current), 1), chunk_rows))
+    return drift_result(spec, pandas_aggregate(chunks, drift_update, drift_merge, spec), alpha)
