@@ -499,22 +499,25 @@ def curve_gain(c: Charter, before: float, after: float) -> float:
 def learning_curve_points(c: Charter, contract: dict, train_df: pd.DataFrame, validation_df: pd.DataFrame, families: list[str],
                           rungs: list[int], tol: float = CURVE_TOLERANCE, eval_rows: int = CURVE_EVAL_ROWS) -> pd.DataFrame:
     """Each family at its default configuration fitted on a stratified sample of each rung's size and scored on (a sample
-    of) the validation split; stops after the first rung whose doubling gained less than `tol` for every family."""
+    of) the validation split. A family whose last doubling gained less than `tol` has flattened and is not fitted on
+    larger rungs; the curve stops when every family has flattened. `flat_at`: the rung each family flattened at."""
     from sklearn.metrics import get_scorer
     p, seed = c.primary.metric, c.development.seed
     held = stratified_sample(c, validation_df, eval_rows, seed)
     Xv, yv = feature_frame(held, contract), task_target(c, held[c.data.target])
     scorer, sign = get_scorer(SCORERS[p]), (-1.0 if SCORERS[p].startswith('neg_') else 1.0)
-    rows = []
-    for k, n in enumerate(rungs):
+    rows, active, last = [], list(families), {}
+    for n in rungs:
         part = stratified_sample(c, train_df, n, seed)
         X, y = feature_frame(part, contract), task_target(c, part[c.data.target])
-        for fam in families:
+        for fam in list(active):
             t0 = time.perf_counter()
-            model = candidate_pipeline(fam, contract, seed).fit(X, y)
-            rows.append({'rows': n, 'family': fam, p: sign * scorer(model, Xv, yv), 'seconds': time.perf_counter() - t0})
-        t = pd.DataFrame(rows)
-        if k and all(curve_gain(c, *t[t.family == f][p].iloc[-2:]) < tol for f in families): break
+            score = sign * scorer(candidate_pipeline(fam, contract, seed).fit(X, y), Xv, yv)
+            flat = fam in last and curve_gain(c, last[fam][1], score) < tol
+            rows.append({'rows': n, 'family': fam, p: score, 'seconds': time.perf_counter() - t0, 'flat_at': last[fam][0] if flat else None})
+            if flat: active.remove(fam)
+            last[fam] = (n, score)
+        if not active: break
     return pd.DataFrame(rows)
 
 
@@ -535,12 +538,13 @@ def training_plan(c: Charter, contract: dict, train_df: pd.DataFrame, validation
         return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows ({why})')
     fams = families or c.development.candidates
     curve = learning_curve_points(c, contract, train_df, validation_df, fams, curve_rungs(n, start), tol)
-    sizes = sorted(curve.rows.unique())
-    if len(sizes) >= 2 and all(curve_gain(c, *curve[curve.family == f][c.primary.metric].iloc[-2:]) < tol for f in fams):
-        rows = int(sizes[-2])
+    flat = curve.dropna(subset=['flat_at']).groupby('family').flat_at.first()
+    if len(flat) == len(fams):
+        rows = int(flat.max())
         return dict(rows=rows, available=n, curve=curve, reason=(f'a stratified sample of {rows:,} of {n:,} training rows: the learning curve flattened '
-                    f'(doubling to {sizes[-1]:,} rows gained less than {tol} {c.primary.metric} for every family)'))
-    return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows: the learning curve was still rising at {sizes[-1]:,} rows')
+                    f'(a doubling from there gained less than {tol} {c.primary.metric} for every family)'))
+    rising = sorted(set(fams) - set(flat.index))
+    return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows: the learning curve of {", ".join(rising)} was still rising at {n:,} rows')
 
 
 # %% ../nbs/03_model_development.ipynb #9d585a98
