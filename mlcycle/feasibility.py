@@ -13,13 +13,14 @@ import pandas as pd
 from .core import MlcycleError, Workspace, group_text
 from .charter import (BUNDLED_CHARTER, Charter, binary_target, leakage_target, task_target, check_charter_against_data, evaluate_objectives, group_names,
                              judged_rows, load_charter, objective_value, task_draws)
-from .data import build_preprocessor, feature_frame, infer_contract, load_data
+from .data import build_preprocessor, feature_frame, infer_contract, load_data, stratified_sample
 from .latency import single_row_timings
 
 # %% auto #0
-__all__ = ['TEST_SIZE', 'QUICK_SCORING', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve', 'task_outputs_of',
-           'verifiability', 'task_balance_reason', 'feasibility_verdict', 'quick_model_scores', 'task_quick_scores',
-           'feasibility_analysis', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
+__all__ = ['TEST_SIZE', 'QUICK_SCORING', 'FEASIBILITY_ROWS', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve',
+           'task_outputs_of', 'verifiability', 'task_balance_reason', 'feasibility_verdict', 'quick_model_scores',
+           'task_quick_scores', 'feasibility_analysis', 'plot_feasibility', 'run_problem_definition',
+           'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -101,14 +102,16 @@ def task_outputs_of(c: Charter, df: pd.DataFrame, out) -> tuple:
     return y, out, out.columns.to_numpy()[np.argmax(out.to_numpy(), axis=1)]
 
 def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_SIZE, n_resamples: int = 150,
-                  seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+                  seed: int = 0, level: float = 0.95, rows: int | None = None) -> pd.DataFrame:
     """Per objective: the expected value (from `proba`, cross-validated P(positive) for `df`), the interval half-width on a
-    test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would."""
+    test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would.
+    `rows`: the data's rows when `df` is a sample of it (the test split is `test_size` of those, resampled from `df`)."""
     if c.task == 'binary_classification':
         y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
         pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size
     else: y, proba, pred, n_min = *task_outputs_of(c, df, proba), c.data.requirements.min_group_size
-    n_test = max(int(round(len(df) * test_size)), 2)
+    n_all = rows or len(df)
+    n_test = max(int(round(n_all * test_size)), 2)
     idx = np.random.default_rng(seed).integers(0, len(df), size=(n_resamples, n_test))
     rows = []
     for o in c.objectives:
@@ -131,7 +134,7 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
         lo, hi = np.percentile(draws[ok], [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
         half, dist = float(hi - lo) / 2, abs(expected - o.threshold)
         verifiable = bool(half < dist)
-        need = int(math.ceil(len(df) * (half / dist) ** 2)) if dist > 0 else None
+        need = int(math.ceil(n_all * (half / dist) ** 2)) if dist > 0 else None
         text = (f'{o.describe()}: a {n_test}-row test split measures it to ±{half:.3f} at the expected {expected:.3f}, '
                 + (f'{dist:.3f} from the limit: verifiable' if verifiable else
                    f'only {dist:.3f} from the limit: not verifiable; ' + (f'about {need} rows would be' if need else 'the expected value sits on the limit')))
@@ -252,15 +255,19 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
     return pd.concat(tables, ignore_index=True), curve, out
 
-def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_SIZE) -> dict:
-    "Label balance, group sizes, baselines, learning curve, verifiability of each objective and the verdict for charter `c` on data `df`."
+FEASIBILITY_ROWS = 100_000   # the quick model, its learning curve and the verifiability read a stratified sample of at most this many rows
+
+def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_SIZE, max_rows: int = FEASIBILITY_ROWS) -> dict:
+    """Label balance, group sizes, baselines, learning curve, verifiability of each objective and the verdict for charter `c` on data `df`.
+    The counts read every row; the quick model a stratified sample of at most `max_rows` (its cost would otherwise grow with the data)."""
     check_charter_against_data(c, df)
     balance, groups = label_balance(c, df), group_sizes(c, df)
-    baselines, curve, quick_proba = quick_model_scores(c, df, seed=c.development.seed)
+    part = stratified_sample(c, df, max_rows, c.development.seed)
+    baselines, curve, quick_proba = quick_model_scores(c, part, seed=c.development.seed)
     fit = fit_learning_curve(curve.train_rows, curve['mean'], c.primary.threshold, c.primary.higher_is_better)
-    verify = verifiability(c, df, quick_proba, test_size, seed=c.development.seed)
+    verify = verifiability(c, part, quick_proba, test_size, seed=c.development.seed, rows=len(df))
     verdict = feasibility_verdict(c, len(df), balance, groups, baselines, fit, verify)
-    return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify, **verdict)
+    return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify, analysed_rows=len(part), **verdict)
 
 # %% ../nbs/01_problem_definition.ipynb #5789f32c
 def plot_feasibility(c: Charter, fa: dict):
@@ -291,7 +298,7 @@ def run_problem_definition(charter=None, workspace=None, show: bool = False) -> 
     with ws.stage('01_problem_definition', charter_hash=c.hash, charter_path=str(charter or BUNDLED_CHARTER)) as st:
         st.write_json('charter.json', {'charter': c.to_dict(), 'base_dir': c.base_dir, 'hash': c.hash})
         st.manifest['outputs'].update(
-            charter_hash=c.hash, rows=len(df), sources=sources, verdict=fa['verdict'], blockers=fa['blockers'],
+            charter_hash=c.hash, rows=len(df), analysed_rows=fa['analysed_rows'], sources=sources, verdict=fa['verdict'], blockers=fa['blockers'],
             risks=fa['risks'], reasons=fa['reasons'], baselines=fa['baselines'].to_dict('records'),
             group_sizes=fa['groups'].to_dict('records'), label_balance=fa['balance'].to_dict('records'),
             learning_curve=fa['curve'].to_dict('records'), learning_curve_fit=fa['curve_fit'],

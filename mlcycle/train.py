@@ -21,7 +21,7 @@ import mlcycle
 from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fitted, calibration_verdict, crossfit_calibration
 from .core import MlcycleError, Workspace, group_text, log_dataset, read_json, schema_rows, setup_mlflow, to_json
 from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
-from .data import build_preprocessor, feature_frame
+from .data import build_preprocessor, feature_frame, stratified_sample
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 from .registry import SKOPS_TRUSTED_TYPES, fetch_model
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
@@ -33,11 +33,11 @@ __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_RO
            'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
            'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
            'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
-           'stratified_sample', 'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan',
-           'refit_candidate', 'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics',
-           'candidate_table', 'Selection', 'describe_objectives', 'select_model', 'trusted_types_for',
-           'model_requirements', 'signature_frame', 'register_model', 'load_model_version', 'model_version_info',
-           'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan', 'refit_candidate', 'cv_estimates',
+           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
+           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
+           'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
+           'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -472,13 +472,6 @@ SAMPLE_MIN_ROWS = 50_000     # training splits up to this many rows are used who
 CURVE_START_ROWS = 12_500    # the first rung of the learning curve; each next one doubles it
 CURVE_TOLERANCE = 0.002      # a doubling that gains less than this on the primary metric has flattened (relative for errors in the target's unit)
 CURVE_EVAL_ROWS = 50_000     # validation rows the curve is scored on (a stratified sample beyond this)
-
-def stratified_sample(c: Charter, df: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
-    "A seeded sample of `rows` rows of `df`, the target's strata in their proportions, in `df`'s order (`df` itself when it has no more rows)."
-    if rows >= len(df): return df
-    from sklearn.model_selection import train_test_split
-    part, _ = train_test_split(df, train_size=int(rows), stratify=stratify_labels(c, df[c.data.target]), random_state=seed)
-    return part.sort_index()
 
 
 # %% ../nbs/03_model_development.ipynb #cd593d9a
