@@ -16,9 +16,9 @@ from .drift import DriftDetector, chi2_test, decide_drift, psi, VANISHED_MIN_SHA
 from .stats import auc_delong, normal_interval, two_proportion_test, wilson_interval
 
 # %% auto #0
-__all__ = ['FINE_BINS', 'SCORE_BINS', 'fine_edges', 'drift_spec', 'drift_update', 'drift_merge', 'ks_from_counts', 'drift_result',
-           'performance_update', 'performance_merge', 'auc_from_histograms', 'metric_from_aggregate',
-           'performance_result', 'pandas_aggregate', 'spark_aggregate', 'drift_table']
+__all__ = ['FINE_BINS', 'SCORE_BINS', 'ENGINES', 'fine_edges', 'drift_spec', 'drift_update', 'drift_merge', 'ks_from_counts',
+           'drift_result', 'performance_update', 'performance_merge', 'auc_from_histograms', 'metric_from_aggregate',
+           'performance_result', 'pandas_aggregate', 'spark_aggregate', 'drift_table', 'table_statistics']
 
 # %% ../nbs/06e_aggregates.ipynb #21d838f2
 FINE_BINS = 2048   # KS: cut points beyond the reference's distinct values (a numeric feature with more distinct values)
@@ -230,3 +230,32 @@ def drift_table(reference: pd.DataFrame, current: pd.DataFrame, contract: dict |
     spec = drift_spec(reference, contract, n_bins=n_bins)
     chunks = (current.iloc[i:i + chunk_rows] for i in range(0, max(len(current), 1), chunk_rows))
     return drift_result(spec, pandas_aggregate(chunks, drift_update, drift_merge, spec), alpha)
+
+# %% ../nbs/06e_aggregates.ipynb #5d70c97d
+ENGINES = ('pandas', 'spark')
+
+def _parquet_batches(path, rows: int):
+    import pyarrow.parquet as pq
+    for b in pq.ParquetFile(path).iter_batches(batch_size=rows): yield b.to_pandas()
+
+def table_statistics(source, reference: pd.DataFrame, contract: dict | None = None, engine: str = 'pandas', master: str = 'local[*]',
+                     chunk_rows: int = 100_000, primary: str = 'roc_auc', alpha: float = 0.05) -> dict:
+    """Drift of a Parquet table of rows (the contract's feature columns) against `reference` and, when it holds the
+    logged answers (`model_version`, `arm`, `probability`, `label`, `y_true`, `ts`, `feedback_ts`), realized performance.
+    `engine` 'pandas' reads the file in batches of `chunk_rows` (memory: one batch); 'spark' reads it with Spark at
+    `master`. Both run the same update, merge and result."""
+    if engine not in ENGINES: raise MlcycleError(f'engine {engine!r}: expected one of {", ".join(ENGINES)}; fix --engine')
+    spec = drift_spec(reference, contract)
+    perf_cols = {'model_version', 'arm', 'probability', 'label', 'y_true', 'ts', 'feedback_ts'}
+    if engine == 'spark':
+        from mlcycle.batch import spark_session
+        sdf = spark_session(master, 'mlcycle-statistics').read.parquet(str(source))
+        drift, has_perf = spark_aggregate(sdf, drift_update, drift_merge, spec), perf_cols <= set(sdf.columns)
+        perf = spark_aggregate(sdf.select(*sorted(perf_cols)), performance_update, performance_merge) if has_perf else None
+    else:
+        import pyarrow.parquet as pq
+        drift = pandas_aggregate(_parquet_batches(source, chunk_rows), drift_update, drift_merge, spec)
+        has_perf = perf_cols <= set(pq.ParquetFile(source).schema_arrow.names)
+        perf = pandas_aggregate(_parquet_batches(source, chunk_rows), performance_update, performance_merge) if has_perf else None
+    return {'engine': engine, 'rows': drift['rows'], 'drift': drift_result(spec, drift, alpha),
+            'performance': performance_result(perf, primary, alpha) if perf is not None else None, 'aggregates': {'drift': drift, 'performance': perf}}

@@ -199,3 +199,26 @@ def test_monitoring_aggregates_spark_equals_pandas():
     assert a.served.tolist() == ref.served.tolist() and a.labelled.tolist() == ref.labelled.tolist()
     assert np.allclose(a.accuracy, ref.accuracy, rtol=0, atol=1e-12)
     assert np.allclose(a.roc_auc, ref.roc_auc, rtol=0, atol=1e-3)                     # scores in 1,000 bins
+
+
+def test_table_statistics_engines_agree(tmp_path):
+    """`table_statistics` on a Parquet table of logged rows: read in pandas batches or by Spark, the same aggregates,
+    the same drift and performance tables."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'Spark statistics untested here: {why}')
+    from mlcycle.aggregates import table_statistics
+    from mlcycle.charter import load_charter
+    from mlcycle.data import adult, feature_frame, infer_contract
+    c, train = load_charter(), adult()
+    contract = infer_contract(train, c)
+    window, log = _shifted_window_with_gaps(seed=1), _scored_log(seed=1)
+    window.assign(**{k: log[k].to_numpy() for k in log}).to_parquet(tmp_path/'t.parquet', index=False, row_group_size=5000)
+    ref = feature_frame(train, contract)
+    a = table_statistics(tmp_path/'t.parquet', ref, contract, chunk_rows=2_000)
+    b = table_statistics(tmp_path/'t.parquet', ref, contract, engine='spark', master='local[2]')
+    assert a['rows'] == b['rows'] == len(window)
+    assert a['aggregates']['drift'] == b['aggregates']['drift']
+    pd.testing.assert_frame_equal(a['drift'], b['drift'])
+    pd.testing.assert_frame_equal(a['performance'], b['performance'], rtol=1e-12)
+    assert a['drift'].set_index('feature').loc['workclass', 'status'] == 'critical'
