@@ -28,16 +28,16 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SAMPLE_MIN_ROWS', 'CURVE_START_ROWS',
-           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'VERSION_TAGS', 'base_estimator',
-           'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds', 'search_candidate', 'row_uniforms',
-           'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
+           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SEARCH_ENGINES', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'VERSION_TAGS',
+           'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds', 'search_candidate',
+           'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
            'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
            'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
-           'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan', 'refit_candidate', 'cv_estimates',
-           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
-           'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame',
-           'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff',
-           'run_model_development']
+           'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan', 'search_backend', 'refit_candidate',
+           'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table',
+           'Selection', 'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements',
+           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
+           'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -540,6 +540,20 @@ def training_plan(c: Charter, contract: dict, train_df: pd.DataFrame, validation
     return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows: the learning curve of {", ".join(rising)} was still rising at {n:,} rows')
 
 
+# %% ../nbs/03_model_development.ipynb #6aec0b48
+SEARCH_ENGINES = ('', 'local', 'spark')
+
+def search_backend(engine: str = '', master: str = 'local[*]'):
+    "The context stage 03's search runs in: local worker processes ('' or 'local'), or Spark's executors through joblib's Spark backend ('spark')."
+    if engine not in SEARCH_ENGINES: raise MlcycleError(f'search_engine {engine!r}: expected "", "local" or "spark"; fix the stage-03 parameter')
+    if engine in ('', 'local'): return contextlib.nullcontext()
+    from joblib import parallel_backend
+    from joblibspark import register_spark
+    from pyspark.sql import SparkSession
+    SparkSession.builder.master(master).appName('mlcycle-search').config('spark.ui.enabled', 'false').getOrCreate()
+    register_spark()
+    return parallel_backend('spark')
+
 # %% ../nbs/03_model_development.ipynb #9d585a98
 SMALL_DATA_ROWS = 1000   # a validation split under this many rows: objectives are estimated by repeated CV
 CV_REPEATS = 2           # repeats of the stratified k-fold (k = the charter's development.cv_folds)
@@ -869,7 +883,7 @@ def _log_candidate(cand: Candidate, c: Charter):
     cand.run_id = r.info.run_id
 
 def run_model_development(charter=None, workspace=None, search_iterations: int | None = None, eg_estimator: str | None = 'logistic_regression',
-                          n_jobs: int | None = None, training_rows='auto', log=print) -> dict:
+                          n_jobs: int | None = None, training_rows='auto', search_engine: str = '', spark_master: str = 'local[*]', log=print) -> dict:
     "Stage 03: tune and mitigate candidates, select against the charter on validation, register the chosen model."
     import mlflow
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
@@ -896,8 +910,9 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
             train_df = stratified_sample(c, train_df, plan['rows'], c.development.seed)
             mlflow.log_params({'training_rows': plan['rows'], 'training_rows_available': plan['available']})
             if len(plan['curve']): mlflow.log_text(plan['curve'].to_csv(index=False), 'learning_curve.csv')
-            cands = train_candidates(c, contract, train_df, val_df, search_iterations=search_iterations, eg_estimator=eg_estimator or None,
-                                     n_jobs=n_jobs, log=log)
+            with search_backend(search_engine, spark_master):
+                cands = train_candidates(c, contract, train_df, val_df, search_iterations=search_iterations, eg_estimator=eg_estimator or None,
+                                         n_jobs=n_jobs, log=log)
             for cand in cands: _log_candidate(cand, c)
             sel = select_model(cands, c)
             mlflow.log_text(sel.table.to_csv(index=False), 'candidates.csv')

@@ -222,3 +222,25 @@ def test_table_statistics_engines_agree(tmp_path):
     pd.testing.assert_frame_equal(a['drift'], b['drift'])
     pd.testing.assert_frame_equal(a['performance'], b['performance'], rtol=1e-12)
     assert a['drift'].set_index('feature').loc['workclass', 'status'] == 'critical'
+
+
+def test_search_on_spark_selects_the_same_model():
+    """Stage 03's search through joblib's Spark backend (`search_engine="spark"`): the same configurations, the same CV
+    scores, the same chosen configuration and the same fitted model as the local run."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'the Spark search untested here: {why}')
+    pytest.importorskip('joblibspark', reason='the Spark search needs joblibspark (pip install ".[spark]")')
+    from mlcycle.charter import binary_target, load_charter
+    from mlcycle.data import adult, feature_frame, infer_contract
+    from mlcycle.train import search_backend, search_candidate
+    c, df = load_charter(), adult().sample(3000, random_state=0)
+    contract = infer_contract(df, c)
+    X, y = feature_frame(df, contract), binary_target(c, df.income)
+    local = search_candidate('hist_gradient_boosting', contract, X, y, n_iter=3, seed=1, n_jobs=2)
+    with search_backend('spark', 'local[2]'):
+        spark = search_candidate('hist_gradient_boosting', contract, X, y, n_iter=3, seed=1, n_jobs=2)
+    assert spark.params == local.params and spark.cv_mean == local.cv_mean and spark.cv_std == local.cv_std
+    cols = [k for k in local.search_results if k != 'mean_fit_seconds']
+    pd.testing.assert_frame_equal(spark.search_results[cols], local.search_results[cols])
+    assert np.array_equal(spark.model.predict_proba(X), local.model.predict_proba(X))
