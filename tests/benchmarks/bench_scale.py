@@ -1,8 +1,8 @@
 """Benchmark: the cost of stages 01-04 as the rows grow, on one machine (time and peak memory per stage, fitted exponent).
 
 The data: Adult's training file (the bundled data) resampled with replacement to n rows, seeded, with noise so that the
-copies are not exact duplicates: `age` and `hours-per-week` jittered by up to two (clipped to their observed range) and
-`capital-gain` / `capital-loss` scaled by a factor near 1 where they are not zero. The charter is the bundled one with
+copies are not duplicates (see `noisy_adult`: jittered numbers and, by default, categories swapped within the income
+class). The charter is the bundled one with
 only its data source pointing at the generated file. Each stage runs in its own Python process (`mlcycle.*.run_*`) so
 that its peak resident memory (the process's and its worker processes') is measured alone; `--profile` also writes
 each stage's cProfile and prints its top functions by cumulative time.
@@ -32,28 +32,39 @@ STAGES = {
 }
 
 
-def noisy_adult(n: int, seed: int = 0) -> pd.DataFrame:
-    "Adult's training file resampled to `n` rows (with replacement, seeded) with jitter on the numeric columns."
+SWAP_COLUMNS = ('workclass', 'marital_status', 'occupation', 'relationship', 'native_country')
+
+
+def noisy_adult(n: int, seed: int = 0, noise: str = 'mixed') -> pd.DataFrame:
+    """Adult's training file resampled to `n` rows (with replacement, seeded), with noise. 'jitter': `age` and
+    `hours_per_week` moved by up to two, capital gains and losses scaled by 0.95-1.05 (copies stay near-duplicates
+    in every other column). 'mixed' (the default): the same, and each of `SWAP_COLUMNS` takes, with probability 0.2,
+    its value from another row of the same income class, so that a generated row is rarely a copy of an original one.
+    The target, sex, race and education are never changed."""
     from mlcycle.data import adult
     df = adult()
     if n == len(df): return df
     rng = np.random.default_rng(seed)
     out = df.sample(n, replace=True, random_state=seed).reset_index(drop=True)
-    for col in ('age', 'hours-per-week'):
-        if col in out:
-            lo, hi = df[col].min(), df[col].max()
-            out[col] = np.clip(out[col].to_numpy() + rng.integers(-2, 3, n), lo, hi).astype(df[col].dtype)
-    for col in ('capital-gain', 'capital-loss'):
-        if col in out:
-            v = out[col].to_numpy().astype(float)
-            out[col] = np.where(v > 0, np.round(v * rng.uniform(0.95, 1.05, n)), v).astype(df[col].dtype)
+    for col, k in (('age', 2), ('hours_per_week', 2)):
+        out[col] = np.clip(out[col].to_numpy() + rng.integers(-k, k + 1, n), df[col].min(), df[col].max()).astype(df[col].dtype)
+    for col in ('capital_gain', 'capital_loss'):
+        v = out[col].to_numpy().astype(float)
+        out[col] = np.where(v > 0, np.round(v * rng.uniform(0.95, 1.05, n)), v).astype(df[col].dtype)
+    if noise == 'mixed':
+        for col in SWAP_COLUMNS:
+            swap = rng.random(n) < 0.2
+            for label, idx in out.groupby('income').indices.items():
+                donors = out[col].to_numpy()[idx]
+                pick = idx[swap[idx]]
+                out.loc[pick, col] = donors[rng.integers(0, len(idx), len(pick))]
     return out
 
 
-def prepare(root: Path, n: int, seed: int = 0) -> Path:
+def prepare(root: Path, n: int, seed: int = 0, noise: str = 'mixed') -> Path:
     "Write the noisy data (Parquet) and the bundled charter reading it into `root`; return the charter's path."
     from mlcycle.core import ASSETS
-    noisy_adult(n, seed).to_parquet(root/'adult_n.parquet', index=False)
+    noisy_adult(n, seed, noise).to_parquet(root/'adult_n.parquet', index=False)
     d = yaml.safe_load((ASSETS/'adult_charter.yaml').read_text())
     d['data']['sources'] = [{'kind': 'parquet', 'path': 'adult_n.parquet'}]
     d.get('production', {}).get('sources', [{}])[0].update(path=str(ASSETS/'adult_test.csv.gz'))
@@ -122,12 +133,12 @@ def exponents(results: list[dict]) -> dict:
     return out
 
 
-def measure(n: int, profile_dir: Path | None, seed: int = 0) -> dict:
+def measure(n: int, profile_dir: Path | None, seed: int = 0, noise: str = 'mixed') -> dict:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        charter = prepare(root, n, seed)
+        charter = prepare(root, n, seed, noise)
         ws = root/'ws'
-        res = {'rows': n, 'load_before': round(os.getloadavg()[0], 2), 'stages': {}}
+        res = {'rows': n, 'noise': noise, 'load_before': round(os.getloadavg()[0], 2), 'stages': {}}
         for st in STAGES:
             prof = profile_dir/f'stage{st}_{n}.prof' if profile_dir else None
             r = run_stage(st, charter, ws, prof)
@@ -141,6 +152,7 @@ def measure(n: int, profile_dir: Path | None, seed: int = 0) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rows', default='32561,130244')
+    ap.add_argument('--noise', default='mixed', choices=['mixed', 'jitter'], help='how generated rows differ from the originals (see noisy_adult)')
     ap.add_argument('--profile', action='store_true', help='cProfile each stage and print its top functions')
     ap.add_argument('--out', default=None, help='append the results (JSON lines) here')
     ap.add_argument('--fit', default=None, help='only fit the exponents of the results in this file')
@@ -151,7 +163,7 @@ def main(argv=None):
         results = []
         prof = Path(tempfile.mkdtemp(prefix='scale-prof-')) if a.profile else None
         for n in [int(x) for x in a.rows.split(',')]:
-            results.append(measure(n, prof))
+            results.append(measure(n, prof, noise=a.noise))
             if a.out:
                 with open(a.out, 'a') as f: f.write(json.dumps(results[-1], default=str) + '\n')
     table = pd.DataFrame([{'rows': r['rows'], **{f'{s} s': v['seconds'] for s, v in r['stages'].items()},
