@@ -167,9 +167,9 @@ def _refit_optimism(fit, outputs, metric, X, y, fit_rows: int, n_refits: int, se
         i = rng.integers(0, n, n)
         try:
             m = fit(take_rows(X, i[:fit_rows]), take_rows(y, i[:fit_rows]))
-            out.append(metric(take_rows(y, i), outputs(m, take_rows(X, i))) - metric(y, outputs(m, X)))
+            out.append(np.atleast_1d(metric(take_rows(y, i), outputs(m, take_rows(X, i)))) - np.atleast_1d(metric(y, outputs(m, X))))
         except Exception as e: errors.append(f'{type(e).__name__}: {str(e)[:200]}')     # e.g. a sample with a single class
-    return np.asarray(out, float), errors
+    return np.asarray(out, float).reshape(len(out), -1), errors
 
 def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int | None = None, n_refits: int = OPTIMISM_REFITS,
                        seed: int = 0, level: float = 0.95, n_resamples: int = 200) -> dict:
@@ -177,21 +177,26 @@ def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int 
     (X, y) (default: `fit(X, y)` on every row). Task-agnostic: `fit(X, y)` returns a model, `outputs(model, X)` what `metric(y, ·)` takes.
     Estimate = apparent value on every row − mean optimism of `n_refits` seeded refits that repeat the situation (fitted on
     `fit_rows` of a bootstrap sample, scored on the sample and on every row). Its standard error adds the optimism's spread
-    (√(1 + 1/refits): one draw plus the mean's own error) and the apparent value's row-bootstrap spread; the interval is t-based at `level`."""
+    (√(1 + 1/refits): one draw plus the mean's own error) and the apparent value's row-bootstrap spread; the interval is t-based at `level`.
+    `metric` may return several values (one per objective, from the same refits): then every number is an array."""
     from scipy.stats import t as tdist
     n = len(y); fit_rows = n if fit_rows is None else int(fit_rows)
     if model is None: model = fit(X, y)
-    out = outputs(model, X); apparent = float(metric(y, out))
+    out = outputs(model, X); v = metric(y, out); apparent = np.atleast_1d(np.asarray(v, float))
     opt, errors = _refit_optimism(fit, outputs, metric, X, y, fit_rows, n_refits, seed)
-    opt = opt[np.isfinite(opt)]
-    if len(opt) < max(3, n_refits // 2):
-        raise MlcycleError(f'optimism-corrected bootstrap: only {len(opt)} of {n_refits} refits could be scored ({"; ".join(errors[:2]) or "metric undefined"}); '
+    k = np.isfinite(opt).sum(0) if len(opt) else np.zeros(len(apparent), int)
+    if k.min() < max(3, n_refits // 2):
+        raise MlcycleError(f'optimism-corrected bootstrap: only {int(k.min())} of {n_refits} refits could be scored ({"; ".join(errors[:2]) or "metric undefined"}); '
                            'use the test split alone')
-    rows = np.array([metric(take_rows(y, i), take_rows(out, i)) for i in bootstrap_indices(n, n_resamples, seed)], float)
-    se = math.sqrt(opt.var(ddof=1) * (1 + 1 / len(opt)) + np.nanvar(rows, ddof=1))
-    est, h = apparent - float(opt.mean()), float(tdist.ppf((1 + level) / 2, len(opt) - 1)) * se
-    return {'method': f'optimism-corrected bootstrap (Harrell), {len(opt)} refits on {n:,} rows', 'apparent': apparent, 'optimism': float(opt.mean()),
-            'estimate': est, 'se': se, 'ci_low': est - h, 'ci_high': est + h, 'level': level, 'refits': int(len(opt)), 'rows': int(n), 'fit_rows': fit_rows}
+    rows = np.array([np.atleast_1d(metric(take_rows(y, i), take_rows(out, i))) for i in bootstrap_indices(n, n_resamples, seed)], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        mean, se = np.nanmean(opt, 0), np.sqrt(np.nanvar(opt, 0, ddof=1) * (1 + 1 / k) + np.nanvar(rows, 0, ddof=1))
+    est, h = apparent - mean, tdist.ppf((1 + level) / 2, k - 1) * se
+    one = (lambda a: float(a[0])) if np.ndim(v) == 0 else (lambda a: a)     # one metric: plain numbers
+    return {'method': f'optimism-corrected bootstrap (Harrell), {int(k.min())} refits on {n:,} rows', 'apparent': one(apparent), 'optimism': one(mean),
+            'estimate': one(est), 'se': one(se), 'ci_low': one(est - h), 'ci_high': one(est + h), 'level': level, 'refits': int(k.min()), 'rows': int(n),
+            'fit_rows': fit_rows}
 
 # %% ../nbs/00b_stats.ipynb #0ef9037b
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']
