@@ -169,7 +169,7 @@ def _refit_optimism(fit, outputs, metric, X, y, fit_rows: int, n_refits: int, se
             m = fit(take_rows(X, i[:fit_rows]), take_rows(y, i[:fit_rows]))
             out.append(np.atleast_1d(metric(take_rows(y, i), outputs(m, take_rows(X, i)))) - np.atleast_1d(metric(y, outputs(m, X))))
         except Exception as e: errors.append(f'{type(e).__name__}: {str(e)[:200]}')     # e.g. a sample with a single class
-    return np.asarray(out, float).reshape(len(out), -1), errors
+    return (np.asarray(out, float).reshape(len(out), -1) if out else np.empty((0, 0))), errors
 
 def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int | None = None, n_refits: int = OPTIMISM_REFITS,
                        seed: int = 0, level: float = 0.95, n_resamples: int = 200) -> dict:
