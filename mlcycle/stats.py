@@ -16,7 +16,7 @@ from .core import MlcycleError, group_text
 # %% auto #0
 __all__ = ['N_RESAMPLES', 'GATE_LEVEL', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'SMALL_DATA_ROWS', 'OPTIMISM_REFITS', 'GROUP_RATES',
            'GAP_METRICS', 'CLASS_METRICS', 'bootstrap_indices', 'weighted_resample', 'percentile_ci', 'one_sided_bound',
-           'claim_level', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci', 'resampled_errors',
+           'claim_level', 'claim_room', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci', 'resampled_errors',
            'paired_difference_test', 'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size', 'take_rows',
            'optimism_corrected', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
            'group_means_per_draw', 'group_difference_per_draw', 'resampled_class_metric', 'normal_interval',
@@ -57,6 +57,12 @@ def one_sided_bound(draws, level: float = GATE_LEVEL, lower: bool = True) -> flo
 def claim_level(level: float = GATE_LEVEL) -> float:
     "The two-sided level whose two ends are the one-sided `level` bounds (0.95 → 0.90): its low end decides a claim `≥ x`, its high end a claim `≤ x`."
     return 2 * level - 1
+
+# %% ../nbs/00b_stats.ipynb #65b23b19
+def claim_room(se: float, level: float = GATE_LEVEL, power: float = 0.95) -> float:
+    """How far from its limit a value must be for a model measuring that value on a fresh sample (standard error `se`) to
+    pass a one-sided `level` bound with probability `power`: (z_level + z_power)·se (3.29·se at 95 % and 95 %)."""
+    return float((norm.ppf(level) + norm.ppf(power)) * se)
 
 # %% ../nbs/00b_stats.ipynb #2bd12cd1
 def roc_auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
