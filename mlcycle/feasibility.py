@@ -21,7 +21,7 @@ from .stats import GATE_LEVEL, claim_room
 __all__ = ['TEST_SIZE', 'QUICK_ROWS', 'QUICK_SCORING', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve',
            'task_outputs_of', 'verifiability', 'task_balance_reason', 'feasibility_verdict', 'quick_estimator',
            'quick_rows', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis', 'later_stops',
-           'plot_feasibility', 'not_feasible_reason', 'run_problem_definition', 'run_through_data']
+           'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -303,6 +303,11 @@ def later_stops(c: Charter, df: pd.DataFrame, verify: pd.DataFrame) -> list[str]
         out.append(f"stage 04 will stop with insufficient evidence: {v.text}; fix: {fix}")
     return out
 
+def not_feasible_reason(c: Charter, fa: dict) -> str:
+    "Why the circle stops at stage 01, and the fix: the blockers, then the one command that moves on once the charter or the data is changed."
+    return (f"not feasible: {'; '.join(fa['blockers'])}. Fix the data or the charter's limits (mlcycle init --data <data> --target "
+            f"{c.data.target} --force writes limits this data can reach), then run: mlcycle run --charter <charter>")
+
 # %% ../nbs/01_problem_definition.ipynb #5789f32c
 def plot_feasibility(c: Charter, fa: dict):
     "Label balance, group sizes against the minimum, and the learning curve, side by side."
@@ -323,11 +328,6 @@ def plot_feasibility(c: Charter, fa: dict):
     return fig
 
 # %% ../nbs/01_problem_definition.ipynb #b7e1d0a2
-def not_feasible_reason(c: Charter, fa: dict) -> str:
-    "Why the circle stops at stage 01, and the fix: the blockers, then the one command that moves on once the charter or the data is changed."
-    return (f"not feasible: {'; '.join(fa['blockers'])}. Fix the data or the charter's limits (mlcycle init --data <data> --target "
-            f"{c.data.target} --force writes limits this data can reach), then run: mlcycle run --charter <charter>")
-
 def run_problem_definition(charter=None, workspace=None, show: bool = False) -> dict:
     "Stage 01: validate the charter, analyse feasibility on its data, record both in the workspace (`stop` when not feasible: the circle ends here)."
     c = charter if isinstance(charter, Charter) else load_charter(charter)
