@@ -433,7 +433,7 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
     estimate = all_rows_evidence(c, model, contract, test_df, train_df, validation_df, seed)
     objectives = with_all_rows_evidence(c, objectives, estimate)
     prim = objectives[objectives.primary.astype(bool)].iloc[0]
-    overfit = overfit_check(c, scores, (prim.ci_low, prim.ci_high))
+    overfit = overfit_check(c, scores, (prim.test_ci_low, prim.test_ci_high))
     robustness = robustness_gate(model, X, y, contract, c.primary.metric, c.validation.robustness_max_drop, seed, B)
     fairness = fairness_report(y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     slices = slice_report(y, proba, pred, test_df, feats, c.data.requirements.min_group_size) if feats else pd.DataFrame()
@@ -595,7 +595,7 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
     estimate = all_rows_evidence(c, model, contract, test_df, train_df, validation_df, seed)
     objectives = with_all_rows_evidence(c, objectives, estimate)
     prim = objectives[objectives.primary.astype(bool)].iloc[0]
-    overfit = task_overfit_check(c, scores, (prim.ci_low, prim.ci_high))
+    overfit = task_overfit_check(c, scores, (prim.test_ci_low, prim.test_ci_high))
     robustness = task_robustness_gate(c, model, X, y, contract, seed, B)
     fairness = task_fairness(c, y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     ni = None
