@@ -106,7 +106,8 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
                   seed: int = 0, level: float = 0.95, test_rows: int | None = None) -> pd.DataFrame:
     """Per objective: the expected value (from `proba`, cross-validated outputs for `df`), its 95 % interval and standard error
     on a test split of `test_size` (or `test_rows`), the distance to the limit, and whether the split can verify it: a model
-    of the expected value is on the same side of the gate's one-sided bound with probability 95 % (`claim_room`), else the rows that would."""
+    of the expected value is on the same side of the gate's one-sided bound with probability 95 % (`claim_room`), else the rows that would.
+    A fairness gap's standard error is at least that of the signed difference it folds (its draws' 97.5 % quantile / 2.24)."""
     if c.task == 'binary_classification':
         y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
         pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size
@@ -132,7 +133,10 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
             rows.append({**r, 'expected': expected, 'verifiable': False, 'rows_needed': need, 'text': f'{o.describe()}: a {n_test}-row test split cannot measure it '
                          f'(fewer than two groups reach min_group_size {n_min}): ' + (f'about {need} rows would be' if need else 'it has a single group')}); continue
         lo, hi = np.percentile(draws[ok], [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-        se = float(np.std(draws[ok], ddof=1)); half, dist, room = float(hi - lo) / 2, abs(expected - o.threshold), claim_room(se)
+        se = float(np.std(draws[ok], ddof=1))
+        if o.family == 'fairness' and lo < se:   # a gap is |a difference|: near 0 its draws fold, and |N(0, σ)| has its 97.5 % quantile at 2.24 σ
+            se = max(se, float(hi) / 2.24)
+        half, dist, room = float(hi - lo) / 2, abs(expected - o.threshold), claim_room(se)
         verifiable = bool(dist >= room)
         need = int(math.ceil(n_test / test_size * (room / dist) ** 2)) if dist > 0 else None
         text = (f'{o.describe()}: on a {n_test}-row test split a model like the quick one measures {expected:.4g}, 95% interval [{lo:.4g}, {hi:.4g}]; '

@@ -168,7 +168,7 @@ def take_rows(a, i):
 # %% ../nbs/00b_stats.ipynb #1b2ab659
 def _refit_optimism(fit, outputs, metric, X, y, fit_rows: int, n_refits: int, seed: int) -> tuple[np.ndarray, list[str]]:
     "Per refit on a bootstrap sample of every row (fitted on its first `fit_rows` draws): its metric on the sample minus on every row."
-    rng, n, out, errors = np.random.default_rng(seed), len(y), [], []
+    rng, n, out, errors = np.random.default_rng(seed), len(X), [], []
     for _ in range(n_refits):
         i = rng.integers(0, n, n)
         try:
@@ -184,9 +184,10 @@ def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int 
     Estimate = apparent value on every row − mean optimism of `n_refits` seeded refits that repeat the situation (fitted on
     `fit_rows` of a bootstrap sample, scored on the sample and on every row). Its standard error adds the optimism's spread
     (√(1 + 1/refits): one draw plus the mean's own error) and the apparent value's row-bootstrap spread; the interval is t-based at `level`.
-    `metric` may return several values (one per objective, from the same refits): then every number is an array."""
+    `metric` may return several values (one per objective, from the same refits): then every number is an array. `y` may be
+    a tuple of row-aligned arrays (the target and the sensitive groups a fairness gap needs): each is resampled with the rows."""
     from scipy.stats import t as tdist
-    n = len(y); fit_rows = n if fit_rows is None else int(fit_rows)
+    n = len(X); fit_rows = n if fit_rows is None else int(fit_rows)
     if model is None: model = fit(X, y)
     out = outputs(model, X); v = metric(y, out); apparent = np.atleast_1d(np.asarray(v, float))
     opt, errors = _refit_optimism(fit, outputs, metric, X, y, fit_rows, n_refits, seed)

@@ -357,20 +357,22 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
 def all_rows_evidence(c: Charter, model, contract: dict, test_df: pd.DataFrame, train_df: pd.DataFrame | None = None,
                       validation_df: pd.DataFrame | None = None, seed: int = 0, n_refits: int = OPTIMISM_REFITS,
                       small_rows: int = SMALL_DATA_ROWS) -> dict:
-    """The estimate behind each performance objective: on small data (train + validation + test under `small_rows`), every
-    labelled row (`optimism_corrected`, the model fitted on the training split); else, or when the model cannot be refitted,
-    the test split alone, with the `reason`. `table`: one row per performance objective (None for the test split)."""
+    """The estimate behind each performance and fairness objective: on small data (train + validation + test under `small_rows`),
+    every labelled row (`optimism_corrected`, the model fitted on the training split; a fairness gap over the groups judged
+    among every row); else, or when the model cannot be refitted, the test split alone, with the `reason`. `table`: one row per
+    estimated objective (None for the test split)."""
     from sklearn.base import clone
     parts = [d for d in (train_df, validation_df, test_df) if d is not None]
     n = sum(len(d) for d in parts)
     base = {'method': 'test split', 'table': None, 'rows': len(test_df), 'test_rows': len(test_df), 'labelled_rows': n}
-    perf = c.objectives_of('performance')
+    perf = [o for o in c.objectives if o.family in ('performance', 'fairness')]
     if train_df is None or not len(train_df): return {**base, 'reason': 'no training split given'}
     if n >= small_rows: return {**base, 'reason': f'{n:,} labelled rows ≥ {small_rows:,}: the test split alone decides'}
     df = pd.concat(parts, ignore_index=True)
-    X, y = feature_frame(df, contract), task_target(c, df[c.data.target])
-    metric = lambda y, out: [objective_value(o.metric, y, *out) for o in perf]
-    try: r = optimism_corrected(lambda X, y: clone(model).fit(X, y), score_rows, metric, X, y, model=model, fit_rows=len(train_df),
+    X, n_min = feature_frame(df, contract), c.data.requirements.min_group_size
+    y = (task_target(c, df[c.data.target]), *[group_text(df[o.sensitive_feature]) if o.sensitive_feature else None for o in perf])   # rows resampled together
+    metric = lambda y, out: [objective_value(o.metric, y[0], *out, sensitive=s, min_group_size=n_min) for o, s in zip(perf, y[1:])]
+    try: r = optimism_corrected(lambda X, y: clone(model).fit(X, y[0]), score_rows, metric, X, y, model=model, fit_rows=len(train_df),
                                 n_refits=n_refits, seed=seed, level=claim_level())
     except Exception as e:
         return {**base, 'reason': f'the model cannot be refitted on bootstrap samples ({type(e).__name__}: {str(e)[:200]}): the test split alone decides'}
