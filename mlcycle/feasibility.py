@@ -199,8 +199,8 @@ QUICK_ROWS = 10_000   # the quick model's rows: a seeded sample of larger data (
 
 def quick_estimator(c: Charter, seed: int = 0):
     "The quick model's learner: histogram gradient boosting, the candidate that usually wins stage 03, with few iterations."
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    return (HistGradientBoostingRegressor if c.task == 'regression' else HistGradientBoostingClassifier)(max_iter=100, random_state=seed)
+    from mlcycle.tasks import task_of
+    return task_of(c).estimator('hist_gradient_boosting', seed).set_params(max_iter=100)
 
 def quick_rows(df: pd.DataFrame, seed: int = 0, rows: int = QUICK_ROWS) -> pd.DataFrame:
     "`df`, or a seeded sample of `rows` of it when larger (fresh 0..n-1 index)."
