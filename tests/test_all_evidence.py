@@ -27,7 +27,7 @@ def test_init_charter_on_a_small_unseen_table_is_decided_on_every_labelled_row(t
     r = mlcycle('run', '--charter', tmp_path/'charter.yaml', '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports',
                 '--stages', '01,02,03,04', cwd=tmp_path, timeout=1500)
     out = r.stdout + r.stderr
-    assert 'Traceback' not in out, out[-4000:]
+    assert 'Traceback' not in out and (tmp_path/'ws'/'stages'/'04_validation.json').exists(), out[-4000:]
     m1 = json.loads((tmp_path/'ws'/'stages'/'01_problem_definition.json').read_text())['outputs']
     assert m1['verdict'] in ('feasible', 'at risk') and m1['later_stops'] == [], m1['later_stops']
     m4 = json.loads((tmp_path/'ws'/'stages'/'04_validation.json').read_text())['outputs']
