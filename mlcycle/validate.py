@@ -674,8 +674,8 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1
     more = None if needed is None else max(p['more'] for p in open_)
     text = '' if status != 'insufficient_evidence' else (
         'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
-        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g}, its one-sided {GATE_LEVEL:.0%} bounds [{p['ci_low']:.4g}, {p['ci_high']:.4g}] contain the limit {p['threshold']:.4g}"
-                           for p in open_) + ')')
+        + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g}, interval [{p['ci_low']:.4g}, {p['ci_high']:.4g}] contains the limit {p['threshold']:.4g}"
+                           for p in open_) + f'; each end of an interval is a one-sided {GATE_LEVEL:.0%} bound)')
     return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
             'rows_needed': needed, 'more_rows_needed': more, 'text': text}
 
