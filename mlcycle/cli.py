@@ -65,7 +65,7 @@ def stop_reason(ws: Workspace, stage_name: str) -> str | None:
     if not ws.has_stage(stage_name): return None
     o = ws.manifest(stage_name).get('outputs', {})
     if o.get('stop') or (stage_name.startswith('04_') and o.get('validation_status') == 'failed'):
-        return str(o.get('verdict') or o.get('gate_summary') or 'the stage says the circle ends here')
+        return str(o.get('stop_reason') or o.get('verdict') or o.get('gate_summary') or 'the stage says the circle ends here')
     return None
 
 def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', params: dict | None = None,

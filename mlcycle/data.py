@@ -23,8 +23,8 @@ from .presets import adult   # the bundled data's loader (01c), looked up here: 
 __all__ = ['LEAKAGE_AUC', 'read_only_query', 'read_only_connection', 'load_source', 'load_data', 'feature_columns',
            'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch',
            'violations_frame', 'outlier_counts', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role',
-           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back',
-           'check_production', 'production_rows', 'run_data_stage']
+           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data',
+           'stratified_sample', 'hold_back', 'check_production', 'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -375,6 +375,14 @@ def split_data(df: pd.DataFrame, c: Charter, test_size: float = 0.2, validation_
         train, val = train_test_split(rest, test_size=validation_size / (1 - test_size), stratify=y_rest, random_state=seed)
         parts = {'train': train, 'validation': val, 'test': test}
     return {k: v.reset_index(drop=True) for k, v in parts.items()}
+
+# %% ../nbs/02_data.ipynb #ba13809a
+def stratified_sample(c: Charter, df: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
+    "A seeded sample of `rows` rows of `df`, the target's strata in their proportions, in `df`'s order (`df` itself when it has no more rows)."
+    if rows >= len(df): return df
+    from sklearn.model_selection import train_test_split
+    part, _ = train_test_split(df, train_size=int(rows), stratify=stratify_labels(c, df[c.data.target]), random_state=seed)
+    return part.sort_index()
 
 # %% ../nbs/02_data.ipynb #7ddb3b9a
 def hold_back(df: pd.DataFrame, c: Charter, share: float | None = None, seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:

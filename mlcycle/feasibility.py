@@ -15,13 +15,15 @@ from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judge
 from .tasks import (BinaryTask, MulticlassTask, RegressionTask, Task, leakage_target, task_target, check_charter_against_data,
                            evaluate_objectives, objective_value, task_of)
 from fastcore.basics import patch
-from .data import build_preprocessor, feature_frame, infer_contract, load_data
+from .data import build_preprocessor, feature_frame, infer_contract, load_data, stratified_sample
 from .latency import single_row_timings
+from .stats import GATE_LEVEL, claim_room
 
 # %% auto #0
-__all__ = ['TEST_SIZE', 'QUICK_SCORING', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve', 'task_outputs_of',
-           'verifiability', 'feasibility_verdict', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis',
-           'plot_feasibility', 'run_problem_definition', 'run_through_data']
+__all__ = ['TEST_SIZE', 'QUICK_ROWS', 'QUICK_SCORING', 'FEASIBILITY_ROWS', 'label_balance', 'target_bins', 'group_sizes',
+           'fit_learning_curve', 'task_outputs_of', 'verifiability', 'feasibility_verdict', 'quick_estimator',
+           'quick_rows', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis', 'later_stops',
+           'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -90,18 +92,21 @@ def task_outputs_of(c: Charter, df: pd.DataFrame, out) -> tuple:
     return t.target(df[c.data.target]), *t.cv_outputs(out)
 
 def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_SIZE, n_resamples: int = 150,
-                  seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Per objective: the expected value (from `proba`, cross-validated P(positive) for `df`), the interval half-width on a
-    test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would."""
+                  seed: int = 0, level: float = 0.95, test_rows: int | None = None, rows: int | None = None) -> pd.DataFrame:
+    """Per objective: the expected value (from `proba`, cross-validated outputs for `df`), its 95 % interval and standard error
+    on a test split of `test_size` (or `test_rows`), the distance to the limit, and whether the split can verify it: a model
+    of the expected value is on the same side of the gate's one-sided bound with probability 95 % (`claim_room`), else the rows that would.
+    `rows`: the data's rows when `df` is a sample of it (the test split is `test_size` of those, resampled from `df`).
+    A fairness gap's standard error is at least that of the signed difference it folds (its draws' 97.5 % quantile / 2.24)."""
     task, (y, proba, pred), n_min = task_of(c), task_outputs_of(c, df, proba), c.data.requirements.min_group_size
-    n_test = max(int(round(len(df) * test_size)), 2)
+    n_test = max(int(round((rows or len(df)) * test_size)), 2) if test_rows is None else int(test_rows)
     idx = np.random.default_rng(seed).integers(0, len(df), size=(n_resamples, n_test))
-    rows = []
+    out = []
     for o in c.objectives:
-        r = {'objective': o.describe(), 'test_rows': n_test, 'expected': float('nan'), 'half_width': float('nan'),
-             'distance': float('nan'), 'verifiable': None, 'rows_needed': None}
+        r = {'objective': o.describe(), 'test_rows': n_test, 'expected': float('nan'), 'half_width': float('nan'), 'ci_low': float('nan'),
+             'ci_high': float('nan'), 'se': float('nan'), 'distance': float('nan'), 'room_needed': float('nan'), 'verifiable': None, 'rows_needed': None}
         if o.family == 'operational':
-            rows.append({**r, 'text': f'{o.describe()}: measured on single-row timings, not on test rows'}); continue
+            out.append({**r, 'text': f'{o.describe()}: measured on single-row timings, not on test rows'}); continue
         sens = group_text(df[o.sensitive_feature]) if o.sensitive_feature else None
         value = lambda i: objective_value(o.metric, y[i], _rows(proba, i), pred[i], None if sens is None else sens[i], min_group_size=n_min)
         expected = value(np.arange(len(df)))
@@ -110,17 +115,22 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
         if not np.isfinite(expected) or ok.mean() < 0.5:   # rows at which the second-largest group reaches min_group_size in the test split
             share = np.sort(pd.Series(sens).value_counts(normalize=True).to_numpy())[::-1]
             need = int(math.ceil(n_min / share[1] / test_size)) if len(share) > 1 else None
-            rows.append({**r, 'expected': expected, 'verifiable': False, 'rows_needed': need, 'text': f'{o.describe()}: a {n_test}-row test split cannot measure it '
+            out.append({**r, 'expected': expected, 'verifiable': False, 'rows_needed': need, 'text': f'{o.describe()}: a {n_test}-row test split cannot measure it '
                          f'(fewer than two groups reach min_group_size {n_min}): ' + (f'about {need} rows would be' if need else 'it has a single group')}); continue
         lo, hi = np.percentile(draws[ok], [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-        half, dist = float(hi - lo) / 2, abs(expected - o.threshold)
-        verifiable = bool(half < dist)
-        need = int(math.ceil(len(df) * (half / dist) ** 2)) if dist > 0 else None
-        text = (f'{o.describe()}: a {n_test}-row test split measures it to ±{half:.3f} at the expected {expected:.3f}, '
-                + (f'{dist:.3f} from the limit: verifiable' if verifiable else
-                   f'only {dist:.3f} from the limit: not verifiable; ' + (f'about {need} rows would be' if need else 'the expected value sits on the limit')))
-        rows.append({**r, 'expected': expected, 'half_width': half, 'distance': dist, 'verifiable': verifiable, 'rows_needed': need, 'text': text})
-    return pd.DataFrame(rows)
+        se = float(np.std(draws[ok], ddof=1))
+        if o.family == 'fairness' and lo < se:   # a gap is |a difference|: near 0 its draws fold, and |N(0, σ)| has its 97.5 % quantile at 2.24 σ
+            se = max(se, float(hi) / 2.24)
+        half, dist, room = float(hi - lo) / 2, abs(expected - o.threshold), claim_room(se)
+        verifiable = bool(dist >= room)
+        need = int(math.ceil(n_test / test_size * (room / dist) ** 2)) if dist > 0 else None
+        text = (f'{o.describe()}: on a {n_test}-row test split a model like the quick one measures {expected:.4g}, 95% interval [{lo:.4g}, {hi:.4g}]; '
+                + (f'the limit is {dist:.4g} away, beyond the {room:.4g} the gate needs: verifiable' if verifiable else
+                   f'the limit is {dist:.4g} away, within the {room:.4g} the gate needs (its one-sided {GATE_LEVEL:.0%} bound, passed with probability 95%): '
+                   'not verifiable; ' + (f'about {need:,} rows would be' if need else 'the expected value sits on the limit')))
+        out.append({**r, 'expected': expected, 'half_width': half, 'ci_low': float(lo), 'ci_high': float(hi), 'se': se, 'distance': dist,
+                     'room_needed': room, 'verifiable': verifiable, 'rows_needed': need, 'text': text})
+    return pd.DataFrame(out)
 
 # %% ../nbs/01_problem_definition.ipynb #d57f390a
 @patch
@@ -179,6 +189,17 @@ def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: 
     return {'verdict': verdict, 'blockers': blockers, 'risks': risks, 'reasons': reasons}
 
 # %% ../nbs/01_problem_definition.ipynb #495f7560
+QUICK_ROWS = 10_000   # the quick model's rows: a seeded sample of larger data (stage 01 must take seconds, not minutes)
+
+def quick_estimator(c: Charter, seed: int = 0):
+    "The quick model's learner: histogram gradient boosting, the candidate that usually wins stage 03, with few iterations."
+    from mlcycle.tasks import task_of
+    return task_of(c).estimator('hist_gradient_boosting', seed).set_params(max_iter=100)
+
+def quick_rows(df: pd.DataFrame, seed: int = 0, rows: int = QUICK_ROWS) -> pd.DataFrame:
+    "`df`, or a seeded sample of `rows` of it when larger (fresh 0..n-1 index)."
+    return df if len(df) <= rows else df.sample(rows, random_state=seed).reset_index(drop=True)
+
 def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     "Dummy and quick-model baselines (3-fold CV predictions) against every objective, the learning curve, and the quick model's CV output: the task's `quick_scores`."
     return task_of(c).quick_scores(c, df, seed)
@@ -198,7 +219,8 @@ def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0):
     cv = StratifiedKFold(3, shuffle=True, random_state=seed)
     models = {'dummy_prior': DummyClassifier(strategy='prior'),          # dummies ignore the features
               'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed),
-              'quick_model': make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300, solver='newton-cholesky'))}
+              'linear_model': make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300, solver='newton-cholesky')),
+              'quick_model': make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))}
     tables, quick_proba = [], None
     for name, m in models.items():
         proba = cross_val_predict(m, X, y, cv=cv, method='predict_proba')[:, 1]
@@ -222,15 +244,16 @@ QUICK_SCORING = {'rmse': 'neg_root_mean_squared_error', 'mae': 'neg_mean_absolut
                  'roc_auc_ovr': 'roc_auc_ovr'}
 
 def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
-    """`quick_model_scores` for regression (mean predictor, ridge) and multiclass (class-prior dummies, logistic regression):
+    """`quick_model_scores` for regression (mean predictor, ridge, gradient boosting) and multiclass (class-prior dummies, logistic regression, gradient boosting):
     3-fold CV predictions against every objective, the learning curve on the primary metric, and the quick model's CV output."""
     from sklearn.model_selection import learning_curve
     from sklearn.pipeline import make_pipeline
     task, contract = task_of(c), infer_contract(df, c)
     X, y = feature_frame(df, contract), task.target(df[c.data.target])
     cv = task.folds(3, seed)
-    quick = make_pipeline(build_preprocessor(contract), task.quick_estimator())
-    models = {**task.dummies(seed), 'quick_model': quick}
+    linear = make_pipeline(build_preprocessor(contract), task.quick_estimator())
+    quick = make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))
+    models = {**task.dummies(seed), 'linear_model': linear, 'quick_model': quick}
     tables, out = [], None
     for name, m in models.items():
         o = task.cv_predict(m, X, y, cv); proba, pred = task.cv_outputs(o)
@@ -245,15 +268,46 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
     return pd.concat(tables, ignore_index=True), curve, out
 
-def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_SIZE) -> dict:
-    "Label balance, group sizes, baselines, learning curve, verifiability of each objective and the verdict for charter `c` on data `df`."
+FEASIBILITY_ROWS = QUICK_ROWS   # the quick model, its learning curve and the verifiability read a stratified sample of at most this many rows
+
+def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_SIZE, max_rows: int = FEASIBILITY_ROWS) -> dict:
+    """Label balance, group sizes, baselines, learning curve, verifiability of each objective, the settings that would stop
+    a later stage (`later_stops`) and the verdict for charter `c` on data `df`. The counts read every row; the quick model a
+    stratified sample of at most `max_rows` (its cost would otherwise grow with the data); the verifiability speaks of the
+    full data's test split."""
     check_charter_against_data(c, df)
     balance, groups = label_balance(c, df), group_sizes(c, df)
-    baselines, curve, quick_proba = quick_model_scores(c, df, seed=c.development.seed)
+    part = stratified_sample(c, df, max_rows, c.development.seed)
+    baselines, curve, quick_proba = quick_model_scores(c, part, seed=c.development.seed)
     fit = fit_learning_curve(curve.train_rows, curve['mean'], c.primary.threshold, c.primary.higher_is_better)
-    verify = verifiability(c, df, quick_proba, test_size, seed=c.development.seed)
+    verify = verifiability(c, part, quick_proba, test_size, seed=c.development.seed, rows=len(df))
     verdict = feasibility_verdict(c, len(df), balance, groups, baselines, fit, verify)
-    return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify, **verdict)
+    return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify,
+                analysed_rows=len(part), quick_rows=len(part), stops=later_stops(c, df, verify), **verdict)
+
+
+# %% ../nbs/01_problem_definition.ipynb #d4a3b9bf
+def later_stops(c: Charter, df: pd.DataFrame, verify: pd.DataFrame) -> list[str]:
+    """One line per setting that would stop a later stage: a sensitive feature the model takes as input that the prediction log
+    drops (stage 07 cannot retrain on logged rows), and every objective the test split cannot verify (`verifiability`):
+    a fairness objective whose groups fall under `min_group_size` there, or a limit closer than the gate's room."""
+    out = []
+    inputs = [f for f in c.data.sensitive_features if f not in c.data.drop_columns]
+    if inputs and c.retention.log_sensitive_features == 'drop':
+        out.append(f"stage 07 will stop: the prediction log drops the sensitive features {inputs} (retention.log_sensitive_features: drop), "
+                   "which the model takes as inputs, so it cannot retrain on logged rows; fix: retention: {log_sensitive_features: hash} "
+                   "(kept as a keyed hash, decoded with the workspace key when retraining)")
+    for v in verify.itertuples():
+        if v.verifiable is not False: continue
+        fix = (f"lower data.requirements.min_group_size (now {c.data.requirements.min_group_size}) or drop the objective" if 'cannot measure' in v.text
+               else f"write limits this data can verify with  mlcycle init --data <data> --target {c.data.target} --force")
+        out.append(f"stage 04 will stop with insufficient evidence: {v.text}; fix: {fix}")
+    return out
+
+def not_feasible_reason(c: Charter, fa: dict) -> str:
+    "Why the circle stops at stage 01, and the fix: the blockers, then the one command that moves on once the charter or the data is changed."
+    return (f"not feasible: {'; '.join(fa['blockers'])}. Fix the data or the charter's limits (mlcycle init --data <data> --target "
+            f"{c.data.target} --force writes limits this data can reach), then run: mlcycle run --charter <charter>")
 
 # %% ../nbs/01_problem_definition.ipynb #5789f32c
 def plot_feasibility(c: Charter, fa: dict):
@@ -276,7 +330,7 @@ def plot_feasibility(c: Charter, fa: dict):
 
 # %% ../nbs/01_problem_definition.ipynb #b7e1d0a2
 def run_problem_definition(charter=None, workspace=None, show: bool = False) -> dict:
-    "Stage 01: validate the charter, analyse feasibility on its data, record both in the workspace."
+    "Stage 01: validate the charter, analyse feasibility on its data, record both in the workspace (`stop` when not feasible: the circle ends here)."
     c = charter if isinstance(charter, Charter) else load_charter(charter)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     df, sources = load_data(c)
@@ -284,11 +338,12 @@ def run_problem_definition(charter=None, workspace=None, show: bool = False) -> 
     with ws.stage('01_problem_definition', charter_hash=c.hash, charter_path=str(charter or BUNDLED_CHARTER)) as st:
         st.write_json('charter.json', {'charter': c.to_dict(), 'base_dir': c.base_dir, 'hash': c.hash})
         st.manifest['outputs'].update(
-            charter_hash=c.hash, rows=len(df), sources=sources, verdict=fa['verdict'], blockers=fa['blockers'],
+            charter_hash=c.hash, rows=len(df), analysed_rows=fa['analysed_rows'], sources=sources, verdict=fa['verdict'], blockers=fa['blockers'],
             risks=fa['risks'], reasons=fa['reasons'], baselines=fa['baselines'].to_dict('records'),
             group_sizes=fa['groups'].to_dict('records'), label_balance=fa['balance'].to_dict('records'),
             learning_curve=fa['curve'].to_dict('records'), learning_curve_fit=fa['curve_fit'],
-            verifiability=fa['verifiability'].to_dict('records'))
+            verifiability=fa['verifiability'].to_dict('records'), later_stops=fa['stops'], quick_rows=fa['quick_rows'],
+            stop=fa['verdict'] == 'not feasible', stop_reason=not_feasible_reason(c, fa) if fa['verdict'] == 'not feasible' else None)
         st.record('feasibility_verdict', verdict=fa['verdict'], blockers=fa['blockers'], risks=fa['risks'], charter_hash=c.hash)
     return dict(charter=c, workspace=ws, data=df, **fa)
 

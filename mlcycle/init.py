@@ -17,12 +17,13 @@ from .charter import Source, binary_target, parse_charter, time_values, unparsea
 from .tasks import BinaryTask, MulticlassTask, RegressionTask, objective_value, task_named
 from fastcore.basics import patch
 from .data import build_preprocessor, feature_frame, infer_contract, load_source
-from .feasibility import TEST_SIZE, verifiability
+from .feasibility import TEST_SIZE, quick_model_scores, quick_rows, verifiability
+from .stats import GATE_LEVEL
 
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
-           'suggest_columns', 'quick_baseline', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter',
-           'register_cli']
+           'suggest_columns', 'objective_with_room', 'objectives_with_room', 'room_draft', 'quick_baseline',
+           'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -77,6 +78,50 @@ def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2
     return out
 
 # %% ../nbs/01b_init.ipynb #2eed32e3
+def objective_with_room(o, v) -> tuple[dict | None, str]:
+    """A limit for objective `o` (its placeholder) from its `verifiability` row `v` (the quick model's value and spread): the value
+    less (higher is better) or plus the gate's room, rounded away from it; (None, why) when no limit has that room."""
+    from mlcycle.charter import METRICS
+    from mlcycle.stats import claim_room
+    spec = o.model_dump(exclude_none=True, exclude={'min', 'max'} | (set() if o.primary else {'primary'}))
+    key, rate = ('min' if o.higher_is_better else 'max'), METRICS[o.metric][2]
+    if not np.isfinite(v.expected) or not np.isfinite(v.se): return None, v.text
+    room = claim_room(v.se); raw = v.expected - room if o.higher_is_better else v.expected + room
+    step = 0.01 if rate else 10 ** (math.floor(math.log10(max(abs(raw), 1e-12))) - 1)     # two decimals, or two significant digits
+    t = math.floor(raw / step) * step if o.higher_is_better else math.ceil(raw / step) * step
+    t = float(f'{t:.10g}')
+    floor = 0.5 if o.metric in ('roc_auc', 'roc_auc_ovr') else 0.0
+    said = (f'quick model {v.expected:.4g}, 95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split; ')
+    if rate and not o.higher_is_better and t >= 1:
+        return None, said + f'a limit with the room the gate needs ({room:.3g}) would be {raw:.3g} ≥ 1: none this data can verify'
+    if o.higher_is_better and t < floor:
+        if not o.primary: return None, said + f'a limit with the room the gate needs ({room:.3g}) would be below chance ({floor:g}): none this data can verify'
+        return {**spec, key: floor}, said + (f'limit at chance ({floor:g}): {v.expected - floor:.3g} of room, less than the {room:.3g} the gate needs, '
+                                            'so only more data or a better model will verify it')
+    if not rate and t <= 0: t = float(f'{step:.10g}')
+    return {**spec, key: t}, said + (f'limit {t:g} leaves {abs(v.expected - t):.3g} of room (the gate needs {room:.3g}): a model as good as the '
+                                     f'baseline passes its one-sided {GATE_LEVEL:.0%} bound on a fresh split with probability ≥ 95%')
+
+def objectives_with_room(draft, ver: pd.DataFrame) -> tuple[list[dict], list[tuple[dict, str]], dict]:
+    "Each objective of the `draft` charter limited by `objective_with_room`: (the objectives, the ones written commented out with why, a note per objective)."
+    rows, kept, off, notes = ver.set_index('objective'), [], [], {}
+    for o in draft.objectives:
+        if o.family == 'operational': kept.append(o.model_dump(exclude_none=True, exclude={'primary'})); continue
+        spec, why = objective_with_room(o, rows.loc[o.describe()])
+        if spec is None: off.append((o.model_dump(exclude_none=True, exclude={'primary'}), why))
+        else: kept.append(spec); notes[spec['metric'] + (f"[{spec['sensitive_feature']}]" if spec.get('sensitive_feature') else '')] = why
+    return kept, off, notes
+
+def room_draft(draft, df: pd.DataFrame) -> dict:
+    """The quick model's cross-validated outputs (stage 01's, `quick_model_scores` on `quick_rows`) and their `verifiability` on
+    a test split of the size stage 02 holds out, then `objectives_with_room`: what `init` writes for every task."""
+    sample = quick_rows(df, draft.development.seed)
+    base, _, out = quick_model_scores(draft, sample, seed=draft.development.seed)
+    ver = verifiability(draft, sample, out, seed=draft.development.seed, test_rows=max(int(round(len(df) * TEST_SIZE)), 2))
+    kept, off, notes = objectives_with_room(draft, ver)
+    quick = base[base.model == 'quick_model'].set_index('objective').value
+    return {'objectives': kept, 'disabled': off, 'notes': notes, 'verifiability': ver, 'quick': quick}
+
 def quick_baseline(df: pd.DataFrame, draft) -> tuple[np.ndarray, dict]:
     "Cross-validated P(positive) of a logistic regression on `df` for the draft charter, and its ROC AUC and DP gaps."
     from sklearn.linear_model import LogisticRegression
@@ -128,34 +173,27 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
     df = df[df[target].notna()].reset_index(drop=True)
     cols = suggest_columns(df, target)
     name = re.sub(r'[^A-Za-z0-9_.-]+', '-', name or f'{target}-model').strip('-') or 'my-model'
-    d = _draft(name, data_path, target, task, cols, len(df), [{'metric': 'roc_auc', 'min': 0.5, 'primary': True}])
-    draft = parse_charter(d)
-    proba, base = quick_baseline(df, draft)
-    n_test = int(round(len(df) * TEST_SIZE))
-    y = binary_target(draft, df[target])
-    half = 1.96 * math.sqrt(max(base['roc_auc'] * (1 - base['roc_auc']), 1e-4) / max(min(y.sum(), len(y) - y.sum()) * TEST_SIZE, 1))
-    objectives = [{'metric': 'roc_auc', 'min': round(max(0.5, math.floor((base['roc_auc'] - half) * 100) / 100), 2), 'primary': True}]
-    for f, gap in base['demographic_parity_difference'].items():
-        if np.isfinite(gap): objectives.append({'metric': 'demographic_parity_difference', 'max': round(max(0.05, math.ceil(gap * 20) / 20), 2), 'sensitive_feature': f})
-    objectives.append({'metric': 'p95_latency_ms', 'max': 50})
-    d['objectives'] = objectives
+    d = _draft(name, data_path, target, task, cols, len(df), [{'metric': 'roc_auc', 'min': 0.5, 'primary': True}]
+               + [{'metric': 'demographic_parity_difference', 'max': 1.0, 'sensitive_feature': f} for f in cols['sensitive']] + [{'metric': 'p95_latency_ms', 'max': 50}])
+    r = room_draft(parse_charter(d), df)
+    d['objectives'] = r['objectives']
     c = parse_charter(d)
-    ver = verifiability(c, df, proba, seed=c.development.seed).set_index('objective')
+    base = {'roc_auc': float(r['quick'].get('roc_auc ≥ 0.5', np.nan)),
+            'demographic_parity_difference': {f: float(r['quick'].get(f'demographic_parity_difference[{f}] ≤ 1', np.nan)) for f in cols['sensitive']}}
     notes = {'task': f"{task['task']}: {target!r} has two values {task['counts']}; positive label = {task['why']}",
              'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
                           'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
              'requirements': f"from the data's size: {len(df)} rows",
-             'baseline': f"quick logistic regression, 3-fold CV: ROC AUC {base['roc_auc']:.3f}; parity gaps " +
+             'baseline': f"quick gradient boosting (stage 01's quick model), 3-fold CV: ROC AUC {base['roc_auc']:.3f}; parity gaps " +
                          (', '.join(f'{f} {g:.3f}' for f, g in base['demographic_parity_difference'].items()) or 'none (no sensitive feature)'),
-             'objectives': {o.describe(): ver.loc[o.describe(), 'text'] for o in c.objectives}}
+             'objectives': r['notes']}
     from mlcycle.features import suggest_features     # stage 02's proposals, written as comments: the user decides
-    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': ver.reset_index(),
+    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': r['verifiability'], 'disabled': r['disabled'],
             'features': suggest_features(infer_contract(df, c), df)}
 
 # %% ../nbs/01b_init.ipynb #a6ea2703
 def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str | None, task: dict) -> dict:
     "`draft_charter` for a regression or multiclass target."
-    from mlcycle.feasibility import task_quick_scores
     df = df[df[target].notna()].reset_index(drop=True)
     cols = suggest_columns(df, target)
     name = re.sub(r'[^A-Za-z0-9_.-]+', '-', name or f'{target}-model').strip('-') or 'my-model'
@@ -164,26 +202,18 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     gap = 'mae_difference' if reg else 'accuracy_difference'
     d = _draft(name, data_path, target, task, cols, len(df), [primary] + [{'metric': gap, 'max': 1.0 if reg else 0.5, 'sensitive_feature': f} for f in cols['sensitive']])
     if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
-    draft = parse_charter(d)
-    base = task_quick_scores(draft, df, seed=draft.development.seed)[0]
-    quick = base[base.model == 'quick_model'].set_index('objective').value
-    value = lambda o: float(quick[o.describe()])
-    objectives = []
-    for o in draft.objectives:
-        v = value(o)
-        if o.primary: t = float(f'{v * 1.1:.2g}') if reg else round(max(0.0, math.floor((v - 0.05) * 100) / 100), 2)
-        elif reg: t = float(f'{max(v, 1e-9) * 1.5:.2g}')
-        else: t = round(min(1.0, max(0.05, math.ceil(v * 20) / 20)), 2)
-        objectives.append({**o.model_dump(exclude_none=True, exclude={'primary'} if not o.primary else set()), ('max' if reg or not o.primary else 'min'): t})
-    d['objectives'] = objectives + [{'metric': 'p95_latency_ms', 'max': 50}]
+    d['objectives'] += [{'metric': 'p95_latency_ms', 'max': 50}]
+    r = room_draft(parse_charter(d), df)
+    d['objectives'] = r['objectives']
+    quick = r['quick']
     c = parse_charter(d)
     notes = {'task': f"{task['task']}: {target!r} is {task['why']}",
              'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
                           'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
              'requirements': f"from the data's size: {len(df)} rows",
-             'baseline': f"quick {'ridge' if reg else 'logistic'} regression, 3-fold CV: " + ', '.join(f'{k} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
-             'objectives': {o.describe(): f'quick model {value(o):.4g}' if o.describe() in quick.index else '' for o in c.objectives}}
-    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': dict(quick), 'verifiability': pd.DataFrame()}
+             'baseline': "quick gradient boosting (stage 01's quick model), 3-fold CV: " + ', '.join(f'{k.split()[0]} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
+             'objectives': r['notes']}
+    return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': dict(quick), 'verifiability': r['verifiability'], 'disabled': r['disabled']}
 
 # %% ../nbs/01b_init.ipynb #7a3d3592
 def _y(obj) -> str:
@@ -211,11 +241,14 @@ def charter_yaml(draft: dict) -> str:
          f"  # {n['requirements']}: min_rows 80% of it, min_group_size by size (groups under it are reported, not judged)",
          '  ' + _y({'requirements': data['requirements']}),
          f"# objectives from a quick baseline ({n['baseline']})",
-         '# primary: the baseline less its 95% half-width on the test split; parity: the baseline gap rounded up (tighten it if that gap is not acceptable)',
+         '# each limit leaves the room the gate needs: a model as good as the baseline passes it on a fresh split with probability >= 95%',
+         '# (fairness gaps: the baseline gap plus that room; tighten one if that gap is not acceptable)',
          'objectives:']
     for o in d['objectives']:
-        desc = next((t for k, t in n['objectives'].items() if k.startswith(o['metric'] + (f"[{o['sensitive_feature']}]" if o.get('sensitive_feature') else ''))), '')
+        desc = n['objectives'].get(o['metric'] + (f"[{o['sensitive_feature']}]" if o.get('sensitive_feature') else ''), '')
         L += [f'  # {desc}' if desc else '  # latency: the p95 of one prediction, in ms', '  - ' + _y(o)]
+    for o, why in draft.get('disabled', []):
+        L += [f'  # not written: {why}', '  # - ' + _y(o)]
     L += [_y({k: d[k]}) if not k.startswith('#') else k for k in ('intended_use', 'out_of_scope', 'owners')]
     L += ['# how much each stage searches and tolerates, sized for this data (the charter reference in the documentation lists every key)', _y({'development': d['development']}),
           _y({'validation': d['validation']}),

@@ -19,6 +19,7 @@ import pandas as pd
 from .core import MlcycleError, Workspace, group_text, read_json, row_keys, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .tasks import task_of
+from .aggregates import drift_table
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
                            numeric_edges, psi)
@@ -474,15 +475,14 @@ def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_b
     columns the log holds only hashed or not at all (retention.log_sensitive_features), left out of the comparison."""
     from mlcycle.data import feature_frame
     train = feature_frame(ws.load_snapshot(fps['train']), contract)
-    detector = DriftDetector(train, contract, n_bins=n_bins)
-    t0 = time.perf_counter()
-    drift = detector.compare(log_features(log, contract).drop(columns=list(opaque), errors='ignore'), alpha=alpha)
+    t0 = time.perf_counter()   # through the mergeable aggregates (mlcycle.aggregates): one logic for pandas chunks and Spark partitions
+    drift = drift_table(train, log_features(log, contract).drop(columns=list(opaque), errors='ignore'), contract, n_bins=n_bins, alpha=alpha)
     if len(opaque): drift.loc[drift.feature.isin(list(opaque)), 'note'] = 'not compared: the log holds it hashed or not at all (retention.log_sensitive_features)'
     if contract.get('derived'):   # the charter's derived features too (mlcycle.features.derived_frame), one test level over all
         from mlcycle.features import derived_frame
         ref = derived_frame(contract, train, train)
         if len(ref.columns):
-            more = DriftDetector(ref, n_bins=n_bins).compare(derived_frame(contract, train, log_features(log, contract)), alpha=alpha)
+            more = drift_table(ref, derived_frame(contract, train, log_features(log, contract)), n_bins=n_bins, alpha=alpha)
             drift = decide_drift(pd.concat([drift.assign(derived=False), more.assign(derived=True)], ignore_index=True), alpha)
     return drift, time.perf_counter() - t0
 

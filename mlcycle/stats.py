@@ -14,10 +14,11 @@ from scipy.stats import norm, rankdata
 from .core import MlcycleError, group_text
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'GROUP_RATES', 'GAP_METRICS', 'CLASS_METRICS',
-           'bootstrap_indices', 'weighted_resample', 'percentile_ci', 'roc_auc_rows', 'resampled_metric',
-           'performance_with_ci', 'resampled_errors', 'paired_difference_test', 'welch_test', 'two_mean_sample_size',
-           'paired_mean_sample_size', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
+__all__ = ['N_RESAMPLES', 'GATE_LEVEL', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'SMALL_DATA_ROWS', 'OPTIMISM_REFITS', 'GROUP_RATES',
+           'GAP_METRICS', 'CLASS_METRICS', 'bootstrap_indices', 'weighted_resample', 'percentile_ci', 'one_sided_bound',
+           'claim_level', 'claim_room', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci', 'resampled_errors',
+           'paired_difference_test', 'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size', 'take_rows',
+           'optimism_corrected', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
            'group_means_per_draw', 'group_difference_per_draw', 'resampled_class_metric', 'normal_interval',
            'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size',
            'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
@@ -43,6 +44,25 @@ def percentile_ci(values, level: float = 0.95) -> tuple[float, float]:
     if not len(v): return (float('nan'), float('nan'))
     a = (1 - level) / 2
     return float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
+
+# %% ../nbs/00b_stats.ipynb #b43d6943
+GATE_LEVEL = 0.95   # the confidence with which the gate holds a charter's claim (a one-sided bound)
+
+def one_sided_bound(draws, level: float = GATE_LEVEL, lower: bool = True) -> float:
+    "The one-sided `level` bound of bootstrap draws: their (1 − level) quantile for a lower bound, their `level` quantile for an upper one (NaNs ignored)."
+    v = np.asarray(draws, float); v = v[np.isfinite(v)]
+    if not len(v): return float('nan')
+    return float(np.quantile(v, 1 - level if lower else level))
+
+def claim_level(level: float = GATE_LEVEL) -> float:
+    "The two-sided level whose two ends are the one-sided `level` bounds (0.95 → 0.90): its low end decides a claim `≥ x`, its high end a claim `≤ x`."
+    return 2 * level - 1
+
+# %% ../nbs/00b_stats.ipynb #65b23b19
+def claim_room(se: float, level: float = GATE_LEVEL, power: float = 0.95) -> float:
+    """How far from its limit a value must be for a model measuring that value on a fresh sample (standard error `se`) to
+    pass a one-sided `level` bound with probability `power`: (z_level + z_power)·se (3.29·se at 95 % and 95 %)."""
+    return float((norm.ppf(level) + norm.ppf(power)) * se)
 
 # %% ../nbs/00b_stats.ipynb #2bd12cd1
 def roc_auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -133,6 +153,57 @@ def two_mean_sample_size(sd: float, mde: float, share: float = 0.5, alpha: float
 def paired_mean_sample_size(sd_difference: float, mde: float, alpha: float = 0.05, power: float = 0.8) -> int:
     "Rows a paired comparison needs to detect a mean difference `mde` given the standard deviation of the paired differences."
     return int(math.ceil(((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd_difference / mde) ** 2))
+
+# %% ../nbs/00b_stats.ipynb #35cd6928
+SMALL_DATA_ROWS = 5000   # fewer labelled rows than this: the gate estimates performance from every row (optimism-corrected bootstrap)
+OPTIMISM_REFITS = 20     # refits of the pipeline: enough for the mean optimism (its Monte Carlo error is in the interval), cheap on small data
+
+def take_rows(a, i):
+    "Rows `i` of an array, a frame or series (fresh 0..n-1 index), or a tuple of them (a model's outputs); None stays None."
+    if a is None: return None
+    if isinstance(a, tuple): return tuple(take_rows(x, i) for x in a)
+    if isinstance(a, (pd.DataFrame, pd.Series)): return a.iloc[i].reset_index(drop=True)
+    return np.asarray(a)[i]
+
+# %% ../nbs/00b_stats.ipynb #1b2ab659
+def _refit_optimism(fit, outputs, metric, X, y, fit_rows: int, n_refits: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    "Per refit on a bootstrap sample of every row (fitted on its first `fit_rows` draws): its metric on the sample minus on every row."
+    rng, n, out, errors = np.random.default_rng(seed), len(X), [], []
+    for _ in range(n_refits):
+        i = rng.integers(0, n, n)
+        try:
+            m = fit(take_rows(X, i[:fit_rows]), take_rows(y, i[:fit_rows]))
+            out.append(np.atleast_1d(metric(take_rows(y, i), outputs(m, take_rows(X, i)))) - np.atleast_1d(metric(y, outputs(m, X))))
+        except Exception as e: errors.append(f'{type(e).__name__}: {str(e)[:200]}')     # e.g. a sample with a single class
+    return (np.asarray(out, float).reshape(len(out), -1) if out else np.empty((0, 0))), errors
+
+def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int | None = None, n_refits: int = OPTIMISM_REFITS,
+                       seed: int = 0, level: float = 0.95, n_resamples: int = 200) -> dict:
+    """Harrell's optimism-corrected bootstrap of `metric(y, outputs(model, X))` for `model`, fitted on the first `fit_rows` rows of
+    (X, y) (default: `fit(X, y)` on every row). Task-agnostic: `fit(X, y)` returns a model, `outputs(model, X)` what `metric(y, ·)` takes.
+    Estimate = apparent value on every row − mean optimism of `n_refits` seeded refits that repeat the situation (fitted on
+    `fit_rows` of a bootstrap sample, scored on the sample and on every row). Its standard error adds the optimism's spread
+    (√(1 + 1/refits): one draw plus the mean's own error) and the apparent value's row-bootstrap spread; the interval is t-based at `level`.
+    `metric` may return several values (one per objective, from the same refits): then every number is an array. `y` may be
+    a tuple of row-aligned arrays (the target and the sensitive groups a fairness gap needs): each is resampled with the rows."""
+    from scipy.stats import t as tdist
+    n = len(X); fit_rows = n if fit_rows is None else int(fit_rows)
+    if model is None: model = fit(X, y)
+    out = outputs(model, X); v = metric(y, out); apparent = np.atleast_1d(np.asarray(v, float))
+    opt, errors = _refit_optimism(fit, outputs, metric, X, y, fit_rows, n_refits, seed)
+    k = np.isfinite(opt).sum(0) if len(opt) else np.zeros(len(apparent), int)
+    if k.min() < max(3, n_refits // 2):
+        raise MlcycleError(f'optimism-corrected bootstrap: only {int(k.min())} of {n_refits} refits could be scored ({"; ".join(errors[:2]) or "metric undefined"}); '
+                           'use the test split alone')
+    rows = np.array([np.atleast_1d(metric(take_rows(y, i), take_rows(out, i))) for i in bootstrap_indices(n, n_resamples, seed)], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        mean, se = np.nanmean(opt, 0), np.sqrt(np.nanvar(opt, 0, ddof=1) * (1 + 1 / k) + np.nanvar(rows, 0, ddof=1))
+    est, h = apparent - mean, tdist.ppf((1 + level) / 2, k - 1) * se
+    one = (lambda a: float(a[0])) if np.ndim(v) == 0 else (lambda a: a)     # one metric: plain numbers
+    return {'method': f'optimism-corrected bootstrap (Harrell), {int(k.min())} refits on {n:,} rows', 'apparent': one(apparent), 'optimism': one(mean),
+            'estimate': one(est), 'se': one(se), 'ci_low': one(est - h), 'ci_high': one(est + h), 'level': level, 'refits': int(k.min()), 'rows': int(n),
+            'fit_rows': fit_rows}
 
 # %% ../nbs/00b_stats.ipynb #0ef9037b
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']

@@ -22,21 +22,23 @@ from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fi
 from .core import MlcycleError, Workspace, group_text, log_dataset, read_json, schema_rows, setup_mlflow, to_json
 from .charter import Charter, binary_target, METRICS, TASK_METRICS, judged_groups, load_charter, workspace_charter
 from .tasks import task_target, stratify_labels, evaluate_objectives, objective_value, task_named, task_of
-from .data import build_preprocessor, feature_frame
+from .data import build_preprocessor, feature_frame, stratified_sample
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 from .registry import SKOPS_TRUSTED_TYPES, fetch_model
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 
 # %% auto #0
-__all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS',
-           'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate', 'task_folds', 'search_candidate',
-           'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
+__all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SAMPLE_MIN_ROWS', 'CURVE_START_ROWS',
+           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SEARCH_ENGINES', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'VERSION_TAGS',
+           'base_estimator', 'candidate_pipeline', 'Candidate', 'task_folds', 'search_candidate', 'row_uniforms',
+           'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
            'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
            'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
-           'refit_candidate', 'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics',
-           'candidate_table', 'Selection', 'describe_objectives', 'select_model', 'trusted_types_for',
-           'model_requirements', 'signature_frame', 'register_model', 'load_model_version', 'model_version_info',
-           'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan', 'search_backend', 'refit_candidate',
+           'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table',
+           'Selection', 'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements',
+           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
+           'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -444,6 +446,93 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
         cv_estimates(cands, c, contract, pd.concat([train_df, validation_df], ignore_index=True), test_rows=len(validation_df), log=log)
     return cands
 
+# %% ../nbs/03_model_development.ipynb #6bc134c5
+SAMPLE_MIN_ROWS = 50_000     # training splits up to this many rows are used whole: no learning curve is drawn
+CURVE_START_ROWS = 12_500    # the first rung of the learning curve; each next one doubles it
+CURVE_TOLERANCE = 0.002      # a doubling that gains less than this on the primary metric has flattened (relative for errors in the target's unit)
+CURVE_EVAL_ROWS = 50_000     # validation rows the curve is scored on (a stratified sample beyond this)
+
+
+# %% ../nbs/03_model_development.ipynb #cd593d9a
+def curve_rungs(available: int, start: int = CURVE_START_ROWS) -> list[int]:
+    "The learning curve's sample sizes: `start` doubling while below `available`, then `available` itself."
+    out, n = [], int(start)
+    while n < available: out.append(n); n *= 2
+    return out + [int(available)]
+
+def curve_gain(c: Charter, before: float, after: float) -> float:
+    "What a doubling gained on the primary metric, in its better direction (relative for a metric in the target's unit)."
+    p = c.primary.metric
+    gain = (after - before) * (1 if c.primary.higher_is_better else -1)
+    return gain / abs(before) if not METRICS[p][2] and before else gain
+
+
+# %% ../nbs/03_model_development.ipynb #5b4b3d37
+def learning_curve_points(c: Charter, contract: dict, train_df: pd.DataFrame, validation_df: pd.DataFrame, families: list[str],
+                          rungs: list[int], tol: float = CURVE_TOLERANCE, eval_rows: int = CURVE_EVAL_ROWS) -> pd.DataFrame:
+    """Each family at its default configuration fitted on a stratified sample of each rung's size and scored on (a sample
+    of) the validation split. A family whose last doubling gained less than `tol` has flattened and is not fitted on
+    larger rungs; the curve stops when every family has flattened. `flat_at`: the rung each family flattened at."""
+    from sklearn.metrics import get_scorer
+    p, seed = c.primary.metric, c.development.seed
+    held = stratified_sample(c, validation_df, eval_rows, seed)
+    Xv, yv = feature_frame(held, contract), task_target(c, held[c.data.target])
+    scorer, sign = get_scorer(SCORERS[p]), (-1.0 if SCORERS[p].startswith('neg_') else 1.0)
+    rows, active, last = [], list(families), {}
+    for n in rungs:
+        part = stratified_sample(c, train_df, n, seed)
+        X, y = feature_frame(part, contract), task_target(c, part[c.data.target])
+        for fam in list(active):
+            t0 = time.perf_counter()
+            score = sign * scorer(candidate_pipeline(fam, contract, seed).fit(X, y), Xv, yv)
+            flat = fam in last and curve_gain(c, last[fam][1], score) < tol
+            rows.append({'rows': n, 'family': fam, p: score, 'seconds': time.perf_counter() - t0, 'flat_at': last[fam][0] if flat else None})
+            if flat: active.remove(fam)
+            last[fam] = (n, score)
+        if not active: break
+    return pd.DataFrame(rows)
+
+
+# %% ../nbs/03_model_development.ipynb #78d13fd3
+def training_plan(c: Charter, contract: dict, train_df: pd.DataFrame, validation_df: pd.DataFrame, training_rows='auto',
+                  families: list[str] | None = None, min_rows: int = SAMPLE_MIN_ROWS, tol: float = CURVE_TOLERANCE,
+                  start: int = CURVE_START_ROWS) -> dict:
+    """How many training rows stage 03 fits on, and why: `training_rows` 'auto' (the learning curve above `min_rows`),
+    'all', or a number. Returns `rows`, `available`, `reason` and the `curve` (an empty frame when none was drawn)."""
+    n, curve = len(train_df), pd.DataFrame()
+    if str(training_rows).strip().lower() not in ('auto', 'all', '') and not str(training_rows).strip().isdigit():
+        raise MlcycleError(f"training_rows={training_rows!r}: expected 'auto', 'all' or a number of rows; fix the stage-03 parameter")
+    if str(training_rows).strip().isdigit():
+        rows = min(int(training_rows), n)
+        return dict(rows=rows, available=n, curve=curve, reason=f'{rows:,} of {n:,} training rows, as the training_rows parameter asks')
+    if str(training_rows).strip().lower() == 'all' or n <= min_rows:
+        why = 'as the training_rows parameter asks' if str(training_rows).strip().lower() == 'all' else f'at most {min_rows:,}: no learning curve drawn'
+        return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows ({why})')
+    fams = families or c.development.candidates
+    curve = learning_curve_points(c, contract, train_df, validation_df, fams, curve_rungs(n, start), tol)
+    flat = curve.dropna(subset=['flat_at']).groupby('family').flat_at.first()
+    if len(flat) == len(fams):
+        rows = int(flat.max())
+        return dict(rows=rows, available=n, curve=curve, reason=(f'a stratified sample of {rows:,} of {n:,} training rows: the learning curve flattened '
+                    f'(a doubling from there gained less than {tol} {c.primary.metric} for every family)'))
+    rising = sorted(set(fams) - set(flat.index))
+    return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows: the learning curve of {", ".join(rising)} was still rising at {n:,} rows')
+
+
+# %% ../nbs/03_model_development.ipynb #6aec0b48
+SEARCH_ENGINES = ('', 'local', 'spark')
+
+def search_backend(engine: str = '', master: str = 'local[*]'):
+    "The context stage 03's search runs in: local worker processes ('' or 'local'), or Spark's executors through joblib's Spark backend ('spark')."
+    if engine not in SEARCH_ENGINES: raise MlcycleError(f'search_engine {engine!r}: expected "", "local" or "spark"; fix the stage-03 parameter')
+    if engine in ('', 'local'): return contextlib.nullcontext()
+    from joblib import parallel_backend
+    from joblibspark import register_spark
+    from pyspark.sql import SparkSession
+    SparkSession.builder.master(master).appName('mlcycle-search').config('spark.ui.enabled', 'false').getOrCreate()
+    register_spark()
+    return parallel_backend('spark')
+
 # %% ../nbs/03_model_development.ipynb #9d585a98
 SMALL_DATA_ROWS = 1000   # a validation split under this many rows: objectives are estimated by repeated CV
 CV_REPEATS = 2           # repeats of the stratified k-fold (k = the charter's development.cv_folds)
@@ -773,7 +862,7 @@ def _log_candidate(cand: Candidate, c: Charter):
     cand.run_id = r.info.run_id
 
 def run_model_development(charter=None, workspace=None, search_iterations: int | None = None, eg_estimator: str | None = 'logistic_regression',
-                          n_jobs: int | None = None, log=print) -> dict:
+                          n_jobs: int | None = None, training_rows='auto', search_engine: str = '', spark_master: str = 'local[*]', log=print) -> dict:
     "Stage 03: tune and mitigate candidates, select against the charter on validation, register the chosen model."
     import mlflow
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
@@ -795,8 +884,14 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
                     log_dataset(df, f'{c.name}-{role}', role, targets=c.data.target, source=str(ws.snapshot_path(fps[role])), digest=fps[role],
                                 tags={'fingerprint': fps[role]})
             mlflow.set_tag('data_test_fingerprint', fps['test'])   # recorded, not read: the test split stays untouched until stage 04
-            cands = train_candidates(c, contract, train_df, val_df, search_iterations=search_iterations, eg_estimator=eg_estimator or None,
-                                     n_jobs=n_jobs, log=log)
+            plan = training_plan(c, contract, train_df, val_df, training_rows)
+            log(f'training on {plan["reason"]}')
+            train_df = stratified_sample(c, train_df, plan['rows'], c.development.seed)
+            mlflow.log_params({'training_rows': plan['rows'], 'training_rows_available': plan['available']})
+            if len(plan['curve']): mlflow.log_text(plan['curve'].to_csv(index=False), 'learning_curve.csv')
+            with search_backend(search_engine, spark_master):
+                cands = train_candidates(c, contract, train_df, val_df, search_iterations=search_iterations, eg_estimator=eg_estimator or None,
+                                         n_jobs=n_jobs, log=log)
             for cand in cands: _log_candidate(cand, c)
             sel = select_model(cands, c)
             mlflow.log_text(sel.table.to_csv(index=False), 'candidates.csv')
@@ -814,6 +909,8 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
         st.manifest['outputs'].update(
             mlflow_run_id=parent.info.run_id, search='RandomizedSearchCV, stratified k-fold on the training split',
             search_iterations=search_iterations or c.development.search_iterations, cv_folds=c.development.cv_folds, seed=c.development.seed,
+            training_rows=plan['rows'], training_rows_available=plan['available'], training_rows_reason=plan['reason'],
+            learning_curve=plan['curve'].round(6).to_dict('records'),
             candidates=sel.table.to_dict('records'), selected=sel.chosen.name if sel.chosen else None, verdict=sel.message,
             closest=sel.closest, model_name=c.name, model_version=version, stop=sel.chosen is None,
             model_uri=f'models:/{c.name}/{version}' if version else None, fingerprints=fps, seconds=round(time.perf_counter() - t0, 1))
@@ -824,5 +921,5 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
         else:
             st.record('no_model_selected', why=sel.message, closest=sel.closest, charter_hash=c.hash)
     log(sel.message)
-    return dict(charter=c, workspace=ws, candidates=cands, selection=sel, table=sel.table, model_version=version,
+    return dict(charter=c, workspace=ws, candidates=cands, selection=sel, table=sel.table, model_version=version, training=plan,
                 mlflow_run_id=parent.info.run_id, contract=contract, seconds=time.perf_counter() - t0)

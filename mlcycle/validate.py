@@ -21,13 +21,14 @@ from .tasks import BinaryTask, MulticlassTask, RegressionTask, task_target, eval
 from fastcore.basics import patch
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
-from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
+from .stats import GATE_LEVEL, N_RESAMPLES, OPTIMISM_REFITS, SMALL_DATA_ROWS, bootstrap_indices, claim_level, optimism_corrected, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
 
 # %% auto #0
 __all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_REFERENCE',
            'EVIDENCE_ADVICE', 'fairness_report', 'slice_report', 'overfit_check', 'probe_numeric_noise',
            'probe_missing_values', 'probe_unseen_categories', 'probe_out_of_range', 'robustness_report', 'drop_verdict',
-           'robustness_gate', 'judge_drops', 'non_inferiority', 'objectives_with_ci', 'evaluate_gate', 'gate_model',
+           'robustness_gate', 'judge_drops', 'non_inferiority', 'objectives_with_ci', 'evaluate_gate',
+           'all_rows_evidence', 'with_all_rows_evidence', 'estimate_note', 'estimate_record', 'gate_model',
            'task_performance', 'task_fairness', 'task_output_problem', 'task_robustness', 'task_robustness_gate',
            'relative_scores', 'task_overfit_check', 'task_non_inferiority', 'gate_task_model', 'plot_task_performance',
            'plot_task_fairness', 'gate_evidence', 'evidence_verdict', 'plot_performance', 'plot_fairness',
@@ -235,8 +236,10 @@ def non_inferiority(c: Charter, y, candidate_proba, champion_proba, candidate_pr
 
 # %% ../nbs/04_validation.ipynb #c4dcceb9
 def objectives_with_ci(c: Charter, y, proba, pred, frame: pd.DataFrame, latencies_ms=None, n_resamples: int = N_RESAMPLES,
-                       seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    "`evaluate_objectives` plus a percentile-bootstrap interval for each objective's value."
+                       seed: int = 0, level: float | None = None) -> pd.DataFrame:
+    """`evaluate_objectives` plus a percentile-bootstrap interval for each objective's value, at `claim_level()` by default:
+    each end is the one-sided `GATE_LEVEL` bound of a claim on its side (`≥ x`: the low end, `≤ x`: the high end)."""
+    level = claim_level() if level is None else level
     t = evaluate_objectives(c, y, proba, pred, frame=frame, latencies_ms=latencies_ms)
     idx = bootstrap_indices(len(y), n_resamples, seed)
     lo, hi = [], []
@@ -311,11 +314,13 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
     rules = []
     for o in objectives.itertuples():
         straddles = bool(np.isfinite(o.ci_low) and o.ci_low <= o.threshold <= o.ci_high)
+        method = getattr(o, 'method', 'test split')
         rules.append({'rule': o.objective, 'kind': 'objective', 'value': o.value, 'ci_low': o.ci_low, 'ci_high': o.ci_high,
-                      'threshold': o.threshold, 'passed': bool(o.passed),
+                      'threshold': o.threshold, 'passed': bool(o.passed), 'method': method, 'evidence_rows': getattr(o, 'evidence_rows', np.nan),
                       'detail': '; '.join(x for x in [('not measured: ' + getattr(o, 'note', '') if getattr(o, 'note', '') else 'not measured') if not o.measured else '',
                                                        'uncertain: the interval straddles the threshold' if straddles else '',
-                                                       latency_note if o.metric == 'p95_latency_ms' and o.measured else ''] if x)})
+                                                       latency_note if o.metric == 'p95_latency_ms' and o.measured else '',
+                                                       estimate_note(o) if method != 'test split' else ''] if x)})
     of = overfit; gates = of['tolerance'] is not None
     scores = f"train {of['train']:.4f}, test {of['test']:.4f}" if of.get('train') is not None else 'no training data given'
     lo, hi = of.get('gap_ci_low', np.nan), of.get('gap_ci_high', np.nan)
@@ -350,6 +355,59 @@ def evaluate_gate(c: Charter, objectives: pd.DataFrame, overfit: dict, robustnes
     if warned: summary += '; warnings (no limit in the charter, not gated): ' + '; '.join(warned)
     return {'status': status, 'rules': rules, 'summary': summary, 'warnings': warned}
 
+# %% ../nbs/04_validation.ipynb #ea5f7077
+def all_rows_evidence(c: Charter, model, contract: dict, test_df: pd.DataFrame, train_df: pd.DataFrame | None = None,
+                      validation_df: pd.DataFrame | None = None, seed: int = 0, n_refits: int = OPTIMISM_REFITS,
+                      small_rows: int = SMALL_DATA_ROWS) -> dict:
+    """The estimate behind each performance and fairness objective: on small data (train + validation + test under `small_rows`),
+    every labelled row (`optimism_corrected`, the model fitted on the training split; a fairness gap over the groups judged
+    among every row); else, or when the model cannot be refitted, the test split alone, with the `reason`. `table`: one row per
+    estimated objective (None for the test split)."""
+    from sklearn.base import clone
+    parts = [d for d in (train_df, validation_df, test_df) if d is not None]
+    n = sum(len(d) for d in parts)
+    base = {'method': 'test split', 'table': None, 'rows': len(test_df), 'test_rows': len(test_df), 'labelled_rows': n}
+    perf = [o for o in c.objectives if o.family in ('performance', 'fairness')]
+    if train_df is None or not len(train_df): return {**base, 'reason': 'no training split given'}
+    if n >= small_rows: return {**base, 'reason': f'{n:,} labelled rows ≥ {small_rows:,}: the test split alone decides'}
+    df = pd.concat(parts, ignore_index=True)
+    X, n_min = feature_frame(df, contract), c.data.requirements.min_group_size
+    y = (task_target(c, df[c.data.target]), *[group_text(df[o.sensitive_feature]) if o.sensitive_feature else None for o in perf])   # rows resampled together
+    metric = lambda y, out: [objective_value(o.metric, y[0], *out, sensitive=s, min_group_size=n_min) for o, s in zip(perf, y[1:])]
+    try: r = optimism_corrected(lambda X, y: clone(model).fit(X, y[0]), score_rows, metric, X, y, model=model, fit_rows=len(train_df),
+                                n_refits=n_refits, seed=seed, level=claim_level())
+    except Exception as e:
+        return {**base, 'reason': f'the model cannot be refitted on bootstrap samples ({type(e).__name__}: {str(e)[:200]}): the test split alone decides'}
+    table = pd.DataFrame({'objective': [o.describe() for o in perf], **{k: r[k] for k in ('apparent', 'optimism', 'estimate', 'se', 'ci_low', 'ci_high')}})
+    return {'method': r['method'], 'table': table, 'rows': n, 'test_rows': len(test_df), 'labelled_rows': n, 'fit_rows': len(train_df), 'refits': r['refits'],
+            'reason': f'{n:,} labelled rows < {small_rows:,}: every labelled row is evidence'}
+
+# %% ../nbs/04_validation.ipynb #ccc530ba
+def with_all_rows_evidence(c: Charter, objectives: pd.DataFrame, estimate: dict) -> pd.DataFrame:
+    """The objectives table judged on `estimate` (`all_rows_evidence`): each estimated objective's value, interval and
+    verdict replaced by the all-rows estimate, the test split's own kept as `test_value`, `test_ci_low`, `test_ci_high`;
+    `method` and `evidence_rows` say what decides each objective."""
+    t = objectives.copy()
+    t['test_value'], t['test_ci_low'], t['test_ci_high'] = t.value, t.ci_low, t.ci_high
+    t['method'], t['evidence_rows'] = 'test split', float(estimate['test_rows'])
+    if estimate['table'] is None: return t
+    objs, est = {o.describe(): o for o in c.objectives}, estimate['table'].set_index('objective')
+    for i in t.index[t.objective.isin(est.index)]:
+        e = est.loc[t.at[i, 'objective']]
+        t.loc[i, ['value', 'ci_low', 'ci_high']] = [e.estimate, e.ci_low, e.ci_high]
+        t.at[i, 'passed'], t.at[i, 'method'], t.at[i, 'evidence_rows'] = objs[t.at[i, 'objective']].met(e.estimate), estimate['method'], float(estimate['rows'])
+    return t
+
+def estimate_note(o) -> str:
+    "What decides an objective estimated from every row, and what the test split alone says (for the gate's rule detail)."
+    return (f"{o.method}: one-sided {GATE_LEVEL:.0%} bounds [{o.ci_low:.4g}, {o.ci_high:.4g}]; the test split alone: {o.test_value:.4g} "
+            f"[{o.test_ci_low:.4g}, {o.test_ci_high:.4g}]")
+
+def estimate_record(estimate: dict) -> dict:
+    "The JSON-able part of `all_rows_evidence` (for the report and the manifest)."
+    return {**{k: v for k, v in estimate.items() if k != 'table'},
+            'table': None if estimate['table'] is None else estimate['table'].to_dict('records')}
+
 # %% ../nbs/04_validation.ipynb #e7ec66bb
 def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, train_df: pd.DataFrame | None = None,
                validation_df: pd.DataFrame | None = None, champion=None, champion_version: str | None = None,
@@ -379,8 +437,10 @@ def gate_report(self: BinaryTask, model, c, contract, test_df, train_df, validat
             Xs = feature_frame(df, contract)
             scores[name] = objective_value(c.primary.metric, binary_target(c, df[target]), model.predict_proba(Xs)[:, 1], model.predict(Xs))
     objectives = objectives_with_ci(c, y, proba, pred, test_df, latencies, B, seed)
+    estimate = all_rows_evidence(c, model, contract, test_df, train_df, validation_df, seed)
+    objectives = with_all_rows_evidence(c, objectives, estimate)
     prim = objectives[objectives.primary.astype(bool)].iloc[0]
-    overfit = overfit_check(c, scores, (prim.ci_low, prim.ci_high))
+    overfit = overfit_check(c, scores, (prim.test_ci_low, prim.test_ci_high))
     robustness = robustness_gate(model, X, y, contract, c.primary.metric, c.validation.robustness_max_drop, seed, B)
     fairness = fairness_report(y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     slices = slice_report(y, proba, pred, test_df, feats, c.data.requirements.min_group_size) if feats else pd.DataFrame()
@@ -396,7 +456,7 @@ def gate_report(self: BinaryTask, model, c, contract, test_df, train_df, validat
     note = f"CPU time of one scoring thread; wall-clock p95 {load['p95_wall_ms']:.1f} ms, {latency_context(load)}"
     gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=note)
     return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], warnings=gate['warnings'], objectives=objectives, performance=perf,
-                overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
+                overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni, estimate=estimate_record(estimate),
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y))
 
 # %% ../nbs/04_validation.ipynb #1e8b8069
@@ -542,10 +602,12 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
     for o in c.objectives:
         if o.family == 'operational': v = np.percentile(np.asarray(latencies)[bootstrap_indices(len(latencies), B, seed)], 95, axis=1)
         else: v = task_draws(c, o.metric, y, proba, pred, idx, group_text(test_df[o.sensitive_feature]) if o.sensitive_feature else None, n_min)
-        a, b = percentile_ci(v, 0.95); lo.append(a); hi.append(b)
+        a, b = percentile_ci(v, claim_level()); lo.append(a); hi.append(b)   # each end a one-sided bound
     objectives['ci_low'], objectives['ci_high'] = lo, hi
+    estimate = all_rows_evidence(c, model, contract, test_df, train_df, validation_df, seed)
+    objectives = with_all_rows_evidence(c, objectives, estimate)
     prim = objectives[objectives.primary.astype(bool)].iloc[0]
-    overfit = task_overfit_check(c, scores, (prim.ci_low, prim.ci_high))
+    overfit = task_overfit_check(c, scores, (prim.test_ci_low, prim.test_ci_high))
     robustness = task_robustness_gate(c, model, X, y, contract, seed, B)
     fairness = task_fairness(c, y, pred, test_df, feats, B, seed) if feats else {'by_group': {}, 'summary': pd.DataFrame()}
     ni = None
@@ -560,7 +622,7 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
     gate = evaluate_gate(c, objectives, overfit, robustness, ni, latency_note=note)
     slices = pd.concat([t.reset_index().rename(columns={f: 'group'}).assign(slice=f) for f, t in fairness['by_group'].items()], ignore_index=True) if feats else pd.DataFrame()
     return dict(status=gate['status'], summary=gate['summary'], rules=gate['rules'], warnings=gate['warnings'], objectives=objectives, performance=perf,
-                overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
+                overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni, estimate=estimate_record(estimate),
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y), task=c.task)
 
 @patch
@@ -609,7 +671,7 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1
     limit); the verdict passed / failed / insufficient_evidence, and the labelled new rows still missing when a `share` of them is held out (1: every new row counts).
     Rules that do not gate (no limit in the charter) are left out: they warn, they decide nothing."""
     from scipy.stats import norm
-    za = norm.ppf(0.975); k = ((za + norm.ppf(power)) / za) ** 2          # the intervals are 95 % ones; power as in the A/B design
+    za = norm.ppf(GATE_LEVEL); k = ((za + norm.ppf(power)) / za) ** 2     # each end of an interval is a one-sided GATE_LEVEL bound; power as in the A/B design
     family = {o.describe(): o.family for o in c.objectives}
     per, fails = [], []
     for r in rules.itertuples():
@@ -621,25 +683,32 @@ def gate_evidence(c: Charter, rules: pd.DataFrame, n_rows: int, share: float = 1
             continue
         half, dist = (r.ci_high - r.ci_low) / 2, abs(r.value - r.threshold)
         decided = not (r.ci_low <= r.threshold <= r.ci_high) and (r.value > r.threshold) == (r.ci_low > r.threshold)
-        need = None if decided else (int(math.ceil(n_rows * k * (half / dist) ** 2)) if dist > 0 else None)
+        n_r = float(getattr(r, 'evidence_rows', np.nan)); n_r = n_r if np.isfinite(n_r) else n_rows   # all labelled rows behind a small-data estimate
+        need = None if decided else (int(math.ceil(n_r * k * (half / dist) ** 2)) if dist > 0 else None)
         per.append({'rule': r.rule, 'value': float(r.value), 'ci_low': float(r.ci_low), 'ci_high': float(r.ci_high), 'threshold': float(r.threshold),
                     'half_width': float(half), 'distance': float(dist), 'decided': decided,
-                    'passed': bool(r.passed) if decided else None, 'rows_needed': need})
+                    'passed': bool(r.passed) if decided else None, 'rows_needed': need, 'rows': int(n_r),
+                    'more': None if need is None else max(int(math.ceil((need - n_r) / (1.0 if n_r != n_rows else share))), 1)})
         if decided and not r.passed: fails.append(r.rule)
     open_ = [p for p in per if not p['decided']]
     status = 'failed' if fails else 'insufficient_evidence' if open_ else 'passed'
     needed = None if not open_ or any(p['rows_needed'] is None for p in open_) else max(p['rows_needed'] for p in open_)
-    more = None if needed is None else max(int(math.ceil((needed - int(n_rows)) / share)), 1)
+    more = None if needed is None else max(p['more'] for p in open_)
     text = '' if status != 'insufficient_evidence' else (
         'insufficient evidence: ' + (f'{more} more labelled rows needed' if more is not None else 'a value sits on its limit; no number of rows decides it')
         + ' (' + '; '.join(f"{p['rule']}: {p['value']:.4g}, interval [{p['ci_low']:.4g}, {p['ci_high']:.4g}] contains the limit {p['threshold']:.4g}"
-                           for p in open_) + ')')
+                           for p in open_) + f'; each end of an interval is a one-sided {GATE_LEVEL:.0%} bound)')
     return {'status': status, 'rows': int(n_rows), 'objectives': per, 'undecided': [p['rule'] for p in open_], 'failed_rules': fails,
             'rows_needed': needed, 'more_rows_needed': more, 'text': text}
 
 # %% ../nbs/04_validation.ipynb #49228d1a
 EVIDENCE_ADVICE = ('label more data, so that the test split grows (stage 02 holds it out), or state a limit in the charter that '
                    'this data can decide; stage 05 deploys only a passed version')
+
+def _evidence_rows_text(ev: dict) -> str:
+    "The rows behind the undecided rules: the test split's, or every labelled row (a small-data estimate)."
+    rows = sorted({p['rows'] for p in ev['objectives'] if not p['decided']} or {ev['rows']})
+    return ' and '.join(f'{n:,} test rows' if n == ev['rows'] else f'{n:,} labelled rows (every row, small data)' for n in rows)
 
 def evidence_verdict(c: Charter, rep: dict, share: float = 1.0) -> dict:
     """A gate report (`gate_model`) judged on its evidence (`gate_evidence`): `status` passed / failed / insufficient_evidence, the
@@ -648,7 +717,7 @@ def evidence_verdict(c: Charter, rep: dict, share: float = 1.0) -> dict:
     if ev['status'] != 'insufficient_evidence': return {**rep, 'evidence': ev}
     warned = rep.get('warnings') or []
     return {**rep, 'status': ev['status'], 'evidence': ev,
-            'summary': f"{ev['text']}. {ev['rows']:,} test rows cannot tell {', '.join(ev['undecided'])} from the limit: {EVIDENCE_ADVICE}"
+            'summary': f"{ev['text']}. {_evidence_rows_text(ev)} cannot tell {', '.join(ev['undecided'])} from the limit: {EVIDENCE_ADVICE}"
                        + ('; warnings (no limit in the charter, not gated): ' + '; '.join(warned) if warned else '')}
 
 # %% ../nbs/04_validation.ipynb #104afe68
@@ -720,7 +789,8 @@ def report_record(rep: dict) -> dict:
             'fairness': rep['fairness']['summary'].to_dict('records'),
             'fairness_by_group': {f: t.reset_index().to_dict('records') for f, t in rep['fairness']['by_group'].items()},
             'slices': rep['slices'].to_dict('records'), 'non_inferiority': rep['non_inferiority'],
-            'p95_latency_ms': float(np.percentile(rep['latencies_ms'], 95)), 'machine_load': rep['machine_load'], 'evidence': rep.get('evidence')}
+            'p95_latency_ms': float(np.percentile(rep['latencies_ms'], 95)), 'machine_load': rep['machine_load'], 'evidence': rep.get('evidence'),
+            'estimate': rep.get('estimate')}
 
 def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_df=None, validation_df=None, contract=None,
                      stage_run: StageRun | None = None, evidence_share: float | None = 1.0, log=print) -> dict:

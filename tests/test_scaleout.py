@@ -123,3 +123,124 @@ print(json.dumps(out))
             assert json.loads(resp.read()).get('champion') == champion
     finally:
         s.stop()
+
+
+# --- monitoring statistics that merge: Spark partitions and pandas chunks, one logic ------------------------
+
+def _shifted_window_with_gaps(seed: int = 0) -> pd.DataFrame:
+    "Adult's test file under the gig-economy shift, with missing values in a numeric and a categorical column (seeded)."
+    from mlcycle.data import adult
+    from mlcycle.simulate import apply_scenario
+    w = apply_scenario(adult('test'), 'gig_economy', seed=seed)
+    rng = np.random.default_rng(seed)
+    w['age'] = w['age'].astype('float64').mask(rng.random(len(w)) < 0.03)
+    w['occupation'] = w['occupation'].mask(rng.random(len(w)) < 0.05)
+    return w
+
+
+def _scored_log(seed: int = 0) -> pd.DataFrame:
+    "A prediction log of a logistic regression on Adult's test file: two versions and arms, 60 % of the rows labelled."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from mlcycle.charter import binary_target, load_charter
+    from mlcycle.data import adult, build_preprocessor, feature_frame, infer_contract
+    c, tr, te = load_charter(), adult(), adult('test')
+    contract = infer_contract(tr, c)
+    p = make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300)).fit(feature_frame(tr, contract), binary_target(c, tr.income)) \
+        .predict_proba(feature_frame(te, contract))[:, 1]
+    rng = np.random.default_rng(seed)
+    y = binary_target(c, te.income).astype(float)
+    log = pd.DataFrame({'ts': np.arange(len(te), dtype=float), 'model_version': np.where(rng.random(len(te)) < 0.5, '1', '2'),
+                        'arm': np.where(rng.random(len(te)) < 0.8, 'champion', 'challenger'), 'probability': p,
+                        'label': (p >= 0.5).astype(int), 'y_true': np.where(rng.random(len(te)) < 0.6, y, np.nan)})
+    log['feedback_ts'] = np.where(log.y_true.notna(), log.ts + rng.integers(1, 600, len(te)), np.nan)
+    return log
+
+
+def test_monitoring_aggregates_spark_equals_pandas():
+    """Stage 06's drift and realized performance, aggregated on Spark partitions (mapInPandas) and on pandas chunks:
+    the same aggregate, so the same drift table and the same performance table; and the drift table is stage 06's."""
+    from mlcycle.batch import spark_available, spark_session
+    why = spark_available()
+    if why: pytest.skip(f'Spark aggregates untested here: {why}')
+    from functools import reduce
+    from mlcycle.aggregates import (drift_merge, drift_result, drift_spec, drift_update, pandas_aggregate, performance_merge,
+                                    performance_result, performance_update, spark_aggregate)
+    from mlcycle.charter import load_charter
+    from mlcycle.data import adult, infer_contract
+    from mlcycle.drift import DriftDetector
+    from mlcycle.monitor import realized_performance
+    c, train = load_charter(), adult()
+    contract = infer_contract(train, c)
+    spec, window, log = drift_spec(train, contract), _shifted_window_with_gaps(), _scored_log()
+    spark = spark_session('local[2]', 'mlcycle-aggregates-test')
+    # drift: Spark's partitions against pandas chunks of another size
+    on_spark = spark_aggregate(spark.createDataFrame(window).repartition(5), drift_update, drift_merge, spec)
+    on_pandas = pandas_aggregate((window.iloc[i:i + 4000] for i in range(0, len(window), 4000)), drift_update, drift_merge, spec)
+    assert on_spark == on_pandas
+    t = drift_result(spec, on_spark)
+    pd.testing.assert_frame_equal(t, drift_result(spec, on_pandas))
+    exact = DriftDetector(train, contract).compare(window)
+    for col in ('psi', 'missing_cur', 'unseen_share', 'status', 'new_values'):
+        assert t[col].tolist() == exact[col].tolist(), col
+    assert t.set_index('feature').loc['workclass', 'status'] == 'critical'
+    assert t.set_index('feature').loc['age', 'missing_cur'] > 0.02                   # the gaps went through Arrow as missing values
+    # realized performance: the same counts and histograms; float sums equal up to rounding
+    ps = spark_aggregate(spark.createDataFrame(log).repartition(4), performance_update, performance_merge)
+    pp = reduce(performance_merge, [performance_update(log.iloc[i:i + 3000]) for i in range(0, len(log), 3000)])
+    assert ps.keys() == pp.keys() and len(pp) == 4
+    for k in pp:
+        for f, v in pp[k].items():
+            if isinstance(v, float): assert abs(ps[k][f] - v) <= 1e-9 * max(1.0, abs(v)), (k, f)
+            else: assert ps[k][f] == v, (k, f)
+    a, b = performance_result(ps), performance_result(pp)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-12)
+    ref = realized_performance(log, c).sort_values(['model_version', 'arm'], ignore_index=True)
+    assert a.served.tolist() == ref.served.tolist() and a.labelled.tolist() == ref.labelled.tolist()
+    assert np.allclose(a.accuracy, ref.accuracy, rtol=0, atol=1e-12)
+    assert np.allclose(a.roc_auc, ref.roc_auc, rtol=0, atol=1e-3)                     # scores in 1,000 bins
+
+
+def test_table_statistics_engines_agree(tmp_path):
+    """`table_statistics` on a Parquet table of logged rows: read in pandas batches or by Spark, the same aggregates,
+    the same drift and performance tables."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'Spark statistics untested here: {why}')
+    from mlcycle.aggregates import table_statistics
+    from mlcycle.charter import load_charter
+    from mlcycle.data import adult, feature_frame, infer_contract
+    c, train = load_charter(), adult()
+    contract = infer_contract(train, c)
+    window, log = _shifted_window_with_gaps(seed=1), _scored_log(seed=1)
+    window.assign(**{k: log[k].to_numpy() for k in log}).to_parquet(tmp_path/'t.parquet', index=False, row_group_size=5000)
+    ref = feature_frame(train, contract)
+    a = table_statistics(tmp_path/'t.parquet', ref, contract, chunk_rows=2_000)
+    b = table_statistics(tmp_path/'t.parquet', ref, contract, engine='spark', master='local[2]')
+    assert a['rows'] == b['rows'] == len(window)
+    assert a['aggregates']['drift'] == b['aggregates']['drift']
+    pd.testing.assert_frame_equal(a['drift'], b['drift'])
+    pd.testing.assert_frame_equal(a['performance'], b['performance'], rtol=1e-12)
+    assert a['drift'].set_index('feature').loc['workclass', 'status'] == 'critical'
+
+
+def test_search_on_spark_selects_the_same_model():
+    """Stage 03's search through joblib's Spark backend (`search_engine="spark"`): the same configurations, the same CV
+    scores, the same chosen configuration and the same fitted model as the local run."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'the Spark search untested here: {why}')
+    pytest.importorskip('joblibspark', reason='the Spark search needs joblibspark (pip install ".[spark]")')
+    from mlcycle.charter import binary_target, load_charter
+    from mlcycle.data import adult, feature_frame, infer_contract
+    from mlcycle.train import search_backend, search_candidate
+    c, df = load_charter(), adult().sample(3000, random_state=0)
+    contract = infer_contract(df, c)
+    X, y = feature_frame(df, contract), binary_target(c, df.income)
+    local = search_candidate('hist_gradient_boosting', contract, X, y, n_iter=3, seed=1, n_jobs=2)
+    with search_backend('spark', 'local[2]'):
+        spark = search_candidate('hist_gradient_boosting', contract, X, y, n_iter=3, seed=1, n_jobs=2)
+    assert spark.params == local.params and spark.cv_mean == local.cv_mean and spark.cv_std == local.cv_std
+    cols = [k for k in local.search_results if k != 'mean_fit_seconds']
+    pd.testing.assert_frame_equal(spark.search_results[cols], local.search_results[cols])
+    assert np.array_equal(spark.model.predict_proba(X), local.model.predict_proba(X))

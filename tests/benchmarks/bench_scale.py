@@ -1,0 +1,177 @@
+"""Benchmark: the cost of stages 01-04 as the rows grow, on one machine (time and peak memory per stage, fitted exponent).
+
+The data: Adult's training file (the bundled data) resampled with replacement to n rows, seeded, with noise so that the
+copies are not duplicates (see `noisy_adult`: jittered numbers and, by default, categories swapped within the income
+class). The charter is the bundled one with
+only its data source pointing at the generated file. Each stage runs in its own Python process (`mlcycle.*.run_*`) so
+that its peak resident memory (the process's and its worker processes') is measured alone; `--profile` also writes
+each stage's cProfile and prints its top functions by cumulative time.
+
+A power law t = a * n^k is fitted to (rows, seconds) per stage and for the sum, over the sizes from 130k upward when
+there are at least two of them, else over all.
+
+Run on demand (it is not collected by pytest), one size at a time on a quiet machine:
+
+    python tests/benchmarks/bench_scale.py --rows 32561,130244 [--profile] [--out scale.json]
+    python tests/benchmarks/bench_scale.py --fit scale.json     # the exponents from results already written
+
+Sizes run one after the other; `--out` appends, so sizes can be measured in separate runs.
+"""
+import argparse, json, os, platform, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+STAGES = {
+    '01': ('mlcycle.feasibility', 'run_problem_definition', 'charter'),
+    '02': ('mlcycle.data', 'run_data_stage', None),
+    '03': ('mlcycle.train', 'run_model_development', None),
+    '04': ('mlcycle.validate', 'run_validation', None),
+}
+
+
+SWAP_COLUMNS = ('workclass', 'marital_status', 'occupation', 'relationship', 'native_country')
+
+
+def noisy_adult(n: int, seed: int = 0, noise: str = 'mixed') -> pd.DataFrame:
+    """Adult's training file resampled to `n` rows (with replacement, seeded), with noise. 'jitter': `age` and
+    `hours_per_week` moved by up to two, capital gains and losses scaled by 0.95-1.05 (copies stay near-duplicates
+    in every other column). 'mixed' (the default): the same, and each of `SWAP_COLUMNS` takes, with probability 0.2,
+    its value from another row of the same income class, so that a generated row is rarely a copy of an original one.
+    The target, sex, race and education are never changed."""
+    from mlcycle.data import adult
+    df = adult()
+    if n == len(df): return df
+    rng = np.random.default_rng(seed)
+    out = df.sample(n, replace=True, random_state=seed).reset_index(drop=True)
+    for col, k in (('age', 2), ('hours_per_week', 2)):
+        out[col] = np.clip(out[col].to_numpy() + rng.integers(-k, k + 1, n), df[col].min(), df[col].max()).astype(df[col].dtype)
+    for col in ('capital_gain', 'capital_loss'):
+        v = out[col].to_numpy().astype(float)
+        out[col] = np.where(v > 0, np.round(v * rng.uniform(0.95, 1.05, n)), v).astype(df[col].dtype)
+    if noise == 'mixed':
+        for col in SWAP_COLUMNS:
+            swap = rng.random(n) < 0.2
+            for label, idx in out.groupby('income').indices.items():
+                donors = out[col].to_numpy()[idx]
+                pick = idx[swap[idx]]
+                out.loc[pick, col] = donors[rng.integers(0, len(idx), len(pick))]
+    return out
+
+
+def prepare(root: Path, n: int, seed: int = 0, noise: str = 'mixed') -> Path:
+    "Write the noisy data (Parquet) and the bundled charter reading it into `root`; return the charter's path."
+    from mlcycle.core import ASSETS
+    noisy_adult(n, seed, noise).to_parquet(root/'adult_n.parquet', index=False)
+    d = yaml.safe_load((ASSETS/'adult_charter.yaml').read_text())
+    d['data']['sources'] = [{'kind': 'parquet', 'path': 'adult_n.parquet'}]
+    d.get('production', {}).get('sources', [{}])[0].update(path=str(ASSETS/'adult_test.csv.gz'))
+    (root/'charter.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
+    return root/'charter.yaml'
+
+
+STAGE_SCRIPT = """
+import sys, json, time
+mod, fn, arg, charter, ws = sys.argv[1:6]
+import importlib, mlcycle.core as core
+f = getattr(importlib.import_module(mod), fn)
+t0 = time.perf_counter()
+kw = {'log': lambda *a, **k: None} if fn in ('run_model_development', 'run_validation') else {}
+r = f(charter if arg == 'charter' else None, core.Workspace(ws), **kw)
+secs = time.perf_counter() - t0
+out = {'seconds': secs}
+if fn == 'run_model_development':
+    s = r['selection']; out['selected'] = s.chosen.name if s.chosen else None
+    out['training_rows'] = (core.Workspace(ws).manifest('03_model_development')['outputs'].get('training_rows'))
+if fn == 'run_validation':
+    m = core.Workspace(ws).manifest('04_validation')['outputs']; out['verdict'] = m.get('verdict') or m.get('passed')
+print('RESULT ' + json.dumps(out, default=str))
+"""
+
+
+def run_stage(stage: str, charter: Path, ws: Path, profile: Path | None = None) -> dict:
+    """Run one stage in a fresh process: its wall time (measured inside), its outputs, and the peak resident memory of
+    the largest process of its tree (the stage's process or one of its worker processes, from `wait4`)."""
+    mod, fn, arg = STAGES[stage]
+    args = [mod, fn, str(arg), str(charter), str(ws)]
+    if profile: cmd = [sys.executable, '-c', f'import cProfile,sys; cProfile.run(compile({STAGE_SCRIPT!r},"stage","exec"), {str(profile)!r})'] + args
+    else: cmd = [sys.executable, '-c', STAGE_SCRIPT] + args
+    env = {k: v for k, v in os.environ.items() if k != 'MLFLOW_TRACKING_URI'}
+    env.setdefault('OMP_NUM_THREADS', '1')
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=ws.parent)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0); err.seek(0)
+        if p.returncode != 0: raise RuntimeError(f'stage {stage} failed:\n{err.read()[-4000:]}')
+        res = json.loads(next(l for l in out.read().splitlines() if l.startswith('RESULT '))[7:])
+    return {**res, 'seconds': round(res['seconds'], 1), 'peak_mb': round(usage.ru_maxrss / 1024)}
+
+
+def top_functions(profile: Path, n: int = 12) -> list[str]:
+    "The `n` functions with the largest cumulative time in a cProfile file, as text lines."
+    import io, pstats
+    s = io.StringIO()
+    pstats.Stats(str(profile), stream=s).sort_stats('cumulative').print_stats(n)
+    return [l for l in s.getvalue().splitlines() if l.strip()][-n:]
+
+
+def fit_exponent(rows, seconds) -> float:
+    "k of t = a n^k, least squares on the logs."
+    return float(np.polyfit(np.log(np.asarray(rows, float)), np.log(np.asarray(seconds, float)), 1)[0])
+
+
+def exponents(results: list[dict]) -> dict:
+    t = pd.DataFrame([{'rows': r['rows'], 'stage': s, 'seconds': v['seconds']} for r in results for s, v in r['stages'].items()])
+    big = sorted(set(t.rows[t.rows >= 130_000]))
+    use = t[t.rows >= 130_000] if len(big) >= 2 else t
+    out = {s: round(fit_exponent(g.rows, g.seconds), 2) for s, g in use.groupby('stage') if g.rows.nunique() >= 2}
+    tot = use.groupby('rows')['seconds'].sum()
+    if len(tot) >= 2: out['01-04'] = round(fit_exponent(tot.index, tot.values), 2)
+    return out
+
+
+def measure(n: int, profile_dir: Path | None, seed: int = 0, noise: str = 'mixed') -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        charter = prepare(root, n, seed, noise)
+        ws = root/'ws'
+        res = {'rows': n, 'noise': noise, 'load_before': round(os.getloadavg()[0], 2), 'stages': {}}
+        for st in STAGES:
+            prof = profile_dir/f'stage{st}_{n}.prof' if profile_dir else None
+            r = run_stage(st, charter, ws, prof)
+            res['stages'][st] = r
+            print(json.dumps({'rows': n, 'stage': st, **r}), flush=True)
+            if prof:
+                print('\n'.join(top_functions(prof)), flush=True)
+        return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--rows', default='32561,130244')
+    ap.add_argument('--noise', default='mixed', choices=['mixed', 'jitter'], help='how generated rows differ from the originals (see noisy_adult)')
+    ap.add_argument('--profile', action='store_true', help='cProfile each stage and print its top functions')
+    ap.add_argument('--out', default=None, help='append the results (JSON lines) here')
+    ap.add_argument('--fit', default=None, help='only fit the exponents of the results in this file')
+    a = ap.parse_args(argv)
+    if a.fit:
+        results = [json.loads(l) for l in Path(a.fit).read_text().splitlines() if l.strip()]
+    else:
+        results = []
+        prof = Path(tempfile.mkdtemp(prefix='scale-prof-')) if a.profile else None
+        for n in [int(x) for x in a.rows.split(',')]:
+            results.append(measure(n, prof, noise=a.noise))
+            if a.out:
+                with open(a.out, 'a') as f: f.write(json.dumps(results[-1], default=str) + '\n')
+    table = pd.DataFrame([{'rows': r['rows'], **{f'{s} s': v['seconds'] for s, v in r['stages'].items()},
+                           **{f'{s} MB': v['peak_mb'] for s, v in r['stages'].items()}} for r in results])
+    print(table.to_string(index=False))
+    print('exponents:', exponents(results))
+    print(f'machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}')
+
+
+if __name__ == '__main__':
+    main()
