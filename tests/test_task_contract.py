@@ -144,8 +144,6 @@ def test_model_card_states_every_check_the_charter_asks_for(lifecycle):
     assert 'robustness' in card.lower()
     if c.task != 'binary_classification':
         assert 'P(positive)' not in card and 'demographic_parity' not in card    # no binary wording on another task's card
-    if lifecycle['derived']:
-        assert all(f['name'] in card or f['name'] in (out/'lineage.md').read_text() for f in CASES[c.task][2])
 
 
 def test_no_module_asks_which_task_it_has():
