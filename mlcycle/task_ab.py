@@ -90,7 +90,7 @@ def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challen
                       f"{test['ci_high']:+.4f}]{' of the champion MAE' if c.task == 'regression' else ''}, p={test['p_value']:.3g} at level {level:.3g}")
     return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin), 'reason': reason}
 
-# %% ../nbs/07a_task_ab.ipynb #4c4806d7
+# %% ../nbs/07a_task_ab.ipynb #f82084f6
 def fairness_guard_note(c: Charter, rows: pd.DataFrame) -> str:
     "One sentence on what the A/B fairness guard could judge, given how the prediction log keeps the sensitive features ('' when it judged named groups)."
     feats = list(dict.fromkeys(o.sensitive_feature for o in c.objectives_of('fairness')))
@@ -105,7 +105,7 @@ def fairness_guard_note(c: Charter, rows: pd.DataFrame) -> str:
                 'the groups and their sizes are recorded, and predlog.sensitive_decoder names them with the workspace key.')
     return ''
 
-# %% ../nbs/07a_task_ab.ipynb #14dbaed9
+# %% ../nbs/07a_task_ab.ipynb #67eff2a6
 def task_arm_groups(rows: pd.DataFrame, c: Charter, version, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the groups of each sensitive feature with their sizes and metric, each fairness objective's check) on the rows one arm
     served: the gap objectives of multiclass and regression charters (`accuracy_difference`, `mae_difference`) on the served
