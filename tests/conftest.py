@@ -379,6 +379,10 @@ def assert_decision_follows_evidence(ws_dir) -> str:
     from mlcycle.deploy import aliases
     ws = Workspace(ws_dir)
     o7, c = ws.manifest('07_retraining')['outputs'], workspace_charter(ws)
+    if 'ab_analysis' not in o7:      # no analysis ran: the train phase's own record (no challenger passed the gate, or a test is open)
+        assert o7['phase'] in ('train', 'regate') and o7['decision'] == ('continue' if o7.get('ab_design') else 'keep'), o7.get('recommendation')
+        assert o7['decision'] == 'continue' or 'challenger' not in aliases(ws), aliases(ws)
+        return o7['decision']
     an = o7['ab_analysis']
     expected = decision_from_evidence(an, c.validation.non_inferiority_margin)
     assert o7['decision'] == expected, (o7['decision'], expected, an.get('reason'))
