@@ -377,7 +377,7 @@ def assert_decision_follows_evidence(ws_dir) -> str:
     from mlcycle.charter import workspace_charter
     from mlcycle.core import Workspace
     from mlcycle.deploy import aliases
-    ws = Workspace(ws_dir)
+    ws = ws_dir if isinstance(ws_dir, Workspace) else Workspace(ws_dir)
     o7, c = ws.manifest('07_retraining')['outputs'], workspace_charter(ws)
     if 'ab_analysis' not in o7:      # no analysis ran: the train phase's own record (no challenger passed the gate, or a test is open)
         assert o7['phase'] in ('train', 'regate') and o7['decision'] == ('continue' if o7.get('ab_design') else 'keep'), o7.get('recommendation')
