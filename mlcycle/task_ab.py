@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import math, time
 
+from fastcore.basics import patch
+
 import numpy as np
 import pandas as pd
 
 from .core import MlcycleError
 from .charter import Charter
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, task_of
 from .stats import (mcnemar_test, paired_difference_test, sequential_look, paired_mean_sample_size, paired_sample_size,
                            two_mean_sample_size, two_proportion_sample_size, two_proportion_test, welch_test)
 
 # %% auto #0
-__all__ = ['regression_ab_design', 'row_outcomes', 'task_ab_test', 'analyze_task_ab', 'fairness_guard_note', 'task_arm_groups',
+__all__ = ['regression_ab_design', 'row_outcomes', 'task_ab_test', 'analyze_task_ab', 'fairness_guard_note', 'arm_group_table',
            'ab_fairness_guard', 'fairness_verdict']
 
 # %% ../nbs/07a_task_ab.ipynb #f1174f4e
@@ -43,24 +46,20 @@ def regression_ab_design(c: Charter, champion_pred, challenger_pred, y, share: f
 # %% ../nbs/07a_task_ab.ipynb #b462b436
 def row_outcomes(rows: pd.DataFrame, c: Charter, classes: list | None, pred: str = 'probability', label: str = 'label') -> np.ndarray:
     "Per labelled row: the absolute error (regression) or 1 when the served class was right (multiclass)."
-    if c.task == 'regression': return np.abs(rows[pred].astype(float).to_numpy() - pd.to_numeric(rows.label_true).to_numpy(float))
-    served = np.asarray(classes, dtype=object)[rows[label].astype(int).to_numpy()]
-    return (served.astype(str) == rows.label_true.astype(str).to_numpy()).astype(float)
+    return task_of(c).log_outcomes(rows, classes, pred, label)
 
 def task_ab_test(arms: dict, c: Charter, design: dict, alpha: float) -> tuple[dict, dict, dict]:
     "(the test, a summary per arm, labelled rows per arm) for a regression or multiclass A/B or shadow test."
-    reg, classes, shadow = c.task == 'regression', design.get('classes'), design['mode'] == 'shadow'
+    task, classes, shadow = task_of(c), design.get('classes'), design['mode'] == 'shadow'
     if shadow:
         s = arms['shadow']; a, b = row_outcomes(s, c, classes), row_outcomes(s, c, classes, 'shadow_probability', 'shadow_label')
     else: a, b = row_outcomes(arms['champion'], c, classes), row_outcomes(arms['challenger'], c, classes)
-    if reg:
-        scale = float(a.mean()) if len(a) and a.mean() > 0 else 1.0
-        t = paired_difference_test(b, a, alpha) if shadow else welch_test(a, b, alpha)       # champion − challenger error
-        test = {**{k: (t[k] / scale if k in ('difference', 'ci_low', 'ci_high') else t[k]) for k in t}, 'relative_to_champion_mae': scale}
-        summ = {k: {'labelled': len(v), 'mae': float(v.mean()) if len(v) else float('nan')} for k, v in (('champion', a), ('challenger', b))}
-    else:
-        test = (mcnemar_test(a.astype(bool), b.astype(bool), alpha) if shadow else two_proportion_test(int(a.sum()), len(a), int(b.sum()), len(b), alpha))
-        summ = {k: {'labelled': len(v), 'accuracy': float(v.mean()) if len(v) else float('nan')} for k, v in (('champion', a), ('challenger', b))}
+    m = task.outcome_metric
+    test = task.outcome_test(a, b, alpha, paired=shadow)
+    if task.relative(m):      # errors in the target's unit: the difference relative to the champion's
+        scale = task.scale(m, float(a.mean()) if len(a) else 0.0)
+        test = {**{k: (test[k] / scale if k in ('difference', 'ci_low', 'ci_high') else test[k]) for k in test}, 'relative_to_champion_mae': scale}
+    summ = {k: {'labelled': len(v), m: float(v.mean()) if len(v) else float('nan')} for k, v in (('champion', a), ('challenger', b))}
     return test, summ, {'champion': len(a), 'challenger': len(b)}
 
 def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challenger: str, looks_so_far: list | None = None,
@@ -84,10 +83,10 @@ def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challen
     margin, sig = design['non_inferiority_margin'], test['p_value'] < level
     result = ('challenger_better' if sig and test['difference'] > 0 else 'challenger_worse' if sig else
               'non_inferior' if test['ci_low'] > -margin else 'inconclusive')
-    m = 'mae' if c.task == 'regression' else 'accuracy'
+    m = task_of(c).outcome_metric
     result, reason = fairness_verdict(guard, result, f"{m} {summ['champion'][m]:.4g} (champion v{champion}, n={n_arm['champion']}) vs {summ['challenger'][m]:.4g} "
                       f"(challenger v{challenger}, n={n_arm['challenger']}): difference {test['difference']:+.4f} [{test['ci_low']:+.4f}, "
-                      f"{test['ci_high']:+.4f}]{' of the champion MAE' if c.task == 'regression' else ''}, p={test['p_value']:.3g} at level {level:.3g}")
+                      f"{test['ci_high']:+.4f}]{' of the champion MAE' if task_of(c).relative(m) else ''}, p={test['p_value']:.3g} at level {level:.3g}")
     return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin), 'reason': reason}
 
 # %% ../nbs/07a_task_ab.ipynb #f82084f6
@@ -106,21 +105,26 @@ def fairness_guard_note(c: Charter, rows: pd.DataFrame) -> str:
     return ''
 
 # %% ../nbs/07a_task_ab.ipynb #67eff2a6
-def task_arm_groups(rows: pd.DataFrame, c: Charter, version, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the groups of each sensitive feature with their sizes and metric, each fairness objective's check) on the rows one arm
-    served: the gap objectives of multiclass and regression charters (`accuracy_difference`, `mae_difference`) on the served
-    class or number against the label, the binary ones (parity, equalized odds) on the served decisions."""
-    from mlcycle.governance_docs import TASK_GAP_METRICS
-    from mlcycle.model_checks import task_fairness_objectives, task_group_errors, task_log_view
+@patch
+def arm_groups(self: BinaryTask, rows: pd.DataFrame, c: Charter, features: list, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Per group of each feature: rows, selection rate, TPR/FPR of the served decisions (stage 06's); the parity and equalized-odds checks."
     from mlcycle.monitor import fairness_objectives, group_rates
-    objs = c.objectives_of('fairness')
-    feats, rows = list(dict.fromkeys(o.sensitive_feature for o in objs)), rows.assign(model_version=str(version))
-    if any(o.metric in TASK_GAP_METRICS for o in objs):
-        view = task_log_view(rows, c, {'classes': classes})
-        rates = pd.concat([task_group_errors(view, c, f) for f in feats] or [pd.DataFrame()], ignore_index=True)
-        return rates, task_fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
-    rates = pd.concat([group_rates(rows, f) for f in feats] or [pd.DataFrame()], ignore_index=True)
+    rates = pd.concat([group_rates(rows, f) for f in features] or [pd.DataFrame()], ignore_index=True)
     return rates, fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
+
+@patch
+def arm_groups(self: (MulticlassTask, RegressionTask), rows: pd.DataFrame, c: Charter, features: list, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Per group of each feature: rows, accuracy of the served class or MAE of the served number (stage 06's); the gap checks."
+    from mlcycle.model_checks import task_fairness_objectives, task_group_errors
+    view = self.log_view(rows, classes)
+    rates = pd.concat([task_group_errors(view, c, f) for f in features] or [pd.DataFrame()], ignore_index=True)
+    return rates, task_fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
+
+def arm_group_table(rows: pd.DataFrame, c: Charter, version, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the groups of each sensitive feature with their sizes and metric, each fairness objective's check) on the rows one arm
+    served, as the charter's task measures its fairness objectives (`Task.arm_groups`)."""
+    feats = list(dict.fromkeys(o.sensitive_feature for o in c.objectives_of('fairness')))
+    return task_of(c).arm_groups(rows.assign(model_version=str(version)), c, feats, classes)
 
 def _plain(df: pd.DataFrame) -> list[dict]:
     return [{k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()} for r in df.to_dict('records')]
@@ -131,7 +135,7 @@ def ab_fairness_guard(rows: pd.DataFrame, c: Charter, version, classes: list | N
     note = fairness_guard_note(c, rows)
     if not c.objectives_of('fairness') or not len(rows) or note.startswith('No fairness guard'):
         return {'checks': [], 'groups': [], 'note': note, 'guarded': False}
-    rates, checks = task_arm_groups(rows, c, version, classes)
+    rates, checks = arm_group_table(rows, c, version, classes)
     groups = rates[['feature', 'group', 'rows', 'labelled']] if len(rates) else pd.DataFrame()
     return {'checks': _plain(checks), 'groups': _plain(groups), 'note': note, 'guarded': bool(len(checks))}
 
