@@ -17,7 +17,7 @@ from .core import MlcycleError, Workspace, current_actor, fingerprint_df, log_da
 from .charter import Charter, binary_target, workspace_charter
 from .tasks import BinaryTask, stratify_labels, target_summary, task_of, task_target
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test, welch_test
-from .task_ab import row_outcomes
+from .task_ab import ab_fairness_guard, fairness_verdict, row_outcomes
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
 from .validate import gate_evidence
 
@@ -346,13 +346,14 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
     if c.primary.metric != 'accuracy' and not shadow:   # the decision is on the charter's primary metric; accuracy stays as evidence
         # (shadow mode keeps McNemar's paired test on accuracy: a paired test of another metric is not built yet)
         test = primary_metric_test(summ['champion'], summ['challenger'], c, alpha)
-    fair = arm_fairness(arms['shadow'].assign(label=arms['shadow'].shadow_label.astype(int), model_version=str(challenger))
-                        if shadow else arms['challenger'], c, challenger)
+    guard = ab_fairness_guard(arms['shadow'].assign(label=arms['shadow'].shadow_label.astype(int), model_version=str(challenger))
+                              if shadow else arms['challenger'], c, challenger)      # 07a: every task, and what a hashed or dropped log allows
+    fair = guard['checks']
     need = {'champion': design['champion'], 'challenger': design['challenger']}
     frac = min(n_arm['champion'] / max(need['champion'], 1), n_arm['challenger'] / max(need['challenger'], 1))
     looks = list(looks_so_far or [])
     out = {'design': design, 'labelled': n_arm, 'needed': need, 'information_fraction': min(frac, 1.0), 'served': arms['served'],
-           'arms': summ, 'test': test, 'metric': c.primary.metric, 'accuracy_test': accuracy_test, 'fairness': fair, 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger)}
+           'arms': summ, 'test': test, 'metric': c.primary.metric, 'accuracy_test': accuracy_test, 'fairness': fair, 'fairness_groups': guard['groups'], 'fairness_note': guard['note'], 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger)}
     look = sequential_look(design, n_arm, test['p_value'], looks, alpha)
     out['looks'] = look['looks']
     if look['status'] == 'continue': return {**out, 'status': 'continue', 'reason': look['reason']}
@@ -361,15 +362,12 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
     sig = test['p_value'] < level
     result = ('challenger_better' if sig and test['difference'] > 0 else 'challenger_worse' if sig else
               'non_inferior' if test['ci_low'] > -margin else 'inconclusive')
-    broken = [f for f in fair if f['passed'] is False]
     m = c.primary.metric
     reason = (f"{m} {summ['champion'][m]:.4f} (champion v{champion}, n={n_arm['champion']}) vs "
               f"{summ['challenger'][m]:.4f} (challenger v{challenger}, n={n_arm['challenger']}): difference "
               f"{test['difference']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}], p={test['p_value']:.3g} at level {level:.3g}")
-    if broken:      # whatever its accuracy: a challenger that breaks a fairness objective in production is not promoted
-        what = '; '.join(f"{f['objective']} in production: {f['value']:.4f} ({f['detail']})" for f in broken)
-        reason = f'the challenger breaks {what}; {reason}'
-        result = 'fairness_violated'
+    # whatever its accuracy: a challenger that breaks a fairness objective in production is not promoted (07a)
+    result, reason = fairness_verdict(guard, result, reason)
     return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin), 'reason': reason}
 
 def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at: float, alpha: float = 0.05, min_rows: int = 500,
@@ -413,13 +411,9 @@ def primary_metric_test(champion: dict, challenger: dict, c: Charter, alpha: flo
         return {'metric': m, 'difference': float('nan'), 'ci_low': float('nan'), 'ci_high': float('nan'), 'z': float('nan'), 'p_value': float('nan')}
     return {'metric': m, 'difference': d, 'ci_low': d - z * s, 'ci_high': d + z * s, 'z': d / s, 'p_value': float(2 * norm.sf(abs(d / s)))}
 
-def arm_fairness(rows: pd.DataFrame, c: Charter, version) -> list[dict]:
-    "The charter's fairness objectives on the rows one arm served (stage 06's `group_rates` and `fairness_objectives`)."
-    from mlcycle.monitor import fairness_objectives, group_rates
-    if not c.objectives_of('fairness') or not len(rows): return []
-    rates = pd.concat([group_rates(rows.assign(model_version=str(version)), f) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True)
-    if not len(rates): return []
-    return [{k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()} for r in fairness_objectives(rates, c).to_dict('records')]
+def arm_fairness(rows: pd.DataFrame, c: Charter, version, classes: list | None = None) -> list[dict]:
+    "The charter's fairness objectives on the rows one arm served, for any task (07a's `ab_fairness_guard`; stage 06's rules)."
+    return ab_fairness_guard(rows, c, version, classes)['checks']
 
 def primary_design(c: Charter, y, proba_champion, proba_challenger, share: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> dict:
     """Rows per arm for the primary-metric test to detect the charter's `min_detectable_effect`, from each model's interval on

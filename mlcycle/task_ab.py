@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import math, time
 
+from fastcore.basics import patch
+
 import numpy as np
 import pandas as pd
 
 from .core import MlcycleError
 from .charter import Charter
-from .tasks import task_of
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, task_of
 from .stats import (mcnemar_test, paired_difference_test, sequential_look, paired_mean_sample_size, paired_sample_size,
                            two_mean_sample_size, two_proportion_sample_size, two_proportion_test, welch_test)
 
 # %% auto #0
-__all__ = ['regression_ab_design', 'row_outcomes', 'task_ab_test', 'analyze_task_ab']
+__all__ = ['regression_ab_design', 'row_outcomes', 'task_ab_test', 'analyze_task_ab', 'fairness_guard_note', 'arm_group_table',
+           'ab_fairness_guard', 'fairness_verdict']
 
 # %% ../nbs/07a_task_ab.ipynb #f1174f4e
 def regression_ab_design(c: Charter, champion_pred, challenger_pred, y, share: float = 0.5, shadow: bool = False, method: str = 'fixed',
@@ -64,11 +67,15 @@ def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challen
     "`analyze_ab` for regression and multiclass: the same statuses, looks and results, on absolute errors or served-class accuracy."
     alpha = design.get('alpha', 0.05) if alpha is None else alpha
     test, summ, n_arm = task_ab_test(arms, c, design, alpha)
+    s = arms['shadow']
+    served = s.assign(label=s.shadow_label, probability=s.shadow_probability) if design['mode'] == 'shadow' else arms['challenger']
+    guard = ab_fairness_guard(served, c, challenger, design.get('classes'))
     need = {'champion': design['champion'], 'challenger': design['challenger']}
     frac = min(n_arm['champion'] / max(need['champion'], 1), n_arm['challenger'] / max(need['challenger'], 1))
     looks = list(looks_so_far or [])
     out = {'design': design, 'labelled': n_arm, 'needed': need, 'information_fraction': min(frac, 1.0), 'served': arms['served'],
-           'arms': summ, 'test': test, 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger)}
+           'arms': summ, 'test': test, 'looks': looks, 'champion_version': str(champion), 'challenger_version': str(challenger),
+           'fairness': guard['checks'], 'fairness_groups': guard['groups'], 'fairness_note': guard['note']}
     look = sequential_look(design, n_arm, test['p_value'], looks, alpha)
     out['looks'] = look['looks']
     if look['status'] == 'continue': return {**out, 'status': 'continue', 'reason': look['reason']}
@@ -77,7 +84,65 @@ def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challen
     result = ('challenger_better' if sig and test['difference'] > 0 else 'challenger_worse' if sig else
               'non_inferior' if test['ci_low'] > -margin else 'inconclusive')
     m = task_of(c).outcome_metric
-    return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin),
-            'reason': f"{m} {summ['champion'][m]:.4g} (champion v{champion}, n={n_arm['champion']}) vs {summ['challenger'][m]:.4g} "
+    result, reason = fairness_verdict(guard, result, f"{m} {summ['champion'][m]:.4g} (champion v{champion}, n={n_arm['champion']}) vs {summ['challenger'][m]:.4g} "
                       f"(challenger v{challenger}, n={n_arm['challenger']}): difference {test['difference']:+.4f} [{test['ci_low']:+.4f}, "
-                      f"{test['ci_high']:+.4f}]{' of the champion MAE' if task_of(c).relative(m) else ''}, p={test['p_value']:.3g} at level {level:.3g}"}
+                      f"{test['ci_high']:+.4f}]{' of the champion MAE' if task_of(c).relative(m) else ''}, p={test['p_value']:.3g} at level {level:.3g}")
+    return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin), 'reason': reason}
+
+# %% ../nbs/07a_task_ab.ipynb #f82084f6
+def fairness_guard_note(c: Charter, rows: pd.DataFrame) -> str:
+    "One sentence on what the A/B fairness guard could judge, given how the prediction log keeps the sensitive features ('' when it judged named groups)."
+    feats = list(dict.fromkeys(o.sensitive_feature for o in c.objectives_of('fairness')))
+    if not feats: return ''
+    policy = c.retention.log_sensitive_features
+    missing = [f for f in feats if len(rows) and f'x_{f}' not in rows.columns]
+    if policy == 'drop' or missing:
+        return (f"No fairness guard: the prediction log does not keep the sensitive feature(s) {', '.join(missing or feats)} "
+                f"(retention.log_sensitive_features: {policy}), so the challenger's fairness objectives were not checked on the rows it served.")
+    if policy == 'hash':
+        return ('Fairness judged on opaque groups: the prediction log hashes the sensitive values (retention.log_sensitive_features: hash); '
+                'the groups and their sizes are recorded, and predlog.sensitive_decoder names them with the workspace key.')
+    return ''
+
+# %% ../nbs/07a_task_ab.ipynb #67eff2a6
+@patch
+def arm_groups(self: BinaryTask, rows: pd.DataFrame, c: Charter, features: list, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Per group of each feature: rows, selection rate, TPR/FPR of the served decisions (stage 06's); the parity and equalized-odds checks."
+    from mlcycle.monitor import fairness_objectives, group_rates
+    rates = pd.concat([group_rates(rows, f) for f in features] or [pd.DataFrame()], ignore_index=True)
+    return rates, fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
+
+@patch
+def arm_groups(self: (MulticlassTask, RegressionTask), rows: pd.DataFrame, c: Charter, features: list, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Per group of each feature: rows, accuracy of the served class or MAE of the served number (stage 06's); the gap checks."
+    from mlcycle.model_checks import task_fairness_objectives, task_group_errors
+    view = self.log_view(rows, classes)
+    rates = pd.concat([task_group_errors(view, c, f) for f in features] or [pd.DataFrame()], ignore_index=True)
+    return rates, task_fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
+
+def arm_group_table(rows: pd.DataFrame, c: Charter, version, classes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the groups of each sensitive feature with their sizes and metric, each fairness objective's check) on the rows one arm
+    served, as the charter's task measures its fairness objectives (`Task.arm_groups`)."""
+    feats = list(dict.fromkeys(o.sensitive_feature for o in c.objectives_of('fairness')))
+    return task_of(c).arm_groups(rows.assign(model_version=str(version)), c, feats, classes)
+
+def _plain(df: pd.DataFrame) -> list[dict]:
+    return [{k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()} for r in df.to_dict('records')]
+
+def ab_fairness_guard(rows: pd.DataFrame, c: Charter, version, classes: list | None = None) -> dict:
+    """The A/B fairness guard on the labelled rows the challenger served: each fairness objective's check, the groups judged
+    with their sizes (opaque when the log hashes them), the note of `fairness_guard_note`, and whether anything was judged."""
+    note = fairness_guard_note(c, rows)
+    if not c.objectives_of('fairness') or not len(rows) or note.startswith('No fairness guard'):
+        return {'checks': [], 'groups': [], 'note': note, 'guarded': False}
+    rates, checks = arm_group_table(rows, c, version, classes)
+    groups = rates[['feature', 'group', 'rows', 'labelled']] if len(rates) else pd.DataFrame()
+    return {'checks': _plain(checks), 'groups': _plain(groups), 'note': note, 'guarded': bool(len(checks))}
+
+def fairness_verdict(guard: dict, result: str, reason: str) -> tuple[str, str]:
+    "(result, reason) after the guard: `fairness_violated` when a check failed, and the guard's note appended to the reason."
+    broken = [f for f in guard['checks'] if f['passed'] is False]
+    if broken:
+        what = '; '.join(f"{f['objective']} in production: {f['value']:.4g} ({f['detail']})" for f in broken)
+        result, reason = 'fairness_violated', f'the challenger breaks {what}; {reason}'
+    return result, f"{reason}. {guard['note']}" if guard['note'] else reason

