@@ -14,7 +14,8 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 
 # %% auto #0
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
-           'promote', 'rollback', 'end_challenger', 'notify_server', 'approval_state', 'require_approval',
+           'promote', 'rollback', 'end_challenger', 'notify_server', 'planned_moves', 'aliases_after', 'registry_state',
+           'restore_registry', 'registry_effect', 'approval_state', 'require_approval', 'approval_gate',
            'pinned_requirements', 'kubernetes_manifest', 'build_container_context', 'monitoring_cronjob',
            'register_cli', 'latest_passed_version', 'run_deployment']
 
@@ -223,6 +224,64 @@ def notify_server(url, token: str | None = None, timeout: float = 60) -> dict:
     except urllib.error.URLError as e:
         raise MlcycleError(f'cannot reach the server at {url}: {e.reason}') from None
 
+# %% ../nbs/05_deployment.ipynb #290c0092
+def planned_moves(current: dict, version, as_: str = 'champion') -> list[tuple]:
+    "The alias moves (alias, from, to) that `promote(version, as_)` (or `as_='rollback'`, `'end_challenger'`) makes from aliases `current`."
+    v, cur = str(version) if version is not None else None, {a: str(x) for a, x in current.items()}
+    if as_ == 'rollback': return [('champion', cur.get('champion'), cur.get('previous')), ('previous', cur.get('previous'), None)]
+    if as_ == 'end_challenger': return [('challenger', cur['challenger'], None)] if 'challenger' in cur else []
+    if as_ == 'challenger': return [('challenger', cur.get('challenger'), v)]
+    if cur.get('champion') == v: return []
+    old = cur.get('champion')
+    return ([('champion', old, v)] + ([('previous', cur.get('previous'), old)] if old else [])
+            + ([('challenger', v, None)] if cur.get('challenger') == v else []))
+
+def aliases_after(current: dict, moves: list[tuple]) -> dict:
+    "The aliases once `moves` are made."
+    out = {a: str(x) for a, x in current.items()}
+    for alias, _, to in moves:
+        if to is None: out.pop(alias, None)
+        else: out[alias] = str(to)
+    return out
+
+def registry_state(ws: Workspace, name: str | None = None, versions=()) -> dict:
+    "The aliases of the model and the tags of `versions` and of every version an alias points at: what `restore_registry` puts back."
+    cl, name = _client(ws, name)
+    al = aliases(ws, name)
+    tags = {}
+    for v in sorted({str(x) for x in versions if x not in (None, '')} | set(al.values()), key=int):
+        try: tags[v] = dict(cl.get_model_version(name, v).tags or {})
+        except Exception: pass          # a version that does not exist: promote names it
+    return {'model': name, 'aliases': al, 'tags': tags}
+
+def restore_registry(ws: Workspace, state: dict, reason: str) -> list[tuple]:
+    "Put the aliases and version tags of `state` back (each alias moved back is an audit entry with `reason`); returns the alias moves made."
+    cl, name = _client(ws, state['model'])
+    now, moves = aliases(ws, name), []
+    for a in sorted(set(now) | set(state['aliases'])):
+        want = state['aliases'].get(a)
+        if now.get(a) == want: continue
+        if want is None: _drop_alias(ws, cl, name, a, reason, restored=True)
+        else: _set_alias(ws, cl, name, a, want, reason, restored=True)
+        moves.append((a, now.get(a), want))
+    for v, old in state['tags'].items():
+        cur = cl.get_model_version(name, v).tags or {}
+        for k in set(cur) | set(old):
+            if cur.get(k) == old.get(k): continue
+            if k in old: cl.set_model_version_tag(name, v, k, old[k])
+            else: cl.delete_model_version_tag(name, v, k)
+    return moves
+
+def registry_effect(stage_run, ws: Workspace, change, versions=(), what: str = '', name: str | None = None):
+    """Queue `change()` (a registry change: `promote`, `rollback`, `end_challenger`, tags) to happen when `stage_run` commits,
+    with its manifest: if the change itself fails half way, or the manifest cannot be written, the registry is put back."""
+    def do():
+        state = registry_state(ws, name, versions)
+        try: return state, change()
+        except BaseException:
+            restore_registry(ws, state, f'undone: {what} failed half way'); raise
+    stage_run.effect(do, lambda r: restore_registry(ws, r[0], f'undone: stage {stage_run.name} could not record {what}'), what)
+
 # %% ../nbs/05_deployment.ipynb #ca979087
 def approval_state(ws: Workspace, version, name: str | None = None) -> dict:
     "What the human-oversight rule sees for `version`: required?, its evidence digest, approvals (of this digest or older ones), an override of this digest."
@@ -261,6 +320,28 @@ def require_approval(ws, version, name: str | None = None, override: str = '', f
     raise MlcycleError(f"v{v} of {name!r} cannot become @champion: the charter (risk {st['risk']}) requires a named person's approval and "
                        f"{missing}; fix: {fix} (or override with --override-approval \"why\", which is audited)")
 
+
+# %% ../nbs/05_deployment.ipynb #efd7a7b4
+def approval_gate(ws: Workspace, version, approver: str = '', name: str | None = None, log=print) -> dict:
+    """May `version` become @champion now? `status` not_required | approved (its digest, by whom) | approved_in_advance (by
+    `approver`, recorded now) | awaiting_approval (with the digest, the model card and the `command` that moves on)."""
+    st = approval_state(ws, version, name)
+    v, name = st['version'], st['model']
+    if not st['exists'] or not st['required'] or aliases(ws, name).get('champion') == v: return {'status': 'not_required', 'version': v}
+    if st['approved'] or st['override']:
+        return {'status': 'approved', 'version': v, 'evidence_digest': st['evidence_digest'], 'by': st['approved_by'], 'override': st['override']}
+    from mlcycle.governance import approve, run_governance
+    g = run_governance(None, ws, version=v, manifest=False, log=lambda *a: None)
+    card, digest = str(Path(g['output_dir'])/'model_card.md'), g['evidence_digest']
+    if str(approver or '').strip():
+        e = approve(ws, v, by=approver, note='approval given in advance: the approver named on the command line (or the '
+                    'stage parameter) approves each evidence digest as it is computed', in_advance=True)
+        log(f'v{v} approved in advance by {approver.strip()} for evidence digest {digest} (audit entry {e["seq"]})')
+        return {'status': 'approved_in_advance', 'version': v, 'evidence_digest': digest, 'by': approver.strip(), 'model_card': card, 'audit_seq': e['seq']}
+    command = f'mlcycle approve {v} --by "Full Name"'
+    return {'status': 'awaiting_approval', 'version': v, 'evidence_digest': digest, 'model_card': card, 'risk': st['risk'], 'command': command,
+            'text': f'awaiting approval of v{v} (digest {digest}): the charter (risk {st["risk"]}) requires a named person\'s approval; '
+                    f'review the model card {card}, then `{command}` and run the stage again (`mlcycle run --resume` continues the circle)'}
 
 # %% ../nbs/05_deployment.ipynb #7f3aa6d9
 # Distributions the serving image needs besides the model's own requirements (notebook tooling is left out).
@@ -495,6 +576,7 @@ PARAMS = StageParams('05', [
     Param('share', 0.1, 'challenger only: share of entities routed to it (A/B)'),
     Param('shadow', False, 'challenger only: score every request but let the champion answer'),
     Param('package', True, 'build the container build context for the version'),
+    Param('approver', '', "who approves the version's model card before it becomes @champion, where the charter requires it (recorded as given in advance); empty: the stage waits for `mlcycle approve`"),
 ])
 
 def _print(obj): print(json.dumps(obj, indent=2, default=str))
@@ -547,8 +629,11 @@ def latest_passed_version(ws: Workspace, name: str | None = None) -> str | None:
     return str(max(int(v.version) for v in vs)) if vs else None
 
 def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 'champion', share: float = 0.1,
-                   shadow: bool = False, package: bool = True, force: bool = False, reason: str = '') -> dict:
-    "Stage 05: promote a validated version (champion or challenger), package it, record the deployment."
+                   shadow: bool = False, package: bool = True, force: bool = False, reason: str = '', approver: str = '',
+                   log=print) -> dict:
+    """Stage 05: promote a validated version (champion or challenger), package it, record the deployment; the alias moves
+    happen with the stage's record (`registry_effect`). Where the charter requires approval and nobody gave it, the stage
+    records `awaiting_approval` and promotes nothing (`approval_gate`)."""
     from mlcycle.charter import workspace_charter
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('02_data'):
@@ -568,14 +653,29 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
                 if v04.get('validation_status') == 'insufficient_evidence' else 'fix what the stage-04 gate reported')
         raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: {told}, '
                            'or deploy one explicitly with version=… and force=True, reason=…')
-    if deploy_as == 'champion': require_approval(ws, version, c.name, force=force)
-    res = promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force, reason=reason or 'stage 05 deployment')
+    gate = approval_gate(ws, version, approver, c.name, log) if deploy_as == 'champion' else {'status': 'not_required'}
+    if gate['status'] == 'awaiting_approval': return _await_approval(ws, c, version, deploy_as, gate, log)
+    current, (cl, _) = aliases(ws, c.name), _client(ws, c.name)
+    forced = cl.get_model_version(c.name, version).tags.get('validation_status', 'pending') != 'passed'
+    moves = planned_moves(current, version, deploy_as)
     ctx = build_container_context(ws, version) if package else None
     with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:
-        st.manifest['outputs'].update(model=c.name, version=version, deployed_as=deploy_as, aliases=aliases(ws, c.name),
+        st.manifest['outputs'].update(model=c.name, version=version, deployed_as=deploy_as, aliases=aliases_after(current, moves),
                                       share=share if deploy_as == 'challenger' else None, shadow=shadow if deploy_as == 'challenger' else None,
-                                      forced=res['forced'], moves=res['moves'], container_context=str(ctx) if ctx else None,
+                                      forced=forced, moves=moves, container_context=str(ctx) if ctx else None, approval=gate,
                                       requirements=read_json(ctx/'context.json')['requirements'] if ctx else None,
                                       prediction_log=ws.prediction_log_url if ws.prediction_log_url.startswith('sqlite') else 'external')
-        st.record('deployed', model=c.name, version=version, deploy_as=deploy_as, forced=res['forced'])
-    return dict(charter=c, workspace=ws, version=version, promotion=res, container_context=ctx, registry=registry_table(ws, c.name))
+        registry_effect(st, ws, lambda: promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force,
+                                                reason=reason or 'stage 05 deployment'), [version], f'v{version} -> @{deploy_as}', c.name)
+        st.record('deployed', model=c.name, version=version, deploy_as=deploy_as, forced=forced)
+    res = {'model': c.name, 'version': version, 'as': deploy_as, 'forced': forced, 'moves': moves}
+    return dict(charter=c, workspace=ws, version=version, promotion=res, container_context=ctx, approval=gate, registry=registry_table(ws, c.name))
+
+def _await_approval(ws: Workspace, c, version: str, deploy_as: str, gate: dict, log=print) -> dict:
+    "Stage 05 when the approval is missing: a record that says so (nothing promoted, nothing packaged), naming the command."
+    with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:
+        st.manifest['outputs'].update(model=c.name, version=version, deployed_as=None, aliases=aliases(ws, c.name), moves=[],
+                                      awaiting_approval=gate, verdict=gate['text'], approval=gate)
+        st.record('approval_awaited', model=c.name, version=version, evidence_digest=gate['evidence_digest'], command=gate['command'])
+    log(gate['text'])
+    return dict(charter=c, workspace=ws, version=version, promotion=None, container_context=None, approval=gate, registry=registry_table(ws, c.name))
