@@ -16,9 +16,9 @@ from .stages import (STAGE_RE, StageFailed, StageKernel, add_common_args, execut
 
 # %% auto #0
 __all__ = ['PAUSE_FILE', 'CIRCLE_PARAMS', 'TRIGGERS', 'CLI_COMMANDS', 'CLI_MODULES', 'BUILTIN_COMMANDS', 'write_index',
-           'log_run_to_mlflow', 'stop_reason', 'CirclePaused', 'awaiting_approval', 'resume_state', 'run_lifecycle',
-           'start_server', 'production_traffic', 'ab_traffic', 'circle_plan', 'retraining_decision', 'evidence_plan',
-           'ab_rows', 'unsent_rows', 'evidence_traffic', 'build_parser', 'main']
+           'log_run_to_mlflow', 'stop_reason', 'CirclePaused', 'awaiting_approval', 'undecided_first_version',
+           'resume_state', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan',
+           'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows', 'evidence_traffic', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -78,17 +78,33 @@ def awaiting_approval(ws: Workspace, stage_name: str) -> dict | None:
     if not ws.has_stage(stage_name): return None
     return ws.manifest(stage_name).get('outputs', {}).get('awaiting_approval') or None
 
-def _pause(ctx: dict, run: dict, step: int, records: list, waiting: dict) -> CirclePaused:
+def undecided_first_version(ws: Workspace, stage_name: str) -> dict | None:
+    """After stage 04: the version its gate left at insufficient evidence when there is no champion to fall back on (a first
+    version), with the command by which a named person accepts the risk (`deploy.accept_risk`); None otherwise."""
+    if stage_name != '04_validation' or not ws.has_stage(stage_name): return None
+    o = ws.manifest(stage_name).get('outputs', {})
+    if o.get('validation_status') != 'insufficient_evidence' or not o.get('model_version'): return None
+    from mlcycle.deploy import aliases
+    if 'champion' in aliases(ws): return None
+    v = str(o['model_version'])
+    return {'version': v, 'command': f'mlcycle accept-risk {v} --by "Full Name" --reason "why"',
+            'text': f"v{v} is a first version and the gate could not decide it ({o.get('verdict')}); there is no champion to fall back on"}
+
+def _pause(ctx: dict, run: dict, step: int, records: list, waiting: dict, what: str = 'approval') -> CirclePaused:
     "Record where the run stopped (the step to run again, the run's parameters and state) and the message naming the commands."
     from mlcycle.core import atomic_write_json
     ws, keep = ctx['workspace'], ('scenario', 'traffic_rows', 'traffic', 'trigger', 'production_sent')
     params = {k: {n: v for n, v in p.items() if n != 'server_url'} for k, p in ctx['params'].items()}   # the server stops with the run
     atomic_write_json(ws.root/PAUSE_FILE, {**run, 'step': step, 'records': records, 'params': params, 'skip': sorted(ctx.get('skip', ())),
                                            'circle_state': {k: ctx[k] for k in keep if k in ctx}, 'waiting': waiting})
-    ws.audit.append('circle_paused', run_id=run['run_id'], version=waiting['version'], evidence_digest=waiting['evidence_digest'], step=step)
+    ws.audit.append('circle_paused', run_id=run['run_id'], version=waiting['version'], evidence_digest=waiting.get('evidence_digest'), step=step, awaiting=what)
+    resume = f"`mlcycle run --resume --workspace {ws.root}` continues the run"
+    if what == 'risk acceptance':
+        return CirclePaused(f"{waiting['text']}: label more data and run it again, or a named person accepts the risk with "
+                            f"`{waiting['command']}`; then {resume} (stage 05 deploys it, with the approval the charter requires)")
     return CirclePaused(f"awaiting approval of v{waiting['version']} (digest {waiting['evidence_digest']}): review the model card "
                         f"{waiting['model_card']}, approve it with `mlcycle approve {waiting['version']} --by \"Full Name\"`, then "
-                        f"`mlcycle run --resume --workspace {ws.root}` continues the run from this step")
+                        f"{resume} from this step")
 
 def resume_state(workspace=None) -> dict:
     "The paused run of `workspace` (see `_pause`), or an error saying there is none."
@@ -118,8 +134,12 @@ def _run_steps(ctx: dict, steps: list, start: int, records: list, run: dict, ker
         stem = stage_notebooks()[s].stem
         summary = _manifest_summary(ws, stem)
         echo(f" ok ({rec['seconds']:.1f} s)" + (f' · {summary}' if summary else ''))
+        state = {k: v for k, v in run.items() if k != 'run_dir_path'}
         if (waiting := awaiting_approval(ws, stem)) and (s == '05' or name == '07_retraining-ab'):
-            e = _pause(ctx, {k: v for k, v in run.items() if k != 'run_dir_path'}, i, records, waiting)
+            e = _pause(ctx, state, i, records, waiting)           # this step runs again on resume, and then promotes
+            ctx['summary'].append(f'the run paused after {name}: {e}'); return e
+        if (undecided := undecided_first_version(ws, stem)) and i + 1 < len(steps):
+            e = _pause(ctx, state, i + 1, records, undecided, 'risk acceptance')       # resume starts at the next step
             ctx['summary'].append(f'the run paused after {name}: {e}'); return e
         why = stop_reason(ws, stem)
         if why:
@@ -350,7 +370,7 @@ def evidence_traffic(ctx: dict):
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_COMMANDS = {'purge': 'mlcycle.predlog', 'promote': 'mlcycle.deploy', 'rollback': 'mlcycle.deploy', 'package': 'mlcycle.deploy',
-                'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': ('mlcycle.monitor', 'mlcycle.notify'),
+                'accept-risk': 'mlcycle.deploy', 'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': ('mlcycle.monitor', 'mlcycle.notify'),
                 'retrain': 'mlcycle.retrain', 'approve': 'mlcycle.governance', 'govern': 'mlcycle.governance', 'retire': 'mlcycle.retire',
                 'predict': 'mlcycle.batch', 'init': 'mlcycle.init'}
 # command → the module whose `register_cli` adds it, then any that extend it (stage 06's notifications add options to

@@ -16,8 +16,8 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
            'promote', 'rollback', 'end_challenger', 'notify_server', 'planned_moves', 'aliases_after', 'registry_state',
            'restore_registry', 'registry_effect', 'approval_state', 'require_approval', 'approval_gate',
-           'pinned_requirements', 'kubernetes_manifest', 'build_container_context', 'monitoring_cronjob',
-           'register_cli', 'latest_passed_version', 'run_deployment']
+           'risk_acceptance', 'accept_risk', 'risk_accepted_version', 'pinned_requirements', 'kubernetes_manifest',
+           'build_container_context', 'monitoring_cronjob', 'register_cli', 'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
 def scratch_workspace(ws: Workspace, path=None) -> Workspace:
@@ -134,12 +134,14 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
         known = [r for r in registry_table(ws, name).version]
         raise MlcycleError(f'registered model {name!r} has no version {version}; versions: {", ".join(known) or "none (run stage 03)"}') from None
     status = mv.tags.get('validation_status', 'pending')
-    forced = status != 'passed'
+    accepted = status == 'insufficient_evidence' and as_ == 'champion' and risk_acceptance(ws.audit.entries(), name, version) is not None
+    forced = status != 'passed' and not accepted
     if forced:
         if not force:
             todo = ('the stage-04 gate could not tell its objectives from their limits on the test split: label more data (a larger '
-                    'test split) or state a charter limit the data can decide, then run stage 04 again' if status == 'insufficient_evidence'
-                    else 'run the stage-04 gate')
+                    'test split) or state a charter limit the data can decide, then run stage 04 again; for a first version (no '
+                    f'champion to fall back on) a named person can accept the risk: mlcycle accept-risk {version} --by "Full Name" --reason "why"'
+                    if status == 'insufficient_evidence' else 'run the stage-04 gate')
             raise MlcycleError(f'version {version} has validation_status={status!r}, not passed: {todo}, '
                                f'or promote anyway with --force --reason "why"')
         if not reason.strip(): raise MlcycleError('--force needs --reason "why" (it goes into the audit log)')
@@ -151,7 +153,7 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
         from mlcycle.registry import vouch
         if current.get('champion') == version and not vouch(ws.audit.entries(), name, 'champion', version, None):
             out['unchanged'] = True; return out      # already decided, with its digest: nothing to record (else the move is recorded now)
-        old = _set_alias(ws, cl, name, 'champion', version, why, forced=forced)
+        old = _set_alias(ws, cl, name, 'champion', version, why, forced=forced, **({'risk_accepted': True} if accepted else {}))
         out['moves'].append(('champion', old, version))
         if old is not None:
             _set_alias(ws, cl, name, 'previous', old, f'v{old} was champion before v{version}')
@@ -305,7 +307,8 @@ def require_approval(ws, version, name: str | None = None, override: str = '', f
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     st = approval_state(ws, version, name)
     v, name = st['version'], st['model']
-    if st['exists'] and st['validation_status'] != 'passed' and not force: return st   # promote refuses it first, naming the gate
+    accepted = st['exists'] and st['validation_status'] == 'insufficient_evidence' and risk_acceptance(ws.audit.entries(), st['model'], v) is not None
+    if st['exists'] and st['validation_status'] != 'passed' and not (force or accepted): return st   # promote refuses it first, naming the gate
     if not st['exists'] or not st['required'] or st['approved'] or st['override'] or aliases(ws, name).get('champion') == v: return st   # promote names a missing version
     if str(override or '').strip():
         e = ws.audit.append('approval_override', model=name, version=v, reason=str(override).strip(), evidence_digest=st['evidence_digest'],
@@ -342,6 +345,44 @@ def approval_gate(ws: Workspace, version, approver: str = '', name: str | None =
     return {'status': 'awaiting_approval', 'version': v, 'evidence_digest': digest, 'model_card': card, 'risk': st['risk'], 'command': command,
             'text': f'awaiting approval of v{v} (digest {digest}): the charter (risk {st["risk"]}) requires a named person\'s approval; '
                     f'review the model card {card}, then `{command}` and run the stage again (`mlcycle run --resume` continues the circle)'}
+
+# %% ../nbs/05_deployment.ipynb #e6dbc9d8
+def risk_acceptance(entries: list[dict], name: str, version) -> dict | None:
+    "The last `risk_accepted` audit entry for `version` of model `name`, or None."
+    return next((e for e in reversed(entries) if e['event'] == 'risk_accepted' and e['details'].get('model') == name
+                 and str(e['details'].get('version')) == str(version)), None)
+
+def accept_risk(ws=None, version=None, by: str = '', reason: str = '', name: str | None = None) -> dict:
+    """A named person accepts the risk of deploying `version`, a first version (no @champion) that the stage-04 gate left at
+    insufficient evidence; recorded in the audit log and as version tags. Returns the audit entry."""
+    from mlcycle.charter import workspace_charter
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    cl, name = _client(ws, name)
+    if not str(by or '').strip(): raise MlcycleError('accept-risk needs the person who accepts it: --by "Full Name" (recorded in the audit log)')
+    if not str(reason or '').strip(): raise MlcycleError('accept-risk needs the reason: --reason "why deploying on this evidence is acceptable"')
+    v = str(version or '').strip()
+    try: tags = cl.get_model_version(name, v).tags or {}
+    except Exception: raise MlcycleError(f'registered model {name!r} has no version {v!r}: pass the version stage 04 left at insufficient evidence') from None
+    status, level, champ = tags.get('validation_status', 'pending'), workspace_charter(ws).risk.level, aliases(ws, name).get('champion')
+    if status != 'insufficient_evidence':
+        raise MlcycleError(f'v{v} has validation_status={status!r}: a risk can be accepted only for a version whose gate could not decide '
+                           f'(insufficient_evidence); {"promote it" if status == "passed" else "fix what the stage-04 gate reported"}')
+    if champ is not None:
+        raise MlcycleError(f'v{champ} is @champion: it keeps serving until the evidence decides v{v} (mlcycle retrain -p phase regate); '
+                           'accepting a risk is for a first version, with no champion to fall back on')
+    if level == 'unacceptable': raise MlcycleError("the charter's risk level is unacceptable: no risk can be accepted for it")
+    e = ws.audit.append('risk_accepted', model=name, version=v, by=str(by).strip(), reason=str(reason).strip(), risk=level,
+                        validation_status=status, validation_summary=tags.get('validation_summary', ''))
+    for k, val in {'risk_accepted_by': str(by).strip()[:250], 'risk_accepted_at': e['ts'], 'risk_accepted_reason': str(reason).strip()[:4900]}.items():
+        cl.set_model_version_tag(name, v, k, val)
+    return e
+
+def risk_accepted_version(ws: Workspace, name: str | None = None) -> str | None:
+    "The newest version at insufficient evidence whose risk a named person accepted (None when there is none)."
+    cl, name = _client(ws, name)
+    vs = cl.search_model_versions(f"name='{name}' and tags.validation_status='insufficient_evidence'")
+    ok = [int(x.version) for x in vs if risk_acceptance(ws.audit.entries(), name, x.version) is not None]
+    return str(max(ok)) if ok else None
 
 # %% ../nbs/05_deployment.ipynb #7f3aa6d9
 # Distributions the serving image needs besides the model's own requirements (notebook tooling is left out).
@@ -587,6 +628,10 @@ def _promote_cmd(args):
     if args.reload_url: r['server'] = notify_server(args.reload_url)
     _print(r)
 
+def _accept_risk_cmd(args):
+    e = accept_risk(args.workspace, args.version, args.by, args.reason)
+    print(f"risk of v{e['details']['version']} accepted by {e['details']['by']} (audit entry {e['seq']}): {e['details']['reason']}")
+
 def _rollback_cmd(args):
     r = rollback(args.workspace, reason=args.reason or '')
     if args.reload_url: r['server'] = notify_server(args.reload_url)
@@ -596,7 +641,7 @@ def _package_cmd(args):
     print(build_container_context(args.workspace, args.version, args.out, args.port, replicas=args.replicas, tracking_uri=args.tracking_uri))
 
 def register_cli(subparsers):
-    "Add `promote`, `rollback` and `package` to an argparse subparsers object."
+    "Add `promote`, `accept-risk`, `rollback` and `package` to an argparse subparsers object."
     ws = dict(charter=None, reports=False, param=False)   # only --workspace/-w of the shared options
     p = subparsers.add_parser('promote', help='point @champion (or @challenger) at a validated model version',
                               description='Move @champion (the old one becomes @previous) or @challenger to VERSION. '
@@ -610,6 +655,13 @@ def register_cli(subparsers):
     p.add_argument('--reload-url', default=None, help='then POST /admin/reload to this running server, or to several (comma-separated URLs; $MLCYCLE_ADMIN_TOKEN)')
     add_common_args(p, **ws)
     p.set_defaults(func=_promote_cmd)
+    a = subparsers.add_parser('accept-risk', help='a named person accepts the risk of deploying a first version the gate could not decide',
+                              description='For a version stage 04 left at insufficient evidence, with no @champion to fall back on: record '
+                                          'who accepts the risk of deploying it, and why, in the audit log; then stage 05 or `mlcycle promote` deploys it.')
+    a.add_argument('version'); a.add_argument('--by', required=True, help='the person who accepts the risk ("Full Name")')
+    a.add_argument('--reason', required=True, help='why deploying on this evidence is acceptable (recorded)')
+    add_common_args(a, **ws)
+    a.set_defaults(func=_accept_risk_cmd)
     r = subparsers.add_parser('rollback', help='move @champion back to @previous in one step')
     r.add_argument('--reason', default=''); r.add_argument('--reload-url', default=None); add_common_args(r, **ws)
     r.set_defaults(func=_rollback_cmd)
@@ -640,7 +692,7 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
         from mlcycle.feasibility import run_through_data
         run_through_data(charter, ws)
     c = workspace_charter(ws, charter)
-    version = str(version) if version not in (None, '') else latest_passed_version(ws, c.name)
+    version = str(version) if version not in (None, '') else (latest_passed_version(ws, c.name) or risk_accepted_version(ws, c.name))
     if version is None and not ws.has_stage('04_validation'):
         try: import mlcycle.validate as _v
         except ImportError: raise MlcycleError('no model version has passed validation and stage 04 is not available: run stages 03 and 04 first') from None
@@ -649,7 +701,8 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
         version = latest_passed_version(ws, c.name)
     if version is None:
         v04 = ws.manifest('04_validation')['outputs'] if ws.has_stage('04_validation') else {}
-        told = (f"stage 04 left v{v04.get('model_version')} at {v04['validation_status']} ({v04.get('verdict')})"
+        told = (f"stage 04 left v{v04.get('model_version')} at {v04['validation_status']} ({v04.get('verdict')}); a named person can accept "
+                f"the risk of a first version: mlcycle accept-risk {v04.get('model_version')} --by \"Full Name\" --reason \"why\""
                 if v04.get('validation_status') == 'insufficient_evidence' else 'fix what the stage-04 gate reported')
         raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: {told}, '
                            'or deploy one explicitly with version=… and force=True, reason=…')
