@@ -291,3 +291,51 @@ def test_mlcycle_run_pauses_for_approval_and_resumes(registry_ws, mlcycle):
     assert mlcycle('run', '--resume', '-w', ws.root).returncode == 1                     # nothing left to resume
     ev = [e['event'] for e in ws.audit.entries() if e['event'].startswith('circle_')]
     assert ev == ['circle_paused', 'circle_resumed', 'circle_paused', 'circle_resumed'], ev
+
+
+# ---- "insufficient evidence" has a way forward: a named person accepts the risk of a first version (issue 27 item 5) ----
+
+def test_a_named_person_accepts_the_risk_of_an_undecided_first_version(registry_ws, mlcycle):
+    """A version the gate left at insufficient evidence is not deployed by default (risk: high, or any level): promote refuses and
+    names `mlcycle accept-risk`. The acceptance needs a person and a reason, is audited, and then stage 05 deploys the version
+    (with the approval the charter still requires); the model card and the compliance map state it. Once a champion serves,
+    no risk is accepted: the champion keeps serving until the evidence decides."""
+    from mlcycle.charter import workspace_charter
+    from mlcycle.deploy import demo_model_version
+    from mlcycle.governance import build_governance
+    from mlcycle.registry import registry_check
+    ws = registry_ws
+    v = demo_model_version(ws, max_iter=20, rows=3000, validation_status='insufficient_evidence')
+    r = mlcycle('promote', v, '--workspace', ws.root)
+    assert r.returncode == 1 and f'mlcycle accept-risk {v} --by "Full Name" --reason' in r.stderr, r.stderr
+    assert mlcycle('accept-risk', v, '--by', 'Ada Reviewer', '--workspace', ws.root).returncode == 2          # --reason is required
+    r = mlcycle('accept-risk', v, '--by', 'Ada Reviewer', '--reason', 'pilot on 2 % of applications, reviewed weekly', '--workspace', ws.root)
+    assert r.returncode == 0 and 'accepted by Ada Reviewer' in r.stdout, r.stderr
+    (e,) = [e for e in ws.audit.entries() if e['event'] == 'risk_accepted']
+    assert (e['details']['version'], e['details']['by'], e['details']['risk']) == (v, 'Ada Reviewer', 'high')
+    res = run_deployment(workspace=ws, version=v, package=False, log=lambda *a: None)
+    assert res['promotion'] is None and res['approval']['status'] == 'awaiting_approval'      # risk high: still a person's approval
+    res = run_deployment(workspace=ws, version=v, package=False, approver='Grace Hopper', log=lambda *a: None)
+    assert aliases(ws) == {'champion': v} and res['promotion']['forced'] is False and registry_check(ws) == []
+    c = workspace_charter(ws)
+    g = build_governance(ws, c, v, n_boot=50)
+    line = f"Ada Reviewer accepted the risk on {e['ts'][:10]} (audit #{e['seq']}): pilot on 2 % of applications, reviewed weekly"
+    assert any(line in x for x in g['card']['caveats']), g['card']['caveats']
+    items = {i['id']: i for i in g['compliance']['items']}
+    assert items['EU-AIA-17']['status'] == 'gap' and any(line in x for x in items['EU-AIA-17']['gaps']), items['EU-AIA-17']
+    w = demo_model_version(ws, max_iter=20, seed=3, rows=3000, validation_status='insufficient_evidence')
+    r = mlcycle('accept-risk', w, '--by', 'Ada Reviewer', '--reason', 'again', '--workspace', ws.root)
+    assert r.returncode == 1 and 'keeps serving until the evidence decides' in r.stderr, r.stderr
+
+
+def test_the_circle_pauses_on_an_undecided_first_version_naming_accept_risk(registry_ws):
+    "After stage 04, a first version at insufficient evidence pauses the circle with the command; with a champion, nothing pauses."
+    from mlcycle.cli import undecided_first_version
+    from mlcycle.deploy import promote
+    ws = registry_ws
+    with ws.stage('04_validation', model_version='3') as st:
+        st.manifest['outputs'].update(validation_status='insufficient_evidence', model_version='3', verdict='roc_auc: the interval contains the limit')
+    u = undecided_first_version(ws, '04_validation')
+    assert u['version'] == '3' and u['command'] == 'mlcycle accept-risk 3 --by "Full Name" --reason "why"' and 'first version' in u['text']
+    promote(ws, '1')
+    assert undecided_first_version(ws, '04_validation') is None
