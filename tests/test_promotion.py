@@ -339,3 +339,17 @@ def test_the_circle_pauses_on_an_undecided_first_version_naming_accept_risk(regi
     assert u['version'] == '3' and u['command'] == 'mlcycle accept-risk 3 --by "Full Name" --reason "why"' and 'first version' in u['text']
     promote(ws, '1')
     assert undecided_first_version(ws, '04_validation') is None
+
+
+def test_the_retraining_notebook_without_a_champion_waits_for_approval_instead_of_failing(registry_ws, mlcycle):
+    """Before, the retraining notebook's Run section, in a workspace with no champion yet (a fresh clone), stopped with "v… cannot
+    become @champion: … requires a named person's approval": the notebook path had no approval step. Now it shows the model
+    card it asks to approve and runs to its end, saying what it waits for and the command; the `approver` parameter approves."""
+    ws = registry_ws
+    r = mlcycle('stage', '07', '-w', ws.root, '-r', ws.root/'reports', timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert aliases(ws) == {} and not ws.has_stage('07_retraining')
+    (nb,) = (ws.root/'reports').glob('run-*/07_retraining.ipynb')
+    text = nb.read_text()
+    assert 'awaiting approval of v2 (digest ' in text and 'mlcycle approve 2 --by' in text and "the retraining waits for v2's approval" in text
+    assert '# Model card' in text, text[:2000]
