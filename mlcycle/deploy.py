@@ -259,12 +259,15 @@ def registry_state(ws: Workspace, name: str | None = None, versions=()) -> dict:
 def restore_registry(ws: Workspace, state: dict, reason: str) -> list[tuple]:
     "Put the aliases and version tags of `state` back (each alias moved back is an audit entry with `reason`); returns the alias moves made."
     cl, name = _client(ws, state['model'])
-    now, moves = aliases(ws, name), []
+    now, moves, entries = aliases(ws, name), [], ws.audit.entries()
     for a in sorted(set(now) | set(state['aliases'])):
         want = state['aliases'].get(a)
         if now.get(a) == want: continue
         if want is None: _drop_alias(ws, cl, name, a, reason, restored=True)
-        else: _set_alias(ws, cl, name, a, want, reason, restored=True)
+        else:       # the decision that had put it there keeps its terms (a challenger's share, a forced or risk-accepted move)
+            d = next((e['details'] for e in reversed(entries) if e['event'] == 'alias_moved' and e['details'].get('model') == name
+                      and e['details'].get('alias') == a and str(e['details'].get('to_version')) == want), {})
+            _set_alias(ws, cl, name, a, want, reason, restored=True, **{k: d[k] for k in ('share', 'shadow', 'forced', 'risk_accepted') if k in d})
         moves.append((a, now.get(a), want))
     for v, old in state['tags'].items():
         cur = cl.get_model_version(name, v).tags or {}
