@@ -197,11 +197,15 @@ def test_stage_07_analysis_crashing_before_its_record_leaves_aliases_and_record(
     c = _ab_design(ws)
     require_approval(ws, '2', override='test: the analysis mechanics, not oversight')
     before, records, design = _registry(ws, ('1', '2')), _tree(ws.root, 'stages'), _tree(ws.root, 'ab')
+    from mlcycle.registry import decided_pointer
+    pointer = decided_pointer(ws.audit.entries(), c.name)
     with unwritable(ws.root/'stages'), pytest.raises(OSError):
         run_ab_analysis(workspace=ws, auto_promote=True, log=lambda *a: None)
     assert _registry(ws, ('1', '2')) == before and aliases(ws) == {'champion': '1', 'challenger': '2'}
     assert _tree(ws.root, 'stages') == records and _tree(ws.root, 'ab') == design
     assert registry_check(ws) == [] and ws.audit.verify().ok
+    from mlcycle.registry import decided_pointer
+    assert decided_pointer(ws.audit.entries(), c.name) == pointer                # the challenger's terms too (its share)
     r = run_ab_analysis(workspace=ws, auto_promote=True, log=lambda *a: None)
     assert r['decision'] in ('promote', 'keep') and r['applied'], r['decision']
     want = {'champion': '2', 'previous': '1'} if r['decision'] == 'promote' else {'champion': '1'}
