@@ -712,7 +712,8 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
     gate = approval_gate(ws, version, approver, c.name, log) if deploy_as == 'champion' else {'status': 'not_required'}
     if gate['status'] == 'awaiting_approval': return _await_approval(ws, c, version, deploy_as, gate, log)
     current, (cl, _) = aliases(ws, c.name), _client(ws, c.name)
-    forced = cl.get_model_version(c.name, version).tags.get('validation_status', 'pending') != 'passed'
+    status = cl.get_model_version(c.name, version).tags.get('validation_status', 'pending')
+    forced = status != 'passed' and not (status == 'insufficient_evidence' and risk_acceptance(ws.audit.entries(), c.name, version))
     moves = planned_moves(current, version, deploy_as)
     ctx = build_container_context(ws, version) if package else None
     with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:
