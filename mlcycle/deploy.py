@@ -334,8 +334,10 @@ def approval_gate(ws: Workspace, version, approver: str = '', name: str | None =
     st = approval_state(ws, version, name)
     v, name = st['version'], st['model']
     if not st['exists'] or not st['required'] or aliases(ws, name).get('champion') == v: return {'status': 'not_required', 'version': v}
-    if st['approved'] or st['override']:
-        return {'status': 'approved', 'version': v, 'evidence_digest': st['evidence_digest'], 'by': st['approved_by'], 'override': st['override']}
+    if st['approved'] or st['override']:          # the card that was approved, where `mlcycle govern` wrote it
+        card = ws.root/'reports'/name/v/'model_card.md'
+        return {'status': 'approved', 'version': v, 'evidence_digest': st['evidence_digest'], 'by': st['approved_by'], 'override': st['override'],
+                **({'model_card': str(card)} if card.exists() else {})}
     from mlcycle.governance import approve, run_governance
     g = run_governance(None, ws, version=v, manifest=False, log=lambda *a: None)
     card, digest = str(Path(g['output_dir'])/'model_card.md'), g['evidence_digest']
