@@ -324,7 +324,7 @@ def test_a_named_person_accepts_the_risk_of_an_undecided_first_version(registry_
     c = workspace_charter(ws)
     g = build_governance(ws, c, v, n_boot=50)
     line = f"Ada Reviewer accepted the risk on {e['ts'][:10]} (audit #{e['seq']}): pilot on 2 % of applications, reviewed weekly"
-    assert any(line in x for x in g['card']['caveats']), g['card']['caveats']
+    assert any(line in x for x in g['card']['caveats_and_recommendations']), g['card']['caveats_and_recommendations']
     items = {i['id']: i for i in g['compliance']['items']}
     assert items['EU-AIA-17']['status'] == 'gap' and any(line in x for x in items['EU-AIA-17']['gaps']), items['EU-AIA-17']
     w = demo_model_version(ws, max_iter=20, seed=3, rows=3000, validation_status='insufficient_evidence')
