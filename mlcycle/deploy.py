@@ -14,10 +14,11 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 
 # %% auto #0
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
-           'promote', 'rollback', 'end_challenger', 'notify_server', 'planned_moves', 'aliases_after', 'registry_state',
-           'restore_registry', 'registry_effect', 'approval_state', 'require_approval', 'approval_gate',
-           'risk_acceptance', 'accept_risk', 'risk_accepted_version', 'pinned_requirements', 'kubernetes_manifest',
-           'build_container_context', 'monitoring_cronjob', 'register_cli', 'latest_passed_version', 'run_deployment']
+           'risk_acceptance', 'promote', 'rollback', 'end_challenger', 'notify_server', 'planned_moves',
+           'aliases_after', 'registry_state', 'restore_registry', 'registry_effect', 'approval_state',
+           'require_approval', 'approval_gate', 'accept_risk', 'risk_accepted_version', 'pinned_requirements',
+           'kubernetes_manifest', 'build_container_context', 'monitoring_cronjob', 'register_cli',
+           'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
 def scratch_workspace(ws: Workspace, path=None) -> Workspace:
@@ -120,6 +121,11 @@ def _drop_alias(ws, cl, name, alias, reason, **extra):
 
 def _tags(cl, name, version, **tags):
     for k, v in tags.items(): cl.set_model_version_tag(name, str(version), k, str(v))
+
+def risk_acceptance(entries: list[dict], name: str, version) -> dict | None:
+    "The last `risk_accepted` audit entry for `version` of model `name`, or None (see `accept_risk` below)."
+    return next((e for e in reversed(entries) if e['event'] == 'risk_accepted' and e['details'].get('model') == name
+                 and str(e['details'].get('version')) == str(version)), None)
 
 def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, shadow: bool = False,
             force: bool = False, reason: str = '', name: str | None = None) -> dict:
@@ -352,11 +358,6 @@ def approval_gate(ws: Workspace, version, approver: str = '', name: str | None =
                     f'review the model card {card}, then `{command}` and run the stage again (`mlcycle run --resume` continues the circle)'}
 
 # %% ../nbs/05_deployment.ipynb #e6dbc9d8
-def risk_acceptance(entries: list[dict], name: str, version) -> dict | None:
-    "The last `risk_accepted` audit entry for `version` of model `name`, or None."
-    return next((e for e in reversed(entries) if e['event'] == 'risk_accepted' and e['details'].get('model') == name
-                 and str(e['details'].get('version')) == str(version)), None)
-
 def accept_risk(ws=None, version=None, by: str = '', reason: str = '', name: str | None = None) -> dict:
     """A named person accepts the risk of deploying `version`, a first version (no @champion) that the stage-04 gate left at
     insufficient evidence; recorded in the audit log and as version tags. Returns the audit entry."""
