@@ -15,10 +15,10 @@ from .stages import (STAGE_RE, StageFailed, StageKernel, add_common_args, execut
                      notebook_to_html, parse_stages, parse_value, report_notebook, skip_slow_optional_imports, stage_notebooks)
 
 # %% auto #0
-__all__ = ['CIRCLE_PARAMS', 'TRIGGERS', 'CLI_COMMANDS', 'CLI_MODULES', 'BUILTIN_COMMANDS', 'write_index', 'log_run_to_mlflow',
-           'stop_reason', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan',
-           'approval_step', 'with_approvals', 'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows',
-           'evidence_traffic', 'build_parser', 'main']
+__all__ = ['PAUSE_FILE', 'CIRCLE_PARAMS', 'TRIGGERS', 'CLI_COMMANDS', 'CLI_MODULES', 'BUILTIN_COMMANDS', 'write_index',
+           'log_run_to_mlflow', 'stop_reason', 'CirclePaused', 'awaiting_approval', 'undecided_first_version',
+           'resume_state', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan',
+           'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows', 'evidence_traffic', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -68,14 +68,98 @@ def stop_reason(ws: Workspace, stage_name: str) -> str | None:
         return str(o.get('stop_reason') or o.get('verdict') or o.get('gate_summary') or 'the stage says the circle ends here')
     return None
 
+class CirclePaused(MlcycleError):
+    "The run waits for a person (an approval the charter requires); `mlcycle run --resume` continues it where it stopped."
+
+PAUSE_FILE = 'circle-paused.json'     # in the workspace: where a paused run stopped and what it carried
+
+def awaiting_approval(ws: Workspace, stage_name: str) -> dict | None:
+    "The approval a stage that promotes (05, the A/B analysis of 07) is waiting for, from its record; None when it waits for none."
+    if not ws.has_stage(stage_name): return None
+    return ws.manifest(stage_name).get('outputs', {}).get('awaiting_approval') or None
+
+def undecided_first_version(ws: Workspace, stage_name: str) -> dict | None:
+    """After stage 04: the version its gate left at insufficient evidence when there is no champion to fall back on (a first
+    version), with the command by which a named person accepts the risk (`deploy.accept_risk`); None otherwise."""
+    if stage_name != '04_validation' or not ws.has_stage(stage_name): return None
+    o = ws.manifest(stage_name).get('outputs', {})
+    if o.get('validation_status') != 'insufficient_evidence' or not o.get('model_version'): return None
+    from mlcycle.deploy import aliases
+    if 'champion' in aliases(ws): return None
+    v = str(o['model_version'])
+    return {'version': v, 'command': f'mlcycle accept-risk {v} --by "Full Name" --reason "why"',
+            'text': f"v{v} is a first version and the gate could not decide it ({o.get('verdict')}); there is no champion to fall back on"}
+
+def _pause(ctx: dict, run: dict, step: int, records: list, waiting: dict, what: str = 'approval') -> CirclePaused:
+    "Record where the run stopped (the step to run again, the run's parameters and state) and the message naming the commands."
+    from mlcycle.core import atomic_write_json
+    ws, keep = ctx['workspace'], ('scenario', 'traffic_rows', 'traffic', 'trigger', 'production_sent')
+    params = {k: {n: v for n, v in p.items() if n != 'server_url'} for k, p in ctx['params'].items()}   # the server stops with the run
+    atomic_write_json(ws.root/PAUSE_FILE, {**run, 'step': step, 'records': records, 'params': params, 'skip': sorted(ctx.get('skip', ())),
+                                           'circle_state': {k: ctx[k] for k in keep if k in ctx}, 'waiting': waiting})
+    ws.audit.append('circle_paused', run_id=run['run_id'], version=waiting['version'], evidence_digest=waiting.get('evidence_digest'), step=step, awaiting=what)
+    resume = f"`mlcycle run --resume --workspace {ws.root}` continues the run"
+    if what == 'risk acceptance':
+        return CirclePaused(f"{waiting['text']}: label more data and run it again, or a named person accepts the risk with "
+                            f"`{waiting['command']}`; then {resume} (stage 05 deploys it, with the approval the charter requires)")
+    return CirclePaused(f"awaiting approval of v{waiting['version']} (digest {waiting['evidence_digest']}): review the model card "
+                        f"{waiting['model_card']}, approve it with `mlcycle approve {waiting['version']} --by \"Full Name\"`, then "
+                        f"{resume} from this step")
+
+def resume_state(workspace=None) -> dict:
+    "The paused run of `workspace` (see `_pause`), or an error saying there is none."
+    from mlcycle.core import read_json, resolve_workspace
+    p = resolve_workspace(workspace)/PAUSE_FILE
+    if not p.exists(): raise MlcycleError(f'nothing to resume in {p.parent}: no run is waiting for an approval (start one with `mlcycle run`)')
+    return read_json(p)
+
+def _run_steps(ctx: dict, steps: list, start: int, records: list, run: dict, kernel) -> Exception | None:
+    "Execute `steps` from `start`; the failure (or pause) that stopped them, else None."
+    ws, echo = ctx['workspace'], ctx['echo']
+    for i in range(start, len(steps)):
+        s, report_name, hook = steps[i]
+        if hook is not None:
+            hook(ctx)
+            if ctx.get('end'):       # a hook found nothing to act on: the circle ends here, and says why
+                echo(f"[--] {ctx['end']}"); ctx['summary'].append(f"the circle ended: {ctx['end']}"); return None
+            continue
+        name = report_name or stage_notebooks()[s].stem
+        if name in ctx.get('skip', ()): continue        # a hook found this step has nothing to do
+        echo(f'[{s}] {name} ...', end='')
+        step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
+        try: rec = execute_stage(s, run['run_dir_path'], run['charter'], ws.root, step_params, report_name=report_name, full=run['full_notebooks'], kernel=kernel)
+        except StageFailed as e:
+            records.append(e.record); echo(f" FAILED ({e.record['seconds']:.1f} s)"); return e
+        records.append(rec)
+        stem = stage_notebooks()[s].stem
+        summary = _manifest_summary(ws, stem)
+        echo(f" ok ({rec['seconds']:.1f} s)" + (f' · {summary}' if summary else ''))
+        state = {k: v for k, v in run.items() if k != 'run_dir_path'}
+        if (waiting := awaiting_approval(ws, stem)) and (s == '05' or name == '07_retraining-ab'):
+            e = _pause(ctx, state, i, records, waiting)           # this step runs again on resume, and then promotes
+            ctx['summary'].append(f'the run paused after {name}: {e}'); return e
+        if (undecided := undecided_first_version(ws, stem)) and i + 1 < len(steps):
+            e = _pause(ctx, state, i + 1, records, undecided, 'risk acceptance')       # resume starts at the next step
+            ctx['summary'].append(f'the run paused after {name}: {e}'); return e
+        why = stop_reason(ws, stem)
+        if why:
+            ctx['summary'].append(f'the circle stopped after {name}: {why}')
+            return MlcycleError(f'the circle stopped after {name}: {why}')
+    return None
+
 def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', params: dict | None = None,
-                  circle: dict | None = None, echo=None, full_notebooks: bool = False, kernel_per_stage: bool = False) -> dict:
+                  circle: dict | None = None, echo=None, full_notebooks: bool = False, kernel_per_stage: bool = False,
+                  resume: dict | None = None) -> dict:
     """Execute stage notebooks in order into `reports/<run-id>/`; returns the run record (index path, stage records).
 
     `circle` (see `circle_plan`) adds the production part between stages: a model server on loopback, simulated
     traffic, the A/B test. Whatever it starts is stopped at the end, also on failure. The stages run one after another in
-    one kernel (`StageKernel`: each from an empty namespace), or each in its own with `kernel_per_stage`."""
+    one kernel (`StageKernel`: each from an empty namespace), or each in its own with `kernel_per_stage`. A stage that
+    waits for an approval pauses the run (`CirclePaused`); `resume` (`resume_state`) continues a paused run at that stage."""
     echo = echo or _echo
+    if resume:
+        stages, charter, circle, params = resume['stages'], resume['charter'], resume['circle'], resume['params']
+        full_notebooks = resume['full_notebooks']
     if charter:   # a charter with schema errors fails here, in one line, before any notebook starts
         from mlcycle.charter import load_charter
         load_charter(charter)
@@ -83,44 +167,30 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     for key, values in (params or {}).items():      # a mistyped parameter fails here, in one line, before anything is written
         if key[:2] in stages: notebook_params(key[:2]).check(values)
     ws = Workspace(workspace)
-    run_id = new_run_id()
-    run_dir = Path(reports).resolve()/run_id
+    run_id = resume['run_id'] if resume else new_run_id()
+    run_dir = Path(resume['run_dir']) if resume else Path(reports).resolve()/run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = {'workspace': ws, 'charter': charter, 'run_dir': run_dir, 'cleanup': [], 'summary': [], 'params': dict(params or {}),
-           'echo': echo, **(circle or {})}
+           'echo': echo, **(circle or {}), **((resume or {}).get('circle_state') or {}), 'skip': set((resume or {}).get('skip', ()))}
     kernel = None if kernel_per_stage else StageKernel(run_dir)
     if kernel is not None: ctx['cleanup'].insert(0, kernel.close)      # cleanups run last-first: the kernel stops last
-    steps = with_approvals(circle_plan(stages) if circle is not None else [(s, None, None) for s in stages])
-    records, failure, t_run = [], None, time.perf_counter()
-    echo(f'mlcycle run {run_id}: stages {", ".join(stages)} · workspace {ws.root}')
-    try:
-        for i, (s, report_name, hook) in enumerate(steps, 1):
-            if hook is not None:
-                hook(ctx)
-                if ctx.get('end'):       # a hook found nothing to act on: the circle ends here, and says why
-                    echo(f"[--] {ctx['end']}"); ctx['summary'].append(f"the circle ended: {ctx['end']}"); break
-                continue
-            name = report_name or stage_notebooks()[s].stem
-            if name in ctx.get('skip', ()): continue        # a hook found this step has nothing to do
-            echo(f'[{s}] {name} ...', end='')
-            step_params = {**ctx['params'].get(s, {}), **ctx['params'].get(name, {})}
-            try: rec = execute_stage(s, run_dir, charter, ws.root, step_params, report_name=report_name, full=full_notebooks, kernel=kernel)
-            except StageFailed as e:
-                records.append(e.record); echo(f" FAILED ({e.record['seconds']:.1f} s)"); failure = e; break
-            records.append(rec)
-            summary = _manifest_summary(ws, stage_notebooks()[s].stem)
-            echo(f" ok ({rec['seconds']:.1f} s)" + (f' · {summary}' if summary else ''))
-            why = stop_reason(ws, stage_notebooks()[s].stem)
-            if why:
-                ctx['summary'].append(f'the circle stopped after {name}: {why}')
-                failure = MlcycleError(f'the circle stopped after {name}: {why}'); break
+    steps = circle_plan(stages) if circle is not None else [(s, None, None) for s in stages]
+    records, t_run = list((resume or {}).get('records', [])), time.perf_counter()
+    run = {'run_id': run_id, 'run_dir': str(run_dir), 'run_dir_path': run_dir, 'stages': stages, 'charter': charter, 'circle': circle,
+           'full_notebooks': full_notebooks}
+    if resume: (ws.root/PAUSE_FILE).unlink(missing_ok=True); ws.audit.append('circle_resumed', run_id=run_id, step=resume['step'])
+    echo(f'mlcycle run {run_id}: stages {", ".join(stages)} · workspace {ws.root}' + (f" · resumed at step {resume['step'] + 1}" if resume else ''))
+    try: failure = _run_steps(ctx, steps, resume['step'] if resume else 0, records, run, kernel)
     except MlcycleError as e:
         failure = e; echo(f' FAILED: {e}')
     finally:
         for fn in reversed(ctx['cleanup']):
             try: fn()
             except Exception as e: echo(f'cleanup failed: {e}')
-    seconds = time.perf_counter() - t_run
+    return _finish_run(ws, run_dir, run_id, records, ctx, failure, time.perf_counter() - t_run, echo)
+
+def _finish_run(ws: Workspace, run_dir: Path, run_id: str, records: list, ctx: dict, failure, seconds: float, echo) -> dict:
+    "The run's index and MLflow record; raises the failure (or pause) that stopped it."
     nb_s, work_s = sum(r['seconds'] for r in records), sum(r.get('work_seconds') or 0 for r in records)
     ctx['summary'].insert(0, f'wall time {seconds:.1f} s; stage notebooks {nb_s:.1f} s, of which the stages\' own work (the Run cells) '
                              f'{work_s:.1f} s and notebook machinery (kernel start, imports, definitions) {nb_s - work_s:.1f} s '
@@ -129,6 +199,7 @@ def run_lifecycle(stages=None, charter=None, workspace=None, reports='reports', 
     try:   # a failed run leaves the workspace (MLflow included) as it was; its reports stay in run_dir
         if not failure and ws.has_stage('01_problem_definition'): log_run_to_mlflow(ws, run_dir, run_id, records)
     except Exception as e: echo(f'warning: could not log the reports to MLflow: {e}')
+    if isinstance(failure, CirclePaused): raise CirclePaused(f'{failure} · index: {index}')
     if failure: raise MlcycleError(f'{failure} · index: {index}')
     echo(f'done in {seconds:.1f} s · report: {index}')
     return {'run_id': run_id, 'run_dir': run_dir, 'index': index, 'stages': records, 'seconds': seconds, 'summary': ctx['summary']}
@@ -226,38 +297,6 @@ def circle_plan(stages: list[str]) -> list[tuple]:
         steps.append((s, None, None))
     return steps
 
-def approval_step(ctx: dict):
-    """Hook, named `approval` in the run's output: where the charter requires a person's approval before a promotion to
-    @champion (risk.require_approval, on for risk: high), generate the version's governance documents (its model card and
-    evidence digest) into the run's reports and record the approval of that digest by the person running the command
-    (`--approver`, else the current user), as `mlcycle govern` + `mlcycle approve` would. Nothing when not required, and
-    nothing under `mlcycle stage` (one stage, run by hand: there the refusal names the commands)."""
-    from mlcycle.charter import workspace_charter
-    from mlcycle.deploy import aliases, approval_state, latest_passed_version
-    ws = ctx['workspace']
-    if 'approval' not in ctx['params'] or not ws.has_stage('02_data'): return
-    c = workspace_charter(ws)
-    if not c.risk.approval_required: return
-    al = aliases(ws, c.name)
-    v = al.get('challenger') if 'champion' in al else (str(ctx['params'].get('05', {}).get('version') or '') or latest_passed_version(ws, c.name))
-    if v is None or al.get('champion') == v or approval_state(ws, v, c.name)['approved']: return
-    from mlcycle.governance import approve, run_governance
-    out = ctx['run_dir']/f'approval-v{v}'
-    g = run_governance(ctx.get('charter') or None, ws, version=v, output_dir=out, manifest=False, log=lambda *a: None)
-    from mlcycle.core import current_actor
-    by = ctx['params'].get('approval', {}).get('by') or current_actor()
-    e = approve(ws, v, by=by, note=f"approval step of `mlcycle run` {ctx['run_dir'].name} (charter risk {c.risk.level}), after generating {out.name}/model_card.md")
-    msg = f"approval: v{v} approved by {by} for evidence digest {g['evidence_digest']} (audit entry {e['seq']}; model card {out.name}/model_card.md)"
-    ctx['echo'](f'[--] {msg}'); ctx['summary'].append(msg)
-
-def with_approvals(steps: list[tuple]) -> list[tuple]:
-    "`steps` with the `approval_step` hook before each step that can promote a version to @champion (stage 05, the A/B analysis)."
-    out = []
-    for st in steps:
-        if st[2] is None and (st[0] == '05' or st[1] == '07_retraining-ab'): out.append((None, None, approval_step))
-        out.append(st)
-    return out
-
 CIRCLE_PARAMS = {   # the stage parameters of the full circle
     '06': {},
     '07': {'phase': 'train', 'new_data': 'feedback', 'trigger': 'drift', 'ab_share': 0.5, 'auto_promote': True},   # trigger: set by retraining_decision
@@ -331,7 +370,7 @@ def evidence_traffic(ctx: dict):
 
 # %% ../nbs/10_cli.ipynb #4e863d37
 CLI_COMMANDS = {'purge': 'mlcycle.predlog', 'promote': 'mlcycle.deploy', 'rollback': 'mlcycle.deploy', 'package': 'mlcycle.deploy',
-                'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': ('mlcycle.monitor', 'mlcycle.notify'),
+                'accept-risk': 'mlcycle.deploy', 'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': ('mlcycle.monitor', 'mlcycle.notify'),
                 'retrain': 'mlcycle.retrain', 'approve': 'mlcycle.governance', 'govern': 'mlcycle.governance', 'retire': 'mlcycle.retire',
                 'predict': 'mlcycle.batch', 'init': 'mlcycle.init'}
 # command → the module whose `register_cli` adds it, then any that extend it (stage 06's notifications add options to
@@ -344,7 +383,13 @@ def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic, 'trigger': a.trigger}
-    params['approval'] = {'by': a.approver}   # `mlcycle run` records its approval steps (approval_step); `mlcycle stage` does not
+    if a.approver.strip():     # an approval given in advance: the stages that promote record it for each digest they compute
+        for step in ('05', '07_retraining-ab'): params.setdefault(step, {})['approver'] = a.approver.strip()
+    if a.resume:
+        state = resume_state(a.workspace)
+        if a.approver.strip():
+            for step in ('05', '07_retraining-ab'): state['params'].setdefault(step, {})['approver'] = a.approver.strip()
+        return run_lifecycle(workspace=a.workspace, kernel_per_stage=a.kernel_per_stage, resume=state)
     run_lifecycle(a.stages, a.charter, a.workspace, a.reports, params, circle=circle, full_notebooks=a.full_notebooks,
                   kernel_per_stage=a.kernel_per_stage)
 
@@ -382,7 +427,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument('--trigger', default='evidence', choices=TRIGGERS, help='evidence (default): stage 07 runs only when stage 06 recommends '
                    'retraining; manual or schedule: a person or a schedule asks for it whatever monitoring finds (recorded)')
     r.add_argument('--no-circle', action='store_true', help='only the notebooks: no server, no simulated traffic, no A/B test')
-    r.add_argument('--approver', default='', help="who approves each version before it becomes @champion where the charter requires it (default: the current user); recorded in the audit log")
+    r.add_argument('--approver', default='', help='approval given in advance: this named person approves each version\'s evidence digest, as it '
+                   'is computed, before it becomes @champion where the charter requires approval (the audit log says so). Without it, '
+                   'the run pauses at "awaiting approval of vN (digest …)" and names the commands that continue it')
+    r.add_argument('--resume', action='store_true', help='continue the run that paused for an approval in this workspace, from the stage that paused')
     r.add_argument('--full-notebooks', action='store_true', help="execute the whole stage notebooks, their examples and tests included "
                    "(default: report mode, the notebooks' exported code and Run sections)")
     r.add_argument('--kernel-per-stage', action='store_true', help='start a new kernel for each stage (default: the stages run one '
@@ -416,6 +464,8 @@ def main(argv=None) -> int:
     if not getattr(a, 'func', None): parser.print_help(); return 0
     try:
         a.func(a)
+    except CirclePaused as e:
+        print(f'mlcycle: paused: {e}', file=sys.stderr); return 3
     except MlcycleError as e:
         print(f'mlcycle: error: {e}', file=sys.stderr); return 1
     except KeyboardInterrupt:

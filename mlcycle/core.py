@@ -362,6 +362,7 @@ class StageRun:
         self.manifest = {'stage': name, 'run_id': uuid.uuid4().hex[:12], 'inputs': dict(inputs), 'outputs': {}}
         self._files: list[tuple[Path, Path]] = []
         self._audit: list[tuple[str, dict]] = []
+        self._effects: list[tuple[Any, Any, str]] = []
         self._staging: Path | None = None
 
     def __enter__(self):
@@ -391,6 +392,11 @@ class StageRun:
         "Queue an audit entry, written when the stage commits."
         self._audit.append((event, details))
 
+    def effect(self, do, undo, what: str = ''):
+        """Queue an effect outside the workspace (an alias move, a registry tag): `do()` runs when the stage commits, just
+        before its files and manifest; if they then fail, `undo(result of do)` runs, so both happen or neither does."""
+        self._effects.append((do, undo, what))
+
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None: self._commit()
@@ -405,13 +411,29 @@ class StageRun:
         m['finished'] = dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
         m['actor'] = current_actor()
         body = (to_json(m, indent=2) + '\n').encode()     # serialize first: a bad manifest fails before any move
-        for tmp, dest in self._files:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
-        atomic_write_bytes(self.ws.manifest_path(self.name), body)
+        done, kept = [], []
+        try:
+            for do, undo, what in self._effects: done.append((undo, do(), what))
+            for tmp, dest in self._files:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                kept.append((dest, dest.read_bytes() if dest.exists() else None))
+                os.replace(tmp, dest)
+            atomic_write_bytes(self.ws.manifest_path(self.name), body)
+        except BaseException:
+            _undo_commit(done, kept)
+            raise
         for event, details in self._audit: self.ws.audit.append(event, stage=self.name, stage_run=m['run_id'], **details)
         self.ws.audit.append('stage_completed', stage=self.name, stage_run=m['run_id'],
                              manifest_sha256=sha256_bytes(body))
+
+# %% ../nbs/00_core.ipynb #606bad6c
+def _undo_commit(done: list, kept: list):
+    "Put back what a failed commit changed: files moved in (their old bytes, or gone) and the effects done (last first)."
+    for dest, old in reversed(kept):
+        with contextlib.suppress(OSError):
+            if old is None: dest.unlink(missing_ok=True)
+            else: atomic_write_bytes(dest, old)
+    for undo, result, what in reversed(done): undo(result)
 
 # %% ../nbs/00_core.ipynb #e367582a
 _LOCATIONS = (('experiments', 'artifact_location'), ('runs', 'artifact_uri'),

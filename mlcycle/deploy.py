@@ -14,9 +14,11 @@ from .core import MlcycleError, Workspace, current_actor, read_json, setup_mlflo
 
 # %% auto #0
 __all__ = ['LIFECYCLE', 'SERVE_DISTRIBUTIONS', 'PARAMS', 'scratch_workspace', 'demo_model_version', 'aliases', 'registry_table',
-           'promote', 'rollback', 'end_challenger', 'notify_server', 'approval_state', 'require_approval',
-           'pinned_requirements', 'kubernetes_manifest', 'build_container_context', 'monitoring_cronjob',
-           'register_cli', 'latest_passed_version', 'run_deployment']
+           'risk_acceptance', 'promote', 'rollback', 'end_challenger', 'notify_server', 'planned_moves',
+           'aliases_after', 'registry_state', 'restore_registry', 'registry_effect', 'approval_state',
+           'require_approval', 'approval_gate', 'accept_risk', 'risk_accepted_version', 'pinned_requirements',
+           'kubernetes_manifest', 'build_container_context', 'monitoring_cronjob', 'register_cli',
+           'latest_passed_version', 'run_deployment']
 
 # %% ../nbs/05_deployment.ipynb #1737f928
 def scratch_workspace(ws: Workspace, path=None) -> Workspace:
@@ -120,6 +122,11 @@ def _drop_alias(ws, cl, name, alias, reason, **extra):
 def _tags(cl, name, version, **tags):
     for k, v in tags.items(): cl.set_model_version_tag(name, str(version), k, str(v))
 
+def risk_acceptance(entries: list[dict], name: str, version) -> dict | None:
+    "The last `risk_accepted` audit entry for `version` of model `name`, or None (see `accept_risk` below)."
+    return next((e for e in reversed(entries) if e['event'] == 'risk_accepted' and e['details'].get('model') == name
+                 and str(e['details'].get('version')) == str(version)), None)
+
 def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, shadow: bool = False,
             force: bool = False, reason: str = '', name: str | None = None) -> dict:
     "Point `@champion` (or `@challenger`) at `version`; refuses versions that did not pass validation unless `force` with a `reason`."
@@ -133,12 +140,14 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
         known = [r for r in registry_table(ws, name).version]
         raise MlcycleError(f'registered model {name!r} has no version {version}; versions: {", ".join(known) or "none (run stage 03)"}') from None
     status = mv.tags.get('validation_status', 'pending')
-    forced = status != 'passed'
+    accepted = status == 'insufficient_evidence' and as_ == 'champion' and risk_acceptance(ws.audit.entries(), name, version) is not None
+    forced = status != 'passed' and not accepted
     if forced:
         if not force:
             todo = ('the stage-04 gate could not tell its objectives from their limits on the test split: label more data (a larger '
-                    'test split) or state a charter limit the data can decide, then run stage 04 again' if status == 'insufficient_evidence'
-                    else 'run the stage-04 gate')
+                    'test split) or state a charter limit the data can decide, then run stage 04 again; for a first version (no '
+                    f'champion to fall back on) a named person can accept the risk: mlcycle accept-risk {version} --by "Full Name" --reason "why"'
+                    if status == 'insufficient_evidence' else 'run the stage-04 gate')
             raise MlcycleError(f'version {version} has validation_status={status!r}, not passed: {todo}, '
                                f'or promote anyway with --force --reason "why"')
         if not reason.strip(): raise MlcycleError('--force needs --reason "why" (it goes into the audit log)')
@@ -150,7 +159,7 @@ def promote(ws=None, version=None, as_: str = 'champion', share: float = 0.1, sh
         from mlcycle.registry import vouch
         if current.get('champion') == version and not vouch(ws.audit.entries(), name, 'champion', version, None):
             out['unchanged'] = True; return out      # already decided, with its digest: nothing to record (else the move is recorded now)
-        old = _set_alias(ws, cl, name, 'champion', version, why, forced=forced)
+        old = _set_alias(ws, cl, name, 'champion', version, why, forced=forced, **({'risk_accepted': True} if accepted else {}))
         out['moves'].append(('champion', old, version))
         if old is not None:
             _set_alias(ws, cl, name, 'previous', old, f'v{old} was champion before v{version}')
@@ -223,6 +232,67 @@ def notify_server(url, token: str | None = None, timeout: float = 60) -> dict:
     except urllib.error.URLError as e:
         raise MlcycleError(f'cannot reach the server at {url}: {e.reason}') from None
 
+# %% ../nbs/05_deployment.ipynb #290c0092
+def planned_moves(current: dict, version, as_: str = 'champion') -> list[tuple]:
+    "The alias moves (alias, from, to) that `promote(version, as_)` (or `as_='rollback'`, `'end_challenger'`) makes from aliases `current`."
+    v, cur = str(version) if version is not None else None, {a: str(x) for a, x in current.items()}
+    if as_ == 'rollback': return [('champion', cur.get('champion'), cur.get('previous')), ('previous', cur.get('previous'), None)]
+    if as_ == 'end_challenger': return [('challenger', cur['challenger'], None)] if 'challenger' in cur else []
+    if as_ == 'challenger': return [('challenger', cur.get('challenger'), v)]
+    if cur.get('champion') == v: return []
+    old = cur.get('champion')
+    return ([('champion', old, v)] + ([('previous', cur.get('previous'), old)] if old else [])
+            + ([('challenger', v, None)] if cur.get('challenger') == v else []))
+
+def aliases_after(current: dict, moves: list[tuple]) -> dict:
+    "The aliases once `moves` are made."
+    out = {a: str(x) for a, x in current.items()}
+    for alias, _, to in moves:
+        if to is None: out.pop(alias, None)
+        else: out[alias] = str(to)
+    return out
+
+def registry_state(ws: Workspace, name: str | None = None, versions=()) -> dict:
+    "The aliases of the model and the tags of `versions` and of every version an alias points at: what `restore_registry` puts back."
+    cl, name = _client(ws, name)
+    al = aliases(ws, name)
+    tags = {}
+    for v in sorted({str(x) for x in versions if x not in (None, '')} | set(al.values()), key=int):
+        try: tags[v] = dict(cl.get_model_version(name, v).tags or {})
+        except Exception: pass          # a version that does not exist: promote names it
+    return {'model': name, 'aliases': al, 'tags': tags}
+
+def restore_registry(ws: Workspace, state: dict, reason: str) -> list[tuple]:
+    "Put the aliases and version tags of `state` back (each alias moved back is an audit entry with `reason`); returns the alias moves made."
+    cl, name = _client(ws, state['model'])
+    now, moves, entries = aliases(ws, name), [], ws.audit.entries()
+    for a in sorted(set(now) | set(state['aliases'])):
+        want = state['aliases'].get(a)
+        if now.get(a) == want: continue
+        if want is None: _drop_alias(ws, cl, name, a, reason, restored=True)
+        else:       # the decision that had put it there keeps its terms (a challenger's share, a forced or risk-accepted move)
+            d = next((e['details'] for e in reversed(entries) if e['event'] == 'alias_moved' and e['details'].get('model') == name
+                      and e['details'].get('alias') == a and str(e['details'].get('to_version')) == want), {})
+            _set_alias(ws, cl, name, a, want, reason, restored=True, **{k: d[k] for k in ('share', 'shadow', 'forced', 'risk_accepted') if k in d})
+        moves.append((a, now.get(a), want))
+    for v, old in state['tags'].items():
+        cur = cl.get_model_version(name, v).tags or {}
+        for k in set(cur) | set(old):
+            if cur.get(k) == old.get(k): continue
+            if k in old: cl.set_model_version_tag(name, v, k, old[k])
+            else: cl.delete_model_version_tag(name, v, k)
+    return moves
+
+def registry_effect(stage_run, ws: Workspace, change, versions=(), what: str = '', name: str | None = None):
+    """Queue `change()` (a registry change: `promote`, `rollback`, `end_challenger`, tags) to happen when `stage_run` commits,
+    with its manifest: if the change itself fails half way, or the manifest cannot be written, the registry is put back."""
+    def do():
+        state = registry_state(ws, name, versions)
+        try: return state, change()
+        except BaseException:
+            restore_registry(ws, state, f'undone: {what} failed half way'); raise
+    stage_run.effect(do, lambda r: restore_registry(ws, r[0], f'undone: stage {stage_run.name} could not record {what}'), what)
+
 # %% ../nbs/05_deployment.ipynb #ca979087
 def approval_state(ws: Workspace, version, name: str | None = None) -> dict:
     "What the human-oversight rule sees for `version`: required?, its evidence digest, approvals (of this digest or older ones), an override of this digest."
@@ -246,7 +316,8 @@ def require_approval(ws, version, name: str | None = None, override: str = '', f
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     st = approval_state(ws, version, name)
     v, name = st['version'], st['model']
-    if st['exists'] and st['validation_status'] != 'passed' and not force: return st   # promote refuses it first, naming the gate
+    accepted = st['exists'] and st['validation_status'] == 'insufficient_evidence' and risk_acceptance(ws.audit.entries(), st['model'], v) is not None
+    if st['exists'] and st['validation_status'] != 'passed' and not (force or accepted): return st   # promote refuses it first, naming the gate
     if not st['exists'] or not st['required'] or st['approved'] or st['override'] or aliases(ws, name).get('champion') == v: return st   # promote names a missing version
     if str(override or '').strip():
         e = ws.audit.append('approval_override', model=name, version=v, reason=str(override).strip(), evidence_digest=st['evidence_digest'],
@@ -261,6 +332,63 @@ def require_approval(ws, version, name: str | None = None, override: str = '', f
     raise MlcycleError(f"v{v} of {name!r} cannot become @champion: the charter (risk {st['risk']}) requires a named person's approval and "
                        f"{missing}; fix: {fix} (or override with --override-approval \"why\", which is audited)")
 
+
+# %% ../nbs/05_deployment.ipynb #efd7a7b4
+def approval_gate(ws: Workspace, version, approver: str = '', name: str | None = None, log=print) -> dict:
+    """May `version` become @champion now? `status` not_required | approved (its digest, by whom) | approved_in_advance (by
+    `approver`, recorded now) | awaiting_approval (with the digest, the model card and the `command` that moves on)."""
+    st = approval_state(ws, version, name)
+    v, name = st['version'], st['model']
+    if not st['exists'] or not st['required'] or aliases(ws, name).get('champion') == v: return {'status': 'not_required', 'version': v}
+    if st['approved'] or st['override']:          # the card that was approved, where `mlcycle govern` wrote it
+        card = ws.root/'reports'/name/v/'model_card.md'
+        return {'status': 'approved', 'version': v, 'evidence_digest': st['evidence_digest'], 'by': st['approved_by'], 'override': st['override'],
+                **({'model_card': str(card)} if card.exists() else {})}
+    from mlcycle.governance import approve, run_governance
+    g = run_governance(None, ws, version=v, manifest=False, log=lambda *a: None)
+    card, digest = str(Path(g['output_dir'])/'model_card.md'), g['evidence_digest']
+    if str(approver or '').strip():
+        e = approve(ws, v, by=approver, note='approval given in advance: the approver named on the command line (or the '
+                    'stage parameter) approves each evidence digest as it is computed', in_advance=True)
+        log(f'v{v} approved in advance by {approver.strip()} for evidence digest {digest} (audit entry {e["seq"]})')
+        return {'status': 'approved_in_advance', 'version': v, 'evidence_digest': digest, 'by': approver.strip(), 'model_card': card, 'audit_seq': e['seq']}
+    command = f'mlcycle approve {v} --by "Full Name"'
+    return {'status': 'awaiting_approval', 'version': v, 'evidence_digest': digest, 'model_card': card, 'risk': st['risk'], 'command': command,
+            'text': f'awaiting approval of v{v} (digest {digest}): the charter (risk {st["risk"]}) requires a named person\'s approval; '
+                    f'review the model card {card}, then `{command}` and run the stage again (`mlcycle run --resume` continues the circle)'}
+
+# %% ../nbs/05_deployment.ipynb #e6dbc9d8
+def accept_risk(ws=None, version=None, by: str = '', reason: str = '', name: str | None = None) -> dict:
+    """A named person accepts the risk of deploying `version`, a first version (no @champion) that the stage-04 gate left at
+    insufficient evidence; recorded in the audit log and as version tags. Returns the audit entry."""
+    from mlcycle.charter import workspace_charter
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    cl, name = _client(ws, name)
+    if not str(by or '').strip(): raise MlcycleError('accept-risk needs the person who accepts it: --by "Full Name" (recorded in the audit log)')
+    if not str(reason or '').strip(): raise MlcycleError('accept-risk needs the reason: --reason "why deploying on this evidence is acceptable"')
+    v = str(version or '').strip()
+    try: tags = cl.get_model_version(name, v).tags or {}
+    except Exception: raise MlcycleError(f'registered model {name!r} has no version {v!r}: pass the version stage 04 left at insufficient evidence') from None
+    status, level, champ = tags.get('validation_status', 'pending'), workspace_charter(ws).risk.level, aliases(ws, name).get('champion')
+    if status != 'insufficient_evidence':
+        raise MlcycleError(f'v{v} has validation_status={status!r}: a risk can be accepted only for a version whose gate could not decide '
+                           f'(insufficient_evidence); {"promote it" if status == "passed" else "fix what the stage-04 gate reported"}')
+    if champ is not None:
+        raise MlcycleError(f'v{champ} is @champion: it keeps serving until the evidence decides v{v} (mlcycle retrain -p phase regate); '
+                           'accepting a risk is for a first version, with no champion to fall back on')
+    if level == 'unacceptable': raise MlcycleError("the charter's risk level is unacceptable: no risk can be accepted for it")
+    e = ws.audit.append('risk_accepted', model=name, version=v, by=str(by).strip(), reason=str(reason).strip(), risk=level,
+                        validation_status=status, validation_summary=tags.get('validation_summary', ''))
+    for k, val in {'risk_accepted_by': str(by).strip()[:250], 'risk_accepted_at': e['ts'], 'risk_accepted_reason': str(reason).strip()[:4900]}.items():
+        cl.set_model_version_tag(name, v, k, val)
+    return e
+
+def risk_accepted_version(ws: Workspace, name: str | None = None) -> str | None:
+    "The newest version at insufficient evidence whose risk a named person accepted (None when there is none)."
+    cl, name = _client(ws, name)
+    vs = cl.search_model_versions(f"name='{name}' and tags.validation_status='insufficient_evidence'")
+    ok = [int(x.version) for x in vs if risk_acceptance(ws.audit.entries(), name, x.version) is not None]
+    return str(max(ok)) if ok else None
 
 # %% ../nbs/05_deployment.ipynb #7f3aa6d9
 # Distributions the serving image needs besides the model's own requirements (notebook tooling is left out).
@@ -495,6 +623,7 @@ PARAMS = StageParams('05', [
     Param('share', 0.1, 'challenger only: share of entities routed to it (A/B)'),
     Param('shadow', False, 'challenger only: score every request but let the champion answer'),
     Param('package', True, 'build the container build context for the version'),
+    Param('approver', '', "who approves the version's model card before it becomes @champion, where the charter requires it (recorded as given in advance); empty: the stage waits for `mlcycle approve`"),
 ])
 
 def _print(obj): print(json.dumps(obj, indent=2, default=str))
@@ -505,6 +634,10 @@ def _promote_cmd(args):
     if args.reload_url: r['server'] = notify_server(args.reload_url)
     _print(r)
 
+def _accept_risk_cmd(args):
+    e = accept_risk(args.workspace, args.version, args.by, args.reason)
+    print(f"risk of v{e['details']['version']} accepted by {e['details']['by']} (audit entry {e['seq']}): {e['details']['reason']}")
+
 def _rollback_cmd(args):
     r = rollback(args.workspace, reason=args.reason or '')
     if args.reload_url: r['server'] = notify_server(args.reload_url)
@@ -514,7 +647,7 @@ def _package_cmd(args):
     print(build_container_context(args.workspace, args.version, args.out, args.port, replicas=args.replicas, tracking_uri=args.tracking_uri))
 
 def register_cli(subparsers):
-    "Add `promote`, `rollback` and `package` to an argparse subparsers object."
+    "Add `promote`, `accept-risk`, `rollback` and `package` to an argparse subparsers object."
     ws = dict(charter=None, reports=False, param=False)   # only --workspace/-w of the shared options
     p = subparsers.add_parser('promote', help='point @champion (or @challenger) at a validated model version',
                               description='Move @champion (the old one becomes @previous) or @challenger to VERSION. '
@@ -528,6 +661,13 @@ def register_cli(subparsers):
     p.add_argument('--reload-url', default=None, help='then POST /admin/reload to this running server, or to several (comma-separated URLs; $MLCYCLE_ADMIN_TOKEN)')
     add_common_args(p, **ws)
     p.set_defaults(func=_promote_cmd)
+    a = subparsers.add_parser('accept-risk', help='a named person accepts the risk of deploying a first version the gate could not decide',
+                              description='For a version stage 04 left at insufficient evidence, with no @champion to fall back on: record '
+                                          'who accepts the risk of deploying it, and why, in the audit log; then stage 05 or `mlcycle promote` deploys it.')
+    a.add_argument('version'); a.add_argument('--by', required=True, help='the person who accepts the risk ("Full Name")')
+    a.add_argument('--reason', required=True, help='why deploying on this evidence is acceptable (recorded)')
+    add_common_args(a, **ws)
+    a.set_defaults(func=_accept_risk_cmd)
     r = subparsers.add_parser('rollback', help='move @champion back to @previous in one step')
     r.add_argument('--reason', default=''); r.add_argument('--reload-url', default=None); add_common_args(r, **ws)
     r.set_defaults(func=_rollback_cmd)
@@ -547,15 +687,18 @@ def latest_passed_version(ws: Workspace, name: str | None = None) -> str | None:
     return str(max(int(v.version) for v in vs)) if vs else None
 
 def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 'champion', share: float = 0.1,
-                   shadow: bool = False, package: bool = True, force: bool = False, reason: str = '') -> dict:
-    "Stage 05: promote a validated version (champion or challenger), package it, record the deployment."
+                   shadow: bool = False, package: bool = True, force: bool = False, reason: str = '', approver: str = '',
+                   log=print) -> dict:
+    """Stage 05: promote a validated version (champion or challenger), package it, record the deployment; the alias moves
+    happen with the stage's record (`registry_effect`). Where the charter requires approval and nobody gave it, the stage
+    records `awaiting_approval` and promotes nothing (`approval_gate`)."""
     from mlcycle.charter import workspace_charter
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if not ws.has_stage('02_data'):
         from mlcycle.feasibility import run_through_data
         run_through_data(charter, ws)
     c = workspace_charter(ws, charter)
-    version = str(version) if version not in (None, '') else latest_passed_version(ws, c.name)
+    version = str(version) if version not in (None, '') else (latest_passed_version(ws, c.name) or risk_accepted_version(ws, c.name))
     if version is None and not ws.has_stage('04_validation'):
         try: import mlcycle.validate as _v
         except ImportError: raise MlcycleError('no model version has passed validation and stage 04 is not available: run stages 03 and 04 first') from None
@@ -564,18 +707,35 @@ def run_deployment(charter=None, workspace=None, version=None, deploy_as: str = 
         version = latest_passed_version(ws, c.name)
     if version is None:
         v04 = ws.manifest('04_validation')['outputs'] if ws.has_stage('04_validation') else {}
-        told = (f"stage 04 left v{v04.get('model_version')} at {v04['validation_status']} ({v04.get('verdict')})"
+        told = (f"stage 04 left v{v04.get('model_version')} at {v04['validation_status']} ({v04.get('verdict')}); a named person can accept "
+                f"the risk of a first version: mlcycle accept-risk {v04.get('model_version')} --by \"Full Name\" --reason \"why\""
                 if v04.get('validation_status') == 'insufficient_evidence' else 'fix what the stage-04 gate reported')
         raise MlcycleError(f'no version of {c.name!r} has validation_status=passed: {told}, '
                            'or deploy one explicitly with version=… and force=True, reason=…')
-    if deploy_as == 'champion': require_approval(ws, version, c.name, force=force)
-    res = promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force, reason=reason or 'stage 05 deployment')
+    gate = approval_gate(ws, version, approver, c.name, log) if deploy_as == 'champion' else {'status': 'not_required'}
+    if gate['status'] == 'awaiting_approval': return _await_approval(ws, c, version, deploy_as, gate, log)
+    current, (cl, _) = aliases(ws, c.name), _client(ws, c.name)
+    status = cl.get_model_version(c.name, version).tags.get('validation_status', 'pending')
+    forced = status != 'passed' and not (status == 'insufficient_evidence' and risk_acceptance(ws.audit.entries(), c.name, version))
+    moves = planned_moves(current, version, deploy_as)
     ctx = build_container_context(ws, version) if package else None
     with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:
-        st.manifest['outputs'].update(model=c.name, version=version, deployed_as=deploy_as, aliases=aliases(ws, c.name),
+        st.manifest['outputs'].update(model=c.name, version=version, deployed_as=deploy_as, aliases=aliases_after(current, moves),
                                       share=share if deploy_as == 'challenger' else None, shadow=shadow if deploy_as == 'challenger' else None,
-                                      forced=res['forced'], moves=res['moves'], container_context=str(ctx) if ctx else None,
+                                      forced=forced, moves=moves, container_context=str(ctx) if ctx else None, approval=gate,
                                       requirements=read_json(ctx/'context.json')['requirements'] if ctx else None,
                                       prediction_log=ws.prediction_log_url if ws.prediction_log_url.startswith('sqlite') else 'external')
-        st.record('deployed', model=c.name, version=version, deploy_as=deploy_as, forced=res['forced'])
-    return dict(charter=c, workspace=ws, version=version, promotion=res, container_context=ctx, registry=registry_table(ws, c.name))
+        registry_effect(st, ws, lambda: promote(ws, version, as_=deploy_as, share=share, shadow=shadow, force=force,
+                                                reason=reason or 'stage 05 deployment'), [version], f'v{version} -> @{deploy_as}', c.name)
+        st.record('deployed', model=c.name, version=version, deploy_as=deploy_as, forced=forced)
+    res = {'model': c.name, 'version': version, 'as': deploy_as, 'forced': forced, 'moves': moves}
+    return dict(charter=c, workspace=ws, version=version, promotion=res, container_context=ctx, approval=gate, registry=registry_table(ws, c.name))
+
+def _await_approval(ws: Workspace, c, version: str, deploy_as: str, gate: dict, log=print) -> dict:
+    "Stage 05 when the approval is missing: a record that says so (nothing promoted, nothing packaged), naming the command."
+    with ws.stage('05_deployment', charter_hash=c.hash, version=version, deploy_as=deploy_as) as st:
+        st.manifest['outputs'].update(model=c.name, version=version, deployed_as=None, aliases=aliases(ws, c.name), moves=[],
+                                      awaiting_approval=gate, verdict=gate['text'], approval=gate)
+        st.record('approval_awaited', model=c.name, version=version, evidence_digest=gate['evidence_digest'], command=gate['command'])
+    log(gate['text'])
+    return dict(charter=c, workspace=ws, version=version, promotion=None, container_context=None, approval=gate, registry=registry_table(ws, c.name))

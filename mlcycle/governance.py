@@ -331,8 +331,9 @@ def approvals(ws: Workspace, version, name: str | None = None) -> list[dict]:
     return [e for e in ws.audit.entries() if e['event'] == 'approval' and e['details'].get('model') == name
             and str(e['details'].get('version')) == str(version)]
 
-def approve(ws=None, version=None, by: str = '', note: str = '', name: str | None = None) -> dict:
-    "Record a human approval of a version in the audit log (and as version tags); returns the audit entry."
+def approve(ws=None, version=None, by: str = '', note: str = '', name: str | None = None, in_advance: bool = False) -> dict:
+    """Record a human approval of a version in the audit log (and as version tags); returns the audit entry. `in_advance`:
+    the person approves a digest computed after they gave the approval (`mlcycle run --approver`), and the entry says so."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if not str(by or '').strip(): raise MlcycleError('approve needs the approver: --by "Full Name" (a person, recorded in the audit log)')
     if version in (None, ''): raise MlcycleError('approve needs the VERSION to approve')
@@ -342,7 +343,7 @@ def approve(ws=None, version=None, by: str = '', note: str = '', name: str | Non
     t = mv.tags or {}
     entry = ws.audit.append('approval', model=name, version=v, by=str(by).strip(), note=str(note or '').strip(),
                             evidence_digest=t.get('governance_evidence_digest'), model_card_sha256=t.get('model_card_sha256'),
-                            governance_run_id=t.get('governance_run_id'), validation_status=t.get('validation_status'))
+                            governance_run_id=t.get('governance_run_id'), validation_status=t.get('validation_status'), in_advance=bool(in_advance))
     cl.set_model_version_tag(name, v, 'approved_by', str(by).strip()[:250])
     cl.set_model_version_tag(name, v, 'approved_at', entry['ts'])
     return entry

@@ -25,10 +25,10 @@ TASK_GAP_METRICS = ['mae_difference', 'accuracy_difference']   # the gaps of reg
 # %% auto #0
 __all__ = ['TASK_GAP_METRICS', 'DOCUMENT_FILES', 'CARD_SECTIONS', 'DISCLAIMER', 'UNCONFIRMED', 'MIN_TOKEN_CHARS',
            'COMPLIANCE_RULES', 'CAVEAT_SOURCES', 'NO_SENSITIVE', 'NO_SENTENCE', 'DECISION_RULES', 'FAIRNESS_MEASURES',
-           'LINEAGE_REQUIRED', 'md_escape', 'md_table', 'unconfirmed', 'compliance_checklist', 'evidence_facts',
-           'caveat_items', 'caveats', 'model_card', 'bias_report', 'lineage_missing', 'champion_promotions',
-           'checklist_facts', 'plot_group_fairness', 'plot_tradeoff', 'lineage_svg', 'card_markdown', 'bias_markdown',
-           'compliance_markdown', 'lineage_markdown', 'to_html', 'render_governance']
+           'LINEAGE_REQUIRED', 'md_escape', 'md_table', 'unconfirmed', 'risk_accepted_line', 'compliance_checklist',
+           'evidence_facts', 'caveat_items', 'caveats', 'model_card', 'bias_report', 'lineage_missing',
+           'champion_promotions', 'checklist_facts', 'plot_group_fairness', 'plot_tradeoff', 'lineage_svg',
+           'card_markdown', 'bias_markdown', 'compliance_markdown', 'lineage_markdown', 'to_html', 'render_governance']
 
 # %% ../nbs/08b_governance_documents.ipynb #4c326716
 DOCUMENT_FILES = {'model_card': 'model_card.md', 'bias_report': 'bias_report.md', 'compliance': 'compliance.md', 'lineage': 'lineage.md'}
@@ -198,13 +198,21 @@ def _eu_aia_15(f) -> dict:
           f"the model is serialized as {f['serialization']!r}, not skops (pickle can run code on load)" if f['serialization'] != 'skops' else '',
           _admin_gap(f)])
 
+def risk_accepted_line(ra: dict | None) -> str:
+    "The statement of a risk acceptance (`deploy.accept_risk`'s audit entry) for the card and the compliance map; '' without one."
+    if not ra: return ''
+    d = ra['details']
+    return (f"deployed on an accepted risk: the stage-04 gate could not decide this version (insufficient evidence), and {d.get('by')} "
+            f"accepted the risk on {str(ra.get('ts', ''))[:10]} (audit #{ra.get('seq')}): {d.get('reason')}")
+
 def _eu_aia_17(f) -> dict:
-    vs, s04 = f['validation_status'], _stage(f, '04')
+    vs, s04, ra = f['validation_status'], _stage(f, '04'), f.get('risk_acceptance')
     return _item('EU-AIA-17', 'EU AI Act', 'Art. 17', 'Quality management system: documented procedures, validation before release, records',
          [_ev('metric', 'version tag validation_status', vs, vs == 'passed'),
           _ev('file', 'stages/04_validation.json', s04.get('note') or f"gate {s04.get('validation_status')}", _s04_here(f)),
+          *([_ev('audit', 'audit.jsonl event risk_accepted', risk_accepted_line(ra), True)] if ra else []),
           _audit_ev(f)],
-         [f"validation_status is {vs!r}, not passed" if vs != 'passed' else '',
+         [(f"validation_status is {vs!r}, not passed" + (f'; {risk_accepted_line(ra)}' if ra else '')) if vs != 'passed' else '',
           ('the validation_status tag is not backed by a stage-04 report for this version: ' + (s04.get('note') or 'stage 04 has not run')) if not _s04_here(f) else '',
           'the audit log fails verification' if not f['audit']['ok'] else ''])
 
@@ -239,7 +247,8 @@ def _nist_manage(f) -> dict:
           _ev('file', 'stages/05_deployment.json', s05.get('note') or f"deployed as {s05.get('deployed_as')}", s05['available']),
           _ev('file', 'stages/07_retraining.json', s07.get('note') or 'retraining decision recorded', s07['available']),
           _ev('file', f"retirement: {rt['source'] or 'dry-run plan (stage 09)'}", rt['summary'], rt['ok'])],
-         [f"validation_status is {vs!r}" if vs != 'passed' else '', 'no deployment record: stage 05 has not run' if not s05['available'] else '',
+         [(f"validation_status is {vs!r}" + (f"; {risk_accepted_line(f.get('risk_acceptance'))}" if f.get('risk_acceptance') else '')) if vs != 'passed' else '',
+          'no deployment record: stage 05 has not run' if not s05['available'] else '',
           'no retraining record: stage 07 has not run' if not s07['available'] else '',
           f"no retirement plan for this version: {rt['summary']}" if not rt['ok'] else ''])
 
@@ -300,7 +309,9 @@ def caveat_items(c: Charter, ev: dict, m: dict) -> list[dict]:
         elif r.measured and not r.robust: add('measured', f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
         elif not r.measured: add('missing evidence', f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
     if not c.data.sensitive_features: add('missing evidence', 'No sensitive features are declared in the charter: fairness across groups is not evaluated.')
-    if tags.get('validation_status') != 'passed': add('missing evidence', f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
+    ra = next((e for e in reversed(ev.get('events') or []) if e['event'] == 'risk_accepted'), None)
+    if tags.get('validation_status') != 'passed' and ra: add('missing evidence', risk_accepted_line(ra)[0].upper() + risk_accepted_line(ra)[1:] + '.')
+    elif tags.get('validation_status') != 'passed': add('missing evidence', f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")
     if not s04['available'] or not s04['about_this_version']: add('missing evidence', 'No stage-04 validation report for this version: robustness and overfitting are not evidenced here.')
     if not ev['stages']['06']['available']: add('missing evidence', 'No production monitoring yet (stage 06): drift and realized performance are unknown.')
     un = [k for k, v in (('intended use', c.intended_use), ('out-of-scope uses', c.out_of_scope)) if unconfirmed(v)]
@@ -486,7 +497,8 @@ def checklist_facts(c: Charter, ev: dict, m: dict, card: dict, files: dict) -> d
             'groups_judged_by_feature': {g['feature']: int((~g['by_group'].too_small).sum()) for g in fair if ' & ' not in g['feature']},
             'fairness_unmeasured': [r.objective for r in objectives[objectives.metric.isin(GAP_METRICS)].itertuples() if not np.isfinite(r.value)],
             'alias_moves': len(ev['alias_history']), 'serialization': rec['flavor'].get('serialization_format'),
-            'validation_status': rec['tags'].get('validation_status'), 'metrics': m['performance'].to_dict('records')}
+            'validation_status': rec['tags'].get('validation_status'), 'metrics': m['performance'].to_dict('records'),
+            'risk_acceptance': next((e for e in reversed(ev.get('events') or []) if e['event'] == 'risk_accepted'), None)}
 
 # %% ../nbs/08b_governance_documents.ipynb #e491486c
 def plot_group_fairness(g: dict, y=None, pred=None):

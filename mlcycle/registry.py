@@ -116,7 +116,7 @@ def vouch(entries: list[dict], name: str, alias: str, version, digest: str | Non
     if digest is not None and d['model_digest'] != digest:
         return (f"the artifacts of v{version} (digest {digest[:12]}) are not those the decision (audit #{seq}) vouched for "
                 f"({d['model_digest'][:12]}): they changed after the decision")
-    if d.get('validation_status') != 'passed' and not d.get('forced'):
+    if d.get('validation_status') != 'passed' and not d.get('forced') and not d.get('risk_accepted'):
         return f"the decision (audit #{seq}) put @{alias} on v{version} with validation_status={d.get('validation_status')!r}"
     return ''
 

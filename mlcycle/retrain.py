@@ -22,13 +22,14 @@ from .stages import Param, StageParams, add_common_args, execute_stage, new_run_
 from .validate import gate_evidence
 
 # %% auto #0
-__all__ = ['PARAMS', 'DECISIONS', 'load_new_data', 'decode_hashed', 'history_frame', 'dedupe_new_rows', 'recency_weights',
-           'assemble_training_set', 'split_for_retraining', 'recent_holdout', 'in_key_order', 'keyed_holdout',
-           'refit_candidates', 'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab', 'rollback_check',
-           'decision_for', 'primary_metric_test', 'arm_fairness', 'primary_design', 'champion_to_retrain',
-           'retraining_parts', 'challenger_candidates', 'gate_challenger', 'ab_plan', 'non_inferiority_sized',
-           'start_ab_test', 'train_outputs', 'apply_gate_evidence', 'monitoring_recommendation', 'run_retraining',
-           'run_ab_analysis', 'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
+__all__ = ['PARAMS', 'DECISIONS', 'AB_COMMANDS', 'load_new_data', 'decode_hashed', 'history_frame', 'dedupe_new_rows',
+           'recency_weights', 'assemble_training_set', 'split_for_retraining', 'recent_holdout', 'in_key_order',
+           'keyed_holdout', 'refit_candidates', 'ab_sample_size', 'simulate_ab', 'ab_design', 'ab_arms', 'analyze_ab',
+           'rollback_check', 'decision_for', 'verdict', 'ab_decision', 'primary_metric_test', 'arm_fairness',
+           'primary_design', 'champion_to_retrain', 'retraining_parts', 'challenger_candidates', 'gate_challenger',
+           'ab_plan', 'non_inferiority_sized', 'start_ab_test', 'train_outputs', 'apply_gate_evidence',
+           'monitoring_recommendation', 'run_retraining', 'ab_evidence', 'ab_change', 'ab_moves', 'run_ab_analysis',
+           'unseen_split', 'evidence_holdout', 'run_regate', 'register_cli']
 
 # %% ../nbs/07_retraining.ipynb #e8a2fa92
 PARAMS = StageParams('07', [
@@ -50,6 +51,7 @@ PARAMS = StageParams('07', [
     Param('ab_method', 'sequential', "sequential (O'Brien-Fleming alpha spending: decides at a look only on strong evidence; at the full sample, the fixed test) | fixed (one look at the planned sample size)"),
     Param('max_looks', 5, 'sequential: planned number of looks'),
     Param('auto_promote', False, 'act on the decision (promote / end the test / roll back); false: record a recommendation for a person'),
+    Param('approver', '', "who approves the model card of a version before it becomes @champion, where the charter requires it (recorded as given in advance); empty: a promotion waits for `mlcycle approve`"),
     Param('server_url', '', 'a running server to reload after alias moves (needs $MLCYCLE_ADMIN_TOKEN)'),
     Param('demo_rows', 4000, "phase all, no server_url, the workspace's own SQLite log: replay demo traffic locally (0: never)"),
     Param('demo_scenario', '', 'drift scenario of that demo traffic (empty: the default for the data; see 05c_simulate)'),
@@ -398,6 +400,24 @@ def decision_for(analysis: dict, promote_if_noninferior: bool = True) -> str:
     if r == 'non_inferior' and not promote_if_noninferior: return 'keep'
     return DECISIONS[r]
 
+AB_COMMANDS = {'promote': 'mlcycle retrain -p phase analyze -p auto_promote true (or: mlcycle promote {v})',
+               'keep': 'mlcycle retrain -p phase analyze -p auto_promote true (ends the challenger test)',
+               'rollback': 'mlcycle retrain -p phase analyze -p auto_promote true (or: mlcycle rollback --reason "…")',
+               'continue': 'wait for more labelled traffic, then run the analysis again (mlcycle retrain -p phase analyze)'}
+
+def verdict(analysis: dict, promote_if_noninferior: bool = True) -> dict:
+    "The decision on an `analyze_ab` (or `rollback_check`) result, its evidence, and the one command that applies it."
+    d = decision_for(analysis, promote_if_noninferior)
+    return {'analysis': analysis, 'decision': d, 'evidence': analysis.get('reason', ''), 'command': AB_COMMANDS[d].format(v=analysis.get('challenger_version'))}
+
+def ab_decision(log: pd.DataFrame, c: Charter, design: dict, champion, challenger, promote_if_noninferior: bool = True) -> dict:
+    """The A/B decision as a pure function of the arms' labelled rows (the prediction log, `log`) and the `design`: the analysis
+    at this look (a finished test's recorded result stands: analyzing it again on later rows would be another look), the
+    decision, its evidence and the command that applies it. No workspace, no registry: the same rows and design, the same answer."""
+    an = ({**design['final'], 'design': design, 'reused': True} if design.get('final') else
+          analyze_ab(log, c, design, str(champion), str(challenger), since=design.get('start_ts'), looks_so_far=design.get('looks', [])))
+    return verdict(an, promote_if_noninferior)
+
 # %% ../nbs/07_retraining.ipynb #e7a1d022
 def primary_metric_test(champion: dict, challenger: dict, c: Charter, alpha: float = 0.05) -> dict:
     """z-test of the charter's primary metric between two independent arms (`_arm_summary` records): the difference
@@ -516,10 +536,11 @@ def start_ab_test(ws: Workspace, c: Charter, stage_run, version: str, champion_v
                   contract: dict, ab_share: float = 0.5, shadow: bool = False, ab_method: str = 'sequential', max_looks: int = 5,
                   min_ab_samples: int = 0, why: str = '') -> dict:
     "Fix the A/B design (`ab_plan`) before any traffic, make the version @challenger, and record the design."
-    from mlcycle.deploy import promote
+    from mlcycle.deploy import promote, registry_effect
     design = ab_plan(c, champion_model, gate, test_df, contract, ab_share, shadow, ab_method, max_looks, min_ab_samples)
-    promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
-            reason=f'{why}; gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows')
+    registry_effect(stage_run, ws, lambda: promote(ws, version, as_='challenger', share=ab_share, shadow=shadow,
+                                                   reason=f'{why}; gate passed; A/B test needs {design["champion"]} + {design["challenger"]} labelled rows'),
+                    [version], f'v{version} -> @challenger', c.name)          # with the stage's record, or not at all
     design.update(start_ts=time.time(), champion_version=champion_version, challenger_version=version, looks=[])
     stage_run.write_json(f'ab/{c.name}-v{version}.json', design)
     stage_run.record('ab_design', **{k: v for k, v in design.items() if k != 'looks'})
@@ -545,7 +566,8 @@ def apply_gate_evidence(ws: Workspace, c: Charter, version: str, gate: dict, sta
     ev = gate_evidence(c, gate['rules'], gate['rows'], share)
     stage_run.record('gate_evidence', version=str(version), **{k: v for k, v in ev.items() if k != 'objectives'}, objectives=ev['objectives'])
     if ev['status'] == 'insufficient_evidence':
-        _client(ws, c).set_model_version_tag(c.name, str(version), 'validation_status', 'insufficient_evidence')
+        from mlcycle.validate import tag_effect
+        tag_effect(stage_run, _client(ws, c), c.name, version, {'validation_status': 'insufficient_evidence'})
         log(f'version {version}: {ev["text"]}')
         return {**gate, 'status': 'insufficient_evidence', 'summary': ev['text'], 'evidence': ev}
     return {**gate, 'evidence': ev}
@@ -639,86 +661,117 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
     return dict(charter=c, workspace=ws, new=new, assembled=data['assembled'], info=data['info'], parts=parts, fingerprints=fps, candidates=cands,
                 selection=sel, model_version=version, gate=gate, design=design, mlflow_run_id=run.info.run_id)
 
-def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, server_url: str = '', promote_if_noninferior: bool = True,
-                    log_url: str | None = None, log=print) -> dict:
-    "Phase analyze: the A/B (or shadow) analysis on the log per the recorded design, the decision, and (auto_promote) the alias moves."
-    import mlflow
-    from mlcycle.monitor import read_window
-    from mlcycle.deploy import end_challenger, promote, rollback
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    c = workspace_charter(ws, charter)
+def ab_evidence(ws: Workspace, c: Charter, log_df: pd.DataFrame, promote_if_noninferior: bool = True) -> dict:
+    """What phase analyze judges, read from the workspace and the registry (the aliases, the recorded design, when the champion
+    was promoted), and the decision on it (`ab_decision`, or `verdict` of the post-promotion check): kind, design and verdict."""
     al = _aliases(ws)
-    prev = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
-    log_df = read_window(log_url or ws, '')
-    design, design_path = None, None
     if 'challenger' in al:
         design_path = ws.root/'ab'/f"{c.name}-v{al['challenger']}.json"
         if not design_path.exists():
             raise MlcycleError(f"@challenger v{al['challenger']} has no recorded A/B design ({design_path}): deploy challengers with the retraining "
                                'stage (it fixes the sample size before the test), or end this test with `end_challenger`')
         design = read_json(design_path)
-        if design.get('final'):          # the test is over: its result is not re-computed on later data (that would be another look)
-            an = {**design['final'], 'design': design, 'reused': True}
-        else:
-            an = analyze_ab(log_df, c, design, al['champion'], al['challenger'], since=design['start_ts'], looks_so_far=design.get('looks', []))
-        kind = 'ab'
-    elif 'previous' in al:
+        return {'kind': 'ab', 'design': design, **ab_decision(log_df, c, design, al['champion'], al['challenger'], promote_if_noninferior)}
+    if 'previous' in al:
         promoted_at = next((pd.Timestamp(e['ts']).timestamp() for e in reversed(ws.audit.entries())
                             if e['event'] == 'alias_moved' and e['details'].get('alias') == 'champion' and str(e['details'].get('to_version')) == al['champion']), None)
         an = rollback_check(log_df, al['champion'], al['previous'], promoted_at or 0.0, c=c,
                             classes=read_json(ws.root/'data'/'contract.json').get('classes'))
-        an.update(champion_version=al['champion'], previous_version=al['previous']); kind = 'post_promotion'
-    else:
-        raise MlcycleError('nothing to analyze: there is no @challenger (run the train phase first) and no @previous to compare the champion with')
-    decision = decision_for(an, promote_if_noninferior)
-    acted, moves = False, None
-    approve = 'mlcycle retrain -p phase analyze -p auto_promote true'
-    command = {'promote': f"{approve} (or: mlcycle promote {an.get('challenger_version')})", 'keep': f'{approve} (ends the challenger test)',
-               'rollback': f'{approve} (or: mlcycle rollback --reason "…")', 'continue': 'wait for more labelled traffic, then run the analysis again'}[decision]
-    evidence = an.get('reason', '')
-    if decision != 'continue' and auto_promote:
-        why = f'A/B decision {decision}: {evidence}'
-        from mlcycle.deploy import require_approval
-        if decision == 'promote': require_approval(ws, an['challenger_version'], c.name)   # human oversight (stage 05)
-        if decision == 'promote': moves = promote(ws, an['challenger_version'], as_='champion', reason=why)
-        elif decision == 'keep' and kind == 'ab': moves = end_challenger(ws, reason=why)
-        elif decision == 'rollback': moves = rollback(ws, reason=why)
-        acted = moves is not None
+        an.update(champion_version=al['champion'], previous_version=al['previous'])
+        return {'kind': 'post_promotion', 'design': None, **verdict(an, promote_if_noninferior)}
+    raise MlcycleError('nothing to analyze: there is no @challenger (run the train phase first) and no @previous to compare the champion with')
+
+def ab_change(ws: Workspace, c: Charter, ev: dict, act: bool):
+    """The registry change phase analyze makes, to run at its commit (`registry_effect`): the decision's tags on both versions
+    and, when `act`, the alias moves (promote, end the test, or roll back)."""
+    from mlcycle.deploy import end_challenger, promote, rollback
+    an, decision = ev['analysis'], ev['decision']
+    why = f"A/B decision {decision}: {ev['evidence']}"
+    def change():
+        cl = _client(ws, c)
+        for v in {an.get('challenger_version'), an.get('champion_version')} - {None}:
+            for k, val in {'ab_decision': decision, 'ab_result': an.get('result', ''), 'ab_evidence': ev['evidence'][:4900],
+                           'ab_decision_status': 'applied' if act else 'recommended (awaiting approval)'}.items():
+                cl.set_model_version_tag(c.name, str(v), k, val)
+        if not act: return None
+        if decision == 'promote': return promote(ws, an['challenger_version'], as_='champion', reason=why)['moves']
+        if decision == 'keep' and ev['kind'] == 'ab': return end_challenger(ws, reason=why)
+        if decision == 'rollback': return rollback(ws, reason=why)
+    return change
+
+def ab_moves(current: dict, ev: dict, act: bool) -> list:
+    "The alias moves phase analyze makes (planned before they happen, for its record)."
+    from mlcycle.deploy import planned_moves
+    if not act: return []
+    d, an = ev['decision'], ev['analysis']
+    if d == 'promote': return planned_moves(current, an['challenger_version'])
+    if d == 'keep' and ev['kind'] == 'ab': return planned_moves(current, None, 'end_challenger')
+    return planned_moves(current, None, 'rollback') if d == 'rollback' else []
+
+def _record_design_looks(st, c: Charter, ev: dict):
+    "A sequential look, or the final result, written into the A/B design file (within the stage run)."
+    design, an = ev['design'], ev['analysis']
+    if design is None or an.get('reused'): return
+    final = {k: v for k, v in an.items() if k != 'design'} if an['status'] == 'complete' else None
+    if an.get('looks') != design.get('looks') or final:
+        st.write_json(f"ab/{c.name}-v{design['challenger_version']}.json", {**design, 'looks': an.get('looks', []), 'final': final})
+    if design['method'] == 'sequential' and an.get('looks') != design.get('looks'):
+        st.record('ab_look', **an['looks'][-1])
+
+def _log_analysis(an: dict, decision: str) -> str:
+    "The analysis as an MLflow run (counts, the test, the JSON); returns its run id."
+    import mlflow
+    with mlflow.start_run(run_name='07_retraining analyze', tags={'mlcycle.stage': '07_retraining', 'mlcycle.phase': 'analyze',
+                                                                   'ab_decision': decision, 'ab_status': an['status']}) as run:
+        mets = {'labelled_champion': an.get('labelled', {}).get('champion', 0), 'labelled_challenger': an.get('labelled', {}).get('challenger', 0)}
+        t = an.get('test') or {}
+        mets.update({f'ab_{k}': t[k] for k in ('difference', 'ci_low', 'ci_high', 'p_value') if k in t})
+        mlflow.log_metrics({k: float(v) for k, v in mets.items() if v is not None and np.isfinite(v)})
+        mlflow.log_text(to_json(an, indent=2), 'ab_analysis.json')
+    return run.info.run_id
+
+def run_ab_analysis(charter=None, workspace=None, auto_promote: bool = False, server_url: str = '', promote_if_noninferior: bool = True,
+                    log_url: str | None = None, approver: str = '', log=print) -> dict:
+    """Phase analyze: the A/B (or shadow) analysis on the log per the recorded design, the decision (`ab_decision`, pure), and
+    (auto_promote) its alias moves, made with the stage's record (`registry_effect`). A promotion the charter wants approved
+    waits for a person (`approval_gate`): the record then says `awaiting_approval`, naming the command."""
+    from mlcycle.monitor import read_window
+    from mlcycle.deploy import approval_gate, registry_effect
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    c = workspace_charter(ws, charter)
+    prev = ws.manifest('07_retraining')['outputs'] if ws.has_stage('07_retraining') else {}
+    ev = ab_evidence(ws, c, read_window(log_url or ws, ''), promote_if_noninferior)
+    an, decision, evidence, command = ev['analysis'], ev['decision'], ev['evidence'], ev['command']
+    gate = (approval_gate(ws, an['challenger_version'], approver, c.name, log) if auto_promote and decision == 'promote'
+            else {'status': 'not_required'})
+    waiting = gate if gate['status'] == 'awaiting_approval' else None
+    acted = decision != 'continue' and bool(auto_promote) and not waiting
+    before = _aliases(ws)
+    moves = ab_moves(before, ev, acted)
     setup_mlflow(ws, c.name)
-    cl = mlflow.MlflowClient()
     with ws.stage('07_retraining', charter_hash=c.hash, phase='analyze', auto_promote=bool(auto_promote)) as st:
-        if design is not None and not an.get('reused'):
-            final = {k: v for k, v in an.items() if k != 'design'} if an['status'] == 'complete' else None
-            if an.get('looks') != design.get('looks') or final:
-                st.write_json(f"ab/{c.name}-v{al['challenger']}.json", {**design, 'looks': an.get('looks', []), 'final': final})
-            if design['method'] == 'sequential' and an.get('looks') != design.get('looks'):
-                st.record('ab_look', **an['looks'][-1])
-        with mlflow.start_run(run_name='07_retraining analyze', tags={'mlcycle.stage': '07_retraining', 'mlcycle.phase': 'analyze',
-                                                                       'ab_decision': decision, 'ab_status': an['status']}) as run:
-            mets = {'labelled_champion': an.get('labelled', {}).get('champion', 0), 'labelled_challenger': an.get('labelled', {}).get('challenger', 0)}
-            t = an.get('test') or {}
-            mets.update({f'ab_{k}': t[k] for k in ('difference', 'ci_low', 'ci_high', 'p_value') if k in t})
-            mlflow.log_metrics({k: float(v) for k, v in mets.items() if v is not None and np.isfinite(v)})
-            mlflow.log_text(to_json(an, indent=2), 'ab_analysis.json')
+        _record_design_looks(st, c, ev)
+        run_id = _log_analysis(an, decision)
         if decision != 'continue':
-            for v in {an.get('challenger_version'), an.get('champion_version')} - {None}:
-                for k, val in {'ab_decision': decision, 'ab_result': an.get('result', ''), 'ab_evidence': evidence[:4900],
-                               'ab_decision_status': 'applied' if acted else 'recommended (awaiting approval)'}.items():
-                    cl.set_model_version_tag(c.name, str(v), k, val)
-        st.record('ab_decision', kind=kind, decision=decision, status=an['status'], result=an.get('result'), evidence=evidence,
-                  auto_promote=bool(auto_promote), applied=acted, approve_with=None if acted or decision == 'continue' else command,
+            registry_effect(st, ws, ab_change(ws, c, ev, acted), [an.get('challenger_version'), an.get('champion_version')], f'A/B decision {decision}', c.name)
+        st.record('ab_decision', kind=ev['kind'], decision=decision, status=an['status'], result=an.get('result'), evidence=evidence,
+                  auto_promote=bool(auto_promote), applied=acted, approve_with=None if acted or decision == 'continue' else (waiting or {}).get('command', command),
                   champion=an.get('champion_version'), challenger=an.get('challenger_version'))
-        st.manifest['outputs'].update({**{k: v for k, v in prev.items() if k not in ('decision', 'recommendation', 'ab_analysis', 'mlflow_run_id')},
+        st.manifest['outputs'].update({**{k: v for k, v in prev.items() if k not in ('decision', 'recommendation', 'ab_analysis', 'mlflow_run_id', 'awaiting_approval', 'approval')},
                                        'phase': 'analyze', 'train_mlflow_run_id': prev.get('train_mlflow_run_id') or prev.get('mlflow_run_id'),
-                                       'mlflow_run_id': run.info.run_id,
-                                       'ab_analysis': {k: v for k, v in an.items() if k != 'design'}, 'decision': decision,
-                                       'decision_applied': acted, 'moves': moves,
+                                       'mlflow_run_id': run_id, 'ab_analysis': {k: v for k, v in an.items() if k != 'design'}, 'decision': decision,
+                                       'decision_applied': acted, 'moves': moves or None, 'approval': gate, 'awaiting_approval': waiting,
                                        'recommendation': (f'{decision} (applied)' if acted else decision if decision == 'continue'
-                                                          else f'{decision}: awaiting approval — {command}'), 'evidence': evidence,
-                                       'aliases': _aliases(ws)})
+                                                          else f"{decision}: {waiting['text']}" if waiting else f'{decision}: awaiting approval — {command}'),
+                                       'evidence': evidence, 'aliases': _aliases_after(before, moves)})
     if acted: _reload(server_url, log)
-    log(f"A/B {an['status']}: {evidence or an.get('reason', '')} → {decision}" + (' (applied)' if acted else ''))
-    return dict(charter=c, workspace=ws, analysis=an, decision=decision, applied=acted, moves=moves, command=command, mlflow_run_id=run.info.run_id)
+    log(f"A/B {an['status']}: {evidence} → {decision}" + (' (applied)' if acted else f" ({waiting['text']})" if waiting else ''))
+    return dict(charter=c, workspace=ws, analysis=an, decision=decision, applied=acted, moves=moves or None, command=(waiting or {}).get('command', command),
+                approval=gate, mlflow_run_id=run_id)
+
+def _aliases_after(current, moves):
+    from mlcycle.deploy import aliases_after
+    return aliases_after(current, moves)
 
 # %% ../nbs/07_retraining.ipynb #e7a1d032
 def unseen_split(new: pd.DataFrame, train: pd.DataFrame, validation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

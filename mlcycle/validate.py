@@ -32,7 +32,7 @@ __all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBE
            'task_performance', 'task_fairness', 'task_output_problem', 'task_robustness', 'task_robustness_gate',
            'relative_scores', 'task_overfit_check', 'task_non_inferiority', 'gate_task_model', 'plot_task_performance',
            'plot_task_fairness', 'gate_evidence', 'evidence_verdict', 'plot_performance', 'plot_fairness',
-           'plot_robustness', 'report_record', 'validate_version', 'run_validation', 'mitigation_effect']
+           'plot_robustness', 'report_record', 'tag_effect', 'validate_version', 'run_validation', 'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -792,6 +792,21 @@ def report_record(rep: dict) -> dict:
             'p95_latency_ms': float(np.percentile(rep['latencies_ms'], 95)), 'machine_load': rep['machine_load'], 'evidence': rep.get('evidence'),
             'estimate': rep.get('estimate')}
 
+def tag_effect(stage_run, client, name: str, version, tags: dict):
+    """Set `tags` on model `version` when `stage_run` commits, with its manifest (at once without a stage run); if the
+    commit fails, the tags are put back as they were."""
+    v = str(version)
+    def do():
+        old = dict(client.get_model_version(name, v).tags or {})
+        for k, val in tags.items(): client.set_model_version_tag(name, v, k, str(val))
+        return old
+    def undo(old):
+        for k in tags:
+            if k in old: client.set_model_version_tag(name, v, k, old[k])
+            else: client.delete_model_version_tag(name, v, k)
+    if stage_run is None: do()
+    else: stage_run.effect(do, undo, f'tags {sorted(tags)} of v{v}')
+
 def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_df=None, validation_df=None, contract=None,
                      stage_run: StageRun | None = None, evidence_share: float | None = 1.0, log=print) -> dict:
     """Run the gate on registered `version` against the test split, judge its evidence (`evidence_verdict`; `evidence_share` None:
@@ -848,7 +863,7 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
             fig = fn(rep); mlflow.log_figure(fig, name); plt.close(fig)
     tags = {'validation_status': rep['status'], 'validation_summary': rep['summary'][:4900], 'validation_run_id': run.info.run_id,
             'validation_charter_hash': c.hash, 'validation_test_fingerprint': test_fp}
-    for k, v in tags.items(): client.set_model_version_tag(c.name, version, k, v)
+    tag_effect(stage_run, client, c.name, version, tags)      # with the stage's record, or not at all
     ev = rep.get('evidence') or {}
     details = dict(model=c.name, version=version, status=rep['status'], summary=rep['summary'], charter_hash=c.hash,
                    failed_rules=ev['failed_rules'] if ev else rep['rules'][~rep['rules'].passed].rule.tolist(), champion_version=champion_version,

@@ -120,7 +120,7 @@ def adult_circle(tmp_path_factory):
         c = yaml.safe_load(charter.read_text()); c['monitoring'] = {'webhooks': [{'url': hook.url, 'format': 'json'}]}
         c['development']['search_iterations'] = 2   # as the other test charters: two configurations per family, not six
         charter.write_text(yaml.safe_dump(c))
-        r = subprocess.run([sys.executable, '-c', _CIRCLE, wsd, rep, snap, 'run', '-c', charter, '-w', wsd, '-r', rep],
+        r = subprocess.run([sys.executable, '-c', _CIRCLE, wsd, rep, snap, 'run', '-c', charter, '-w', wsd, '-r', rep, '--approver', 'Ada Reviewer'],
                            cwd=d, env=env, capture_output=True, text=True, timeout=3600)
     return {'ws': wsd, 'reports': rep, 'returncode': r.returncode, 'stdout': r.stdout, 'stderr': r.stderr, 'webhook': hook.received,
             'after_04': snap/'ws' if (snap/'ws'/'stages'/'04_validation.json').exists() else None}

@@ -1,6 +1,6 @@
 """How stable are the circle's decisions? Over N seeds, the retraining gate's verdict and the A/B decision (run on demand):
 
-    mlcycle run --stages 01-05 --no-circle -w WS          # once: a workspace with v1 as @champion on the bundled charter
+    mlcycle run --stages 01-05 --no-circle -w WS --approver NAME   # once: a workspace with v1 as @champion on the bundled charter
     python tests/benchmarks/bench_verdict_stability.py -w WS [--champion 1] [--seeds 20] [--first-seed 0 | --seed-list 2,10] [--scenarios gig_economy,new_category] [--out r.json]
 
 For each scenario and each seed, the deciding parts of the default circle run in one process, without a server, and follow
