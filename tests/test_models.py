@@ -142,3 +142,85 @@ def test_own_estimator_through_stages_03_and_04(tmp_path, monkeypatch):
     from mlcycle.registry import fetch_model
     with pytest.raises(MlcycleError, match='own_estimator.NewtonLogit'):
         fetch_model(f"models:/{r3['charter'].name}/{v}", [])
+
+
+# --- 3. a model trained elsewhere ---------------------------------------------------------------------------------
+
+def outside_pipeline(df: pd.DataFrame, target: str, seed: int = 0):
+    "What a data scientist builds in their own notebook: their own split, column transformer and model, on half the table."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    train = df.sample(frac=0.5, random_state=seed)
+    X, y = train.drop(columns=[target]), train[target]
+    text = [c for c in X if not pd.api.types.is_numeric_dtype(X[c])]
+    prep = ColumnTransformer([('text', OneHotEncoder(handle_unknown='ignore', sparse_output=False, min_frequency=20), text)], remainder='passthrough')
+    return Pipeline([('prep', prep), ('model', HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=seed))]).fit(X, y)
+
+
+def test_adopt_refuses_pickles_and_models_that_do_not_fit_the_contract(tmp_path, mlcycle):
+    import pickle, mlflow.sklearn
+    import skops.io as sio
+    path = stackoverflow(tmp_path)
+    df = pd.read_csv(tmp_path/'so.csv')
+    pipe = outside_pipeline(df, 'Web_developer')
+    ws = tmp_path/'ws'
+    (tmp_path/'model.pkl').write_bytes(pickle.dumps(pipe))
+    r = mlcycle('adopt', tmp_path/'model.pkl', '--charter', path, '--workspace', ws, cwd=tmp_path)
+    assert r.returncode != 0 and 'never a pickle' in r.stdout + r.stderr, r.stdout + r.stderr
+    mlflow.sklearn.save_model(pipe, str(tmp_path/'pickled'), serialization_format='cloudpickle')
+    r = mlcycle('adopt', tmp_path/'pickled', '--charter', path, '--workspace', ws, cwd=tmp_path)
+    assert r.returncode != 0 and "serialized as 'cloudpickle', not skops" in r.stdout + r.stderr, r.stdout + r.stderr
+    # a column the contract does not have (the charter drops it), and labels that are not the task's 0/1
+    dropped = with_development(path)
+    d = yaml.safe_load(dropped.read_text()); d['data']['drop_columns'] = ['Salary']; dropped.write_text(yaml.safe_dump(d, sort_keys=False))
+    sio.dump(pipe, tmp_path/'model.skops')
+    r = mlcycle('adopt', tmp_path/'model.skops', '--charter', dropped, '--workspace', tmp_path/'ws2', cwd=tmp_path)
+    assert r.returncode != 0 and "columns the data contract does not have: ['Salary']" in r.stdout + r.stderr, r.stdout + r.stderr
+    words = outside_pipeline(df.assign(Web_developer=np.where(df.Web_developer == 1, 'web', 'other')), 'Web_developer')
+    sio.dump(words, tmp_path/'words.skops')
+    r = mlcycle('adopt', tmp_path/'words.skops', '--charter', path, '--workspace', ws, cwd=tmp_path)
+    assert r.returncode != 0 and "classes are ['other', 'web'], not [0, 1]" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert not (ws/'stages'/'03_model_development.json').exists()   # nothing adopted, nothing recorded
+
+
+@pytest.mark.slow
+def test_adopted_pipeline_goes_through_the_full_circle(tmp_path, mlcycle):
+    """A pipeline trained outside mlcycle, saved as an MLflow model with skops, is adopted, gated by stage 04, served,
+    monitored, challenged at retraining by one of stage 03's candidates, governed (its card says what was measured and
+    what was told) and, when the challenger wins, retired."""
+    import json, mlflow.sklearn
+    path = stackoverflow(tmp_path)
+    df = pd.read_csv(tmp_path/'so.csv')
+    pipe = outside_pipeline(df, 'Web_developer')
+    mlflow.sklearn.save_model(pipe, str(tmp_path/'outside_model'), serialization_format='skops',
+                              skops_trusted_types=['sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor'])
+    ws = tmp_path/'ws'
+    r = mlcycle('adopt', tmp_path/'outside_model', '--charter', path, '--workspace', ws, '--trained-by', 'a data scientist',
+                '--trained-on', 'half of the stackoverflow table', cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = lambda s: json.loads((ws/'stages'/f'{s}.json').read_text())['outputs']
+    assert m('03_model_development')['adopted']['told']['trained_by'] == 'a data scientist'
+    r = mlcycle('run', '--stages', '04', '--no-circle', '--charter', path, '--workspace', ws, '--reports', tmp_path/'reports', cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, f'{r.stdout[-4000:]}\n{r.stderr[-3000:]}'
+    assert m('04_validation')['validation_status'] == 'passed' and m('04_validation')['model_version'] == '1'
+    # the card of the adopted version says what the lifecycle measured and what it was told
+    from mlcycle.charter import load_charter
+    from mlcycle.core import Workspace
+    from mlcycle.governance import build_governance
+    c = load_charter(path)
+    details = build_governance(Workspace(ws), c, '1', n_boot=50)['card']['model_details']
+    assert details['origin'].startswith('adopted (MLflow model') and 'a data scientist' in details['told_to_mlcycle'], details
+    assert 'input columns against the data contract' in details['measured_by_mlcycle'] and 'training data' in details['unknown'], details
+    # from there, the whole circle: serve, monitor, retrain with stage 03's candidates as challengers, A/B, govern, retire
+    r = mlcycle('run', '--stages', '05-09', '--charter', path, '--workspace', ws, '--reports', tmp_path/'reports', cwd=tmp_path, timeout=1800)
+    assert r.returncode == 0, f'{r.stdout[-4000:]}\n{r.stderr[-3000:]}'
+    assert 'model server ready' in r.stdout and ' 0 failed requests' in r.stdout
+    assert m('06_monitoring')['window']['rows'] > 0
+    r7 = m('07_retraining')
+    assert r7['champion_version'] == '1'
+    picked = [x for x in r7['candidates'] if x['candidate'] == r7['selected']]
+    assert r7['selected'] and picked and picked[0]['family'] in c.development.candidates, (r7['selected'], r7['candidates'][:1])
+    if r7['decision'] == 'promote':   # the adopted version, replaced by stage 03's candidate, is retired
+        assert m('09_retirement')['model_version'] == '1'
