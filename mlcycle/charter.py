@@ -349,7 +349,11 @@ class EstimatorSpec(_Strict):
     search_space: dict[str, list] = Field(default_factory=dict)
     trusted_types: list[str] = Field(default_factory=list)
 
-    _safe_types = field_validator('trusted_types')(classmethod(lambda cls, v: DerivedFeature._safe_types.__func__(cls, v)))
+    @field_validator('trusted_types')
+    @classmethod
+    def _safe_types(cls, v):
+        "The same rule as a custom feature's: `module:Class` read as `module.Class`, and a type that runs code refused."
+        return DerivedFeature._safe_types.__func__(cls, v)
 
     @model_validator(mode='after')
     def _importable(self):
