@@ -45,8 +45,9 @@ def load_outside_model(source: str, trusted=()) -> tuple[object, dict]:
                                'pickle runs its code. Save the model with skops.io.dump(model, "model.skops"), or log it with '
                                'mlflow.sklearn.log_model(model, ..., serialization_format="skops")')
         return _skops_file(p, trusted), {'kind': 'skops file', 'source': str(p.resolve()), 'sha256': sha256_bytes(p.read_bytes())}
-    loaded = fetch_model(str(source), trusted)
-    return loaded.model, {'kind': 'MLflow model', 'source': str(source), 'sha256': loaded.digest, **_mlflow_lineage(str(source))}
+    uri = str(p.resolve()) if p.is_dir() else str(source)   # a local model folder is recorded by its absolute path
+    loaded = fetch_model(uri, trusted)
+    return loaded.model, {'kind': 'MLflow model', 'source': uri, 'sha256': loaded.digest, **_mlflow_lineage(uri)}
 
 def _mlflow_lineage(uri: str) -> dict:
     "The run id and creation time the MLflow model's own metadata records ({} when it records none)."
