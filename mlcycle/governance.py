@@ -117,6 +117,7 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
     from mlcycle.registry import fetch_model
     from mlcycle.train import model_trusted_types   # the charter's derived features' and own estimators' trusted_types
     _, name = _client(ws, name)
+    contract = read_json(ws.root/'data'/'contract.json')
     try: model = fetch_model(f'models:/{name}/{version}', model_trusted_types(workspace_charter(ws))).model
     except MlcycleError as e:
         if 'not skops' in str(e) or 'trusted' in str(e): raise
