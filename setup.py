@@ -22,6 +22,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 spark_requirements = shlex.split(cfg.get('spark_requirements', ''))   # `pip install mlcycle[spark]`: mlcycle predict --engine spark
+boosting_requirements = shlex.split(cfg.get('boosting_requirements', ''))   # `pip install mlcycle[boosting]`: LightGBM and XGBoost candidates
 
 
 class build_py_with_notebooks(build_py):
@@ -46,7 +47,7 @@ setuptools.setup(
     package_data={cfg['lib_name']: cfg.get('package_data', '').split()},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'spark': spark_requirements},
+    extras_require={'dev': dev_requirements, 'spark': spark_requirements, 'boosting': boosting_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=(here/'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',

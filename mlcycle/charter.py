@@ -18,16 +18,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .core import ASSETS, MISSING_GROUP, MlcycleError, Workspace, atomic_write_json, group_text, load_yaml, read_json, to_json
+from .families import BOOSTING_FAMILIES, FAMILIES, missing_package
 
 # %% auto #0
 __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS',
            'CODE_RUNNING_BUILTINS', 'CODE_RUNNING_MODULES', 'CODE_RUNNING_NAMES', 'MAX_TEXT_FEATURES', 'CANDIDATES',
-           'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER', 'refused_trusted_type',
-           'transformer_type', 'needs_trust', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective',
-           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook', 'MonitoringSpec', 'Charter',
-           'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'columns_shown', 'source_names',
-           'charter_data_errors', 'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target',
-           'judged_groups', 'judged_rows', 'too_small_note', 'unjudged_reason', 'group_names', 'workspace_charter']
+           'TASK_CANDIDATES', 'TASK_EXAMPLES', 'ESTIMATOR_EXAMPLE', 'EXAMPLES', 'BUNDLED_CHARTER',
+           'refused_trusted_type', 'transformer_type', 'needs_trust', 'DerivedFeature', 'Source', 'Requirements',
+           'DataSpec', 'Objective', 'Risk', 'Retention', 'EstimatorSpec', 'Development', 'ValidationSpec', 'Production',
+           'Webhook', 'MonitoringSpec', 'Charter', 'CharterError', 'format_validation_error', 'parse_charter',
+           'load_charter', 'columns_shown', 'source_names', 'charter_data_errors', 'feature_input_errors',
+           'time_values', 'unparseable_times', 'binary_target', 'judged_groups', 'judged_rows', 'too_small_note',
+           'unjudged_reason', 'group_names', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -330,21 +332,71 @@ TASK_EXAMPLES = {'binary_classification': '{metric: roc_auc, min: 0.85, primary:
                  'multiclass_classification': '{metric: macro_f1, min: 0.8, primary: true}',
                  'regression': '{metric: rmse, max: 1000, primary: true}'}
 
+ESTIMATOR_EXAMPLE = ("estimators: [{name: my_knn, estimator: 'my_models:SmallKNN', params: {k: 15}, search_space: {k: [5, 15, 31]}, "
+                     "trusted_types: [my_models.SmallKNN]}]")
+
+class EstimatorSpec(_Strict):
+    """Your own scikit-learn-compatible estimator, a candidate of stage 03 by its `name`: the class `module:Class`, its
+    fixed `params`, its `search_space` (lists of values), and the skops `trusted_types` its fitted models hold (at least
+    the class itself). The trust is checked before the module is imported: importing a module runs its code."""
+    name: str = Field(pattern=r'^[A-Za-z_][A-Za-z0-9_]*$')
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    search_space: dict[str, list] = Field(default_factory=dict)
+    trusted_types: list[str] = Field(default_factory=list)
+
+    @field_validator('trusted_types')
+    @classmethod
+    def _safe_types(cls, v):
+        "The same rule as a custom feature's: `module:Class` read as `module.Class`, and a type that runs code refused."
+        return DerivedFeature._safe_types.__func__(cls, v)
+
+    @model_validator(mode='after')
+    def _importable(self):
+        key = f'development.estimators[{self.name}]'
+        if self.name in FAMILIES: raise ValueError(f"{key}: {self.name!r} is a built-in candidate family; give your estimator another name")
+        mod, _, cls = self.estimator.partition(':')
+        if not (mod and cls): raise ValueError(f"{key}.estimator must be 'module:Class', got {self.estimator!r}; example: {ESTIMATOR_EXAMPLE}")
+        own = transformer_type(self.estimator)
+        if why := refused_trusted_type(own): raise ValueError(f"{key}: estimator {self.estimator!r} is refused: {why}")
+        if needs_trust(self.estimator) and own not in self.trusted_types:   # before the import: importing a module runs its code
+            raise ValueError(f"{key}: estimator {self.estimator!r} is not imported until the charter trusts it: trusted_types does not list "
+                             f"{own}; if you reviewed that code, add trusted_types: [{own}] (and the types skops names for its fitted state)")
+        self._check_class(key, mod, cls)
+        return self
+
+    def _check_class(self, key, mod, cls):
+        import importlib
+        try: klass = getattr(importlib.import_module(mod), cls)
+        except Exception as e:
+            raise ValueError(f"{key}: cannot import {self.estimator!r} ({type(e).__name__}: {e}); put its module on the Python path or fix the name") from None
+        if not (hasattr(klass, 'fit') and hasattr(klass, 'predict') and hasattr(klass, 'get_params')):
+            raise ValueError(f"{key}: {self.estimator!r} is not a scikit-learn estimator (it needs fit, predict and get_params)")
+        try: known = klass(**self.params).get_params()
+        except Exception as e: raise ValueError(f"{key}: {self.estimator!r} refuses params {self.params} ({e})") from None
+        bad = sorted(set(self.search_space) - set(known))
+        if bad: raise ValueError(f"{key}.search_space: {bad} are not parameters of {self.estimator!r}; its parameters: {sorted(known)}")
+        empty = [k for k, v in self.search_space.items() if not v]
+        if empty: raise ValueError(f"{key}.search_space: {empty} list no value; give each parameter at least one")
+
 class Development(_Strict):
     "Stage 03's knobs."
     candidates: list[str] = Field(default_factory=lambda: list(CANDIDATES))
     search_iterations: int = Field(6, ge=1)
     cv_folds: int = Field(3, ge=2)
     seed: int = 42
+    estimators: list[EstimatorSpec] = Field(default_factory=list)   # your own estimators, candidates by name
 
-    @field_validator('candidates')
-    @classmethod
-    def _known(cls, v):
-        bad = [c for c in v if c not in CANDIDATES + ['ridge']]
-        if bad or not v:
-            raise ValueError(f"unknown candidate(s) {bad}; allowed: {', '.join(CANDIDATES)}; "
-                             "example: candidates: [logistic_regression, hist_gradient_boosting]")
-        return v
+    @model_validator(mode='after')
+    def _known(self):
+        own = [e.name for e in self.estimators]
+        bad = [c for c in self.candidates if c not in FAMILIES and c not in own]
+        if bad or not self.candidates:
+            raise ValueError(f"unknown candidate(s) {bad}; allowed: {', '.join([*CANDIDATES, *(f.name for f in BOOSTING_FAMILIES), *own])}, "
+                             f"or your own estimator declared under development.estimators; example: candidates: [logistic_regression, "
+                             f"hist_gradient_boosting, lightgbm]; {ESTIMATOR_EXAMPLE}")
+        if missing := [why for c in self.candidates if (why := missing_package(c))]: raise ValueError('; '.join(missing))
+        return self
 
 class ValidationSpec(_Strict):
     "Stage 04's knobs."
@@ -430,7 +482,8 @@ class Charter(_Strict):
             if o.metric not in allowed:
                 raise ValueError(f"objectives[{i}].metric: {o.metric!r} does not apply to task {self.task}; allowed for {self.task}: "
                                  f"{', '.join(allowed)}; example: {TASK_EXAMPLES[self.task]}")
-        dev, fams = self.development, TASK_CANDIDATES[self.task]
+        dev = self.development
+        fams = TASK_CANDIDATES[self.task] + [f.name for f in BOOSTING_FAMILIES] + [e.name for e in dev.estimators]   # both kinds
         if self.task == 'regression' and 'candidates' not in dev.model_fields_set:   # the default list, with regression's linear model
             dev.candidates = [('ridge' if f == 'logistic_regression' else f) for f in dev.candidates]
         wrong = [f for f in dev.candidates if f not in fams]
@@ -449,6 +502,7 @@ class Charter(_Strict):
     def _content(self) -> dict:
         d = self.model_dump(mode='json')
         if not d.get('features'): d.pop('features', None)   # a charter without derived features keeps its hash
+        if not d.get('development', {}).get('estimators', True): d['development'].pop('estimators')   # ... and without estimators
         if not d.get('monitoring', {}).get('webhooks'): d.pop('monitoring', None)
         if not d.get('license'): d.pop('license', None)
         return d

@@ -372,7 +372,7 @@ def evidence_traffic(ctx: dict):
 CLI_COMMANDS = {'purge': 'mlcycle.predlog', 'promote': 'mlcycle.deploy', 'rollback': 'mlcycle.deploy', 'package': 'mlcycle.deploy',
                 'accept-risk': 'mlcycle.deploy', 'serve': 'mlcycle.serve', 'simulate': 'mlcycle.simulate', 'monitor': ('mlcycle.monitor', 'mlcycle.notify'),
                 'retrain': 'mlcycle.retrain', 'approve': 'mlcycle.governance', 'govern': 'mlcycle.governance', 'retire': 'mlcycle.retire',
-                'predict': 'mlcycle.batch', 'init': 'mlcycle.init'}
+                'predict': 'mlcycle.batch', 'init': 'mlcycle.init', 'adopt': 'mlcycle.adopt'}
 # command → the module whose `register_cli` adds it, then any that extend it (stage 06's notifications add options to
 # `monitor`); the examples check that these are every module with a `register_cli` and that each adds exactly these
 _modules_of = lambda v: (v,) if isinstance(v, str) else tuple(v)

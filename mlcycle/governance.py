@@ -116,11 +116,11 @@ def evaluation_split(ws: Workspace) -> tuple[pd.DataFrame, str]:
 
 def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = None):
     "Load a registered version (sklearn flavour, skops) and score `df`: (P(positive), 0/1 decisions, the model)."
-    from mlcycle.features import declared_trusted_types
     from mlcycle.registry import fetch_model
+    from mlcycle.train import model_trusted_types   # the charter's derived features' and own estimators' trusted_types
     _, name = _client(ws, name)
     contract = read_json(ws.root/'data'/'contract.json')
-    try: model = fetch_model(f'models:/{name}/{version}', declared_trusted_types(contract.get('derived', []))).model
+    try: model = fetch_model(f'models:/{name}/{version}', model_trusted_types(workspace_charter(ws))).model
     except MlcycleError as e:
         if 'not skops' in str(e) or 'trusted' in str(e): raise
         raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e)[:300]} (were its artifacts deleted by stage 09?)') from None

@@ -326,6 +326,13 @@ def caveats(c: Charter, ev: dict, m: dict) -> list[str]:
     return [x['text'] for x in caveat_items(c, ev, m)]
 
 # %% ../nbs/08b_governance_documents.ipynb #0f385816
+def _provenance(tags: dict) -> dict:
+    "Where the version came from: trained by stage 03, or adopted (`mlcycle adopt`), with what the lifecycle measured and what it was told."
+    if tags.get('origin') != 'adopted': return {'origin': 'trained by mlcycle (stage 03)'}
+    return {'origin': f"adopted ({tags.get('adopted_kind', 'unknown kind')} {tags.get('adopted_from', '')}, sha256 {tags.get('adopted_sha256', 'unknown')[:16]})",
+            'measured_by_mlcycle': tags.get('facts_measured', ''), 'told_to_mlcycle': tags.get('facts_told', 'nothing'),
+            'unknown': tags.get('facts_unknown', '')}
+
 def _card_details(c: Charter, ev: dict) -> dict:
     rec, name = ev['record'], ev['name']
     return {'name': name, 'version': ev['version'], 'created': rec['created'], 'model': ev['model_description'],
@@ -336,7 +343,7 @@ def _card_details(c: Charter, ev: dict) -> dict:
             'lifecycle': rec['tags'].get('lifecycle'), 'validation_status': rec['tags'].get('validation_status'),
             'serialization': rec['flavor'].get('serialization_format'), 'sklearn_version': rec['flavor'].get('sklearn_version'),
             'mlflow_version': rec['flavor'].get('mlflow_version'), 'license': c.license.strip() or 'not stated',
-            'contact': ', '.join(c.owners)}
+            'contact': ', '.join(c.owners), **_provenance(rec['tags'])}
 
 def _target_in_brief(y) -> dict:
     "The evaluated rows' target: the positive rate (binary 0/1), the mean (regression) or the label shares (multiclass)."

@@ -56,10 +56,10 @@ def arm_rows(log: pd.DataFrame) -> pd.DataFrame:
 
 def load_version(ws: Workspace, c: Charter, version: str):
     "Version `version` of the charter's registered model, as the scikit-learn object stage 03 logged."
-    from mlcycle.features import declared_trusted_types
     from mlcycle.registry import fetch_model
+    from mlcycle.train import model_trusted_types
     setup_mlflow(ws, c.name)
-    return fetch_model(f'models:/{c.name}/{version}', declared_trusted_types(c.features)).model
+    return fetch_model(f'models:/{c.name}/{version}', model_trusted_types(c)).model
 
 # %% ../nbs/06d_model_checks.ipynb #6ff100e0
 def label_free_window(log: pd.DataFrame, c: Charter, references: dict, alpha: float = 0.05, seed: int = 0) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .core import AuditLog, MlcycleError, Workspace
 from .features import FEATURE_TRUSTED_TYPES
+from .families import FAMILY_TRUSTED_TYPES
 
 # %% auto #0
 __all__ = ['SKOPS_TRUSTED_TYPES', 'DECISION_EVENTS', 'model_digest', 'load_model_dir', 'LoadedModel', 'download_model',
@@ -26,6 +27,7 @@ SKOPS_TRUSTED_TYPES = [
     'mlcycle.train.FairThresholdClassifier',
     'mlcycle.train.FairMixtureClassifier',
     *FEATURE_TRUSTED_TYPES,              # the functions of the charter's derived features (mlcycle.features)
+    *FAMILY_TRUSTED_TYPES,               # LightGBM's and XGBoost's boosters and wrappers (mlcycle.families says why they are safe)
 ]
 
 def model_digest(path) -> str:

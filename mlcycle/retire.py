@@ -73,9 +73,9 @@ def demo_prediction_history(ws: Workspace, version, days_ago: tuple[float, float
     prod = production_data(ws)['data']
     df = prod.sample(rows, random_state=seed, replace=rows > len(prod)).reset_index(drop=True)
     X = feature_frame(df, contract)
-    from mlcycle.features import declared_trusted_types
     from mlcycle.registry import fetch_model
-    load = lambda v: fetch_model(f'models:/{name}/{v}', declared_trusted_types(c.features)).model
+    from mlcycle.train import model_trusted_types
+    load = lambda v: fetch_model(f'models:/{name}/{v}', model_trusted_types(c)).model
     m = load(version)
     proba, pred = m.predict_proba(X)[:, 1], np.asarray(m.predict(X)).astype(int)
     sh = None

@@ -621,7 +621,10 @@ def run_retraining(charter=None, workspace=None, new_data: str = 'feedback', new
     data = retraining_parts(ws, c, contract, new, test_share, strategy, window_rows, window_days, half_life)
     parts, source = data['parts'], str(new_data).split('@')[-1]
     champ_model = load_model_version(ws, c, champion_v)
-    family = _champion_family(model_version_info(ws, c, champion_v), champ_model)
+    champ_info = model_version_info(ws, c, champion_v)
+    family = _champion_family(champ_info, champ_model)
+    if champ_info['tags'].get('origin') == 'adopted' and not search_iterations:   # `mlcycle adopt`: no stage 03 configuration to refit,
+        search_iterations = c.development.search_iterations                       # so stage 03's candidates challenge it
     setup_mlflow(ws, c.name)
     with ws.stage('07_retraining', charter_hash=c.hash, phase='train', trigger=trigger, new_data=source, strategy=strategy,
                   champion=champion_v, search_iterations=search_iterations) as st:

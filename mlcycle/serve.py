@@ -282,8 +282,8 @@ class ModelServer:
 
     def load(self, previous: ModelSet | None = None) -> ModelSet:
         "The models to serve now: the pinned model, or what the registry's aliases name (reusing `previous`'s loaded versions)."
-        from mlcycle.features import declared_trusted_types
-        trusted = declared_trusted_types(self.charter.features)
+        from mlcycle.train import model_trusted_types   # the charter's derived features' and own estimators' trusted_types
+        trusted = model_trusted_types(self.charter)
         if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe, trusted)
         else:
             setup_mlflow(self.ws, self.charter.name)

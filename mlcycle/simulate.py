@@ -107,7 +107,8 @@ def _concept(df, rng, k, col, value, contract, target, positive):
         others = [v for v in out[target].dropna().unique() if str(v) != str(positive)]
         if num and others:
             x = pd.to_numeric(out[num[0]], errors='coerce')
-            out.loc[seg, target] = np.where(x[seg] >= x.median(), positive, others[0])
+            pos = next((v for v in out[target].dropna().unique() if str(v) == str(positive)), positive)   # the column's own value: 1, not the charter's '1'
+            out.loc[seg, target] = np.where(x[seg] >= x.median(), pos, others[0])
     return out
 
 GENERIC = {

@@ -153,6 +153,7 @@ class Task:
     decision_rule = ''                      # how the model turns scores into an answer (the model card)
     fairness_measures: list = []            # what the bias report shows per group
     # what applies to the task, as scikit-learn's estimator tags say what an estimator supports
+    regressor = False                       # its estimators are regressors (the family table's `regressor` builder)
     positive_score = False                  # the score is one probability per row, P(positive): ROC, reliability, selection rates
     in_target_unit = False                  # the metrics are errors in the target's unit, not rates (`mlcycle init` sets limits accordingly)
     mitigations = False                     # fairlearn's post-processing and reductions (stage 03): they need a 0/1 decision
@@ -250,13 +251,10 @@ class Task:
         return ''
 
     # the estimators
-    def estimator(self, family: str, seed: int = 0):
-        "The untuned final estimator of candidate `family`."
-        from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-        if family == 'random_forest': return RandomForestClassifier(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
-        if family == 'hist_gradient_boosting':
-            return HistGradientBoostingClassifier(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
-        raise MlcycleError(f"candidate {family!r} is a regressor: it does not apply to task {self.name}; use logistic_regression, random_forest or hist_gradient_boosting")
+    def estimator(self, family: str, seed: int = 0, estimators=()):
+        "The untuned final estimator of candidate `family`: the family table's classifier (`mlcycle.families`), or the charter's own `estimators`."
+        from mlcycle.families import family_of
+        return family_of(family, estimators).build(self.regressor, seed)
     def folds(self, n_folds: int, seed: int):
         "Cross-validation folds: stratified on the class."
         from sklearn.model_selection import StratifiedKFold
@@ -366,10 +364,6 @@ class BinaryTask(Task):
     def draws(self, metric, y, proba, pred, idx, sens=None, min_group_size=1):
         if metric in FAIRNESS_METRICS: return fairness_draws(metric, y, pred, sens, idx, min_group_size)   # group rates on every draw at once
         return super().draws(metric, y, proba, pred, idx, sens, min_group_size)
-    def estimator(self, family, seed=0):
-        from sklearn.linear_model import LogisticRegression
-        if family == 'logistic_regression': return LogisticRegression(solver='liblinear', max_iter=1000, random_state=seed)
-        return super().estimator(family, seed)
     def answer_columns(self, score, label, classes=None):
         return {'score': np.asarray(score, dtype='float64'), 'prediction': np.asarray(label, dtype='int64')}
     def scorer_outputs(self, model, X): return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype('int64')
@@ -413,10 +407,11 @@ class MulticlassTask(Task):
         P = proba.to_numpy(dtype=float)
         if not np.isfinite(P).all() or (P < 0).any() or not np.allclose(P.sum(1), 1): return 'predict_proba is not a probability distribution'
         return ''
-    def estimator(self, family, seed=0):
+    def estimator(self, family, seed=0, estimators=()):
         from sklearn.linear_model import LogisticRegression
-        if family == 'logistic_regression': return LogisticRegression(solver='saga', max_iter=2000, random_state=seed)   # multinomial, with l1_ratio
-        return super().estimator(family, seed)
+        if family == 'logistic_regression' and family not in [e['name'] if isinstance(e, dict) else e.name for e in estimators or ()]:
+            return LogisticRegression(solver='saga', max_iter=2000, random_state=seed)   # multinomial, with l1_ratio
+        return super().estimator(family, seed, estimators)
 
 def _missing_target(t: Task, y) -> str:
     return (f'  - data.target: {t.c.data.target!r} is missing in {int(y.isna().sum())} rows; a {t.name} target needs a value in every row: '
@@ -427,7 +422,7 @@ class RegressionTask(Task):
     "A number: the prediction is the answer, no probability."
     name, kind = 'regression', 'regression'
     outcome_metric, prediction_column = 'mae', 'prediction'
-    in_target_unit = True
+    in_target_unit = regressor = True
     decision_rule = 'none: the output is the predicted value itself (`predict`), with no threshold'
     fairness_measures = ['mae per group', 'mean_error per group', 'mean_prediction per group', 'mae_difference', 'mean_prediction_difference']
     def target(self, y): return pd.to_numeric(y).to_numpy(dtype=float)
@@ -463,14 +458,6 @@ class RegressionTask(Task):
         return np.abs(rows[pred].astype(float).to_numpy() - pd.to_numeric(rows.label_true).to_numpy(float))
     def outcome_test(self, a, b, alpha, paired=False):
         return paired_difference_test(b, a, alpha) if paired else welch_test(a, b, alpha)   # champion − challenger error: above 0, the challenger errs less
-    def estimator(self, family, seed=0):
-        from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-        from sklearn.linear_model import Ridge
-        if family == 'ridge': return Ridge()
-        if family == 'random_forest': return RandomForestRegressor(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
-        if family == 'hist_gradient_boosting':
-            return HistGradientBoostingRegressor(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
-        raise MlcycleError(f'candidate {family!r} does not apply to task {self.name}; use ridge, random_forest or hist_gradient_boosting')
     def folds(self, n_folds, seed):
         from sklearn.model_selection import KFold
         return KFold(n_folds, shuffle=True, random_state=seed)

@@ -25,6 +25,7 @@ from .tasks import task_target, stratify_labels, evaluate_objectives, objective_
 from .data import build_preprocessor, feature_frame, stratified_sample
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 from .registry import SKOPS_TRUSTED_TYPES, fetch_model
+from .families import FAMILIES, early_stopped, family_of
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 
 # %% auto #0
@@ -36,32 +37,22 @@ __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_RO
            'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
            'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan', 'search_backend', 'refit_candidate',
            'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table',
-           'Selection', 'describe_objectives', 'select_model', 'trusted_types_for', 'model_requirements',
-           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
-           'plot_tradeoff', 'run_model_development']
+           'Selection', 'describe_objectives', 'select_model', 'model_trusted_types', 'trusted_types_for',
+           'model_requirements', 'signature_frame', 'register_model', 'load_model_version', 'model_version_info',
+           'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
-def _loguniform(a, b):
-    from scipy.stats import loguniform
-    return loguniform(a, b)
+SEARCH_SPACES = {name: f.space() for name, f in FAMILIES.items()}   # the family table's (mlcycle.families), for reading
 
-SEARCH_SPACES = {
-    'logistic_regression': {'C': _loguniform(1e-2, 1e2), 'l1_ratio': [0.0, 1.0]},          # l1_ratio 0 = ridge, 1 = lasso
-    'random_forest': {'max_depth': [8, 12, 16, None], 'min_samples_leaf': [2, 5, 10, 20], 'max_features': ['sqrt', 0.2, 0.33]},
-    'hist_gradient_boosting': {'learning_rate': _loguniform(0.05, 0.3), 'max_leaf_nodes': [15, 31, 63],
-                               'min_samples_leaf': [20, 50, 100], 'l2_regularization': _loguniform(1e-3, 10)},
-    'ridge': {'alpha': _loguniform(1e-2, 1e3)},                                              # regression's linear model
-}
+def base_estimator(family: str, seed: int = 0, task: str | None = None, estimators=()):
+    """The untuned final estimator of candidate `family` for the task named `task` (None: binary): a row of the family
+    table (`mlcycle.families`) or one of the charter's own `development.estimators`, as the task's `estimator` picks it."""
+    return task_named(task).estimator(family, seed, estimators)
 
-def base_estimator(family: str, seed: int = 0, task: str | None = None):
-    "The untuned final estimator of candidate `family` (one of `SEARCH_SPACES`) for the task named `task` (None: binary): the task's `estimator`."
-    if family not in SEARCH_SPACES: raise MlcycleError(f'unknown candidate family {family!r}; known: {", ".join(SEARCH_SPACES)}')
-    return task_named(task).estimator(family, seed)
-
-def candidate_pipeline(family: str, contract: dict, seed: int = 0, **params):
-    "Stage 02's feature pipeline followed by the estimator of `family` (with `params` set)."
+def candidate_pipeline(family: str, contract: dict, seed: int = 0, estimators=(), **params):
+    "Stage 02's feature pipeline followed by the estimator of `family` (with `params` set; `estimators`: the charter's own)."
     from sklearn.pipeline import Pipeline
-    return Pipeline([('features', build_preprocessor(contract)), ('model', base_estimator(family, seed, contract.get('task')).set_params(**params))])
+    return Pipeline([('features', build_preprocessor(contract)), ('model', base_estimator(family, seed, contract.get('task'), estimators).set_params(**params))])
 
 # %% ../nbs/03_model_development.ipynb #6343cc49
 SCORERS = {'roc_auc': 'roc_auc', 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'precision': 'precision',
@@ -99,12 +90,15 @@ def task_folds(y, folds: int, seed: int):
     return (KFold if np.asarray(y).dtype.kind == 'f' else StratifiedKFold)(folds, shuffle=True, random_state=seed)
 
 def search_candidate(family: str, contract: dict, X: pd.DataFrame, y, primary: str = 'roc_auc', n_iter: int = 6,
-                     cv_folds: int = 3, seed: int = 42, n_jobs: int = 2) -> Candidate:
-    "Randomized search with stratified CV over `SEARCH_SPACES[family]`; the best configuration refitted on all of `X`."
+                     cv_folds: int = 3, seed: int = 42, n_jobs: int = 2, estimators=(), validation: tuple | None = None) -> Candidate:
+    """Randomized search with stratified CV over the family's search space (`mlcycle.families`; `estimators`: the
+    charter's own); the best configuration refitted on all of `X`, with the rounds the `validation` split `(X, y)` asks
+    for when the family stops early on it (`families.early_stopped`)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
     if primary not in SCORERS: raise MlcycleError(f'primary metric {primary!r} cannot drive a search; use one of {", ".join(SCORERS)}')
-    search = RandomizedSearchCV(candidate_pipeline(family, contract, seed), {f'model__{k}': v for k, v in SEARCH_SPACES[family].items()},
+    fam = family_of(family, estimators)
+    search = RandomizedSearchCV(candidate_pipeline(family, contract, seed, estimators), {f'model__{k}': v for k, v in fam.space().items()},
                                 n_iter=n_iter, scoring=SCORERS[primary], cv=task_folds(y, cv_folds, seed),
                                 n_jobs=n_jobs, random_state=seed, refit=True, error_score='raise')
     t0 = time.perf_counter()
@@ -116,11 +110,13 @@ def search_candidate(family: str, contract: dict, X: pd.DataFrame, y, primary: s
     table = pd.DataFrame({'rank': res.rank_test_score, **{k.removeprefix('param_model__'): res[k].map(_plain) for k in res if k.startswith('param_model__')},
                           f'cv_{primary}_mean': sign * res.mean_test_score, f'cv_{primary}_std': res.std_test_score,
                           'mean_fit_seconds': res.mean_fit_time}).sort_values('rank', ignore_index=True)
-    i = search.best_index_
-    return Candidate(name=family, family=family, model=search.best_estimator_,
-                     params={k.removeprefix('model__'): _plain(v) for k, v in search.best_params_.items()},
+    i, t1 = search.best_index_, time.perf_counter()
+    model, rounds = early_stopped(search.best_estimator_, fam, X, np.asarray(y), *(validation or (None, None)))
+    params = {k.removeprefix('model__'): _plain(v) for k, v in search.best_params_.items()} | ({'n_estimators': rounds} if rounds else {})
+    return Candidate(name=family, family=family, model=model, params=params,
                      cv_mean=float(sign * res.mean_test_score[i]), cv_std=float(res.std_test_score[i]),
-                     fit_seconds=float(search.refit_time_), search_seconds=time.perf_counter() - t0, search_results=table)
+                     fit_seconds=float(search.refit_time_) + (time.perf_counter() - t1 if rounds else 0.0), search_seconds=time.perf_counter() - t0,
+                     search_results=table, note=f'{rounds} boosting rounds, early-stopped on the validation split' if rounds else '')
 
 # %% ../nbs/03_model_development.ipynb #e3fb46ce
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
@@ -395,9 +391,10 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
     n_iter = search_iterations or dev.search_iterations
     families = families or dev.candidates
     X, y = feature_frame(train_df, contract), task_target(c, train_df[c.data.target])
+    val = (feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target]))   # where boosting stops early
     cands = []
     for fam in families:
-        cand = search_candidate(fam, contract, X, y, c.primary.metric, n_iter, dev.cv_folds, dev.seed, n_jobs)
+        cand = search_candidate(fam, contract, X, y, c.primary.metric, n_iter, dev.cv_folds, dev.seed, n_jobs, dev.estimators, val)
         log(f'{fam}: CV {c.primary.metric} {cand.cv_mean:.4f} ± {cand.cv_std:.4f} ({n_iter} configurations × {dev.cv_folds} folds, {cand.search_seconds:.1f} s)')
         cands.append(cand)
     fair = c.objectives_of('fairness')
@@ -427,7 +424,7 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
             params = base.params if base else {}
             t0 = time.perf_counter()
             try:
-                model, eg = fit_exponentiated_gradient(contract, X, y, train_df[o.sensitive_feature], base_estimator(eg_estimator, dev.seed).set_params(**params),
+                model, eg = fit_exponentiated_gradient(contract, X, y, train_df[o.sensitive_feature], base_estimator(eg_estimator, dev.seed, estimators=dev.estimators).set_params(**params),
                                                        o.metric, o.threshold, seed=dev.seed)
                 cands.append(Candidate(name=f'{eg_estimator}+exponentiated_gradient', family=eg_estimator, model=model, mitigation='exponentiated_gradient',
                                        params={**params, 'constraint': type(eg.constraints).__name__, 'bound': o.threshold / 2, 'eps': eg.eps,
@@ -548,7 +545,7 @@ def refit_candidate(cand: Candidate, cands: list[Candidate], c: Charter, contrac
         return fit_threshold_optimizer(base, X, y, o.sensitive_feature, o.metric, cv_folds=dev.cv_folds, seed=dev.seed,
                                        min_group_size=c.data.requirements.min_group_size)[0]
     base = next((b for b in cands if b.family == cand.family and b.mitigation is None), None)
-    est = base_estimator(cand.family, dev.seed).set_params(**(base.params if base else {}))
+    est = base_estimator(cand.family, dev.seed, estimators=dev.estimators).set_params(**(base.params if base else {}))
     return fit_exponentiated_gradient(contract, X, y, df[o.sensitive_feature], est, o.metric, o.threshold, seed=dev.seed)[0]
 
 def cv_estimates(cands: list[Candidate], c: Charter, contract: dict, df: pd.DataFrame, test_rows: int, repeats: int = CV_REPEATS,
@@ -720,14 +717,20 @@ def select_model(cands: list[Candidate], c: Charter) -> Selection:
     return Selection(None, t, msg, closest.name)
 
 # %% ../nbs/03_model_development.ipynb #7a2f28a0
+def model_trusted_types(c: Charter) -> list[str]:
+    "The skops types charter `c` vouches for beyond the package's list: its derived features' and its own estimators' `trusted_types`."
+    out = declared_trusted_types(c.features)
+    return out + [t for e in c.development.estimators for t in e.trusted_types if t not in out]
+
 def trusted_types_for(model, declared=()) -> list[str]:
-    "The non-default types skops must trust to load `model`; an error if one is not in `SKOPS_TRUSTED_TYPES` or `declared` (the charter's custom features)."
+    "The non-default types skops must trust to load `model`; an error if one is not in `SKOPS_TRUSTED_TYPES` or `declared` (`model_trusted_types`)."
     import skops.io as sio
     needed = sorted(sio.get_untrusted_types(data=sio.dumps(model)))
     unknown = [t for t in needed if t not in SKOPS_TRUSTED_TYPES and t not in declared]
     if unknown:
         raise MlcycleError(f'the model holds types skops does not trust by default and mlcycle does not list: {unknown}; '
-                           'review them and add them to mlcycle.registry.SKOPS_TRUSTED_TYPES if they are safe')
+                           'if they are your estimator\'s, review them and list them in its trusted_types in the charter '
+                           '(development.estimators); if they are mlcycle\'s, add them to mlcycle.registry.SKOPS_TRUSTED_TYPES')
     return needed
 
 def model_requirements() -> list[str]:
@@ -771,7 +774,7 @@ def register_model(ws: Workspace, c: Charter, model, X_example: pd.DataFrame, fi
     run = contextlib.nullcontext(mlflow.active_run()) if mlflow.active_run() else mlflow.start_run(run_name=f'register {c.name}')
     with run as r, warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        info = mlflow.sklearn.log_model(model, name='model', serialization_format='skops', skops_trusted_types=trusted_types_for(model, declared_trusted_types(c.features)),
+        info = mlflow.sklearn.log_model(model, name='model', serialization_format='skops', skops_trusted_types=trusted_types_for(model, model_trusted_types(c)),
                                         signature=signature, input_example=example, pip_requirements=model_requirements(),
                                         metadata={'charter_hash': c.hash, 'model_family': model_family})
         mv = mlflow.register_model(info.model_uri, c.name, tags=version_tags)
@@ -785,7 +788,7 @@ def load_model_version(ws: Workspace, c: Charter, version_or_alias):
     """The sklearn model of a registered version (`'3'`, `3`, `'champion'` or `'@champion'`), loaded with skops and the
     package's trusted-types list; pickled models are refused."""
     setup_mlflow(ws, c.name)
-    return fetch_model(_model_uri(c, version_or_alias), declared_trusted_types(c.features)).model
+    return fetch_model(_model_uri(c, version_or_alias), model_trusted_types(c)).model
 
 def model_version_info(ws: Workspace, c: Charter, version_or_alias) -> dict:
     "Version number, tags, aliases and run id of a registered version (by number or alias)."
