@@ -253,8 +253,12 @@ class Task:
     # the estimators
     def estimator(self, family: str, seed: int = 0, estimators=()):
         "The untuned final estimator of candidate `family`: the family table's classifier (`mlcycle.families`), or the charter's own `estimators`."
-        from mlcycle.families import family_of
-        return family_of(family, estimators).build(self.regressor, seed)
+        from mlcycle.families import FAMILIES, family_of
+        builds = lambda f: (f.regressor if self.regressor else f.classifier) is not None
+        f = family_of(family, estimators)
+        if not builds(f):
+            raise MlcycleError(f"candidate {family!r} does not apply to task {self.name}; use {', '.join(n for n, g in FAMILIES.items() if builds(g))}")
+        return f.build(self.regressor, seed)
     def folds(self, n_folds: int, seed: int):
         "Cross-validation folds: stratified on the class."
         from sklearn.model_selection import StratifiedKFold
