@@ -19,11 +19,12 @@ from .charter import (Charter, binary_target, check_charter_against_data, leakag
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
-__all__ = ['LEAKAGE_AUC', 'read_only_query', 'read_only_connection', 'load_source', 'load_data', 'feature_columns',
-           'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
-           'validate_batch', 'violations_frame', 'outlier_counts', 'concordance', 'single_feature_auc_ovr',
-           'single_feature_auc', 'column_role', 'quality_report', 'check_requirements', 'plot_quality',
-           'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows', 'run_data_stage']
+__all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'load_data',
+           'feature_columns', 'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError',
+           'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts', 'concordance',
+           'category_score', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report',
+           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production',
+           'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -258,6 +259,16 @@ def concordance(y, score) -> float:
     tau = kendalltau(np.asarray(score, float), np.asarray(y, float)).statistic
     return float((1 + tau) / 2) if np.isfinite(tau) else 0.5
 
+MIN_ROWS_PER_VALUE = 10
+
+def category_score(s: pd.Series, y, spec: dict) -> pd.Series:
+    """A non-numeric column's score for the leakage screen: its value's mean target. In sample when the values have rows
+    to spare (`MIN_ROWS_PER_VALUE` on average); out of fold for dates, free text and any column with nearly one value per
+    row (a product code, an order number), where the in-sample mean of a value seen once *is* that row's label."""
+    key = s.astype(str).fillna('<missing>')
+    if spec.get('semantic') or key.nunique() * MIN_ROWS_PER_VALUE > len(key): return _out_of_fold_means(key, y)
+    return key.map(pd.Series(y, index=s.index, dtype='float64').groupby(key).mean())
+
 def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     """`single_feature_auc` for a multiclass target: the mean over labels of each feature's one-vs-rest AUC (folded). One
     feature that sets one species apart is ordinary; a leak sets every label apart, so only the mean reaches the limit."""
@@ -269,8 +280,7 @@ def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.D
         for k in sorted(labels.unique()):
             y = (labels == k).to_numpy(dtype=int)
             if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
-            else:
-                key = s.astype(str).fillna('<missing>'); score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
+            else: score = category_score(s, y, contract['columns'][col])
             a = roc_auc_score(y, score); aucs.append(max(a, 1 - a))
         rows.append({'column': col, 'auc_alone': float(np.mean(aucs))})
     t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
@@ -286,11 +296,7 @@ def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataF
     for col in contract['features']:
         s = df[col]
         if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
-        elif contract['columns'][col].get('semantic'):   # dates, free text: nearly one value per row, so in-sample means would fake leakage
-            score = _out_of_fold_means(s.astype(str).fillna('<missing>'), y)
-        else:
-            key = s.astype(str).fillna('<missing>')
-            score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
+        else: score = category_score(s, y, contract['columns'][col])
         auc = concordance(y, score) if c.task == 'regression' else roc_auc_score(y, score) if len(np.unique(y)) == 2 else float('nan')
         rows.append({'column': col, 'auc_alone': max(auc, 1 - auc)})
     t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
