@@ -59,6 +59,11 @@ def _looks_like_time(s: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(x): return bool(len(x) and (x % 1 == 0).all() and x.between(1900, 2100).all())
     return bool(len(x)) and not unparseable_times(x)
 
+def _looks_like_code(s: pd.Series) -> bool:
+    "Text of one token per row, neither dates nor words (a product or order code): with a distinct value in every row, an identifier whatever its name."
+    from mlcycle.features import semantic_kind
+    return not pd.api.types.is_numeric_dtype(s) and not s.astype(str).str.contains(r'\s').any() and semantic_kind(s) is None
+
 def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2) -> dict:
     "Sensitive-feature candidates, the id and time columns, and columns to drop, guessed from names and values."
     out = {'sensitive': [], 'id': None, 'time': None, 'drop': []}
@@ -66,8 +71,10 @@ def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2
         if col == target: continue
         s, words, name = df[col], _words(col), str(col).lower()
         if s.isna().mean() > max_missing_rate: out['drop'].append(col); continue
-        if out['id'] is None and s.notna().all() and s.nunique() == len(df) and (words and words[-1] in ID_HINTS) and not pd.api.types.is_float_dtype(s):
-            out['id'] = col; continue
+        if s.notna().all() and s.nunique() == len(df) and not pd.api.types.is_float_dtype(s) and ((words and words[-1] in ID_HINTS) or _looks_like_code(s)):
+            if out['id'] is None: out['id'] = col
+            else: out['drop'].append(col)       # a second identifier: no feature either
+            continue
         if out['time'] is None and any(w in TIME_HINTS for w in words) and _looks_like_time(s):
             out['time'] = col; continue
         if any(w == h if h == 'age' else w.startswith(h) for w in words for h in SENSITIVE_HINTS) and 2 <= s.nunique() <= 20:
