@@ -65,8 +65,9 @@ def _looks_like_code(s: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(s) and not s.astype(str).str.contains(r'\s').any() and semantic_kind(s) is None
 
 def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2) -> dict:
-    "Sensitive-feature candidates, the id and time columns, and columns to drop, guessed from names and values."
-    out = {'sensitive': [], 'id': None, 'time': None, 'drop': []}
+    """Sensitive-feature candidates, the id and time columns, and columns to drop, guessed from names and values. Of several
+    time columns, the one with most distinct values (`time_hour` rather than a `year` that is the same in every row)."""
+    out, times = {'sensitive': [], 'id': None, 'time': None, 'drop': []}, []
     for col in df.columns:
         if col == target: continue
         s, words, name = df[col], _words(col), str(col).lower()
@@ -75,10 +76,11 @@ def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2
             if out['id'] is None: out['id'] = col
             else: out['drop'].append(col)       # a second identifier: no feature either
             continue
-        if out['time'] is None and any(w in TIME_HINTS for w in words) and _looks_like_time(s):
-            out['time'] = col; continue
+        if any(w in TIME_HINTS for w in words) and s.nunique() > 1 and _looks_like_time(s):
+            times.append(col); continue
         if any(w == h if h == 'age' else w.startswith(h) for w in words for h in SENSITIVE_HINTS) and 2 <= s.nunique() <= 20:
             out['sensitive'].append(col)
+    if times: out['time'] = max(times, key=lambda col: df[col].nunique())   # the finest: a time stamp before its year
     return out
 
 # %% ../nbs/01b_init.ipynb #2eed32e3
