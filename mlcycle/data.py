@@ -19,7 +19,7 @@ from .charter import (Charter, binary_target, check_charter_against_data, leakag
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
-__all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'load_data',
+__all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'labelled', 'load_data',
            'feature_columns', 'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError',
            'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts', 'concordance',
            'category_score', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report',
@@ -83,28 +83,42 @@ def load_source(src, base_dir=None) -> pd.DataFrame:
         where = src.url if src.kind == 'sql' else _resolve(src.path, base_dir)
         raise MlcycleError(f'data source {src.kind} {where}: cannot read it: {str(e).splitlines()[0][:300]}') from None
 
+def labelled(c: Charter, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows with a label, and how many had none. A row whose target is empty can neither train a model nor test one:
+    it is left out and counted (each source's record says how many), rather than stopping stages 01-02 or, for a binary
+    target, counting as the negative class."""
+    if c.data.target not in df.columns: return df, 0
+    keep = df[c.data.target].notna()
+    return (df, 0) if keep.all() else (df[keep].reset_index(drop=True), int((~keep).sum()))
+
+def _combine(c: Charter, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if len(frames) == 1: return frames[0]
+    if c.data.combine == 'concat':
+        cols = [list(f.columns) for f in frames]
+        if any(set(x) != set(cols[0]) for x in cols):
+            raise MlcycleError('data.combine: concat needs the same columns in every source; differences: ' +
+                               '; '.join(f'source {i}: {sorted(set(x) ^ set(cols[0]))}' for i, x in enumerate(cols) if set(x) != set(cols[0])))
+        return pd.concat(frames, ignore_index=True)
+    key, out = c.data.id_column, frames[0]
+    for i, f in enumerate(frames[1:], 1):
+        if key not in f.columns or key not in out.columns:
+            raise MlcycleError(f'data.combine: join needs id_column {key!r} in every source; source {i} lacks it')
+        out = out.merge(f, on=key, how='inner', suffixes=('', f'_src{i}'))
+    return out
+
 def load_data(c: Charter) -> tuple[pd.DataFrame, list[dict]]:
-    "Load and combine every source of charter `c`; returns the data and one record per source (location, rows, fingerprint)."
+    """Load and combine every source of charter `c`, its labelled rows (`labelled`); returns the data and one record per
+    source (location, rows, fingerprint, rows without a label)."""
     frames, records = [], []
     for i, src in enumerate(c.data.sources):
         df = load_source(src, c.base_dir)
         frames.append(df)
         records.append({'index': i, 'kind': src.kind, 'name': src.name,
                         'location': src.url if src.kind == 'sql' else _resolve(src.path, c.base_dir),
-                        'query': src.query, 'rows': len(df), 'columns': len(df.columns), 'fingerprint': fingerprint_df(df)})
-    if len(frames) == 1: return frames[0], records
-    if c.data.combine == 'concat':
-        cols = [list(f.columns) for f in frames]
-        if any(set(x) != set(cols[0]) for x in cols):
-            raise MlcycleError('data.combine: concat needs the same columns in every source; differences: ' +
-                               '; '.join(f'source {i}: {sorted(set(x) ^ set(cols[0]))}' for i, x in enumerate(cols) if set(x) != set(cols[0])))
-        return pd.concat(frames, ignore_index=True), records
-    key, out = c.data.id_column, frames[0]
-    for i, f in enumerate(frames[1:], 1):
-        if key not in f.columns or key not in out.columns:
-            raise MlcycleError(f'data.combine: join needs id_column {key!r} in every source; source {i} lacks it')
-        out = out.merge(f, on=key, how='inner', suffixes=('', f'_src{i}'))
-    return out, records
+                        'query': src.query, 'rows': len(df), 'columns': len(df.columns), 'fingerprint': fingerprint_df(df),
+                        'unlabelled_rows': labelled(c, df)[1]})
+    return labelled(c, _combine(c, frames))[0], records
+
 
 # %% ../nbs/02_data.ipynb #43e1eb8e
 def feature_columns(c: Charter, df: pd.DataFrame) -> list[str]:
