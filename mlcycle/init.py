@@ -19,8 +19,8 @@ from .feasibility import TEST_SIZE, verifiability
 
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
-           'suggest_columns', 'quick_baseline', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter',
-           'register_cli']
+           'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'quick_baseline',
+           'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -64,10 +64,27 @@ def _looks_like_code(s: pd.Series) -> bool:
     from mlcycle.features import semantic_kind
     return not pd.api.types.is_numeric_dtype(s) and not s.astype(str).str.contains(r'\s').any() and semantic_kind(s) is None
 
+def group_size_for(n_rows: int) -> int:
+    "The charter's `min_group_size` for a table of `n_rows`: 30 below 5,000 rows, else 50."
+    return 30 if n_rows < 5000 else 50
+
+def judged_test_groups(s: pd.Series) -> int:
+    "How many groups of `s` would have `min_group_size` rows in stage 02's test split: fairness is judged on those only."
+    return int((s.astype(str).value_counts() * TEST_SIZE >= group_size_for(len(s))).sum())
+
+def sensitive_note(cols: dict) -> str:
+    "The charter's comment on sensitive features: those suggested, and those a name suggests but whose groups are too small to judge."
+    said = ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else \
+           'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)'
+    if cols.get('unjudged'):
+        said += ('; not suggested, too few rows per group for a gap to be judged (merge groups, e.g. into bands, to judge it): '
+                 + '; '.join(cols['unjudged']))
+    return said
+
 def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2) -> dict:
     """Sensitive-feature candidates, the id and time columns, and columns to drop, guessed from names and values. Of several
     time columns, the one with most distinct values (`time_hour` rather than a `year` that is the same in every row)."""
-    out, times = {'sensitive': [], 'id': None, 'time': None, 'drop': []}, []
+    out, times = {'sensitive': [], 'id': None, 'time': None, 'drop': [], 'unjudged': []}, []
     for col in df.columns:
         if col == target: continue
         s, words, name = df[col], _words(col), str(col).lower()
@@ -79,7 +96,10 @@ def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2
         if any(w in TIME_HINTS for w in words) and s.nunique() > 1 and _looks_like_time(s):
             times.append(col); continue
         if any(w == h if h == 'age' else w.startswith(h) for w in words for h in SENSITIVE_HINTS) and 2 <= s.nunique() <= 20:
-            out['sensitive'].append(col)
+            judged = judged_test_groups(s)
+            if judged >= 2: out['sensitive'].append(col)
+            else: out['unjudged'].append(f'{col} ({judged} of its {s.nunique()} groups would reach min_group_size {group_size_for(len(s))} '
+                                         'in the test split)')
     if times: out['time'] = max(times, key=lambda col: df[col].nunique())   # the finest: a time stamp before its year
     return out
 
@@ -105,7 +125,7 @@ def _draft(name, data_path, target, task, cols, n_rows, objectives) -> dict:
             'data': {'sources': [{'kind': 'parquet' if str(data_path).endswith('.parquet') else 'csv', 'path': str(data_path)}],
                      'target': target, 'positive_label': task['positive_label'], 'sensitive_features': cols['sensitive'],
                      'drop_columns': cols['drop'], 'id_column': cols['id'], 'time_column': cols['time'],
-                     'requirements': {'min_rows': max(50, int(n_rows * 0.8)), 'max_missing_rate': 0.2, 'min_group_size': 30 if small else 50}},
+                     'requirements': {'min_rows': max(50, int(n_rows * 0.8)), 'max_missing_rate': 0.2, 'min_group_size': group_size_for(n_rows)}},
             'objectives': objectives,
             'intended_use': 'TO CONFIRM: who uses the predictions, for what, with which human oversight.',
             'out_of_scope': 'TO CONFIRM: uses this model must not be put to.', 'owners': ['TO CONFIRM: team@example.org'],
@@ -140,8 +160,7 @@ def draft_charter(df: pd.DataFrame, target: str, data_path: str, name: str | Non
     c = parse_charter(d)
     ver = verifiability(c, df, proba, seed=c.development.seed).set_index('objective')
     notes = {'task': f"{task['task']}: {target!r} has two values {task['counts']}; positive label = {task['why']}",
-             'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
-                          'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
+             'sensitive': sensitive_note(cols),
              'requirements': f"from the data's size: {len(df)} rows",
              'baseline': f"quick logistic regression, 3-fold CV: ROC AUC {base['roc_auc']:.3f}; parity gaps " +
                          (', '.join(f'{f} {g:.3f}' for f, g in base['demographic_parity_difference'].items()) or 'none (no sensitive feature)'),
@@ -176,8 +195,7 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     d['objectives'] = objectives + [{'metric': 'p95_latency_ms', 'max': 50}]
     c = parse_charter(d)
     notes = {'task': f"{task['task']}: {target!r} is {task['why']}",
-             'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
-                          'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
+             'sensitive': sensitive_note(cols),
              'requirements': f"from the data's size: {len(df)} rows",
              'baseline': f"quick {'ridge' if reg else 'logistic'} regression, 3-fold CV: " + ', '.join(f'{k} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
              'objectives': {o.describe(): f'quick model {value(o):.4g}' if o.describe() in quick.index else '' for o in c.objectives}}
