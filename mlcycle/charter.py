@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_charter.ipynb #a4a9aea9
 # Why this module is over 600 lines: the charter is one document, and its schema is read as one: every section's
-# model with its one-line errors, the task's metrics, and how an objective is measured. Stage 01's feasibility study,
+# model with its one-line errors and the task's metrics (how each task measures them: `mlcycle.tasks`). Stage 01's feasibility study,
 # which trains models, is its own module (feasibility).
 from __future__ import annotations
 
@@ -17,22 +17,17 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .calibration import expected_calibration_error, top_label
-from .stats import CLASS_METRICS, ERROR_METRICS, group_difference_per_draw, resampled_class_metric, resampled_errors
 from .core import ASSETS, MISSING_GROUP, MlcycleError, Workspace, atomic_write_json, group_text, load_yaml, read_json, to_json
 
 # %% auto #0
 __all__ = ['METRICS', 'TASK_METRICS', 'PERFORMANCE_METRICS', 'FAIRNESS_METRICS', 'FEATURE_KINDS', 'DATE_PARTS',
            'CODE_RUNNING_BUILTINS', 'CODE_RUNNING_MODULES', 'CODE_RUNNING_NAMES', 'MAX_TEXT_FEATURES', 'CANDIDATES',
-           'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER', 'MIN_CLASS_ROWS', 'TASK_ONLY_METRICS',
-           'refused_trusted_type', 'transformer_type', 'needs_trust', 'DerivedFeature', 'Source', 'Requirements',
-           'DataSpec', 'Objective', 'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook',
-           'MonitoringSpec', 'Charter', 'CharterError', 'format_validation_error', 'parse_charter', 'load_charter',
-           'columns_shown', 'source_names', 'check_charter_against_data', 'feature_input_errors', 'time_values',
-           'unparseable_times', 'binary_target', 'target_problems', 'task_target', 'stratify_labels', 'leakage_target',
-           'target_summary', 'judged_groups', 'judged_rows', 'too_small_note', 'unjudged_reason', 'ovr_auc',
-           'task_metric_value', 'objective_value', 'evaluate_objectives', 'group_names', 'task_draws',
-           'workspace_charter']
+           'TASK_CANDIDATES', 'TASK_EXAMPLES', 'EXAMPLES', 'BUNDLED_CHARTER', 'refused_trusted_type',
+           'transformer_type', 'needs_trust', 'DerivedFeature', 'Source', 'Requirements', 'DataSpec', 'Objective',
+           'Risk', 'Retention', 'Development', 'ValidationSpec', 'Production', 'Webhook', 'MonitoringSpec', 'Charter',
+           'CharterError', 'format_validation_error', 'parse_charter', 'load_charter', 'columns_shown', 'source_names',
+           'charter_data_errors', 'feature_input_errors', 'time_values', 'unparseable_times', 'binary_target',
+           'judged_groups', 'judged_rows', 'too_small_note', 'unjudged_reason', 'group_names', 'workspace_charter']
 
 # %% ../nbs/01a_charter.ipynb #f54a5c74
 METRICS = {
@@ -532,9 +527,10 @@ def source_names(c: Charter) -> str:
     "The charter's sources as a message names them: each file's path, or a SQL source's query (never a database password)."
     return ', '.join(s.path if s.kind != 'sql' else f'sql query {s.query[:80]!r}' for s in c.data.sources)
 
-def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
-    """Raise `CharterError` listing every charter key that does not fit the data `df`. Names and values from the data appear
-    only when it holds the target column (`columns_shown`); without it, the message gives the sources, the shape, and nothing read."""
+def charter_data_errors(c: Charter, df: pd.DataFrame, target_problems=None) -> list[str]:
+    """One line per charter key that does not fit the data `df`, the target's own problems from `target_problems(y)` (the
+    task's: `mlcycle.tasks.check_charter_against_data` raises them all). Names and values from the data appear only when it
+    holds the target column (`columns_shown`); without it, the error gives the sources, the shape, and nothing read."""
     cols, errs = list(df.columns), []
     def missing(key, name):
         if name is not None and name not in df.columns:
@@ -551,19 +547,7 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
     missing('data.id_column', c.data.id_column)
     missing('data.time_column', c.data.time_column)
     errs += feature_input_errors(c, df)
-    if c.data.target in df.columns and c.task != 'binary_classification':
-        errs += target_problems(c, df[c.data.target])
-    elif c.data.target in df.columns:
-        values = df[c.data.target].dropna().unique().tolist()
-        if len(values) < 2:
-            errs.append(f'  - data.target: {c.data.target!r} has {len(values)} class(es) ({", ".join(map(str, values[:1]))}); a model needs two: '
-                        'choose another target or add rows of the other class')
-        elif c.data.positive_label not in values and str(c.data.positive_label) not in map(str, values):
-            errs.append(f'  - data.positive_label: {c.data.positive_label!r} does not occur in target {c.data.target!r}; '
-                        f'its values are: {sorted(map(str, values))[:10]}')
-        if len(values) > 2:
-            errs.append(f'  - data.target: a binary_classification target needs exactly 2 values, '
-                        f'{c.data.target!r} has {len(values)}: {sorted(map(str, values))[:10]}; choose another target or fix the column')
+    if target_problems is not None: errs += target_problems(df[c.data.target])
     n_min = c.data.requirements.min_group_size
     for i, s in enumerate(c.data.sensitive_features):
         if s not in df.columns: continue
@@ -579,8 +563,7 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
         if len(bad):
             errs.append(f'  - data.time_column: column {c.data.time_column!r} has values that are neither numbers nor dates, like '
                         f'{", ".join(map(repr, bad[:3]))}; fix the column or set time_column: null')
-    if len(errs) == 1: raise CharterError('the charter does not fit the data: ' + errs[0].strip().removeprefix('- '))
-    if errs: raise CharterError('the charter does not fit the data:\n' + '\n'.join(errs))
+    return errs
 
 def feature_input_errors(c: Charter, df: pd.DataFrame) -> list[str]:
     "One line per derived feature input that is not a column of `df`, is the target, or whose feature name is taken."
@@ -615,59 +598,6 @@ def unparseable_times(s: pd.Series) -> list:
 def binary_target(c: Charter, y: pd.Series) -> np.ndarray:
     "The target as 0/1, with 1 for the charter's positive label (compared as text, so 1 and '1' both match)."
     return (y.astype(str) == str(c.data.positive_label)).to_numpy(dtype=int)
-
-# %% ../nbs/01a_charter.ipynb #d6bf2b72
-MIN_CLASS_ROWS = 10   # a label with fewer rows cannot be stratified into train, validation and test with cross-validation
-
-def target_problems(c: Charter, y: pd.Series) -> list[str]:
-    "Problems of the target column `y` for a regression or multiclass charter (binary is checked by `check_charter_against_data`)."
-    name = c.data.target
-    if y.isna().any():
-        return [f'  - data.target: {name!r} is missing in {int(y.isna().sum())} rows; a {c.task} target needs a value in every row: '
-                'drop those rows in the source']
-    if c.task == 'regression':
-        num = pd.to_numeric(y, errors='coerce')
-        if num.isna().any():
-            bad = y[num.isna()].astype(str).unique()[:3].tolist()
-            return [f'  - data.target: a regression target must be numeric, {name!r} has values like {bad}; '
-                    'choose a numeric target or set task: multiclass_classification']
-        if num.nunique() < 2: return [f'  - data.target: {name!r} has a single value; choose another target']
-        return []
-    counts = y.astype(str).value_counts()
-    if len(counts) < 3:
-        return [f'  - data.target: a multiclass_classification target needs at least 3 labels, {name!r} has {len(counts)} '
-                f'({", ".join(counts.index)}); use task: binary_classification with a positive_label']
-    rare = counts[counts < MIN_CLASS_ROWS]
-    if len(rare):
-        return [f'  - data.target: label(s) {", ".join(f"{k} ({v} rows)" for k, v in rare.items())} of {name!r} have fewer than '
-                f'{MIN_CLASS_ROWS} rows, too few to split; merge them with another label or drop those rows in the source']
-    return []
-
-def task_target(c: Charter, y: pd.Series) -> np.ndarray:
-    "The target as a model learns it: 0/1 for binary (`binary_target`), text labels for multiclass, floats for regression."
-    if c.task == 'binary_classification': return binary_target(c, y)
-    if c.task == 'regression': return pd.to_numeric(y).to_numpy(dtype=float)
-    return y.astype(str).to_numpy(dtype=object)
-
-# %% ../nbs/01a_charter.ipynb #efb02056
-def stratify_labels(c: Charter, y: pd.Series) -> np.ndarray:
-    "What a split stratifies on: the 0/1 target (binary), the labels (multiclass), the target's quintiles (regression)."
-    if c.task == 'regression': return pd.qcut(pd.to_numeric(y), 5, labels=False, duplicates='drop').to_numpy()
-    return task_target(c, y)
-
-def leakage_target(c: Charter, y: pd.Series) -> np.ndarray:
-    "A 0/1 view of the target for the single-feature leakage screen (binary: the target itself)."
-    if c.task == 'binary_classification': return binary_target(c, y)
-    if c.task == 'regression':
-        v = pd.to_numeric(y).to_numpy(dtype=float); return (v > np.median(v)).astype(int)
-    s = y.astype(str); return (s == s.mode().iloc[0]).to_numpy(dtype=int)
-
-def target_summary(c: Charter, y: pd.Series) -> dict:
-    "A split's target in brief: positive rate (binary), label shares (multiclass), mean and spread (regression)."
-    if c.task == 'binary_classification': return {'positive_rate': float(binary_target(c, y).mean())}
-    if c.task == 'regression':
-        v = pd.to_numeric(y); return {'target_mean': float(v.mean()), 'target_sd': float(v.std())}
-    return {'label_shares': {str(k): float(v) for k, v in y.astype(str).value_counts(normalize=True).sort_index().items()}}
 
 # %% ../nbs/01a_charter.ipynb #bd7d7bfd
 def judged_groups(groups, min_group_size: int) -> pd.DataFrame:
@@ -709,89 +639,6 @@ def unjudged_reason(groups, min_group_size: int, feature: str = '') -> str:
             + f". To judge it, lower data.requirements.min_group_size in the charter to {int(t.rows.iloc[1])}, or label more rows of "
             + ' and of '.join(f'{r.group} (at least {min_group_size - r.rows} more among the evaluated rows)' for r in more.itertuples()))
 
-TASK_ONLY_METRICS = [m for m in METRICS if m not in TASK_METRICS['binary_classification']]
-
-def ovr_auc(y_true, proba: pd.DataFrame) -> float:
-    "Mean one-vs-rest ROC AUC over the classes (columns of `proba`) that have both positives and negatives in `y_true`."
-    from sklearn.metrics import roc_auc_score
-    y = np.asarray(y_true).astype(str)
-    aucs = [roc_auc_score(y == str(k), proba[k]) for k in proba.columns if 0 < (y == str(k)).sum() < len(y)]
-    return float(np.mean(aucs)) if aucs else float('nan')
-
-def task_metric_value(metric: str, y_true, proba=None, pred=None, sensitive=None, min_group_size: int = 1) -> float:
-    """A metric of the regression and multiclass tasks. Regression: `pred` the predicted numbers. Multiclass: `proba` a
-    DataFrame of class probabilities whose columns are the labels, `pred` the labels (default: the most probable)."""
-    from sklearn import metrics as skm
-    y = np.asarray(y_true)
-    if proba is not None and not isinstance(proba, pd.DataFrame): raise TypeError('multiclass proba must be a DataFrame with one column per label')
-    if pred is None and proba is not None: pred = proba.columns.to_numpy()[np.argmax(proba.to_numpy(), axis=1)]
-    pred = np.asarray(pred)
-    if metric in ('mae_difference', 'accuracy_difference'):
-        import fairlearn.metrics as flm
-        s = group_text(sensitive)
-        keep = judged_rows(s, min_group_size)
-        if len(np.unique(s[keep])) < 2: return float('nan')
-        fn = skm.mean_absolute_error if metric == 'mae_difference' else skm.accuracy_score
-        return float(flm.MetricFrame(metrics=fn, y_true=y[keep], y_pred=pred[keep], sensitive_features=s[keep]).difference())
-    if metric in ('rmse', 'mae', 'r2', 'abs_mean_error'):
-        y, pred = y.astype(float), pred.astype(float)
-        if metric == 'rmse': return float(np.sqrt(np.mean((pred - y) ** 2)))
-        if metric == 'mae': return float(np.mean(np.abs(pred - y)))
-        if metric == 'abs_mean_error': return float(abs(np.mean(pred - y)))
-        return float(skm.r2_score(y, pred)) if len(y) > 1 else float('nan')
-    y, pred = y.astype(str), pred.astype(str)
-    if metric == 'accuracy': return float(np.mean(y == pred))
-    if metric == 'balanced_accuracy': return float(skm.balanced_accuracy_score(y, pred))
-    if metric == 'macro_f1': return float(skm.f1_score(y, pred, average='macro', zero_division=0))
-    if metric == 'roc_auc_ovr': return ovr_auc(y, proba)
-    if metric == 'expected_calibration_error': return expected_calibration_error(*top_label(y, proba))   # top-label ECE
-    if metric == 'log_loss':
-        P = np.clip(proba.to_numpy(dtype=float), 1e-15, 1); P = P / P.sum(1, keepdims=True)
-        return float(skm.log_loss(y, P, labels=[str(k) for k in proba.columns]))
-    raise ValueError(f'{metric!r} is not a metric of a multiclass or regression model')
-
-def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, latencies_ms=None, min_group_size: int = 1) -> float:
-    """Value of one charter metric. `proba`: P(positive); `pred`: 0/1 decisions (default `proba >= 0.5`).
-    Fairness metrics are computed over the judged groups only (`judged_rows`); NaN when fewer than two are judged."""
-    from sklearn import metrics as skm
-    if metric in TASK_ONLY_METRICS or (metric != 'p95_latency_ms' and proba is not None and np.ndim(proba) == 2):
-        return task_metric_value(metric, y_true, proba, pred, sensitive, min_group_size)
-    y_true = np.asarray(y_true)
-    if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)
-    if metric == 'p95_latency_ms':
-        return float(np.percentile(latencies_ms, 95)) if latencies_ms is not None and len(latencies_ms) else float('nan')
-    if metric in FAIRNESS_METRICS:
-        import fairlearn.metrics as flm
-        sensitive = group_text(sensitive)
-        keep = judged_rows(sensitive, min_group_size)
-        if len(np.unique(sensitive[keep])) < 2: return float('nan')
-        return float(getattr(flm, metric)(y_true[keep], np.asarray(pred)[keep], sensitive_features=sensitive[keep]))
-    if len(np.unique(y_true)) < 2 and metric in ('roc_auc',): return float('nan')
-    if metric == 'roc_auc': return float(skm.roc_auc_score(y_true, proba))
-    if metric == 'log_loss': return float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1]))
-    if metric == 'brier': return float(skm.brier_score_loss(y_true, proba))
-    if metric == 'expected_calibration_error': return expected_calibration_error(y_true, proba)
-    fn = {'accuracy': skm.accuracy_score, 'balanced_accuracy': skm.balanced_accuracy_score,
-          'precision': lambda a, b: skm.precision_score(a, b, zero_division=0),
-          'recall': lambda a, b: skm.recall_score(a, b, zero_division=0),
-          'f1': lambda a, b: skm.f1_score(a, b, zero_division=0)}[metric]
-    return float(fn(y_true, pred))
-
-def evaluate_objectives(c: Charter, y_true, proba=None, pred=None, frame: pd.DataFrame | None = None,
-                        latencies_ms=None, min_group_size: int | None = None) -> pd.DataFrame:
-    """One row per charter objective: value, threshold, passed. `frame` supplies the sensitive columns; fairness is judged
-    on groups of at least `min_group_size` rows (default: the charter's `data.requirements.min_group_size`), the others noted."""
-    n_min = c.data.requirements.min_group_size if min_group_size is None else min_group_size
-    rows = []
-    for o in c.objectives:
-        sens = group_text(frame[o.sensitive_feature]) if o.sensitive_feature else None
-        if o.family == 'operational' and latencies_ms is None: v = float('nan')
-        else: v = objective_value(o.metric, y_true, proba, pred, sens, latencies_ms, n_min)
-        rows.append({'objective': o.describe(), 'metric': o.metric, 'sensitive_feature': o.sensitive_feature,
-                     'value': v, 'threshold': o.threshold, 'direction': 'min' if o.min is not None else 'max',
-                     'primary': o.primary, 'passed': o.met(v), 'measured': not (isinstance(v, float) and math.isnan(v)),
-                     'note': (unjudged_reason(sens, n_min, o.sensitive_feature) or too_small_note(sens, n_min)) if sens is not None else ''})
-    return pd.DataFrame(rows)
 
 # %% ../nbs/01a_charter.ipynb #5cced10a
 def group_names(df: pd.DataFrame, features, missing: str = MISSING_GROUP) -> pd.Series:
@@ -801,21 +648,6 @@ def group_names(df: pd.DataFrame, features, missing: str = MISSING_GROUP) -> pd.
     out = text(features[0])
     for f in features[1:]: out = out + ' & ' + text(f)
     return out.rename(' & '.join(features))
-
-# %% ../nbs/01a_charter.ipynb #3722c3af
-def task_draws(c: Charter, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
-    "`metric` on every bootstrap draw (rows of `idx`), all draws at once (`mlcycle.stats`); draw by draw only for a metric without a resampled form."
-    if c.task == 'regression' and metric in ERROR_METRICS: return resampled_errors(metric, y, pred, idx)
-    y, pred = np.asarray(y), np.asarray(pred)
-    if metric == 'mae_difference': return group_difference_per_draw(np.abs(pred.astype(float) - y.astype(float)), sens, idx, min_group_size)
-    if metric == 'accuracy_difference': return group_difference_per_draw(y.astype(str) == pred.astype(str), sens, idx, min_group_size)
-    if isinstance(proba, pd.DataFrame) and metric in CLASS_METRICS: return resampled_class_metric(metric, y, proba, pred, idx)
-    if isinstance(proba, pd.DataFrame) and metric == 'expected_calibration_error':   # bins from each draw's own scores, as the charter's value
-        hit, conf = top_label(y, proba)
-        return np.array([expected_calibration_error(hit[i], conf[i]) for i in idx])
-    take = lambda i: None if proba is None else proba.iloc[i].reset_index(drop=True)
-    return np.array([objective_value(metric, y[i], take(i), pred[i], None if sens is None else sens[i], min_group_size=min_group_size) for i in idx])
-
 
 # %% ../nbs/01a_charter.ipynb #4a695e32
 def workspace_charter(ws: Workspace, path=None) -> Charter:

@@ -14,8 +14,8 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, fingerprint_df, log_dataset
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
-from .charter import (Charter, binary_target, check_charter_against_data, leakage_target, load_charter, stratify_labels, task_target, target_summary,
-                      time_values, workspace_charter)
+from .charter import Charter, binary_target, load_charter, time_values, workspace_charter
+from .tasks import check_charter_against_data, leakage_target, stratify_labels, task_target, target_summary
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0

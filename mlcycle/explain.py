@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .charter import METRICS, objective_value
+from .charter import METRICS
+from .tasks import objective_value
 from .latency import score_rows
 
 # %% auto #0

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, group_text
-from .charter import (BUNDLED_CHARTER, Charter, binary_target, leakage_target, task_target, check_charter_against_data, evaluate_objectives, group_names,
-                             judged_rows, load_charter, objective_value, task_draws)
+from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judged_rows, load_charter
+from .tasks import leakage_target, task_target, check_charter_against_data, evaluate_objectives, objective_value, task_draws
 from .data import build_preprocessor, feature_frame, infer_contract, load_data
 from .latency import single_row_timings
 

@@ -15,7 +15,8 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .predlog import log_exists
-from .charter import Charter, binary_target, task_target, evaluate_objectives, group_names, objective_value, workspace_charter
+from .charter import Charter, binary_target, group_names, workspace_charter
+from .tasks import task_target, evaluate_objectives, objective_value
 from .data import feature_frame
 from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_markdown, caveats, checklist_facts,
                                      compliance_checklist, evidence_facts, lineage_svg, md_escape, md_table, model_card,

@@ -13,7 +13,8 @@ import pandas as pd
 import yaml
 
 from .core import MlcycleError, group_text
-from .charter import Source, binary_target, objective_value, parse_charter, time_values, unparseable_times
+from .charter import Source, binary_target, parse_charter, time_values, unparseable_times
+from .tasks import objective_value
 from .data import build_preprocessor, feature_frame, infer_contract, load_source
 from .feasibility import TEST_SIZE, verifiability
 

@@ -114,7 +114,7 @@ def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame
 
 def _task_value_ci(c: Charter, metric: str, y, pred, alpha: float, seed: int = 0) -> tuple[float, float, float]:
     "A metric of labelled rows with a percentile-bootstrap interval (regression errors and multiclass label metrics on all draws at once)."
-    from mlcycle.charter import objective_value
+    from mlcycle.tasks import objective_value
     y, pred = np.asarray(y), np.asarray(pred)
     if len(y) < 2: return float('nan'), float('nan'), float('nan')
     idx = bootstrap_indices(len(y), N_RESAMPLES, seed)
@@ -246,7 +246,7 @@ def production_attribution_drift(model, c: Charter, contract: dict, log: pd.Data
 
 def workspace_attribution_drift(ws: Workspace, c: Charter, contract: dict, fps: dict, log: pd.DataFrame, model_version='') -> dict:
     "`production_attribution_drift` of the version that answered most labelled rows of the window, against the stage-02 test split."
-    from mlcycle.charter import task_target
+    from mlcycle.tasks import task_target
     from mlcycle.data import feature_frame
     lab = log[log.y_true.notna()]
     if not len(lab): return {'table': None, 'rows': 0, 'note': 'no labelled rows in the window: attribution drift not computed', 'model_version': None}

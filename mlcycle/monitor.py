@@ -144,7 +144,7 @@ def feature_skew(served: pd.DataFrame, raw: pd.DataFrame, contract: dict) -> pd.
 # %% ../nbs/06_monitoring.ipynb #48d0b947
 def metric_with_ci(metric: str, y, proba, pred=None, alpha: float = 0.05, n_boot: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
     "A charter metric on labelled rows with a (1 − alpha) interval: DeLong for roc_auc, Wilson for proportions, percentile bootstrap otherwise."
-    from mlcycle.charter import objective_value
+    from mlcycle.tasks import objective_value
     y, proba = np.asarray(y).astype(int), np.asarray(proba, float)
     pred = (proba >= 0.5).astype(int) if pred is None else np.asarray(pred).astype(int)
     if len(y) == 0: return float('nan'), float('nan'), float('nan')

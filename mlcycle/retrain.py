@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, fingerprint_df, log_dataset, read_json, row_keys, setup_mlflow, to_json
-from .charter import Charter, binary_target, stratify_labels, target_summary, task_target, workspace_charter
+from .charter import Charter, binary_target, workspace_charter
+from .tasks import stratify_labels, target_summary, task_target
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test, welch_test
 from .task_ab import row_outcomes
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args

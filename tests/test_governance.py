@@ -163,7 +163,8 @@ def _init_workspace(tmp_path, data, target: str):
     risk level, no licence), stages 01 and 02, and one model fitted on the train split and registered as stage 03 does."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import Pipeline
-    from mlcycle.charter import task_target, workspace_charter
+    from mlcycle.charter import workspace_charter
+    from mlcycle.tasks import task_target
     from mlcycle.core import Workspace, read_json
     from mlcycle.data import build_preprocessor, feature_frame
     from mlcycle.feasibility import run_through_data

@@ -184,7 +184,8 @@ def _one_line(e) -> str:
 
 
 def test_bad_input_one_line_naming_the_field_and_the_fix(tmp_path):
-    from mlcycle.charter import CharterError, check_charter_against_data, load_charter
+    from mlcycle.charter import CharterError, load_charter
+    from mlcycle.tasks import check_charter_against_data
     from mlcycle.core import MlcycleError
     from mlcycle.data import check_production, check_requirements, infer_contract, quality_report
     df = attrition()
