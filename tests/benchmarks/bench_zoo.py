@@ -156,11 +156,18 @@ def charter_summary(path: Path) -> dict:
             'time_column': d.get('data', {}).get('time_column')}
 
 
+def short_reason(reason: str, limit: int = 260) -> str:
+    "The reason as a table cell: no index link, file names without their folders, cut at `limit` characters."
+    reason = re.sub(r' · index: \S+', '', reason)
+    reason = re.sub(r'(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+)', r'\1', reason)
+    return (reason if len(reason) <= limit else reason[:limit].rsplit(' ', 1)[0] + ' …').replace('|', '/')
+
+
 def markdown(rows: list[dict]) -> str:
     head = '| # | dataset | task | rows | sensitive (init) | outcome | time s |\n|---|---|---|---|---|---|---|\n'
     def cell(r):
         if r['closed']: return '**closed** (01–09)'
-        return f"stopped at {r['stage']}: {r['reason'][:300].replace('|', '/')}"
+        return f"stopped at {r['stage']}: {short_reason(r['reason'])}"
     return head + ''.join(f"| {i} | {r['dataset']} | {r['task']} | {r['rows']:,} | {', '.join((r.get('charter') or {}).get('sensitive', [])) or '—'} "
                           f"| {cell(r)} | {r['seconds']:.0f} |\n" for i, r in enumerate(rows, 1))
 
@@ -172,8 +179,13 @@ def main(argv=None):
     ap.add_argument('--timeout', type=float, default=1200, help='seconds per command')
     ap.add_argument('--markdown', help='also write the table as Markdown to this file')
     ap.add_argument('--list', action='store_true', help='print the chosen tables and stop')
+    ap.add_argument('--from-json', nargs='*', help='print the Markdown table of earlier runs (their zoo.json files, later ones win) and stop')
     a = ap.parse_args(argv)
     tables = choose()
+    if a.from_json is not None:
+        done = {r['dataset']: r for f in a.from_json for r in json.loads(Path(f).read_text())}
+        rows = [done[k] for k in (f'{t.package}::{t.item}' for t in tables) if k in done]
+        print(markdown(rows)); print(f"closed: {sum(r['closed'] for r in rows)} of {len(rows)}"); return
     if a.list:
         for t in tables: print(f'{t.package}::{t.item}  target={t.target}  {t.task}  {t.rows:,} rows  {" ".join(t.tags)}')
         return
