@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, read_json
+from .tasks import model_task, task_of_kind
 
 # %% auto #0
 __all__ = ['SQL_RE', 'is_sql', 'input_rows', 'input_columns', 'iter_chunks', 'chunk_features', 'PredictionWriter',
@@ -173,19 +174,16 @@ def _resolve_version(ws, c, version=None, alias='champion') -> str:
                            f'({str(e).strip().splitlines()[0][:200]}); see `mlcycle promote` or pass --version') from None
 
 def answer_kind(model) -> tuple[str, list | None]:
-    "What `model` answers: 'binary', 'multiclass' or 'regression', and a multiclass model's class names (in the scorer's index order)."
-    from mlcycle.scorer import output_classes, output_kind
-    kind = output_kind(model)
-    return kind, (output_classes(model) if kind == 'multiclass' else None)
+    "What `model` answers: its task's kind (`mlcycle.tasks.model_task`), and the class names a served label index refers to (in the scorer's index order)."
+    from mlcycle.scorer import output_classes
+    task = model_task(model)
+    return task.kind, task.served_classes(output_classes(model))
 
 def answer_columns(score, label, kind: str, classes: list | None = None) -> dict:
     """The output's `score` and `prediction` from a scorer's `(score, label)` (`mlcycle.scorer.make_scorer`): binary, the
     positive label's probability and the 0/1 decision; multiclass, the predicted class's probability and its name;
     regression, the predicted number in both."""
-    score, label = np.asarray(score, dtype='float64'), np.asarray(label, dtype='int64')
-    if kind == 'regression': return {'score': score, 'prediction': score}
-    if kind == 'multiclass': return {'score': score, 'prediction': np.asarray(classes, dtype=object)[label]}
-    return {'score': score, 'prediction': label}
+    return task_of_kind(kind).answer_columns(score, label, classes)
 
 def score_chunk(chunk: pd.DataFrame, contract: dict, scorer, start: int, name: str, version: str, warn: Counter | None = None,
                 kind: str = 'binary', classes: list | None = None) -> pd.DataFrame:

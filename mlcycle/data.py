@@ -15,16 +15,16 @@ import pandas as pd
 from .core import MlcycleError, Workspace, fingerprint_df, log_dataset
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
 from .charter import Charter, binary_target, load_charter, time_values, workspace_charter
-from .tasks import check_charter_against_data, leakage_target, stratify_labels, task_target, target_summary
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, check_charter_against_data, concordance, stratify_labels, target_summary, task_of, task_target
+from fastcore.basics import patch
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
 __all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'labelled', 'load_data',
-           'feature_columns', 'infer_contract', 'task_of_contract', 'feature_frame', 'Violation', 'ContractError',
-           'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts', 'concordance',
-           'category_score', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report',
-           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'hold_back', 'check_production',
-           'production_rows', 'run_data_stage']
+           'feature_columns', 'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
+           'validate_batch', 'violations_frame', 'outlier_counts', 'category_score', 'single_feature_auc_ovr',
+           'single_feature_auc', 'column_role', 'quality_report', 'check_requirements', 'plot_quality',
+           'build_preprocessor', 'split_data', 'hold_back', 'check_production', 'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -142,14 +142,9 @@ def infer_contract(df: pd.DataFrame, c: Charter) -> dict:
     return {'target': c.data.target, 'positive_label': c.data.positive_label, 'features': list(cols),
             'sensitive_features': list(c.data.sensitive_features), 'id_column': c.data.id_column,
             'time_column': c.data.time_column, 'columns': cols, 'reference_rows': len(df),
-            'reference_fingerprint': fingerprint_df(df), **task_of_contract(c, df),
+            'reference_fingerprint': fingerprint_df(df), **task_of(c).contract_fields(df[c.data.target]),
             **({'derived': [f.model_dump(mode='json', exclude_defaults=True) for f in c.features]} if c.features else {})}
 
-def task_of_contract(c: Charter, df: pd.DataFrame) -> dict:
-    "Binary contracts stay as they were; the other tasks record the task, and multiclass its labels (the model's classes)."
-    if c.task == 'binary_classification': return {}
-    if c.task == 'regression': return {'task': c.task}
-    return {'task': c.task, 'classes': sorted(df[c.data.target].dropna().astype(str).unique().tolist())}
 
 def feature_frame(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
     "The contract's feature columns, in order, with numeric columns as floats and categorical ones as text (missing = NaN)."
@@ -266,13 +261,6 @@ def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.S
         out.iloc[held] = key.iloc[held].map(means).fillna(y.iloc[fit].mean()).to_numpy()
     return out
 
-def concordance(y, score) -> float:
-    """Harrell's C of `score` for a numeric target: the chance two rows are ordered alike by both, (1 + Kendall's tau-b) / 2;
-    ROC AUC is its special case for a 0/1 target, so a regression target's leakage screen reads on the same scale."""
-    from scipy.stats import kendalltau
-    tau = kendalltau(np.asarray(score, float), np.asarray(y, float)).statistic
-    return float((1 + tau) / 2) if np.isfinite(tau) else 0.5
-
 MIN_ROWS_PER_VALUE = 10
 
 def category_score(s: pd.Series, y, spec: dict) -> pd.Series:
@@ -302,16 +290,24 @@ def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.D
     return t
 
 def single_feature_auc(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
-    "ROC AUC of each feature on its own, folded to ≥ 0.5; high values flag label leakage."
-    from sklearn.metrics import roc_auc_score
-    if c.task == 'multiclass_classification': return single_feature_auc_ovr(df, c, contract)
-    y = task_target(c, df[c.data.target]) if c.task == 'regression' else leakage_target(c, df[c.data.target])
+    "ROC AUC of each feature on its own, folded to ≥ 0.5; high values flag label leakage (the task's `leakage_table`)."
+    return task_of(c).leakage_table(df, c, contract)
+
+@patch
+def leakage_table(self: MulticlassTask, df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
+    "Multiclass: one vs rest per label (`single_feature_auc_ovr`)."
+    return single_feature_auc_ovr(df, c, contract)
+
+@patch
+def leakage_table(self: (BinaryTask, RegressionTask), df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
+    "Each feature alone against the task's `leakage_screen` view of the target, read by its `leakage_auc` (regression: Harrell's C)."
+    y = self.leakage_screen(df[c.data.target])
     rows = []
     for col in contract['features']:
         s = df[col]
         if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
         else: score = category_score(s, y, contract['columns'][col])
-        auc = concordance(y, score) if c.task == 'regression' else roc_auc_score(y, score) if len(np.unique(y)) == 2 else float('nan')
+        auc = self.leakage_auc(y, score)
         rows.append({'column': col, 'auc_alone': max(auc, 1 - auc)})
     t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
     t['leakage_suspect'] = t.auc_alone >= LEAKAGE_AUC

@@ -12,19 +12,27 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, group_text
 from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judged_rows, load_charter
-from .tasks import leakage_target, task_target, check_charter_against_data, evaluate_objectives, objective_value, task_draws
+from .tasks import (BinaryTask, MulticlassTask, RegressionTask, Task, leakage_target, task_target, check_charter_against_data,
+                           evaluate_objectives, objective_value, task_of)
+from fastcore.basics import patch
 from .data import build_preprocessor, feature_frame, infer_contract, load_data
 from .latency import single_row_timings
 
 # %% auto #0
 __all__ = ['TEST_SIZE', 'QUICK_SCORING', 'label_balance', 'target_bins', 'group_sizes', 'fit_learning_curve', 'task_outputs_of',
-           'verifiability', 'task_balance_reason', 'feasibility_verdict', 'quick_model_scores', 'task_quick_scores',
-           'feasibility_analysis', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
+           'verifiability', 'feasibility_verdict', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis',
+           'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
-    "Counts and shares of each target value (regression: of the target's deciles)."
-    if c.task == 'regression': return target_bins(c, df)
+    "Counts and shares of each target value (regression: of the target's deciles): the task's `balance`."
+    return task_of(c).balance(c, df)
+
+@patch
+def balance(self: RegressionTask, c: Charter, df: pd.DataFrame) -> pd.DataFrame: return target_bins(c, df)
+
+@patch
+def balance(self: (BinaryTask, MulticlassTask), c: Charter, df: pd.DataFrame) -> pd.DataFrame:
     vc = df[c.data.target].astype(str).value_counts()
     return pd.DataFrame({'label': vc.index, 'rows': vc.to_numpy(), 'share': (vc / vc.sum()).to_numpy(),
                          'positive': vc.index == str(c.data.positive_label)})
@@ -72,42 +80,20 @@ def fit_learning_curve(sizes, scores, threshold=None, higher_is_better=True) -> 
 # %% ../nbs/01_problem_definition.ipynb #44e2e225
 TEST_SIZE = 0.2   # stage 02's default share of rows in the test split
 
-def _fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> np.ndarray:
-    "A fairness metric on every resample (rows `idx[b]`), over the groups judged in that resample; NaN where fewer than two are."
-    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
-    codes, uniq = pd.factorize(group_text(groups)); k, B = len(uniq), len(idx)
-    G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
-    cnt = lambda w=None: np.bincount(G, weights=None if w is None else w[idx].ravel().astype(float), minlength=B * k).reshape(B, k)
-    n, sel, pos, tp = cnt(), cnt(pred), cnt(y), cnt(pred * y)
-    judged = n >= min_group_size
-    with np.errstate(invalid='ignore', divide='ignore'):
-        rate = lambda a, b: np.where(judged & (b > 0), a / np.where(b > 0, b, 1), np.nan)
-        sr, tpr, fpr = rate(sel, n), rate(tp, pos), rate(sel - tp, n - pos)
-        spread = lambda r: np.where(judged.sum(1) >= 2, np.nanmax(np.where(np.isnan(r), -np.inf, r), 1) - np.nanmin(np.where(np.isnan(r), np.inf, r), 1), np.nan)
-        if metric == 'demographic_parity_difference': return spread(sr)
-        if metric == 'demographic_parity_ratio':
-            lo, hi = np.nanmin(np.where(np.isnan(sr), np.inf, sr), 1), np.nanmax(np.where(np.isnan(sr), -np.inf, sr), 1)
-            return np.where(judged.sum(1) >= 2, lo / hi, np.nan)
-        return np.fmax(spread(tpr), spread(fpr))
-
 def _rows(a, i):
     "Rows `i` of an array or a frame (a multiclass model's probabilities); None stays None."
     return None if a is None else (a.iloc[i].reset_index(drop=True) if isinstance(a, pd.DataFrame) else a[i])
 
 def task_outputs_of(c: Charter, df: pd.DataFrame, out) -> tuple:
-    "(target, probabilities, decisions) from a quick model's output `out`: the predicted numbers (regression) or class probabilities (multiclass)."
-    y = task_target(c, df[c.data.target])
-    if c.task == 'regression': return y, None, np.asarray(out, float)
-    return y, out, out.columns.to_numpy()[np.argmax(out.to_numpy(), axis=1)]
+    "(target, probabilities, decisions) from a quick model's cross-validated output `out` (the task's `cv_outputs`)."
+    t = task_of(c)
+    return t.target(df[c.data.target]), *t.cv_outputs(out)
 
 def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_SIZE, n_resamples: int = 150,
                   seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per objective: the expected value (from `proba`, cross-validated P(positive) for `df`), the interval half-width on a
     test split of `test_size`, the distance to the limit, whether the split can verify it, and the rows that would."""
-    if c.task == 'binary_classification':
-        y, proba = binary_target(c, df[c.data.target]), np.asarray(proba, float)
-        pred, n_min = (proba >= 0.5).astype(int), c.data.requirements.min_group_size
-    else: y, proba, pred, n_min = *task_outputs_of(c, df, proba), c.data.requirements.min_group_size
+    task, (y, proba, pred), n_min = task_of(c), task_outputs_of(c, df, proba), c.data.requirements.min_group_size
     n_test = max(int(round(len(df) * test_size)), 2)
     idx = np.random.default_rng(seed).integers(0, len(df), size=(n_resamples, n_test))
     rows = []
@@ -119,9 +105,7 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
         sens = group_text(df[o.sensitive_feature]) if o.sensitive_feature else None
         value = lambda i: objective_value(o.metric, y[i], _rows(proba, i), pred[i], None if sens is None else sens[i], min_group_size=n_min)
         expected = value(np.arange(len(df)))
-        if c.task != 'binary_classification': draws = task_draws(c, o.metric, y, proba, pred, idx, sens, n_min)   # all draws at once
-        elif o.family == 'fairness': draws = _fairness_draws(o.metric, y, pred, sens, idx, n_min)
-        else: draws = np.array([value(i) for i in idx])
+        draws = task.draws(o.metric, y, proba, pred, idx, sens, n_min)   # all draws at once where the task has a resampled form
         ok = np.isfinite(draws)
         if not np.isfinite(expected) or ok.mean() < 0.5:   # rows at which the second-largest group reaches min_group_size in the test split
             share = np.sort(pd.Series(sens).value_counts(normalize=True).to_numpy())[::-1]
@@ -139,11 +123,20 @@ def verifiability(c: Charter, df: pd.DataFrame, proba, test_size: float = TEST_S
     return pd.DataFrame(rows)
 
 # %% ../nbs/01_problem_definition.ipynb #d57f390a
-def task_balance_reason(c: Charter, balance: pd.DataFrame) -> str:
-    "The target in one phrase, for the verdict's reasons: the rarest label (multiclass) or the range of deciles (regression)."
-    if c.task == 'regression': return f"target {c.data.target} from {balance.label.iloc[0]} to {balance.label.iloc[-1]} by decile"
+@patch
+def balance_finding(self: Task, c: Charter, balance: pd.DataFrame) -> tuple:
+    "(blocker or None, reason): the target in one phrase for the verdict (multiclass: the rarest label)."
     r = balance.sort_values('rows').iloc[0]
-    return f"{len(balance)} labels; the rarest, {r.label}, has {r.rows} rows ({r.share:.1%})"
+    return None, f"{len(balance)} labels; the rarest, {r.label}, has {r.rows} rows ({r.share:.1%})"
+
+@patch
+def balance_finding(self: RegressionTask, c: Charter, balance: pd.DataFrame) -> tuple:
+    return None, f"target {c.data.target} from {balance.label.iloc[0]} to {balance.label.iloc[-1]} by decile"
+
+@patch
+def balance_finding(self: BinaryTask, c: Charter, balance: pd.DataFrame) -> tuple:
+    if len(balance) < 2 or not balance.positive.any(): return 'the positive class does not occur', None
+    return None, f"positive share {balance.loc[balance.positive, 'share'].iloc[0]:.1%}"
 
 def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: pd.DataFrame,
                         baselines: pd.DataFrame, curve_fit: dict, verify: pd.DataFrame | None = None) -> dict:
@@ -158,9 +151,9 @@ def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: 
     req = c.data.requirements
     if n_rows < req.min_rows: blockers.append(f'{n_rows} rows < min_rows {req.min_rows}')
     else: reasons.append(f'{n_rows} rows ≥ min_rows {req.min_rows}')
-    if c.task != 'binary_classification': reasons.append(task_balance_reason(c, balance))
-    elif len(balance) < 2 or not balance.positive.any(): blockers.append('the positive class does not occur')
-    else: reasons.append(f"positive share {balance.loc[balance.positive, 'share'].iloc[0]:.1%}")
+    blocker, reason = task_of(c).balance_finding(c, balance)
+    if blocker: blockers.append(blocker)
+    else: reasons.append(reason)
     small = groups[groups.too_small.astype(bool)]
     single_small = small[~small.feature.str.contains(' & ')]
     if len(single_small): risks.append(f"sensitive groups below min_group_size {req.min_group_size}: " + ', '.join(f'{r.feature}={r.group} ({r.rows})' for r in single_small.itertuples()))
@@ -187,8 +180,15 @@ def feasibility_verdict(c: Charter, n_rows: int, balance: pd.DataFrame, groups: 
 
 # %% ../nbs/01_problem_definition.ipynb #495f7560
 def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
-    "Dummy and logistic-regression baselines (3-fold stratified CV predictions) against every objective, the learning curve, and the quick model's CV probabilities."
-    if c.task != 'binary_classification': return task_quick_scores(c, df, seed)
+    "Dummy and quick-model baselines (3-fold CV predictions) against every objective, the learning curve, and the quick model's CV output: the task's `quick_scores`."
+    return task_of(c).quick_scores(c, df, seed)
+
+@patch
+def quick_scores(self: (MulticlassTask, RegressionTask), c: Charter, df: pd.DataFrame, seed: int = 0): return task_quick_scores(c, df, seed)
+
+@patch
+def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0):
+    "Binary: dummies and logistic regression (3-fold stratified CV probabilities)."
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict, learning_curve
@@ -224,23 +224,16 @@ QUICK_SCORING = {'rmse': 'neg_root_mean_squared_error', 'mae': 'neg_mean_absolut
 def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     """`quick_model_scores` for regression (mean predictor, ridge) and multiclass (class-prior dummies, logistic regression):
     3-fold CV predictions against every objective, the learning curve on the primary metric, and the quick model's CV output."""
-    from sklearn.dummy import DummyClassifier, DummyRegressor
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict, learning_curve
+    from sklearn.model_selection import learning_curve
     from sklearn.pipeline import make_pipeline
-    contract = infer_contract(df, c)
-    X, y = feature_frame(df, contract), task_target(c, df[c.data.target])
-    reg = c.task == 'regression'
-    cv = (KFold if reg else StratifiedKFold)(3, shuffle=True, random_state=seed)
-    quick = make_pipeline(build_preprocessor(contract), Ridge() if reg else LogisticRegression(max_iter=1000))
-    models = ({'dummy_mean': DummyRegressor(), 'quick_model': quick} if reg else
-              {'dummy_prior': DummyClassifier(strategy='prior'), 'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed), 'quick_model': quick})
+    task, contract = task_of(c), infer_contract(df, c)
+    X, y = feature_frame(df, contract), task.target(df[c.data.target])
+    cv = task.folds(3, seed)
+    quick = make_pipeline(build_preprocessor(contract), task.quick_estimator())
+    models = {**task.dummies(seed), 'quick_model': quick}
     tables, out = [], None
     for name, m in models.items():
-        if reg: o = cross_val_predict(m, X, y, cv=cv); proba, pred = None, o
-        else:
-            o = pd.DataFrame(cross_val_predict(m, X, y, cv=cv, method='predict_proba'), columns=sorted(set(y)))
-            proba, pred = o, o.columns.to_numpy()[np.argmax(o.to_numpy(), axis=1)]
+        o = task.cv_predict(m, X, y, cv); proba, pred = task.cv_outputs(o)
         lat = None
         if name == 'quick_model':
             out, lat = o, single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it

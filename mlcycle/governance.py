@@ -16,7 +16,8 @@ import pandas as pd
 from .core import MlcycleError, Workspace, current_actor, read_json, sha256_bytes, setup_mlflow, to_json
 from .predlog import log_exists
 from .charter import Charter, binary_target, group_names, workspace_charter
-from .tasks import task_target, evaluate_objectives, objective_value
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, contract_task, task_target, evaluate_objectives, objective_value, task_of
+from fastcore.basics import patch
 from .data import feature_frame
 from .governance_docs import (DISCLAIMER, DOCUMENT_FILES, bias_report, card_markdown, caveats, checklist_facts,
                                      compliance_checklist, evidence_facts, lineage_svg, md_escape, md_table, model_card,
@@ -127,10 +128,7 @@ def score_version(ws: Workspace, version, df: pd.DataFrame, name: str | None = N
         raise MlcycleError(f'cannot load {name} v{version} from the registry: {str(e).splitlines()[0][:300]} '
                            '(were its artifacts deleted by stage 09?)') from None
     X = feature_frame(df, contract)
-    if contract.get('task', 'binary_classification') != 'binary_classification':     # regression / multiclass: (None or class probabilities, prediction)
-        from mlcycle.latency import score_rows
-        return (*score_rows(model, X), model)
-    return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype(int), model
+    return (*contract_task(contract).outputs(model, X), model)     # the task's outputs: P(positive) and 0/1, class probabilities and label, or the number
 
 # %% ../nbs/08_governance.ipynb #ab6f2a8f
 def group_labels(df: pd.DataFrame, features) -> pd.Series:
@@ -218,7 +216,11 @@ def measure_version(c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int | 
     "Performance, fairness and the charter's objectives with intervals: stage 04's bootstrap (the charter's resamples and seed)."
     n_boot = int(n_boot) if n_boot else c.validation.bootstrap_resamples
     seed = c.development.seed if seed is None else int(seed)
-    if c.task != 'binary_classification': return measure_task_version(c, y, proba, pred, df, n_boot, seed, run_metrics)
+    return task_of(c).measures(c, y, proba, pred, df, n_boot, seed, run_metrics)
+
+@patch
+def measures(self: BinaryTask, c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int, seed: int, run_metrics: dict | None = None) -> dict:
+    "Binary: stage 04's performance metrics and fairlearn's group rates, on the same bootstrap draws."
     idx = bootstrap_indices(len(y), n_boot, seed)
     perf = performance_with_ci(y, proba, pred, idx=idx, metrics=PERFORMANCE, point=objective_value)
     fair = fairness_analysis(c, y, pred, df, idx)
@@ -240,6 +242,11 @@ def measure_task_version(c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: i
     return {'n_boot': n_boot, 'seed': seed, 'performance': perf, 'fairness': fair, 'objectives': objectives_table(c, y, proba, pred, df, perf, fair, run_metrics)}
 
 # %% ../nbs/08_governance.ipynb #b2162fb8
+@patch
+def measures(self: (MulticlassTask, RegressionTask), c: Charter, y, proba, pred, df: pd.DataFrame, n_boot: int, seed: int, run_metrics: dict | None = None) -> dict:
+    "Regression and multiclass: `measure_task_version`."
+    return measure_task_version(c, y, proba, pred, df, n_boot, seed, run_metrics)
+
 def stage_evidence(ws: Workspace, stage: str, version=None) -> dict:
     "A stage's latest manifest, summarised: available, when, which version it was about, its scalar outputs."
     if not ws.has_stage(stage):

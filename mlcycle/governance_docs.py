@@ -17,6 +17,7 @@ from .core import to_json
 from .charter import Charter
 from .explain import drivers_markdown
 from .stats import GAP_METRICS, GROUP_RATES
+from .tasks import TASKS, task_of
 
 TASK_GAP_METRICS = ['mae_difference', 'accuracy_difference']   # the gaps of regression and multiclass charters
 
@@ -319,7 +320,7 @@ def _card_details(c: Charter, ev: dict) -> dict:
     return {'name': name, 'version': ev['version'], 'created': rec['created'], 'model': ev['model_description'],
             'family': rec['tags'].get('model_family') or rec['tags'].get('candidate') or 'not recorded',
             'mitigation': rec['tags'].get('mitigation', 'none recorded'), 'task': c.task, 'target': c.data.target,
-            'positive_label': str(c.data.positive_label) if c.task == 'binary_classification' else f'not applicable ({c.task})', 'owners': c.owners, 'charter_hash': c.hash,
+            'positive_label': task_of(c).positive_label_text(), 'owners': c.owners, 'charter_hash': c.hash,
             'training_run_id': rec['run_id'], 'logged_model_id': rec['model_id'], 'aliases': rec['aliases'],
             'lifecycle': rec['tags'].get('lifecycle'), 'validation_status': rec['tags'].get('validation_status'),
             'serialization': rec['flavor'].get('serialization_format'), 'sklearn_version': rec['flavor'].get('sklearn_version'),
@@ -382,13 +383,8 @@ def _drivers(c: Charter, ev: dict) -> dict:
 
 NO_SENSITIVE = 'no sensitive features declared; fairness not evaluated'
 NO_SENTENCE = NO_SENSITIVE[0].upper() + NO_SENSITIVE[1:] + '.'
-DECISION_RULES = {'binary_classification': "the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness mitigation is part of the model",
-                  'multiclass_classification': 'the class with the highest predicted probability (`predict`)',
-                  'regression': 'none: the output is the predicted value itself (`predict`), with no threshold'}
-FAIRNESS_MEASURES = {'binary_classification': GROUP_RATES + GAP_METRICS,
-                     'multiclass_classification': ['accuracy per group', 'share of each predicted class per group', 'accuracy_difference',
-                                                   'share_predicted_difference per class'],
-                     'regression': ['mae per group', 'mean_error per group', 'mean_prediction per group', 'mae_difference', 'mean_prediction_difference']}
+DECISION_RULES = {name: t.decision_rule for name, t in TASKS.items()}           # each task's own (mlcycle.tasks)
+FAIRNESS_MEASURES = {name: t.fairness_measures for name, t in TASKS.items()}
 
 def _card_factors(c: Charter, m: dict) -> dict:
     "Which groups the card evaluates; says so plainly when the charter declares none."

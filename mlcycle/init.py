@@ -14,7 +14,8 @@ import yaml
 
 from .core import MlcycleError, group_text
 from .charter import Source, binary_target, parse_charter, time_values, unparseable_times
-from .tasks import objective_value
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, objective_value, task_named
+from fastcore.basics import patch
 from .data import build_preprocessor, feature_frame, infer_contract, load_source
 from .feasibility import TEST_SIZE, verifiability
 
@@ -38,9 +39,9 @@ def infer_other_task(y: pd.Series, target: str, values: pd.Series) -> dict:
     "Three or more values: regression for a numeric column with many values, multiclass for up to `MAX_CLASSES` labels, else an error."
     numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     if numeric and len(values) > MAX_CLASSES:
-        return {'task': 'regression', 'positive_label': None, 'why': f'a number with {len(values)} distinct values', 'counts': {}}
+        return {'task': RegressionTask.name, 'positive_label': None, 'why': f'a number with {len(values)} distinct values', 'counts': {}}
     if len(values) <= MAX_CLASSES:
-        return {'task': 'multiclass_classification', 'positive_label': None, 'why': f'{len(values)} labels', 'counts': values.to_dict()}
+        return {'task': MulticlassTask.name, 'positive_label': None, 'why': f'{len(values)} labels', 'counts': values.to_dict()}
     raise MlcycleError(f'--target {target}: {len(values)} distinct text values ({", ".join(values.index[:5])}, ...): too many labels for a classifier; '
                        'choose a numeric target (regression), or group the labels into at most 20 in the data')
 
@@ -52,7 +53,7 @@ def infer_task(y: pd.Series, target: str) -> dict:
     named = [v for v in values.index if v.strip().lower() in POSITIVE_WORDS]
     pos = named[0] if len(named) == 1 else values.index[-1]
     why = f'the value that reads as positive ({pos!r})' if len(named) == 1 else f'the rarer value ({values[pos] / values.sum():.1%} of rows)'
-    return {'task': 'binary_classification', 'positive_label': pos, 'why': why, 'counts': values.to_dict()}
+    return {'task': BinaryTask.name, 'positive_label': pos, 'why': why, 'counts': values.to_dict()}
 
 def _looks_like_time(s: pd.Series) -> bool:
     "Whole years (1900-2100), or text that parses as dates in every row."
@@ -140,7 +141,16 @@ def draft_charter(df: pd.DataFrame, target: str, data_path: str, name: str | Non
     features, requirements from the size, objectives from a quick baseline, and each objective's verifiability."""
     if target not in df.columns: raise MlcycleError(f'--target {target}: no such column; columns are: {", ".join(map(str, df.columns))}')
     task = infer_task(df[target], target)
-    if task['task'] != 'binary_classification': return draft_task_charter(df, target, data_path, name, task)
+    return task_named(task['task']).draft(df, target, data_path, name, task, positive_label)
+
+@patch
+def draft(self: (MulticlassTask, RegressionTask), df: pd.DataFrame, target: str, data_path: str, name, task: dict, positive_label=None) -> dict:
+    "Regression and multiclass: `draft_task_charter` (a positive label does not apply)."
+    return draft_task_charter(df, target, data_path, name, task)
+
+@patch
+def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name, task: dict, positive_label=None) -> dict:
+    "Binary: ROC AUC and demographic parity from a quick logistic regression; the positive label inferred or given."
     if positive_label is not None:
         if str(positive_label) not in task['counts']: raise MlcycleError(f'--positive-label {positive_label}: not a value of {target!r}; values: {", ".join(task["counts"])}')
         task.update(positive_label=str(positive_label), why='given with --positive-label')
@@ -177,7 +187,7 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     df = df[df[target].notna()].reset_index(drop=True)
     cols = suggest_columns(df, target)
     name = re.sub(r'[^A-Za-z0-9_.-]+', '-', name or f'{target}-model').strip('-') or 'my-model'
-    reg = task['task'] == 'regression'
+    reg = task_named(task['task']).in_target_unit     # errors in the target's unit (regression) or rates (multiclass)
     primary = {'metric': 'rmse', 'max': 1.0, 'primary': True} if reg else {'metric': 'macro_f1', 'min': 0.5, 'primary': True}
     gap = 'mae_difference' if reg else 'accuracy_difference'
     d = _draft(name, data_path, target, task, cols, len(df), [primary] + [{'metric': gap, 'max': 1.0 if reg else 0.5, 'sensitive_feature': f} for f in cols['sensitive']])

@@ -13,6 +13,7 @@ import pandas as pd
 from .calibration import ESTIMATED_METRICS, calibrated_draws, ece_with_ci, estimate_alerts, estimate_performance, estimated_vs_realized, score_calibrator
 from .core import Workspace, group_text, setup_mlflow
 from .charter import Charter, binary_target
+from .tasks import task_of
 from .drift import DriftDetector
 from .explain import IMPORTANCE_ROWS, attribution_drift, permutation_importance_table
 from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, resampled_class_metric, resampled_errors
@@ -100,17 +101,7 @@ def label_free_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, log:
 # %% ../nbs/06d_model_checks.ipynb #1ac31244
 def task_log_view(log: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     "The log with `label` the prediction (number or class) and `y_true` the true value (number or class; NaN until labelled)."
-    v = log.copy()
-    if c.task == 'regression':
-        v['label'] = v.probability.astype(float)
-        v['y_true'] = pd.to_numeric(v.label_true, errors='coerce').where(v.y_true.notna())
-        if 'shadow_probability' in v: v['shadow_label'] = v.shadow_probability
-    else:
-        classes = np.asarray(contract['classes'], dtype=object)
-        v['label'] = classes[v.label.to_numpy(int)]
-        v['y_true'] = v.label_true.astype(object).where(v.y_true.notna())
-        if 'shadow_label' in v: v['shadow_label'] = [classes[int(k)] if pd.notna(k) else None for k in v.shadow_label]
-    return v
+    return task_of(c).log_view(log, contract.get('classes'))
 
 def _task_value_ci(c: Charter, metric: str, y, pred, alpha: float, seed: int = 0) -> tuple[float, float, float]:
     "A metric of labelled rows with a percentile-bootstrap interval (regression errors and multiclass label metrics on all draws at once)."
@@ -118,21 +109,19 @@ def _task_value_ci(c: Charter, metric: str, y, pred, alpha: float, seed: int = 0
     y, pred = np.asarray(y), np.asarray(pred)
     if len(y) < 2: return float('nan'), float('nan'), float('nan')
     idx = bootstrap_indices(len(y), N_RESAMPLES, seed)
-    if c.task == 'regression': draws = resampled_errors(metric, y.astype(float), pred.astype(float), idx)
-    elif metric in ('accuracy', 'balanced_accuracy', 'macro_f1'): draws = resampled_class_metric(metric, y, None, pred, idx)   # all draws at once
-    else: draws = np.array([objective_value(metric, y[i], pred=pred[i]) for i in idx])
+    draws = task_of(c).draws(metric, y, None, pred, idx)   # all draws at once where the task has a resampled form
     return float(objective_value(metric, y, pred=pred)), *percentile_ci(draws, 1 - alpha)
 
 def task_measurable(c: Charter, metric: str) -> bool:
     "Whether production can measure `metric` from logged answers (multiclass logs the predicted class, not every probability)."
-    return c.task == 'regression' or metric in ('accuracy', 'balanced_accuracy', 'macro_f1')
+    return task_of(c).measurable_from_labels(metric)
 
 def _task_perf_row(c: Charter, lab: pd.DataFrame, alpha: float) -> dict:
-    p, second = c.primary.metric, ('mae' if c.task == 'regression' else 'accuracy')
+    task = task_of(c); p, second = c.primary.metric, task.outcome_metric
     pv, plo, phi = _task_value_ci(c, p, lab.y_true, lab.label, alpha) if task_measurable(c, p) else (float('nan'),) * 3
     sv, slo, shi = _task_value_ci(c, second, lab.y_true, lab.label, alpha)
     out = {p: pv, f'{p}_lo': plo, f'{p}_hi': phi, second: sv, f'{second}_lo': slo, f'{second}_hi': shi}
-    if c.task == 'regression': out['mean_error'] = float((lab.label.astype(float) - lab.y_true.astype(float)).mean()) if len(lab) else float('nan')
+    out.update(task.readings(lab.label, lab.y_true))
     return {'accuracy': float('nan'), 'accuracy_lo': float('nan'), 'accuracy_hi': float('nan'), **out}
 
 def task_realized_performance(view: pd.DataFrame, c: Charter, alpha: float = 0.05) -> pd.DataFrame:
@@ -165,11 +154,7 @@ def task_group_errors(view: pd.DataFrame, c: Charter, feature: str) -> pd.DataFr
     for (v, grp), g in g_all.groupby(['_v', '_g'], sort=True):
         lab = g[g.y_true.notna()]
         r = {'model_version': v, 'feature': feature, 'group': grp, 'rows': len(g), 'labelled': len(lab)}
-        if c.task == 'regression':
-            e = lab.label.astype(float) - lab.y_true.astype(float)
-            r.update(mean_prediction=float(g.label.astype(float).mean()), mae=float(e.abs().mean()) if len(lab) else float('nan'),
-                     mean_error=float(e.mean()) if len(lab) else float('nan'))
-        else: r.update(accuracy=float((lab.label == lab.y_true).mean()) if len(lab) else float('nan'))
+        r.update(task_of(c).group_readings(g.label, lab.label, lab.y_true))
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -190,14 +175,12 @@ def task_fairness_objectives(rates: pd.DataFrame, c: Charter) -> pd.DataFrame:
 
 def task_prediction_drift(c: Charter, ref, cur, alpha: float = 0.05) -> dict:
     "Drift of the predicted numbers (regression) or of the class mix (multiclass): PSI and the drift test of `DriftDetector`."
-    col = 'prediction' if c.task == 'regression' else 'predicted_label'
-    ref, cur = pd.DataFrame({col: ref}), pd.DataFrame({col: cur})
-    if c.task != 'regression': ref, cur = ref.astype(str), cur.astype(str)
+    task = task_of(c); col = task.prediction_column
+    ref, cur = pd.DataFrame({col: task.as_answers(ref)}), pd.DataFrame({col: task.as_answers(cur)})
     t = DriftDetector(ref).compare(cur, alpha=alpha).iloc[0]
     out = {'rows': len(cur), 'psi': float(t.psi), 'ks': float(t.statistic), 'p_value': float(t.p_value), 'status': str(t.status),
            'positive_rate_ref': float('nan'), 'positive_rate_cur': float('nan')}
-    if c.task == 'regression': out.update(mean_ref=float(ref[col].mean()), mean_cur=float(cur[col].mean()) if len(cur) else float('nan'))
-    else: out.update(class_mix_ref=ref[col].value_counts(normalize=True).round(4).to_dict(), class_mix_cur=cur[col].value_counts(normalize=True).round(4).to_dict())
+    out.update(task.answer_mix(ref[col], cur[col]))
     return out
 
 def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view: pd.DataFrame, versions: list, alpha: float) -> tuple[dict, dict]:
@@ -216,9 +199,7 @@ def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view
         if c.retention.log_sensitive_features != 'store' and c.data.sensitive_features or not len(X) or any(f not in X for f in contract['features']):
             skew[v] = {'checked': 0, 'skew': False, 'note': 'rows cannot be re-scored from the log'}; continue
         got = score_rows(model, X)[1]; logged = served.tail(20_000).label.to_numpy()
-        if c.task == 'regression':
-            diff = np.abs(np.asarray(got, float) - logged.astype(float)); bad = diff > 1e-6 * np.maximum(1, np.abs(logged.astype(float)))
-        else: diff = (np.asarray(got).astype(str) != logged.astype(str)).astype(float); bad = diff > 0
+        diff, bad = task_of(c).answers_differ(got, logged)
         skew[v] = {'rows': len(served), 'checked': len(X), 'max_score_diff': float(diff.max()), 'rows_score_differs': int(bad.sum()),
                    'rows_decision_differs': int(bad.sum()), 'tolerance': 1e-6, 'skew': bool(bad.any())}
     return pred_drift, skew
@@ -228,7 +209,7 @@ def production_attribution_drift(model, c: Charter, contract: dict, log: pd.Data
                                  max_rows: int = IMPORTANCE_ROWS) -> dict:
     """`explain.attribution_drift` of `model` between the reference rows (`reference_X`, `reference_y`: the test split) and the
     labelled rows of `log`: `{'table', 'rows', 'note'}` (`table` None, with the reason in `note`, when it cannot be computed)."""
-    view = log if c.task == 'binary_classification' else task_log_view(log, c, contract)
+    task = task_of(c); view = task.log_view(log, contract.get('classes'))
     lab = view[view.y_true.notna()]
     hidden = [f for f in opaque_columns(c) if f in contract['features']]
     missing = [f for f in contract['features'] if f'x_{f}' not in log.columns]
@@ -237,8 +218,7 @@ def production_attribution_drift(model, c: Charter, contract: dict, log: pd.Data
                                                            'every input raw: attribution drift not computed'}
     if len(lab) < MIN_LABELS:
         return {'table': None, 'rows': len(lab), 'note': f'{len(lab)} labelled rows in the window, fewer than {MIN_LABELS}: attribution drift not computed'}
-    y = (lab.y_true.astype(int).to_numpy() if c.task == 'binary_classification' else
-         lab.y_true.astype(float).to_numpy() if c.task == 'regression' else lab.y_true.astype(str).to_numpy(dtype=object))
+    y = task.truths(lab.y_true)
     seed, metric = c.development.seed, c.primary.metric
     ref = permutation_importance_table(model, reference_X, reference_y, metric, seed=seed, max_rows=max_rows)
     cur = permutation_importance_table(model, log_features(lab, contract), y, metric, seed=seed, max_rows=max_rows)

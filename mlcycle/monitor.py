@@ -18,6 +18,7 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, group_text, read_json, row_keys, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
+from .tasks import task_of
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
                            numeric_edges, psi)
@@ -374,7 +375,7 @@ def plot_performance(over_time: pd.DataFrame, c: Charter):
         t0 = over_time.ts_start.min()
         for (v, arm), g in over_time.groupby(['model_version', 'arm']):
             x = ((g.ts_start + g.ts_end) / 2 - t0) / 60
-            for a, m in zip(ax[:2], (p, 'mae' if c.task == 'regression' else 'accuracy')):
+            for a, m in zip(ax[:2], (p, task_of(c).outcome_metric)):
                 a.plot(x, g[m], 'o-', label=f'v{v} {arm}'); a.fill_between(x, g[f'{m}_lo'], g[f'{m}_hi'], alpha=.2)
             ax[2].plot(x, g.coverage, 'o-', label=f'v{v} {arm}')
     ax[0].axhline(c.primary.threshold, color='tab:red', ls='--', label=f'objective {c.primary.describe()}')
@@ -565,7 +566,7 @@ def _monitoring_outputs(r: dict, counts: dict, seconds: float) -> dict:
 def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
                    alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
     "Every check of stage 06 on a log window: drift, prediction drift and skew, realized performance, fairness, operations, alerts."
-    if c.task != 'binary_classification': return monitor_task_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
+    if not task_of(c).positive_score: return monitor_task_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)   # no P(positive) to read
     drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c))
     versions = _versions(log, model_version)
     pred_drift, skew = _score_checks(ws, c, contract, fps, log, versions, alpha)

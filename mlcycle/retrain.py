@@ -15,7 +15,7 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, current_actor, fingerprint_df, log_dataset, read_json, row_keys, setup_mlflow, to_json
 from .charter import Charter, binary_target, workspace_charter
-from .tasks import stratify_labels, target_summary, task_target
+from .tasks import BinaryTask, stratify_labels, target_summary, task_of, task_target
 from .stats import mcnemar_test, obrien_fleming_spent, paired_sample_size, sequential_look, two_proportion_sample_size, two_proportion_test, welch_test
 from .task_ab import row_outcomes
 from .stages import Param, StageParams, add_common_args, execute_stage, new_run_id, stage_args
@@ -101,9 +101,9 @@ def load_new_data(ws: Workspace, c: Charter, contract: dict, new_data: str = 'fe
     if not len(df): raise MlcycleError(f'{what} has no rows')
     validate_batch(df, contract, require_target=True, what=what)
     known = {str(v) for v in df[target].dropna().unique()}
-    if c.task == 'regression': df[target] = pd.to_numeric(df[target])      # feedback labels arrive as text
-    elif c.task == 'binary_classification' and len(known) > 2:
-        raise MlcycleError(f'{what}: the target {target!r} must have at most two values, found {sorted(known)[:10]}')
+    task = task_of(c)
+    df[target] = task.labels_of(df[target])      # feedback labels arrive as text
+    if (problem := task.label_problem(known)): raise MlcycleError(f'{what}: {problem}')
     return df.reset_index(drop=True)
 
 # %% ../nbs/07_retraining.ipynb #679c9a31
@@ -200,7 +200,7 @@ def recent_holdout(new: pd.DataFrame, c: Charter, test_share: float = 0.3, min_r
     n_test = int(round(len(new) * test_share))
     if n_test < min_rows: return new, None
     y = stratify_labels(c, new[c.data.target])
-    ok = min(np.bincount(y, minlength=2)) >= 2 if c.task == 'binary_classification' else pd.Series(y).value_counts().min() >= 2
+    ok = task_of(c).can_stratify(y)
     tr, te = train_test_split(new, test_size=n_test, stratify=y if ok else None, random_state=seed)
     return tr.sort_values('_ts', kind='stable').reset_index(drop=True), te.sort_values('_ts', kind='stable').reset_index(drop=True)
 
@@ -244,7 +244,7 @@ def refit_candidates(champion, c: Charter, contract: dict, train_df: pd.DataFram
                      note='champion configuration refitted on the new training set')]
     sf = champion.sensitive_feature if isinstance(champion, FairThresholdClassifier) else (
         fair[0].sensitive_feature if fair and fair[0].sensitive_feature in contract['features'] else None)
-    if sf and c.task == 'binary_classification':       # as stage 03 does for every base model when the charter has a fairness objective
+    if sf and task_of(c).mitigations:       # as stage 03 does for every base model when the charter has a fairness objective
         t1 = time.perf_counter()
         o = next((o for o in fair if o.sensitive_feature == sf), fair[0] if fair else None)
         model, _ = fit_threshold_optimizer(base, X, y, sf, o.metric if o else 'demographic_parity_difference',
@@ -326,7 +326,7 @@ def analyze_ab(log: pd.DataFrame, c: Charter, design: dict, champion: str, chall
     "Compare champion and challenger on the labelled log rows per `design`: status continue / complete, the test, and the result."
     alpha = design.get('alpha', 0.05) if alpha is None else alpha
     arms = ab_arms(log, champion, challenger, since)
-    if c.task != 'binary_classification':
+    if not task_of(c).positive_score:      # no P(positive): the tests on each row's outcome
         from mlcycle.task_ab import analyze_task_ab
         return analyze_task_ab(arms, c, design, champion, challenger, looks_so_far, alpha)
     shadow = design['mode'] == 'shadow'
@@ -382,12 +382,9 @@ def rollback_check(log: pd.DataFrame, champion: str, previous: str, promoted_at:
     after, before = lab[(v == str(champion)) & (lab.ts >= promoted_at)], lab[(v == str(previous)) & (lab.ts < promoted_at)]
     if len(after) < min_rows or len(before) < min_rows:
         return {'status': 'continue', 'reason': f'{len(after)} labelled rows since the promotion and {len(before)} before it; {min_rows} each needed'}
-    binary = c is None or c.task == 'binary_classification'
-    outcome = (lambda d: (d.label == d.y_true).to_numpy(float)) if binary else (lambda d: row_outcomes(d, c, classes))
-    ob, oa = outcome(before), outcome(after)
-    if not binary and c.task == 'regression':
-        metric, t = 'absolute_error', welch_test(ob, oa, alpha)          # previous − champion error: below 0, the champion errs more
-    else: metric, t = 'accuracy', two_proportion_test(int(ob.sum()), len(ob), int(oa.sum()), len(oa), alpha)   # champion − previous
+    task = task_of(c) if c is not None else BinaryTask()       # no charter: the log of a binary model
+    ob, oa = task.log_outcomes(before, classes), task.log_outcomes(after, classes)
+    metric, t = task.outcome_statistic, task.outcome_test(ob, oa, alpha)   # champion − previous (errors: previous − champion; below 0, the champion errs more)
     worse = t['p_value'] < alpha and t['difference'] < 0
     return {'status': 'complete', 'result': 'champion_worse' if worse else 'champion_holds', 'test': t, 'metric': metric,
             'reason': f"{metric}: v{champion} since promotion {oa.mean():.4g} (n={len(after)}) vs v{previous} before {ob.mean():.4g} "
@@ -490,15 +487,15 @@ def ab_plan(c: Charter, champion_model, gate: dict, test_df: pd.DataFrame, contr
     Xt, yt = feature_frame(test_df, contract), task_target(c, test_df[c.data.target])
     right_c = champion_model.predict(Xt) == yt
     right_n = np.asarray(gate['pred']) == yt
-    if c.task == 'regression':
+    task = task_of(c)
+    if task.in_target_unit:      # errors in the target's unit: the design on absolute errors
         from mlcycle.task_ab import regression_ab_design
         return non_inferiority_sized(regression_ab_design(c, champion_model.predict(Xt), gate['pred'], yt, ab_share, shadow, ab_method, max_looks, min_ab_samples))
     p_c = float(right_c.mean())
-    if c.task == 'multiclass_classification':      # a champion right on every gate row: the design asks for the MDE just below 1
-        p_c = min(p_c, 1 - c.validation.min_detectable_effect - 1e-3)
+    p_c = task.ab_baseline(p_c, c.validation.min_detectable_effect)
     design = ab_design(c, p_c, ab_share, shadow, float((right_c != right_n).mean()), method=ab_method, max_looks=max_looks, min_samples=min_ab_samples)
-    if c.task == 'multiclass_classification': design['classes'] = contract['classes']
-    if c.task == 'binary_classification' and not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: its test sets the size
+    if 'classes' in contract: design['classes'] = contract['classes']      # the served class indices' names
+    if task.positive_score and not shadow and c.primary.metric != 'accuracy':      # the decision is on the primary metric: its test sets the size
         prim = primary_design(c, yt, champion_model.predict_proba(Xt)[:, 1], np.asarray(gate['proba']), ab_share, design['alpha'], design['power'])
         design.update(metric=c.primary.metric, secondary_metric='accuracy', primary_design=prim,
                       accuracy_design={'champion': design['champion'], 'challenger': design['challenger']})

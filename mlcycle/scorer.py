@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .train import row_uniforms
+from .tasks import model_task
 
 # %% auto #0
 __all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'column_uniforms',
@@ -168,7 +169,7 @@ def make_scorer(model, probe: pd.DataFrame | None = None):
     scikit-learn's, `.compiled_model` whether the final estimator's numpy twin (`compile_final`) replaced it too."""
     import sklearn
     from sklearn.pipeline import Pipeline
-    if output_kind(model) != 'binary': return make_task_scorer(model, probe)
+    if not model_task(model).positive_score: return make_task_scorer(model, probe)   # a class index or a number, not P(positive)
     if (fair := fair_threshold_scorer(model, probe) or fair_mixture_scorer(model, probe)) is not None: return fair
     fast = False
     if isinstance(model, Pipeline) and len(model.steps) > 1:
@@ -237,13 +238,7 @@ def threshold_probability(model, cols: dict, scores: np.ndarray) -> np.ndarray:
 # %% ../nbs/05a_scorer.ipynb #b09d8b30
 def _model_outputs(model, X):
     "The model's own answer for `X` as a scorer's two arrays: (probability of the positive label or of the predicted class, or the number; label or class index, or 0)."
-    kind = output_kind(model)
-    if kind == 'binary': return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype('int64')
-    if kind == 'regression': return np.asarray(model.predict(X), dtype='float64'), np.zeros(len(X), dtype='int64')
-    last = model.steps[-1][1] if hasattr(model, 'steps') else model
-    where = {k: i for i, k in enumerate(last.classes_.tolist())}
-    i = np.array([where[k] for k in np.asarray(model.predict(X)).tolist()], dtype='int64')
-    return model.predict_proba(X)[np.arange(len(i)), i], i
+    return model_task(model).scorer_outputs(model, X)
 
 def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
     "Whether `score` gives the model's own probabilities (or numbers) and decisions on `probe`, as a DataFrame and as parser column arrays."
@@ -292,24 +287,19 @@ def output_classes(model) -> list[str]:
     return [str(k) for k in getattr(last, 'classes_', getattr(model, 'classes_', []))]
 
 def output_kind(model) -> str:
-    "'regression', 'multiclass' or 'binary': what the final estimator of `model` outputs."
-    last = model.steps[-1][1] if hasattr(model, 'steps') else model
-    if not hasattr(last, 'predict_proba') and not hasattr(model, 'predict_proba'): return 'regression'
-    classes = getattr(last, 'classes_', getattr(model, 'classes_', None))
-    return 'multiclass' if classes is not None and len(classes) > 2 else 'binary'
+    "What the final estimator of `model` outputs: its task's kind (`mlcycle.tasks.model_task`)."
+    return model_task(model).kind
 
 def make_task_scorer(model, probe: pd.DataFrame | None = None):
     "`make_scorer` for a regressor (number, 0) or a multiclass classifier (probability of the class, class index); `.answer` renders a row."
     import sklearn
     from sklearn.pipeline import Pipeline
-    kind, fast = output_kind(model), False
+    task, fast = model_task(model), False
     last, transform = (model.steps[-1][1], model[:-1].transform) if isinstance(model, Pipeline) and len(model.steps) > 1 else (model, None)
     classes = output_classes(model)
-    def answer(a: dict) -> dict:
-        if kind == 'regression': return {'request_id': a['request_id'], 'prediction': a['probability'], 'model_version': a['model_version'], 'arm': a['arm']}
-        return {**a, 'label': classes[a['label']]}
+    def answer(a: dict) -> dict: return task.answer(a, classes)
     def dress(score, fast, compiled_model):
-        score.fast, score.compiled_model, score.kind, score.classes, score.answer = fast, compiled_model, kind, classes, answer
+        score.fast, score.compiled_model, score.kind, score.classes, score.answer = fast, compiled_model, task.kind, classes, answer
         return score
     if transform is not None and len(model.steps) == 2 and probe is not None:
         compiled = compiled_if_equal(model, probe)
@@ -320,9 +310,7 @@ def make_task_scorer(model, probe: pd.DataFrame | None = None):
         if isinstance(X, dict) and not fast: X = pd.DataFrame(X)
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             Z = transform(X) if transform is not None else X
-            if kind == 'regression': v = np.asarray(last.predict(Z), dtype='float64'); return v, np.zeros(len(v), dtype='int64')
-            P = last.predict_proba(Z); i = np.argmax(P, axis=1)
-            return P[np.arange(len(i)), i].astype('float64'), i.astype('int64')
+            return task.final_outputs(last, Z)
     dress(score, fast, False)
     if fast and not _same_as_model(score, model, probe): return make_task_scorer(model, None)   # the probe disagreed: scikit-learn's whole path
     return score
@@ -372,11 +360,9 @@ def compile_final(last):
 def compiled_model_scorer(model, compiled, probe: pd.DataFrame | None):
     "A scorer running `compiled` (the preprocessor) and `compile_final` (the estimator), when it gives the model's own outputs on `probe`; else None."
     if probe is None or (final := compile_final(model.steps[-1][1])) is None: return None
-    kind, classes = output_kind(model), getattr(model.steps[-1][1], 'classes_', None)
+    task, classes = model_task(model), getattr(model.steps[-1][1], 'classes_', None)
     def score(X):
         out, i = final(compiled(X))
-        if kind == 'regression': return np.asarray(out, dtype='float64'), np.zeros(len(out), dtype='int64')
-        if kind == 'binary': return out[:, 1].astype('float64'), np.asarray(classes[i]).astype('int64')
-        return out[np.arange(len(i)), i].astype('float64'), i.astype('int64')
+        return task.compiled_outputs(out, i, classes)
     score.fast = score.compiled_model = True
     return score if _same_as_model(score, model, probe) else None

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .core import MlcycleError, Workspace, read_json, setup_mlflow
 from .charter import workspace_charter
+from .tasks import task_of
 from .request import LabelCheck, RequestError, RowParser, mlflow_records, openapi_bodies, parse_feedback
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
@@ -247,8 +248,8 @@ class ModelServer:
         if not contract_path.exists(): raise MlcycleError(f'no data contract at {contract_path}: run stage 02 in this workspace first')
         self.contract = read_json(contract_path)
         self.parser = RowParser(self.contract, c.data.id_column, max_rows=max_rows)
-        self.labels = (LabelCheck(c.data.positive_label, target_classes(ws, c.data.target)) if c.task != 'regression'
-                       else LabelCheck(float('nan')))   # regression: any finite number is a label
+        self.labels = (LabelCheck(float('nan')) if task_of(c).in_target_unit      # a number: any finite one is a label
+                       else LabelCheck(c.data.positive_label, target_classes(ws, c.data.target)))
         mode = c.retention.log_sensitive_features
         self.policy = SensitivePolicy(mode, c.data.sensitive_features, workspace_log_key(ws) if mode == 'hash' else b'')
         self.admin_token = admin_token if admin_token is not None else os.environ.get('MLCYCLE_ADMIN_TOKEN', '')

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .core import MlcycleError
 from .charter import Charter
+from .tasks import task_of
 from .stats import (mcnemar_test, paired_difference_test, sequential_look, paired_mean_sample_size, paired_sample_size,
                            two_mean_sample_size, two_proportion_sample_size, two_proportion_test, welch_test)
 
@@ -42,24 +43,20 @@ def regression_ab_design(c: Charter, champion_pred, challenger_pred, y, share: f
 # %% ../nbs/07a_task_ab.ipynb #b462b436
 def row_outcomes(rows: pd.DataFrame, c: Charter, classes: list | None, pred: str = 'probability', label: str = 'label') -> np.ndarray:
     "Per labelled row: the absolute error (regression) or 1 when the served class was right (multiclass)."
-    if c.task == 'regression': return np.abs(rows[pred].astype(float).to_numpy() - pd.to_numeric(rows.label_true).to_numpy(float))
-    served = np.asarray(classes, dtype=object)[rows[label].astype(int).to_numpy()]
-    return (served.astype(str) == rows.label_true.astype(str).to_numpy()).astype(float)
+    return task_of(c).log_outcomes(rows, classes, pred, label)
 
 def task_ab_test(arms: dict, c: Charter, design: dict, alpha: float) -> tuple[dict, dict, dict]:
     "(the test, a summary per arm, labelled rows per arm) for a regression or multiclass A/B or shadow test."
-    reg, classes, shadow = c.task == 'regression', design.get('classes'), design['mode'] == 'shadow'
+    task, classes, shadow = task_of(c), design.get('classes'), design['mode'] == 'shadow'
     if shadow:
         s = arms['shadow']; a, b = row_outcomes(s, c, classes), row_outcomes(s, c, classes, 'shadow_probability', 'shadow_label')
     else: a, b = row_outcomes(arms['champion'], c, classes), row_outcomes(arms['challenger'], c, classes)
-    if reg:
-        scale = float(a.mean()) if len(a) and a.mean() > 0 else 1.0
-        t = paired_difference_test(b, a, alpha) if shadow else welch_test(a, b, alpha)       # champion − challenger error
-        test = {**{k: (t[k] / scale if k in ('difference', 'ci_low', 'ci_high') else t[k]) for k in t}, 'relative_to_champion_mae': scale}
-        summ = {k: {'labelled': len(v), 'mae': float(v.mean()) if len(v) else float('nan')} for k, v in (('champion', a), ('challenger', b))}
-    else:
-        test = (mcnemar_test(a.astype(bool), b.astype(bool), alpha) if shadow else two_proportion_test(int(a.sum()), len(a), int(b.sum()), len(b), alpha))
-        summ = {k: {'labelled': len(v), 'accuracy': float(v.mean()) if len(v) else float('nan')} for k, v in (('champion', a), ('challenger', b))}
+    m = task.outcome_metric
+    test = task.outcome_test(a, b, alpha, paired=shadow)
+    if task.relative(m):      # errors in the target's unit: the difference relative to the champion's
+        scale = task.scale(m, float(a.mean()) if len(a) else 0.0)
+        test = {**{k: (test[k] / scale if k in ('difference', 'ci_low', 'ci_high') else test[k]) for k in test}, 'relative_to_champion_mae': scale}
+    summ = {k: {'labelled': len(v), m: float(v.mean()) if len(v) else float('nan')} for k, v in (('champion', a), ('challenger', b))}
     return test, summ, {'champion': len(a), 'challenger': len(b)}
 
 def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challenger: str, looks_so_far: list | None = None,
@@ -79,8 +76,8 @@ def analyze_task_ab(arms: dict, c: Charter, design: dict, champion: str, challen
     margin, sig = design['non_inferiority_margin'], test['p_value'] < level
     result = ('challenger_better' if sig and test['difference'] > 0 else 'challenger_worse' if sig else
               'non_inferior' if test['ci_low'] > -margin else 'inconclusive')
-    m = 'mae' if c.task == 'regression' else 'accuracy'
+    m = task_of(c).outcome_metric
     return {**out, 'status': 'complete', 'level': level, 'result': result, 'non_inferior': bool(test['ci_low'] > -margin),
             'reason': f"{m} {summ['champion'][m]:.4g} (champion v{champion}, n={n_arm['champion']}) vs {summ['challenger'][m]:.4g} "
                       f"(challenger v{challenger}, n={n_arm['challenger']}): difference {test['difference']:+.4f} [{test['ci_low']:+.4f}, "
-                      f"{test['ci_high']:+.4f}]{' of the champion MAE' if c.task == 'regression' else ''}, p={test['p_value']:.3g} at level {level:.3g}"}
+                      f"{test['ci_high']:+.4f}]{' of the champion MAE' if task_of(c).relative(m) else ''}, p={test['p_value']:.3g} at level {level:.3g}"}

@@ -12,19 +12,28 @@ import pandas as pd
 
 from .calibration import expected_calibration_error, top_label
 from .core import MlcycleError, group_text
-from .stats import CLASS_METRICS, ERROR_METRICS, group_difference_per_draw, resampled_class_metric, resampled_errors
+from .stats import (CLASS_METRICS, ERROR_METRICS, GAP_METRICS, GROUP_RATES, group_difference_per_draw, mcnemar_test, paired_difference_test,
+                           resampled_class_metric, resampled_errors, two_proportion_test, welch_test)
 from .charter import (FAIRNESS_METRICS, METRICS, TASK_METRICS, Charter, CharterError, binary_target, charter_data_errors,
                              judged_rows, too_small_note, unjudged_reason)
 from .latency import score_rows
 
 # %% auto #0
-__all__ = ['TASK_ONLY_METRICS', 'MIN_CLASS_ROWS', 'TASKS', 'KINDS', 'ovr_auc', 'task_metric_value', 'objective_value',
-           'evaluate_objectives', 'Task', 'BinaryTask', 'MulticlassTask', 'RegressionTask', 'task_named', 'task_of',
-           'task_of_contract', 'task_of_kind', 'check_charter_against_data', 'task_target', 'stratify_labels',
-           'leakage_target', 'target_summary', 'task_draws']
+__all__ = ['TASK_ONLY_METRICS', 'MIN_CLASS_ROWS', 'TASKS', 'KINDS', 'concordance', 'ovr_auc', 'fairness_draws',
+           'task_metric_value', 'objective_value', 'evaluate_objectives', 'Task', 'BinaryTask', 'MulticlassTask',
+           'RegressionTask', 'task_named', 'task_of', 'contract_task', 'model_task', 'task_of_kind',
+           'check_charter_against_data', 'task_target', 'stratify_labels', 'leakage_target', 'target_summary',
+           'task_draws']
 
 # %% ../nbs/00f_tasks.ipynb #bbbfcc1e
 TASK_ONLY_METRICS = [m for m in METRICS if m not in TASK_METRICS['binary_classification']]
+
+def concordance(y, score) -> float:
+    """Harrell's C of `score` for a numeric target: the chance two rows are ordered alike by both, (1 + Kendall's tau-b) / 2;
+    ROC AUC is its special case for a 0/1 target, so a regression target's leakage screen reads on the same scale."""
+    from scipy.stats import kendalltau
+    tau = kendalltau(np.asarray(score, float), np.asarray(y, float)).statistic
+    return float((1 + tau) / 2) if np.isfinite(tau) else 0.5
 
 def ovr_auc(y_true, proba: pd.DataFrame) -> float:
     "Mean one-vs-rest ROC AUC over the classes (columns of `proba`) that have both positives and negatives in `y_true`."
@@ -32,6 +41,24 @@ def ovr_auc(y_true, proba: pd.DataFrame) -> float:
     y = np.asarray(y_true).astype(str)
     aucs = [roc_auc_score(y == str(k), proba[k]) for k in proba.columns if 0 < (y == str(k)).sum() < len(y)]
     return float(np.mean(aucs)) if aucs else float('nan')
+
+def fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> np.ndarray:
+    "A fairness metric on every resample (rows `idx[b]`), over the groups judged in that resample; NaN where fewer than two are."
+    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+    codes, uniq = pd.factorize(group_text(groups)); k, B = len(uniq), len(idx)
+    G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
+    cnt = lambda w=None: np.bincount(G, weights=None if w is None else w[idx].ravel().astype(float), minlength=B * k).reshape(B, k)
+    n, sel, pos, tp = cnt(), cnt(pred), cnt(y), cnt(pred * y)
+    judged = n >= min_group_size
+    with np.errstate(invalid='ignore', divide='ignore'):
+        rate = lambda a, b: np.where(judged & (b > 0), a / np.where(b > 0, b, 1), np.nan)
+        sr, tpr, fpr = rate(sel, n), rate(tp, pos), rate(sel - tp, n - pos)
+        spread = lambda r: np.where(judged.sum(1) >= 2, np.nanmax(np.where(np.isnan(r), -np.inf, r), 1) - np.nanmin(np.where(np.isnan(r), np.inf, r), 1), np.nan)
+        if metric == 'demographic_parity_difference': return spread(sr)
+        if metric == 'demographic_parity_ratio':
+            lo, hi = np.nanmin(np.where(np.isnan(sr), np.inf, sr), 1), np.nanmax(np.where(np.isnan(sr), -np.inf, sr), 1)
+            return np.where(judged.sum(1) >= 2, lo / hi, np.nan)
+        return np.fmax(spread(tpr), spread(fpr))
 
 def _group_gap(metric: str, y, pred, sensitive, min_group_size: int) -> float:
     "The largest gap of MAE or accuracy between the judged groups (NaN when fewer than two are judged)."
@@ -125,8 +152,16 @@ class Task:
     prediction_column = 'predicted_label'   # the name a prediction-drift check gives the served answers
     decision_rule = ''                      # how the model turns scores into an answer (the model card)
     fairness_measures: list = []            # what the bias report shows per group
+    # what applies to the task, as scikit-learn's estimator tags say what an estimator supports
+    positive_score = False                  # the score is one probability per row, P(positive): ROC, reliability, selection rates
+    in_target_unit = False                  # the metrics are errors in the target's unit, not rates (`mlcycle init` sets limits accordingly)
+    mitigations = False                     # fairlearn's post-processing and reductions (stage 03): they need a 0/1 decision
+    calibration = False                     # a calibrated twin of the best candidate (stage 03): P(positive) only
     def __init__(self, c: Charter | None = None): self.c = c
     def __repr__(self): return f'{type(self).__name__}({self.c.name if self.c is not None else ""})'
+    def positive_label_text(self) -> str:
+        "The positive label as the model card states it."
+        return f'not applicable ({self.name})'
 
     # the target
     def target(self, y: pd.Series) -> np.ndarray:
@@ -138,6 +173,13 @@ class Task:
     def can_stratify(self, labels) -> bool:
         "Whether every stratum of `labels` (from `stratify`) has the two rows a stratified split needs."
         return len(labels) > 0 and pd.Series(labels).value_counts().min() >= 2
+    def leakage_screen(self, y: pd.Series) -> np.ndarray:
+        "The target as stage 02's single-feature leakage screen ranks it (`leakage_auc`)."
+        return self.leakage_view(y)
+    def leakage_auc(self, y, score) -> float:
+        "How well `score` alone orders the screen's target: ROC AUC (NaN without two classes)."
+        from sklearn.metrics import roc_auc_score
+        return roc_auc_score(y, score) if len(np.unique(y)) == 2 else float('nan')
     def contract_fields(self, y: pd.Series) -> dict:
         "What the data contract records about the task."
         return {'task': self.name}
@@ -173,6 +215,9 @@ class Task:
         if proba is None and metric in CLASS_METRICS[:3]: return resampled_class_metric(metric, y, None, pred, idx)
         take = lambda i: None if proba is None else (proba.iloc[i].reset_index(drop=True) if isinstance(proba, pd.DataFrame) else np.asarray(proba)[i])
         return np.array([objective_value(metric, y[i], take(i), pred[i], None if sens is None else sens[i], min_group_size=min_group_size) for i in idx])
+    def gate_metrics(self) -> list[str]:
+        "What stage 04 reports with intervals: the report's metrics (regression also the signed mean error)."
+        return self.report_metrics()
     def relative(self, metric: str) -> bool:
         "Whether gaps of `metric` (overfitting, robustness, non-inferiority) are read relative to its value: errors in the target's unit."
         return False
@@ -188,6 +233,22 @@ class Task:
         "Per row: 1.0 when the answer was right (classification), the absolute error (regression); what A/B compares."
         return (np.asarray(y).astype(str) == np.asarray(pred).astype(str)).astype(float)
 
+    outcome_statistic = 'accuracy'          # what a before/after check of a promotion names its statistic
+    def log_outcomes(self, rows: pd.DataFrame, classes: list | None, pred: str = 'probability', label: str = 'label') -> np.ndarray:
+        "Per labelled log row: 1.0 when the served class (index `label` into `classes`) was right."
+        served = np.asarray(classes, dtype=object)[rows[label].astype(int).to_numpy()]
+        return (served.astype(str) == rows.label_true.astype(str).to_numpy()).astype(float)
+    def outcome_test(self, a, b, alpha: float, paired: bool = False) -> dict:
+        "The test of two arms' outcomes `a` (champion) and `b` (challenger): McNemar's when paired (shadow), else two proportions."
+        if paired: return mcnemar_test(np.asarray(a).astype(bool), np.asarray(b).astype(bool), alpha)
+        return two_proportion_test(int(np.sum(a)), len(a), int(np.sum(b)), len(b), alpha)
+    def ab_baseline(self, p_champion: float, mde: float) -> float:
+        "The champion's accuracy an A/B design starts from: just below 1 when it was right on every gate row (a design needs room for the MDE)."
+        return min(p_champion, 1 - mde - 1e-3)
+    def label_problem(self, known: set) -> str:
+        "'' when the labels `known` of new data fit the task, else what is wrong."
+        return ''
+
     # the estimators
     def estimator(self, family: str, seed: int = 0):
         "The untuned final estimator of candidate `family`."
@@ -195,16 +256,70 @@ class Task:
         if family == 'random_forest': return RandomForestClassifier(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
         if family == 'hist_gradient_boosting':
             return HistGradientBoostingClassifier(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
-        raise MlcycleError(f"candidate {family!r} does not apply to task {self.name}; use logistic_regression, random_forest or hist_gradient_boosting")
+        raise MlcycleError(f"candidate {family!r} is a regressor: it does not apply to task {self.name}; use logistic_regression, random_forest or hist_gradient_boosting")
     def folds(self, n_folds: int, seed: int):
         "Cross-validation folds: stratified on the class."
         from sklearn.model_selection import StratifiedKFold
         return StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+    def quick_estimator(self):
+        "Stage 01's quick model."
+        from sklearn.linear_model import LogisticRegression
+        return LogisticRegression(max_iter=1000)
+    def dummies(self, seed: int) -> dict:
+        "Stage 01's baselines that ignore the features."
+        from sklearn.dummy import DummyClassifier
+        return {'dummy_prior': DummyClassifier(strategy='prior'), 'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed)}
+    def cv_predict(self, model, X, y, cv):
+        "Cross-validated outputs of `model`: class probabilities named by class."
+        from sklearn.model_selection import cross_val_predict
+        return pd.DataFrame(cross_val_predict(model, X, y, cv=cv, method='predict_proba'), columns=sorted(set(y)))
+    def cv_outputs(self, out) -> tuple:
+        "(scores, prediction) from cross-validated outputs, in the form the metrics read: the most probable class."
+        return out, out.columns.to_numpy()[np.argmax(out.to_numpy(), axis=1)]
+
+    # serving: a scorer's two arrays (score, label index), and the answer a client reads
+    def scorer_outputs(self, model, X) -> tuple:
+        "The model's own answer as a scorer's two arrays: (probability of the predicted class, its class index)."
+        last = model.steps[-1][1] if hasattr(model, 'steps') else model
+        where = {k: i for i, k in enumerate(last.classes_.tolist())}
+        i = np.array([where[k] for k in np.asarray(model.predict(X)).tolist()], dtype='int64')
+        return model.predict_proba(X)[np.arange(len(i)), i], i
+    def final_outputs(self, last, Z) -> tuple:
+        "A scorer's two arrays from the final estimator `last` on transformed rows `Z`."
+        P = last.predict_proba(Z); i = np.argmax(P, axis=1)
+        return P[np.arange(len(i)), i].astype('float64'), i.astype('int64')
+    def compiled_outputs(self, out, i, classes) -> tuple:
+        "A scorer's two arrays from a compiled estimator's outputs `out` and argmax `i`."
+        return out[np.arange(len(i)), i].astype('float64'), i.astype('int64')
+    def served_classes(self, classes: list) -> list | None:
+        "The class names a served label index refers to (None when the label is the answer itself)."
+        return classes
+    def answer(self, a: dict, classes: list) -> dict:
+        "One row's answer as `/predict` returns it: the class name for its index."
+        return {**a, 'label': classes[a['label']]}
 
     # serving and monitoring
     def answer_columns(self, score, label, classes: list | None = None) -> dict:
         "A batch output's `score` and `prediction` from a scorer's `(score, label index)`."
         return {'score': np.asarray(score, dtype='float64'), 'prediction': np.asarray(classes, dtype=object)[np.asarray(label, dtype='int64')]}
+    def truths(self, y: pd.Series) -> np.ndarray:
+        "Logged true labels (text) as the model learned them."
+        return pd.Series(y).astype(str).to_numpy(dtype=object)
+    def as_answers(self, answers) -> pd.Series:
+        "Served answers as a prediction-drift check compares them: class names as text."
+        return pd.Series(np.asarray(answers)).astype(str)
+    def answer_mix(self, ref: pd.Series, cur: pd.Series) -> dict:
+        "The served answers in brief, reference against current: the class mix."
+        return {'class_mix_ref': ref.value_counts(normalize=True).round(4).to_dict(), 'class_mix_cur': cur.value_counts(normalize=True).round(4).to_dict()}
+    def answers_differ(self, got, logged) -> tuple:
+        "(difference, differs) per row between re-scored and logged answers (training–serving skew)."
+        diff = (np.asarray(got).astype(str) != np.asarray(logged).astype(str)).astype(float); return diff, diff > 0
+    def readings(self, pred: pd.Series, y: pd.Series) -> dict:
+        "Realized readings beyond the metrics, from labelled rows' answers `pred` and truths `y`."
+        return {}
+    def group_readings(self, served: pd.Series, pred: pd.Series, y: pd.Series) -> dict:
+        "One group's readings: `served` its answers, `pred` / `y` those of its labelled rows."
+        return {'accuracy': float((pred == y).mean()) if len(y) else float('nan')}
     def log_view(self, log: pd.DataFrame, classes: list | None = None) -> pd.DataFrame:
         "The prediction log with `label` the answer and `y_true` the true value (NaN until labelled)."
         v = log.copy(); classes = np.asarray(classes, dtype=object)
@@ -217,10 +332,11 @@ class Task:
 class BinaryTask(Task):
     "Two labels, one of them positive: P(positive) and a 0/1 decision."
     name, kind = 'binary_classification', 'binary'
+    positive_score = mitigations = calibration = True
     decision_rule = ("the model's own decision rule (`predict`): 0.5 on P(positive), or per-group thresholds when a fairness "
                      "mitigation is part of the model")
-    fairness_measures = ['selection_rate per group', 'true_positive_rate per group', 'false_positive_rate per group',
-                         'demographic_parity_difference', 'equalized_odds_difference']
+    fairness_measures = GROUP_RATES + GAP_METRICS
+    def positive_label_text(self): return str(self.c.data.positive_label)
     def target(self, y): return binary_target(self.c, y)
     def leakage_view(self, y): return self.target(y)
     def summary(self, y): return {'positive_rate': float(self.target(y).mean())}
@@ -239,19 +355,33 @@ class BinaryTask(Task):
             errs.append(f'  - data.target: a binary_classification target needs exactly 2 values, '
                         f'{c.data.target!r} has {len(values)}: {sorted(map(str, values))[:10]}; choose another target or fix the column')
         return errs
-    def outputs(self, model, X): return model.predict_proba(X)[:, 1], model.predict(X)
+    def outputs(self, model, X): return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype(int)
     def output_problem(self, proba, pred, n):
         p = np.asarray(proba, dtype=float)
         if p.shape != (n,) or np.asarray(pred).shape != (n,): return f'outputs of shape {p.shape} and {np.asarray(pred).shape}, expected ({n},)'
         return '' if np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all() else 'predict_proba is not a probability'
     def can_stratify(self, labels): return len(labels) > 0 and min(np.bincount(np.asarray(labels, dtype=int), minlength=2)) >= 2
+    def cv_outputs(self, out):
+        p = np.asarray(out, float); return p, (p >= 0.5).astype(int)
+    def draws(self, metric, y, proba, pred, idx, sens=None, min_group_size=1):
+        if metric in FAIRNESS_METRICS: return fairness_draws(metric, y, pred, sens, idx, min_group_size)   # group rates on every draw at once
+        return super().draws(metric, y, proba, pred, idx, sens, min_group_size)
     def estimator(self, family, seed=0):
         from sklearn.linear_model import LogisticRegression
         if family == 'logistic_regression': return LogisticRegression(solver='liblinear', max_iter=1000, random_state=seed)
         return super().estimator(family, seed)
     def answer_columns(self, score, label, classes=None):
         return {'score': np.asarray(score, dtype='float64'), 'prediction': np.asarray(label, dtype='int64')}
+    def scorer_outputs(self, model, X): return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype('int64')
+    def compiled_outputs(self, out, i, classes): return out[:, 1].astype('float64'), np.asarray(classes[i]).astype('int64')
+    def served_classes(self, classes): return None
     def log_view(self, log, classes=None): return log
+    def log_outcomes(self, rows, classes=None, pred='probability', label='label'):
+        return (rows[label] == rows.y_true).to_numpy(float)
+    def ab_baseline(self, p_champion, mde): return p_champion
+    def label_problem(self, known):
+        return f'the target {self.c.data.target!r} must have at most two values, found {sorted(known)[:10]}' if len(known) > 2 else ''
+    def truths(self, y): return pd.Series(y).astype(int).to_numpy()
 
 # %% ../nbs/00f_tasks.ipynb #3fa7228f
 MIN_CLASS_ROWS = 10   # a label with fewer rows cannot be stratified into train, validation and test with cross-validation
@@ -297,11 +427,15 @@ class RegressionTask(Task):
     "A number: the prediction is the answer, no probability."
     name, kind = 'regression', 'regression'
     outcome_metric, prediction_column = 'mae', 'prediction'
+    in_target_unit = True
     decision_rule = 'none: the output is the predicted value itself (`predict`), with no threshold'
     fairness_measures = ['mae per group', 'mean_error per group', 'mean_prediction per group', 'mae_difference', 'mean_prediction_difference']
     def target(self, y): return pd.to_numeric(y).to_numpy(dtype=float)
     def stratify(self, y): return pd.qcut(pd.to_numeric(y), 5, labels=False, duplicates='drop').to_numpy()
-    def leakage_view(self, y): return self.target(y)          # the screen ranks the number itself (concordance)
+    def leakage_view(self, y):
+        v = self.target(y); return (v > np.median(v)).astype(int)        # above the median
+    def leakage_screen(self, y): return self.target(y)        # the single-feature screen ranks the number itself
+    def leakage_auc(self, y, score): return concordance(y, score)
     def summary(self, y):
         v = pd.to_numeric(y); return {'target_mean': float(v.mean()), 'target_sd': float(v.std())}
     def labels_of(self, y): return pd.to_numeric(y)          # feedback labels arrive as text
@@ -321,8 +455,14 @@ class RegressionTask(Task):
         if metric in ERROR_METRICS: return resampled_errors(metric, np.asarray(y, float), np.asarray(pred, float), idx)
         return super().draws(metric, y, proba, pred, idx, sens, min_group_size)
     def relative(self, metric): return not METRICS[metric][2]
+    def gate_metrics(self): return self.report_metrics() + ['mean_error']
     def measurable_from_labels(self, metric): return True
     def row_outcome(self, y, pred): return np.abs(np.asarray(pred, dtype=float) - np.asarray(y, dtype=float))
+    outcome_statistic = 'absolute_error'
+    def log_outcomes(self, rows, classes=None, pred='probability', label='label'):
+        return np.abs(rows[pred].astype(float).to_numpy() - pd.to_numeric(rows.label_true).to_numpy(float))
+    def outcome_test(self, a, b, alpha, paired=False):
+        return paired_difference_test(b, a, alpha) if paired else welch_test(a, b, alpha)   # champion − challenger error: above 0, the challenger errs less
     def estimator(self, family, seed=0):
         from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
         from sklearn.linear_model import Ridge
@@ -334,8 +474,37 @@ class RegressionTask(Task):
     def folds(self, n_folds, seed):
         from sklearn.model_selection import KFold
         return KFold(n_folds, shuffle=True, random_state=seed)
+    def quick_estimator(self):
+        from sklearn.linear_model import Ridge
+        return Ridge()
+    def dummies(self, seed):
+        from sklearn.dummy import DummyRegressor
+        return {'dummy_mean': DummyRegressor()}
+    def cv_predict(self, model, X, y, cv):
+        from sklearn.model_selection import cross_val_predict
+        return cross_val_predict(model, X, y, cv=cv)
+    def cv_outputs(self, out): return None, np.asarray(out, float)
     def answer_columns(self, score, label, classes=None):
         s = np.asarray(score, dtype='float64'); return {'score': s, 'prediction': s}
+    def scorer_outputs(self, model, X): return np.asarray(model.predict(X), dtype='float64'), np.zeros(len(X), dtype='int64')
+    def final_outputs(self, last, Z):
+        v = np.asarray(last.predict(Z), dtype='float64'); return v, np.zeros(len(v), dtype='int64')
+    def compiled_outputs(self, out, i, classes): return np.asarray(out, dtype='float64'), np.zeros(len(out), dtype='int64')
+    def served_classes(self, classes): return None
+    def answer(self, a, classes): return {'request_id': a['request_id'], 'prediction': a['probability'], 'model_version': a['model_version'], 'arm': a['arm']}
+    def truths(self, y): return pd.Series(y).astype(float).to_numpy()
+    def as_answers(self, answers): return pd.Series(np.asarray(answers))
+    def answer_mix(self, ref, cur):
+        return {'mean_ref': float(ref.mean()), 'mean_cur': float(cur.mean()) if len(cur) else float('nan')}
+    def answers_differ(self, got, logged):
+        logged = np.asarray(logged, dtype=float); diff = np.abs(np.asarray(got, float) - logged)
+        return diff, diff > 1e-6 * np.maximum(1, np.abs(logged))
+    def readings(self, pred, y):
+        return {'mean_error': float((pred.astype(float) - y.astype(float)).mean()) if len(y) else float('nan')}
+    def group_readings(self, served, pred, y):
+        e = pred.astype(float) - y.astype(float)
+        return {'mean_prediction': float(served.astype(float).mean()), 'mae': float(e.abs().mean()) if len(y) else float('nan'),
+                'mean_error': float(e.mean()) if len(y) else float('nan')}
     def log_view(self, log, classes=None):
         v = log.copy()
         v['label'] = v.probability.astype(float)
@@ -356,9 +525,17 @@ def task_of(c: Charter) -> Task:
     "The charter's `Task`."
     return task_named(c.task, c)
 
-def task_of_contract(contract: dict, c: Charter | None = None) -> Task:
+def contract_task(contract: dict, c: Charter | None = None) -> Task:
     "The `Task` a data contract records (binary contracts record none)."
     return task_named(contract.get('task'), c)
+
+def model_task(model) -> Task:
+    """The `Task` of a fitted model without a charter (batch scoring, the scorer), from what its final estimator outputs:
+    no `predict_proba` is a regressor, more than two classes a multiclass classifier."""
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    if not hasattr(last, 'predict_proba') and not hasattr(model, 'predict_proba'): return RegressionTask()
+    classes = getattr(last, 'classes_', getattr(model, 'classes_', None))
+    return MulticlassTask() if classes is not None and len(classes) > 2 else BinaryTask()
 
 def task_of_kind(kind: str) -> Task:
     "The `Task` of a model output kind: 'binary', 'multiclass' or 'regression' (`mlcycle.scorer.output_kind`)."

@@ -21,7 +21,7 @@ import mlcycle
 from .calibration import CALIBRATION_METHOD, CALIBRATION_TOLERANCE, calibrate_fitted, calibration_verdict, crossfit_calibration
 from .core import MlcycleError, Workspace, group_text, log_dataset, read_json, schema_rows, setup_mlflow, to_json
 from .charter import Charter, binary_target, METRICS, TASK_METRICS, judged_groups, load_charter, workspace_charter
-from .tasks import task_target, stratify_labels, evaluate_objectives, objective_value
+from .tasks import task_target, stratify_labels, evaluate_objectives, objective_value, task_named, task_of
 from .data import build_preprocessor, feature_frame
 from .features import FEATURE_TRUSTED_TYPES, declared_trusted_types
 from .registry import SKOPS_TRUSTED_TYPES, fetch_model
@@ -29,14 +29,14 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SMALL_DATA_ROWS', 'CV_REPEATS',
-           'VERSION_TAGS', 'base_estimator', 'task_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
-           'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
-           'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
-           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
-           'search_processes', 'train_candidates', 'refit_candidate', 'cv_estimates', 'add_calibrated_candidate',
-           'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives',
-           'select_model', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
-           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate', 'task_folds', 'search_candidate',
+           'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
+           'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
+           'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
+           'refit_candidate', 'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics',
+           'candidate_table', 'Selection', 'describe_objectives', 'select_model', 'trusted_types_for',
+           'model_requirements', 'signature_frame', 'register_model', 'load_model_version', 'model_version_info',
+           'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 def _loguniform(a, b):
@@ -51,35 +51,15 @@ SEARCH_SPACES = {
     'ridge': {'alpha': _loguniform(1e-2, 1e3)},                                              # regression's linear model
 }
 
-def base_estimator(family: str, seed: int = 0, task: str = 'binary_classification'):
-    "The untuned final estimator of candidate `family` (one of `SEARCH_SPACES`) for the charter's `task`."
-    if task != 'binary_classification' and (task == 'regression' or family == 'logistic_regression'): return task_estimator(family, seed, task)
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    if family == 'logistic_regression': return LogisticRegression(solver='liblinear', max_iter=1000, random_state=seed)
-    if family == 'random_forest': return RandomForestClassifier(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
-    if family == 'hist_gradient_boosting':
-        return HistGradientBoostingClassifier(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
-    if family in SEARCH_SPACES:
-        raise MlcycleError(f"candidate {family!r} is a regressor: it does not apply to task {task}; use logistic_regression, random_forest or hist_gradient_boosting")
-    raise MlcycleError(f'unknown candidate family {family!r}; known: {", ".join(SEARCH_SPACES)}')
-
-def task_estimator(family: str, seed: int, task: str):
-    "Regression's ridge / random forest / gradient boosting regressors; multiclass's logistic regression (saga: multinomial, with l1_ratio)."
-    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-    from sklearn.linear_model import LogisticRegression, Ridge
-    if task == 'multiclass_classification': return LogisticRegression(solver='saga', max_iter=2000, random_state=seed)
-    if family == 'ridge': return Ridge()
-    if family == 'random_forest': return RandomForestRegressor(n_estimators=60, max_samples=0.5, n_jobs=1, random_state=seed)
-    if family == 'hist_gradient_boosting':
-        return HistGradientBoostingRegressor(max_iter=200, early_stopping=True, n_iter_no_change=10, random_state=seed)
-    raise MlcycleError(f'candidate {family!r} does not apply to task {task}; use ridge, random_forest or hist_gradient_boosting')
+def base_estimator(family: str, seed: int = 0, task: str | None = None):
+    "The untuned final estimator of candidate `family` (one of `SEARCH_SPACES`) for the task named `task` (None: binary): the task's `estimator`."
+    if family not in SEARCH_SPACES: raise MlcycleError(f'unknown candidate family {family!r}; known: {", ".join(SEARCH_SPACES)}')
+    return task_named(task).estimator(family, seed)
 
 def candidate_pipeline(family: str, contract: dict, seed: int = 0, **params):
     "Stage 02's feature pipeline followed by the estimator of `family` (with `params` set)."
     from sklearn.pipeline import Pipeline
-    task = contract.get('task', 'binary_classification')
-    return Pipeline([('features', build_preprocessor(contract)), ('model', base_estimator(family, seed, task).set_params(**params))])
+    return Pipeline([('features', build_preprocessor(contract)), ('model', base_estimator(family, seed, contract.get('task')).set_params(**params))])
 
 # %% ../nbs/03_model_development.ipynb #6343cc49
 SCORERS = {'roc_auc': 'roc_auc', 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'precision': 'precision',
@@ -359,14 +339,12 @@ def fit_exponentiated_gradient(contract: dict, X: pd.DataFrame, y, sensitive_fea
 def task_outputs(c: Charter, model, X: pd.DataFrame) -> tuple:
     """What the metrics read from a model for the charter's task: `(P(positive), 0/1 decision)` for binary (as every stage
     always did), `(class-probability frame, label)` for multiclass, `(None, predicted number)` for regression."""
-    if c.task == 'binary_classification': return model.predict_proba(X)[:, 1], model.predict(X)
-    return score_rows(model, X)
+    return task_of(c).outputs(model, X)
 
 # %% ../nbs/03_model_development.ipynb #2a1db5e5
 def task_report_metrics(c: Charter) -> list[str]:
     "The performance metrics reported for every candidate of the charter's task."
-    if c.task == 'binary_classification': return ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier', 'expected_calibration_error']
-    return [m for m in TASK_METRICS[c.task] if METRICS[m][0] == 'performance']
+    return task_of(c).report_metrics()
 
 def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_df: pd.DataFrame,
                        train_df: pd.DataFrame | None = None, latency_rows: int = LATENCY_ROWS) -> Candidate:
@@ -388,7 +366,7 @@ def evaluate_candidate(cand: Candidate, c: Charter, contract: dict, validation_d
         p = c.primary.metric
         m[f'train_{p}'] = objective_value(p, yt, *task_outputs(c, cand.model, Xt))
         m['overfit_gap'] = (m[f'train_{p}'] - m[p]) * (1 if c.primary.higher_is_better else -1)
-        if c.task == 'regression' and not METRICS[p][2] and m[p]: m['overfit_gap'] /= abs(m[p])   # errors in the target's unit: relative gap
+        m['overfit_gap'] /= task_of(c).scale(p, m[p])   # errors in the target's unit: a relative gap
     cand.metrics = m
     return cand
 
@@ -421,7 +399,7 @@ def _train_candidates(c, contract, train_df, validation_df, search_iterations, f
         log(f'{fam}: CV {c.primary.metric} {cand.cv_mean:.4f} ± {cand.cv_std:.4f} ({n_iter} configurations × {dev.cv_folds} folds, {cand.search_seconds:.1f} s)')
         cands.append(cand)
     fair = c.objectives_of('fairness')
-    if fair and mitigations and c.task != 'binary_classification':
+    if fair and mitigations and not task_of(c).mitigations:
         log(f'fairness for {c.task}: measured and gated on every candidate ({", ".join(o.describe() for o in fair)}), no mitigation fitted')
     elif fair and mitigations:
         o = fair[0]
@@ -517,7 +495,7 @@ def add_calibrated_candidate(cands: list[Candidate], c: Charter, contract: dict,
                              latency_rows: int = LATENCY_ROWS, method: str = CALIBRATION_METHOD, tolerance: float = CALIBRATION_TOLERANCE, log=print) -> list[Candidate]:
     "Append the calibrated twin of the best unmitigated binary candidate to `cands` when it helps (see above); the base then steps aside."
     base = [x for x in cands if x.mitigation is None and x.model is not None and x.metrics and x.deployable and '+calibrated' not in x.name]
-    if c.task != 'binary_classification' or not base or len(validation_df) < SMALL_DATA_ROWS: return cands
+    if not task_of(c).calibration or not base or len(validation_df) < SMALL_DATA_ROWS: return cands
     p, sign = c.primary.metric, (1 if c.primary.higher_is_better else -1)
     best = max(base, key=lambda x: sign * x.metrics.get(p, -np.inf * sign))
     X, y = feature_frame(validation_df, contract), task_target(c, validation_df[c.data.target])
@@ -751,7 +729,7 @@ def plot_task_tradeoff(table: pd.DataFrame, c: Charter):
 def plot_tradeoff(table: pd.DataFrame, c: Charter):
     "Validation accuracy against the charter's fairness metric, each candidate a point, the Pareto front as a line."
     import matplotlib.pyplot as plt
-    if c.task != 'binary_classification': return plot_task_tradeoff(table, c)
+    if not task_of(c).mitigations: return plot_task_tradeoff(table, c)   # no mitigated candidates to set apart
     fair = c.objectives_of('fairness')
     fig, ax = plt.subplots(1, 2 if fair else 1, figsize=(14 if fair else 7, 4.6), squeeze=False)
     ax = ax[0]

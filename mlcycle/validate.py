@@ -17,7 +17,8 @@ import pandas as pd
 from .calibration import calibration_report, expected_calibration_error, resampled_ece
 from .core import MlcycleError, StageRun, Workspace, group_text, log_dataset, read_json, setup_mlflow, to_json
 from .charter import (FAIRNESS_METRICS, METRICS, Charter, binary_target, TASK_METRICS, group_names, judged_rows, load_charter, workspace_charter)
-from .tasks import task_target, evaluate_objectives, objective_value, task_draws
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, task_target, evaluate_objectives, objective_value, task_draws, task_named, task_of
+from fastcore.basics import patch
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
 from .stats import N_RESAMPLES, bootstrap_indices, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
@@ -359,8 +360,11 @@ def gate_model(model, c: Charter, contract: dict, test_df: pd.DataFrame, *, trai
         return _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
 
 def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
-    if c.task != 'binary_classification':
-        return gate_task_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
+    return task_of(c).gate_report(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
+
+@patch
+def gate_report(self: BinaryTask, model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
+    "Binary: P(positive) and the model's own decisions; fairlearn's group rates; slices."
     seed = c.development.seed if seed is None else seed
     B, target, feats = c.validation.bootstrap_resamples, c.data.target, c.data.sensitive_features
     X, y = feature_frame(test_df, contract), binary_target(c, test_df[target])
@@ -399,7 +403,7 @@ def _gate_model(model, c, contract, test_df, train_df, validation_df, champion, 
 def task_performance(c: Charter, y, proba, pred, n_resamples: int, seed: int) -> pd.DataFrame:
     "Every performance metric of the task (regression also the signed mean error) with a percentile-bootstrap interval."
     idx = bootstrap_indices(len(y), n_resamples, seed)
-    metrics = [m for m in TASK_METRICS[c.task] if METRICS[m][0] == 'performance'] + (['mean_error'] if c.task == 'regression' else [])
+    metrics = task_of(c).gate_metrics()
     rows = []
     for m in metrics:
         v = (float(np.mean(np.asarray(pred, float) - np.asarray(y, float))) if m == 'mean_error' else objective_value(m, y, proba, pred))
@@ -416,20 +420,8 @@ def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str],
     """Per sensitive feature, fairlearn's `MetricFrame` by group (regression: rows, MAE, mean error, mean prediction, mean
     target; multiclass: rows, accuracy and the share of each predicted label) and each gap with a bootstrap interval."""
     import fairlearn.metrics as flm
-    y, pred = np.asarray(y), np.asarray(pred)
     n_min, by_group, rows = c.data.requirements.min_group_size, {}, []
-    if c.task == 'regression':
-        y, pred = y.astype(float), pred.astype(float)
-        metrics = {'count': flm.count, 'mae': lambda a, b: float(np.mean(np.abs(b - a))), 'mean_error': lambda a, b: float(np.mean(b - a)),
-                   'mean_prediction': lambda a, b: float(np.mean(b)), 'mean_target': lambda a, b: float(np.mean(a))}
-        gaps = {'mae_difference': 'mae', 'mean_prediction_difference': 'mean_prediction'}
-        per_row = {'mae': lambda a, b: np.abs(b - a), 'mean_prediction': lambda a, b: b}      # the per-row values whose group means are gapped
-    else:
-        labels = sorted(set(map(str, y)) | set(map(str, pred)))
-        metrics = {'count': flm.count, 'accuracy': lambda a, b: float(np.mean(np.asarray(a) == np.asarray(b))),
-                   **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: float(np.mean(np.asarray(b) == k)))(k) for k in labels}}
-        gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference.{_safe(k)}': f'share_predicted.{_safe(k)}' for k in labels}}
-        per_row = {'accuracy': lambda a, b: np.asarray(a) == np.asarray(b), **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: np.asarray(b) == k)(k) for k in labels}}
+    y, pred, metrics, gaps, per_row = task_of(c).group_measures(y, pred)   # what is measured per group, and which gaps
     for f in features:
         g = group_text(frame[f]); keep = judged_rows(g, n_min)
         mf = flm.MetricFrame(metrics=metrics, y_true=y, y_pred=pred, sensitive_features=pd.Series(g, name=f))
@@ -444,20 +436,37 @@ def task_fairness(c: Charter, y, pred, frame: pd.DataFrame, features: list[str],
     return {'by_group': by_group, 'summary': pd.DataFrame(rows)}
 
 # %% ../nbs/04_validation.ipynb #546e24b1
+@patch
+def group_measures(self: RegressionTask, y, pred) -> tuple:
+    "Regression per group: rows, MAE, mean error, mean prediction and target; gaps of MAE and of the mean prediction."
+    import fairlearn.metrics as flm
+    y, pred = np.asarray(y).astype(float), np.asarray(pred).astype(float)
+    metrics = {'count': flm.count, 'mae': lambda a, b: float(np.mean(np.abs(b - a))), 'mean_error': lambda a, b: float(np.mean(b - a)),
+               'mean_prediction': lambda a, b: float(np.mean(b)), 'mean_target': lambda a, b: float(np.mean(a))}
+    gaps = {'mae_difference': 'mae', 'mean_prediction_difference': 'mean_prediction'}
+    per_row = {'mae': lambda a, b: np.abs(b - a), 'mean_prediction': lambda a, b: b}      # the per-row values whose group means are gapped
+    return y, pred, metrics, gaps, per_row
+
+@patch
+def group_measures(self: (BinaryTask, MulticlassTask), y, pred) -> tuple:
+    "Classification per group: rows, accuracy and the share of each predicted label; gaps of each."
+    import fairlearn.metrics as flm
+    y, pred = np.asarray(y), np.asarray(pred)
+    labels = sorted(set(map(str, y)) | set(map(str, pred)))
+    metrics = {'count': flm.count, 'accuracy': lambda a, b: float(np.mean(np.asarray(a) == np.asarray(b))),
+               **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: float(np.mean(np.asarray(b) == k)))(k) for k in labels}}
+    gaps = {'accuracy_difference': 'accuracy', **{f'share_predicted_difference.{_safe(k)}': f'share_predicted.{_safe(k)}' for k in labels}}
+    per_row = {'accuracy': lambda a, b: np.asarray(a) == np.asarray(b), **{f'share_predicted.{_safe(k)}': (lambda k: lambda a, b: np.asarray(b) == k)(k) for k in labels}}
+    return y, pred, metrics, gaps, per_row
+
 def task_output_problem(c: Charter, proba, pred, n: int) -> str:
     "'' when a regression or multiclass model's output is valid for `n` rows, else what is wrong."
-    pred = np.asarray(pred)
-    if pred.shape != (n,): return f'predict returned shape {pred.shape}, expected ({n},)'
-    if c.task == 'regression': return '' if np.isfinite(pred.astype(float)).all() else 'predict returned NaN or infinite values'
-    P = proba.to_numpy(dtype=float)
-    if not np.isfinite(P).all() or (P < 0).any() or not np.allclose(P.sum(1), 1): return 'predict_proba is not a probability distribution'
-    return ''
+    return task_of(c).output_problem(proba, pred, n)
 
 def task_robustness(c: Charter, model, X: pd.DataFrame, y, contract: dict, seed: int = 0, notable_drop: float = ROBUSTNESS_NOTABLE_DROP) -> pd.DataFrame:
     "`robustness_report` for regression and multiclass models: the primary metric before and after each probe (relative for errors)."
     metric = c.primary.metric
-    rel = not METRICS[metric][2] and c.task == 'regression'
-    sign = 1 if METRICS[metric][1] else -1
+    task, sign = task_of(c), (1 if METRICS[metric][1] else -1)
     bp, bd = score_rows(model, X); base = objective_value(metric, y, bp, bd)
     rows = []
     for name, probe in PROBES.items():
@@ -470,7 +479,7 @@ def task_robustness(c: Charter, model, X: pd.DataFrame, y, contract: dict, seed:
             r['error'] = task_output_problem(c, p, d, len(Xp)); r['valid_output'] = not r['error']
             if r['valid_output']:
                 r['perturbed'] = objective_value(metric, y, p, d)
-                r['drop'] = sign * (base - r['perturbed']) / (abs(base) if rel and base else 1)
+                r['drop'] = sign * (base - r['perturbed']) / task.scale(metric, base)   # relative for errors in the target's unit
         except Exception as e:
             r['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
         r['passed'] = bool(r['valid_output']); r['notable_drop'] = bool(r['valid_output'] and r['drop'] > notable_drop)
@@ -487,14 +496,14 @@ def task_robustness_gate(c: Charter, model, X: pd.DataFrame, y, contract: dict, 
     idx = bootstrap_indices(len(y), n_resamples, seed)
     bp, bd = score_rows(model, X)
     base, point = task_draws(c, metric, y, bp, bd, idx), objective_value(metric, y, bp, bd)
-    scale = abs(point) if not METRICS[metric][2] and c.task == 'regression' and point else 1.0
+    scale = task_of(c).scale(metric, point)
     draws = lambda Xp: sign * (base - task_draws(c, metric, y, *score_rows(model, Xp), idx)) / scale
     return judge_drops(rep, c.validation.robustness_max_drop, {r.probe: percentile_ci(draws(PROBES[r.probe](X, contract, seed=seed)), level)
                                                                for r in rep.itertuples() if r.valid_output}, len(y))
 
 def relative_scores(c: Charter, scores: dict) -> bool:
     "Whether the primary metric's gaps are read relative to the test value: regression metrics in the target's unit."
-    return c.task == 'regression' and not METRICS[c.primary.metric][2] and bool(scores.get('test'))
+    return task_of(c).relative(c.primary.metric) and bool(scores.get('test'))
 
 def task_overfit_check(c: Charter, scores: dict, test_ci: tuple | None = None) -> dict:
     "`overfit_check`, with gaps (and their interval) relative to the test value for regression errors (0.1 = 10 % of the test error)."
@@ -508,7 +517,7 @@ def task_non_inferiority(c: Charter, y, cand, champ, n_resamples: int, seed: int
     m, sign, margin = c.primary.metric, (1 if c.primary.higher_is_better else -1), c.validation.non_inferiority_margin
     idx = bootstrap_indices(len(y), n_resamples, seed)
     a, b = objective_value(m, y, *cand), objective_value(m, y, *champ)
-    scale = abs(b) if c.task == 'regression' and not METRICS[m][2] and b else 1.0
+    scale = task_of(c).scale(m, b)
     diffs = sign * (task_draws(c, m, y, *cand, idx) - task_draws(c, m, y, *champ, idx)) / scale
     lo, hi = percentile_ci(diffs, 0.95)
     return {'metric': m, 'candidate': a, 'champion': b, 'difference': sign * (a - b) / scale, 'ci_low': lo, 'ci_high': hi,
@@ -554,21 +563,34 @@ def gate_task_model(model, c, contract, test_df, train_df, validation_df, champi
                 overfit=overfit, robustness=robustness, fairness=fairness, slices=slices, non_inferiority=ni,
                 latencies_ms=latencies, machine_load=load, y=y, proba=proba, pred=pred, rows=len(y), task=c.task)
 
+@patch
+def gate_report(self: (MulticlassTask, RegressionTask), model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows):
+    "Regression and multiclass: `gate_task_model`."
+    return gate_task_model(model, c, contract, test_df, train_df, validation_df, champion, champion_version, seed, latency_rows)
+
 def plot_task_performance(rep: dict, title: str = ''):
     "Regression: predicted against actual and the residuals. Multiclass: the confusion matrix and per-class probability."
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
     y, d, perf = rep['y'], rep['pred'], rep['performance'].set_index('metric')
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.4))
-    if rep['task'] == 'regression':
-        ax[0].scatter(y, d, s=6, alpha=.4); lim = [min(y.min(), d.min()), max(y.max(), d.max())]; ax[0].plot(lim, lim, 'k:')
-        ax[0].set_xlabel('actual'); ax[0].set_ylabel('predicted'); ax[0].set_title(f"RMSE {perf.value['rmse']:.4g} [{perf.ci_low['rmse']:.4g}, {perf.ci_high['rmse']:.4g}] · R² {perf.value['r2']:.3f}")
-        ax[1].hist(np.asarray(d, float) - np.asarray(y, float), bins=40); ax[1].set_title(f"residuals · mean error {perf.value['mean_error']:.4g}")
-    else:
-        ConfusionMatrixDisplay.from_predictions(y, d, ax=ax[0], colorbar=False); ax[0].set_title(f"accuracy {perf.value['accuracy']:.3f} · macro F1 {perf.value['macro_f1']:.3f}")
-        rep['proba'].plot.box(ax=ax[1]); ax[1].set_title('class probabilities')
+    task_named(rep['task']).draw_outputs(ax, y, d, perf, rep)
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
+
+@patch
+def draw_outputs(self: RegressionTask, ax, y, d, perf, rep):
+    "Regression: predicted against actual, and the residuals."
+    ax[0].scatter(y, d, s=6, alpha=.4); lim = [min(y.min(), d.min()), max(y.max(), d.max())]; ax[0].plot(lim, lim, 'k:')
+    ax[0].set_xlabel('actual'); ax[0].set_ylabel('predicted'); ax[0].set_title(f"RMSE {perf.value['rmse']:.4g} [{perf.ci_low['rmse']:.4g}, {perf.ci_high['rmse']:.4g}] · R² {perf.value['r2']:.3f}")
+    ax[1].hist(np.asarray(d, float) - np.asarray(y, float), bins=40); ax[1].set_title(f"residuals · mean error {perf.value['mean_error']:.4g}")
+
+@patch
+def draw_outputs(self: MulticlassTask, ax, y, d, perf, rep):
+    "Multiclass: the confusion matrix and each class's probabilities."
+    from sklearn.metrics import ConfusionMatrixDisplay
+    ConfusionMatrixDisplay.from_predictions(y, d, ax=ax[0], colorbar=False); ax[0].set_title(f"accuracy {perf.value['accuracy']:.3f} · macro F1 {perf.value['macro_f1']:.3f}")
+    rep['proba'].plot.box(ax=ax[1]); ax[1].set_title('class probabilities')
 
 def plot_task_fairness(rep: dict, features: list[str] | None = None):
     "Per group: MAE and mean error (regression) or accuracy and predicted-label shares (multiclass)."
@@ -635,7 +657,7 @@ def plot_performance(rep: dict, title: str = ''):
     import matplotlib.pyplot as plt
     from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
-    if rep.get('task', 'binary_classification') != 'binary_classification': return plot_task_performance(rep, title)
+    if not task_named(rep.get('task')).positive_score: return plot_task_performance(rep, title)   # ROC, precision-recall and reliability read P(positive)
     y, p, d = rep['y'], rep['proba'], rep['pred']
     perf = rep['performance'].set_index('metric')
     fig, ax = plt.subplots(1, 4, figsize=(19, 4.4))
@@ -653,7 +675,7 @@ def plot_performance(rep: dict, title: str = ''):
 def plot_fairness(rep: dict, features: list[str] | None = None):
     "Selection rate, TPR, FPR and accuracy per group, one panel per sensitive feature."
     import matplotlib.pyplot as plt
-    if rep.get('task', 'binary_classification') != 'binary_classification': return plot_task_fairness(rep, features)
+    if not task_named(rep.get('task')).positive_score: return plot_task_fairness(rep, features)   # selection rates, TPR and FPR read a 0/1 decision
     by = rep['fairness']['by_group']; features = features or list(by)
     if not features: return None          # no sensitive feature in the charter: nothing to plot
     fig, ax = plt.subplots(1, len(features), figsize=(7.5 * len(features), 4.2), squeeze=False)
