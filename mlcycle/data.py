@@ -250,7 +250,7 @@ def outlier_counts(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
         out = base[(base < lo) | (base > hi)]
         rows.append({'column': col, 'low_fence': lo, 'high_fence': hi, 'outliers': len(out), 'share': len(out) / max(len(x), 1),
                      'on_nonzero_only': base is not x})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=['column', 'low_fence', 'high_fence', 'outliers', 'share', 'on_nonzero_only'])   # no numeric feature: no row, same columns
 
 def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.Series:
     "Each row scored by its value's target mean in the other folds (seeded), the overall mean where the value is unseen there."
