@@ -20,11 +20,12 @@ from fastcore.basics import patch
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
-__all__ = ['LEAKAGE_AUC', 'read_only_query', 'read_only_connection', 'load_source', 'load_data', 'feature_columns',
-           'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped', 'validate_batch',
-           'violations_frame', 'outlier_counts', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role',
-           'quality_report', 'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data',
-           'stratified_sample', 'hold_back', 'check_production', 'production_rows', 'run_data_stage']
+__all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'labelled', 'load_data',
+           'feature_columns', 'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
+           'validate_batch', 'violations_frame', 'outlier_counts', 'category_score', 'single_feature_auc_ovr',
+           'single_feature_auc', 'column_role', 'quality_report', 'check_requirements', 'plot_quality',
+           'build_preprocessor', 'split_data', 'stratified_sample', 'hold_back', 'check_production', 'production_rows',
+           'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -83,28 +84,42 @@ def load_source(src, base_dir=None) -> pd.DataFrame:
         where = src.url if src.kind == 'sql' else _resolve(src.path, base_dir)
         raise MlcycleError(f'data source {src.kind} {where}: cannot read it: {str(e).splitlines()[0][:300]}') from None
 
+def labelled(c: Charter, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows with a label, and how many had none. A row whose target is empty can neither train a model nor test one:
+    it is left out and counted (each source's record says how many), rather than stopping stages 01-02 or, for a binary
+    target, counting as the negative class."""
+    if c.data.target not in df.columns: return df, 0
+    keep = df[c.data.target].notna()
+    return (df, 0) if keep.all() else (df[keep].reset_index(drop=True), int((~keep).sum()))
+
+def _combine(c: Charter, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if len(frames) == 1: return frames[0]
+    if c.data.combine == 'concat':
+        cols = [list(f.columns) for f in frames]
+        if any(set(x) != set(cols[0]) for x in cols):
+            raise MlcycleError('data.combine: concat needs the same columns in every source; differences: ' +
+                               '; '.join(f'source {i}: {sorted(set(x) ^ set(cols[0]))}' for i, x in enumerate(cols) if set(x) != set(cols[0])))
+        return pd.concat(frames, ignore_index=True)
+    key, out = c.data.id_column, frames[0]
+    for i, f in enumerate(frames[1:], 1):
+        if key not in f.columns or key not in out.columns:
+            raise MlcycleError(f'data.combine: join needs id_column {key!r} in every source; source {i} lacks it')
+        out = out.merge(f, on=key, how='inner', suffixes=('', f'_src{i}'))
+    return out
+
 def load_data(c: Charter) -> tuple[pd.DataFrame, list[dict]]:
-    "Load and combine every source of charter `c`; returns the data and one record per source (location, rows, fingerprint)."
+    """Load and combine every source of charter `c`, its labelled rows (`labelled`); returns the data and one record per
+    source (location, rows, fingerprint, rows without a label)."""
     frames, records = [], []
     for i, src in enumerate(c.data.sources):
         df = load_source(src, c.base_dir)
         frames.append(df)
         records.append({'index': i, 'kind': src.kind, 'name': src.name,
                         'location': src.url if src.kind == 'sql' else _resolve(src.path, c.base_dir),
-                        'query': src.query, 'rows': len(df), 'columns': len(df.columns), 'fingerprint': fingerprint_df(df)})
-    if len(frames) == 1: return frames[0], records
-    if c.data.combine == 'concat':
-        cols = [list(f.columns) for f in frames]
-        if any(set(x) != set(cols[0]) for x in cols):
-            raise MlcycleError('data.combine: concat needs the same columns in every source; differences: ' +
-                               '; '.join(f'source {i}: {sorted(set(x) ^ set(cols[0]))}' for i, x in enumerate(cols) if set(x) != set(cols[0])))
-        return pd.concat(frames, ignore_index=True), records
-    key, out = c.data.id_column, frames[0]
-    for i, f in enumerate(frames[1:], 1):
-        if key not in f.columns or key not in out.columns:
-            raise MlcycleError(f'data.combine: join needs id_column {key!r} in every source; source {i} lacks it')
-        out = out.merge(f, on=key, how='inner', suffixes=('', f'_src{i}'))
-    return out, records
+                        'query': src.query, 'rows': len(df), 'columns': len(df.columns), 'fingerprint': fingerprint_df(df),
+                        'unlabelled_rows': labelled(c, df)[1]})
+    return labelled(c, _combine(c, frames))[0], records
+
 
 # %% ../nbs/02_data.ipynb #43e1eb8e
 def feature_columns(c: Charter, df: pd.DataFrame) -> list[str]:
@@ -236,7 +251,7 @@ def outlier_counts(df: pd.DataFrame, contract: dict) -> pd.DataFrame:
         out = base[(base < lo) | (base > hi)]
         rows.append({'column': col, 'low_fence': lo, 'high_fence': hi, 'outliers': len(out), 'share': len(out) / max(len(x), 1),
                      'on_nonzero_only': base is not x})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=['column', 'low_fence', 'high_fence', 'outliers', 'share', 'on_nonzero_only'])   # no numeric feature: no row, same columns
 
 def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.Series:
     "Each row scored by its value's target mean in the other folds (seeded), the overall mean where the value is unseen there."
@@ -246,6 +261,16 @@ def _out_of_fold_means(key: pd.Series, y, folds: int = 5, seed: int = 0) -> pd.S
         means = y.iloc[fit].groupby(key.iloc[fit]).mean()
         out.iloc[held] = key.iloc[held].map(means).fillna(y.iloc[fit].mean()).to_numpy()
     return out
+
+MIN_ROWS_PER_VALUE = 10
+
+def category_score(s: pd.Series, y, spec: dict) -> pd.Series:
+    """A non-numeric column's score for the leakage screen: its value's mean target. In sample when the values have rows
+    to spare (`MIN_ROWS_PER_VALUE` on average); out of fold for dates, free text and any column with nearly one value per
+    row (a product code, an order number), where the in-sample mean of a value seen once *is* that row's label."""
+    key = s.astype(str).fillna('<missing>')
+    if spec.get('semantic') or key.nunique() * MIN_ROWS_PER_VALUE > len(key): return _out_of_fold_means(key, y)
+    return key.map(pd.Series(y, index=s.index, dtype='float64').groupby(key).mean())
 
 def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.DataFrame:
     """`single_feature_auc` for a multiclass target: the mean over labels of each feature's one-vs-rest AUC (folded). One
@@ -258,8 +283,7 @@ def single_feature_auc_ovr(df: pd.DataFrame, c: Charter, contract: dict) -> pd.D
         for k in sorted(labels.unique()):
             y = (labels == k).to_numpy(dtype=int)
             if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
-            else:
-                key = s.astype(str).fillna('<missing>'); score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
+            else: score = category_score(s, y, contract['columns'][col])
             a = roc_auc_score(y, score); aucs.append(max(a, 1 - a))
         rows.append({'column': col, 'auc_alone': float(np.mean(aucs))})
     t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)
@@ -283,11 +307,7 @@ def leakage_table(self: (BinaryTask, RegressionTask), df: pd.DataFrame, c: Chart
     for col in contract['features']:
         s = df[col]
         if contract['columns'][col]['kind'] == 'numeric': score = pd.to_numeric(s, errors='coerce').fillna(s.median() if s.notna().any() else 0)
-        elif contract['columns'][col].get('semantic'):   # dates, free text: nearly one value per row, so in-sample means would fake leakage
-            score = _out_of_fold_means(s.astype(str).fillna('<missing>'), y)
-        else:
-            key = s.astype(str).fillna('<missing>')
-            score = key.map(pd.Series(y, index=df.index).groupby(key).mean())
+        else: score = category_score(s, y, contract['columns'][col])
         auc = self.leakage_auc(y, score)
         rows.append({'column': col, 'auc_alone': max(auc, 1 - auc)})
     t = pd.DataFrame(rows).sort_values('auc_alone', ascending=False, ignore_index=True)

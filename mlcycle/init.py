@@ -22,8 +22,9 @@ from .stats import GATE_LEVEL
 
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
-           'suggest_columns', 'objective_with_room', 'objectives_with_room', 'room_draft', 'quick_baseline',
-           'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
+           'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'objective_with_room',
+           'objectives_with_room', 'room_draft', 'quick_baseline', 'draft_charter', 'draft_task_charter',
+           'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -62,19 +63,48 @@ def _looks_like_time(s: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(x): return bool(len(x) and (x % 1 == 0).all() and x.between(1900, 2100).all())
     return bool(len(x)) and not unparseable_times(x)
 
+def _looks_like_code(s: pd.Series) -> bool:
+    "Text of one token per row, neither dates nor words (a product or order code): with a distinct value in every row, an identifier whatever its name."
+    from mlcycle.features import semantic_kind
+    return not pd.api.types.is_numeric_dtype(s) and not s.astype(str).str.contains(r'\s').any() and semantic_kind(s) is None
+
+def group_size_for(n_rows: int) -> int:
+    "The charter's `min_group_size` for a table of `n_rows`: 30 below 5,000 rows, else 50."
+    return 30 if n_rows < 5000 else 50
+
+def judged_test_groups(s: pd.Series) -> int:
+    "How many groups of `s` would have `min_group_size` rows in stage 02's test split: fairness is judged on those only."
+    return int((s.astype(str).value_counts() * TEST_SIZE >= group_size_for(len(s))).sum())
+
+def sensitive_note(cols: dict) -> str:
+    "The charter's comment on sensitive features: those suggested, and those a name suggests but whose groups are too small to judge."
+    said = ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else \
+           'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)'
+    if cols.get('unjudged'):
+        said += ('; not suggested, too few rows per group for a gap to be judged (merge groups, e.g. into bands, to judge it): '
+                 + '; '.join(cols['unjudged']))
+    return said
+
 def suggest_columns(df: pd.DataFrame, target: str, max_missing_rate: float = 0.2) -> dict:
-    "Sensitive-feature candidates, the id and time columns, and columns to drop, guessed from names and values."
-    out = {'sensitive': [], 'id': None, 'time': None, 'drop': []}
+    """Sensitive-feature candidates, the id and time columns, and columns to drop, guessed from names and values. Of several
+    time columns, the one with most distinct values (`time_hour` rather than a `year` that is the same in every row)."""
+    out, times = {'sensitive': [], 'id': None, 'time': None, 'drop': [], 'unjudged': []}, []
     for col in df.columns:
         if col == target: continue
         s, words, name = df[col], _words(col), str(col).lower()
         if s.isna().mean() > max_missing_rate: out['drop'].append(col); continue
-        if out['id'] is None and s.notna().all() and s.nunique() == len(df) and (words and words[-1] in ID_HINTS) and not pd.api.types.is_float_dtype(s):
-            out['id'] = col; continue
-        if out['time'] is None and any(w in TIME_HINTS for w in words) and _looks_like_time(s):
-            out['time'] = col; continue
+        if s.notna().all() and s.nunique() == len(df) and not pd.api.types.is_float_dtype(s) and ((words and words[-1] in ID_HINTS) or _looks_like_code(s)):
+            if out['id'] is None: out['id'] = col
+            else: out['drop'].append(col)       # a second identifier: no feature either
+            continue
+        if any(w in TIME_HINTS for w in words) and s.nunique() > 1 and _looks_like_time(s):
+            times.append(col); continue
         if any(w == h if h == 'age' else w.startswith(h) for w in words for h in SENSITIVE_HINTS) and 2 <= s.nunique() <= 20:
-            out['sensitive'].append(col)
+            judged = judged_test_groups(s)
+            if judged >= 2: out['sensitive'].append(col)
+            else: out['unjudged'].append(f'{col} ({judged} of its {s.nunique()} groups would reach min_group_size {group_size_for(len(s))} '
+                                         'in the test split)')
+    if times: out['time'] = max(times, key=lambda col: df[col].nunique())   # the finest: a time stamp before its year
     return out
 
 # %% ../nbs/01b_init.ipynb #2eed32e3
@@ -143,7 +173,7 @@ def _draft(name, data_path, target, task, cols, n_rows, objectives) -> dict:
             'data': {'sources': [{'kind': 'parquet' if str(data_path).endswith('.parquet') else 'csv', 'path': str(data_path)}],
                      'target': target, 'positive_label': task['positive_label'], 'sensitive_features': cols['sensitive'],
                      'drop_columns': cols['drop'], 'id_column': cols['id'], 'time_column': cols['time'],
-                     'requirements': {'min_rows': max(50, int(n_rows * 0.8)), 'max_missing_rate': 0.2, 'min_group_size': 30 if small else 50}},
+                     'requirements': {'min_rows': max(50, int(n_rows * 0.8)), 'max_missing_rate': 0.2, 'min_group_size': group_size_for(n_rows)}},
             'objectives': objectives,
             'intended_use': 'TO CONFIRM: who uses the predictions, for what, with which human oversight.',
             'out_of_scope': 'TO CONFIRM: uses this model must not be put to.', 'owners': ['TO CONFIRM: team@example.org'],
@@ -181,8 +211,7 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
     base = {'roc_auc': float(r['quick'].get('roc_auc ≥ 0.5', np.nan)),
             'demographic_parity_difference': {f: float(r['quick'].get(f'demographic_parity_difference[{f}] ≤ 1', np.nan)) for f in cols['sensitive']}}
     notes = {'task': f"{task['task']}: {target!r} has two values {task['counts']}; positive label = {task['why']}",
-             'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
-                          'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
+             'sensitive': sensitive_note(cols),
              'requirements': f"from the data's size: {len(df)} rows",
              'baseline': f"quick gradient boosting (stage 01's quick model), 3-fold CV: ROC AUC {base['roc_auc']:.3f}; parity gaps " +
                          (', '.join(f'{f} {g:.3f}' for f, g in base['demographic_parity_difference'].items()) or 'none (no sensitive feature)'),
@@ -208,8 +237,7 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     quick = r['quick']
     c = parse_charter(d)
     notes = {'task': f"{task['task']}: {target!r} is {task['why']}",
-             'sensitive': ('suggested from column names, TO CONFIRM: ' + ', '.join(cols['sensitive'])) if cols['sensitive'] else
-                          'no column name suggests a protected attribute: add any that matter (sex, age band, ethnicity, ...)',
+             'sensitive': sensitive_note(cols),
              'requirements': f"from the data's size: {len(df)} rows",
              'baseline': "quick gradient boosting (stage 01's quick model), 3-fold CV: " + ', '.join(f'{k.split()[0]} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
              'objectives': r['notes']}

@@ -103,6 +103,7 @@ def compile_preprocessor(ct):
     if not isinstance(ct, ColumnTransformer) or getattr(ct, 'sparse_output_', False): return None
     blocks = []
     for name, trans, cols in ct.transformers_:
+        if isinstance(cols, list) and not cols: continue   # a kind of column the data lacks (no category column): left unfitted
         if isinstance(trans, str):
             if trans == 'drop': continue
             return None                                    # passthrough: dtypes could differ, leave it to sklearn

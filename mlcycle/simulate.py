@@ -82,10 +82,25 @@ def _mix(df, rng, k, col, value, contract, target, positive):
     _check(df, col, 'mix')
     return weighted_resample(df, np.where(df[col].astype(str) == _top(df, col), 1 / (1 + 3 * k), 1.0), rng)
 
-def _novel(df, rng, k, col, value, contract, target, positive):
-    _check(df, col, 'novel'); out = df.copy().astype({col: object})
-    out.loc[rng.random(len(out)) < 0.3 * k, col] = value or f'{col}_new'
+def _made_new(df, seg, col, value, contract):
+    """`df` with the segment's `col` made new: a new category (VALUE, or COL_new); for a numeric column with no VALUE, values
+    beyond the training range (each moved past the maximum by one sd plus its distance from the minimum), which a server
+    accepts and monitoring sees, where a text in a numeric column would be refused as the wrong type."""
+    spec = contract['columns'].get(col, {})
+    if spec.get('kind') == 'numeric' and value is None:
+        out = df.copy(); x = pd.to_numeric(out[col], errors='coerce')
+        new = x.max() + x.std() + (x - x.min())
+        whole = bool(spec.get('integer')) or pd.api.types.is_integer_dtype(df[col])
+        out[col] = x.where(~np.asarray(seg), new.round() if whole else new)
+        if pd.api.types.is_integer_dtype(df[col]): out[col] = out[col].astype(df[col].dtype)
+        return out
+    out = df.copy().astype({col: object})
+    out.loc[seg, col] = value or f'{col}_new'
     return out
+
+def _novel(df, rng, k, col, value, contract, target, positive):
+    _check(df, col, 'novel')
+    return _made_new(df, rng.random(len(df)) < 0.3 * k, col, value, contract)
 
 def _missing(df, rng, k, col, value, contract, target, positive):
     _check(df, col, 'missing'); out = df.copy()
@@ -98,9 +113,9 @@ def _vanish(df, rng, k, col, value, contract, target, positive):
     return weighted_resample(df, np.where(gone, 1 - k, 1.0) + 1e-12 * (k < 1), rng) if gone.any() and (~gone).any() else df.copy()
 
 def _concept(df, rng, k, col, value, contract, target, positive):
-    _check(df, col, 'concept'); out = df.copy().astype({col: object})
-    seg = rng.random(len(out)) < 0.3 * k
-    out.loc[seg, col] = f'{col}_new'
+    _check(df, col, 'concept')
+    seg = rng.random(len(df)) < 0.3 * k
+    out = _made_new(df, seg, col, None, contract)
     if target and target in out.columns and positive is not None:
         sens = set(contract.get('sensitive_features') or [])
         num = [c for c in contract['features'] if contract['columns'][c]['kind'] == 'numeric' and c not in sens and c != col and c in out.columns]
