@@ -74,12 +74,16 @@ def input_problems(model, contract: dict) -> list[str]:
 def task_output_problems(c: Charter, model, X: pd.DataFrame, y) -> list[str]:
     "What is wrong with `model`'s outputs on rows `X` (true targets `y`) for the charter's task ([] when nothing is)."
     try: proba, pred = task_outputs(c, model, X)
-    except Exception as e: return [f'the model fails on the data contract\'s rows: {type(e).__name__}: {str(e)[:300]}']
+    except Exception as e: proba = pred = e            # each task says first what it can tell without outputs (its classes)
     return task_of(c).adopted_output_problems(c, model, proba, pred, y)
+
+def _failed(e) -> list[str]:
+    return [f'the model fails on the data contract\'s rows: {type(e).__name__}: {str(e)[:300]}'] if isinstance(e, Exception) else []
 
 @patch
 def adopted_output_problems(self: RegressionTask, c: Charter, model, proba, pred, y) -> list[str]:
     "Regression: finite numbers."
+    if _failed(pred): return _failed(pred)
     return [] if np.isfinite(np.asarray(pred, float)).all() else ['the model predicts missing or infinite numbers']
 
 @patch
@@ -89,6 +93,7 @@ def adopted_output_problems(self: BinaryTask, c: Charter, model, proba, pred, y)
     if sorted(classes) != ['0', '1']:
         return [f'the model\'s classes are {classes}, not [0, 1]: fit it on the 0/1 target (1 = positive_label {c.data.positive_label!r}), '
                 'as mlcycle.charter.binary_target gives it']
+    if _failed(pred): return _failed(pred)
     p = np.asarray(proba, float)
     return [] if ((p >= 0) & (p <= 1)).all() else ['the model\'s probabilities leave [0, 1]']
 
@@ -97,7 +102,7 @@ def adopted_output_problems(self: MulticlassTask, c: Charter, model, proba, pred
     "Multiclass: no label the target does not have."
     classes = [str(v) for v in getattr(model, 'classes_', [])]
     unknown = sorted(set(classes) - set(map(str, y)))
-    return [f'the model predicts labels the target does not have: {unknown}'] if unknown else []
+    return [f'the model predicts labels the target does not have: {unknown}'] if unknown else _failed(pred)
 
 # %% ../nbs/03c_adopt.ipynb #bb1aa268
 MEASURED_AT_ADOPTION = ('input columns against the data contract', "outputs for the task on stage 02's validation rows",
