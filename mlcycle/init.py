@@ -232,6 +232,8 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     d = _draft(name, data_path, target, task, cols, len(df), [primary] + [{'metric': gap, 'max': 1.0 if reg else 0.5, 'sensitive_feature': f} for f in cols['sensitive']])
     if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
     d['objectives'] += [{'metric': 'p95_latency_ms', 'max': 50}]
+    problems = task_named(task['task'], parse_charter(d)).target_problems(df[target])   # before any model: a label too rare to split
+    if problems: raise MlcycleError(f'mlcycle init: the target {target!r} cannot be learned as it is:\n' + '\n'.join(problems))
     r = room_draft(parse_charter(d), df)
     d['objectives'] = r['objectives']
     quick = r['quick']

@@ -25,7 +25,8 @@ def _ab_workspace(registry_template, tmp_path, policy: str):
     ws = Workspace(dest)
     c = workspace_charter(ws)
     promote(ws, '1', reason='A/B guard test'); promote(ws, '2', as_='challenger', share=0.5, reason='A/B guard test')
-    design = {**ab_design(c, 0.8, share=0.5, method='fixed', min_samples=600), 'start_ts': 0.0}
+    design = {**ab_design(c, 0.8, share=0.5, method='fixed', min_samples=600), 'start_ts': 0.0,
+              'champion_version': '1', 'challenger_version': '2', 'looks': []}     # as stage 07's train phase writes it
     (dest/'ab').mkdir(exist_ok=True)
     (dest/'ab'/f'{c.name}-v2.json').write_text(json.dumps(design))
     return ws, c
