@@ -22,7 +22,7 @@ from .stats import GATE_LEVEL, claim_room
 # %% auto #0
 __all__ = ['TEST_SIZE', 'QUICK_ROWS', 'QUICK_SCORING', 'FEASIBILITY_ROWS', 'label_balance', 'target_bins', 'group_sizes',
            'fit_learning_curve', 'task_outputs_of', 'verifiability', 'feasibility_verdict', 'quick_estimator',
-           'quick_rows', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis', 'later_stops',
+           'quick_rows', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis', 'quick_fits', 'later_stops',
            'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
@@ -200,19 +200,21 @@ def quick_rows(df: pd.DataFrame, seed: int = 0, rows: int = QUICK_ROWS) -> pd.Da
     "`df`, or a seeded sample of `rows` of it when larger (fresh 0..n-1 index)."
     return df if len(df) <= rows else df.sample(rows, random_state=seed).reset_index(drop=True)
 
-def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
-    "Dummy and quick-model baselines (3-fold CV predictions) against every objective, the learning curve, and the quick model's CV output: the task's `quick_scores`."
-    return task_of(c).quick_scores(c, df, seed)
+def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool = True):
+    """Dummy and quick-model baselines (3-fold CV predictions) against every objective, the learning curve (None with
+    `curve=False`: `init` reads only the baselines), and the quick model's CV output: the task's `quick_scores`."""
+    return task_of(c).quick_scores(c, df, seed, curve)
 
 @patch
-def quick_scores(self: (MulticlassTask, RegressionTask), c: Charter, df: pd.DataFrame, seed: int = 0): return task_quick_scores(c, df, seed)
+def quick_scores(self: (MulticlassTask, RegressionTask), c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool = True):
+    return task_quick_scores(c, df, seed, curve)
 
 @patch
-def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0):
+def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool = True):
     "Binary: dummies and logistic regression (3-fold stratified CV probabilities)."
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict, learning_curve
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     contract = infer_contract(df, c)
     X, y = feature_frame(df, contract), binary_target(c, df[c.data.target])
@@ -221,32 +223,26 @@ def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0):
               'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed),
               'linear_model': make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300, solver='newton-cholesky')),
               'quick_model': make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))}
-    tables, quick_proba = [], None
+    scoring = {'roc_auc': 'roc_auc', 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'precision': 'precision',
+               'recall': 'recall', 'f1': 'f1', 'log_loss': 'neg_log_loss', 'brier': 'neg_brier_score'}[c.primary.metric]
+    tables, fit = [], None
     for name, m in models.items():
-        proba = cross_val_predict(m, X, y, cv=cv, method='predict_proba')[:, 1]
-        if name == 'quick_model': quick_proba = proba
         lat = None
-        if name == 'quick_model':
-            lat = single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it
+        if name == 'quick_model':      # fitted once per fold: outputs, timings and learning curve (`quick_fits`)
+            fit = quick_fits(self, m, X, y, cv, scoring, (0.04, 0.1, 0.25, 0.5), seed, curve)
+            proba, lat = fit['outputs'], single_row_timings(fit['model'], X).cpu_ms.tolist()   # as stages 03 and 04 time it
+        else: proba = cross_val_predict(m, X, y, cv=cv, method='predict_proba')[:, 1]
         t = evaluate_objectives(c, y, proba, frame=df, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
-    prim = c.primary
-    scoring = {'roc_auc': 'roc_auc', 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'precision': 'precision',
-               'recall': 'recall', 'f1': 'f1', 'log_loss': 'neg_log_loss', 'brier': 'neg_brier_score'}[prim.metric]
-    sizes, _, test_scores = learning_curve(models['quick_model'], X, y, cv=cv, scoring=scoring,
-                                           train_sizes=[0.04, 0.1, 0.25, 0.5, 1.0], shuffle=True, random_state=seed)
-    sign = -1 if scoring.startswith('neg_') else 1
-    curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
-    return pd.concat(tables, ignore_index=True), curve, quick_proba
+    return pd.concat(tables, ignore_index=True), fit['curve'], fit['outputs']
 
 QUICK_SCORING = {'rmse': 'neg_root_mean_squared_error', 'mae': 'neg_mean_absolute_error', 'r2': 'r2', 'abs_mean_error': 'neg_root_mean_squared_error',
                  'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'macro_f1': 'f1_macro', 'log_loss': 'neg_log_loss',
                  'roc_auc_ovr': 'roc_auc_ovr'}
 
-def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
+def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool = True):
     """`quick_model_scores` for regression (mean predictor, ridge, gradient boosting) and multiclass (class-prior dummies, logistic regression, gradient boosting):
     3-fold CV predictions against every objective, the learning curve on the primary metric, and the quick model's CV output."""
-    from sklearn.model_selection import learning_curve
     from sklearn.pipeline import make_pipeline
     task, contract = task_of(c), infer_contract(df, c)
     X, y = feature_frame(df, contract), task.target(df[c.data.target])
@@ -254,19 +250,17 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     linear = make_pipeline(build_preprocessor(contract), task.quick_estimator())
     quick = make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))
     models = {**task.dummies(seed), 'linear_model': linear, 'quick_model': quick}
-    tables, out = [], None
+    tables, fit = [], None
     for name, m in models.items():
-        o = task.cv_predict(m, X, y, cv); proba, pred = task.cv_outputs(o)
         lat = None
-        if name == 'quick_model':
-            out, lat = o, single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it
+        if name == 'quick_model':      # fitted once per fold: outputs, timings and learning curve (`quick_fits`)
+            fit = quick_fits(task, m, X, y, cv, QUICK_SCORING[c.primary.metric], (0.1, 0.25, 0.5), seed, curve)
+            o, lat = fit['outputs'], single_row_timings(fit['model'], X).cpu_ms.tolist()   # as stages 03 and 04 time it
+        else: o = task.cv_predict(m, X, y, cv)
+        proba, pred = task.cv_outputs(o)
         t = evaluate_objectives(c, y, proba, pred, frame=df, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
-    scoring = QUICK_SCORING[c.primary.metric]
-    sizes, _, test_scores = learning_curve(quick, X, y, cv=cv, scoring=scoring, train_sizes=[0.1, 0.25, 0.5, 1.0], shuffle=True, random_state=seed)
-    sign = -1 if scoring.startswith('neg_') else 1
-    curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
-    return pd.concat(tables, ignore_index=True), curve, out
+    return pd.concat(tables, ignore_index=True), fit['curve'], fit['outputs']
 
 FEASIBILITY_ROWS = QUICK_ROWS   # the quick model, its learning curve and the verifiability read a stratified sample of at most this many rows
 
@@ -285,6 +279,41 @@ def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_S
     return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify,
                 analysed_rows=len(part), quick_rows=len(part), stops=later_stops(c, df, verify), **verdict)
 
+
+# %% ../nbs/01_problem_definition.ipynb #0b1b0f96
+@patch
+def held_out_outputs(self: Task, fits, X: pd.DataFrame, y) -> pd.DataFrame:
+    "Classes: each fold model's class probabilities on its held-out rows, named by class as `cv_predict` names them (0 for a class the fold never saw)."
+    out = pd.DataFrame(0.0, index=range(len(X)), columns=sorted(set(y)))
+    for model, test in fits: out.iloc[test, out.columns.get_indexer(model.classes_)] = model.predict_proba(X.iloc[test])
+    return out
+
+@patch
+def held_out_outputs(self: BinaryTask, fits, X: pd.DataFrame, y) -> np.ndarray:
+    "Binary: each fold model's P(positive) on its held-out rows."
+    out = np.empty(len(X))
+    for model, test in fits: out[test] = model.predict_proba(X.iloc[test])[:, 1]
+    return out
+
+@patch
+def held_out_outputs(self: RegressionTask, fits, X: pd.DataFrame, y) -> np.ndarray:
+    "Regression: each fold model's prediction on its held-out rows."
+    out = np.empty(len(X))
+    for model, test in fits: out[test] = model.predict(X.iloc[test])
+    return out
+
+def quick_fits(task: Task, model, X: pd.DataFrame, y, cv, scoring: str, shares=(0.1, 0.25, 0.5), seed: int = 0, curve: bool = True) -> dict:
+    """`model` fitted once on each fold of `cv`: its held-out `outputs` (the cross-validated predictions), a fold's `model`
+    for the latency timings, and the learning `curve` on `scoring`, whose last point is those fits' held-out scores;
+    `learning_curve` adds only the smaller `shares` of each fold's training rows (seeded shuffle). `curve=False`: no curve."""
+    from sklearn.model_selection import cross_validate, learning_curve
+    r = cross_validate(model, X, y, cv=cv, scoring=scoring, return_estimator=True, return_indices=True, error_score='raise')
+    out = {'outputs': task.held_out_outputs(list(zip(r['estimator'], r['indices']['test'])), X, y), 'model': r['estimator'][0], 'curve': None}
+    if not curve: return out
+    sizes, _, smaller = learning_curve(model, X, y, cv=cv, scoring=scoring, train_sizes=list(shares), shuffle=True, random_state=seed)
+    scores, sign = np.vstack([smaller, r['test_score']]), -1 if scoring.startswith('neg_') else 1
+    out['curve'] = pd.DataFrame({'train_rows': np.append(sizes, len(r['indices']['train'][0])), 'mean': sign * scores.mean(1), 'std': scores.std(1)})
+    return out
 
 # %% ../nbs/01_problem_definition.ipynb #d4a3b9bf
 def later_stops(c: Charter, df: pd.DataFrame, verify: pd.DataFrame) -> list[str]:

@@ -146,7 +146,7 @@ def room_draft(draft, df: pd.DataFrame) -> dict:
     """The quick model's cross-validated outputs (stage 01's, `quick_model_scores` on `quick_rows`) and their `verifiability` on
     a test split of the size stage 02 holds out, then `objectives_with_room`: what `init` writes for every task."""
     sample = quick_rows(df, draft.development.seed)
-    base, _, out = quick_model_scores(draft, sample, seed=draft.development.seed)
+    base, _, out = quick_model_scores(draft, sample, seed=draft.development.seed, curve=False)   # no learning curve: init reads the baselines
     ver = verifiability(draft, sample, out, seed=draft.development.seed, test_rows=max(int(round(len(df) * TEST_SIZE)), 2))
     kept, off, notes = objectives_with_room(draft, ver)
     quick = base[base.model == 'quick_model'].set_index('objective').value
