@@ -60,7 +60,7 @@ def main(argv=None):
     print('load average', os.getloadavg())
     for _ in range(a.repeats):
         for case in feasibility_cases(): print(feasibility_row(*case), flush=True)
-        for t in (('Ecdat', 'Fishing', 'mode'), ('ggplot2', 'diamonds', 'price', 3000), ('modeldata', 'attrition', 'Attrition')):
+        for t in (('carData', 'Womenlf', 'partic'), ('ggplot2', 'diamonds', 'price', 3000), ('modeldata', 'attrition', 'Attrition')):
             print(init_row(*t), flush=True)
     print('load average', os.getloadavg())
 
