@@ -167,8 +167,12 @@ def outside_pipeline(df: pd.DataFrame, target: str, seed: int = 0, positive=None
 
 
 def test_adopt_refuses_pickles_and_models_that_do_not_fit_the_contract(tmp_path, mlcycle):
-    import pickle, mlflow.sklearn
+    """The first refusal goes through the `mlcycle` command (exit code, the message on its output); the others are the same
+    code path, checked by direct calls (`adopt_model`, the function the command calls), without a process each."""
+    import pickle, mlflow, mlflow.sklearn
     import skops.io as sio
+    from mlcycle.adopt import adopt_model
+    from mlcycle.core import MlcycleError
     path = stackoverflow(tmp_path)
     df = pd.read_csv(tmp_path/'so.csv')
     pipe = outside_pipeline(df, 'Web_developer')
@@ -176,19 +180,21 @@ def test_adopt_refuses_pickles_and_models_that_do_not_fit_the_contract(tmp_path,
     (tmp_path/'model.pkl').write_bytes(pickle.dumps(pipe))
     r = mlcycle('adopt', tmp_path/'model.pkl', '--charter', path, '--workspace', ws, cwd=tmp_path)
     assert r.returncode != 0 and 'never a pickle' in r.stdout + r.stderr, r.stdout + r.stderr
+    def refused(source, charter, workspace, expected):
+        try:
+            with pytest.raises(MlcycleError) as e: adopt_model(str(source), str(charter), str(workspace), log=lambda *a, **k: None)
+        finally: mlflow.set_tracking_uri(None)
+        assert expected in str(e.value), str(e.value)
     mlflow.sklearn.save_model(pipe, str(tmp_path/'pickled'), serialization_format='cloudpickle')
-    r = mlcycle('adopt', tmp_path/'pickled', '--charter', path, '--workspace', ws, cwd=tmp_path)
-    assert r.returncode != 0 and "serialized as 'cloudpickle', not skops" in r.stdout + r.stderr, r.stdout + r.stderr
+    refused(tmp_path/'pickled', path, ws, "serialized as 'cloudpickle', not skops")
     # a column the contract does not have (the charter drops it), and labels that are not the task's 0/1
     dropped = with_development(path)
     d = yaml.safe_load(dropped.read_text()); d['data']['drop_columns'] = ['Salary']; dropped.write_text(yaml.safe_dump(d, sort_keys=False))
     sio.dump(pipe, tmp_path/'model.skops')
-    r = mlcycle('adopt', tmp_path/'model.skops', '--charter', dropped, '--workspace', tmp_path/'ws2', cwd=tmp_path)
-    assert r.returncode != 0 and "columns the data contract does not have: ['Salary']" in r.stdout + r.stderr, r.stdout + r.stderr
+    refused(tmp_path/'model.skops', dropped, tmp_path/'ws2', "columns the data contract does not have: ['Salary']")
     words = outside_pipeline(df.assign(Web_developer=np.where(df.Web_developer == 1, 'web', 'other')), 'Web_developer')
     sio.dump(words, tmp_path/'words.skops')
-    r = mlcycle('adopt', tmp_path/'words.skops', '--charter', path, '--workspace', ws, cwd=tmp_path)
-    assert r.returncode != 0 and "classes are ['other', 'web'], not [0, 1]" in r.stdout + r.stderr, r.stdout + r.stderr
+    refused(tmp_path/'words.skops', path, ws, "classes are ['other', 'web'], not [0, 1]")
     assert not (ws/'stages'/'03_model_development.json').exists()   # nothing adopted, nothing recorded
 
 
