@@ -108,12 +108,14 @@ def test_shadow_mode_uses_the_paired_test():
 
 # ---- the stage on a real workspace and server ------------------------------------------------------------------
 
-@pytest.fixture
-def served_ws(registry_template, tmp_path):
-    "A private copy of the registry with v1 as champion, and a real server on it."
+@pytest.fixture(scope='module')
+def served_ws(registry_template, tmp_path_factory):
+    """A copy of the registry with v1 as champion, and a real server on it: one for the module's three tests of a retraining
+    that must fail and change nothing. Each checks, against what it read before, that nothing changed and the server still
+    answers with v1, so a test that did change something fails itself (one server start instead of three)."""
     from mlcycle.core import Workspace
     from mlcycle.deploy import promote
-    dest = tmp_path/'ws'
+    dest = tmp_path_factory.mktemp('served')/'ws'
     shutil.copytree(registry_template.root, dest, ignore=shutil.ignore_patterns('mlartifacts', 'predictions.db*', 'audit.*', 'containers'))
     ws = Workspace(dest)
     promote(ws, '1', reason='retraining test')
