@@ -14,9 +14,10 @@ from .train import row_uniforms
 from .tasks import model_task
 
 # %% auto #0
-__all__ = ['EDGE_NUMBERS', 'EDGE_DATES', 'compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees',
-           'make_scorer', 'column_uniforms', 'threshold_probability', 'fair_threshold_scorer', 'fair_mixture_scorer',
-           'output_classes', 'output_kind', 'make_task_scorer', 'compile_final', 'compiled_model_scorer']
+__all__ = ['EDGE_NUMBERS', 'EDGE_DATES', 'compile_preprocessor', 'contract_probe', 'preprocessor_agrees', 'compiled_if_equal',
+           'argmax_agrees', 'make_scorer', 'column_uniforms', 'threshold_probability', 'fair_threshold_scorer',
+           'fair_mixture_scorer', 'output_classes', 'output_kind', 'make_task_scorer', 'compile_final',
+           'compiled_model_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -156,7 +157,8 @@ EDGE_DATES = ('9999-12-31', '0001-01-01', '2016-02-30', 'not a date')
 def contract_probe(contract: dict, n: int = 96) -> pd.DataFrame:
     """A batch that exercises every path of a preprocessor: every training category, unseen, missing and empty values, range
     ends, the edge numbers (-1, 0, ±inf) and, in a date column, dates out of range and text that is no date. Numeric columns
-    cycle their values at a different pace each, so that a feature of two columns meets their pairs (a zero denominator)."""
+    cycle their values at a different pace each, so that a feature of two columns meets their pairs (a zero denominator);
+    every value of every column is in the first rows."""
     spec, cols = contract['columns'], {}
     k = max([n] + [len(spec[c].get('categories', [])) + 3 + len(EDGE_DATES) for c in contract['features']])
     for j, c in enumerate(contract['features']):
@@ -167,7 +169,8 @@ def contract_probe(contract: dict, n: int = 96) -> pd.DataFrame:
             cols[c] = np.array([base[(i + (i // L) * (j + 1)) % L] for i in range(k)], dtype='float64')
         else:
             base = list(s['categories']) + ['<never-seen-value>', np.nan, ''] + (list(EDGE_DATES) if s.get('semantic') == 'datetime' else [])
-            arr = np.empty(k, dtype=object); arr[:] = [base[(i * 7 + len(c)) % len(base)] for i in range(k)]
+            L = len(base)      # (a fixed stride of 7 gave one value all along when the list was 7 long)
+            arr = np.empty(k, dtype=object); arr[:] = [base[(i + (i // L) * (j + 1)) % L] for i in range(k)]
             cols[c] = arr
     return pd.DataFrame(cols)
 
@@ -176,17 +179,23 @@ def contract_probe(contract: dict, n: int = 96) -> pd.DataFrame:
 _ARGMAX_CLASSIFIERS = {'HistGradientBoostingClassifier', 'RandomForestClassifier', 'ExtraTreesClassifier', 'DecisionTreeClassifier',
                        'LGBMClassifier'}
 
+def preprocessor_agrees(model, compiled, probe: pd.DataFrame) -> bool:
+    "Whether `compiled` reproduces scikit-learn's transform of `probe` by `model`'s first step, to 1e-12, as a DataFrame and as parser column arrays."
+    import sklearn, warnings
+    try:
+        with sklearn.config_context(assume_finite=True), np.errstate(all='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore')      # the edge rows overflow on purpose
+            ref = np.asarray(model[:-1].transform(probe), dtype='float64')
+            for X in (probe, {c: probe[c].to_numpy() for c in probe.columns}):
+                got = compiled(X)
+                if not (ref.shape == got.shape and np.allclose(ref, got, rtol=1e-12, atol=1e-12, equal_nan=True)): return False
+    except Exception: return False
+    return True
+
 def compiled_if_equal(model, probe: pd.DataFrame):
     "The compiled preprocessor of a 2-step pipeline when it reproduces scikit-learn's transform of `probe`, else None (parity probe)."
-    import sklearn
     compiled = compile_preprocessor(model.steps[0][1])
-    if compiled is None: return None
-    try:
-        with sklearn.config_context(assume_finite=True):
-            ref, got = model[:-1].transform(probe), compiled(probe)
-        same = ref.shape == got.shape and np.allclose(np.asarray(ref, dtype='float64'), got, rtol=1e-12, atol=1e-12, equal_nan=True)
-    except Exception: return None
-    return compiled if same else None
+    return compiled if compiled is not None and preprocessor_agrees(model, compiled, probe) else None
 
 def argmax_agrees(model, probe: pd.DataFrame) -> bool:
     "Whether the final classifier's `predict` equals the argmax of its `predict_proba` on `probe` (and is a known argmax kind)."
@@ -279,12 +288,13 @@ def _model_outputs(model, X):
 
 def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
     "Whether `score` gives the model's own probabilities (or numbers) and decisions on `probe`, as a DataFrame and as parser column arrays."
-    import sklearn
+    import sklearn, warnings
     try:
-        with sklearn.config_context(assume_finite=True):          # the probe holds ±inf: the model's own answer to them, as served
+        with sklearn.config_context(assume_finite=True), np.errstate(all='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore')      # the probe holds ±inf: the model's own answer to them, as served
             want_p, want_y = _model_outputs(model, probe)
-        for X in (probe, {c: probe[c].to_numpy() for c in probe.columns}):
-            p, y = score(X)
+            answers = [score(X) for X in (probe, {c: probe[c].to_numpy() for c in probe.columns})]
+        for p, y in answers:
             if not (np.allclose(p, want_p, rtol=1e-12, atol=1e-12, equal_nan=True) and np.array_equal(y, want_y)): return False
     except Exception: return False
     return True

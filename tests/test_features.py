@@ -191,7 +191,8 @@ def test_a_feature_of_a_column_that_is_not_a_model_input_is_refused(tmp_path):
 
 
 def test_the_servers_fast_path_falls_back_to_scikit_learn_for_derived_features(tmp_path):
-    "The compiled preprocessor covers impute/scale/one-hot only: with derived features the scorer uses scikit-learn, and agrees with it."
+    """The compiled preprocessor covers impute/scale/one-hot and the derived kinds a probe can prove (tests/test_compiled.py);
+    with a text or a custom feature among them the scorer uses scikit-learn, and agrees with it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from mlcycle.charter import binary_target
