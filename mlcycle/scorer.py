@@ -62,7 +62,23 @@ def _compile_function(st):
     f, name = st.func, getattr(st.func, '__name__', '')
     if st.validate or name not in _DERIVED_FUNCTIONS or getattr(features, name, None) is not f: return None
     kw = dict(st.kw_args or {})
-    return lambda A: f(A, **kw)
+    return _once_per_text(f, kw) if name == 'date_parts' else (lambda A: f(A, **kw))
+
+def _once_per_text(f, kw: dict, limit: int = 65_536):
+    """`f` on a one-column block of text, computed once per distinct text and then remembered (up to `limit` texts): parsing a
+    date is most of a request's cost, a server sees the same dates again and again, and `date_parts` is row by row."""
+    memo = {}
+    def g(A):
+        A = np.asarray(A, dtype=object)
+        if A.ndim != 2 or A.shape[1] != 1 or len(A) == 0: return f(A, **kw)
+        keys = [v if type(v) is str else None for v in A[:, 0].tolist()]   # missing and non-text values: computed every time
+        if len(memo) > limit: memo.clear()
+        miss = [i for i, k in enumerate(keys) if k is None or k not in memo]
+        fresh = dict(zip(miss, f(A[miss], **kw))) if miss else {}
+        for i, row in fresh.items():
+            if keys[i] is not None: memo[keys[i]] = row.copy()
+        return np.vstack([fresh[i] if i in fresh else memo[k] for i, k in enumerate(keys)])
+    return g
 
 def _compile_kbins(st):
     "A fitted `KBinsDiscretizer` (ordinal or dense one-hot) as scikit-learn computes it: `searchsorted` on the inner edges, one column per bin."
@@ -177,7 +193,7 @@ def contract_probe(contract: dict, n: int = 96) -> pd.DataFrame:
 # %% ../nbs/05a_scorer.ipynb #9ca7820a
 # classifiers whose `predict` is, in their library's source, the class of `argmax(predict_proba)`: one tree walk, not two
 _ARGMAX_CLASSIFIERS = {'HistGradientBoostingClassifier', 'RandomForestClassifier', 'ExtraTreesClassifier', 'DecisionTreeClassifier',
-                       'LGBMClassifier'}
+                       'LGBMClassifier', 'XGBClassifier'}   # XGBoost's binary rule p > 0.5 is argmax([1 - p, p]) in float32 too
 
 def preprocessor_agrees(model, compiled, probe: pd.DataFrame) -> bool:
     "Whether `compiled` reproduces scikit-learn's transform of `probe` by `model`'s first step, to 1e-12, as a DataFrame and as parser column arrays."
