@@ -29,9 +29,10 @@ def free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def wait(url, timeout=300):
+def wait(url, timeout=300, proc=None):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
+        if proc is not None and proc.poll() is not None: raise RuntimeError(f'{url}: the server exited with {proc.returncode}')
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200: return
@@ -211,18 +212,21 @@ def v2_body(head) -> bytes:
 
 def mlserver_peer(ws, name, version, split, v2, seconds, python):
     """MLServer 1.7 with its MLflow runtime (in its own virtual environment, `python`) serving the same registered version,
-    adaptive batching on (up to 32 rows, 10 ms): /invocations (MLflow's body) and the V2 /infer route, sequential and 32 connections."""
+    adaptive batching on (up to 32 rows, 10 ms): /invocations (MLflow's body) and the V2 /infer route, sequential and 32 connections.
+    Models that hold mlcycle types (derived features, post-processors) need mlcycle importable there too (PYTHONPATH or installed)."""
     d = Path(tempfile.mkdtemp(prefix='bench-mlserver-'))
     port, grpc, metrics = free_port(), free_port(), free_port()
-    (d/'settings.json').write_text(json.dumps({'http_port': port, 'grpc_port': grpc, 'metrics_port': metrics, 'host': '127.0.0.1'}))
+    # parallel_workers 0: the model runs in the server's process (mlserver 1.7's worker pool stops at start with uvloop 0.21+,
+    # "There is no current event loop"); on 2 cores its default pool is one worker process anyway
+    (d/'settings.json').write_text(json.dumps({'http_port': port, 'grpc_port': grpc, 'metrics_port': metrics, 'host': '127.0.0.1',
+                                               'parallel_workers': 0}))
     (d/'model-settings.json').write_text(json.dumps({'name': 'model', 'implementation': 'mlserver_mlflow.MLflowRuntime',
                                                      'max_batch_size': 32, 'max_batch_time': 0.01,
                                                      'parameters': {'uri': f'models:/{name}/{version}'}}))
     env = {**os.environ, 'MLFLOW_TRACKING_URI': ws.tracking_uri, 'PATH': f'{Path(python).parent}:{os.environ["PATH"]}'}
-    env.pop('PYTHONPATH', None)
     p = start([str(Path(python).parent/'mlserver'), 'start', str(d)], env, ws.root/'mlserver.log')
     try:
-        wait(f'http://127.0.0.1:{port}/v2/models/model/ready', timeout=600)
+        wait(f'http://127.0.0.1:{port}/v2/models/model/ready', timeout=300, proc=p)
         inv, infer = f'http://127.0.0.1:{port}/invocations', f'http://127.0.0.1:{port}/v2/models/model/infer'
         wrk(infer, v2, 8, 3)   # warm up
         return {'sequential': wrk(inv, split, 1, seconds), 'c32': wrk(inv, split, 32, seconds),
