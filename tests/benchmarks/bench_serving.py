@@ -310,7 +310,8 @@ def main():
         r['mlcycle'] = ours(ws, row, split, a.seconds)
         r['ratios'] = ratios(r['peer'], r['mlcycle'])
         if a.mlserver_python:
-            r['mlserver'] = mlserver_peer(ws, c.name, v, split, v2_body(head), a.seconds, a.mlserver_python)
+            try: r['mlserver'] = mlserver_peer(ws, c.name, v, split, v2_body(head), a.seconds, a.mlserver_python)
+            except Exception as e: r['mlserver'] = {'error': f'{type(e).__name__}: {e}'}; continue   # its log: mlserver.log in the workspace
             best = max((r['mlserver'][k] for k in ('c32', 'v2_c32')), key=lambda x: x['requests_per_s'])
             r['ratios_mlserver'] = {'throughput_c32_vs_mlserver_best': r['mlcycle']['invocations_c32']['requests_per_s'] / best['requests_per_s'],
                                     'p99_c32_ms': r['mlcycle']['invocations_c32']['p99_ms'], 'mlserver_best_p99_c32_ms': best['p99_ms']}
