@@ -203,8 +203,7 @@ def v2_body(head) -> bytes:
     "One row in the V2 inference protocol (MLServer's /v2/models/<name>/infer), decoded as a pandas DataFrame."
     inputs = []
     for col, v in head.iloc[0].items():
-        if isinstance(v, (int, np.integer)) and not isinstance(v, bool): dt, val = 'INT64', int(v)
-        elif isinstance(v, (float, np.floating)): dt, val = 'FP64', float(v)
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool): dt, val = 'FP64', float(v)   # the signature's double
         else: dt, val = 'BYTES', str(v)
         inputs.append({'name': col, 'shape': [1, 1], 'datatype': dt, 'data': [val]})
     return json.dumps({'inputs': inputs, 'parameters': {'content_type': 'pd'}}).encode()
