@@ -14,9 +14,10 @@ from .train import row_uniforms
 from .tasks import model_task
 
 # %% auto #0
-__all__ = ['compile_preprocessor', 'contract_probe', 'compiled_if_equal', 'argmax_agrees', 'make_scorer', 'column_uniforms',
-           'threshold_probability', 'fair_threshold_scorer', 'fair_mixture_scorer', 'output_classes', 'output_kind',
-           'make_task_scorer', 'compile_final', 'compiled_model_scorer']
+__all__ = ['EDGE_NUMBERS', 'EDGE_DATES', 'compile_preprocessor', 'contract_probe', 'preprocessor_agrees', 'compiled_if_equal',
+           'argmax_agrees', 'make_scorer', 'column_uniforms', 'threshold_probability', 'fair_threshold_scorer',
+           'fair_mixture_scorer', 'output_classes', 'output_kind', 'make_task_scorer', 'compile_final',
+           'compiled_model_scorer']
 
 # %% ../nbs/05a_scorer.ipynb #609b5248
 def _is_nan_marker(v) -> bool:
@@ -50,6 +51,50 @@ def _compile_scaler(st):
         if scale is not None: A = A / scale
         return A
     return sc
+
+# %% ../nbs/05a_scorer.ipynb #676b62c5
+# derived-feature functions that are pure numpy/pandas on their column block with no fitted state (`mlcycle.features`)
+_DERIVED_FUNCTIONS = ('log1p', 'ratio', 'difference', 'cut_at_edges', 'date_parts', 'finite_or_missing')
+
+def _compile_function(st):
+    "A `FunctionTransformer` that runs one of mlcycle's derived-feature functions, as that very function on the column block; else None."
+    from mlcycle import features
+    f, name = st.func, getattr(st.func, '__name__', '')
+    if st.validate or name not in _DERIVED_FUNCTIONS or getattr(features, name, None) is not f: return None
+    kw = dict(st.kw_args or {})
+    return _once_per_text(f, kw) if name == 'date_parts' else (lambda A: f(A, **kw))
+
+def _once_per_text(f, kw: dict, limit: int = 65_536):
+    """`f` on a one-column block of text, computed once per distinct text and then remembered (up to `limit` texts): parsing a
+    date is most of a request's cost, a server sees the same dates again and again, and `date_parts` is row by row."""
+    memo = {}
+    def g(A):
+        A = np.asarray(A, dtype=object)
+        if A.ndim != 2 or A.shape[1] != 1 or len(A) == 0: return f(A, **kw)
+        keys = [v if type(v) is str else None for v in A[:, 0].tolist()]   # missing and non-text values: computed every time
+        if len(memo) > limit: memo.clear()
+        miss = [i for i, k in enumerate(keys) if k is None or k not in memo]
+        fresh = dict(zip(miss, f(A[miss], **kw))) if miss else {}
+        for i, row in fresh.items():
+            if keys[i] is not None: memo[keys[i]] = row.copy()
+        return np.vstack([fresh[i] if i in fresh else memo[k] for i, k in enumerate(keys)])
+    return g
+
+def _compile_kbins(st):
+    "A fitted `KBinsDiscretizer` (ordinal or dense one-hot) as scikit-learn computes it: `searchsorted` on the inner edges, one column per bin."
+    if st.encode not in ('ordinal', 'onehot-dense') or st.dtype not in (None, np.float64): return None
+    inner = [np.asarray(e[1:-1], dtype='float64') for e in st.bin_edges_]
+    offsets = np.concatenate([[0], np.cumsum(st.n_bins_)[:-1]]).astype('int64')
+    width, ordinal = int(np.sum(st.n_bins_)), st.encode == 'ordinal'
+    def kb(A):
+        A = np.asarray(A, dtype='float64')
+        idx = np.column_stack([np.searchsorted(e, A[:, j], side='right') for j, e in enumerate(inner)])
+        if ordinal: return idx.astype('float64')
+        out = np.zeros((len(A), width), dtype='float64')
+        out[np.arange(len(A))[:, None], idx + offsets] = 1
+        return out
+    return kb
+
 
 # %% ../nbs/05a_scorer.ipynb #a440d14a
 def _onehot_plan(st):
@@ -88,8 +133,9 @@ def _compile_onehot(st):
 def _compile_step(st):
     "A numpy function for one fitted step, or None when it is not a supported kind/configuration."
     from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    for kind, compile_ in ((SimpleImputer, _compile_imputer), (StandardScaler, _compile_scaler), (OneHotEncoder, _compile_onehot)):
+    from sklearn.preprocessing import FunctionTransformer, KBinsDiscretizer, OneHotEncoder, StandardScaler
+    for kind, compile_ in ((SimpleImputer, _compile_imputer), (StandardScaler, _compile_scaler), (OneHotEncoder, _compile_onehot),
+                           (FunctionTransformer, _compile_function), (KBinsDiscretizer, _compile_kbins)):
         if isinstance(st, kind): return compile_(st)
     return None
 
@@ -120,36 +166,52 @@ def compile_preprocessor(ct):
         return np.hstack(out) if len(out) > 1 else out[0]
     return transform
 
-def contract_probe(contract: dict, n: int = 64) -> pd.DataFrame:
-    "A batch that exercises every path of a preprocessor: every training category, unseen and missing values, range ends."
+# values where a derived feature's rule changes (log1p of -1, a zero denominator, non-finite numbers, a text or a date that is no value)
+EDGE_NUMBERS = (-1.0, 0.0, np.inf, -np.inf)
+EDGE_DATES = ('9999-12-31', '0001-01-01', '2016-02-30', 'not a date')
+
+def contract_probe(contract: dict, n: int = 96) -> pd.DataFrame:
+    """A batch that exercises every path of a preprocessor: every training category, unseen, missing and empty values, range
+    ends, the edge numbers (-1, 0, ±inf) and, in a date column, dates out of range and text that is no date. Numeric columns
+    cycle their values at a different pace each, so that a feature of two columns meets their pairs (a zero denominator);
+    every value of every column is in the first rows."""
     spec, cols = contract['columns'], {}
-    k = max([n] + [len(spec[c].get('categories', [])) + 2 for c in contract['features']])
-    for c in contract['features']:
+    k = max([n] + [len(spec[c].get('categories', [])) + 3 + len(EDGE_DATES) for c in contract['features']])
+    for j, c in enumerate(contract['features']):
         s = spec[c]
         if s['kind'] == 'numeric':
-            base = [s['min'], s['max'], (s['min'] + s['max']) / 2, np.nan, s['min'] - 1, s['max'] * 2 + 1]
-            cols[c] = np.array([base[i % len(base)] for i in range(k)], dtype='float64')
+            base = [s['min'], s['max'], (s['min'] + s['max']) / 2, np.nan, s['min'] - 1, s['max'] * 2 + 1, *EDGE_NUMBERS]
+            L = len(base)
+            cols[c] = np.array([base[(i + (i // L) * (j + 1)) % L] for i in range(k)], dtype='float64')
         else:
-            base = list(s['categories']) + ['<never-seen-value>', np.nan]
-            arr = np.empty(k, dtype=object); arr[:] = [base[(i * 7 + len(c)) % len(base)] for i in range(k)]
+            base = list(s['categories']) + ['<never-seen-value>', np.nan, ''] + (list(EDGE_DATES) if s.get('semantic') == 'datetime' else [])
+            L = len(base)      # (a fixed stride of 7 gave one value all along when the list was 7 long)
+            arr = np.empty(k, dtype=object); arr[:] = [base[(i + (i // L) * (j + 1)) % L] for i in range(k)]
             cols[c] = arr
     return pd.DataFrame(cols)
 
 # %% ../nbs/05a_scorer.ipynb #9ca7820a
-# classifiers whose `predict` is, in scikit-learn's source, the class of `argmax(predict_proba)`: one tree walk, not two
-_ARGMAX_CLASSIFIERS = {'HistGradientBoostingClassifier', 'RandomForestClassifier', 'ExtraTreesClassifier', 'DecisionTreeClassifier'}
+# classifiers whose `predict` is, in their library's source, the class of `argmax(predict_proba)`: one tree walk, not two
+_ARGMAX_CLASSIFIERS = {'HistGradientBoostingClassifier', 'RandomForestClassifier', 'ExtraTreesClassifier', 'DecisionTreeClassifier',
+                       'LGBMClassifier', 'XGBClassifier'}   # XGBoost's binary rule p > 0.5 is argmax([1 - p, p]) in float32 too
+
+def preprocessor_agrees(model, compiled, probe: pd.DataFrame) -> bool:
+    "Whether `compiled` reproduces scikit-learn's transform of `probe` by `model`'s first step, to 1e-12, as a DataFrame and as parser column arrays."
+    import sklearn, warnings
+    try:
+        with sklearn.config_context(assume_finite=True), np.errstate(all='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore')      # the edge rows overflow on purpose
+            ref = np.asarray(model[:-1].transform(probe), dtype='float64')
+            for X in (probe, {c: probe[c].to_numpy() for c in probe.columns}):
+                got = compiled(X)
+                if not (ref.shape == got.shape and np.allclose(ref, got, rtol=1e-12, atol=1e-12, equal_nan=True)): return False
+    except Exception: return False
+    return True
 
 def compiled_if_equal(model, probe: pd.DataFrame):
     "The compiled preprocessor of a 2-step pipeline when it reproduces scikit-learn's transform of `probe`, else None (parity probe)."
-    import sklearn
     compiled = compile_preprocessor(model.steps[0][1])
-    if compiled is None: return None
-    try:
-        with sklearn.config_context(assume_finite=True):
-            ref, got = model[:-1].transform(probe), compiled(probe)
-        same = ref.shape == got.shape and np.allclose(np.asarray(ref, dtype='float64'), got, rtol=1e-12, atol=1e-12, equal_nan=True)
-    except Exception: return None
-    return compiled if same else None
+    return compiled if compiled is not None and preprocessor_agrees(model, compiled, probe) else None
 
 def argmax_agrees(model, probe: pd.DataFrame) -> bool:
     "Whether the final classifier's `predict` equals the argmax of its `predict_proba` on `probe` (and is a known argmax kind)."
@@ -242,11 +304,14 @@ def _model_outputs(model, X):
 
 def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
     "Whether `score` gives the model's own probabilities (or numbers) and decisions on `probe`, as a DataFrame and as parser column arrays."
+    import sklearn, warnings
     try:
-        want_p, want_y = _model_outputs(model, probe)
-        for X in (probe, {c: probe[c].to_numpy() for c in probe.columns}):
-            p, y = score(X)
-            if not (np.allclose(p, want_p, rtol=1e-12, atol=1e-12) and np.array_equal(y, want_y)): return False
+        with sklearn.config_context(assume_finite=True), np.errstate(all='ignore'), warnings.catch_warnings():
+            warnings.simplefilter('ignore')      # the probe holds ±inf: the model's own answer to them, as served
+            want_p, want_y = _model_outputs(model, probe)
+            answers = [score(X) for X in (probe, {c: probe[c].to_numpy() for c in probe.columns})]
+        for p, y in answers:
+            if not (np.allclose(p, want_p, rtol=1e-12, atol=1e-12, equal_nan=True) and np.array_equal(y, want_y)): return False
     except Exception: return False
     return True
 

@@ -191,7 +191,8 @@ def test_a_feature_of_a_column_that_is_not_a_model_input_is_refused(tmp_path):
 
 
 def test_the_servers_fast_path_falls_back_to_scikit_learn_for_derived_features(tmp_path):
-    "The compiled preprocessor covers impute/scale/one-hot only: with derived features the scorer uses scikit-learn, and agrees with it."
+    """The compiled preprocessor covers impute/scale/one-hot and the derived kinds a probe can prove (tests/test_compiled.py);
+    with a text or a custom feature among them the scorer uses scikit-learn, and agrees with it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from mlcycle.charter import binary_target
@@ -210,7 +211,8 @@ def test_the_servers_fast_path_falls_back_to_scikit_learn_for_derived_features(t
     np.testing.assert_array_equal(label, model.predict(X[1500:]))
     np.testing.assert_allclose(proba, model.predict_proba(X[1500:])[:, 1], rtol=1e-12)
     p_probe, _ = score(probe)                      # unseen values, missing values, range ends: scored, finite
-    assert np.isfinite(p_probe).all()
+    no_inf = ~np.isinf(probe.select_dtypes('number')).any(axis=1).to_numpy()   # ±inf rows: the server's parser refuses them (422)
+    assert no_inf.sum() > 50 and np.isfinite(p_probe[no_inf]).all()
 
 
 # --- issue 27: derived features on a regression, on a wage table the project never saw --------------------------
