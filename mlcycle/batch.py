@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, read_json
-from .tasks import model_task, task_of_kind
+from .tasks import Scores, model_task, task_of_kind
 
 # %% auto #0
 __all__ = ['SQL_RE', 'is_sql', 'input_rows', 'input_columns', 'iter_chunks', 'chunk_features', 'PredictionWriter',
@@ -192,11 +192,12 @@ def score_chunk(chunk: pd.DataFrame, contract: dict, scorer, start: int, name: s
     vs = validate_batch(chunk, contract, what=f'input rows {start}-{start + len(chunk) - 1}')
     if warn is not None:
         for v in vs: warn[(v.column, v.check)] += v.rows
-    proba, label = scorer(chunk_features(chunk, contract))
+    scores = scorer(chunk_features(chunk, contract)); proba, label = scores
     out = {'row': np.arange(start, start + len(chunk), dtype='int64')}
     idc = contract.get('id_column')
     if idc and idc in chunk.columns: out[idc] = chunk[idc].to_numpy()
     out.update(answer_columns(proba, label, kind, classes), model_name=name, model_version=version)
+    out.update(task_of_kind(kind).probability_columns(scores, classes))      # multiclass: probability_<class> for every class
     return pd.DataFrame(out)
 
 def score_table(source, output, workspace=None, version=None, alias: str = 'champion', chunk_rows: int = 50_000,
@@ -258,8 +259,11 @@ class ScorerModel:
         from mlcycle.scorer import contract_probe, make_scorer
         self.contract, self.scorer = contract, make_scorer(model, contract_probe(contract))
     def predict(self, data, params=None):
-        score, label = self.scorer(chunk_features(pd.DataFrame(data), self.contract))
-        return pd.DataFrame({'score': np.asarray(score, dtype='float64'), 'label': np.asarray(label, dtype='int64')})
+        import json
+        out = self.scorer(chunk_features(pd.DataFrame(data), self.contract)); score, label = out
+        named = getattr(self.scorer, 'probabilities', lambda out: None)(out)      # multiclass: every class's probability, JSON per row
+        return pd.DataFrame({'score': np.asarray(score, dtype='float64'), 'label': np.asarray(label, dtype='int64'),
+                             'probabilities': [None] * len(score) if named is None else [json.dumps(d) for d in named]})
 
 def _load_pyfunc(path):
     "pyfunc loader of `spark_model_copy`: the skops model, loaded with mlcycle's trusted-types list, as a `ScorerModel`."
@@ -289,6 +293,13 @@ def spark_model_copy(model_uri: str, dst, contract: dict) -> Path:
     (local/'MLmodel').write_text(yaml.safe_dump(mm))
     (local/'mlcycle_contract.json').write_text(json.dumps(contract))
     return local
+
+def _spark_scores(pdf: pd.DataFrame, classes: list | None) -> Scores:
+    "The executors' answers as a scorer's `Scores`: score, label, and every class's probability (from their JSON) when they sent it."
+    import json
+    named = pdf['probabilities']
+    P = None if named.isna().all() else np.array([[json.loads(s)[k] for k in classes] for s in named], dtype='float64')
+    return Scores(pdf['score'].to_numpy('float64'), pdf['label'].to_numpy('int64'), P)
 
 def score_table_spark(source, output, workspace=None, version=None, alias: str = 'champion', master: str = 'local[*]',
                       progress: bool | None = None, charter=None, spark=None) -> dict:
@@ -332,16 +343,17 @@ def score_table_spark(source, output, workspace=None, version=None, alias: str =
     vs = [Violation(r['column'], r['check'], r['expected'], r['found'], int(r['rows']), bool(r['blocking']), r['fix']) for r in found]
     if any(x.blocking for x in vs): raise ContractError(vs, f'input {src}')
     local = spark_model_copy(f'models:/{c.name}/{v}', tempfile.mkdtemp(prefix='mlcycle-spark-model-'), contract)
-    udf = mlflow.pyfunc.spark_udf(spark, str(local), result_type='score double, label long', env_manager='local')
+    udf = mlflow.pyfunc.spark_udf(spark, str(local), result_type='score double, label long, probabilities string', env_manager='local')
     # row numbers in file order, then the features cast as the contract says (numbers as double, text as string)
     df = df.withColumn('__row', F.monotonically_increasing_id())
     feats = [F.col(f'`{col}`').cast('double' if contract['columns'][col]['kind'] == 'numeric' else 'string').alias(col) for col in contract['features']]
     scored = df.select('__row', *([F.col(f'`{contract["id_column"]}`')] if contract.get('id_column') in df.columns else []),
-                       udf(F.struct(*feats)).alias('answer')).select('*', 'answer.score', 'answer.label').drop('answer')
+                       udf(F.struct(*feats)).alias('answer')).select('*', 'answer.score', 'answer.label', 'answer.probabilities').drop('answer')
     pdf = scored.orderBy('__row').toPandas()
     out = {'row': np.arange(len(pdf), dtype='int64')}
     if contract.get('id_column') in pdf.columns: out[contract['id_column']] = pdf[contract['id_column']].to_numpy()
     out.update(answer_columns(pdf['score'].to_numpy('float64'), pdf['label'].to_numpy('int64'), *answer), model_name=c.name, model_version=v)
+    out.update(task_of_kind(answer[0]).probability_columns(_spark_scores(pdf, answer[1]), answer[1]))
     with PredictionWriter(out_path) as w:
         w.write(pd.DataFrame(out)); w.commit()
     secs = time.perf_counter() - t0

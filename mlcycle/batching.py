@@ -68,16 +68,21 @@ def _features_json(cols: dict, features: list, n: int, policy: SensitivePolicy) 
     return out
 
 def _route_and_score(ms: ModelSet, X: dict, n: int, keys: list):
-    "Probabilities, labels, versions and arms of `n` rows: champion or challenger per row by `route`."
+    """Probabilities, labels, versions and arms of `n` rows: champion or challenger per row by `route`; and, when the
+    scorers name every class's probability (multiclass, `score.probabilities`), that `{class: probability}` per row (else None)."""
     take = lambda idx: X if len(idx) == n else {c: v[idx] for c, v in X.items()}
     to_ch = route(keys, ms.share, salt=ms.challenger.version) if ms.challenger is not None and not ms.shadow else np.zeros(n, dtype=bool)
     proba, label = np.empty(n), np.empty(n, dtype='int64')
     versions = np.full(n, ms.champion.version, dtype=object); arms = np.full(n, 'champion', dtype=object)
+    named = None
     for served, idx in ((ms.champion, np.flatnonzero(~to_ch)), (ms.challenger, np.flatnonzero(to_ch))):
         if not len(idx): continue
-        pc, lc = served.score(take(idx)); proba[idx] = pc; label[idx] = lc
+        out = served.score(take(idx)); pc, lc = out; proba[idx] = pc; label[idx] = lc
         if served is ms.challenger: versions[idx] = served.version; arms[idx] = 'challenger'
-    return proba.tolist(), label.tolist(), versions.tolist(), arms.tolist()
+        if (d := getattr(served.score, 'probabilities', lambda out: None)(out)) is not None:
+            named = named or [None] * n
+            for j, r in zip(idx.tolist(), d): named[j] = r
+    return proba.tolist(), label.tolist(), versions.tolist(), arms.tolist(), named
 
 def _row_keys(parts: list[Parsed], inputs: list[str]) -> list:
     "The routing key of each row: the id column's value when sent, else the row's inputs (its logged features JSON)."
@@ -93,7 +98,7 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     n = sum(p.n for p in parts)
     rids = [f'{r}-{p.first_row + i}' for r, p in zip(request_ids, parts) for i in range(p.n)]   # a chunk's rows go on from its first
     feats = _features_json(X, parser.features, n, policy)
-    pl, ll, vl, al = _route_and_score(ms, X, n, _row_keys(parts, feats))
+    pl, ll, vl, al, named = _route_and_score(ms, X, n, _row_keys(parts, feats))
     shadow = ms.challenger.score(X) if (ms.challenger is not None and ms.shadow) else None
     done = time.time()
     latl = np.concatenate([np.full(p.n, (done - a) * 1000) for p, a in zip(parts, arrivals)]).tolist()
@@ -102,13 +107,16 @@ def score_batch(ms: ModelSet, parser: RowParser, parts: list[Parsed], request_id
     for i in range(n):
         r = {'request_id': rids[i], 'ts': done, 'model_name': ms.champion.name, 'model_version': vl[i], 'arm': al[i],
              'features': feats[i], 'probability': pl[i], 'label': ll[i], 'latency_ms': latl[i], 'flags': flags[i],
-             'shadow_version': None, 'shadow_probability': None, 'shadow_label': None}
+             'shadow_version': None, 'shadow_probability': None, 'shadow_label': None,
+             'probabilities': None if named is None or named[i] is None else json.dumps(named[i], separators=(',', ':'))}
         if shadow is not None: r.update(shadow_version=ms.challenger.version, shadow_probability=float(shadow[0][i]), shadow_label=int(shadow[1][i]))
         rows.append(r)
     answers, k = [], 0
     for p in parts:
         answers.append([{'request_id': rids[i], 'label': ll[i], 'probability': pl[i], 'model_version': vl[i], 'arm': al[i]}
                         for i in range(k, k + p.n)])
+        if named is not None:            # every class's probability, named by class, beside the class and its probability
+            for a, i in zip(answers[-1], range(k, k + p.n)): a['probabilities'] = named[i]
         k += p.n
     if hasattr(ms.champion.score, 'answer'): answers = task_answers(ms, answers)
     return answers, rows

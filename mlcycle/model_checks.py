@@ -22,7 +22,8 @@ from .stats import N_RESAMPLES, bootstrap_indices, percentile_ci, resampled_clas
 __all__ = ['MIN_LABELS', 'alert', 'log_features', 'opaque_columns', 'arm_rows', 'load_version', 'label_free_window',
            'label_free_checks', 'task_log_view', 'task_measurable', 'task_realized_performance',
            'task_performance_over_time', 'task_group_errors', 'task_fairness_objectives', 'task_prediction_drift',
-           'task_score_checks', 'production_attribution_drift', 'workspace_attribution_drift', 'attribution_record']
+           'task_score_checks', 'logged_probabilities', 'production_attribution_drift', 'workspace_attribution_drift',
+           'attribution_record']
 
 # %% ../nbs/06d_model_checks.ipynb #573b242d
 MIN_LABELS = 100   # the fewest labelled rows a label-based judgement of stage 06 uses
@@ -45,7 +46,7 @@ def opaque_columns(c: Charter) -> list[str]:
 
 def arm_rows(log: pd.DataFrame) -> pd.DataFrame:
     "One row per logged answer and, for shadow scoring, one per shadow score: version, arm, probability, label."
-    cols = ['ts', 'model_version', 'arm', 'probability', 'label', 'y_true', 'feedback_ts']
+    cols = ['ts', 'model_version', 'arm', 'probability', 'label', 'y_true', 'feedback_ts'] + (['probabilities'] if 'probabilities' in log else [])
     out = [log[cols].assign(model_version=log.model_version.astype(str))]
     if 'shadow_version' in log and log.shadow_version.notna().any():
         sh = log[log.shadow_version.notna()]
@@ -122,6 +123,7 @@ def _task_perf_row(c: Charter, lab: pd.DataFrame, alpha: float) -> dict:
     sv, slo, shi = _task_value_ci(c, second, lab.y_true, lab.label, alpha)
     out = {p: pv, f'{p}_lo': plo, f'{p}_hi': phi, second: sv, f'{second}_lo': slo, f'{second}_hi': shi}
     out.update(task.readings(lab.label, lab.y_true))
+    out.update(task.realized_from_probabilities(lab, alpha))        # multiclass: log loss and one-vs-rest AUC from every class's probability
     return {'accuracy': float('nan'), 'accuracy_lo': float('nan'), 'accuracy_hi': float('nan'), **out}
 
 def task_realized_performance(view: pd.DataFrame, c: Charter, alpha: float = 0.05) -> pd.DataFrame:
@@ -203,6 +205,37 @@ def task_score_checks(ws: Workspace, c: Charter, contract: dict, fps: dict, view
         skew[v] = {'rows': len(served), 'checked': len(X), 'max_score_diff': float(diff.max()), 'rows_score_differs': int(bad.sum()),
                    'rows_decision_differs': int(bad.sum()), 'tolerance': 1e-6, 'skew': bool(bad.any())}
     return pred_drift, skew
+
+# %% ../nbs/06d_model_checks.ipynb #6f45dd47
+from fastcore.basics import patch
+from .tasks import MulticlassTask, Task
+
+def logged_probabilities(lab: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    "Every class's logged probability (one column per class, sorted) and the true class, for the rows of `lab` that logged them."
+    import json
+    if 'probabilities' not in lab: return pd.DataFrame(), np.array([], dtype=object)
+    has = lab[lab.probabilities.notna()]
+    P = pd.DataFrame.from_records([json.loads(s) for s in has.probabilities]) if len(has) else pd.DataFrame()
+    return P[sorted(P.columns)].astype(float), has.y_true.astype(str).to_numpy(dtype=object)
+
+@patch
+def realized_from_probabilities(self: Task, lab: pd.DataFrame, alpha: float, seed: int = 0) -> dict:
+    "Realized metrics that need every class's probability, on labelled log rows `lab` ({}: the task logs none)."
+    return {}
+
+@patch
+def realized_from_probabilities(self: MulticlassTask, lab: pd.DataFrame, alpha: float, seed: int = 0) -> dict:
+    "Log loss and one-vs-rest macro AUC, each with its percentile-bootstrap interval, on the labelled rows that logged every class's probability."
+    P, y = logged_probabilities(lab)
+    out = {'probability_rows': len(y)}
+    pred = P.columns.to_numpy()[np.argmax(P.to_numpy(), axis=1)] if len(y) else y
+    idx = bootstrap_indices(len(y), N_RESAMPLES, seed) if len(y) >= 2 else None
+    for m in ('log_loss', 'roc_auc_ovr'):
+        v = lo = hi = float('nan')
+        if idx is not None and np.isin(y, P.columns).all():      # a label the model never saw has no probability: not measured
+            v, (lo, hi) = self.value(m, y, P, pred), percentile_ci(self.draws(m, y, P, pred, idx), 1 - alpha)
+        out.update({m: float(v), f'{m}_lo': float(lo), f'{m}_hi': float(hi)})
+    return out
 
 # %% ../nbs/06d_model_checks.ipynb #e7a1c0f2
 def production_attribution_drift(model, c: Charter, contract: dict, log: pd.DataFrame, reference_X: pd.DataFrame, reference_y,

@@ -529,6 +529,7 @@ def _monitoring_metrics(c: Charter, r: dict, counts: dict) -> dict:
     for x in r['performance'].to_dict('records'):
         k = f"v{x['model_version']}.{x['arm']}"
         mets.update({f'{k}.{c.primary.metric}': x[c.primary.metric], f'{k}.accuracy': x['accuracy'], f'{k}.coverage': x['coverage']})
+        if 'probability_rows' in x: mets.update({f'{k}.{m}': x[m] for m in ('log_loss', 'roc_auc_ovr')})   # from every class's logged probability
     for v, d in r['prediction_drift'].items(): mets[f'v{v}.score_psi'] = d['psi']
     for x in r['operations'].to_dict('records'):
         mets[f"v{x['model_version']}.{x['arm']}.latency_p95_ms"] = x['latency_p95_ms']; mets[f"v{x['model_version']}.{x['arm']}.violation_rate"] = x['violation_rate']

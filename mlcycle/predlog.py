@@ -15,8 +15,9 @@ from .core import MlcycleError, Workspace
 
 # %% auto #0
 __all__ = ['SECRET_URL_KEYS', 'log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy',
-           'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'PredictionLog',
-           'read_log', 'integrity_check', 'expired_rows', 'purge_before', 'purge_expired', 'register_cli']
+           'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'add_missing_columns',
+           'PredictionLog', 'read_log', 'integrity_check', 'expired_rows', 'purge_before', 'purge_expired',
+           'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -35,7 +36,8 @@ def _prediction_table(meta):
         sa.Column('flags', sa.Text, nullable=False, default=''),
         sa.Column('shadow_version', sa.String(32)),
         sa.Column('shadow_probability', sa.Float),
-        sa.Column('shadow_label', sa.Integer))
+        sa.Column('shadow_label', sa.Integer),
+        sa.Column('probabilities', sa.Text))          # multiclass: every class's probability, JSON {class: p}; NULL otherwise
 
 def _label_table(meta, name: str, primary: bool):
     import sqlalchemy as sa
@@ -157,6 +159,21 @@ def classify_feedback(items, known: set, stored: dict, replace: bool = False) ->
                'unknown': unknown, 'replaced': len(replaced)}
     return summary, new, conflicts, replaced
 
+# %% ../nbs/05a_predlog.ipynb #9b9f341c
+def add_missing_columns(conn, table) -> list[str]:
+    "Add to the database each nullable column of `table` (SQLAlchemy) it lacks; the names added. A missing NOT NULL column cannot be added: an error names it."
+    import sqlalchemy as sa
+    have = {c['name'] for c in sa.inspect(conn).get_columns(table.name)}
+    added = []
+    for col in table.columns:
+        if col.name in have: continue
+        if not col.nullable:
+            raise MlcycleError(f'the {table.name} table lacks column {col.name!r}, which cannot be added to existing rows; '
+                               'migrate the log by hand or start a new one')
+        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(dialect=conn.dialect)}')
+        added.append(col.name)
+    return added
+
 # %% ../nbs/05a_predlog.ipynb #d5e49d39
 class PredictionLog:
     "The durable prediction log: a writer thread with group commit (see above)."
@@ -170,6 +187,7 @@ class PredictionLog:
             with self.engine.begin() as conn:    # replicas starting together on one database: one creates the tables, the others wait
                 if conn.dialect.name == 'postgresql': conn.exec_driver_sql('SELECT pg_advisory_xact_lock(7241013)')
                 self.meta.create_all(conn)
+                add_missing_columns(conn, self.predictions)
         except Exception as e:
             raise MlcycleError(f'cannot open the prediction log at {safe_url(url)}: {str(e).splitlines()[0][:300]}; '
                                'check --log-url / $MLCYCLE_PREDICTION_LOG_URL') from None

@@ -275,8 +275,11 @@ def record_schema(contract: dict) -> dict:
 def _json_body(schema: dict) -> dict: return {'requestBody': {'required': True, 'content': {'application/json': {'schema': schema}}}}
 
 def _answers_schema() -> dict:
-    answer = {'type': 'object', 'properties': {'request_id': {'type': 'string'}, 'label': {'type': 'integer'}, 'probability': {'type': 'number'},
-                                               'model_version': {'type': 'string'}, 'arm': {'type': 'string', 'enum': ['champion', 'challenger']}}}
+    answer = {'type': 'object', 'properties': {'request_id': {'type': 'string'}, 'probability': {'type': 'number'},
+                                               'label': {'type': ['integer', 'string'], 'description': '0/1 (binary) or the class (multiclass)'},
+                                               'model_version': {'type': 'string'}, 'arm': {'type': 'string', 'enum': ['champion', 'challenger']},
+                                               'probabilities': {'type': 'object', 'additionalProperties': {'type': 'number'},
+                                                                 'description': "multiclass only: every class's probability, named by class (they sum to 1)"}}}
     return {'200': {'description': 'one answer per row', 'content': {'application/json': {'schema': {
                 'type': 'object', 'properties': {'predictions': {'type': 'array', 'items': answer}}}}}},
             '413': {'description': 'body or row count over the limit'}, '422': {'description': 'breaks the data contract'}}

@@ -303,15 +303,18 @@ def _model_outputs(model, X):
     return model_task(model).scorer_outputs(model, X)
 
 def _same_as_model(score, model, probe: pd.DataFrame) -> bool:
-    "Whether `score` gives the model's own probabilities (or numbers) and decisions on `probe`, as a DataFrame and as parser column arrays."
+    """Whether `score` gives the model's own probabilities (or numbers) and decisions on `probe`, as a DataFrame and as parser
+    column arrays; for a multiclass model, every class's probability as well (`Scores.proba`)."""
     import sklearn, warnings
     try:
         with sklearn.config_context(assume_finite=True), np.errstate(all='ignore'), warnings.catch_warnings():
             warnings.simplefilter('ignore')      # the probe holds ±inf: the model's own answer to them, as served
-            want_p, want_y = _model_outputs(model, probe)
+            want = _model_outputs(model, probe); (want_p, want_y), want_P = want, getattr(want, 'proba', None)
             answers = [score(X) for X in (probe, {c: probe[c].to_numpy() for c in probe.columns})]
-        for p, y in answers:
+        for got in answers:
+            p, y = got
             if not (np.allclose(p, want_p, rtol=1e-12, atol=1e-12, equal_nan=True) and np.array_equal(y, want_y)): return False
+            if want_P is not None and not np.allclose(got.proba, want_P, rtol=1e-12, atol=1e-12, equal_nan=True): return False   # every class's probability too
     except Exception: return False
     return True
 
@@ -365,6 +368,7 @@ def make_task_scorer(model, probe: pd.DataFrame | None = None):
     def answer(a: dict) -> dict: return task.answer(a, classes)
     def dress(score, fast, compiled_model):
         score.fast, score.compiled_model, score.kind, score.classes, score.answer = fast, compiled_model, task.kind, classes, answer
+        score.probabilities = lambda out: task.class_probabilities(out, classes)   # {class: probability} per row, or None
         return score
     if transform is not None and len(model.steps) == 2 and probe is not None:
         compiled = compiled_if_equal(model, probe)

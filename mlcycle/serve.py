@@ -356,9 +356,16 @@ async def predict(self: ModelServer, records, t0: float | None = None) -> list[d
         self.metrics.scored(v, a, sum(1 for x in answers if x['model_version'] == v and x['arm'] == a), dt)
     return answers
 
+def _mlflow_answer(answers: list[dict]) -> dict:
+    """The body `/invocations` answers, as `mlflow models serve` does: `{'predictions': [labels or numbers]}`; when the answers
+    name every class's probability (multiclass), also `probabilities`, one `{class: probability}` per row (MLflow clients read `predictions`)."""
+    out = {'predictions': [a['prediction'] if 'prediction' in a else a['label'] for a in answers]}
+    if answers and 'probabilities' in answers[0]: out['probabilities'] = [a['probabilities'] for a in answers]
+    return out
+
 async def invocations(self: ModelServer, body, t0: float | None = None) -> dict:
-    "MLflow's scoring protocol: `{'predictions': [labels]}`, as `mlflow models serve` answers."
-    return {'predictions': [a['prediction'] if 'prediction' in a else a['label'] for a in await self.predict(mlflow_records(body), t0)]}
+    "MLflow's scoring protocol: `_mlflow_answer`."
+    return _mlflow_answer(await self.predict(mlflow_records(body), t0))
 
 ModelServer.predict, ModelServer.invocations = predict, invocations
 
@@ -663,7 +670,7 @@ def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float, lim
             body = await decode_in_steps(raw)
             records = mlflow_records(body) if route == '/invocations' else body
             answers = await predict_in_chunks(srv, records, t0, L.chunk_rows)
-            if route == '/invocations': content = {'predictions': [a['prediction'] if 'prediction' in a else a['label'] for a in answers]}
+            if route == '/invocations': content = _mlflow_answer(answers)
             else: content = {'predictions': answers, 'positive_label': srv.charter.data.positive_label}
             return await dumps_in_steps(content)
     async def handle(route, header, chunks, query: bytes = b''):

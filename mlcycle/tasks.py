@@ -22,7 +22,7 @@ from .latency import score_rows
 __all__ = ['TASK_ONLY_METRICS', 'MIN_CLASS_ROWS', 'TASKS', 'KINDS', 'concordance', 'ovr_auc', 'fairness_draws',
            'task_metric_value', 'objective_value', 'evaluate_objectives', 'Task', 'BinaryTask', 'MulticlassTask',
            'RegressionTask', 'task_named', 'task_of', 'contract_task', 'model_task', 'task_of_kind',
-           'check_charter_against_data', 'task_target', 'stratify_labels', 'leakage_target', 'target_summary',
+           'check_charter_against_data', 'Scores', 'task_target', 'stratify_labels', 'leakage_target', 'target_summary',
            'task_draws']
 
 # %% ../nbs/00f_tasks.ipynb #bbbfcc1e
@@ -538,6 +538,55 @@ def check_charter_against_data(c: Charter, df: pd.DataFrame) -> None:
     errs = charter_data_errors(c, df, task_of(c).target_problems)
     if len(errs) == 1: raise CharterError('the charter does not fit the data: ' + errs[0].strip().removeprefix('- '))
     if errs: raise CharterError('the charter does not fit the data:\n' + '\n'.join(errs))
+
+# %% ../nbs/00f_tasks.ipynb #bb540683
+from fastcore.basics import patch
+
+class Scores(tuple):
+    """A scorer's answer for a batch of rows: the pair `(score, label index)` every caller unpacks, and `proba`, every
+    class's probability (rows × classes, in the model's class order) when the task answers with a distribution, else None."""
+    def __new__(cls, score, label, proba=None):
+        s = super().__new__(cls, (score, label)); s.proba = proba; return s
+
+def _top_of(P, i) -> Scores:
+    "`Scores` from class probabilities `P` and the served class index `i` of each row."
+    P, i = np.asarray(P, dtype='float64'), np.asarray(i, dtype='int64')
+    return Scores(P[np.arange(len(i)), i], i, P)
+
+@patch
+def scorer_outputs(self: MulticlassTask, model, X) -> Scores:
+    "The model's own answer: the class `predict` gives, its probability, and every class's probability."
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    where = {k: j for j, k in enumerate(last.classes_.tolist())}
+    return _top_of(model.predict_proba(X), [where[k] for k in np.asarray(model.predict(X)).tolist()])
+
+@patch
+def final_outputs(self: MulticlassTask, last, Z) -> Scores:
+    P = last.predict_proba(Z); return _top_of(P, np.argmax(P, axis=1))
+
+@patch
+def compiled_outputs(self: MulticlassTask, out, i, classes) -> Scores: return _top_of(out, i)
+
+@patch
+def class_probabilities(self: Task, out, classes: list) -> list[dict] | None:
+    "Per row, every class's probability named by class (None: the task answers with one number per row)."
+    return None
+
+@patch
+def class_probabilities(self: MulticlassTask, out, classes: list) -> list[dict] | None:
+    P = getattr(out, 'proba', None)
+    return None if P is None else [dict(zip(classes, r)) for r in np.asarray(P, dtype='float64').tolist()]
+
+@patch
+def probability_columns(self: Task, out, classes: list) -> dict:
+    "A batch output's columns of every class's probability, `probability_<class>` ({} when the task has none)."
+    return {}
+
+@patch
+def probability_columns(self: MulticlassTask, out, classes: list) -> dict:
+    P = getattr(out, 'proba', None)
+    return {} if P is None else {f'probability_{k}': np.asarray(P[:, j], dtype='float64') for j, k in enumerate(classes)}
+
 
 # %% ../nbs/00f_tasks.ipynb #7ec58aa4
 def task_target(c: Charter, y: pd.Series) -> np.ndarray: return task_of(c).target(y)

@@ -158,3 +158,66 @@ def test_no_module_asks_which_task_it_has():
     assert [h for h in hits if not h.startswith('charter.py:')] == [], hits
     assert all(('TASK_' in h or 'Literal[' in h or 'self.task' in h or 'FAIRNESS_METRICS' in h or 'PERFORMANCE_METRICS' in h
                 or h.split(': ', 1)[1].startswith("'")) for h in schema), schema
+
+
+def _post(url: str, body: dict, token: str | None = None) -> dict:
+    import json, urllib.request
+    headers = {'Content-Type': 'application/json', **({'Authorization': f'Bearer {token}'} if token else {})}
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers)
+    with urllib.request.urlopen(req, timeout=60) as r: return json.loads(r.read())
+
+
+def test_served_answers_name_every_class_probability(lifecycle):
+    """The champion on a real uvicorn server (issue 28, "multiclass answers in full"): a multiclass model answers every
+    class's probability, named by class, summing to 1 and equal to `predict_proba` of the registered model, on `/predict`
+    and `/invocations`; the prediction log keeps them; stage 06's realized log loss and one-vs-rest AUC equal scikit-learn's
+    on the same logged rows, with intervals, in the stage's record. Binary and regression answers and logs are unchanged."""
+    import json
+    from sklearn.metrics import log_loss, roc_auc_score
+    from mlcycle.charter import workspace_charter
+    from mlcycle.core import read_json
+    from mlcycle.data import feature_frame
+    from mlcycle.monitor import local_server, run_monitoring
+    from mlcycle.predlog import read_log
+    from mlcycle.serve import feedback_token
+    from mlcycle.tasks import task_of
+    from mlcycle.train import load_model_version
+    ws = lifecycle['ws']; c = workspace_charter(ws); task = task_of(c)
+    contract = read_json(ws.root/'data'/'contract.json')
+    test = ws.load_snapshot(ws.manifest('02_data')['outputs']['splits']['test']['fingerprint']).reset_index(drop=True)
+    X = feature_frame(test, contract)
+    records = json.loads(X.to_json(orient='records'))
+    model = load_model_version(ws, c, lifecycle['version'])          # the version stage 05 made the champion
+    with local_server(ws) as url:
+        answers = _post(url + '/predict', records)['predictions']
+        inv = _post(url + '/invocations', {'dataframe_records': records})
+        truths = [{'request_id': a['request_id'], 'label': str(y)} for a, y in zip(answers, test[c.data.target])]
+        fb = _post(url + '/feedback', {'feedback': truths}, feedback_token(ws))
+    assert len(answers) == len(X) and fb['accepted'] == len(X), fb
+    log = read_log(ws, features=False)
+    mine = log.set_index('request_id').loc[[a['request_id'] for a in answers]]      # the /predict rows, in answer order
+    if task.kind != 'multiclass':                                   # one number per row, as before
+        assert not any('probabilities' in a for a in answers) and 'probabilities' not in inv
+        assert log.probabilities.isna().all()
+        return
+    classes = [str(k) for k in model.classes_]
+    P = model.predict_proba(X)
+    for a, p in zip(answers, P):
+        assert list(a['probabilities']) == classes                  # named by class, in the model's order
+        assert sum(a['probabilities'].values()) == pytest.approx(1, abs=1e-9)
+        assert np.allclose(list(a['probabilities'].values()), p, rtol=0, atol=1e-9)
+        assert a['label'] == classes[int(np.argmax(p))] and a['probability'] == pytest.approx(p.max(), abs=1e-9)   # the old fields, kept
+    assert inv['predictions'] == [a['label'] for a in answers]
+    assert np.allclose([[d[k] for k in classes] for d in inv['probabilities']], P, rtol=0, atol=1e-9)
+    kept = np.array([[json.loads(s)[k] for k in classes] for s in mine.probabilities])
+    assert np.allclose(kept, P, rtol=0, atol=1e-12)                  # the log keeps them, as answered
+    assert log.probabilities.notna().sum() >= 2 * len(X)              # /invocations' rows too
+    run_monitoring(str(lifecycle['charter_path']), ws, plots=False)
+    perf = ws.manifest('06_monitoring')['outputs']['performance']
+    (row,) = [r for r in perf if r['arm'] == 'champion' and r['model_version'] == str(lifecycle['version'])]
+    labelled = log[log.y_true.notna()]
+    y, Pl = labelled.label_true.astype(str).to_numpy(), np.array([[json.loads(s)[k] for k in classes] for s in labelled.probabilities])
+    assert row['probability_rows'] == len(labelled) == len(X)
+    assert row['log_loss'] == pytest.approx(log_loss(y, Pl, labels=classes), abs=1e-9)
+    assert row['roc_auc_ovr'] == pytest.approx(roc_auc_score(y, Pl, multi_class='ovr', average='macro', labels=classes), abs=1e-9)
+    assert row['log_loss_lo'] <= row['log_loss'] <= row['log_loss_hi'] and row['roc_auc_ovr_lo'] <= row['roc_auc_ovr'] <= row['roc_auc_ovr_hi']
