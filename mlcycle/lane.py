@@ -11,7 +11,7 @@ from .request import RequestError
 
 # %% auto #0
 __all__ = ['WORKER_MAIN', 'pack_frame', 'read_frame', 'read_frame_sync', 'private_stdout', 'write_all', 'serve_frames',
-           'LanePool', 'call', 'stop', 'metrics_text', 'model_descriptor', 'offload', 'lane_pool']
+           'LanePool', 'call', 'stop', 'metrics_text', 'model_descriptor', 'offload', 'warm', 'lane_pool']
 
 # %% ../nbs/05a_lane.ipynb #e9900685
 _LEN = struct.Struct('>II')
@@ -78,9 +78,14 @@ class LanePool:
         self.idle: asyncio.Queue | None = None
         self.procs: set = set()
         self.jobs, self.failures, self.restarts = {}, {}, 0     # kind -> jobs by outcome; reason -> failed jobs; workers replaced
+        self.users, self.closing = 0, False                      # lifespans holding the pool; stop() under way
 
     async def start(self):
-        "Start the workers (they import and load in the background: the first job waits for them)."
+        """Start the workers (they import and load in the background: the first job waits for them). A second start (the
+        same app's lifespan entered again, as a test client inside another does) shares them: the last `stop` ends them."""
+        self.users += 1
+        if self.users > 1: return
+        self.closing = False
         self.idle = asyncio.Queue()
         for _ in range(self.n): self.idle.put_nowait(await self._spawn())
 
@@ -133,6 +138,7 @@ async def _replace(self: LanePool, p, why: str):
     "Kill and reap worker `p`, start another in its place (it joins the idle queue)."
     code = p.returncode
     await self._end(p)
+    if self.closing: return          # the server is stopping: no replacement
     print(f'mlcycle serve: lane worker {p.pid} {why} (exit {code if code is not None else p.returncode}); starting another',
           file=sys.stderr, flush=True)
     self.restarts += 1
@@ -140,6 +146,9 @@ async def _replace(self: LanePool, p, why: str):
 
 async def stop(self: LanePool, grace: float = 1.0):
     "End every worker: stdin closed, `grace` seconds to exit, then killed; all reaped."
+    self.users -= 1
+    if self.users > 0: return
+    self.closing = True
     await asyncio.gather(*(self._end(p, grace) for p in list(self.procs)))
 
 def metrics_text(self: LanePool) -> str:
@@ -171,6 +180,14 @@ async def offload(pool: LanePool, srv, route: str, raw: bytes, query: bytes, t0:
     dt = time.perf_counter() - t0
     for v, a, n in head.get('scored', []): srv.metrics.scored(v, a, n, dt)
     return head['status'], out, [(k.encode('latin-1'), v.encode('latin-1')) for k, v in head.get('headers', [])]
+
+async def warm(pool: LanePool, srv):
+    "Have every idle worker load what `srv` serves now (after a start or a reload), so that no request waits for a model load."
+    if srv.models is None: return
+    desc = model_descriptor(srv.models, srv.digests, srv.model_uri)
+    try: await asyncio.gather(*(pool.call({'models': desc}, b'', 'warm') for _ in range(pool.n)))
+    except RequestError as e:
+        if not pool.closing: print(f"mlcycle serve: warming the lane failed: {e.detail['reason']}", file=sys.stderr, flush=True)
 
 # %% ../nbs/05a_lane.ipynb #13419ea3
 WORKER_MAIN = 'from mlcycle.lane_worker import main; main()'

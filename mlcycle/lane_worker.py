@@ -72,6 +72,7 @@ async def run_job(state: WorkerState, job: dict, raw: bytes) -> tuple[dict, byte
     srv = state.srv
     try: srv.models = verified_models(job['models'], state.trusted, srv.probe, state.cache)
     except Exception as e: return _refusal(e)
+    if not job.get('route'): return {'status': 204, 'headers': [], 'scored': []}, b''      # a warm-up: the versions are loaded
     before = dict(srv.metrics.rows)
     async def body():
         yield raw

@@ -21,7 +21,7 @@ from .request import LabelCheck, RequestError, RowParser, mlflow_records, openap
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
-from .lane import lane_pool, offload
+from .lane import lane_pool, offload, warm
 from .registry import decided_pointer, fetch_model, lifecycle_record, record_log, record_required, vouch
 
 # %% auto #0
@@ -815,11 +815,14 @@ def create_app(workspace=None, *, max_body_bytes: int = 8 << 20, body_timeout: f
     srv.lane = lane_pool(srv, limits, max_body_bytes, body_timeout, settings) if limits.lane_workers > 0 else None
     @asynccontextmanager
     async def lifespan(app):
-        if srv.lane is not None: await srv.lane.start()     # the workers import while the models load
+        lane, warming = srv.lane, None
+        if lane is not None: await lane.start()             # the workers import while the models load
         await srv.start()
+        if lane is not None and lane.users == 1: warming = asyncio.get_running_loop().create_task(warm(lane, srv))   # then load them
         yield
         await srv.stop()
-        if srv.lane is not None: await srv.lane.stop()
+        if warming is not None: warming.cancel()
+        if lane is not None: await lane.stop()
     c = srv.charter
     app = FastAPI(title=f'mlcycle: {c.name}', version='1', lifespan=lifespan,
                   docs_url='/docs' if docs else None, redoc_url=None, openapi_url='/openapi.json' if docs else None,
