@@ -21,6 +21,7 @@ from .request import LabelCheck, RequestError, RowParser, mlflow_records, openap
 from .scorer import contract_probe, make_scorer
 from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
+from .lane import lane_pool, offload, warm
 from .registry import decided_pointer, fetch_model, lifecycle_record, record_log, record_required, vouch
 
 # %% auto #0
@@ -199,10 +200,11 @@ def load_model_set(name: str, previous: ModelSet | None = None, probe: pd.DataFr
         challenger = None
     return ModelSet(champion, challenger, want.get('share', 0.0) if challenger else 0.0, want.get('shadow', False) if challenger else False, time.time())
 
-def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None, trusted=()) -> ModelSet:
-    "A `ModelSet` of one model from a path or URI (a container serving one pinned version)."
-    m = fetch_model(model_uri, trusted).model
-    return ModelSet(Served(name, str(version), m, make_scorer(m, probe)), loaded_at=time.time())
+def fixed_model_set(model_uri: str, name: str, version: str, probe: pd.DataFrame | None = None, trusted=(), digests: dict | None = None) -> ModelSet:
+    "A `ModelSet` of one model from a path or URI (a container serving one pinned version); its artifacts' digest goes into `digests`."
+    lm = fetch_model(model_uri, trusted)
+    if digests is not None: digests[str(version)] = lm.digest
+    return ModelSet(Served(name, str(version), lm.model, make_scorer(lm.model, probe)), loaded_at=time.time())
 
 # %% ../nbs/05b_serving.ipynb #5d408078
 def feedback_token(ws: Workspace) -> str:
@@ -284,7 +286,7 @@ class ModelServer:
         "The models to serve now: the pinned model, or what the registry's aliases name (reusing `previous`'s loaded versions)."
         from mlcycle.train import model_trusted_types   # the charter's derived features' and own estimators' trusted_types
         trusted = model_trusted_types(self.charter)
-        if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe, trusted)
+        if self.model_uri: ms = fixed_model_set(self.model_uri, self.charter.name, self.model_version or 'pinned', self.probe, trusted, self.digests)
         else:
             setup_mlflow(self.ws, self.charter.name)
             rec = self.ws if record_required(self.ws) else None
@@ -330,7 +332,9 @@ def ready(self: ModelServer) -> dict:
     if self.models is None: raise RequestError(503, {'ready': False, 'reason': self.error})
     return {'ready': True, **self.models.describe(), **({'refused': self.refused} if self.refused else {})}
 
-def metrics_text(self: ModelServer) -> str: return self.metrics.render() + monitoring_gauges(self.ws)
+def metrics_text(self: ModelServer) -> str:
+    lane = getattr(self, 'lane', None)
+    return self.metrics.render() + (lane.metrics_text() if lane is not None else '') + monitoring_gauges(self.ws)
 
 for f in (start, stop, ready, metrics_text): setattr(ModelServer, f.__name__, f)
 
@@ -529,6 +533,9 @@ class Limits:
     admin_failures: int = 5           # wrong admin tokens from one address within admin_window seconds before a lockout
     admin_window: float = 60.0
     admin_max_delay: float = 300.0    # the lockout doubles from 1 s up to this
+    lane_workers: int = 1             # processes that decode, score, explain and log bulk and explained requests (0: in this process)
+    lane_nice: int = 10               # their CPU priority below the server's (os.nice): a busy core goes to the one-row lane first
+    lane_timeout: float = 120.0       # seconds a lane job may take; then its worker is replaced and the request gets 503
 
 class Lane:
     "At most `slots` holders at a time and `queue` waiting; `enter()` raises `RequestError(status)` with Retry-After when full or after `wait` s."
@@ -686,16 +693,20 @@ def _http_scorer(srv: ModelServer, max_body_bytes: int, body_timeout: float, lim
             try:
                 raw = await read_json_body(length, chunks, max_body_bytes, body_timeout, decode=False)
             finally: b.incoming -= small
+            headers = []
             if explained:
-                async with explain_lane.enter(): status, content = 200, await srv.explain(_loads(raw), t0)   # opt-in, off the fast path
-                out = json.dumps(content, separators=(',', ':')).encode()
-            elif len(raw) > L.bulk_bytes: status, out = 200, await bulk(route, raw, t0)
+                async with explain_lane.enter():            # opt-in, off the fast path; in a lane worker when there is one
+                    if srv.lane is not None: status, out, headers = await offload(srv.lane, srv, route, raw, query, t0, 'explain')
+                    else: status, out = 200, json.dumps(await srv.explain(_loads(raw), t0), separators=(',', ':')).encode()
+            elif len(raw) > L.bulk_bytes:
+                if srv.lane is None: status, out = 200, await bulk(route, raw, t0)
+                else:
+                    async with bulk_lane.enter(): status, out, headers = await offload(srv.lane, srv, route, raw, query, t0, 'bulk')
             else:
                 body = _loads(raw)
                 if route == '/invocations': content = await srv.invocations(body, t0)
                 else: content = {'predictions': await srv.predict(body, t0), 'positive_label': srv.charter.data.positive_label}
                 status, out = 200, json.dumps(content, separators=(',', ':')).encode()
-            headers = []
         except RequestError as e: status, out, headers = error_body(e)
         except Exception as e: status, out, headers = error_body(_unavailable('scoring', e))
         srv.metrics.request(route, status, time.perf_counter() - t0)
@@ -808,18 +819,24 @@ def create_app(workspace=None, *, max_body_bytes: int = 8 << 20, body_timeout: f
     limits = Limits(**limits) if isinstance(limits, dict) else limits or Limits()
     srv = ModelServer(workspace, **settings)
     srv.admin_guard = AdminGuard(limits, srv.metrics.auth_failures)
+    srv.lane = lane_pool(srv, limits, max_body_bytes, body_timeout, settings) if limits.lane_workers > 0 else None
     @asynccontextmanager
     async def lifespan(app):
+        lane, warming = srv.lane, None
+        if lane is not None: await lane.start()             # the workers import while the models load
         await srv.start()
+        if lane is not None and lane.users == 1: warming = asyncio.get_running_loop().create_task(warm(lane, srv))   # then load them
         yield
         await srv.stop()
+        if warming is not None: warming.cancel()
+        if lane is not None: await lane.stop()
     c = srv.charter
     app = FastAPI(title=f'mlcycle: {c.name}', version='1', lifespan=lifespan,
                   docs_url='/docs' if docs else None, redoc_url=None, openapi_url='/openapi.json' if docs else None,
                   description=f'Scores {c.name}: {c.problem}\n\nLabel 1 means {c.data.target} = {c.data.positive_label!r}.')
     handle = _http_scorer(srv, max_body_bytes, body_timeout, limits)
     _routes(app, srv, handle, max_body_bytes, body_timeout)
-    app.state.server, app.state.asgi = srv, _fast_lane(app, handle)
+    app.state.server, app.state.asgi, app.state.handle = srv, _fast_lane(app, handle), handle
     return app
 
 
@@ -920,7 +937,9 @@ _LIMIT_HELP = {'bulk_bytes': 'a body over this many bytes is scored in the bulk 
                'bulk_wait': 'seconds a bulk request may wait for its turn (then 503)', 'chunk_rows': 'rows per model call of a bulk request',
                'explain_concurrency': 'explain=true requests computed at a time', 'explain_queue': 'explain=true requests waiting at most (more: 429)',
                'admin_failures': 'wrong admin tokens from one address within --admin-window before it is locked out (429)',
-               'admin_window': 'seconds over which wrong admin tokens are counted', 'admin_max_delay': 'longest lockout in seconds (it doubles from 1 s)'}
+               'admin_window': 'seconds over which wrong admin tokens are counted', 'admin_max_delay': 'longest lockout in seconds (it doubles from 1 s)',
+               'lane_workers': 'worker processes that answer bulk and explain=true requests off the server\'s interpreter (0: in the server)',
+               'lane_nice': 'how much lower the lane workers\' CPU priority is (os.nice)', 'lane_timeout': 'seconds a lane job may take (then 503, the worker is replaced)'}
 
 def _limits(args) -> dict:
     "The `Limits` fields given on the command line (all of them: argparse fills the defaults)."
