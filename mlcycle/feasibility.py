@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, group_text
-from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judged_rows, load_charter
+from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judged_rows, load_charter, time_values
 from .tasks import (BinaryTask, MulticlassTask, RegressionTask, Task, leakage_target, task_target, check_charter_against_data,
                            evaluate_objectives, objective_value, task_of)
 from fastcore.basics import patch
@@ -22,8 +22,9 @@ from .stats import GATE_LEVEL, claim_room
 # %% auto #0
 __all__ = ['TEST_SIZE', 'QUICK_ROWS', 'QUICK_SCORING', 'FEASIBILITY_ROWS', 'label_balance', 'target_bins', 'group_sizes',
            'fit_learning_curve', 'task_outputs_of', 'verifiability', 'feasibility_verdict', 'quick_estimator',
-           'quick_rows', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis', 'later_stops',
-           'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
+           'quick_rows', 'ForwardFolds', 'quick_folds', 'scored_rows', 'quick_scored', 'quick_model_scores',
+           'task_quick_scores', 'feasibility_analysis', 'later_stops', 'not_feasible_reason', 'plot_feasibility',
+           'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -200,8 +201,48 @@ def quick_rows(df: pd.DataFrame, seed: int = 0, rows: int = QUICK_ROWS) -> pd.Da
     "`df`, or a seeded sample of `rows` of it when larger (fresh 0..n-1 index)."
     return df if len(df) <= rows else df.sample(rows, random_state=seed).reset_index(drop=True)
 
+class ForwardFolds(list):
+    "Folds that score later rows with a model fitted on earlier ones. Not a partition (the earliest rows are never scored), so scikit-learn's `cross_val_predict` refuses them: `quick_predict` fits each."
+
+def quick_folds(c: Charter, df: pd.DataFrame, seed: int = 0):
+    """The quick model's folds, split the way stage 02 will: the task's 3 shuffled folds (stratified for a class) or, with a
+    time column, `ForwardFolds` in time order as stage 02 splits the rows it models (the latest `production.holdout_share` held
+    back when the charter names no production rows): fitted on the earliest 60% (its training split) and scored on the last 20%
+    (its test split), as stage 04 judges a model of the training split. A shuffled estimate cannot hold on later months."""
+    if not c.data.time_column: return task_of(c).folds(3, seed)
+    order, n = np.argsort(time_values(df[c.data.time_column]).to_numpy(), kind='stable'), len(df)
+    m = n if c.production.sources else n - int(round(n * c.production.holdout_share))
+    a, b = int(round(m * (1 - 2 * TEST_SIZE))), int(round(m * (1 - TEST_SIZE)))
+    return ForwardFolds([(order[:a], order[b:m])])
+
+def scored_rows(cv, n: int) -> np.ndarray:
+    "Positions of the rows a quick model's output covers, in its order: all `n` for a partition, the later rows of `ForwardFolds`."
+    return np.concatenate([te for _, te in cv]) if isinstance(cv, ForwardFolds) else np.arange(n)
+
+def quick_scored(c: Charter, df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    "The rows of `df` that `quick_model_scores`'s output covers, in its order (fresh index): what `verifiability` reads beside that output."
+    return df.iloc[scored_rows(quick_folds(c, df, seed), len(df))].reset_index(drop=True)
+
+@patch
+def quick_predict(self: Task, model, X: pd.DataFrame, y, cv):
+    "The task's cross-validated outputs (`cv_predict`), or for `ForwardFolds` each fold's later rows scored by the model fitted on its earlier rows."
+    if not isinstance(cv, ForwardFolds): return self.cv_predict(model, X, y, cv)
+    from sklearn.base import clone
+    y = np.asarray(y)
+    parts = [self.fold_output(clone(model).fit(X.iloc[tr], y[tr]), X.iloc[te], y) for tr, te in cv]
+    return pd.concat(parts, ignore_index=True) if isinstance(parts[0], pd.DataFrame) else np.concatenate(parts)
+
+@patch
+def fold_output(self: Task, model, X: pd.DataFrame, y) -> pd.DataFrame:
+    "Class probabilities named by every class of `y` (a class the earlier rows lack gets 0), as `cv_predict` gives them."
+    return pd.DataFrame(model.predict_proba(X), columns=model.classes_).reindex(columns=sorted(set(y)), fill_value=0.0)
+
+@patch
+def fold_output(self: RegressionTask, model, X: pd.DataFrame, y) -> np.ndarray: return np.asarray(model.predict(X), float)
+
 def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
-    "Dummy and quick-model baselines (3-fold CV predictions) against every objective, the learning curve, and the quick model's CV output: the task's `quick_scores`."
+    """Dummy and quick-model baselines (3-fold CV predictions, or forward in time: `quick_folds`) against every objective, the learning
+    curve, and the quick model's output for the rows `quick_scored` names: the task's `quick_scores`."""
     return task_of(c).quick_scores(c, df, seed)
 
 @patch
@@ -212,23 +253,23 @@ def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0):
     "Binary: dummies and logistic regression (3-fold stratified CV probabilities)."
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict, learning_curve
+    from sklearn.model_selection import learning_curve
     from sklearn.pipeline import make_pipeline
     contract = infer_contract(df, c)
     X, y = feature_frame(df, contract), binary_target(c, df[c.data.target])
-    cv = StratifiedKFold(3, shuffle=True, random_state=seed)
+    cv = quick_folds(c, df, seed); rows = scored_rows(cv, len(df)); at = df.iloc[rows].reset_index(drop=True)
     models = {'dummy_prior': DummyClassifier(strategy='prior'),          # dummies ignore the features
               'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed),
               'linear_model': make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300, solver='newton-cholesky')),
               'quick_model': make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))}
     tables, quick_proba = [], None
     for name, m in models.items():
-        proba = cross_val_predict(m, X, y, cv=cv, method='predict_proba')[:, 1]
+        proba = self.quick_predict(m, X, y, cv).to_numpy()[:, 1]
         if name == 'quick_model': quick_proba = proba
         lat = None
         if name == 'quick_model':
             lat = single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it
-        t = evaluate_objectives(c, y, proba, frame=df, latencies_ms=lat)
+        t = evaluate_objectives(c, np.asarray(y)[rows], proba, frame=at, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
     prim = c.primary
     scoring = {'roc_auc': 'roc_auc', 'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'precision': 'precision',
@@ -250,17 +291,17 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     from sklearn.pipeline import make_pipeline
     task, contract = task_of(c), infer_contract(df, c)
     X, y = feature_frame(df, contract), task.target(df[c.data.target])
-    cv = task.folds(3, seed)
+    cv = quick_folds(c, df, seed); rows = scored_rows(cv, len(df)); at = df.iloc[rows].reset_index(drop=True)
     linear = make_pipeline(build_preprocessor(contract), task.quick_estimator())
     quick = make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))
     models = {**task.dummies(seed), 'linear_model': linear, 'quick_model': quick}
     tables, out = [], None
     for name, m in models.items():
-        o = task.cv_predict(m, X, y, cv); proba, pred = task.cv_outputs(o)
+        o = task.quick_predict(m, X, y, cv); proba, pred = task.cv_outputs(o)
         lat = None
         if name == 'quick_model':
             out, lat = o, single_row_timings(m.fit(X, y), X).cpu_ms.tolist()   # as stages 03 and 04 time it
-        t = evaluate_objectives(c, y, proba, pred, frame=df, latencies_ms=lat)
+        t = evaluate_objectives(c, np.asarray(y)[rows], proba, pred, frame=at, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
     scoring = QUICK_SCORING[c.primary.metric]
     sizes, _, test_scores = learning_curve(quick, X, y, cv=cv, scoring=scoring, train_sizes=[0.1, 0.25, 0.5, 1.0], shuffle=True, random_state=seed)
@@ -280,7 +321,7 @@ def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_S
     part = stratified_sample(c, df, max_rows, c.development.seed)
     baselines, curve, quick_proba = quick_model_scores(c, part, seed=c.development.seed)
     fit = fit_learning_curve(curve.train_rows, curve['mean'], c.primary.threshold, c.primary.higher_is_better)
-    verify = verifiability(c, part, quick_proba, test_size, seed=c.development.seed, rows=len(df))
+    verify = verifiability(c, quick_scored(c, part, c.development.seed), quick_proba, test_size, seed=c.development.seed, rows=len(df))
     verdict = feasibility_verdict(c, len(df), balance, groups, baselines, fit, verify)
     return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify,
                 analysed_rows=len(part), quick_rows=len(part), stops=later_stops(c, df, verify), **verdict)

@@ -14,17 +14,17 @@ import yaml
 
 from .core import MlcycleError, group_text
 from .charter import Source, binary_target, parse_charter, time_values, unparseable_times
-from .tasks import BinaryTask, MulticlassTask, RegressionTask, objective_value, task_named
+from .tasks import BinaryTask, MulticlassTask, RegressionTask, objective_value, task_named, task_target
 from fastcore.basics import patch
-from .data import build_preprocessor, feature_frame, infer_contract, load_source
-from .feasibility import TEST_SIZE, quick_model_scores, quick_rows, verifiability
-from .stats import GATE_LEVEL
+from .data import build_preprocessor, feature_frame, infer_contract, load_source, production_rows, split_data
+from .feasibility import TEST_SIZE, quick_estimator, quick_model_scores, quick_rows, quick_scored, verifiability
+from .stats import GATE_LEVEL, SMALL_DATA_ROWS
 
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
            'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'objective_with_room',
-           'objectives_with_room', 'room_draft', 'quick_baseline', 'draft_charter', 'draft_task_charter',
-           'charter_yaml', 'init_charter', 'register_cli']
+           'objectives_with_room', 'gate_estimate', 'with_gate_estimate', 'no_signal', 'room_draft', 'quick_baseline',
+           'text_features', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -116,12 +116,15 @@ def objective_with_room(o, v) -> tuple[dict | None, str]:
     spec = o.model_dump(exclude_none=True, exclude={'min', 'max'} | (set() if o.primary else {'primary'}))
     key, rate = ('min' if o.higher_is_better else 'max'), METRICS[o.metric][2]
     if not np.isfinite(v.expected) or not np.isfinite(v.se): return None, v.text
-    room = claim_room(v.se); raw = v.expected - room if o.higher_is_better else v.expected + room
+    room = getattr(v, 'room_needed', np.nan)
+    room = room if np.isfinite(room) else claim_room(v.se)     # the gate's own room when `with_gate_estimate` set it
+    raw = v.expected - room if o.higher_is_better else v.expected + room
     step = 0.01 if rate else 10 ** (math.floor(math.log10(max(abs(raw), 1e-12))) - 1)     # two decimals, or two significant digits
     t = math.floor(raw / step) * step if o.higher_is_better else math.ceil(raw / step) * step
     t = float(f'{t:.10g}')
     floor = 0.5 if o.metric in ('roc_auc', 'roc_auc_ovr') else 0.0
-    said = (f'quick model {v.expected:.4g}, 95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split; ')
+    said = f'quick model {v.expected:.4g}, ' + getattr(v, 'evidence', f'95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split') + '; '
+
     if rate and not o.higher_is_better and t >= 1:
         return None, said + f'a limit with the room the gate needs ({room:.3g}) would be {raw:.3g} ≥ 1: none this data can verify'
     if o.higher_is_better and t < floor:
@@ -142,12 +145,58 @@ def objectives_with_room(draft, ver: pd.DataFrame) -> tuple[list[dict], list[tup
         else: kept.append(spec); notes[spec['metric'] + (f"[{spec['sensitive_feature']}]" if spec.get('sensitive_feature') else '')] = why
     return kept, off, notes
 
+def gate_estimate(draft, df: pd.DataFrame) -> dict | None:
+    """Stage 04's own estimate for the quick model, on small data: the rows stage 02 models (`production_rows`) split as it
+    splits them, the quick model fitted on the training split, then `all_rows_evidence` (the optimism-corrected bootstrap on
+    every labelled row). None when stage 04 would judge the test split alone (`SMALL_DATA_ROWS` labelled rows or more)."""
+    modelled = production_rows(draft, df)[0]
+    if len(modelled) >= SMALL_DATA_ROWS: return None
+    from sklearn.pipeline import make_pipeline
+    from mlcycle.validate import all_rows_evidence
+    parts, seed = split_data(modelled, draft), draft.development.seed
+    contract = infer_contract(parts['train'], draft)
+    model = make_pipeline(build_preprocessor(contract), quick_estimator(draft, seed))
+    model.fit(feature_frame(parts['train'], contract), task_target(draft, parts['train'][draft.data.target]))
+    e = all_rows_evidence(draft, model, contract, parts['test'], parts['train'], parts['validation'], seed=seed)
+    return e if e['table'] is not None else None
+
+def with_gate_estimate(ver: pd.DataFrame, e: dict | None) -> pd.DataFrame:
+    """`verifiability`'s rows with the gate's estimate `e` (`gate_estimate`) where it has one: the expected value, the one-sided
+    95% bounds, the standard error, and the room the gate's t-based bound needs ((t₀.₉₅ with refits−1 degrees of freedom + z₀.₉₅)·se)."""
+    if e is None: return ver
+    from scipy.stats import norm, t as tdist
+    v, est = ver.copy(), e['table'].set_index('objective')
+    factor = float(tdist.ppf(GATE_LEVEL, e['refits'] - 1) + norm.ppf(0.95))
+    for i in v.index[v.objective.isin(est.index)]:
+        r = est.loc[v.at[i, 'objective']]
+        v.loc[i, ['expected', 'ci_low', 'ci_high', 'se', 'room_needed']] = [r.estimate, r.ci_low, r.ci_high, r.se, factor * r.se]
+        v.at[i, 'evidence'] = (f'one-sided {GATE_LEVEL:.0%} bounds [{r.ci_low:.4g}, {r.ci_high:.4g}] by the gate\'s estimate on this data, the {e["method"]}')
+    return v
+
+def no_signal(draft, base: pd.DataFrame, ver: pd.DataFrame) -> str | None:
+    """Why the quick model shows no signal: its primary objective's interval reaches what the dummies (which ignore every
+    feature) score. None when it does not: then there is something to learn."""
+    p = draft.primary; v = ver.set_index('objective').loc[p.describe()]
+    dummy = base[base.model.str.startswith('dummy') & (base.objective == p.describe())].value
+    best = dummy.max() if p.higher_is_better else dummy.min()
+    if not (np.isfinite(best) and np.isfinite(v.ci_low) and np.isfinite(v.ci_high)): return None
+    if (v.ci_low > best) if p.higher_is_better else (v.ci_high < best): return None
+    return (f'the quick model measures {p.metric} {v.expected:.4g}, interval [{v.ci_low:.4g}, {v.ci_high:.4g}], which reaches {best:.4g}, '
+            f'what a model that ignores every column scores: nothing in these columns predicts {draft.data.target!r}')
+
 def room_draft(draft, df: pd.DataFrame) -> dict:
-    """The quick model's cross-validated outputs (stage 01's, `quick_model_scores` on `quick_rows`) and their `verifiability` on
-    a test split of the size stage 02 holds out, then `objectives_with_room`: what `init` writes for every task."""
-    sample = quick_rows(df, draft.development.seed)
-    base, _, out = quick_model_scores(draft, sample, seed=draft.development.seed)
-    ver = verifiability(draft, sample, out, seed=draft.development.seed, test_rows=max(int(round(len(df) * TEST_SIZE)), 2))
+    """The quick model's outputs (stage 01's, `quick_model_scores` on `quick_rows`, split as stage 02 will) and their `verifiability`
+    on a test split of the size stage 02 holds out, or on small data the gate's own estimate (`gate_estimate`); then `objectives_with_room`:
+    what `init` writes for every task. Stops with "no signal" (`no_signal`) rather than write a limit at chance."""
+    seed = draft.development.seed
+    sample = quick_rows(df, seed)
+    base, _, out = quick_model_scores(draft, sample, seed=seed)
+    test_rows = max(int(round(len(production_rows(draft, df)[0]) * TEST_SIZE)), 2)
+    ver = with_gate_estimate(verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows), gate_estimate(draft, df))
+    if why := no_signal(draft, base, ver):
+        raise MlcycleError(f'mlcycle init: no signal: {why}. A limit at chance could never be shown to hold. Add columns that bear on '
+                           f'{draft.data.target!r} to the data (or a free-text column with several words per row), then run: '
+                           f'mlcycle init --data <data> --target {draft.data.target} --force')
     kept, off, notes = objectives_with_room(draft, ver)
     quick = base[base.model == 'quick_model'].set_index('objective').value
     return {'objectives': kept, 'disabled': off, 'notes': notes, 'verifiability': ver, 'quick': quick}
@@ -165,6 +214,14 @@ def quick_baseline(df: pd.DataFrame, draft) -> tuple[np.ndarray, dict]:
     gaps = {f: objective_value('demographic_parity_difference', y, proba, sensitive=group_text(df[f]), min_group_size=n_min)
             for f in draft.data.sensitive_features}
     return proba, {'roc_auc': objective_value('roc_auc', y, proba), 'demographic_parity_difference': gaps}
+
+def text_features(df: pd.DataFrame, target: str, cols: dict) -> list[dict]:
+    """A `text` derived feature (TF-IDF of its words, stage 02's proposal) for each input column holding free text (`semantic_kind`):
+    one category per distinct review is no feature, its words are one."""
+    from mlcycle.features import semantic_kind
+    skip = {target, cols['id'], cols['time'], *cols['drop']}
+    return [{'name': f'{col}_words', 'kind': 'text', 'inputs': [col], 'method': 'tfidf', 'max_features': 100}
+            for col in df.columns if col not in skip and semantic_kind(df[col]) == 'text']
 
 def _draft(name, data_path, target, task, cols, n_rows, objectives) -> dict:
     small = n_rows < 5000
@@ -205,6 +262,7 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
     name = re.sub(r'[^A-Za-z0-9_.-]+', '-', name or f'{target}-model').strip('-') or 'my-model'
     d = _draft(name, data_path, target, task, cols, len(df), [{'metric': 'roc_auc', 'min': 0.5, 'primary': True}]
                + [{'metric': 'demographic_parity_difference', 'max': 1.0, 'sensitive_feature': f} for f in cols['sensitive']] + [{'metric': 'p95_latency_ms', 'max': 50}])
+    if words := text_features(df, target, cols): d['features'] = words
     r = room_draft(parse_charter(d), df)
     d['objectives'] = r['objectives']
     c = parse_charter(d)
@@ -217,8 +275,9 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
                          (', '.join(f'{f} {g:.3f}' for f, g in base['demographic_parity_difference'].items()) or 'none (no sensitive feature)'),
              'objectives': r['notes']}
     from mlcycle.features import suggest_features     # stage 02's proposals, written as comments: the user decides
+    written = {f['name'] for f in d.get('features', [])}
     return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': r['verifiability'], 'disabled': r['disabled'],
-            'features': suggest_features(infer_contract(df, c), df)}
+            'features': [f for f in suggest_features(infer_contract(df, c), df) if f['name'] not in written]}
 
 # %% ../nbs/01b_init.ipynb #a6ea2703
 def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str | None, task: dict) -> dict:
@@ -231,6 +290,7 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     gap = 'mae_difference' if reg else 'accuracy_difference'
     d = _draft(name, data_path, target, task, cols, len(df), [primary] + [{'metric': gap, 'max': 1.0 if reg else 0.5, 'sensitive_feature': f} for f in cols['sensitive']])
     if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
+    if words := text_features(df, target, cols): d['features'] = words
     d['objectives'] += [{'metric': 'p95_latency_ms', 'max': 50}]
     problems = task_named(task['task'], parse_charter(d)).target_problems(df[target])   # before any model: a label too rare to split
     if problems: raise MlcycleError(f'mlcycle init: the target {target!r} cannot be learned as it is:\n' + '\n'.join(problems))
@@ -289,6 +349,9 @@ def charter_yaml(draft: dict) -> str:
           _y({'retention': {'prediction_log_days': 90, 'log_sensitive_features': 'hash'}}),
           '# production rows for the full circle: none named, so stage 02 holds back 15% (the latest by time_column, else a seeded random share);',
           '# name your own new rows instead with  production: {sources: [{kind: csv, path: new_rows.csv}]}  (labels optional)']
+    if d.get('features'):
+        L += ['# free text: its words (TF-IDF) are the feature, not one category per distinct text (the derived-features page lists every kind)', 'features:']
+        L += [f'  - {_y(f)}' for f in d['features']]
     if draft.get('features'):
         L += ['# derived features proposed from the data (uncomment those you want; the derived-features page of the documentation lists every kind):', '# features:']
         L += [f"#   - {_y({k: v for k, v in f.items() if k != 'why'})}   # {f['why']}" for f in draft['features']]
