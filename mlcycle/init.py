@@ -14,7 +14,7 @@ import yaml
 
 from .core import MlcycleError, group_text
 from .charter import Source, binary_target, parse_charter, time_values, unparseable_times
-from .tasks import BinaryTask, MulticlassTask, RegressionTask, objective_value, task_named, task_target
+from .tasks import MIN_CLASS_ROWS, BinaryTask, MulticlassTask, RegressionTask, Task, objective_value, task_named, task_target
 from fastcore.basics import patch
 from .data import build_preprocessor, feature_frame, infer_contract, load_source, production_rows, split_data
 from .feasibility import TEST_SIZE, quick_estimator, quick_model_scores, quick_rows, quick_scored, verifiability
@@ -280,6 +280,19 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
             'features': [f for f in suggest_features(infer_contract(df, c), df) if f['name'] not in written]}
 
 # %% ../nbs/01b_init.ipynb #a6ea2703
+@patch
+def rare_labels(self: Task, y: pd.Series) -> dict:
+    "Labels too rare to split, with their rows, that a charter can leave out: none for a binary or a numeric target."
+    return {}
+
+@patch
+def rare_labels(self: MulticlassTask, y: pd.Series) -> dict:
+    """Labels with fewer than `MIN_CLASS_ROWS` rows (too few for stratified train, validation and test splits), with their rows,
+    when at least 3 labels remain without them; else none (the target is then refused, with the labels, as it is)."""
+    counts = y.dropna().astype(str).value_counts()
+    rare = counts[counts < MIN_CLASS_ROWS]
+    return {str(k): int(v) for k, v in rare.items()} if len(counts) - len(rare) >= 3 else {}
+
 def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str | None, task: dict) -> dict:
     "`draft_charter` for a regression or multiclass target."
     df = df[df[target].notna()].reset_index(drop=True)
@@ -292,13 +305,16 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
     if words := text_features(df, target, cols): d['features'] = words
     d['objectives'] += [{'metric': 'p95_latency_ms', 'max': 50}]
+    if rare := task_named(task['task'], parse_charter(d)).rare_labels(df[target]):     # left out, in the charter's words
+        d['data']['exclude_labels'] = list(rare)
+        df = df[~df[target].astype(str).isin(rare)].reset_index(drop=True)
     problems = task_named(task['task'], parse_charter(d)).target_problems(df[target])   # before any model: a label too rare to split
     if problems: raise MlcycleError(f'mlcycle init: the target {target!r} cannot be learned as it is:\n' + '\n'.join(problems))
     r = room_draft(parse_charter(d), df)
     d['objectives'] = r['objectives']
     quick = r['quick']
     c = parse_charter(d)
-    notes = {'task': f"{task['task']}: {target!r} is {task['why']}",
+    notes = {'task': f"{task['task']}: {target!r} is {task['why']}", 'excluded': rare,
              'sensitive': sensitive_note(cols),
              'requirements': f"from the data's size: {len(df)} rows",
              'baseline': "quick gradient boosting (stage 01's quick model), 3-fold CV: " + ', '.join(f'{k.split()[0]} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
@@ -328,6 +344,10 @@ def charter_yaml(draft: dict) -> str:
          f"  # {'guessed: unique in every row' if cols['id'] else 'a row identifier, if any (not a model input)'}", '  ' + _y({'id_column': data['id_column']}),
          f"  # {'guessed from its name and values: splits and held-back production rows follow it' if cols['time'] else 'a date or period column, if any: then splits are by time and production rows are the latest'}",
          '  ' + _y({'time_column': data['time_column']}),
+         *([f"  # labels too rare to learn or test (fewer than {MIN_CLASS_ROWS} rows each: {', '.join(f'{k} ({v} rows)' for k, v in n['excluded'].items())}): "
+            "their rows are left out at load and counted in stage 02's record, and the model card names them as classes the model "
+            "never predicts; to keep one, add rows of it to the data and remove it here", '  ' + _y({'exclude_labels': data['exclude_labels']})]
+           if data.get('exclude_labels') else []),
          f"  # {n['requirements']}: min_rows 80% of it, min_group_size by size (groups under it are reported, not judged)",
          '  ' + _y({'requirements': data['requirements']}),
          f"# objectives from a quick baseline ({n['baseline']})",
