@@ -15,16 +15,16 @@ from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judge
 from .tasks import (BinaryTask, MulticlassTask, RegressionTask, Task, leakage_target, task_target, check_charter_against_data,
                            evaluate_objectives, objective_value, task_of)
 from fastcore.basics import patch
-from .data import build_preprocessor, feature_frame, infer_contract, load_data, stratified_sample
+from .data import build_preprocessor, feature_frame, infer_contract, load_data, production_rows, split_data, stratified_sample
 from .latency import single_row_timings
-from .stats import GATE_LEVEL, claim_room
+from .stats import GATE_LEVEL, SMALL_DATA_ROWS, claim_room
 
 # %% auto #0
 __all__ = ['TEST_SIZE', 'QUICK_ROWS', 'QUICK_SCORING', 'FEASIBILITY_ROWS', 'label_balance', 'target_bins', 'group_sizes',
            'fit_learning_curve', 'task_outputs_of', 'verifiability', 'feasibility_verdict', 'quick_estimator',
            'quick_rows', 'ForwardFolds', 'quick_folds', 'scored_rows', 'quick_scored', 'quick_model_scores',
-           'task_quick_scores', 'feasibility_analysis', 'later_stops', 'not_feasible_reason', 'plot_feasibility',
-           'run_problem_definition', 'run_through_data']
+           'task_quick_scores', 'gate_estimate', 'with_gate_estimate', 'feasibility_analysis', 'later_stops',
+           'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -309,6 +309,52 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0):
     curve = pd.DataFrame({'train_rows': sizes, 'mean': sign * test_scores.mean(1), 'std': test_scores.std(1)})
     return pd.concat(tables, ignore_index=True), curve, out
 
+def gate_estimate(draft, df: pd.DataFrame) -> dict | None:
+    """Stage 04's own estimate for the quick model, on small data: the rows stage 02 models (`production_rows`) split as it
+    splits them, the quick model fitted on the training split, then the optimism-corrected bootstrap on every labelled row with
+    the gate's settings (`optimism_corrected` as stage 04's `all_rows_evidence` calls it: training rows first, 20 refits, the
+    claim level). None when stage 04 would judge the test split alone (`SMALL_DATA_ROWS` labelled rows or more), or when the
+    quick model cannot be refitted on bootstrap samples (then the gate falls back to the test split too)."""
+    modelled = production_rows(draft, df)[0]
+    if len(modelled) >= SMALL_DATA_ROWS: return None
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from mlcycle.latency import score_rows
+    from mlcycle.stats import claim_level, optimism_corrected
+    parts, seed, n_min = split_data(modelled, draft), draft.development.seed, draft.data.requirements.min_group_size
+    every, fit_rows = pd.concat([parts['train'], parts['validation'], parts['test']], ignore_index=True), len(parts['train'])
+    contract, judged = infer_contract(parts['train'], draft), [o for o in draft.objectives if o.family in ('performance', 'fairness')]
+    X = feature_frame(every, contract)
+    y = (task_target(draft, every[draft.data.target]), *[group_text(every[o.sensitive_feature]) if o.sensitive_feature else None for o in judged])
+    model = make_pipeline(build_preprocessor(contract), quick_estimator(draft, seed)).fit(X.iloc[:fit_rows], y[0][:fit_rows])
+    metric = lambda y, out: [objective_value(o.metric, y[0], *out, sensitive=s, min_group_size=n_min) for o, s in zip(judged, y[1:])]
+    try: r = optimism_corrected(lambda X, y: clone(model).fit(X, y[0]), score_rows, metric, X, y, model=model, fit_rows=fit_rows,
+                                seed=seed, level=claim_level())
+    except MlcycleError: return None
+    return {'method': r['method'], 'refits': r['refits'], 'labelled_rows': len(every),
+            'table': pd.DataFrame({'objective': [o.describe() for o in judged], **{k: np.atleast_1d(r[k]) for k in ('estimate', 'se', 'ci_low', 'ci_high')}})}
+
+def with_gate_estimate(c: Charter, ver: pd.DataFrame, e: dict | None) -> pd.DataFrame:
+    """`verifiability`'s rows with the gate's estimate `e` (`gate_estimate`) where it has one: the expected value, the one-sided
+    95% bounds, the standard error, the room the gate's t-based bound needs ((t₀.₉₅ with refits−1 degrees of freedom + z₀.₉₅)·se),
+    and whether charter `c`'s limit is that far from the estimate (`verifiable`, the `text` stage 01 shows)."""
+    if e is None: return ver
+    from scipy.stats import norm, t as tdist
+    v, est = ver.copy(), e['table'].set_index('objective')
+    factor = float(tdist.ppf(GATE_LEVEL, e['refits'] - 1) + norm.ppf(0.95))
+    limits = {o.describe(): o.threshold for o in c.objectives}
+    for i in v.index[v.objective.isin(est.index)]:
+        r = est.loc[v.at[i, 'objective']]
+        v.loc[i, ['expected', 'ci_low', 'ci_high', 'se', 'room_needed']] = [r.estimate, r.ci_low, r.ci_high, r.se, factor * r.se]
+        v.at[i, 'evidence'] = (f'one-sided {GATE_LEVEL:.0%} bounds [{r.ci_low:.4g}, {r.ci_high:.4g}] by the gate\'s estimate on this data, the {e["method"]}')
+        dist = abs(r.estimate - limits[v.at[i, 'objective']])
+        v.at[i, 'distance'], v.at[i, 'verifiable'] = dist, bool(dist >= factor * r.se)
+        v.at[i, 'rows_needed'] = None if dist >= factor * r.se or not dist > 0 else int(math.ceil(e['labelled_rows'] * (factor * r.se / dist) ** 2))
+        v.at[i, 'text'] = (f"{v.at[i, 'objective']}: the gate's estimate measures {r.estimate:.4g}, {v.at[i, 'evidence'].split(' by ')[0]}; the limit is "
+                           f"{dist:.4g} away, " + (f"beyond the {factor * r.se:.4g} the gate needs: verifiable" if dist >= factor * r.se else
+                           f"within the {factor * r.se:.4g} the gate needs: not verifiable; about {v.at[i, 'rows_needed'] or 0:,} labelled rows would be"))
+    return v
+
 FEASIBILITY_ROWS = QUICK_ROWS   # the quick model, its learning curve and the verifiability read a stratified sample of at most this many rows
 
 def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_SIZE, max_rows: int = FEASIBILITY_ROWS) -> dict:
@@ -321,7 +367,8 @@ def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_S
     part = stratified_sample(c, df, max_rows, c.development.seed)
     baselines, curve, quick_proba = quick_model_scores(c, part, seed=c.development.seed)
     fit = fit_learning_curve(curve.train_rows, curve['mean'], c.primary.threshold, c.primary.higher_is_better)
-    verify = verifiability(c, quick_scored(c, part, c.development.seed), quick_proba, test_size, seed=c.development.seed, rows=len(df))
+    verify = with_gate_estimate(c, verifiability(c, quick_scored(c, part, c.development.seed), quick_proba, test_size, seed=c.development.seed, rows=len(df)),
+                                gate_estimate(c, df))     # on small data, what the gate will judge: every labelled row
     verdict = feasibility_verdict(c, len(df), balance, groups, baselines, fit, verify)
     return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify,
                 analysed_rows=len(part), quick_rows=len(part), stops=later_stops(c, df, verify), **verdict)

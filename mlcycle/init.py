@@ -16,15 +16,15 @@ from .core import MlcycleError, group_text
 from .charter import Source, binary_target, parse_charter, time_values, unparseable_times
 from .tasks import MIN_CLASS_ROWS, BinaryTask, MulticlassTask, RegressionTask, Task, objective_value, task_named, task_target
 from fastcore.basics import patch
-from .data import build_preprocessor, feature_frame, infer_contract, load_source, production_rows, split_data
-from .feasibility import TEST_SIZE, quick_estimator, quick_model_scores, quick_rows, quick_scored, verifiability
-from .stats import GATE_LEVEL, SMALL_DATA_ROWS
+from .data import build_preprocessor, feature_frame, infer_contract, load_source, production_rows
+from .feasibility import TEST_SIZE, gate_estimate, quick_model_scores, quick_rows, quick_scored, verifiability, with_gate_estimate
+from .stats import GATE_LEVEL
 
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
            'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'objective_with_room',
-           'objectives_with_room', 'gate_estimate', 'with_gate_estimate', 'no_signal', 'room_draft', 'quick_baseline',
-           'text_features', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
+           'objectives_with_room', 'no_signal', 'room_draft', 'quick_baseline', 'text_features', 'draft_charter',
+           'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -145,34 +145,6 @@ def objectives_with_room(draft, ver: pd.DataFrame) -> tuple[list[dict], list[tup
         else: kept.append(spec); notes[spec['metric'] + (f"[{spec['sensitive_feature']}]" if spec.get('sensitive_feature') else '')] = why
     return kept, off, notes
 
-def gate_estimate(draft, df: pd.DataFrame) -> dict | None:
-    """Stage 04's own estimate for the quick model, on small data: the rows stage 02 models (`production_rows`) split as it
-    splits them, the quick model fitted on the training split, then `all_rows_evidence` (the optimism-corrected bootstrap on
-    every labelled row). None when stage 04 would judge the test split alone (`SMALL_DATA_ROWS` labelled rows or more)."""
-    modelled = production_rows(draft, df)[0]
-    if len(modelled) >= SMALL_DATA_ROWS: return None
-    from sklearn.pipeline import make_pipeline
-    from mlcycle.validate import all_rows_evidence
-    parts, seed = split_data(modelled, draft), draft.development.seed
-    contract = infer_contract(parts['train'], draft)
-    model = make_pipeline(build_preprocessor(contract), quick_estimator(draft, seed))
-    model.fit(feature_frame(parts['train'], contract), task_target(draft, parts['train'][draft.data.target]))
-    e = all_rows_evidence(draft, model, contract, parts['test'], parts['train'], parts['validation'], seed=seed)
-    return e if e['table'] is not None else None
-
-def with_gate_estimate(ver: pd.DataFrame, e: dict | None) -> pd.DataFrame:
-    """`verifiability`'s rows with the gate's estimate `e` (`gate_estimate`) where it has one: the expected value, the one-sided
-    95% bounds, the standard error, and the room the gate's t-based bound needs ((t₀.₉₅ with refits−1 degrees of freedom + z₀.₉₅)·se)."""
-    if e is None: return ver
-    from scipy.stats import norm, t as tdist
-    v, est = ver.copy(), e['table'].set_index('objective')
-    factor = float(tdist.ppf(GATE_LEVEL, e['refits'] - 1) + norm.ppf(0.95))
-    for i in v.index[v.objective.isin(est.index)]:
-        r = est.loc[v.at[i, 'objective']]
-        v.loc[i, ['expected', 'ci_low', 'ci_high', 'se', 'room_needed']] = [r.estimate, r.ci_low, r.ci_high, r.se, factor * r.se]
-        v.at[i, 'evidence'] = (f'one-sided {GATE_LEVEL:.0%} bounds [{r.ci_low:.4g}, {r.ci_high:.4g}] by the gate\'s estimate on this data, the {e["method"]}')
-    return v
-
 def no_signal(draft, base: pd.DataFrame, ver: pd.DataFrame) -> str | None:
     """Why the quick model shows no signal: its primary objective's interval reaches what the dummies (which ignore every
     feature) score. None when it does not: then there is something to learn."""
@@ -192,7 +164,7 @@ def room_draft(draft, df: pd.DataFrame) -> dict:
     sample = quick_rows(df, seed)
     base, _, out = quick_model_scores(draft, sample, seed=seed)
     test_rows = max(int(round(len(production_rows(draft, df)[0]) * TEST_SIZE)), 2)
-    ver = with_gate_estimate(verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows), gate_estimate(draft, df))
+    ver = with_gate_estimate(draft, verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows), gate_estimate(draft, df))
     if why := no_signal(draft, base, ver):
         raise MlcycleError(f'mlcycle init: no signal: {why}. A limit at chance could never be shown to hold. Add columns that bear on '
                            f'{draft.data.target!r} to the data (or a free-text column with several words per row), then run: '
