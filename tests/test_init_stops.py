@@ -61,7 +61,7 @@ def test_rare_labels_are_left_out_by_a_charter_rule_counted_at_load(tmp_path, ml
     r = mlcycle('run', '--charter', tmp_path/'charter.yaml', '--workspace', tmp_path/'ws', '--stages', '01,02', cwd=tmp_path, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     m2 = json.loads((tmp_path/'ws'/'stages'/'02_data.json').read_text())
-    records = m2.get('sources') or m2['outputs'].get('sources')
+    records = m2['inputs']['sources']
     assert records[0]['excluded_label_rows'] == {'2seater': 5} and records[0]['rows'] == 234, records
     contract = json.loads((tmp_path/'ws'/'data'/'contract.json').read_text())
     assert '2seater' not in contract['classes'] and len(contract['classes']) == 6, contract['classes']
