@@ -23,8 +23,8 @@ from .stats import GATE_LEVEL
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
            'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'objective_with_room',
-           'objectives_with_room', 'no_signal', 'room_draft', 'quick_baseline', 'text_features', 'draft_charter',
-           'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
+           'objectives_with_room', 'no_signal', 'cautious', 'room_draft', 'quick_baseline', 'text_features',
+           'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -156,6 +156,19 @@ def no_signal(draft, base: pd.DataFrame, ver: pd.DataFrame) -> str | None:
     return (f'the quick model measures {p.metric} {v.expected:.4g}, interval [{v.ci_low:.4g}, {v.ci_high:.4g}], which reaches {best:.4g}, '
             f'what a model that ignores every column scores: nothing in these columns predicts {draft.data.target!r}')
 
+def cautious(draft, ver: pd.DataFrame, plain: pd.DataFrame) -> pd.DataFrame:
+    """`ver` (the gate's estimate and room) with each expected value the worse of it and stage 01's quick model on its own split
+    (`plain`): stage 01 calls a primary limit beyond its quick model's value not feasible, and stage 03 judges the validation split,
+    which on a table split by time is later than the rows the gate's bootstrap mixes."""
+    v, worse = ver.copy(), {o.describe(): (min if o.higher_is_better else max) for o in draft.objectives}
+    for i, p in zip(v.index, plain.expected):
+        a = v.at[i, 'expected']
+        if not (np.isfinite(a) and np.isfinite(p)) or worse[v.at[i, 'objective']](a, p) == a: continue
+        v.at[i, 'expected'] = p
+        if 'evidence' in v and isinstance(v.at[i, 'evidence'], str):
+            v.at[i, 'evidence'] = f"stage 01's quick model on its split; the gate's estimate {a:.4g}, " + v.at[i, 'evidence']
+    return v
+
 def room_draft(draft, df: pd.DataFrame) -> dict:
     """The quick model's outputs (stage 01's, `quick_model_scores` on `quick_rows`, split as stage 02 will) and their `verifiability`
     on a test split of the size stage 02 holds out, or on small data the gate's own estimate (`gate_estimate`); then `objectives_with_room`:
@@ -164,7 +177,8 @@ def room_draft(draft, df: pd.DataFrame) -> dict:
     sample = quick_rows(df, seed)
     base, _, out = quick_model_scores(draft, sample, seed=seed)
     test_rows = max(int(round(len(production_rows(draft, df)[0]) * TEST_SIZE)), 2)
-    ver = with_gate_estimate(draft, verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows), gate_estimate(draft, df))
+    plain = verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows)
+    ver = cautious(draft, with_gate_estimate(draft, plain, gate_estimate(draft, df)), plain)
     if why := no_signal(draft, base, ver):
         raise MlcycleError(f'mlcycle init: no signal: {why}. A limit at chance could never be shown to hold. Add columns that bear on '
                            f'{draft.data.target!r} to the data (or a free-text column with several words per row), then run: '
