@@ -343,6 +343,7 @@ def with_gate_estimate(c: Charter, ver: pd.DataFrame, e: dict | None) -> pd.Data
     v, est = ver.copy(), e['table'].set_index('objective')
     factor = float(tdist.ppf(GATE_LEVEL, e['refits'] - 1) + norm.ppf(0.95))
     limits = {o.describe(): o.threshold for o in c.objectives}
+    if 'evidence' not in v: v['evidence'] = None
     for i in v.index[v.objective.isin(est.index)]:
         r = est.loc[v.at[i, 'objective']]
         v.loc[i, ['expected', 'ci_low', 'ci_high', 'se', 'room_needed']] = [r.estimate, r.ci_low, r.ci_high, r.se, factor * r.se]

@@ -123,7 +123,8 @@ def objective_with_room(o, v) -> tuple[dict | None, str]:
     t = math.floor(raw / step) * step if o.higher_is_better else math.ceil(raw / step) * step
     t = float(f'{t:.10g}')
     floor = 0.5 if o.metric in ('roc_auc', 'roc_auc_ovr') else 0.0
-    said = f'quick model {v.expected:.4g}, ' + getattr(v, 'evidence', f'95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split') + '; '
+    ev = getattr(v, 'evidence', None)      # the gate's estimate, when `with_gate_estimate` set one
+    said = f'quick model {v.expected:.4g}, ' + (ev if isinstance(ev, str) else f'95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split') + '; '
 
     if rate and not o.higher_is_better and t >= 1:
         return None, said + f'a limit with the room the gate needs ({room:.3g}) would be {raw:.3g} ≥ 1: none this data can verify'
@@ -145,14 +146,15 @@ def objectives_with_room(draft, ver: pd.DataFrame) -> tuple[list[dict], list[tup
         else: kept.append(spec); notes[spec['metric'] + (f"[{spec['sensitive_feature']}]" if spec.get('sensitive_feature') else '')] = why
     return kept, off, notes
 
-def no_signal(draft, base: pd.DataFrame, ver: pd.DataFrame) -> str | None:
-    """Why the quick model shows no signal: its primary objective's interval reaches what the dummies (which ignore every
-    feature) score. None when it does not: then there is something to learn."""
-    p = draft.primary; v = ver.set_index('objective').loc[p.describe()]
+def no_signal(draft, base: pd.DataFrame, *vers: pd.DataFrame) -> str | None:
+    """Why the quick model shows no signal: its primary objective's interval, in any of `vers` (stage 01's split, the gate's
+    estimate), reaches what the dummies (which ignore every feature) score. None when none does: there is something to learn."""
+    p = draft.primary
     dummy = base[base.model.str.startswith('dummy') & (base.objective == p.describe())].value
     best = dummy.max() if p.higher_is_better else dummy.min()
-    if not (np.isfinite(best) and np.isfinite(v.ci_low) and np.isfinite(v.ci_high)): return None
-    if (v.ci_low > best) if p.higher_is_better else (v.ci_high < best): return None
+    rows = [v for v in (ver.set_index('objective').loc[p.describe()] for ver in vers) if np.isfinite(v.ci_low) and np.isfinite(v.ci_high)]
+    v = next((v for v in rows if ((v.ci_low <= best) if p.higher_is_better else (v.ci_high >= best))), None)
+    if not np.isfinite(best) or v is None: return None
     return (f'the quick model measures {p.metric} {v.expected:.4g}, interval [{v.ci_low:.4g}, {v.ci_high:.4g}], which reaches {best:.4g}, '
             f'what a model that ignores every column scores: nothing in these columns predicts {draft.data.target!r}')
 
@@ -179,7 +181,7 @@ def room_draft(draft, df: pd.DataFrame) -> dict:
     test_rows = max(int(round(len(production_rows(draft, df)[0]) * TEST_SIZE)), 2)
     plain = verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows)
     ver = cautious(draft, with_gate_estimate(draft, plain, gate_estimate(draft, df)), plain)
-    if why := no_signal(draft, base, ver):
+    if why := no_signal(draft, base, plain, ver):
         raise MlcycleError(f'mlcycle init: no signal: {why}. A limit at chance could never be shown to hold. Add columns that bear on '
                            f'{draft.data.target!r} to the data (or a free-text column with several words per row), then run: '
                            f'mlcycle init --data <data> --target {draft.data.target} --force')
