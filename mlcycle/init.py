@@ -146,23 +146,23 @@ def objectives_with_room(draft, ver: pd.DataFrame) -> tuple[list[dict], list[tup
         else: kept.append(spec); notes[spec['metric'] + (f"[{spec['sensitive_feature']}]" if spec.get('sensitive_feature') else '')] = why
     return kept, off, notes
 
-def no_signal(draft, base: pd.DataFrame, *vers: pd.DataFrame) -> str | None:
-    """Why the quick model shows no signal: its primary objective's interval, in any of `vers` (stage 01's split, the gate's
-    estimate), reaches what the dummies (which ignore every feature) score. None when none does: there is something to learn."""
-    p = draft.primary
+def no_signal(draft, base: pd.DataFrame, ver: pd.DataFrame) -> str | None:
+    """Why the quick model shows no signal: the interval the gate will use for its primary objective (`ver`) reaches what the
+    dummies (which ignore every feature) score, or has no spread at all (the same output for every row). None otherwise."""
+    p, v = draft.primary, ver.set_index('objective').loc[draft.primary.describe()]
     dummy = base[base.model.str.startswith('dummy') & (base.objective == p.describe())].value
     best = dummy.max() if p.higher_is_better else dummy.min()
-    rows = [v for v in (ver.set_index('objective').loc[p.describe()] for ver in vers) if np.isfinite(v.ci_low) and np.isfinite(v.ci_high)]
-    v = next((v for v in rows if ((v.ci_low <= best) if p.higher_is_better else (v.ci_high >= best))), None)
-    if not np.isfinite(best) or v is None: return None
+    if not (np.isfinite(best) and np.isfinite(v.ci_low) and np.isfinite(v.ci_high)): return None
+    if v.se > 0 and ((v.ci_low > best) if p.higher_is_better else (v.ci_high < best)): return None
     return (f'the quick model measures {p.metric} {v.expected:.4g}, interval [{v.ci_low:.4g}, {v.ci_high:.4g}], which reaches {best:.4g}, '
             f'what a model that ignores every column scores: nothing in these columns predicts {draft.data.target!r}')
 
 def cautious(draft, ver: pd.DataFrame, plain: pd.DataFrame) -> pd.DataFrame:
     """`ver` (the gate's estimate and room) with each expected value the worse of it and stage 01's quick model on its own split
-    (`plain`): stage 01 calls a primary limit beyond its quick model's value not feasible, and stage 03 judges the validation split,
-    which on a table split by time is later than the rows the gate's bootstrap mixes."""
+    (`plain`), and the larger of their rooms: stage 01 calls a primary limit beyond its quick model's value not feasible, and
+    stage 03 judges a point value on the validation split (as noisy as a test split, later than the rows the gate's bootstrap mixes on a table split by time)."""
     v, worse = ver.copy(), {o.describe(): (min if o.higher_is_better else max) for o in draft.objectives}
+    v['room_needed'] = np.fmax(v.room_needed.to_numpy(float), plain.room_needed.to_numpy(float))   # and stage 03's point on a split of test size
     for i, p in zip(v.index, plain.expected):
         a = v.at[i, 'expected']
         if not (np.isfinite(a) and np.isfinite(p)) or worse[v.at[i, 'objective']](a, p) == a: continue
@@ -181,7 +181,7 @@ def room_draft(draft, df: pd.DataFrame) -> dict:
     test_rows = max(int(round(len(production_rows(draft, df)[0]) * TEST_SIZE)), 2)
     plain = verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows)
     ver = cautious(draft, with_gate_estimate(draft, plain, gate_estimate(draft, df)), plain)
-    if why := no_signal(draft, base, plain, ver):
+    if why := no_signal(draft, base, ver):
         raise MlcycleError(f'mlcycle init: no signal: {why}. A limit at chance could never be shown to hold. Add columns that bear on '
                            f'{draft.data.target!r} to the data (or a free-text column with several words per row), then run: '
                            f'mlcycle init --data <data> --target {draft.data.target} --force')
