@@ -24,7 +24,7 @@ from .stats import GATE_LEVEL
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
            'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'objective_with_room',
            'objectives_with_room', 'no_signal', 'cautious', 'room_draft', 'quick_baseline', 'text_features',
-           'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
+           'set_aside_leaks', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -211,6 +211,17 @@ def text_features(df: pd.DataFrame, target: str, cols: dict) -> list[dict]:
     return [{'name': f'{col}_words', 'kind': 'text', 'inputs': [col], 'method': 'tfidf', 'max_features': 100}
             for col in df.columns if col not in skip and semantic_kind(df[col]) == 'text']
 
+def set_aside_leaks(d: dict, df: pd.DataFrame) -> dict:
+    """Columns stage 02's leakage screen (`single_feature_auc`) would refuse, added to the draft's `drop_columns`: a column that
+    alone predicts the target (ROC AUC ≥ 0.95) is most often a field written after the outcome, and stage 02 stops on it. They are
+    set aside and named, with their AUC, so the user restores one that is truly known at prediction time. Returns {column: AUC}."""
+    from mlcycle.data import single_feature_auc
+    c = parse_charter(d)
+    t = single_feature_auc(df, c, infer_contract(df, c))
+    leaks = {str(r.column): float(r.auc_alone) for r in t[t.leakage_suspect].itertuples()}
+    d['data']['drop_columns'] = d['data']['drop_columns'] + [k for k in leaks if k not in d['data']['drop_columns']]   # a new list: cols['drop'] stays the missing ones
+    return leaks
+
 def _draft(name, data_path, target, task, cols, n_rows, objectives) -> dict:
     small = n_rows < 5000
     return {'name': name, 'problem': f'Predict {target} from the other columns (describe the decision this model supports).',
@@ -251,6 +262,7 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
     d = _draft(name, data_path, target, task, cols, len(df), [{'metric': 'roc_auc', 'min': 0.5, 'primary': True}]
                + [{'metric': 'demographic_parity_difference', 'max': 1.0, 'sensitive_feature': f} for f in cols['sensitive']] + [{'metric': 'p95_latency_ms', 'max': 50}])
     if words := text_features(df, target, cols): d['features'] = words
+    cols['leaks'] = set_aside_leaks(d, df)
     r = room_draft(parse_charter(d), df)
     d['objectives'] = r['objectives']
     c = parse_charter(d)
@@ -293,6 +305,7 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
     if words := text_features(df, target, cols): d['features'] = words
     d['objectives'] += [{'metric': 'p95_latency_ms', 'max': 50}]
+    cols['leaks'] = set_aside_leaks(d, df)
     if rare := task_named(task['task'], parse_charter(d)).rare_labels(df[target]):     # left out, in the charter's words
         d['data']['exclude_labels'] = list(rare)
         df = df[~df[target].astype(str).isin(rare)].reset_index(drop=True)
@@ -327,7 +340,10 @@ def charter_yaml(draft: dict) -> str:
          '  # relative paths start at this file\'s folder; more sources (csv | parquet | sql) are stacked', '  ' + _y({'sources': data['sources']}),
          '  ' + _y({'target': data['target']}), '  ' + _y({'positive_label': data['positive_label']}),
          f"  # {n['sensitive']}", '  ' + _y({'sensitive_features': data['sensitive_features']}),
-         f"  # {'columns over 20% missing: ' + ', '.join(map(str, cols['drop'])) if cols['drop'] else 'columns the model must not see (ids of the outcome system, post-outcome fields)'}",
+         f"  # {'columns over 20% missing: ' + ', '.join(map(str, cols['drop'])) if cols['drop'] else 'columns the model must not see (ids of the outcome system, post-outcome fields)'}"
+         + (f"; set aside as probable label leakage, each alone predicts the target (ROC AUC ≥ 0.95, stage 02 would stop on it): "
+            + ', '.join(f'{k} ({v:.3f})' for k, v in cols['leaks'].items()) + ': remove one from this list if it is truly known at prediction time'
+            if cols.get('leaks') else ''),
          '  ' + _y({'drop_columns': data['drop_columns']}),
          f"  # {'guessed: unique in every row' if cols['id'] else 'a row identifier, if any (not a model input)'}", '  ' + _y({'id_column': data['id_column']}),
          f"  # {'guessed from its name and values: splits and held-back production rows follow it' if cols['time'] else 'a date or period column, if any: then splits are by time and production rows are the latest'}",
