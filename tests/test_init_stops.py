@@ -78,19 +78,21 @@ def test_rare_labels_are_refused_when_fewer_than_three_labels_would_remain():
 
 
 def test_init_room_on_small_data_comes_from_the_gates_own_estimate():
-    """Wages of 3,294 US workers (Ecdat `Wages1`): under 5,000 labelled rows stage 04 judges the optimism-corrected bootstrap on
-    every labelled row, whose spread is larger than the test split's. init's room is now measured on that estimate (before, on
-    a test-split bootstrap of a 3-fold CV output): the limit leaves (t₀.₉₅ + z₀.₉₅)·se of it from the quick model's estimate."""
+    """Highway mileage of 234 cars (ggplot2 `mpg`; the city mileage and the model name left out): under 5,000 labelled rows
+    stage 04 judges the optimism-corrected bootstrap on every labelled row. init's room is now measured on that estimate
+    (before, only on a test-split bootstrap of a 3-fold CV output): at least (t₀.₉₅ + z₀.₉₅)·se of it, and no less than the
+    test split's room, from the worse of the two estimates."""
     from scipy.stats import norm, t as tdist
-    df = _table('Ecdat', 'Wages1')
-    d = draft_charter(df, 'wage', 'wages.csv')
+    df = _table('ggplot2', 'mpg').drop(columns=['model', 'cty'])
+    d = draft_charter(df, 'hwy', 'cars.csv')
     c = parse_charter(d['charter'])
     v = d['verifiability'].set_index('objective').loc['rmse ≤ 1']
     assert 'optimism-corrected bootstrap' in v.evidence and "the gate's estimate" in v.evidence, v.evidence
     e = gate_estimate(c, df)
     est = e['table'].iloc[0]                                     # the primary objective comes first
-    room = (tdist.ppf(0.95, e['refits'] - 1) + norm.ppf(0.95)) * v.se
-    assert np.isclose(v.room_needed, room) and c.primary.max - v.expected >= room, (c.primary.max, v.expected, room)
+    room = (tdist.ppf(0.95, e['refits'] - 1) + norm.ppf(0.95)) * est.se
+    assert v.room_needed >= room * 0.999 and c.primary.max - v.expected >= v.room_needed, (c.primary.max, v.expected, v.room_needed, room)
+    assert v.expected >= est.estimate * 0.999                     # the worse of the estimates (rmse: the larger)
     assert np.isclose(est.se, v.se, rtol=0.25), (est.se, v.se)      # the same estimate again, on the written charter
     assert 'optimism-corrected bootstrap' in charter_yaml(d)
 
