@@ -346,6 +346,7 @@ def with_gate_estimate(c: Charter, ver: pd.DataFrame, e: dict | None) -> pd.Data
     if 'evidence' not in v: v['evidence'] = None
     for i in v.index[v.objective.isin(est.index)]:
         r = est.loc[v.at[i, 'objective']]
+        if not np.isfinite(r.estimate): continue      # not measurable on every row either: the test split's row says why
         v.loc[i, ['expected', 'ci_low', 'ci_high', 'se', 'room_needed']] = [r.estimate, r.ci_low, r.ci_high, r.se, factor * r.se]
         v.at[i, 'evidence'] = (f'one-sided {GATE_LEVEL:.0%} bounds [{r.ci_low:.4g}, {r.ci_high:.4g}] by the gate\'s estimate on this data, the {e["method"]}')
         dist = abs(r.estimate - limits[v.at[i, 'objective']])
