@@ -228,6 +228,7 @@ class DataSpec(_Strict):
     drop_columns: list[str] = Field(default_factory=list)
     id_column: str | None = None
     time_column: str | None = None
+    exclude_labels: list[str] = Field(default_factory=list)   # target labels whose rows are left out at load (too rare to learn or test): the model never predicts them
     requirements: Requirements = Field(default_factory=Requirements)
 
     @model_validator(mode='after')
@@ -502,6 +503,7 @@ class Charter(_Strict):
     def _content(self) -> dict:
         d = self.model_dump(mode='json')
         if not d.get('features'): d.pop('features', None)   # a charter without derived features keeps its hash
+        if not d['data'].get('exclude_labels'): d['data'].pop('exclude_labels', None)   # ... and without labels left out
         if not d.get('development', {}).get('estimators', True): d['development'].pop('estimators')   # ... and without estimators
         if not d.get('monitoring', {}).get('webhooks'): d.pop('monitoring', None)
         if not d.get('license'): d.pop('license', None)

@@ -20,12 +20,12 @@ from fastcore.basics import patch
 from .presets import adult   # the bundled data's loader (01c), looked up here: mlcycle.data.adult
 
 # %% auto #0
-__all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'labelled', 'load_data',
-           'feature_columns', 'infer_contract', 'feature_frame', 'Violation', 'ContractError', 'missing_rate_jumped',
-           'validate_batch', 'violations_frame', 'outlier_counts', 'category_score', 'single_feature_auc_ovr',
-           'single_feature_auc', 'column_role', 'quality_report', 'check_requirements', 'plot_quality',
-           'build_preprocessor', 'split_data', 'stratified_sample', 'hold_back', 'check_production', 'production_rows',
-           'run_data_stage']
+__all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_connection', 'load_source', 'labelled',
+           'without_excluded_labels', 'load_data', 'feature_columns', 'infer_contract', 'feature_frame', 'Violation',
+           'ContractError', 'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts',
+           'category_score', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report',
+           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'stratified_sample', 'hold_back',
+           'check_production', 'production_rows', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -92,6 +92,15 @@ def labelled(c: Charter, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     keep = df[c.data.target].notna()
     return (df, 0) if keep.all() else (df[keep].reset_index(drop=True), int((~keep).sum()))
 
+def without_excluded_labels(c: Charter, df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The rows whose label the charter keeps, and the rows left out per label of `data.exclude_labels` (labels too rare to
+    learn or test, which `mlcycle init` writes there): the model never predicts them, and each source's record counts them."""
+    if not c.data.exclude_labels or c.data.target not in df.columns: return df, {}
+    y = df[c.data.target].astype(str)
+    out = y.isin([str(v) for v in c.data.exclude_labels])
+    counts = {str(k): int(v) for k, v in y[out].value_counts().items()}
+    return (df, counts) if not out.any() else (df[~out].reset_index(drop=True), counts)
+
 def _combine(c: Charter, frames: list[pd.DataFrame]) -> pd.DataFrame:
     if len(frames) == 1: return frames[0]
     if c.data.combine == 'concat':
@@ -117,8 +126,8 @@ def load_data(c: Charter) -> tuple[pd.DataFrame, list[dict]]:
         records.append({'index': i, 'kind': src.kind, 'name': src.name,
                         'location': src.url if src.kind == 'sql' else _resolve(src.path, c.base_dir),
                         'query': src.query, 'rows': len(df), 'columns': len(df.columns), 'fingerprint': fingerprint_df(df),
-                        'unlabelled_rows': labelled(c, df)[1]})
-    return labelled(c, _combine(c, frames))[0], records
+                        'unlabelled_rows': labelled(c, df)[1], 'excluded_label_rows': without_excluded_labels(c, df)[1]})
+    return without_excluded_labels(c, labelled(c, _combine(c, frames))[0])[0], records
 
 
 # %% ../nbs/02_data.ipynb #43e1eb8e

@@ -11,19 +11,20 @@ import numpy as np
 import pandas as pd
 
 from .core import MlcycleError, Workspace, group_text
-from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judged_rows, load_charter
+from .charter import BUNDLED_CHARTER, Charter, binary_target, group_names, judged_rows, load_charter, time_values
 from .tasks import (BinaryTask, MulticlassTask, RegressionTask, Task, leakage_target, task_target, check_charter_against_data,
                            evaluate_objectives, objective_value, task_of)
 from fastcore.basics import patch
-from .data import build_preprocessor, feature_frame, infer_contract, load_data, stratified_sample
+from .data import build_preprocessor, feature_frame, infer_contract, load_data, production_rows, split_data, stratified_sample
 from .latency import single_row_timings
-from .stats import GATE_LEVEL, claim_room
+from .stats import GATE_LEVEL, SMALL_DATA_ROWS, claim_room
 
 # %% auto #0
 __all__ = ['TEST_SIZE', 'QUICK_ROWS', 'QUICK_SCORING', 'FEASIBILITY_ROWS', 'label_balance', 'target_bins', 'group_sizes',
            'fit_learning_curve', 'task_outputs_of', 'verifiability', 'feasibility_verdict', 'quick_estimator',
-           'quick_rows', 'quick_model_scores', 'task_quick_scores', 'feasibility_analysis', 'quick_fits', 'later_stops',
-           'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
+           'quick_rows', 'ForwardFolds', 'quick_folds', 'scored_rows', 'quick_scored', 'quick_model_scores', 'at_rows',
+           'task_quick_scores', 'gate_estimate', 'with_gate_estimate', 'feasibility_analysis', 'quick_fits',
+           'later_stops', 'not_feasible_reason', 'plot_feasibility', 'run_problem_definition', 'run_through_data']
 
 # %% ../nbs/01_problem_definition.ipynb #9cb00fd8
 def label_balance(c: Charter, df: pd.DataFrame) -> pd.DataFrame:
@@ -200,10 +201,54 @@ def quick_rows(df: pd.DataFrame, seed: int = 0, rows: int = QUICK_ROWS) -> pd.Da
     "`df`, or a seeded sample of `rows` of it when larger (fresh 0..n-1 index)."
     return df if len(df) <= rows else df.sample(rows, random_state=seed).reset_index(drop=True)
 
+class ForwardFolds(list):
+    "Folds that score later rows with a model fitted on earlier ones. Not a partition (the earliest rows are never scored), so scikit-learn's `cross_val_predict` refuses them: `quick_predict` fits each."
+
+def quick_folds(c: Charter, df: pd.DataFrame, seed: int = 0):
+    """The quick model's folds, split the way stage 02 will: the task's 3 shuffled folds (stratified for a class) or, with a
+    time column, `ForwardFolds` in time order as stage 02 splits the rows it models (the latest `production.holdout_share` held
+    back when the charter names no production rows): fitted on the earliest 60% (its training split) and scored on the last 20%
+    (its test split), as stage 04 judges a model of the training split. A shuffled estimate cannot hold on later months."""
+    if not c.data.time_column: return task_of(c).folds(3, seed)
+    order, n = np.argsort(time_values(df[c.data.time_column]).to_numpy(), kind='stable'), len(df)
+    m = n if c.production.sources else n - int(round(n * c.production.holdout_share))
+    a, b = int(round(m * (1 - 2 * TEST_SIZE))), int(round(m * (1 - TEST_SIZE)))
+    return ForwardFolds([(order[:a], order[b:m])])
+
+def scored_rows(cv, n: int) -> np.ndarray:
+    "Positions of the rows a quick model's output covers, in its order: all `n` for a partition, the later rows of `ForwardFolds`."
+    return np.concatenate([te for _, te in cv]) if isinstance(cv, ForwardFolds) else np.arange(n)
+
+def quick_scored(c: Charter, df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    "The rows of `df` that `quick_model_scores`'s output covers, in its order (fresh index): what `verifiability` reads beside that output."
+    return df.iloc[scored_rows(quick_folds(c, df, seed), len(df))].reset_index(drop=True)
+
+@patch
+def quick_predict(self: Task, model, X: pd.DataFrame, y, cv):
+    "The task's cross-validated outputs (`cv_predict`), or for `ForwardFolds` each fold's later rows scored by the model fitted on its earlier rows."
+    if not isinstance(cv, ForwardFolds): return self.cv_predict(model, X, y, cv)
+    from sklearn.base import clone
+    y = np.asarray(y)
+    parts = [self.fold_output(clone(model).fit(X.iloc[tr], y[tr]), X.iloc[te], y) for tr, te in cv]
+    return pd.concat(parts, ignore_index=True) if isinstance(parts[0], pd.DataFrame) else np.concatenate(parts)
+
+@patch
+def fold_output(self: Task, model, X: pd.DataFrame, y) -> pd.DataFrame:
+    "Class probabilities named by every class of `y` (a class the earlier rows lack gets 0), as `cv_predict` gives them."
+    return pd.DataFrame(model.predict_proba(X), columns=model.classes_).reindex(columns=sorted(set(y)), fill_value=0.0)
+
+@patch
+def fold_output(self: RegressionTask, model, X: pd.DataFrame, y) -> np.ndarray: return np.asarray(model.predict(X), float)
+
 def quick_model_scores(c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool = True):
-    """Dummy and quick-model baselines (3-fold CV predictions) against every objective, the learning curve (None with
-    `curve=False`: `init` reads only the baselines), and the quick model's CV output: the task's `quick_scores`."""
+    """Dummy and quick-model baselines (3-fold CV predictions, or forward in time: `quick_folds`) against every objective, the learning
+    curve (None with `curve=False`: `init` reads only the baselines), and the quick model's output for the rows `quick_scored` names:
+    the task's `quick_scores`."""
     return task_of(c).quick_scores(c, df, seed, curve)
+
+def at_rows(o, rows: np.ndarray):
+    "Output `o` (an array, or a frame of class probabilities) at positions `rows`, in that order (fresh index)."
+    return o.iloc[rows].reset_index(drop=True) if isinstance(o, pd.DataFrame) else np.asarray(o)[rows]
 
 @patch
 def quick_scores(self: (MulticlassTask, RegressionTask), c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool = True):
@@ -214,11 +259,10 @@ def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0, 
     "Binary: dummies and logistic regression (3-fold stratified CV probabilities)."
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     contract = infer_contract(df, c)
     X, y = feature_frame(df, contract), binary_target(c, df[c.data.target])
-    cv = StratifiedKFold(3, shuffle=True, random_state=seed)
+    cv = quick_folds(c, df, seed); rows = scored_rows(cv, len(df)); at = df.iloc[rows].reset_index(drop=True)
     models = {'dummy_prior': DummyClassifier(strategy='prior'),          # dummies ignore the features
               'dummy_stratified': DummyClassifier(strategy='stratified', random_state=seed),
               'linear_model': make_pipeline(build_preprocessor(contract), LogisticRegression(max_iter=300, solver='newton-cholesky')),
@@ -230,11 +274,11 @@ def quick_scores(self: BinaryTask, c: Charter, df: pd.DataFrame, seed: int = 0, 
         lat = None
         if name == 'quick_model':      # fitted once per fold: outputs, timings and learning curve (`quick_fits`)
             fit = quick_fits(self, m, X, y, cv, scoring, (0.04, 0.1, 0.25, 0.5), seed, curve)
-            proba, lat = fit['outputs'], single_row_timings(fit['model'], X).cpu_ms.tolist()   # as stages 03 and 04 time it
-        else: proba = cross_val_predict(m, X, y, cv=cv, method='predict_proba')[:, 1]
-        t = evaluate_objectives(c, y, proba, frame=df, latencies_ms=lat)
+            proba, lat = at_rows(fit['outputs'], rows), single_row_timings(fit['model'], X).cpu_ms.tolist()   # as stages 03 and 04 time it
+        else: proba = self.quick_predict(m, X, y, cv).to_numpy()[:, 1]
+        t = evaluate_objectives(c, np.asarray(y)[rows], proba, frame=at, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
-    return pd.concat(tables, ignore_index=True), fit['curve'], fit['outputs']
+    return pd.concat(tables, ignore_index=True), fit['curve'], at_rows(fit['outputs'], rows)
 
 QUICK_SCORING = {'rmse': 'neg_root_mean_squared_error', 'mae': 'neg_mean_absolute_error', 'r2': 'r2', 'abs_mean_error': 'neg_root_mean_squared_error',
                  'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'macro_f1': 'f1_macro', 'log_loss': 'neg_log_loss',
@@ -246,7 +290,7 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool =
     from sklearn.pipeline import make_pipeline
     task, contract = task_of(c), infer_contract(df, c)
     X, y = feature_frame(df, contract), task.target(df[c.data.target])
-    cv = task.folds(3, seed)
+    cv = quick_folds(c, df, seed); rows = scored_rows(cv, len(df)); at = df.iloc[rows].reset_index(drop=True)
     linear = make_pipeline(build_preprocessor(contract), task.quick_estimator())
     quick = make_pipeline(build_preprocessor(contract), quick_estimator(c, seed))
     models = {**task.dummies(seed), 'linear_model': linear, 'quick_model': quick}
@@ -255,12 +299,60 @@ def task_quick_scores(c: Charter, df: pd.DataFrame, seed: int = 0, curve: bool =
         lat = None
         if name == 'quick_model':      # fitted once per fold: outputs, timings and learning curve (`quick_fits`)
             fit = quick_fits(task, m, X, y, cv, QUICK_SCORING[c.primary.metric], (0.1, 0.25, 0.5), seed, curve)
-            o, lat = fit['outputs'], single_row_timings(fit['model'], X).cpu_ms.tolist()   # as stages 03 and 04 time it
-        else: o = task.cv_predict(m, X, y, cv)
+            o, lat = at_rows(fit['outputs'], rows), single_row_timings(fit['model'], X).cpu_ms.tolist()   # as stages 03 and 04 time it
+        else: o = task.quick_predict(m, X, y, cv)
         proba, pred = task.cv_outputs(o)
-        t = evaluate_objectives(c, y, proba, pred, frame=df, latencies_ms=lat)
+        t = evaluate_objectives(c, np.asarray(y)[rows], proba, pred, frame=at, latencies_ms=lat)
         t.insert(0, 'model', name); tables.append(t)
-    return pd.concat(tables, ignore_index=True), fit['curve'], fit['outputs']
+    return pd.concat(tables, ignore_index=True), fit['curve'], at_rows(fit['outputs'], rows)
+
+def gate_estimate(draft, df: pd.DataFrame) -> dict | None:
+    """Stage 04's own estimate for the quick model, on small data: the rows stage 02 models (`production_rows`) split as it
+    splits them, the quick model fitted on the training split, then the optimism-corrected bootstrap on every labelled row with
+    the gate's settings (`optimism_corrected` as stage 04's `all_rows_evidence` calls it: training rows first, 20 refits, the
+    claim level). None when stage 04 would judge the test split alone (`SMALL_DATA_ROWS` labelled rows or more), or when the
+    quick model cannot be refitted on bootstrap samples (then the gate falls back to the test split too)."""
+    modelled = production_rows(draft, df)[0]
+    if len(modelled) >= SMALL_DATA_ROWS: return None
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from mlcycle.latency import score_rows
+    from mlcycle.stats import claim_level, optimism_corrected
+    parts, seed, n_min = split_data(modelled, draft), draft.development.seed, draft.data.requirements.min_group_size
+    every, fit_rows = pd.concat([parts['train'], parts['validation'], parts['test']], ignore_index=True), len(parts['train'])
+    contract, judged = infer_contract(parts['train'], draft), [o for o in draft.objectives if o.family in ('performance', 'fairness')]
+    X = feature_frame(every, contract)
+    y = (task_target(draft, every[draft.data.target]), *[group_text(every[o.sensitive_feature]) if o.sensitive_feature else None for o in judged])
+    model = make_pipeline(build_preprocessor(contract), quick_estimator(draft, seed)).fit(X.iloc[:fit_rows], y[0][:fit_rows])
+    metric = lambda y, out: [objective_value(o.metric, y[0], *out, sensitive=s, min_group_size=n_min) for o, s in zip(judged, y[1:])]
+    try: r = optimism_corrected(lambda X, y: clone(model).fit(X, y[0]), score_rows, metric, X, y, model=model, fit_rows=fit_rows,
+                                seed=seed, level=claim_level())
+    except MlcycleError: return None
+    return {'method': r['method'], 'refits': r['refits'], 'labelled_rows': len(every),
+            'table': pd.DataFrame({'objective': [o.describe() for o in judged], **{k: np.atleast_1d(r[k]) for k in ('estimate', 'se', 'ci_low', 'ci_high')}})}
+
+def with_gate_estimate(c: Charter, ver: pd.DataFrame, e: dict | None) -> pd.DataFrame:
+    """`verifiability`'s rows with the gate's estimate `e` (`gate_estimate`) where it has one: the expected value, the one-sided
+    95% bounds, the standard error, the room the gate's t-based bound needs ((t₀.₉₅ with refits−1 degrees of freedom + z₀.₉₅)·se),
+    and whether charter `c`'s limit is that far from the estimate (`verifiable`, the `text` stage 01 shows)."""
+    if e is None: return ver
+    from scipy.stats import norm, t as tdist
+    v, est = ver.copy(), e['table'].set_index('objective')
+    factor = float(tdist.ppf(GATE_LEVEL, e['refits'] - 1) + norm.ppf(0.95))
+    limits = {o.describe(): o.threshold for o in c.objectives}
+    if 'evidence' not in v: v['evidence'] = None
+    for i in v.index[v.objective.isin(est.index)]:
+        r = est.loc[v.at[i, 'objective']]
+        if not np.isfinite(r.estimate): continue      # not measurable on every row either: the test split's row says why
+        v.loc[i, ['expected', 'ci_low', 'ci_high', 'se', 'room_needed']] = [r.estimate, r.ci_low, r.ci_high, r.se, factor * r.se]
+        v.at[i, 'evidence'] = (f'one-sided {GATE_LEVEL:.0%} bounds [{r.ci_low:.4g}, {r.ci_high:.4g}] by the gate\'s estimate on this data, the {e["method"]}')
+        dist = abs(r.estimate - limits[v.at[i, 'objective']])
+        v.at[i, 'distance'], v.at[i, 'verifiable'] = dist, bool(dist >= factor * r.se)
+        v.at[i, 'rows_needed'] = None if dist >= factor * r.se or not dist > 0 else int(math.ceil(e['labelled_rows'] * (factor * r.se / dist) ** 2))
+        v.at[i, 'text'] = (f"{v.at[i, 'objective']}: the gate's estimate measures {r.estimate:.4g}, {v.at[i, 'evidence'].split(' by ')[0]}; the limit is "
+                           f"{dist:.4g} away, " + (f"beyond the {factor * r.se:.4g} the gate needs: verifiable" if dist >= factor * r.se else
+                           f"within the {factor * r.se:.4g} the gate needs: not verifiable; about {v.at[i, 'rows_needed'] or 0:,} labelled rows would be"))
+    return v
 
 FEASIBILITY_ROWS = QUICK_ROWS   # the quick model, its learning curve and the verifiability read a stratified sample of at most this many rows
 
@@ -274,7 +366,8 @@ def feasibility_analysis(c: Charter, df: pd.DataFrame, test_size: float = TEST_S
     part = stratified_sample(c, df, max_rows, c.development.seed)
     baselines, curve, quick_proba = quick_model_scores(c, part, seed=c.development.seed)
     fit = fit_learning_curve(curve.train_rows, curve['mean'], c.primary.threshold, c.primary.higher_is_better)
-    verify = verifiability(c, part, quick_proba, test_size, seed=c.development.seed, rows=len(df))
+    verify = with_gate_estimate(c, verifiability(c, quick_scored(c, part, c.development.seed), quick_proba, test_size, seed=c.development.seed, rows=len(df)),
+                                gate_estimate(c, df))     # on small data, what the gate will judge: every labelled row
     verdict = feasibility_verdict(c, len(df), balance, groups, baselines, fit, verify)
     return dict(balance=balance, groups=groups, baselines=baselines, curve=curve, curve_fit=fit, verifiability=verify,
                 analysed_rows=len(part), quick_rows=len(part), stops=later_stops(c, df, verify), **verdict)

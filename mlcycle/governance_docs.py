@@ -309,6 +309,8 @@ def caveat_items(c: Charter, ev: dict, m: dict) -> list[dict]:
         elif r.measured and not r.robust: add('measured', f'Objective {r.objective} is met, but its 95% interval crosses the threshold: it may not hold on new data.')
         elif not r.measured: add('missing evidence', f'Objective {r.objective} is not measured here ({r.source}); see stages 03–06.')
     if not c.data.sensitive_features: add('missing evidence', 'No sensitive features are declared in the charter: fairness across groups is not evaluated.')
+    if c.data.exclude_labels: add('charter', f"The model never predicts {', '.join(map(str, c.data.exclude_labels))}: the charter leaves out the rows of these "
+                                             "labels at load (data.exclude_labels; stage 02's record counts them), too rare to learn or test. A case of one of them gets another class.")
     ra = next((e for e in reversed(ev.get('events') or []) if e['event'] == 'risk_accepted'), None)
     if tags.get('validation_status') != 'passed' and ra: add('missing evidence', risk_accepted_line(ra)[0].upper() + risk_accepted_line(ra)[1:] + '.')
     elif tags.get('validation_status') != 'passed': add('missing evidence', f"validation_status is {tags.get('validation_status', 'missing')!r}: do not promote without the stage-04 gate.")

@@ -14,17 +14,17 @@ import yaml
 
 from .core import MlcycleError, group_text
 from .charter import Source, binary_target, parse_charter, time_values, unparseable_times
-from .tasks import BinaryTask, MulticlassTask, RegressionTask, objective_value, task_named
+from .tasks import MIN_CLASS_ROWS, BinaryTask, MulticlassTask, RegressionTask, Task, objective_value, task_named, task_target
 from fastcore.basics import patch
-from .data import build_preprocessor, feature_frame, infer_contract, load_source
-from .feasibility import TEST_SIZE, quick_model_scores, quick_rows, verifiability
+from .data import build_preprocessor, feature_frame, infer_contract, load_source, production_rows
+from .feasibility import TEST_SIZE, gate_estimate, quick_model_scores, quick_rows, quick_scored, verifiability, with_gate_estimate
 from .stats import GATE_LEVEL
 
 # %% auto #0
 __all__ = ['SENSITIVE_HINTS', 'TIME_HINTS', 'ID_HINTS', 'POSITIVE_WORDS', 'MAX_CLASSES', 'infer_other_task', 'infer_task',
            'group_size_for', 'judged_test_groups', 'sensitive_note', 'suggest_columns', 'objective_with_room',
-           'objectives_with_room', 'room_draft', 'quick_baseline', 'draft_charter', 'draft_task_charter',
-           'charter_yaml', 'init_charter', 'register_cli']
+           'objectives_with_room', 'no_signal', 'cautious', 'room_draft', 'quick_baseline', 'text_features',
+           'set_aside_leaks', 'draft_charter', 'draft_task_charter', 'charter_yaml', 'init_charter', 'register_cli']
 
 # %% ../nbs/01b_init.ipynb #da790913
 SENSITIVE_HINTS = ('sex', 'gender', 'race', 'ethnic', 'colour', 'color', 'religio', 'nationality', 'citizen', 'marital', 'disab',
@@ -116,12 +116,16 @@ def objective_with_room(o, v) -> tuple[dict | None, str]:
     spec = o.model_dump(exclude_none=True, exclude={'min', 'max'} | (set() if o.primary else {'primary'}))
     key, rate = ('min' if o.higher_is_better else 'max'), METRICS[o.metric][2]
     if not np.isfinite(v.expected) or not np.isfinite(v.se): return None, v.text
-    room = claim_room(v.se); raw = v.expected - room if o.higher_is_better else v.expected + room
+    room = getattr(v, 'room_needed', np.nan)
+    room = room if np.isfinite(room) else claim_room(v.se)     # the gate's own room when `with_gate_estimate` set it
+    raw = v.expected - room if o.higher_is_better else v.expected + room
     step = 0.01 if rate else 10 ** (math.floor(math.log10(max(abs(raw), 1e-12))) - 1)     # two decimals, or two significant digits
     t = math.floor(raw / step) * step if o.higher_is_better else math.ceil(raw / step) * step
     t = float(f'{t:.10g}')
     floor = 0.5 if o.metric in ('roc_auc', 'roc_auc_ovr') else 0.0
-    said = (f'quick model {v.expected:.4g}, 95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split; ')
+    ev = getattr(v, 'evidence', None)      # the gate's estimate, when `with_gate_estimate` set one
+    said = f'quick model {v.expected:.4g}, ' + (ev if isinstance(ev, str) else f'95% interval [{v.ci_low:.4g}, {v.ci_high:.4g}] on a {v.test_rows}-row test split') + '; '
+
     if rate and not o.higher_is_better and t >= 1:
         return None, said + f'a limit with the room the gate needs ({room:.3g}) would be {raw:.3g} ≥ 1: none this data can verify'
     if o.higher_is_better and t < floor:
@@ -142,12 +146,45 @@ def objectives_with_room(draft, ver: pd.DataFrame) -> tuple[list[dict], list[tup
         else: kept.append(spec); notes[spec['metric'] + (f"[{spec['sensitive_feature']}]" if spec.get('sensitive_feature') else '')] = why
     return kept, off, notes
 
+def no_signal(draft, base: pd.DataFrame, ver: pd.DataFrame) -> str | None:
+    """Why the quick model shows no signal: the interval the gate will use for its primary objective (`ver`) reaches what the
+    dummies (which ignore every feature) score, or has no spread at all (the same output for every row). None otherwise."""
+    p, v = draft.primary, ver.set_index('objective').loc[draft.primary.describe()]
+    dummy = base[base.model.str.startswith('dummy') & (base.objective == p.describe())].value
+    best = dummy.max() if p.higher_is_better else dummy.min()
+    if not (np.isfinite(best) and np.isfinite(v.ci_low) and np.isfinite(v.ci_high)): return None
+    if v.se > 0 and ((v.ci_low > best) if p.higher_is_better else (v.ci_high < best)): return None
+    return (f'the quick model measures {p.metric} {v.expected:.4g}, interval [{v.ci_low:.4g}, {v.ci_high:.4g}], which reaches {best:.4g}, '
+            f'what a model that ignores every column scores: nothing in these columns predicts {draft.data.target!r}')
+
+def cautious(draft, ver: pd.DataFrame, plain: pd.DataFrame) -> pd.DataFrame:
+    """`ver` (the gate's estimate and room) with each expected value the worse of it and stage 01's quick model on its own split
+    (`plain`), and the larger of their rooms: stage 01 calls a primary limit beyond its quick model's value not feasible, and
+    stage 03 judges a point value on the validation split (as noisy as a test split, later than the rows the gate's bootstrap mixes on a table split by time)."""
+    v, worse = ver.copy(), {o.describe(): (min if o.higher_is_better else max) for o in draft.objectives}
+    v['room_needed'] = np.fmax(v.room_needed.to_numpy(float), plain.room_needed.to_numpy(float))   # and stage 03's point on a split of test size
+    for i, p in zip(v.index, plain.expected):
+        a = v.at[i, 'expected']
+        if not (np.isfinite(a) and np.isfinite(p)) or worse[v.at[i, 'objective']](a, p) == a: continue
+        v.at[i, 'expected'] = p
+        if 'evidence' in v and isinstance(v.at[i, 'evidence'], str):
+            v.at[i, 'evidence'] = f"stage 01's quick model on its split; the gate's estimate {a:.4g}, " + v.at[i, 'evidence']
+    return v
+
 def room_draft(draft, df: pd.DataFrame) -> dict:
-    """The quick model's cross-validated outputs (stage 01's, `quick_model_scores` on `quick_rows`) and their `verifiability` on
-    a test split of the size stage 02 holds out, then `objectives_with_room`: what `init` writes for every task."""
-    sample = quick_rows(df, draft.development.seed)
-    base, _, out = quick_model_scores(draft, sample, seed=draft.development.seed, curve=False)   # no learning curve: init reads the baselines
-    ver = verifiability(draft, sample, out, seed=draft.development.seed, test_rows=max(int(round(len(df) * TEST_SIZE)), 2))
+    """The quick model's outputs (stage 01's, `quick_model_scores` on `quick_rows`, split as stage 02 will) and their `verifiability`
+    on a test split of the size stage 02 holds out, or on small data the gate's own estimate (`gate_estimate`); then `objectives_with_room`:
+    what `init` writes for every task. Stops with "no signal" (`no_signal`) rather than write a limit at chance."""
+    seed = draft.development.seed
+    sample = quick_rows(df, seed)
+    base, _, out = quick_model_scores(draft, sample, seed=seed, curve=False)   # no learning curve: init reads the baselines
+    test_rows = max(int(round(len(production_rows(draft, df)[0]) * TEST_SIZE)), 2)
+    plain = verifiability(draft, quick_scored(draft, sample, seed), out, seed=seed, test_rows=test_rows)
+    ver = cautious(draft, with_gate_estimate(draft, plain, gate_estimate(draft, df)), plain)
+    if why := no_signal(draft, base, ver):
+        raise MlcycleError(f'mlcycle init: no signal: {why}. A limit at chance could never be shown to hold. Add columns that bear on '
+                           f'{draft.data.target!r} to the data (or a free-text column with several words per row), then run: '
+                           f'mlcycle init --data <data> --target {draft.data.target} --force')
     kept, off, notes = objectives_with_room(draft, ver)
     quick = base[base.model == 'quick_model'].set_index('objective').value
     return {'objectives': kept, 'disabled': off, 'notes': notes, 'verifiability': ver, 'quick': quick}
@@ -165,6 +202,25 @@ def quick_baseline(df: pd.DataFrame, draft) -> tuple[np.ndarray, dict]:
     gaps = {f: objective_value('demographic_parity_difference', y, proba, sensitive=group_text(df[f]), min_group_size=n_min)
             for f in draft.data.sensitive_features}
     return proba, {'roc_auc': objective_value('roc_auc', y, proba), 'demographic_parity_difference': gaps}
+
+def text_features(df: pd.DataFrame, target: str, cols: dict) -> list[dict]:
+    """A `text` derived feature (TF-IDF of its words, stage 02's proposal) for each input column holding free text (`semantic_kind`):
+    one category per distinct review is no feature, its words are one."""
+    from mlcycle.features import semantic_kind
+    skip = {target, cols['id'], cols['time'], *cols['drop']}
+    return [{'name': f'{col}_words', 'kind': 'text', 'inputs': [col], 'method': 'tfidf', 'max_features': 100}
+            for col in df.columns if col not in skip and semantic_kind(df[col]) == 'text']
+
+def set_aside_leaks(d: dict, df: pd.DataFrame) -> dict:
+    """Columns stage 02's leakage screen (`single_feature_auc`) would refuse, added to the draft's `drop_columns`: a column that
+    alone predicts the target (ROC AUC ≥ 0.95) is most often a field written after the outcome, and stage 02 stops on it. They are
+    set aside and named, with their AUC, so the user restores one that is truly known at prediction time. Returns {column: AUC}."""
+    from mlcycle.data import single_feature_auc
+    c = parse_charter(d)
+    t = single_feature_auc(df, c, infer_contract(df, c))
+    leaks = {str(r.column): float(r.auc_alone) for r in t[t.leakage_suspect].itertuples()}
+    d['data']['drop_columns'] = d['data']['drop_columns'] + [k for k in leaks if k not in d['data']['drop_columns']]   # a new list: cols['drop'] stays the missing ones
+    return leaks
 
 def _draft(name, data_path, target, task, cols, n_rows, objectives) -> dict:
     small = n_rows < 5000
@@ -205,6 +261,8 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
     name = re.sub(r'[^A-Za-z0-9_.-]+', '-', name or f'{target}-model').strip('-') or 'my-model'
     d = _draft(name, data_path, target, task, cols, len(df), [{'metric': 'roc_auc', 'min': 0.5, 'primary': True}]
                + [{'metric': 'demographic_parity_difference', 'max': 1.0, 'sensitive_feature': f} for f in cols['sensitive']] + [{'metric': 'p95_latency_ms', 'max': 50}])
+    if words := text_features(df, target, cols): d['features'] = words
+    cols['leaks'] = set_aside_leaks(d, df)
     r = room_draft(parse_charter(d), df)
     d['objectives'] = r['objectives']
     c = parse_charter(d)
@@ -217,10 +275,24 @@ def draft(self: BinaryTask, df: pd.DataFrame, target: str, data_path: str, name,
                          (', '.join(f'{f} {g:.3f}' for f, g in base['demographic_parity_difference'].items()) or 'none (no sensitive feature)'),
              'objectives': r['notes']}
     from mlcycle.features import suggest_features     # stage 02's proposals, written as comments: the user decides
+    written = {f['name'] for f in d.get('features', [])}
     return {'charter': d, 'notes': notes, 'columns': cols, 'baseline': base, 'verifiability': r['verifiability'], 'disabled': r['disabled'],
-            'features': suggest_features(infer_contract(df, c), df)}
+            'features': [f for f in suggest_features(infer_contract(df, c), df) if f['name'] not in written]}
 
 # %% ../nbs/01b_init.ipynb #a6ea2703
+@patch
+def rare_labels(self: Task, y: pd.Series) -> dict:
+    "Labels too rare to split, with their rows, that a charter can leave out: none for a binary or a numeric target."
+    return {}
+
+@patch
+def rare_labels(self: MulticlassTask, y: pd.Series) -> dict:
+    """Labels with fewer than `MIN_CLASS_ROWS` rows (too few for stratified train, validation and test splits), with their rows,
+    when at least 3 labels remain without them; else none (the target is then refused, with the labels, as it is)."""
+    counts = y.dropna().astype(str).value_counts()
+    rare = counts[counts < MIN_CLASS_ROWS]
+    return {str(k): int(v) for k, v in rare.items()} if len(counts) - len(rare) >= 3 else {}
+
 def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str | None, task: dict) -> dict:
     "`draft_charter` for a regression or multiclass target."
     df = df[df[target].notna()].reset_index(drop=True)
@@ -231,14 +303,19 @@ def draft_task_charter(df: pd.DataFrame, target: str, data_path: str, name: str 
     gap = 'mae_difference' if reg else 'accuracy_difference'
     d = _draft(name, data_path, target, task, cols, len(df), [primary] + [{'metric': gap, 'max': 1.0 if reg else 0.5, 'sensitive_feature': f} for f in cols['sensitive']])
     if reg: d['development']['candidates'] = ['ridge', 'hist_gradient_boosting']
+    if words := text_features(df, target, cols): d['features'] = words
     d['objectives'] += [{'metric': 'p95_latency_ms', 'max': 50}]
+    cols['leaks'] = set_aside_leaks(d, df)
+    if rare := task_named(task['task'], parse_charter(d)).rare_labels(df[target]):     # left out, in the charter's words
+        d['data']['exclude_labels'] = list(rare)
+        df = df[~df[target].astype(str).isin(rare)].reset_index(drop=True)
     problems = task_named(task['task'], parse_charter(d)).target_problems(df[target])   # before any model: a label too rare to split
     if problems: raise MlcycleError(f'mlcycle init: the target {target!r} cannot be learned as it is:\n' + '\n'.join(problems))
     r = room_draft(parse_charter(d), df)
     d['objectives'] = r['objectives']
     quick = r['quick']
     c = parse_charter(d)
-    notes = {'task': f"{task['task']}: {target!r} is {task['why']}",
+    notes = {'task': f"{task['task']}: {target!r} is {task['why']}", 'excluded': rare,
              'sensitive': sensitive_note(cols),
              'requirements': f"from the data's size: {len(df)} rows",
              'baseline': "quick gradient boosting (stage 01's quick model), 3-fold CV: " + ', '.join(f'{k.split()[0]} {v:.4g}' for k, v in quick.items() if np.isfinite(v)),
@@ -263,11 +340,18 @@ def charter_yaml(draft: dict) -> str:
          '  # relative paths start at this file\'s folder; more sources (csv | parquet | sql) are stacked', '  ' + _y({'sources': data['sources']}),
          '  ' + _y({'target': data['target']}), '  ' + _y({'positive_label': data['positive_label']}),
          f"  # {n['sensitive']}", '  ' + _y({'sensitive_features': data['sensitive_features']}),
-         f"  # {'columns over 20% missing: ' + ', '.join(map(str, cols['drop'])) if cols['drop'] else 'columns the model must not see (ids of the outcome system, post-outcome fields)'}",
+         f"  # {'columns over 20% missing: ' + ', '.join(map(str, cols['drop'])) if cols['drop'] else 'columns the model must not see (ids of the outcome system, post-outcome fields)'}"
+         + (f"; set aside as probable label leakage, each alone predicts the target (ROC AUC ≥ 0.95, stage 02 would stop on it): "
+            + ', '.join(f'{k} ({v:.3f})' for k, v in cols['leaks'].items()) + ': remove one from this list if it is truly known at prediction time'
+            if cols.get('leaks') else ''),
          '  ' + _y({'drop_columns': data['drop_columns']}),
          f"  # {'guessed: unique in every row' if cols['id'] else 'a row identifier, if any (not a model input)'}", '  ' + _y({'id_column': data['id_column']}),
          f"  # {'guessed from its name and values: splits and held-back production rows follow it' if cols['time'] else 'a date or period column, if any: then splits are by time and production rows are the latest'}",
          '  ' + _y({'time_column': data['time_column']}),
+         *([f"  # labels too rare to learn or test (fewer than {MIN_CLASS_ROWS} rows each: {', '.join(f'{k} ({v} rows)' for k, v in n['excluded'].items())}): "
+            "their rows are left out at load and counted in stage 02's record, and the model card names them as classes the model "
+            "never predicts; to keep one, add rows of it to the data and remove it here", '  ' + _y({'exclude_labels': data['exclude_labels']})]
+           if data.get('exclude_labels') else []),
          f"  # {n['requirements']}: min_rows 80% of it, min_group_size by size (groups under it are reported, not judged)",
          '  ' + _y({'requirements': data['requirements']}),
          f"# objectives from a quick baseline ({n['baseline']})",
@@ -289,6 +373,9 @@ def charter_yaml(draft: dict) -> str:
           _y({'retention': {'prediction_log_days': 90, 'log_sensitive_features': 'hash'}}),
           '# production rows for the full circle: none named, so stage 02 holds back 15% (the latest by time_column, else a seeded random share);',
           '# name your own new rows instead with  production: {sources: [{kind: csv, path: new_rows.csv}]}  (labels optional)']
+    if d.get('features'):
+        L += ['# free text: its words (TF-IDF) are the feature, not one category per distinct text (the derived-features page lists every kind)', 'features:']
+        L += [f'  - {_y(f)}' for f in d['features']]
     if draft.get('features'):
         L += ['# derived features proposed from the data (uncomment those you want; the derived-features page of the documentation lists every kind):', '# features:']
         L += [f"#   - {_y({k: v for k, v in f.items() if k != 'why'})}   # {f['why']}" for f in draft['features']]
