@@ -394,3 +394,23 @@ def assert_decision_follows_evidence(ws_dir) -> str:
     elif o7['decision_applied'] and expected == 'keep' and 'previous_version' not in an:
         assert al['champion'] == an['champion_version'] and 'challenger' not in al, al
     return expected
+
+
+def poll(pred, timeout=60, step=0.1) -> bool:
+    "Whether `pred()` turns true within `timeout` seconds, asked every `step` seconds."
+    t0 = _time.monotonic()
+    while _time.monotonic() - t0 < timeout:
+        if pred(): return True
+        _time.sleep(step)
+    return False
+
+
+def predict_all(url, records: list, chunk: int = 100) -> list:
+    "The `/predict` answers of server `url` for `records`, posted `chunk` rows a request; every request must answer 200."
+    import requests
+    preds = []
+    for i in range(0, len(records), chunk):
+        r = requests.post(url + '/predict', json=records[i:i + chunk], timeout=60)
+        assert r.status_code == 200, r.text[:500]
+        preds += r.json()['predictions']
+    return preds

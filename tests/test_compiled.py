@@ -10,6 +10,7 @@ import pytest
 import requests
 import yaml
 
+from conftest import predict_all
 from test_features import hotels
 
 DERIVED = [
@@ -161,11 +162,7 @@ def test_a_boosting_champion_is_served_behind_the_compiled_preprocessor(hotel_ws
     s = start_server(ws)
     assert 'preprocessor: compiled' in (ws.root/f'server-{s.port}.log').read_text()
     records = json.loads(test[contract['features']].to_json(orient='records'))
-    preds = []
-    for i in range(0, len(records), 100):
-        r = requests.post(s.url + '/predict', json=records[i:i + 100], timeout=60)
-        assert r.status_code == 200, r.text[:500]
-        preds += r.json()['predictions']
+    preds = predict_all(s.url, records)
     for i in range(5):                                                 # one row per request too: the sequential path
         r = requests.post(s.url + '/predict', json=records[i], timeout=60)
         assert r.status_code == 200 and r.json()['predictions'][0]['probability'] == pytest.approx(preds[i]['probability'], rel=1e-12)

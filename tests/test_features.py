@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 import yaml
 
 from mlcycle.charter import CharterError, load_charter, parse_charter
@@ -151,11 +150,8 @@ def test_full_circle_with_derived_features_and_served_parity(tmp_path, mlcycle, 
     end_open_ab(ws, 'the parity test compares the champion with its served answers')
     s = start_server(ws, env=with_helpers_on_path())
     records = json.loads(test[contract['features']].to_json(orient='records'))
-    preds = []
-    for i in range(0, len(records), 200):
-        resp = requests.post(s.url + '/predict', json=records[i:i + 200], timeout=60)
-        assert resp.status_code == 200, resp.text[:500]
-        preds += resp.json()['predictions']
+    from conftest import predict_all
+    preds = predict_all(s.url, records, chunk=200)
     assert len(preds) == len(test)
     assert [p['label'] for p in preds] == model.predict(X).tolist()
     np.testing.assert_allclose([p['probability'] for p in preds], model.predict_proba(X)[:, 1], rtol=1e-9, atol=1e-12)

@@ -9,6 +9,8 @@ import mlflow
 import pytest
 import requests
 
+from conftest import poll
+
 from mlcycle.core import atomic_write_json
 from mlcycle.deploy import promote
 from mlcycle.predlog import read_log
@@ -31,13 +33,6 @@ def _alive(pid: int) -> bool:
     try: return 'State:\tZ' not in Path(f'/proc/{pid}/status').read_text()
     except OSError: return False
 
-
-def _wait(pred, timeout=60):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred(): return True
-        time.sleep(0.1)
-    return False
 
 
 def _hash_sensitive(ws):
@@ -113,7 +108,7 @@ def test_a_killed_lane_worker_gives_503_then_is_replaced_and_none_outlives_the_s
     workers = _worker_pids(s.proc.pid)
     assert len(workers) == 1 and workers[0] != pid
     s.stop()                                                         # SIGTERM: the server ends its workers and reaps them
-    assert _wait(lambda: not any(_alive(p) for p in workers), 15), [Path(f'/proc/{p}/status').read_text()[:200] for p in workers if _alive(p)]
+    assert poll(lambda: not any(_alive(p) for p in workers), 15), [Path(f'/proc/{p}/status').read_text()[:200] for p in workers if _alive(p)]
     assert 'starting another' in (registry_ws.root/f'server-{s.port}.log').read_text()
 
 

@@ -9,6 +9,8 @@ import mlflow
 import pytest
 import requests
 
+from conftest import poll
+
 from mlcycle.core import MlcycleError, atomic_write_json, setup_mlflow
 from mlcycle.deploy import promote, rollback
 
@@ -46,13 +48,6 @@ def _log_stage_records(ws):
         ws.audit.append('stage_record_copied', stage=st, stage_run=json.loads(ws.manifest_path(st).read_text())['run_id'])
 
 
-def _wait(pred, timeout=60):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred(): return True
-        time.sleep(0.2)
-    return False
-
 
 def test_a_pickled_champion_set_with_plain_mlflow_never_runs(registry_ws, start_server, mlcycle, tmp_path, adult_records):
     ws, marker = registry_ws, tmp_path/'the-payload-ran'
@@ -62,7 +57,7 @@ def test_a_pickled_champion_set_with_plain_mlflow_never_runs(registry_ws, start_
     s = start_server(ws, args=['--alias-poll-seconds', '0.5'])
     evil = _plant_pickled_version(ws, marker)
     mlflow.MlflowClient().set_registered_model_alias('adult-income', 'champion', evil)     # plain MLflow: no decision recorded
-    assert _wait(lambda: 'refused' in requests.get(s.url + '/ready', timeout=10).json())
+    assert poll(lambda: 'refused' in requests.get(s.url + '/ready', timeout=10).json())
     ready = requests.get(s.url + '/ready', timeout=10).json()
     assert ready['champion'] == '1' and ready['refused']['champion']['registry_version'] == evil, ready
     assert 'moved outside mlcycle' in ready['refused']['champion']['reason']
