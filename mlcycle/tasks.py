@@ -19,7 +19,7 @@ from .charter import (FAIRNESS_METRICS, METRICS, TASK_METRICS, Charter, CharterE
 from .latency import score_rows
 
 # %% auto #0
-__all__ = ['TASK_ONLY_METRICS', 'MIN_CLASS_ROWS', 'TASKS', 'KINDS', 'concordance', 'ovr_auc', 'fairness_draws',
+__all__ = ['TASK_ONLY_METRICS', 'MIN_CLASS_ROWS', 'TASKS', 'KINDS', 'concordance', 'ovr_auc', 'fairness_draws', 'fairness_value',
            'task_metric_value', 'objective_value', 'evaluate_objectives', 'Task', 'BinaryTask', 'MulticlassTask',
            'RegressionTask', 'task_named', 'task_of', 'contract_task', 'model_task', 'task_of_kind',
            'check_charter_against_data', 'Scores', 'task_target', 'stratify_labels', 'leakage_target', 'target_summary',
@@ -60,14 +60,31 @@ def fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> np
             return np.where(judged.sum(1) >= 2, lo / hi, np.nan)
         return np.fmax(spread(tpr), spread(fpr))
 
-def _group_gap(metric: str, y, pred, sensitive, min_group_size: int) -> float:
-    "The largest gap of MAE or accuracy between the judged groups (NaN when fewer than two are judged)."
-    import fairlearn.metrics as flm
-    from sklearn import metrics as skm
+def fairness_value(metric: str, y, pred, sensitive, min_group_size: int = 1) -> float:
+    """A fairness gap over the judged groups (NaN when fewer than two are judged), as fairlearn computes it: the spread
+    (largest − smallest) of each group's selection rate (`demographic_parity_difference`), their ratio smallest / largest
+    (`demographic_parity_ratio`), the larger spread of TPR and FPR, a group without positives (negatives) counting 0 as
+    in fairlearn (`equalized_odds_difference`), or of each group's accuracy or MAE (`accuracy_difference`, `mae_difference`)."""
     s = group_text(sensitive); keep = judged_rows(s, min_group_size)
-    if len(np.unique(s[keep])) < 2: return float('nan')
-    fn = skm.mean_absolute_error if metric == 'mae_difference' else skm.accuracy_score
-    return float(flm.MetricFrame(metrics=fn, y_true=y[keep], y_pred=pred[keep], sensitive_features=s[keep]).difference())
+    codes, uniq = pd.factorize(s[keep]); k = len(uniq)
+    if k < 2: return float('nan')
+    y, pred = np.asarray(y)[keep], np.asarray(pred)[keep]
+    count = lambda w=None: np.bincount(codes, weights=None if w is None else np.asarray(w, float), minlength=k)
+    spread = lambda r: float(r.max() - r.min())
+    if metric == 'mae_difference':     # per group as scikit-learn's mean_absolute_error sums it (a column mean), not by bincount
+        e = np.abs(pred.astype(float) - y.astype(float)).reshape(-1, 1)
+        return spread(np.array([np.average(e[codes == g], axis=0)[0] for g in range(k)]))
+    n = count()
+    if metric == 'accuracy_difference': return spread(count(y == pred) / n)
+    sel = count(pred == 1)
+    if metric == 'demographic_parity_difference': return spread(sel / n)
+    if metric == 'demographic_parity_ratio':
+        with np.errstate(invalid='ignore', divide='ignore'): return float((sel / n).min() / (sel / n).max())
+    if metric != 'equalized_odds_difference': raise ValueError(f'{metric!r} is not a fairness gap')
+    pos, tp = count(y == 1), count((y == 1) & (pred == 1))
+    with np.errstate(invalid='ignore', divide='ignore'):
+        tpr, fpr = np.where(pos > 0, tp / pos, 0.0), np.where(n - pos > 0, (sel - tp) / (n - pos), 0.0)
+    return max(spread(tpr), spread(fpr))
 
 def _error_metric(metric: str, y, pred) -> float:
     "rmse, mae, abs_mean_error or r2 of predicted numbers."
@@ -86,7 +103,7 @@ def task_metric_value(metric: str, y_true, proba=None, pred=None, sensitive=None
     if proba is not None and not isinstance(proba, pd.DataFrame): raise TypeError('multiclass proba must be a DataFrame with one column per label')
     if pred is None and proba is not None: pred = proba.columns.to_numpy()[np.argmax(proba.to_numpy(), axis=1)]
     pred = np.asarray(pred)
-    if metric in ('mae_difference', 'accuracy_difference'): return _group_gap(metric, y, pred, sensitive, min_group_size)
+    if metric in ('mae_difference', 'accuracy_difference'): return fairness_value(metric, y, pred, sensitive, min_group_size)
     if metric in ('rmse', 'mae', 'r2', 'abs_mean_error'): return _error_metric(metric, y, pred)
     y, pred = y.astype(str), pred.astype(str)
     if metric == 'accuracy': return float(np.mean(y == pred))
@@ -109,12 +126,7 @@ def objective_value(metric: str, y_true, proba=None, pred=None, sensitive=None, 
     if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)
     if metric == 'p95_latency_ms':
         return float(np.percentile(latencies_ms, 95)) if latencies_ms is not None and len(latencies_ms) else float('nan')
-    if metric in FAIRNESS_METRICS:
-        import fairlearn.metrics as flm
-        sensitive = group_text(sensitive)
-        keep = judged_rows(sensitive, min_group_size)
-        if len(np.unique(sensitive[keep])) < 2: return float('nan')
-        return float(getattr(flm, metric)(y_true[keep], np.asarray(pred)[keep], sensitive_features=sensitive[keep]))
+    if metric in FAIRNESS_METRICS: return fairness_value(metric, y_true, pred, sensitive, min_group_size)
     if len(np.unique(y_true)) < 2 and metric in ('roc_auc',): return float('nan')
     if metric == 'roc_auc': return float(skm.roc_auc_score(y_true, proba))
     if metric == 'log_loss': return float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1]))
