@@ -19,8 +19,8 @@ import mlcycle
 __all__ = ['ASSETS', 'MISSING_GROUP', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df',
            'fingerprint_file', 'row_keys', 'group_text', 'atomic_write_bytes', 'to_json', 'atomic_write_json',
            'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'resolve_workspace', 'owner_only',
-           'Workspace', 'verify_audit', 'StageRun', 'relocate_store', 'setup_mlflow', 'reset_mlflow', 'schema_rows',
-           'log_dataset']
+           'Workspace', 'verify_audit', 'StageRun', 'relocate_store', 'store_template', 'fresh_store', 'setup_mlflow',
+           'reset_mlflow', 'schema_rows', 'log_dataset']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -464,6 +464,37 @@ def relocate_store(ws: Workspace) -> dict | None:
     ws.audit.append('workspace_relocated', previous=olds, artifacts=new, rows=changed)
     return {'previous': olds, 'artifacts': new, 'rows': changed}
 
+# %% ../nbs/00_core.ipynb #79648d7a
+def store_template() -> Path:
+    "An empty MLflow SQLite store with this MLflow's schema and no experiment, built once per MLflow version in the user's cache folder."
+    import mlflow, sqlite3
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'mlcycle'
+    t = cache/f'mlflow-{mlflow.__version__}-empty.db'
+    if t.exists(): return t
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache/f'.{t.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}'
+    try:
+        client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{tmp}', registry_uri=f'sqlite:///{tmp}')
+        client.search_experiments(); client.search_registered_models()       # MLflow creates and migrates both stores' tables
+        con = sqlite3.connect(tmp)
+        with con: con.execute('delete from experiments where experiment_id = 0')   # MLflow recreates it on first open, for that folder
+        con.close()
+        os.replace(tmp, t)       # atomic: a process that builds it at the same time writes the same store
+    finally: tmp.unlink(missing_ok=True)
+    return t
+
+def fresh_store(db) -> bool:
+    "Create the SQLite store `db` as a copy of `store_template()` if it does not exist; False when it existed or could not be copied (MLflow then creates it)."
+    db = Path(db)
+    if db.exists(): return False
+    tmp = db.with_name(f'.{db.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}')
+    try:
+        shutil.copyfile(store_template(), tmp)
+        os.link(tmp, db)         # only if no other process created the store meanwhile (then FileExistsError: theirs is kept)
+        return True
+    except Exception: return False
+    finally: tmp.unlink(missing_ok=True)
+
 # %% ../nbs/00_core.ipynb #a9b366a9
 def setup_mlflow(ws: Workspace, experiment: str):
     "Point MLflow at the workspace's tracking store and select (or create) `experiment`; returns the experiment id."
@@ -471,6 +502,7 @@ def setup_mlflow(ws: Workspace, experiment: str):
     logging.getLogger('mlflow').setLevel(logging.WARNING)
     os.environ.setdefault('MLFLOW_ENABLE_ASYNC_LOGGING', 'false')
     uri = ws.tracking_uri
+    if uri == f"sqlite:///{ws.root/'mlflow.db'}": fresh_store(ws.root/'mlflow.db')   # a new store: a copy, not MLflow's migrations
     relocate_store(ws)
     saved = {k: os.environ.get(k) for k in ('MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI')}
     mlflow.set_tracking_uri(uri)
