@@ -65,9 +65,12 @@ def fairness_value(metric: str, y, pred, sensitive, min_group_size: int = 1) -> 
     (largest − smallest) of each group's selection rate (`demographic_parity_difference`), their ratio smallest / largest
     (`demographic_parity_ratio`), the larger spread of TPR and FPR, a group without positives (negatives) counting 0 as
     in fairlearn (`equalized_odds_difference`), or of each group's accuracy or MAE (`accuracy_difference`, `mae_difference`)."""
-    s = group_text(sensitive); keep = judged_rows(s, min_group_size)
-    codes, uniq = pd.factorize(s[keep]); k = len(uniq)
+    raw, values = pd.factorize(pd.Series(np.asarray(sensitive, dtype=object)), use_na_sentinel=False)   # the values once, then their text
+    codes = pd.factorize(group_text(values))[0][raw]               # group_text per distinct value, not per row (it is called ~250 times)
+    judged = np.bincount(codes) >= min_group_size                  # the groups `judged_rows` keeps
+    keep, k = judged[codes], int(judged.sum())
     if k < 2: return float('nan')
+    codes = (np.cumsum(judged) - 1)[codes[keep]]                   # 0..k-1 over the judged groups
     y, pred = np.asarray(y)[keep], np.asarray(pred)[keep]
     count = lambda w=None: np.bincount(codes, weights=None if w is None else np.asarray(w, float), minlength=k)
     spread = lambda r: float(r.max() - r.min())
