@@ -36,6 +36,13 @@ def _alive(pid: int) -> bool:
 
 
 
+def _below_the_server(pid: int):
+    "The worker runs at nice 10 (`--lane-nice`), and so does its session's scheduling group where the kernel has autogroups."
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 10
+    ag = Path(f'/proc/{pid}/autogroup')
+    if ag.exists(): assert ag.read_text().split()[-1] == '10', ag.read_text()       # else its nice would not count against the server
+
+
 def _hash_sensitive(ws):
     "This test is about the sensitive-feature rule: the workspace's charter logs them hashed (the bundled one stores them)."
     p = ws.root/'charter.json'; rec = json.loads(p.read_text())
@@ -90,6 +97,7 @@ def test_a_killed_lane_worker_gives_503_then_is_replaced_and_none_outlives_the_s
     assert requests.post(s.url + '/predict', data=big, headers=JSON, timeout=120).status_code == 200     # the worker is up
     first = _worker_pids(s.proc.pid)
     assert len(first) == 1, first
+    _below_the_server(first[0])
     refused = None
     for attempt in range(3):                         # kill the worker while it scores a 10,000-row request
         pid = _worker_pids(s.proc.pid)[0]
@@ -108,6 +116,7 @@ def test_a_killed_lane_worker_gives_503_then_is_replaced_and_none_outlives_the_s
     assert 'mlcycle_lane_worker_restarts_total 1' in m and 'mlcycle_lane_failures_total{reason="stopped"} 1' in m and 'mlcycle_lane_workers 1' in m, m
     workers = _worker_pids(s.proc.pid)
     assert len(workers) == 1 and workers[0] != pid
+    _below_the_server(workers[0])                                    # the replacement too
     s.stop()                                                         # SIGTERM: the server ends its workers and reaps them
     assert poll(lambda: not any(_alive(p) for p in workers), 15), [Path(f'/proc/{p}/status').read_text()[:200] for p in workers if _alive(p)]
     assert 'starting another' in (registry_ws.root/f'server-{s.port}.log').read_text()
