@@ -11,7 +11,8 @@ from .request import RequestError
 
 # %% auto #0
 __all__ = ['WORKER_MAIN', 'pack_frame', 'read_frame', 'read_frame_sync', 'private_stdout', 'write_all', 'serve_frames',
-           'LanePool', 'call', 'stop', 'metrics_text', 'model_descriptor', 'offload', 'warm', 'lane_pool']
+           'LanePool', 'call', 'stop', 'metrics_text', 'model_descriptor', 'offload', 'warm', 'lower_priority',
+           'lane_pool']
 
 # %% ../nbs/05a_lane.ipynb #e9900685
 _LEN = struct.Struct('>II')
@@ -192,12 +193,20 @@ async def warm(pool: LanePool, srv):
 # %% ../nbs/05a_lane.ipynb #13419ea3
 WORKER_MAIN = 'from mlcycle.lane_worker import main; main()'
 
+def lower_priority(nice: int):
+    "Lower this process's CPU priority by `nice`, and its autogroup's when it leads its own session (see above)."
+    os.nice(nice)
+    if os.getsid(0) != os.getpid(): return          # the group is shared with the parent: leave it
+    try:
+        with open('/proc/self/autogroup', 'w') as f: f.write(str(nice))
+    except OSError: pass                               # no autogroup scheduling here: the process's nice is enough
+
 def lane_pool(srv, limits, max_body_bytes: int, body_timeout: float, settings: dict) -> LanePool:
     "The (not yet started) `LanePool` of `srv` (a `ModelServer`) for `limits` (a `mlcycle.serve.Limits`)."
     import dataclasses
     cfg = {'workspace': str(srv.ws.root), 'settings': {k: v for k, v in settings.items() if k not in ('admin_token', 'feedback_token', 'alias_poll_seconds')},
            'max_body_bytes': int(max_body_bytes), 'body_timeout': float(body_timeout), 'limits': dataclasses.asdict(limits),
            'id_prefix': srv.id_prefix}
-    cmd = [sys.executable, '-c', f'import os; os.nice({max(0, int(limits.lane_nice))}); {WORKER_MAIN}']
+    cmd = [sys.executable, '-c', f'from mlcycle.lane import lower_priority; lower_priority({max(0, int(limits.lane_nice))}); {WORKER_MAIN}']
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in sys.path if p)}
     return LanePool(cmd, cfg, limits.lane_workers, limits.lane_timeout, env)

@@ -5,7 +5,7 @@
 # %% ../nbs/05a_predlog.ipynb #ce0b4b7f
 from __future__ import annotations
 
-import concurrent.futures as cf, hmac, json, os, queue, secrets, threading, time
+import concurrent.futures as cf, fcntl, hmac, json, os, queue, secrets, threading, time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ from .core import MlcycleError, Workspace
 # %% auto #0
 __all__ = ['SECRET_URL_KEYS', 'log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy',
            'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'add_missing_columns',
-           'PredictionLog', 'read_log', 'integrity_check', 'expired_rows', 'purge_before', 'purge_expired',
-           'register_cli']
+           'PredictionLog', 'WriterLock', 'lock_writes', 'read_log', 'integrity_check', 'expired_rows', 'purge_before',
+           'purge_expired', 'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -194,6 +194,9 @@ class PredictionLog:
         self._q: queue.Queue = queue.Queue()
         self.commits = self.rows_written = 0
         self._thread = threading.Thread(target=self._run, name='prediction-log-writer', daemon=True)
+        path = sqlite_path(url)
+        self.lock = WriterLock(path) if path is not None else None      # writers of one SQLite file take turns (see below)
+        if self.lock is not None: lock_writes(self.engine, self.lock, self._thread)
         self._thread.start()
 
     def submit(self, rows: list[dict]) -> cf.Future:
@@ -215,6 +218,7 @@ class PredictionLog:
         if self._thread.is_alive():
             self._q.put(None); self._thread.join(timeout)
         self.engine.dispose()
+        if self.lock is not None and not self._thread.is_alive(): self.lock.close()
 
 # %% ../nbs/05a_predlog.ipynb #8cee8a23
 def _run(self: PredictionLog):
@@ -237,16 +241,21 @@ def _run(self: PredictionLog):
 def _commit(self: PredictionLog, group):
     "Insert a group's rows in one transaction; when it fails, each request's rows alone, so a bad row fails only its own request."
     try:
-        with self.engine.begin() as conn:
-            rows = [r for _, rs, _ in group for r in rs]
-            if rows: conn.execute(self.predictions.insert(), rows)
+        try:
+            with self.engine.begin() as conn:
+                rows = [r for _, rs, _ in group for r in rs]
+                if rows: conn.execute(self.predictions.insert(), rows)
+        finally: self._unlock()                  # committed or rolled back: the next writer may go
         self.commits += 1; self.rows_written += len(rows)
         for _, rs, f in group: f.set_result(len(rs))
     except Exception as e:
         if len(group) == 1: group[0][2].set_exception(e); return
         for job in group: self._commit([job])
 
-PredictionLog._run, PredictionLog._commit = _run, _commit
+def _unlock(self: PredictionLog):
+    if self.lock is not None: self.lock.release()
+
+PredictionLog._run, PredictionLog._commit, PredictionLog._unlock = _run, _commit, _unlock
 
 # %% ../nbs/05a_predlog.ipynb #4ab33649
 def _feedback(self: PredictionLog, job):
@@ -270,10 +279,36 @@ def _feedback(self: PredictionLog, job):
                 conn.execute(self.feedback.update().where(F.request_id == rid).values(label=lab, y=y, ts=now))
             settled = list(replaced) + (list(new) if replace else [])
             if settled: conn.execute(self.conflicts.delete().where(C.request_id.in_(settled)))
-        f.set_result(summary)
-    except Exception as e: f.set_exception(e)
+        self._unlock(); f.set_result(summary)       # the next writer may go before this one's caller wakes
+    except Exception as e: self._unlock(); f.set_exception(e)
 
 PredictionLog._feedback = _feedback
+
+# %% ../nbs/05a_predlog.ipynb #5eca3a91
+class WriterLock:
+    "An exclusive `flock` on `<database>-lock`, held by a `PredictionLog` writer while its transaction writes (see above)."
+    def __init__(self, db: Path):
+        self.path = Path(f'{db}-lock'); _private_file(self.path)
+        self.fd = os.open(self.path, os.O_RDWR)    # this log's own open file: its lock excludes every other one, in this process too
+        self.held, self.waits, self.wait_s = False, 0, 0.0      # waits: acquisitions that found another writer
+    def acquire(self):
+        if self.held: return
+        try: fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            t = time.perf_counter(); fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.waits += 1; self.wait_s += time.perf_counter() - t
+        self.held = True
+    def release(self):
+        if self.held: fcntl.flock(self.fd, fcntl.LOCK_UN); self.held = False
+    def close(self):
+        self.release(); os.close(self.fd)
+
+def lock_writes(engine, lock: WriterLock, writer: threading.Thread):
+    "Have `writer`'s statements that write take `lock` as they reach SQLite; whoever ends the transaction releases it."
+    import sqlalchemy as sa
+    @sa.event.listens_for(engine, 'before_cursor_execute')
+    def _take(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread() is writer and not statement.lstrip()[:6].upper() in ('SELECT', 'PRAGMA'): lock.acquire()
 
 # %% ../nbs/05a_predlog.ipynb #79238f27
 def _has_table(conn, name: str) -> bool:

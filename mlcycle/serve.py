@@ -27,11 +27,11 @@ from .registry import decided_pointer, fetch_model, lifecycle_record, record_log
 # %% auto #0
 __all__ = ['LATENCY_BUCKETS', 'EXPLAIN_MAX_ROWS', 'MIN_ADMIN_TOKEN', 'CONNECTIONS', 'Histogram', 'Metrics',
            'monitoring_gauge_lines', 'monitoring_gauges', 'registry_pointer', 'load_model_set', 'fixed_model_set',
-           'feedback_token', 'target_classes', 'authorize', 'ModelServer', 'start', 'stop', 'ready', 'metrics_text',
-           'settle_heap', 'predict', 'invocations', 'wants_explanation', 'explain', 'feedback', 'resolve_feedback',
-           'reload', 'read_json_body', 'error_body', 'check_admin_token', 'Limits', 'Lane', 'AdminGuard',
-           'decode_in_steps', 'predict_in_chunks', 'dumps_in_steps', 'create_app', 'default_max_connections', 'serve',
-           'worker_app', 'register_cli', 'cli_main']
+           'feedback_token', 'target_classes', 'authorize', 'ModelServer', 'start', 'stop', 'ready', 'log_lock_lines',
+           'metrics_text', 'settle_heap', 'predict', 'invocations', 'wants_explanation', 'explain', 'feedback',
+           'resolve_feedback', 'reload', 'read_json_body', 'error_body', 'check_admin_token', 'Limits', 'Lane',
+           'AdminGuard', 'decode_in_steps', 'predict_in_chunks', 'dumps_in_steps', 'create_app',
+           'default_max_connections', 'serve', 'worker_app', 'register_cli', 'cli_main']
 
 # %% ../nbs/05b_serving.ipynb #aeebbb49
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -332,9 +332,18 @@ def ready(self: ModelServer) -> dict:
     if self.models is None: raise RequestError(503, {'ready': False, 'reason': self.error})
     return {'ready': True, **self.models.describe(), **({'refused': self.refused} if self.refused else {})}
 
+def log_lock_lines(log) -> str:
+    "Counters of the prediction log's writer lock (SQLite): commits that waited for another writer of the file, and for how long."
+    lk = getattr(log, 'lock', None)
+    if lk is None: return ''
+    return '\n'.join(['# HELP mlcycle_prediction_log_lock_waits_total Log transactions of this process that waited for another writer of the SQLite file (a lane worker, a replica).',
+                      '# TYPE mlcycle_prediction_log_lock_waits_total counter', f'mlcycle_prediction_log_lock_waits_total {lk.waits}',
+                      '# HELP mlcycle_prediction_log_lock_wait_seconds_total Time those transactions waited.',
+                      '# TYPE mlcycle_prediction_log_lock_wait_seconds_total counter', f'mlcycle_prediction_log_lock_wait_seconds_total {lk.wait_s:.6f}']) + '\n'
+
 def metrics_text(self: ModelServer) -> str:
     lane = getattr(self, 'lane', None)
-    return self.metrics.render() + (lane.metrics_text() if lane is not None else '') + monitoring_gauges(self.ws)
+    return self.metrics.render() + log_lock_lines(self.log) + (lane.metrics_text() if lane is not None else '') + monitoring_gauges(self.ws)
 
 for f in (start, stop, ready, metrics_text): setattr(ModelServer, f.__name__, f)
 

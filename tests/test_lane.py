@@ -1,8 +1,9 @@
 """The lane (issue 32, item 4): bulk and explain=true requests answered by a worker process at a lower CPU priority,
 against the real `mlcycle serve` on 127.0.0.1. The lane answers and logs exactly what the server answers in-process;
 a killed worker gives its request a 503 with Retry-After, is replaced, and no worker outlives the server; a pickled
-version in the registry is not run by a worker either. Every wait is bounded."""
-import json, os, signal, threading, time
+version in the registry is not run by a worker either; the server and its worker take turns on the SQLite log's writer
+lock. Every wait is bounded."""
+import fcntl, json, os, re, signal, threading, time
 from pathlib import Path
 
 import mlflow
@@ -33,6 +34,13 @@ def _alive(pid: int) -> bool:
     try: return 'State:\tZ' not in Path(f'/proc/{pid}/status').read_text()
     except OSError: return False
 
+
+
+def _below_the_server(pid: int):
+    "The worker runs at nice 10 (`--lane-nice`), and so does its session's scheduling group where the kernel has autogroups."
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 10
+    ag = Path(f'/proc/{pid}/autogroup')
+    if ag.exists(): assert ag.read_text().split()[-1] == '10', ag.read_text()       # else its nice would not count against the server
 
 
 def _hash_sensitive(ws):
@@ -89,6 +97,7 @@ def test_a_killed_lane_worker_gives_503_then_is_replaced_and_none_outlives_the_s
     assert requests.post(s.url + '/predict', data=big, headers=JSON, timeout=120).status_code == 200     # the worker is up
     first = _worker_pids(s.proc.pid)
     assert len(first) == 1, first
+    _below_the_server(first[0])
     refused = None
     for attempt in range(3):                         # kill the worker while it scores a 10,000-row request
         pid = _worker_pids(s.proc.pid)[0]
@@ -107,6 +116,7 @@ def test_a_killed_lane_worker_gives_503_then_is_replaced_and_none_outlives_the_s
     assert 'mlcycle_lane_worker_restarts_total 1' in m and 'mlcycle_lane_failures_total{reason="stopped"} 1' in m and 'mlcycle_lane_workers 1' in m, m
     workers = _worker_pids(s.proc.pid)
     assert len(workers) == 1 and workers[0] != pid
+    _below_the_server(workers[0])                                    # the replacement too
     s.stop()                                                         # SIGTERM: the server ends its workers and reaps them
     assert poll(lambda: not any(_alive(p) for p in workers), 15), [Path(f'/proc/{p}/status').read_text()[:200] for p in workers if _alive(p)]
     assert 'starting another' in (registry_ws.root/f'server-{s.port}.log').read_text()
@@ -143,3 +153,31 @@ def test_a_lane_worker_never_runs_a_pickled_model(registry_ws, start_server, tmp
     head, body = asyncio.run(run())
     assert head['status'] == 503 and json.loads(body)['detail']['reason'] == 'the lane worker could not load the version the server serves', body
     assert not marker.exists(), 'the pickled payload ran'
+
+
+def test_the_server_and_its_lane_worker_take_turns_on_the_log_files_writer_lock(registry_ws, start_server, adult_records):
+    """Both processes' log writers take the lock beside the SQLite log while they write: while another writer holds it, a
+    one-row answer (the server's log) and a bulk answer (the worker's) wait; once it is released, both are answered and logged."""
+    promote(registry_ws, '1')
+    s = start_server(registry_ws, args=['--alias-poll-seconds', '0'])
+    big = json.dumps([adult_records[k % len(adult_records)] for k in range(1000)])
+    assert len(big) > 64 << 10                                        # over --bulk-bytes: the lane worker logs it
+    assert requests.post(s.url + '/predict', data=big, headers=JSON, timeout=120).status_code == 200     # both logs are open
+    lock = registry_ws.root/'predictions.db-lock'
+    assert lock.stat().st_mode & 0o777 == 0o600
+    fd = os.open(lock, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX)    # another writer's transaction under way
+    out, threads = {}, []
+    try:
+        for k, body in (('one', json.dumps(adult_records[:1])), ('bulk', big)):
+            threads.append(threading.Thread(target=lambda k=k, body=body: out.update({k: requests.post(s.url + '/predict', data=body, headers=JSON, timeout=60)})))
+            threads[-1].start()
+        time.sleep(2)
+        assert out == {}, f'answered while another writer held the log: {out}'
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
+    for t in threads: t.join(60)
+    assert out['one'].status_code == 200 and out['bulk'].status_code == 200, {k: r.text[:200] for k, r in out.items()}
+    ids = set(read_log(registry_ws, features=False).request_id)
+    assert out['one'].json()['predictions'][0]['request_id'] in ids and out['bulk'].json()['predictions'][-1]['request_id'] in ids
+    m = requests.get(s.url + '/metrics', timeout=30).text
+    assert float(re.search(r'^mlcycle_prediction_log_lock_waits_total (\S+)$', m, re.M).group(1)) >= 1, m
