@@ -58,12 +58,12 @@ class StandaloneCluster:
                          '--work-dir', str(self.logs/f'work-{i}'), self.url)
         while True:
             dead = [p.args[1].rsplit('.', 1)[-1] for p in self.procs if p.poll() is not None]
-            alive = 0
+            alive = -1                 # the master not answering yet
             try: alive = sum(w.get('state') == 'ALIVE' for w in master_status(self.ui, 2).get('workers', []))
             except Exception: pass
             if alive >= self.n: break
             if dead or time.monotonic() - t0 > self.timeout:
-                why = f'{", ".join(dead)} exited' if dead else f'{alive} of {self.n} workers registered after {self.timeout:.0f} s'
+                why = f'{", ".join(dead)} exited' if dead else f'{max(alive, 0)} of {self.n} workers registered after {self.timeout:.0f} s'
                 self.stop()
                 raise RuntimeError(f'the Spark standalone cluster did not come up ({why}); logs in {self.logs}:\n{_tail(self.logs)}')
             time.sleep(0.5)

@@ -291,3 +291,24 @@ def test_standalone_cluster_that_does_not_come_up_says_why(tmp_path):
     msg = str(e.value)
     assert '0 of 1 workers registered after 30 s' in msg and '--- master.log' in msg and '--- worker-0.log' in msg, msg
     assert cluster.started and all(p.poll() is not None for p in cluster.started)
+
+
+def test_search_on_a_cluster_without_executors_says_so(tmp_path):
+    """Stage 03's search waits for a cluster's executors (they register seconds after the session starts), and when none
+    comes (here a master without workers) it stops with the master and the fix, instead of joblib's "no active worker"."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'no Spark standalone cluster here: {why}')
+    from pyspark.sql import SparkSession
+    from mlcycle.core import MlcycleError
+    from mlcycle.train import wait_for_executors
+    from spark_cluster import StandaloneCluster
+    if SparkSession.getActiveSession() is not None: SparkSession.getActiveSession().stop()   # an earlier test's local session
+    master = StandaloneCluster(tmp_path/'logs', workers=0).start()
+    try:
+        spark = SparkSession.builder.master(master.url).appName('mlcycle-no-executor').config('spark.ui.enabled', 'false').getOrCreate()
+        try:
+            with pytest.raises(MlcycleError, match=f'spark_master {master.url}: no executor registered in 3 s'):
+                wait_for_executors(spark, master.url, timeout=3)
+        finally: spark.stop()
+    finally: master.stop()
