@@ -517,20 +517,30 @@ def _write_parquet(chunks, folder: Path) -> tuple[Path, Path, int]:
     if not n: raise MlcycleError('window_statistics: the window has no rows; check the log or its window')
     return *paths, n
 
-def _aggregate_spark(chunks, specs: dict, performance: bool, master: str, folder: Path) -> tuple[dict, dict | None, int]:
-    "The chunks written as Parquet, read by Spark at `master`: the same update in the executors, merged on the driver."
+def _session_at(master: str):
+    """A Spark session at `master`, and whether it is ours to stop: one already running at `master` (spark-submit's, or an
+    earlier stage's in the same kernel) is reused; one at another master is stopped first, as a process has one."""
     from mlcycle.batch import spark_session
     from pyspark.sql import SparkSession
+    active = SparkSession.getActiveSession()
+    if active is not None and active.sparkContext.master == master: return active, False
+    if active is not None: active.stop()
+    return spark_session(master, 'mlcycle-monitoring'), True
+
+def _aggregate_spark(chunks, specs: dict, performance: bool, master: str, folder: Path) -> tuple[dict, dict | None, int, dict]:
+    """The chunks written as Parquet, read by Spark at `master`: the same update in the executors, merged on the driver.
+    Also the application that ran it (its master, id and name, as the cluster lists it)."""
     feats_path, answers_path, n = _write_parquet(chunks, folder)
-    had = SparkSession.getActiveSession() is not None
-    spark = spark_session(master, 'mlcycle-monitoring')
+    spark, ours = _session_at(master)
+    sc = spark.sparkContext
+    app = {'master': sc.master, 'app_id': sc.applicationId, 'app_name': sc.appName}
     try:
         feats = spark.read.parquet(str(feats_path))
         drift = {k: spark_aggregate(feats, drift_update, drift_merge, sp) for k, sp in specs.items()}
         perf = spark_aggregate(spark.read.parquet(str(answers_path)), performance_update, performance_merge) if performance else None
     finally:
-        if not had: spark.stop()          # the application ends here: a cluster lists it as completed
-    return drift, perf, n
+        if ours: spark.stop()          # the application ends here: a cluster lists it as completed
+    return drift, perf, n, app
 
 
 # %% ../nbs/06_monitoring.ipynb #b7c1e2a3
@@ -541,21 +551,22 @@ def window_statistics(train: pd.DataFrame, log: pd.DataFrame, contract: dict, op
                       chunk_rows: int = CHUNK_ROWS, folder: Path | None = None) -> dict:
     """Drift of the window against `train` (the contract's features, and the charter's derived ones at one test level) and,
     when `performance`, realized performance per version and arm, from the mergeable aggregates on `engine` ("pandas"
-    or "spark" at `master`; Spark reads the window from Parquet files in `folder`, a temporary folder by default)."""
+    or "spark" at `master`; Spark reads the window from Parquet files in `folder`, a temporary folder by default). On
+    Spark, `master` and `spark_app` in the result are the master and the application that really ran it."""
     import tempfile
     if engine not in MONITOR_ENGINES: raise MlcycleError(f'engine {engine!r}: expected one of {", ".join(MONITOR_ENGINES)}; fix the stage-06 parameter engine')
     t0, specs = time.perf_counter(), window_specs(train, contract, n_bins)
     chunks = window_chunks(log, contract, train, opaque, chunk_rows)
-    if engine == 'pandas': drift_aggs, perf, n = _aggregate_pandas(chunks, specs, performance)
+    if engine == 'pandas': (drift_aggs, perf, n), app = _aggregate_pandas(chunks, specs, performance), {}
     else:
         with tempfile.TemporaryDirectory(prefix='mlcycle-window-', dir=folder) as tmp:
-            drift_aggs, perf, n = _aggregate_spark(chunks, specs, performance, master, Path(tmp))
+            drift_aggs, perf, n, app = _aggregate_spark(chunks, specs, performance, master, Path(tmp))
     drift = drift_result(specs['features'], drift_aggs['features'], alpha)
     if len(opaque): drift.loc[drift.feature.isin(list(opaque)), 'note'] = OPAQUE_NOTE
     if 'derived' in specs:
         more = drift_result(specs['derived'], drift_aggs['derived'], alpha)
         drift = decide_drift(pd.concat([drift.assign(derived=False), more.assign(derived=True)], ignore_index=True), alpha)
-    return {'engine': engine, 'master': master if engine == 'spark' else '', 'rows': int(drift_aggs['features']['rows']),
+    return {'engine': engine, 'master': app.get('master', ''), 'spark_app': app, 'rows': int(drift_aggs['features']['rows']),
             'chunks': n, 'chunk_rows': int(chunk_rows), 'drift': drift, 'performance': performance_result(perf, primary, alpha) if perf is not None else None,
             'aggregates': {'drift': drift_aggs, 'performance': perf}, 'seconds': time.perf_counter() - t0}
 
@@ -586,7 +597,7 @@ def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_b
 def _statistics_record(st: dict) -> dict:
     "What the manifest says about the engine: which ran, where, on how many rows and chunks, and its performance table."
     perf = st['performance']
-    return {'engine': st['engine'], 'spark_master': st['master'], 'rows': st['rows'], 'chunks': st['chunks'], 'chunk_rows': st['chunk_rows'],
+    return {'engine': st['engine'], 'spark_master': st['master'], 'spark_app': st['spark_app'], 'rows': st['rows'], 'chunks': st['chunks'], 'chunk_rows': st['chunk_rows'],
             'seconds': round(st['seconds'], 2), 'performance': perf.to_dict('records') if perf is not None else []}
 
 def _versions(log: pd.DataFrame, model_version) -> list[str]:
