@@ -19,7 +19,8 @@ import pandas as pd
 from .core import MlcycleError, Workspace, group_text, read_json, row_keys, setup_mlflow
 from .charter import Charter, binary_target, workspace_charter
 from .tasks import task_of
-from .aggregates import drift_table
+from .aggregates import (drift_merge, drift_table, drift_result, drift_spec, drift_update, pandas_aggregate, performance_merge, performance_result,
+                         performance_update, spark_aggregate)
 from .drift import (MIN_EXPECTED, MISSING_DELTA, MISSING_DELTA_CRITICAL, NEW_CATEGORY_SHARE, PSI_CRITICAL, PSI_EPS, PSI_WARNING,
                            VANISHED_MIN_EXPECTED, VANISHED_MIN_SHARE, DriftDetector, chi2_test, decide_drift, drift_summary, ks_test,
                            numeric_edges, psi)
@@ -31,11 +32,13 @@ from .stats import (N_RESAMPLES, resampled_errors, auc_delong, bootstrap_indices
 
 # %% auto #0
 __all__ = ['ARRIVAL_COLUMNS', 'POSITIVE_RATE_DELTA', 'ERROR_RATE_WARNING', 'ERROR_RATE_CRITICAL', 'VIOLATION_RATE_WARNING',
-           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'PARAMS', 'parse_window', 'read_window', 'in_content_order',
-           'logged_rows', 'prediction_drift', 'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance',
-           'performance_over_time', 'group_rates', 'fairness_objectives', 'operations', 'server_error_rate',
-           'build_alerts', 'recommend', 'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server',
-           'ensure_champion', 'monitor_window', 'run_monitoring', 'monitor_task_window', 'register_cli']
+           'VIOLATION_RATE_CRITICAL', 'RETRAIN_RULES', 'MONITOR_ENGINES', 'CHUNK_ROWS', 'ANSWER_COLUMNS', 'OPAQUE_NOTE',
+           'PARAMS', 'parse_window', 'read_window', 'in_content_order', 'logged_rows', 'prediction_drift',
+           'serving_skew', 'feature_skew', 'metric_with_ci', 'realized_performance', 'performance_over_time',
+           'group_rates', 'fairness_objectives', 'operations', 'server_error_rate', 'build_alerts', 'recommend',
+           'plot_drift', 'plot_performance', 'plot_groups', 'free_port', 'local_server', 'ensure_champion',
+           'window_chunks', 'window_specs', 'window_statistics', 'monitor_window', 'run_monitoring',
+           'monitor_task_window', 'register_cli']
 
 # %% ../nbs/06_monitoring.ipynb #994cea77
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -457,6 +460,117 @@ def ensure_champion(ws: Workspace, charter=None, log=print) -> str:
     promote(ws, v, reason='monitoring demo: serve a champion')
     return v
 
+# %% ../nbs/06_monitoring.ipynb #b7c1e2a1
+MONITOR_ENGINES = ('pandas', 'spark')
+CHUNK_ROWS = 100_000          # rows of the window aggregated at a time
+ANSWER_COLUMNS = ['ts', 'model_version', 'arm', 'probability', 'label', 'y_true', 'feedback_ts']
+
+def window_chunks(log: pd.DataFrame, contract: dict, train: pd.DataFrame, opaque=(), chunk_rows: int = CHUNK_ROWS):
+    """The window `chunk_rows` rows at a time, as (features, answers): the contract's feature frame without the `opaque`
+    columns, with the charter's derived features beside it; and one row per served and shadow score (`arm_rows`)."""
+    from mlcycle.features import derived_frame
+    for i in range(0, len(log), max(int(chunk_rows), 1)):
+        part = log.iloc[i:i + chunk_rows]
+        X = log_features(part, contract)
+        feats = X.drop(columns=list(opaque), errors='ignore')
+        if contract.get('derived'): feats = pd.concat([feats, derived_frame(contract, train, X)], axis=1)
+        yield feats.reset_index(drop=True), arm_rows(part)[ANSWER_COLUMNS].reset_index(drop=True)
+
+def window_specs(train: pd.DataFrame, contract: dict, n_bins: int = 10) -> dict:
+    "The drift specs of the window's aggregates: the contract's features and (when the charter derives some) the derived ones."
+    from mlcycle.features import derived_frame
+    specs = {'features': drift_spec(train, contract, n_bins=n_bins)}
+    ref = derived_frame(contract, train, train) if contract.get('derived') else pd.DataFrame()
+    if len(ref.columns): specs['derived'] = drift_spec(ref, n_bins=n_bins)
+    return specs
+
+
+# %% ../nbs/06_monitoring.ipynb #b7c1e2a2
+def _aggregate_pandas(chunks, specs: dict, performance: bool) -> tuple[dict, dict | None, int]:
+    "Every chunk's aggregates, merged as they come: one chunk in memory at a time."
+    drift, perf, n = {}, None, 0
+    for feats, answers in chunks:
+        n += 1
+        for k, sp in specs.items():
+            a = drift_update(sp, feats)
+            drift[k] = drift_merge(drift[k], a) if k in drift else a
+        if performance:
+            p = performance_update(answers)
+            perf = p if perf is None else performance_merge(perf, p)
+    if not n: raise MlcycleError('window_statistics: the window has no rows; check the log or its window')
+    return drift, perf, n
+
+def _write_parquet(chunks, folder: Path) -> tuple[Path, Path, int]:
+    "The chunks as two Parquet files (features, answers), written one chunk at a time."
+    import pyarrow as pa, pyarrow.parquet as pq
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, writers, n = (folder/'features.parquet', folder/'answers.parquet'), [None, None], 0
+    try:
+        for n, frames in enumerate(chunks, 1):
+            for j, f in enumerate(frames):
+                t = pa.Table.from_pandas(f, preserve_index=False, schema=writers[j].schema if writers[j] else None)
+                writers[j] = writers[j] or pq.ParquetWriter(paths[j], t.schema)
+                writers[j].write_table(t)
+    finally:
+        for w in writers:
+            if w is not None: w.close()
+    if not n: raise MlcycleError('window_statistics: the window has no rows; check the log or its window')
+    return *paths, n
+
+def _session_at(master: str):
+    """A Spark session at `master`, and whether it is ours to stop: one already running at `master` (spark-submit's, or an
+    earlier stage's in the same kernel) is reused; one at another master is stopped first, as a process has one."""
+    from mlcycle.batch import spark_session
+    from pyspark.sql import SparkSession
+    active = SparkSession.getActiveSession()
+    if active is not None and active.sparkContext.master == master: return active, False
+    if active is not None: active.stop()
+    return spark_session(master, 'mlcycle-monitoring'), True
+
+def _aggregate_spark(chunks, specs: dict, performance: bool, master: str, folder: Path) -> tuple[dict, dict | None, int, dict]:
+    """The chunks written as Parquet, read by Spark at `master`: the same update in the executors, merged on the driver.
+    Also the application that ran it (its master, id and name, as the cluster lists it)."""
+    feats_path, answers_path, n = _write_parquet(chunks, folder)
+    spark, ours = _session_at(master)
+    sc = spark.sparkContext
+    app = {'master': sc.master, 'app_id': sc.applicationId, 'app_name': sc.appName}
+    try:
+        feats = spark.read.parquet(str(feats_path))
+        drift = {k: spark_aggregate(feats, drift_update, drift_merge, sp) for k, sp in specs.items()}
+        perf = spark_aggregate(spark.read.parquet(str(answers_path)), performance_update, performance_merge) if performance else None
+    finally:
+        if ours: spark.stop()          # the application ends here: a cluster lists it as completed
+    return drift, perf, n, app
+
+
+# %% ../nbs/06_monitoring.ipynb #b7c1e2a3
+OPAQUE_NOTE = 'not compared: the log holds it hashed or not at all (retention.log_sensitive_features)'
+
+def window_statistics(train: pd.DataFrame, log: pd.DataFrame, contract: dict, opaque=(), n_bins: int = 10, alpha: float = 0.05,
+                      primary: str = 'roc_auc', performance: bool = True, engine: str = 'pandas', master: str = 'local[*]',
+                      chunk_rows: int = CHUNK_ROWS, folder: Path | None = None) -> dict:
+    """Drift of the window against `train` (the contract's features, and the charter's derived ones at one test level) and,
+    when `performance`, realized performance per version and arm, from the mergeable aggregates on `engine` ("pandas"
+    or "spark" at `master`; Spark reads the window from Parquet files in `folder`, a temporary folder by default). On
+    Spark, `master` and `spark_app` in the result are the master and the application that really ran it."""
+    import tempfile
+    if engine not in MONITOR_ENGINES: raise MlcycleError(f'engine {engine!r}: expected one of {", ".join(MONITOR_ENGINES)}; fix the stage-06 parameter engine')
+    t0, specs = time.perf_counter(), window_specs(train, contract, n_bins)
+    chunks = window_chunks(log, contract, train, opaque, chunk_rows)
+    if engine == 'pandas': (drift_aggs, perf, n), app = _aggregate_pandas(chunks, specs, performance), {}
+    else:
+        with tempfile.TemporaryDirectory(prefix='mlcycle-window-', dir=folder) as tmp:
+            drift_aggs, perf, n, app = _aggregate_spark(chunks, specs, performance, master, Path(tmp))
+    drift = drift_result(specs['features'], drift_aggs['features'], alpha)
+    if len(opaque): drift.loc[drift.feature.isin(list(opaque)), 'note'] = OPAQUE_NOTE
+    if 'derived' in specs:
+        more = drift_result(specs['derived'], drift_aggs['derived'], alpha)
+        drift = decide_drift(pd.concat([drift.assign(derived=False), more.assign(derived=True)], ignore_index=True), alpha)
+    return {'engine': engine, 'master': app.get('master', ''), 'spark_app': app, 'rows': int(drift_aggs['features']['rows']),
+            'chunks': n, 'chunk_rows': int(chunk_rows), 'drift': drift, 'performance': performance_result(perf, primary, alpha) if perf is not None else None,
+            'aggregates': {'drift': drift_aggs, 'performance': perf}, 'seconds': time.perf_counter() - t0}
+
+
 # %% ../nbs/06_monitoring.ipynb #ae5921ab
 def _metric_key(s: str) -> str: return re.sub(r'[^A-Za-z0-9_.\-/ ]', '_', s)
 
@@ -470,21 +584,21 @@ def _read_inputs(ws: Workspace, log_url, window, model_version) -> tuple[dict, d
                            ': serve traffic first (`mlcycle serve`, `mlcycle simulate`) or widen the window')
     return fps, contract, log
 
-def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float, opaque=()) -> tuple[pd.DataFrame, float]:
-    """Drift of the window's features against the stage-02 training split, and the seconds the comparison took. `opaque`:
-    columns the log holds only hashed or not at all (retention.log_sensitive_features), left out of the comparison."""
+def _data_drift(ws: Workspace, contract: dict, fps: dict, log: pd.DataFrame, n_bins: int, alpha: float, opaque=(), primary: str = 'roc_auc',
+                performance: bool = False, engine: str = 'pandas', spark_master: str = 'local[*]') -> tuple[pd.DataFrame, float, dict]:
+    """Drift of the window's features against the stage-02 training split, the seconds it took and the engine's statistics
+    (`window_statistics`; realized performance from the aggregates when `performance`). `opaque`: columns the log holds
+    only hashed or not at all (retention.log_sensitive_features), left out of the comparison."""
     from mlcycle.data import feature_frame
     train = feature_frame(ws.load_snapshot(fps['train']), contract)
-    t0 = time.perf_counter()   # through the mergeable aggregates (mlcycle.aggregates): one logic for pandas chunks and Spark partitions
-    drift = drift_table(train, log_features(log, contract).drop(columns=list(opaque), errors='ignore'), contract, n_bins=n_bins, alpha=alpha)
-    if len(opaque): drift.loc[drift.feature.isin(list(opaque)), 'note'] = 'not compared: the log holds it hashed or not at all (retention.log_sensitive_features)'
-    if contract.get('derived'):   # the charter's derived features too (mlcycle.features.derived_frame), one test level over all
-        from mlcycle.features import derived_frame
-        ref = derived_frame(contract, train, train)
-        if len(ref.columns):
-            more = drift_table(ref, derived_frame(contract, train, log_features(log, contract)), n_bins=n_bins, alpha=alpha)
-            drift = decide_drift(pd.concat([drift.assign(derived=False), more.assign(derived=True)], ignore_index=True), alpha)
-    return drift, time.perf_counter() - t0
+    st = window_statistics(train, log, contract, opaque, n_bins, alpha, primary, performance, engine, spark_master, folder=ws.root)
+    return st['drift'], st['seconds'], st
+
+def _statistics_record(st: dict) -> dict:
+    "What the manifest says about the engine: which ran, where, on how many rows and chunks, and its performance table."
+    perf = st['performance']
+    return {'engine': st['engine'], 'spark_master': st['master'], 'spark_app': st['spark_app'], 'rows': st['rows'], 'chunks': st['chunks'], 'chunk_rows': st['chunk_rows'],
+            'seconds': round(st['seconds'], 2), 'performance': perf.to_dict('records') if perf is not None else []}
 
 def _versions(log: pd.DataFrame, model_version) -> list[str]:
     if model_version: return [str(model_version)]
@@ -565,15 +679,18 @@ def _monitoring_outputs(r: dict, counts: dict, seconds: float) -> dict:
 
 # %% ../nbs/06_monitoring.ipynb #b2dddca6
 def monitor_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
-                   alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
-    "Every check of stage 06 on a log window: drift, prediction drift and skew, realized performance, fairness, operations, alerts."
-    if not task_of(c).positive_score: return monitor_task_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)   # no P(positive) to read
-    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c))
+                   alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None, engine: str = 'pandas', spark_master: str = 'local[*]') -> dict:
+    """Every check of stage 06 on a log window: drift, prediction drift and skew, realized performance, fairness, operations, alerts.
+    Drift and realized performance come from the aggregates on `engine` (`window_statistics`); on pandas the realized
+    performance is the exact table (`realized_performance`), on Spark the aggregated one."""
+    if not task_of(c).positive_score: return monitor_task_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw, engine, spark_master)   # no P(positive) to read
+    drift, drift_seconds, stats = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c), c.primary.metric, True, engine, spark_master)
     versions = _versions(log, model_version)
     pred_drift, skew = _score_checks(ws, c, contract, fps, log, versions, alpha)
-    perf, over_time = realized_performance(log, c, alpha), performance_over_time(log, c, alpha=alpha)
+    perf = realized_performance(log, c, alpha) if engine == 'pandas' else stats['performance']
+    over_time = performance_over_time(log, c, alpha=alpha)
     rates, fair, fairness_note = _fairness_in_production(log, c, alpha)
-    return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
+    return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds, statistics=stats,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
                           fairness=fair, fairness_note=fairness_note, label_free=label_free_checks(ws, c, contract, fps, log, versions, alpha))
 
@@ -591,16 +708,17 @@ def _window_result(log, c, contract, window, versions, server_url, raw, **checks
     return dict(log=log, window=win, **checks, feature_skew=skew_rows, operations=ops, errors=errors, alerts=alerts, recommendation=recommend(alerts))
 
 _RESULT_KEYS = ('log', 'drift', 'prediction_drift', 'serving_skew', 'feature_skew', 'performance', 'over_time', 'group_rates', 'fairness',
-               'operations', 'errors', 'alerts', 'recommendation', 'figures', 'mlflow_run_id', 'drift_seconds')
+               'operations', 'errors', 'alerts', 'recommendation', 'figures', 'mlflow_run_id', 'drift_seconds', 'statistics')
 
 def run_monitoring(charter=None, workspace=None, window='', model_version='', server_url: str = '', alpha: float = 0.05,
-                   n_bins: int = 10, log_url: str | None = None, raw: pd.DataFrame | None = None, plots: bool = True) -> dict:
+                   n_bins: int = 10, log_url: str | None = None, raw: pd.DataFrame | None = None, plots: bool = True,
+                   engine: str = 'pandas', spark_master: str = 'local[*]') -> dict:
     "Stage 06: drift, skew, realized performance, fairness and operations on a window of the prediction log; alerts and a recommendation."
     t_start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     c = workspace_charter(ws, charter)
     fps, contract, log = _read_inputs(ws, log_url, window, model_version)
-    r = monitor_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw)
+    r = monitor_window(ws, c, log, contract, fps, window, model_version, server_url, alpha, n_bins, raw, engine, spark_master)
     r['attribution_drift'] = workspace_attribution_drift(ws, c, contract, fps, log, model_version)      # reported, not alerted on
     counts = {s: sum(a['severity'] == s for a in r['alerts']) for s in ('critical', 'warning', 'info')}
     setup_mlflow(ws, c.name)
@@ -609,6 +727,7 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
         r['mlflow_run_id'], r['figures'] = _log_monitoring_run(c, r, counts, plots)
         st.manifest['outputs'].update(_monitoring_outputs(r, counts, time.perf_counter() - t_start))
         st.manifest['outputs']['attribution_drift'] = attribution_record(r['attribution_drift'])
+        st.manifest['outputs']['statistics'] = _statistics_record(r['statistics'])     # which engine ran, where, on how many rows
         if r['attribution_drift']['table'] is not None:
             import mlflow; mlflow.MlflowClient().log_text(r['mlflow_run_id'], r['attribution_drift']['table'].to_csv(index=False), 'attribution_drift.csv')
         for a in r['alerts']:
@@ -618,9 +737,10 @@ def run_monitoring(charter=None, workspace=None, window='', model_version='', se
 
 # %% ../nbs/06_monitoring.ipynb #e546ead1
 def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: dict, fps: dict, window='', model_version='', server_url: str = '',
-                        alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None) -> dict:
-    "`monitor_window` for a regression or multiclass charter: the same checks and result keys, read through `task_log_view`."
-    drift, drift_seconds = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c))
+                        alpha: float = 0.05, n_bins: int = 10, raw: pd.DataFrame | None = None, engine: str = 'pandas', spark_master: str = 'local[*]') -> dict:
+    """`monitor_window` for a regression or multiclass charter: the same checks and result keys, read through `task_log_view`
+    (drift on `engine`; realized performance from the task's functions)."""
+    drift, drift_seconds, stats = _data_drift(ws, contract, fps, log, n_bins, alpha, opaque_columns(c), engine=engine, spark_master=spark_master)
     versions, view = _versions(log, model_version), task_log_view(log, c, contract)
     pred_drift, skew = task_score_checks(ws, c, contract, fps, view, versions, alpha)
     perf, over_time = task_realized_performance(view, c, alpha), task_performance_over_time(view, c, alpha=alpha)
@@ -628,7 +748,7 @@ def monitor_task_window(ws: Workspace, c: Charter, log: pd.DataFrame, contract: 
     rates = pd.concat([task_group_errors(view, c, f) for f in c.data.sensitive_features] or [pd.DataFrame()], ignore_index=True) if policy != 'drop' else pd.DataFrame()
     fair = task_fairness_objectives(rates, c) if len(rates) else pd.DataFrame()
     fairness_note = 'the log drops the sensitive features: fairness cannot be monitored' if policy == 'drop' and c.data.sensitive_features else ''
-    return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds,
+    return _window_result(log, c, contract, window, versions, server_url, raw, drift=drift, drift_seconds=drift_seconds, statistics=stats,
                           prediction_drift=pred_drift, serving_skew=skew, performance=perf, over_time=over_time, group_rates=rates,
                           fairness=fair, fairness_note=fairness_note)
 
@@ -646,6 +766,8 @@ PARAMS = StageParams('06', [
     Param('demo_rows', 4000, "only when the workspace's own SQLite log is empty: serve the champion locally, replay this many rows (0: never)"),
     Param('demo_scenario', '', 'drift scenario of that demo traffic (empty: the default for the data; see 05c_simulate)'),
     Param('notify', True, "send this run's alerts to the charter's webhooks (monitoring.webhooks); False: nobody"),
+    Param('engine', 'pandas', 'where drift and realized performance are aggregated: "pandas" (chunk by chunk) or "spark" (the window as Parquet)', flag='--engine'),
+    Param('spark_master', 'local[*]', 'the Spark master when engine is "spark", e.g. spark://host:7077', flag='--spark-master'),
 ])
 
 def _monitor_cmd(a):

@@ -30,16 +30,17 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SAMPLE_MIN_ROWS', 'CURVE_START_ROWS',
-           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SEARCH_ENGINES', 'SMALL_DATA_ROWS', 'CV_REPEATS', 'VERSION_TAGS',
-           'base_estimator', 'candidate_pipeline', 'Candidate', 'task_folds', 'search_candidate', 'row_uniforms',
-           'group_key', 'FairThresholdClassifier', 'cross_fitted_scores', 'unmitigable_groups',
-           'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment', 'fit_exponentiated_gradient',
-           'task_outputs', 'task_report_metrics', 'evaluate_candidate', 'search_processes', 'train_candidates',
-           'curve_rungs', 'curve_gain', 'learning_curve_points', 'training_plan', 'search_backend', 'refit_candidate',
-           'cv_estimates', 'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table',
-           'Selection', 'describe_objectives', 'select_model', 'model_trusted_types', 'trusted_types_for',
-           'model_requirements', 'signature_frame', 'register_model', 'load_model_version', 'model_version_info',
-           'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
+           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SEARCH_ENGINES', 'EXECUTOR_WAIT_SECONDS', 'SMALL_DATA_ROWS',
+           'CV_REPEATS', 'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
+           'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
+           'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
+           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
+           'search_processes', 'train_candidates', 'curve_rungs', 'curve_gain', 'learning_curve_points',
+           'training_plan', 'task_slots', 'wait_for_executors', 'search_backend', 'refit_candidate', 'cv_estimates',
+           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
+           'describe_objectives', 'select_model', 'model_trusted_types', 'trusted_types_for', 'model_requirements',
+           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
+           'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 SEARCH_SPACES = {name: f.space() for name, f in FAMILIES.items()}   # the family table's (mlcycle.families), for reading
@@ -519,6 +520,24 @@ def training_plan(c: Charter, contract: dict, train_df: pd.DataFrame, validation
 # %% ../nbs/03_model_development.ipynb #6aec0b48
 SEARCH_ENGINES = ('', 'local', 'spark')
 
+EXECUTOR_WAIT_SECONDS = 120   # how long the search waits for a cluster's first executors
+
+def task_slots(spark) -> int:
+    "How many tasks the session's executors can run at once now (0 on a cluster whose executors have not registered yet)."
+    sc = spark.sparkContext._jsc.sc()      # the count joblib's Spark backend sizes its jobs by
+    return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().resourceProfileFromId(0)))
+
+def wait_for_executors(spark, master: str, timeout: float = EXECUTOR_WAIT_SECONDS, step: float = 0.5) -> int:
+    """Wait until the session has executors, as a cluster's come up seconds after the session starts (joblib's Spark
+    backend refuses to start before: "has no active worker"); their task slots, or an error naming the master and the fix."""
+    t0 = time.monotonic()
+    while (n := task_slots(spark)) == 0:
+        if time.monotonic() - t0 > timeout:
+            raise MlcycleError(f'spark_master {master}: no executor registered in {timeout:.0f} s; check that the cluster has a free '
+                               'worker with enough cores and memory for an executor (its web UI lists them), or fix spark_master')
+        time.sleep(step)
+    return n
+
 def search_backend(engine: str = '', master: str = 'local[*]'):
     "The context stage 03's search runs in: local worker processes ('' or 'local'), or Spark's executors through joblib's Spark backend ('spark')."
     if engine not in SEARCH_ENGINES: raise MlcycleError(f'search_engine {engine!r}: expected "", "local" or "spark"; fix the stage-03 parameter')
@@ -526,7 +545,8 @@ def search_backend(engine: str = '', master: str = 'local[*]'):
     from joblib import parallel_backend
     from joblibspark import register_spark
     from pyspark.sql import SparkSession
-    SparkSession.builder.master(master).appName('mlcycle-search').config('spark.ui.enabled', 'false').getOrCreate()
+    spark = SparkSession.builder.master(master).appName('mlcycle-search').config('spark.ui.enabled', 'false').getOrCreate()
+    wait_for_executors(spark, master)
     register_spark()
     return parallel_backend('spark')
 

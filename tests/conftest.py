@@ -284,6 +284,21 @@ def postgres_url():
 
 
 @pytest.fixture(scope='session')
+def spark_cluster(tmp_path_factory):
+    """A real Spark standalone cluster on 127.0.0.1: a master and two workers of one core and 1 GB each, started from
+    pyspark's own `bin/spark-class` (tests/spark_cluster.py), their logs in a temp folder; yields it (`.url` is the
+    `spark://` master URL, `.completed_apps()` what it ran); stopped at the end. Skips only without pyspark and Java."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'no Spark standalone cluster here: {why}')
+    from spark_cluster import StandaloneCluster
+    cluster = StandaloneCluster(tmp_path_factory.mktemp('spark-cluster'), workers=2, cores=1, memory='1g').start()
+    print(f'Spark standalone cluster at {cluster.url}: master and 2 workers up in {cluster.start_seconds:.1f} s')
+    try: yield cluster
+    finally: cluster.stop()
+
+
+@pytest.fixture(scope='session')
 def adult_records():
     "Rows of the Adult test file as JSON records (what clients send)."
     from mlcycle.data import adult

@@ -1,5 +1,6 @@
 """Beyond one machine: `mlcycle predict --engine spark` (Spark local mode) equals the in-process path row for row; stages
-01-05 against a real MLflow tracking server on PostgreSQL."""
+01-05 against a real MLflow tracking server on PostgreSQL; stage 06's statistics on Spark equal pandas'; the standalone
+cluster the suite starts says why when it does not come up (the circle on it: tests/test_tasks.py, penguins)."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -247,3 +248,68 @@ def test_search_on_spark_selects_the_same_model():
     cols = [k for k in local.search_results if k != 'mean_fit_seconds']
     pd.testing.assert_frame_equal(spark.search_results[cols], local.search_results[cols])
     assert np.array_equal(spark.model.predict_proba(X), local.model.predict_proba(X))
+
+
+def test_stage06_window_statistics_spark_equals_pandas(tmp_path):
+    """Stage 06's `window_statistics` on a log window (Adult's test file under a shift, with gaps, scored by a model, two
+    versions and arms, a hashed sensitive column): pandas in chunks, and Spark reading the window that stage 06 writes as
+    Parquet chunk by chunk: the same aggregates, drift table and realized-performance table."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'stage 06 on Spark untested here: {why}')
+    from mlcycle.charter import load_charter
+    from mlcycle.data import adult, feature_frame, infer_contract
+    from mlcycle.monitor import window_statistics
+    c, train = load_charter(), adult()
+    contract = infer_contract(train, c)
+    window, answers = _shifted_window_with_gaps(seed=2), _scored_log(seed=2)
+    log = feature_frame(window, contract).add_prefix('x_').assign(**{k: answers[k].to_numpy() for k in answers})
+    ref = feature_frame(train, contract)
+    a = window_statistics(ref, log, contract, opaque=['sex'], chunk_rows=3_000)
+    b = window_statistics(ref, log, contract, opaque=['sex'], engine='spark', master='local[2]', chunk_rows=3_000, folder=tmp_path)
+    assert (a['engine'], b['engine'], a['rows'], b['rows'], b['chunks']) == ('pandas', 'spark', len(log), len(log), 6)
+    assert b['master'].startswith('local') and b['spark_app']['app_id'] and a['spark_app'] == {}
+    assert a['aggregates']['drift'] == b['aggregates']['drift']
+    pd.testing.assert_frame_equal(a['drift'], b['drift'])
+    pd.testing.assert_frame_equal(a['performance'], b['performance'], rtol=1e-12)
+    assert a['drift'].set_index('feature').loc['workclass', 'status'] == 'critical' and len(a['performance']) == 4
+    assert not any(tmp_path.iterdir())                       # the Parquet window is removed after use
+
+
+def test_standalone_cluster_that_does_not_come_up_says_why(tmp_path):
+    """The suite's Spark cluster (tests/spark_cluster.py) fails with the reason and its logs' tails when its workers do
+    not register, and leaves no process behind: here another process holds the master's port, so the master binds
+    another one and the worker knocks on the wrong door."""
+    import socket
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'no Spark standalone cluster here: {why}')
+    from spark_cluster import StandaloneCluster
+    cluster = StandaloneCluster(tmp_path/'logs', workers=1, timeout=30)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', cluster.port)); s.listen()
+        with pytest.raises(RuntimeError, match='did not come up') as e: cluster.start()
+    msg = str(e.value)
+    assert '0 of 1 workers registered after 30 s' in msg and '--- master.log' in msg and '--- worker-0.log' in msg, msg
+    assert cluster.started and all(p.poll() is not None for p in cluster.started)
+
+
+def test_search_on_a_cluster_without_executors_says_so(tmp_path):
+    """Stage 03's search waits for a cluster's executors (they register seconds after the session starts), and when none
+    comes (here a master without workers) it stops with the master and the fix, instead of joblib's "no active worker"."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'no Spark standalone cluster here: {why}')
+    from pyspark.sql import SparkSession
+    from mlcycle.core import MlcycleError
+    from mlcycle.train import wait_for_executors
+    from spark_cluster import StandaloneCluster
+    if SparkSession.getActiveSession() is not None: SparkSession.getActiveSession().stop()   # an earlier test's local session
+    master = StandaloneCluster(tmp_path/'logs', workers=0).start()
+    try:
+        spark = SparkSession.builder.master(master.url).appName('mlcycle-no-executor').config('spark.ui.enabled', 'false').getOrCreate()
+        try:
+            with pytest.raises(MlcycleError, match=f'spark_master {master.url}: no executor registered in 3 s'):
+                wait_for_executors(spark, master.url, timeout=3)
+        finally: spark.stop()
+    finally: master.stop()

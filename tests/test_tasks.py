@@ -62,10 +62,11 @@ def test_init_infers_regression_and_multiclass(tmp_path, mlcycle):
 
 # --- the whole circle, one small charter per task ------------------------------------------------------------------
 
-def _circle(name: str, tmp_path: Path, mlcycle) -> tuple:
+def _circle(name: str, tmp_path: Path, mlcycle, *params, env=None) -> tuple:
+    "The whole circle on test charter `name`; `params`: more `mlcycle run` arguments (e.g. `-p 06 engine spark`)."
     p = charter_copy(tmp_path, name)
     t0 = time.perf_counter()
-    r = mlcycle('run', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', cwd=tmp_path, timeout=1500)
+    r = mlcycle('run', '--charter', p, '--workspace', tmp_path/'ws', '--reports', tmp_path/'reports', *params, cwd=tmp_path, timeout=1500, env=env)
     seconds = time.perf_counter() - t0
     print(f'{name}: full circle in {seconds:.0f} s\n{r.stdout}')
     assert r.returncode == 0, f'{r.stdout[-4000:]}\n{r.stderr[-3000:]}'
@@ -122,10 +123,53 @@ def test_regression_circle_diamonds(tmp_path, mlcycle):
     assert out['prediction'].tolist() == pytest.approx(prices) and out['score'].tolist() == pytest.approx(prices)
 
 
+def _cluster_params(url: str) -> list:
+    """`mlcycle run` parameters that send stage 03's search and stage 06's statistics (and stage 02's passes, where stage 02
+    has an engine) to the Spark master at `url`."""
+    from mlcycle.stages import notebook_params
+    out = ['-p', '03', 'search_engine', 'spark', '-p', '03', 'spark_master', url, '-p', '06', 'engine', 'spark', '-p', '06', 'spark_master', url]
+    if 'engine' in notebook_params('02').names: out += ['-p', '02', 'engine', 'spark', '-p', '02', 'spark_master', url]
+    return out
+
+
+def _assert_stage06_on_cluster(ws: Path, m, cluster):
+    """Stage 06 ran its statistics on the cluster (its manifest names the master and the application its session really
+    had, and the master lists that application and the search's as completed; in one kernel, stage 06 reuses the
+    search's session at the same master), and its drift table equals the pandas engine's on the same window."""
+    from mlcycle.charter import workspace_charter
+    from mlcycle.core import Workspace, read_json
+    from mlcycle.data import feature_frame
+    from mlcycle.model_checks import opaque_columns
+    from mlcycle.monitor import in_content_order, read_window, window_statistics
+    o6 = m('06_monitoring')
+    st = o6['statistics']
+    assert (st['engine'], st['spark_master'], st['rows']) == ('spark', cluster.url, o6['window']['rows']), st
+    apps = {a['id']: a['name'] for a in cluster.completed_apps()}
+    assert 'mlcycle-search' in apps.values(), apps                     # stage 03's search
+    assert st['spark_app']['app_id'] in apps, (st['spark_app'], apps)   # the application that aggregated stage 06's window
+    w = Workspace(ws)
+    man = w.manifest('06_monitoring')
+    contract = read_json(ws/'data'/'contract.json')
+    log = in_content_order(read_window(w))
+    log = log[(log.ts >= o6['window']['from_ts']) & (log.ts <= o6['window']['to_ts'])]    # later stages logged more rows
+    assert len(log) == o6['window']['rows']
+    train = feature_frame(w.load_snapshot(man['inputs']['reference']), contract)
+    here = window_statistics(train, log, contract, opaque_columns(workspace_charter(w)), performance=False, chunk_rows=100)
+    cols = ['feature', 'psi', 'statistic', 'p_value', 'missing_cur', 'status']
+    got = pd.DataFrame(o6['drift'])[cols]
+    pd.testing.assert_frame_equal(got, here['drift'][cols], check_dtype=False)
+
+
 @pytest.mark.slow
-def test_multiclass_circle_penguins(tmp_path, mlcycle):
-    "Penguin species: macro F1, log loss, one-vs-rest AUC with intervals; per-sex accuracy; the server answers with a species."
-    ws, m = _circle('penguins', tmp_path, mlcycle)
+def test_multiclass_circle_penguins(tmp_path, mlcycle, request):
+    """Penguin species: macro F1, log loss, one-vs-rest AUC with intervals; per-sex accuracy; the server answers with a species.
+    With Spark, the circle's Spark work runs on a real standalone cluster (a master and two workers): stage 03's search
+    and stage 06's statistics."""
+    from mlcycle.batch import spark_available
+    cluster = None if spark_available() else request.getfixturevalue('spark_cluster')
+    env = {'SPARK_LOCAL_IP': '127.0.0.1', 'OMP_NUM_THREADS': '1'}
+    ws, m = _circle('penguins', tmp_path, mlcycle, *(_cluster_params(cluster.url) if cluster else []), env=env)
+    if cluster: _assert_stage06_on_cluster(ws, m, cluster)
     groups = {g['group']: g for g in m('01_problem_definition')['group_sizes']}
     assert groups['<missing>']['rows'] == 11 and groups['<missing>']['too_small'], groups   # no recorded sex: a group of its own, too small to judge
     rep = m('04_validation')['report']
