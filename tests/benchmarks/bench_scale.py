@@ -1,4 +1,4 @@
-"""Benchmark: the cost of stages 01-04 as the rows grow, on one machine (time and peak memory per stage, fitted exponent).
+"""Benchmark: the cost of stages 01-06 as the rows grow, on one machine (time and peak memory per stage, fitted exponent).
 
 The data: Adult's training file (the bundled data) resampled with replacement to n rows, seeded, with noise so that the
 copies are not duplicates (see `noisy_adult`: jittered numbers and, by default, categories swapped within the income
@@ -17,7 +17,7 @@ Run on demand (it is not collected by pytest), one size at a time on a quiet mac
 
 Sizes run one after the other; `--out` appends, so sizes can be measured in separate runs.
 """
-import argparse, json, os, platform, subprocess, sys, tempfile, time
+import argparse, functools, json, os, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,16 @@ STAGES = {
     '02': ('mlcycle.data', 'run_data_stage', None),
     '03': ('mlcycle.train', 'run_model_development', None),
     '04': ('mlcycle.validate', 'run_validation', None),
+    '05': ('mlcycle.deploy', 'run_deployment', None),
+    '06': ('mlcycle.monitor', 'run_monitoring', None),
 }
+PRODUCTION_SHARE = 10     # the production window: n // 10 generated rows (teacher) or the UCI test file's 16,281 rows
 
 
 SWAP_COLUMNS = ('workclass', 'marital_status', 'occupation', 'relationship', 'native_country')
 
 
-def noisy_adult(n: int, seed: int = 0, noise: str = 'mixed') -> pd.DataFrame:
+def noisy_adult(n: int, seed: int = 0, noise: str = 'mixed', always: bool = False) -> pd.DataFrame:
     """Adult's training file resampled to `n` rows (with replacement, seeded), with noise. 'jitter': `age` and
     `hours_per_week` moved by up to two, capital gains and losses scaled by 0.95-1.05 (copies stay near-duplicates
     in every other column). 'mixed' (the default): the same, and each of `SWAP_COLUMNS` takes, with probability 0.2,
@@ -43,7 +46,7 @@ def noisy_adult(n: int, seed: int = 0, noise: str = 'mixed') -> pd.DataFrame:
     The target, sex, race and education are never changed."""
     from mlcycle.data import adult
     df = adult()
-    if n == len(df): return df
+    if n == len(df) and not always: return df
     rng = np.random.default_rng(seed)
     out = df.sample(n, replace=True, random_state=seed).reset_index(drop=True)
     for col, k in (('age', 2), ('hours_per_week', 2)):
@@ -61,15 +64,98 @@ def noisy_adult(n: int, seed: int = 0, noise: str = 'mixed') -> pd.DataFrame:
     return out
 
 
+TEACHER_DROP = ('income', 'fnlwgt')
+
+
+def _teacher_frame(df: pd.DataFrame, categories: dict) -> pd.DataFrame:
+    X = df.drop(columns=list(TEACHER_DROP))
+    return X.assign(**{c: pd.Categorical(X[c], categories=v) for c, v in categories.items()})
+
+
+@functools.lru_cache(maxsize=1)
+def teacher():
+    """A fixed model of P(income > 50K | the features), fitted once on Adult's training file (seeded): gradient-boosted
+    trees of depth 3, 150 rounds, categories native. `fnlwgt` (a census weight the charter drops) is not used.
+    Returns (model, categories of each text column)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from mlcycle.data import adult
+    df = adult()
+    cats = {c: sorted(df[c].dropna().unique()) for c in df.drop(columns=list(TEACHER_DROP)) if not pd.api.types.is_numeric_dtype(df[c])}
+    m = HistGradientBoostingClassifier(max_depth=3, max_iter=150, learning_rate=0.1, early_stopping=False, random_state=0,
+                                       categorical_features='from_dtype')
+    return m.fit(_teacher_frame(df, cats), (df.income == '>50K').astype(int)), cats
+
+
+def teacher_proba(df: pd.DataFrame) -> np.ndarray:
+    m, cats = teacher()
+    return m.predict_proba(_teacher_frame(df, cats))[:, 1]
+
+
+def teacher_adult(n: int, seed: int = 0) -> pd.DataFrame:
+    """One distribution with independent labels: the features of `noisy_adult(n, seed, 'mixed')` (always generated, also
+    at 32,561 rows) and each row's income drawn, seeded, from the teacher's probability for that row. A near-copy of a
+    row in another split carries its own draw, so memorising the training rows does not pay on validation, and the
+    learning curve flattens where the model has learnt the teacher."""
+    out = noisy_adult(n, seed, 'mixed', always=True)
+    p = teacher_proba(out)
+    draw = np.random.default_rng([seed, 30]).random(n) < p
+    out['income'] = pd.array(np.where(draw, '>50K', '<=50K'), dtype=out['income'].dtype)
+    return out
+
+
+def generate(n: int, seed: int = 0, noise: str = 'mixed') -> pd.DataFrame:
+    return teacher_adult(n, seed) if noise == 'teacher' else noisy_adult(n, seed, noise)
+
+
+def production_size(n: int, noise: str) -> int | None:
+    return max(4000, n // PRODUCTION_SHARE) if noise == 'teacher' else None
+
+
 def prepare(root: Path, n: int, seed: int = 0, noise: str = 'mixed') -> Path:
-    "Write the noisy data (Parquet) and the bundled charter reading it into `root`; return the charter's path."
+    """Write the generated data (Parquet) and the bundled charter reading it into `root`; return the charter's path.
+    With `teacher`, the production rows (stage 02's production snapshot, the rows stage 06's log holds) are another
+    draw of the same distribution, `production_size(n)` rows; otherwise the UCI test file, as the bundled charter has it."""
     from mlcycle.core import ASSETS
-    noisy_adult(n, seed, noise).to_parquet(root/'adult_n.parquet', index=False)
+    generate(n, seed, noise).to_parquet(root/'adult_n.parquet', index=False)
     d = yaml.safe_load((ASSETS/'adult_charter.yaml').read_text())
     d['data']['sources'] = [{'kind': 'parquet', 'path': 'adult_n.parquet'}]
-    d.get('production', {}).get('sources', [{}])[0].update(path=str(ASSETS/'adult_test.csv.gz'))
+    prod = str(ASSETS/'adult_test.csv.gz')
+    if noise == 'teacher':
+        generate(production_size(n, noise), seed + 1, noise).to_parquet(root/'production.parquet', index=False)
+        prod = 'production.parquet'
+    d['production']['sources'][0].update(kind='parquet' if noise == 'teacher' else 'csv', path=prod)
     (root/'charter.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
     return root/'charter.yaml'
+
+
+def fill_log(ws: Path, rows: pd.DataFrame, seed: int = 0) -> int:
+    """Stage 06's input, written as the server would have: the champion's answers on the production rows in the
+    workspace's prediction log (features as JSON, one row per request, timestamps one second apart) and each row's
+    label as feedback. Not timed: it is the traffic of the days the window covers."""
+    import json
+    from mlcycle.charter import binary_target, workspace_charter
+    from mlcycle.core import Workspace, read_json
+    from mlcycle.data import feature_frame
+    from mlcycle.deploy import aliases
+    from mlcycle.model_checks import load_version
+    from mlcycle.predlog import PredictionLog
+    w = Workspace(ws); c = workspace_charter(w, None); contract = read_json(w.root/'data'/'contract.json')
+    v = aliases(w, c.name)['champion']
+    X = feature_frame(rows, contract)
+    p = load_version(w, c, v).predict_proba(X)[:, 1]
+    y = binary_target(c, rows[c.data.target])
+    feats = X.astype(object).where(X.notna(), None).to_dict('records')
+    t0 = 1.8e9 - len(rows)
+    out = [{'request_id': f'b{i}', 'ts': t0 + i, 'model_name': c.name, 'model_version': v, 'arm': 'champion',
+            'features': json.dumps(f, separators=(',', ':'), default=str), 'probability': float(pi), 'label': int(pi >= 0.5),
+            'latency_ms': 1.0, 'flags': ''} for i, (f, pi) in enumerate(zip(feats, p))]
+    fb = [(f'b{i}', str(t), int(yi)) for i, (t, yi) in enumerate(zip(rows[c.data.target], y))]
+    log = PredictionLog(w.prediction_log_url)
+    try:
+        for k in range(0, len(out), 50_000): log.write(out[k:k + 50_000])
+        log.submit_feedback(fb).result()
+    finally: log.close()
+    return len(out)
 
 
 STAGE_SCRIPT = """
@@ -87,6 +173,11 @@ if fn == 'run_model_development':
     out['training_rows'] = (core.Workspace(ws).manifest('03_model_development')['outputs'].get('training_rows'))
 if fn == 'run_validation':
     m = core.Workspace(ws).manifest('04_validation')['outputs']; out['verdict'] = m.get('verdict') or m.get('passed')
+if fn == 'run_deployment':
+    out['deployed'] = r['version'] if r['promotion'] else None
+if fn == 'run_monitoring':
+    out['log_rows'] = len(r['log']); out['alerts'] = sorted({a['rule'] for a in r['alerts'] if a['severity'] != 'info'})
+    out['retrain'] = r['recommendation']['retrain']
 print('RESULT ' + json.dumps(out, default=str))
 """
 
@@ -129,7 +220,7 @@ def exponents(results: list[dict]) -> dict:
     use = t[t.rows >= 130_000] if len(big) >= 2 else t
     out = {s: round(fit_exponent(g.rows, g.seconds), 2) for s, g in use.groupby('stage') if g.rows.nunique() >= 2}
     tot = use.groupby('rows')['seconds'].sum()
-    if len(tot) >= 2: out['01-04'] = round(fit_exponent(tot.index, tot.values), 2)
+    if len(tot) >= 2: out['01-06'] = round(fit_exponent(tot.index, tot.values), 2)
     return out
 
 
@@ -140,6 +231,12 @@ def measure(n: int, profile_dir: Path | None, seed: int = 0, noise: str = 'mixed
         ws = root/'ws'
         res = {'rows': n, 'noise': noise, 'load_before': round(os.getloadavg()[0], 2), 'stages': {}}
         for st in STAGES:
+            if st == '06':
+                prod = pd.read_parquet(root/'production.parquet') if noise == 'teacher' else None
+                if prod is None:
+                    from mlcycle.presets import adult
+                    prod = adult('test')
+                res['log_rows'] = fill_log(ws, prod)
             prof = profile_dir/f'stage{st}_{n}.prof' if profile_dir else None
             r = run_stage(st, charter, ws, prof)
             res['stages'][st] = r
@@ -152,7 +249,7 @@ def measure(n: int, profile_dir: Path | None, seed: int = 0, noise: str = 'mixed
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rows', default='32561,130244')
-    ap.add_argument('--noise', default='mixed', choices=['mixed', 'jitter'], help='how generated rows differ from the originals (see noisy_adult)')
+    ap.add_argument('--noise', default='mixed', choices=['mixed', 'jitter', 'teacher'], help='how generated rows differ from the originals (see noisy_adult)')
     ap.add_argument('--profile', action='store_true', help='cProfile each stage and print its top functions')
     ap.add_argument('--out', default=None, help='append the results (JSON lines) here')
     ap.add_argument('--fit', default=None, help='only fit the exponents of the results in this file')
@@ -167,7 +264,9 @@ def main(argv=None):
             if a.out:
                 with open(a.out, 'a') as f: f.write(json.dumps(results[-1], default=str) + '\n')
     table = pd.DataFrame([{'rows': r['rows'], **{f'{s} s': v['seconds'] for s, v in r['stages'].items()},
-                           **{f'{s} MB': v['peak_mb'] for s, v in r['stages'].items()}} for r in results])
+                           **{f'{s} MB': v['peak_mb'] for s, v in r['stages'].items()},
+                           'training rows': r['stages'].get('03', {}).get('training_rows'), 'selected': r['stages'].get('03', {}).get('selected'),
+                           'verdict': r['stages'].get('04', {}).get('verdict'), 'log rows': r.get('log_rows')} for r in results])
     print(table.to_string(index=False))
     print('exponents:', exponents(results))
     print(f'machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}')
