@@ -164,13 +164,16 @@ mod, fn, arg, charter, ws = sys.argv[1:6]
 import importlib, mlcycle.core as core
 f = getattr(importlib.import_module(mod), fn)
 t0 = time.perf_counter()
-kw = {'log': lambda *a, **k: None} if fn in ('run_model_development', 'run_validation') else {}
+kw = {'log': lambda *a, **k: None} if fn in ('run_model_development', 'run_validation', 'run_deployment') else {}
+if fn == 'run_deployment': kw['approver'] = 'Scale Benchmark'   # the charter asks for an approval: given in advance, as `mlcycle run -p 05 approver=...`
 r = f(charter if arg == 'charter' else None, core.Workspace(ws), **kw)
 secs = time.perf_counter() - t0
 out = {'seconds': secs}
 if fn == 'run_model_development':
     s = r['selection']; out['selected'] = s.chosen.name if s.chosen else None
-    out['training_rows'] = (core.Workspace(ws).manifest('03_model_development')['outputs'].get('training_rows'))
+    m = core.Workspace(ws).manifest('03_model_development')['outputs']
+    out['training_rows'], out['training_rows_reason'] = m.get('training_rows'), m.get('training_rows_reason')
+    out['curve'] = m.get('learning_curve')
 if fn == 'run_validation':
     m = core.Workspace(ws).manifest('04_validation')['outputs']; out['verdict'] = m.get('verdict') or m.get('passed')
 if fn == 'run_deployment':
