@@ -145,10 +145,12 @@ def _output_problem(proba, pred, n) -> str:
     return ''
 
 def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = 'roc_auc', seed: int = 0,
-                      notable_drop: float = ROBUSTNESS_NOTABLE_DROP) -> pd.DataFrame:
-    "Each probe: cells changed, the metric and accuracy before and after, the drop, any error or invalid output; passed = scored validly."
+                      notable_drop: float = ROBUSTNESS_NOTABLE_DROP, outputs: dict | None = None) -> pd.DataFrame:
+    """Each probe: cells changed, the metric and accuracy before and after, the drop, any error or invalid output; passed = scored validly.
+    `outputs`, when given, receives (P(positive), decisions) of the unchanged rows (key None) and of each validly scored probe."""
     y = np.asarray(y).astype(int)
     base_p, base_d = model.predict_proba(X), model.predict(X)
+    if outputs is not None: outputs[None] = (base_p[:, 1], base_d)
     sign = 1 if METRICS[metric][1] else -1
     base_m, base_acc = objective_value(metric, y, base_p[:, 1], base_d), float((base_d == y).mean())
     rows = []
@@ -161,6 +163,7 @@ def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = '
             p, d = model.predict_proba(Xp), model.predict(Xp)
             r['error'] = _output_problem(p, d, len(Xp)); r['valid_output'] = not r['error']
             if r['valid_output']:
+                if outputs is not None: outputs[name] = (p[:, 1], d)
                 r['perturbed'] = objective_value(metric, y, p[:, 1], d)
                 r['drop'] = sign * (base_m - r['perturbed']); r['accuracy_drop'] = base_acc - float((d == y).mean())
         except Exception as e:
@@ -196,13 +199,13 @@ def robustness_gate(model, X: pd.DataFrame, y, contract: dict, metric: str = 'ro
     """`robustness_report` plus each drop's paired-bootstrap interval, its limit and verdict; passed = valid output and, where the
     charter states a limit (`gates`), drop `within` it. A probe without a limit is `not gated`: `warning` when its drop is beyond `ROBUSTNESS_REFERENCE`."""
     _max_drop(max_drop, next(iter(PROBES)))            # a limit for an unknown probe is refused before any scoring
-    rep = robustness_report(model, X, y, contract, metric, seed)
+    out = {}                                           # each probe scored once: the report's outputs are the draws' inputs
+    rep = robustness_report(model, X, y, contract, metric, seed, outputs=out)
     y = np.asarray(y).astype(int); sign = 1 if METRICS[metric][1] else -1
     idx = bootstrap_indices(len(y), n_resamples, seed)
-    base = resampled_metric(metric, y, model.predict_proba(X)[:, 1], model.predict(X), idx)
-    draws = lambda Xp: sign * (base - resampled_metric(metric, y, model.predict_proba(Xp)[:, 1], model.predict(Xp), idx))
-    return judge_drops(rep, max_drop, {r.probe: percentile_ci(draws(PROBES[r.probe](X, contract, seed=seed)), level)
-                                       for r in rep.itertuples() if r.valid_output}, len(y))
+    base = resampled_metric(metric, y, *out[None], idx)
+    draws = lambda probe: sign * (base - resampled_metric(metric, y, *out[probe], idx))
+    return judge_drops(rep, max_drop, {r.probe: percentile_ci(draws(r.probe), level) for r in rep.itertuples() if r.valid_output}, len(y))
 
 def judge_drops(rep: pd.DataFrame, max_drop, intervals: dict, n: int) -> pd.DataFrame:
     """A robustness report judged: each probe's drop interval (`intervals`, probe → (low, high)) against the charter's limit for
