@@ -142,13 +142,14 @@ def fill_log(ws: Path, rows: pd.DataFrame, seed: int = 0) -> int:
     w = Workspace(ws); c = workspace_charter(w, None); contract = read_json(w.root/'data'/'contract.json')
     v = aliases(w, c.name)['champion']
     X = feature_frame(rows, contract)
-    p = load_version(w, c, v).predict_proba(X)[:, 1]
+    m = load_version(w, c, v)       # the answer a server gives: P(positive) and the model's own decision (a threshold optimizer's, say)
+    p, d = m.predict_with_proba(X) if hasattr(m, 'predict_with_proba') else (m.predict_proba(X)[:, 1], m.predict(X))
     y = binary_target(c, rows[c.data.target])
     feats = X.astype(object).where(X.notna(), None).to_dict('records')
     t0 = 1.8e9 - len(rows)
     out = [{'request_id': f'b{i}', 'ts': t0 + i, 'model_name': c.name, 'model_version': v, 'arm': 'champion',
-            'features': json.dumps(f, separators=(',', ':'), default=str), 'probability': float(pi), 'label': int(pi >= 0.5),
-            'latency_ms': 1.0, 'flags': ''} for i, (f, pi) in enumerate(zip(feats, p))]
+            'features': json.dumps(f, separators=(',', ':'), default=str), 'probability': float(pi), 'label': int(di),
+            'latency_ms': 1.0, 'flags': ''} for i, (f, pi, di) in enumerate(zip(feats, p, d))]
     fb = [(f'b{i}', str(t), int(yi)) for i, (t, yi) in enumerate(zip(rows[c.data.target], y))]
     log = PredictionLog(w.prediction_log_url)
     try:
