@@ -1,19 +1,29 @@
 """Benchmark: the cost of stages 01-06 as the rows grow, on one machine (time and peak memory per stage, fitted exponent).
 
-The data: Adult's training file (the bundled data) resampled with replacement to n rows, seeded, with noise so that the
-copies are not duplicates (see `noisy_adult`: jittered numbers and, by default, categories swapped within the income
-class). The charter is the bundled one with
-only its data source pointing at the generated file. Each stage runs in its own Python process (`mlcycle.*.run_*`) so
-that its peak resident memory (the process's and its worker processes') is measured alone; `--profile` also writes
-each stage's cProfile and prints its top functions by cumulative time.
+The data (`--noise`):
+- `teacher`: one distribution with distinct rows and independent labels. The features as `mixed` makes them, and each
+  row's income drawn (seeded) from a fixed teacher model's probability (`teacher`: gradient-boosted trees fitted once on
+  Adult's training file). A near-copy of a row in another split carries its own draw, so memorising does not pay and
+  the learning curve measures what the model can learn. The production rows (stage 02's production snapshot, the
+  rows of stage 06's prediction log) are another draw of the same distribution: n / 10 rows, at least 4,000.
+- `mixed` (the default) and `jitter`: Adult's training file resampled with replacement, seeded, with noise so that
+  copies are not exact duplicates (`noisy_adult`); at 32,561 rows the bundled file itself. Production: the UCI test file.
+
+The charter is the bundled one with only its data (and production) source pointing at the generated files. Each stage
+runs in its own Python process (`mlcycle.*.run_*`) so that its peak resident memory (the process's and its worker
+processes') is measured alone. Stage 05 deploys the version stage 04 passed with the approval the charter asks for
+given in advance (as `mlcycle run -p 05 approver=...`); before stage 06 (not timed) the champion's answers on the
+production rows and their labels are written to the workspace's prediction log, as a server and its feedback would
+have. `--profile` also writes each stage's cProfile and prints mlcycle's functions by cumulative time.
 
 A power law t = a * n^k is fitted to (rows, seconds) per stage and for the sum, over the sizes from 130k upward when
 there are at least two of them, else over all.
 
 Run on demand (it is not collected by pytest), one size at a time on a quiet machine:
 
-    python tests/benchmarks/bench_scale.py --rows 32561,130244 [--profile] [--out scale.json]
-    python tests/benchmarks/bench_scale.py --fit scale.json     # the exponents from results already written
+    python tests/benchmarks/bench_scale.py --rows 32561,130244,520976,2083584 --noise teacher [--profile] [--out scale.jsonl]
+    python tests/benchmarks/bench_scale.py --rows 32561 --stages 01,02,03,04     # the bundled data, stages 01-04
+    python tests/benchmarks/bench_scale.py --fit scale.jsonl     # the table and exponents from results already written
 
 Sizes run one after the other; `--out` appends, so sizes can be measured in separate runs.
 """
@@ -228,13 +238,13 @@ def exponents(results: list[dict]) -> dict:
     return out
 
 
-def measure(n: int, profile_dir: Path | None, seed: int = 0, noise: str = 'mixed') -> dict:
+def measure(n: int, profile_dir: Path | None, seed: int = 0, noise: str = 'mixed', stages=tuple(STAGES)) -> dict:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         charter = prepare(root, n, seed, noise)
         ws = root/'ws'
         res = {'rows': n, 'noise': noise, 'load_before': round(os.getloadavg()[0], 2), 'stages': {}}
-        for st in STAGES:
+        for st in stages:
             if st == '06':
                 prod = pd.read_parquet(root/'production.parquet') if noise == 'teacher' else None
                 if prod is None:
@@ -254,6 +264,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rows', default='32561,130244')
     ap.add_argument('--noise', default='mixed', choices=['mixed', 'jitter', 'teacher'], help='how generated rows differ from the originals (see noisy_adult)')
+    ap.add_argument('--stages', default=','.join(STAGES), help='which stages, in order (each needs the ones before it): e.g. 01,02,03,04')
     ap.add_argument('--profile', action='store_true', help='cProfile each stage and print its top functions')
     ap.add_argument('--out', default=None, help='append the results (JSON lines) here')
     ap.add_argument('--fit', default=None, help='only fit the exponents of the results in this file')
@@ -264,7 +275,7 @@ def main(argv=None):
         results = []
         prof = Path(tempfile.mkdtemp(prefix='scale-prof-')) if a.profile else None
         for n in [int(x) for x in a.rows.split(',')]:
-            results.append(measure(n, prof, noise=a.noise))
+            results.append(measure(n, prof, noise=a.noise, stages=a.stages.split(',')))
             if a.out:
                 with open(a.out, 'a') as f: f.write(json.dumps(results[-1], default=str) + '\n')
     table = pd.DataFrame([{'rows': r['rows'], **{f'{s} s': v['seconds'] for s, v in r['stages'].items()},
