@@ -32,7 +32,8 @@ __all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBE
            'task_performance', 'task_fairness', 'task_output_problem', 'task_robustness', 'task_robustness_gate',
            'relative_scores', 'task_overfit_check', 'task_non_inferiority', 'gate_task_model', 'plot_task_performance',
            'plot_task_fairness', 'gate_evidence', 'evidence_verdict', 'plot_performance', 'plot_fairness',
-           'plot_robustness', 'report_record', 'tag_effect', 'validate_version', 'run_validation', 'mitigation_effect']
+           'plot_robustness', 'report_record', 'tag_effect', 'fitted_rows', 'validate_version', 'run_validation',
+           'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -810,6 +811,17 @@ def tag_effect(stage_run, client, name: str, version, tags: dict):
     if stage_run is None: do()
     else: stage_run.effect(do, undo, f'tags {sorted(tags)} of v{v}')
 
+def fitted_rows(ws: Workspace, c: Charter, version, train_df: pd.DataFrame, validation_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training rows `version` was fitted on and the validation rows it was compared on, drawn again as stage 03 drew them
+    (its recorded `training_rows` and `selection_rows`: the same seeded stratified samples); the whole splits for a version
+    stage 03's record does not name."""
+    from mlcycle.data import stratified_sample
+    from mlcycle.train import selection_split
+    m = ws.manifest('03_model_development').get('outputs', {}) if ws.has_stage('03_model_development') else {}
+    if str(m.get('model_version')) != str(version): return train_df, validation_df
+    return (stratified_sample(c, train_df, int(m.get('training_rows') or len(train_df)), c.development.seed),
+            selection_split(c, validation_df, int(m.get('selection_rows') or len(validation_df))))
+
 def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_df=None, validation_df=None, contract=None,
                      stage_run: StageRun | None = None, evidence_share: float | None = 1.0, log=print) -> dict:
     """Run the gate on registered `version` against the test split, judge its evidence (`evidence_verdict`; `evidence_share` None:
@@ -830,6 +842,7 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     test_fp = fingerprint_df(test_df)
     info = model_version_info(ws, c, version)
     version = info['version']
+    if fps: train_df, validation_df = fitted_rows(ws, c, version, train_df, validation_df)   # the overfitting check: the rows it was fitted on
     model = load_model_version(ws, c, version)
     champion, champion_version = None, None
     client = mlflow.MlflowClient()
