@@ -19,10 +19,10 @@ __all__ = ['N_RESAMPLES', 'GATE_LEVEL', 'DRAW_BLOCK_CELLS', 'RESAMPLED_METRICS',
            'percentile_ci', 'one_sided_bound', 'claim_level', 'claim_room', 'roc_auc_rows', 'draw_blocks',
            'resampled_auc', 'resampled_metric', 'performance_with_ci', 'resampled_errors', 'paired_difference_test',
            'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size', 'take_rows', 'optimism_corrected',
-           'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness', 'group_means_per_draw',
-           'group_difference_per_draw', 'resampled_class_metric', 'normal_interval', 'wilson_interval', 'auc_delong',
-           'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size', 'paired_sample_size',
-           'obrien_fleming_spent', 'sequential_look']
+           'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness_gaps', 'resampled_fairness',
+           'group_means_per_draw', 'group_difference_per_draw', 'resampled_class_metric', 'normal_interval',
+           'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size',
+           'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
 
 # %% ../nbs/00b_stats.ipynb #cc1a1d31
 N_RESAMPLES = 500
@@ -260,12 +260,17 @@ def fairness_gaps_per_draw(rates: dict) -> dict:
                 'equalized_odds_difference': np.fmax(spread(rates['true_positive_rate']), spread(rates['false_positive_rate']))}
 
 # %% ../nbs/00b_stats.ipynb #16aa6a56
+def resampled_fairness_gaps(y, pred, groups, idx) -> dict:
+    "Every fairness gap (`GAP_METRICS`) of `groups` on every bootstrap draw, from one count of each draw's group rates (`draw_blocks` at a time)."
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    codes, uniq = pd.factorize(group_text(groups), sort=True)
+    parts = [fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx[b])) for b in draw_blocks(idx)]
+    return {m: np.concatenate([p[m] for p in parts]) for m in GAP_METRICS}
+
 def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
     "A fairness gap (demographic parity difference/ratio, equalized odds difference) of `groups` on every bootstrap draw."
     if metric not in GAP_METRICS: raise MlcycleError(f'unknown fairness metric {metric!r}; known: {", ".join(GAP_METRICS)}')
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    codes, uniq = pd.factorize(group_text(groups), sort=True)
-    return np.concatenate([fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx[b]))[metric] for b in draw_blocks(idx)])
+    return resampled_fairness_gaps(y, pred, groups, idx)[metric]
 
 # %% ../nbs/00b_stats.ipynb #40b45b08
 def group_means_per_draw(values, codes, k: int, idx) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from .tasks import BinaryTask, MulticlassTask, RegressionTask, task_target, eval
 from fastcore.basics import patch
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
-from .stats import GATE_LEVEL, N_RESAMPLES, OPTIMISM_REFITS, SMALL_DATA_ROWS, bootstrap_indices, claim_level, optimism_corrected, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
+from .stats import GATE_LEVEL, N_RESAMPLES, OPTIMISM_REFITS, SMALL_DATA_ROWS, bootstrap_indices, claim_level, optimism_corrected, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_fairness_gaps, resampled_metric
 
 # %% auto #0
 __all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_REFERENCE',
@@ -52,8 +52,9 @@ def fairness_report(y, pred, frame: pd.DataFrame, features: list[str], n_resampl
                                       'false_positive_rate': flm.false_positive_rate, 'accuracy': accuracy_score, 'count': flm.count},
                              y_true=y, y_pred=pred, sensitive_features=pd.Series(sf, name=f))
         by_group[f] = mf.by_group
+        draws = resampled_fairness_gaps(y, pred, sf, idx)          # the group rates counted once for the three gaps
         for m in FAIRNESS_METRICS:
-            lo, hi = percentile_ci(resampled_fairness(m, y, pred, sf, idx), level)
+            lo, hi = percentile_ci(draws[m], level)
             rows.append({'sensitive_feature': f, 'metric': m, 'value': float(getattr(flm, m)(y, pred, sensitive_features=sf)),
                          'ci_low': lo, 'ci_high': hi})
     return {'by_group': by_group, 'summary': pd.DataFrame(rows)}
