@@ -235,8 +235,11 @@ def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int 
 # %% ../nbs/00b_stats.ipynb #0ef9037b
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']
 
-def group_rates_per_draw(y, pred, codes, k: int, idx) -> dict:
-    "Per draw and group (`codes` in 0..k−1, −1 for none): rows, selection rate, TPR, FPR and accuracy (NaN where undefined)."
+def group_rates_per_draw(y, pred, codes, k: int, idx, cells: int = DRAW_BLOCK_CELLS) -> dict:
+    "Per draw and group (`codes` in 0..k−1, −1 for none): rows, selection rate, TPR, FPR and accuracy (NaN where undefined); `draw_blocks` at a time."
+    if len(blocks := draw_blocks(idx, cells)) > 1:
+        parts = [group_rates_per_draw(y, pred, codes, k, idx[b], cells) for b in blocks]
+        return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
     B = idx.shape[0]
     G = codes[idx] + k * np.arange(B)[:, None]
     Y, P = y[idx], pred[idx]
