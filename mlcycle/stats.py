@@ -14,11 +14,12 @@ from scipy.stats import norm, rankdata
 from .core import MlcycleError, group_text
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'GATE_LEVEL', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'SMALL_DATA_ROWS', 'OPTIMISM_REFITS', 'GROUP_RATES',
-           'GAP_METRICS', 'CLASS_METRICS', 'bootstrap_indices', 'weighted_resample', 'percentile_ci', 'one_sided_bound',
-           'claim_level', 'claim_room', 'roc_auc_rows', 'resampled_metric', 'performance_with_ci', 'resampled_errors',
-           'paired_difference_test', 'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size', 'take_rows',
-           'optimism_corrected', 'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness',
+__all__ = ['N_RESAMPLES', 'GATE_LEVEL', 'DRAW_BLOCK_CELLS', 'RESAMPLED_METRICS', 'ERROR_METRICS', 'SMALL_DATA_ROWS',
+           'OPTIMISM_REFITS', 'GROUP_RATES', 'GAP_METRICS', 'CLASS_METRICS', 'bootstrap_indices', 'weighted_resample',
+           'percentile_ci', 'one_sided_bound', 'claim_level', 'claim_room', 'roc_auc_rows', 'draw_blocks',
+           'resampled_auc', 'resampled_metric', 'performance_with_ci', 'resampled_errors', 'paired_difference_test',
+           'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size', 'take_rows', 'optimism_corrected',
+           'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness_gaps', 'resampled_fairness',
            'group_means_per_draw', 'group_difference_per_draw', 'resampled_class_metric', 'normal_interval',
            'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size',
            'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
@@ -72,15 +73,41 @@ def roc_auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     with np.errstate(invalid='ignore', divide='ignore'):
         return np.where((n1 > 0) & (n0 > 0), ((r * y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
 
+# %% ../nbs/00b_stats.ipynb #9e5cbeb3
+DRAW_BLOCK_CELLS = 2**24   # bootstrap work is done this many (draw, row) cells at a time: its memory does not grow with the draws
+
+def draw_blocks(idx: np.ndarray, cells: int = DRAW_BLOCK_CELLS) -> list[slice]:
+    "Slices of the draws (rows) of an index matrix, each holding at most `cells` cells (at least one draw)."
+    step = max(1, cells // max(idx.shape[1], 1))
+    return [slice(i, i + step) for i in range(0, idx.shape[0], step)]
+
+def resampled_auc(y, s, idx: np.ndarray, cells: int = DRAW_BLOCK_CELLS) -> np.ndarray:
+    "ROC AUC of every draw (row of `idx`) of labels `y` and scores `s`, as `roc_auc_rows(y[idx], s[idx])`, the scores ranked once."
+    y = np.asarray(y).astype(bool)
+    _, code = np.unique(np.asarray(s, float), return_inverse=True)
+    k, out = int(code.max()) + 1 if len(code) else 0, np.empty(idx.shape[0])
+    for b in draw_blocks(idx, cells):
+        I = idx[b]; B = I.shape[0]
+        key, yi = (code[I] + k * np.arange(B)[:, None]).ravel(), y[I].ravel()
+        pos = np.bincount(key[yi], minlength=B * k).reshape(B, k).astype(float)
+        neg = np.bincount(key[~yi], minlength=B * k).reshape(B, k).astype(float)
+        n1, n0 = pos.sum(1), neg.sum(1)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            out[b] = np.where((n1 > 0) & (n0 > 0), (pos * (np.cumsum(neg, 1) - neg / 2)).sum(1) / (n1 * n0), np.nan)
+    return out
+
 # %% ../nbs/00b_stats.ipynb #e843f608
 RESAMPLED_METRICS = ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
 
 def resampled_metric(metric: str, y, proba=None, pred=None, idx=None) -> np.ndarray:
-    "`metric` (a performance metric) on every bootstrap draw: one value per row of the index matrix `idx`."
+    "`metric` (a performance metric) on every bootstrap draw: one value per row of the index matrix `idx` (`draw_blocks` at a time)."
     y = np.asarray(y).astype(int)
     if pred is None and proba is not None: pred = (np.asarray(proba) >= 0.5).astype(int)
+    if metric == 'roc_auc': return resampled_auc(y, proba, idx)
+    return np.concatenate([_metric_on_draws(metric, y, proba, pred, idx[b]) for b in draw_blocks(idx)])
+
+def _metric_on_draws(metric: str, y, proba, pred, idx) -> np.ndarray:
     Y = y[idx]
-    if metric == 'roc_auc': return roc_auc_rows(Y, np.asarray(proba, float)[idx])
     if metric == 'brier': return ((np.asarray(proba, float) - y) ** 2)[idx].mean(1)
     if metric == 'log_loss':
         p = np.clip(np.asarray(proba, float), 1e-15, 1 - 1e-15)
@@ -208,8 +235,11 @@ def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int 
 # %% ../nbs/00b_stats.ipynb #0ef9037b
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']
 
-def group_rates_per_draw(y, pred, codes, k: int, idx) -> dict:
-    "Per draw and group (`codes` in 0..k−1, −1 for none): rows, selection rate, TPR, FPR and accuracy (NaN where undefined)."
+def group_rates_per_draw(y, pred, codes, k: int, idx, cells: int = DRAW_BLOCK_CELLS) -> dict:
+    "Per draw and group (`codes` in 0..k−1, −1 for none): rows, selection rate, TPR, FPR and accuracy (NaN where undefined); `draw_blocks` at a time."
+    if len(blocks := draw_blocks(idx, cells)) > 1:
+        parts = [group_rates_per_draw(y, pred, codes, k, idx[b], cells) for b in blocks]
+        return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
     B = idx.shape[0]
     G = codes[idx] + k * np.arange(B)[:, None]
     Y, P = y[idx], pred[idx]
@@ -233,12 +263,17 @@ def fairness_gaps_per_draw(rates: dict) -> dict:
                 'equalized_odds_difference': np.fmax(spread(rates['true_positive_rate']), spread(rates['false_positive_rate']))}
 
 # %% ../nbs/00b_stats.ipynb #16aa6a56
+def resampled_fairness_gaps(y, pred, groups, idx) -> dict:
+    "Every fairness gap (`GAP_METRICS`) of `groups` on every bootstrap draw, from one count of each draw's group rates (`draw_blocks` at a time)."
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    codes, uniq = pd.factorize(group_text(groups), sort=True)
+    parts = [fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx[b])) for b in draw_blocks(idx)]
+    return {m: np.concatenate([p[m] for p in parts]) for m in GAP_METRICS}
+
 def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
     "A fairness gap (demographic parity difference/ratio, equalized odds difference) of `groups` on every bootstrap draw."
     if metric not in GAP_METRICS: raise MlcycleError(f'unknown fairness metric {metric!r}; known: {", ".join(GAP_METRICS)}')
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    codes, uniq = pd.factorize(group_text(groups), sort=True)
-    return fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx))[metric]
+    return resampled_fairness_gaps(y, pred, groups, idx)[metric]
 
 # %% ../nbs/00b_stats.ipynb #40b45b08
 def group_means_per_draw(values, codes, k: int, idx) -> tuple[np.ndarray, np.ndarray]:

@@ -30,17 +30,17 @@ from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, si
 
 # %% auto #0
 __all__ = ['SEARCH_SPACES', 'SCORERS', 'FAIRLEARN_CONSTRAINTS', 'PARALLEL_MIN_ROWS', 'SAMPLE_MIN_ROWS', 'CURVE_START_ROWS',
-           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SEARCH_ENGINES', 'EXECUTOR_WAIT_SECONDS', 'SMALL_DATA_ROWS',
-           'CV_REPEATS', 'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate', 'task_folds',
-           'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier', 'cross_fitted_scores',
-           'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier', 'fairlearn_moment',
-           'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics', 'evaluate_candidate',
-           'search_processes', 'train_candidates', 'curve_rungs', 'curve_gain', 'learning_curve_points',
-           'training_plan', 'task_slots', 'wait_for_executors', 'search_backend', 'refit_candidate', 'cv_estimates',
-           'add_calibrated_candidate', 'pareto_front', 'objectives_from_metrics', 'candidate_table', 'Selection',
-           'describe_objectives', 'select_model', 'model_trusted_types', 'trusted_types_for', 'model_requirements',
-           'signature_frame', 'register_model', 'load_model_version', 'model_version_info', 'plot_task_tradeoff',
-           'plot_tradeoff', 'run_model_development']
+           'CURVE_TOLERANCE', 'CURVE_EVAL_ROWS', 'SELECTION_ROWS', 'SEARCH_ENGINES', 'EXECUTOR_WAIT_SECONDS',
+           'SMALL_DATA_ROWS', 'CV_REPEATS', 'VERSION_TAGS', 'base_estimator', 'candidate_pipeline', 'Candidate',
+           'task_folds', 'search_candidate', 'row_uniforms', 'group_key', 'FairThresholdClassifier',
+           'cross_fitted_scores', 'unmitigable_groups', 'fit_threshold_optimizer', 'FairMixtureClassifier',
+           'fairlearn_moment', 'fit_exponentiated_gradient', 'task_outputs', 'task_report_metrics',
+           'evaluate_candidate', 'search_processes', 'train_candidates', 'curve_rungs', 'curve_gain',
+           'learning_curve_points', 'training_plan', 'selection_split', 'task_slots', 'wait_for_executors',
+           'search_backend', 'refit_candidate', 'cv_estimates', 'add_calibrated_candidate', 'pareto_front',
+           'objectives_from_metrics', 'candidate_table', 'Selection', 'describe_objectives', 'select_model',
+           'model_trusted_types', 'trusted_types_for', 'model_requirements', 'signature_frame', 'register_model',
+           'load_model_version', 'model_version_info', 'plot_task_tradeoff', 'plot_tradeoff', 'run_model_development']
 
 # %% ../nbs/03_model_development.ipynb #47218b4f
 SEARCH_SPACES = {name: f.space() for name, f in FAMILIES.items()}   # the family table's (mlcycle.families), for reading
@@ -517,6 +517,13 @@ def training_plan(c: Charter, contract: dict, train_df: pd.DataFrame, validation
     return dict(rows=n, available=n, curve=curve, reason=f'all {n:,} training rows: the learning curve of {", ".join(rising)} was still rising at {n:,} rows')
 
 
+# %% ../nbs/03_model_development.ipynb #4daf6ee4
+SELECTION_ROWS = 100_000     # validation rows the candidates are compared on (a stratified sample beyond this)
+
+def selection_split(c: Charter, validation_df: pd.DataFrame, rows: int = SELECTION_ROWS) -> pd.DataFrame:
+    "The validation rows stage 03 compares its candidates on: all of them up to `rows`, else a seeded stratified sample of `rows`."
+    return stratified_sample(c, validation_df, rows, c.development.seed)
+
 # %% ../nbs/03_model_development.ipynb #6aec0b48
 SEARCH_ENGINES = ('', 'local', 'spark')
 
@@ -913,7 +920,7 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
             mlflow.log_params({'training_rows': plan['rows'], 'training_rows_available': plan['available']})
             if len(plan['curve']): mlflow.log_text(plan['curve'].to_csv(index=False), 'learning_curve.csv')
             with search_backend(search_engine, spark_master):
-                cands = train_candidates(c, contract, train_df, val_df, search_iterations=search_iterations, eg_estimator=eg_estimator or None,
+                cands = train_candidates(c, contract, train_df, selection_split(c, val_df), search_iterations=search_iterations, eg_estimator=eg_estimator or None,
                                          n_jobs=n_jobs, log=log)
             for cand in cands: _log_candidate(cand, c)
             sel = select_model(cands, c)
@@ -933,7 +940,7 @@ def run_model_development(charter=None, workspace=None, search_iterations: int |
             mlflow_run_id=parent.info.run_id, search='RandomizedSearchCV, stratified k-fold on the training split',
             search_iterations=search_iterations or c.development.search_iterations, cv_folds=c.development.cv_folds, seed=c.development.seed,
             training_rows=plan['rows'], training_rows_available=plan['available'], training_rows_reason=plan['reason'],
-            learning_curve=plan['curve'].round(6).to_dict('records'),
+            learning_curve=plan['curve'].round(6).to_dict('records'), selection_rows=min(len(val_df), SELECTION_ROWS),
             candidates=sel.table.to_dict('records'), selected=sel.chosen.name if sel.chosen else None, verdict=sel.message,
             closest=sel.closest, model_name=c.name, model_version=version, stop=sel.chosen is None,
             model_uri=f'models:/{c.name}/{version}' if version else None, fingerprints=fps, seconds=round(time.perf_counter() - t0, 1))

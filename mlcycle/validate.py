@@ -21,7 +21,7 @@ from .tasks import BinaryTask, MulticlassTask, RegressionTask, task_target, eval
 from fastcore.basics import patch
 from .data import feature_frame
 from .latency import LATENCY_ROWS, latency_context, machine_load, score_rows, single_row_timings
-from .stats import GATE_LEVEL, N_RESAMPLES, OPTIMISM_REFITS, SMALL_DATA_ROWS, bootstrap_indices, claim_level, optimism_corrected, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_metric
+from .stats import GATE_LEVEL, N_RESAMPLES, OPTIMISM_REFITS, SMALL_DATA_ROWS, bootstrap_indices, claim_level, optimism_corrected, group_difference_per_draw, percentile_ci, performance_with_ci, resampled_fairness, resampled_fairness_gaps, resampled_metric
 
 # %% auto #0
 __all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBES', 'ROBUSTNESS_VERDICTS', 'ROBUSTNESS_REFERENCE',
@@ -32,7 +32,8 @@ __all__ = ['PERFORMANCE', 'OVERFIT_REFERENCE', 'ROBUSTNESS_NOTABLE_DROP', 'PROBE
            'task_performance', 'task_fairness', 'task_output_problem', 'task_robustness', 'task_robustness_gate',
            'relative_scores', 'task_overfit_check', 'task_non_inferiority', 'gate_task_model', 'plot_task_performance',
            'plot_task_fairness', 'gate_evidence', 'evidence_verdict', 'plot_performance', 'plot_fairness',
-           'plot_robustness', 'report_record', 'tag_effect', 'validate_version', 'run_validation', 'mitigation_effect']
+           'plot_robustness', 'report_record', 'tag_effect', 'fitted_rows', 'validate_version', 'run_validation',
+           'mitigation_effect']
 
 # %% ../nbs/04_validation.ipynb #7f33fe93
 PERFORMANCE = ['roc_auc', 'accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -51,8 +52,9 @@ def fairness_report(y, pred, frame: pd.DataFrame, features: list[str], n_resampl
                                       'false_positive_rate': flm.false_positive_rate, 'accuracy': accuracy_score, 'count': flm.count},
                              y_true=y, y_pred=pred, sensitive_features=pd.Series(sf, name=f))
         by_group[f] = mf.by_group
+        draws = resampled_fairness_gaps(y, pred, sf, idx)          # the group rates counted once for the three gaps
         for m in FAIRNESS_METRICS:
-            lo, hi = percentile_ci(resampled_fairness(m, y, pred, sf, idx), level)
+            lo, hi = percentile_ci(draws[m], level)
             rows.append({'sensitive_feature': f, 'metric': m, 'value': float(getattr(flm, m)(y, pred, sensitive_features=sf)),
                          'ci_low': lo, 'ci_high': hi})
     return {'by_group': by_group, 'summary': pd.DataFrame(rows)}
@@ -145,10 +147,12 @@ def _output_problem(proba, pred, n) -> str:
     return ''
 
 def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = 'roc_auc', seed: int = 0,
-                      notable_drop: float = ROBUSTNESS_NOTABLE_DROP) -> pd.DataFrame:
-    "Each probe: cells changed, the metric and accuracy before and after, the drop, any error or invalid output; passed = scored validly."
+                      notable_drop: float = ROBUSTNESS_NOTABLE_DROP, outputs: dict | None = None) -> pd.DataFrame:
+    """Each probe: cells changed, the metric and accuracy before and after, the drop, any error or invalid output; passed = scored validly.
+    `outputs`, when given, receives (P(positive), decisions) of the unchanged rows (key None) and of each validly scored probe."""
     y = np.asarray(y).astype(int)
     base_p, base_d = model.predict_proba(X), model.predict(X)
+    if outputs is not None: outputs[None] = (base_p[:, 1], base_d)
     sign = 1 if METRICS[metric][1] else -1
     base_m, base_acc = objective_value(metric, y, base_p[:, 1], base_d), float((base_d == y).mean())
     rows = []
@@ -161,6 +165,7 @@ def robustness_report(model, X: pd.DataFrame, y, contract: dict, metric: str = '
             p, d = model.predict_proba(Xp), model.predict(Xp)
             r['error'] = _output_problem(p, d, len(Xp)); r['valid_output'] = not r['error']
             if r['valid_output']:
+                if outputs is not None: outputs[name] = (p[:, 1], d)
                 r['perturbed'] = objective_value(metric, y, p[:, 1], d)
                 r['drop'] = sign * (base_m - r['perturbed']); r['accuracy_drop'] = base_acc - float((d == y).mean())
         except Exception as e:
@@ -196,13 +201,13 @@ def robustness_gate(model, X: pd.DataFrame, y, contract: dict, metric: str = 'ro
     """`robustness_report` plus each drop's paired-bootstrap interval, its limit and verdict; passed = valid output and, where the
     charter states a limit (`gates`), drop `within` it. A probe without a limit is `not gated`: `warning` when its drop is beyond `ROBUSTNESS_REFERENCE`."""
     _max_drop(max_drop, next(iter(PROBES)))            # a limit for an unknown probe is refused before any scoring
-    rep = robustness_report(model, X, y, contract, metric, seed)
+    out = {}                                           # each probe scored once: the report's outputs are the draws' inputs
+    rep = robustness_report(model, X, y, contract, metric, seed, outputs=out)
     y = np.asarray(y).astype(int); sign = 1 if METRICS[metric][1] else -1
     idx = bootstrap_indices(len(y), n_resamples, seed)
-    base = resampled_metric(metric, y, model.predict_proba(X)[:, 1], model.predict(X), idx)
-    draws = lambda Xp: sign * (base - resampled_metric(metric, y, model.predict_proba(Xp)[:, 1], model.predict(Xp), idx))
-    return judge_drops(rep, max_drop, {r.probe: percentile_ci(draws(PROBES[r.probe](X, contract, seed=seed)), level)
-                                       for r in rep.itertuples() if r.valid_output}, len(y))
+    base = resampled_metric(metric, y, *out[None], idx)
+    draws = lambda probe: sign * (base - resampled_metric(metric, y, *out[probe], idx))
+    return judge_drops(rep, max_drop, {r.probe: percentile_ci(draws(r.probe), level) for r in rep.itertuples() if r.valid_output}, len(y))
 
 def judge_drops(rep: pd.DataFrame, max_drop, intervals: dict, n: int) -> pd.DataFrame:
     """A robustness report judged: each probe's drop interval (`intervals`, probe → (low, high)) against the charter's limit for
@@ -807,6 +812,17 @@ def tag_effect(stage_run, client, name: str, version, tags: dict):
     if stage_run is None: do()
     else: stage_run.effect(do, undo, f'tags {sorted(tags)} of v{v}')
 
+def fitted_rows(ws: Workspace, c: Charter, version, train_df: pd.DataFrame, validation_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training rows `version` was fitted on and the validation rows it was compared on, drawn again as stage 03 drew them
+    (its recorded `training_rows` and `selection_rows`: the same seeded stratified samples); the whole splits for a version
+    stage 03's record does not name."""
+    from mlcycle.data import stratified_sample
+    from mlcycle.train import selection_split
+    m = ws.manifest('03_model_development').get('outputs', {}) if ws.has_stage('03_model_development') else {}
+    if str(m.get('model_version')) != str(version): return train_df, validation_df
+    return (stratified_sample(c, train_df, int(m.get('training_rows') or len(train_df)), c.development.seed),
+            selection_split(c, validation_df, int(m.get('selection_rows') or len(validation_df))))
+
 def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_df=None, validation_df=None, contract=None,
                      stage_run: StageRun | None = None, evidence_share: float | None = 1.0, log=print) -> dict:
     """Run the gate on registered `version` against the test split, judge its evidence (`evidence_verdict`; `evidence_share` None:
@@ -827,6 +843,7 @@ def validate_version(ws: Workspace, c: Charter, version, *, test_df=None, train_
     test_fp = fingerprint_df(test_df)
     info = model_version_info(ws, c, version)
     version = info['version']
+    if fps: train_df, validation_df = fitted_rows(ws, c, version, train_df, validation_df)   # the overfitting check: the rows it was fitted on
     model = load_model_version(ws, c, version)
     champion, champion_version = None, None
     client = mlflow.MlflowClient()
