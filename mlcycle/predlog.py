@@ -300,8 +300,9 @@ class WriterLock:
         self.held = True
     def release(self):
         if self.held: fcntl.flock(self.fd, fcntl.LOCK_UN); self.held = False
-    def close(self):
-        self.release(); os.close(self.fd)
+    def close(self):                                   # twice is fine: a log closed by two lifespans that shared it
+        if self.fd is None: return
+        self.release(); os.close(self.fd); self.fd = None
 
 def lock_writes(engine, lock: WriterLock, writer: threading.Thread):
     "Have `writer`'s statements that write take `lock` as they reach SQLite; whoever ends the transaction releases it."
