@@ -22,8 +22,8 @@ from .batch import spark_available, spark_session
 
 # %% auto #0
 __all__ = ['ENGINES', 'SPARK_ABOVE_MB', 'ROLES', 'LEAKAGE_ROWS', 'source_megabytes', 'source_path', 'choose_engine',
-           'spark_csv_options', 'read_spark_source', 'with_positions', 'spark_labelled', 'load_data_spark',
-           'combine_spark', 'spark_fingerprint', 'assign_rows', 'spark_kind', 'as_text', 'infer_contract_spark',
+           'spark_csv_options', 'read_spark_source', 'with_positions', 'spark_fingerprint', 'spark_labelled',
+           'load_data_spark', 'combine_spark', 'assign_rows', 'spark_kind', 'as_text', 'infer_contract_spark',
            'validate_spark', 'outlier_counts_spark', 'missing_table_spark', 'quality_report_spark', 'rows_at',
            'split_summary_spark', 'production_spark', 'hold_rule', 'check_data_spark', 'cut_data_spark',
            'run_data_stage_spark', 'run_stage_02']
@@ -104,6 +104,18 @@ def with_positions(sdf):
     shift = spark.createDataFrame(offsets or [(0, 0)], '_part int, _shift long')
     return sdf.join(F.broadcast(shift), '_part').withColumn('_pos', F.col('_row') + F.col('_shift')).drop('_part', '_shift', '_row')
 
+# %% ../nbs/02b_data_spark.ipynb #52609e00
+def spark_fingerprint(sdf) -> str:
+    """A content fingerprint computed in Spark: the column names and types, the row count, and order-free sums and the
+    XOR of a 64-bit hash of every row (a missing value hashed apart from any value), so no row leaves the executors."""
+    from pyspark.sql import functions as F
+    cols = [F.col(f'`{x}`') for x in sdf.columns]
+    h = F.xxhash64(*cols, *[c.isNull() for c in cols]) if cols else F.lit(0)
+    r = sdf.select(h.alias('h')).agg(F.count('*').alias('n'), F.sum(F.col('h').bitwiseAND(0xFFFFFFFF)).alias('lo'),
+                                     F.sum(F.shiftright('h', 32)).alias('hi'), F.bit_xor('h').alias('x')).first()
+    body = json.dumps([[f.name, f.dataType.simpleString()] for f in sdf.schema.fields] + [r['n'], r['lo'], r['hi'], r['x']])
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
 # %% ../nbs/02b_data_spark.ipynb #ec4d1eb3
 def spark_labelled(c: Charter, sdf) -> tuple:
     "The rows with a label whose label the charter keeps (`labelled`, `without_excluded_labels`), and how many were left out: (frame, unlabelled, {label: rows})."
@@ -149,18 +161,6 @@ def combine_spark(c: Charter, frames: list):
                      F.col('_row').alias(f'_row{i}'))
         out = out.join(f, key, 'inner').orderBy('_src', '_row', f'_row{i}').drop(f'_row{i}')
     return out
-
-# %% ../nbs/02b_data_spark.ipynb #52609e00
-def spark_fingerprint(sdf) -> str:
-    """A content fingerprint computed in Spark: the column names and types, the row count, and order-free sums and the
-    XOR of a 64-bit hash of every row (a missing value hashed apart from any value), so no row leaves the executors."""
-    from pyspark.sql import functions as F
-    cols = [F.col(f'`{x}`') for x in sdf.columns]
-    h = F.xxhash64(*cols, *[c.isNull() for c in cols]) if cols else F.lit(0)
-    r = sdf.select(h.alias('h')).agg(F.count('*').alias('n'), F.sum(F.col('h').bitwiseAND(0xFFFFFFFF)).alias('lo'),
-                                     F.sum(F.shiftright('h', 32)).alias('hi'), F.bit_xor('h').alias('x')).first()
-    body = json.dumps([[f.name, f.dataType.simpleString()] for f in sdf.schema.fields] + [r['n'], r['lo'], r['hi'], r['x']])
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 # %% ../nbs/02b_data_spark.ipynb #4de8aa88
 ROLES = ('train', 'validation', 'test', 'production')
