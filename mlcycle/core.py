@@ -18,7 +18,7 @@ import mlcycle
 # %% auto #0
 __all__ = ['ASSETS', 'MISSING_GROUP', 'GENESIS', 'SNAPSHOT_CHECKSUMS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes',
            'fingerprint_df', 'fingerprint_file', 'row_keys', 'group_text', 'atomic_write_bytes', 'to_json',
-           'atomic_write_json', 'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog',
+           'atomic_write_json', 'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'snapshot_parts',
            'read_snapshot_folder', 'resolve_workspace', 'owner_only', 'Workspace', 'verify_audit', 'StageRun',
            'relocate_store', 'setup_mlflow', 'reset_mlflow', 'schema_rows', 'log_dataset']
 
@@ -244,9 +244,9 @@ class AuditLog:
 # %% ../nbs/00_core.ipynb #5f0a1c77
 SNAPSHOT_CHECKSUMS = '_mlcycle_checksums.json'
 
-def read_snapshot_folder(p: Path) -> pd.DataFrame:
-    """A snapshot written as a folder of Parquet part files (stage 02 on Spark), read in part order after checking that
-    its part files are the ones written, byte for byte (`SNAPSHOT_CHECKSUMS`): a changed, added or missing part is refused."""
+def snapshot_parts(p: Path) -> list[Path]:
+    """The part files of a snapshot folder (stage 02 on Spark), in order, after checking that they are the ones written,
+    byte for byte (`SNAPSHOT_CHECKSUMS`): a changed, added or missing part is refused."""
     sums = p/SNAPSHOT_CHECKSUMS
     if not sums.exists(): raise MlcycleError(f'data snapshot {p} has no {SNAPSHOT_CHECKSUMS}: it was not written by stage 02; re-run stage 02')
     want = json.loads(sums.read_text())['files']
@@ -254,7 +254,12 @@ def read_snapshot_folder(p: Path) -> pd.DataFrame:
     if have != want:
         bad = sorted(set(want) ^ set(have) | {k for k in want if k in have and want[k] != have[k]})
         raise MlcycleError(f'data snapshot {p} does not match its checksums ({", ".join(bad[:3])}): it was altered; re-run stage 02')
-    return pd.read_parquet([str(p/f) for f in want]) if want else pd.read_parquet(p)
+    return [p/f for f in want]
+
+def read_snapshot_folder(p: Path) -> pd.DataFrame:
+    "A snapshot folder read whole, its parts in order (`snapshot_parts` checks them first)."
+    parts = snapshot_parts(p)
+    return pd.read_parquet([str(f) for f in parts]) if parts else pd.read_parquet(p)
 
 # %% ../nbs/00_core.ipynb #a8760631
 DEFAULT_WORKSPACE = 'mlcycle-workspace'

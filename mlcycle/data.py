@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, fingerprint_df, log_dataset
+from .core import MlcycleError, Workspace, fingerprint_df, log_dataset, snapshot_parts
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
 from .charter import Charter, binary_target, load_charter, time_values, workspace_charter
 from .tasks import BinaryTask, MulticlassTask, RegressionTask, check_charter_against_data, concordance, stratify_labels, target_summary, task_of, task_target
@@ -24,9 +24,9 @@ __all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_co
            'without_excluded_labels', 'load_data', 'feature_columns', 'infer_contract', 'feature_frame', 'Violation',
            'ContractError', 'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts',
            'category_score', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report',
-           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'stratified_sample', 'hold_back',
-           'check_production', 'production_verdict', 'production_rows', 'record_data_stage', 'require_stage_01',
-           'run_data_stage']
+           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'stratified_sample', 'load_sample',
+           'hold_back', 'check_production', 'production_verdict', 'production_rows', 'record_data_stage',
+           'require_stage_01', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -413,6 +413,19 @@ def stratified_sample(c: Charter, df: pd.DataFrame, rows: int, seed: int = 0) ->
     from sklearn.model_selection import train_test_split
     part, _ = train_test_split(df, train_size=int(rows), stratify=stratify_labels(c, df[c.data.target]), random_state=seed)
     return part.sort_index()
+
+# %% ../nbs/02_data.ipynb #ba13809c
+def load_sample(ws: Workspace, fingerprint: str, c: Charter, rows: int, seed: int = 0) -> pd.DataFrame:
+    "`stratified_sample(c, ws.load_snapshot(fingerprint), rows, seed)`, reading from a snapshot folder only its labels and the sampled rows."
+    p = ws.snapshot_path(fingerprint)
+    if not p.is_dir(): return stratified_sample(c, ws.load_snapshot(fingerprint), rows, seed).reset_index(drop=True)
+    import pyarrow.dataset as pads
+    d = pads.dataset([str(f) for f in snapshot_parts(p)], format='parquet')
+    if rows >= d.count_rows(): return ws.load_snapshot(fingerprint)
+    y = d.to_table(columns=[c.data.target]).column(0).to_pandas()
+    at = stratified_sample(c, pd.DataFrame({c.data.target: y}), rows, seed).index.to_numpy()
+    return d.take(at).to_pandas()
+
 
 # %% ../nbs/02_data.ipynb #7ddb3b9a
 def hold_back(df: pd.DataFrame, c: Charter, share: float | None = None, seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:

@@ -349,13 +349,13 @@ def split_summary_spark(c: Charter, part) -> dict:
 
 # %% ../nbs/02b_data_spark.ipynb #9a8c2b9d
 def _parts(sdf, role: np.ndarray, place: np.ndarray) -> dict:
-    "Each role's rows of `sdf` (by `_pos`), in the order `assign_rows` gave them, without the helper columns."
+    "Each role's rows of `sdf` (by `_pos`), in the order `assign_rows` gave them, without the helper columns; '_cached': the cached join."
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     spark = sdf.sparkSession
     roles = spark.createDataFrame(pd.DataFrame({'_pos': np.arange(len(role), dtype='int64'), '_role': role.astype('int32'), '_place': place}))
     both = sdf.join(roles, '_pos').persist(StorageLevel.MEMORY_AND_DISK)   # every later pass reads it: joined once
-    return {name: both.where(F.col('_role') == i).orderBy('_place').drop('_pos', '_src', '_role', '_place') for i, name in enumerate(ROLES)}
+    return {name: both.where(F.col('_role') == i).orderBy('_place').drop('_pos', '_src', '_role', '_place') for i, name in enumerate(ROLES)} | {'_cached': both}
 
 def production_spark(spark, c: Charter, parts: dict) -> tuple:
     "The production rows on Spark: the charter's `production.sources` (files, in order), else the rows `assign_rows` held back; (frame, record)."
@@ -392,7 +392,7 @@ def cut_data_spark(spark, c: Charter, test_size: float, validation_size: float) 
     sample = rows_at(df, stratified_sample(c, keys, LEAKAGE_ROWS, seed=c.development.seed)['_pos'].to_numpy())
     feature_warnings = check_data_spark(c, keys, sample)
     role, place = assign_rows(c, keys[c.data.target], keys.get(c.data.time_column), test_size, validation_size, hold=not c.production.sources)
-    parts = _parts(df, role, place)
+    parts = _parts(df, role, place)                                    # and '_cached', the joined frame, released after the commit
     prod, prod_rec = production_spark(spark, c, parts)
     splits = {k: parts[k] for k in ('train', 'validation', 'test')}
     fps = {k: spark_fingerprint(v) for k, v in {**splits, 'production': prod}.items()}
@@ -405,7 +405,7 @@ def cut_data_spark(spark, c: Charter, test_size: float, validation_size: float) 
     if len(errs) == 1: raise MlcycleError(f'the data does not meet the charter: {errs[0]}')
     if errs: raise MlcycleError('the data does not meet the charter:\n' + '\n'.join(f'  - {e}' for e in errs))
     return dict(sources=sources, splits=splits, production=prod, production_record=prod_rec, fingerprints=fps, contract=contract,
-                quality=quality, sample=sample, feature_warnings=feature_warnings, frame=df)
+                quality=quality, sample=sample, feature_warnings=feature_warnings, cached=[df, parts['_cached']])
 
 def run_data_stage_spark(charter=None, workspace=None, test_size: float = 0.2, validation_size: float = 0.2,
                          spark_master: str = 'local[*]', engine: dict | None = None) -> dict:
@@ -427,7 +427,7 @@ def run_data_stage_spark(charter=None, workspace=None, test_size: float = 0.2, v
         splits = {k: {'fingerprint': fps[k], 'rows': rows[k], **split_summary_spark(c, v)} for k, v in r['splits'].items()}
         run_id = record_data_stage(st, c, r['sources'], r['contract'], r['quality'], r['production_record'], r['feature_warnings'], log,
                                    engine or {'engine': 'spark', 'why': 'called directly'}, splits)
-    r['frame'].unpersist()
+    for f in r['cached']: f.unpersist()
     return dict(charter=c, workspace=ws, contract=r['contract'], quality=r['quality'], fingerprints=fps, production_record=r['production_record'],
                 splits=splits, engine=(engine or {}).get('engine', 'spark'), mlflow_run_id=run_id)
 
