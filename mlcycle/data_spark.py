@@ -414,6 +414,8 @@ def run_data_stage_spark(charter=None, workspace=None, test_size: float = 0.2, v
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     require_stage_01(ws)
     c = workspace_charter(ws, charter)
+    from pyspark.sql import SparkSession
+    owned = SparkSession.getActiveSession() is None      # a session this stage starts, it stops: stages 03-09 get the memory back
     spark = spark_session(spark_master, 'mlcycle-stage-02')
     r = cut_data_spark(spark, c, test_size, validation_size)
     fps, sample = r['fingerprints'], r['sample']
@@ -428,6 +430,7 @@ def run_data_stage_spark(charter=None, workspace=None, test_size: float = 0.2, v
         run_id = record_data_stage(st, c, r['sources'], r['contract'], r['quality'], r['production_record'], r['feature_warnings'], log,
                                    engine or {'engine': 'spark', 'why': 'called directly'}, splits)
     for f in r['cached']: f.unpersist()
+    if owned: spark.stop()
     return dict(charter=c, workspace=ws, contract=r['contract'], quality=r['quality'], fingerprints=fps, production_record=r['production_record'],
                 splits=splits, engine=(engine or {}).get('engine', 'spark'), mlflow_run_id=run_id)
 
