@@ -82,3 +82,21 @@ def test_engine_choice_says_no(adult_workspace_0102, tmp_path):
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and 'pip install "mlcycle[spark]"' in p.stderr and 'or pass --engine pandas' in p.stderr, p.stderr[-2000:]
     assert ws.manifest_path('02_data').read_bytes() == before
+
+
+def test_retirement_sizes_and_deletes_a_spark_snapshot(spark_ws, tmp_path):
+    "Stage 09 measures a snapshot folder by its parts and deletes it whole (a folder cannot be unlinked)."
+    import shutil
+    from mlcycle.charter import load_charter
+    from mlcycle.core import Workspace
+    from mlcycle.retire import Retirement, delete_snapshots, snapshot_plan
+    _, ws = spark_ws
+    fp = ws.manifest('02_data')['outputs']['splits']['test']['fingerprint']
+    shutil.copytree(ws.root/'data', tmp_path/'ws'/'data')
+    w = Workspace(tmp_path/'ws')
+    plan = snapshot_plan(w, {'tags': {'data_test_fingerprint': fp}}, [])
+    row = next(r for r in plan if r['fingerprint'] == fp)
+    assert row['action'] == 'delete' and row['bytes'] == sum(f.stat().st_size for f in w.snapshot_path(fp).iterdir())
+    r = Retirement(ws=w, c=load_charter(), plan={'snapshots': [row]}, reason='test')
+    list(delete_snapshots(r))
+    assert r.removed == [fp] and not w.snapshot_path(fp).exists()
