@@ -97,6 +97,6 @@ def test_retirement_sizes_and_deletes_a_spark_snapshot(spark_ws, tmp_path):
     plan = snapshot_plan(w, {'tags': {'data_test_fingerprint': fp}}, [])
     row = next(r for r in plan if r['fingerprint'] == fp)
     assert row['action'] == 'delete' and row['bytes'] == sum(f.stat().st_size for f in w.snapshot_path(fp).iterdir())
-    r = Retirement(ws=w, c=load_charter(), plan={'snapshots': [row]}, reason='test')
+    r = Retirement(ws=w, c=load_charter(), plan={'snapshots': [row], 'model': 'adult-income', 'version': '1'}, reason='test')
     list(delete_snapshots(r))
     assert r.removed == [fp] and not w.snapshot_path(fp).exists()
