@@ -15,10 +15,11 @@ from .stages import (STAGE_RE, StageFailed, StageKernel, add_common_args, execut
                      notebook_to_html, parse_stages, parse_value, report_notebook, skip_slow_optional_imports, stage_notebooks)
 
 # %% auto #0
-__all__ = ['PAUSE_FILE', 'CIRCLE_PARAMS', 'TRIGGERS', 'CLI_COMMANDS', 'CLI_MODULES', 'BUILTIN_COMMANDS', 'write_index',
-           'log_run_to_mlflow', 'stop_reason', 'CirclePaused', 'awaiting_approval', 'undecided_first_version',
-           'resume_state', 'run_lifecycle', 'start_server', 'production_traffic', 'ab_traffic', 'circle_plan',
-           'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows', 'evidence_traffic', 'build_parser', 'main']
+__all__ = ['PAUSE_FILE', 'CIRCLE_PARAMS', 'TRIGGERS', 'CLI_COMMANDS', 'CLI_MODULES', 'BUILTIN_COMMANDS', 'ENGINE_CHOICES',
+           'write_index', 'log_run_to_mlflow', 'stop_reason', 'CirclePaused', 'awaiting_approval',
+           'undecided_first_version', 'resume_state', 'run_lifecycle', 'start_server', 'production_traffic',
+           'ab_traffic', 'circle_plan', 'retraining_decision', 'evidence_plan', 'ab_rows', 'unsent_rows',
+           'evidence_traffic', 'engine_params', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #6ae6db27
 def _manifest_summary(ws: Workspace, name: str) -> str:
@@ -379,8 +380,28 @@ _modules_of = lambda v: (v,) if isinstance(v, str) else tuple(v)
 CLI_MODULES = list(dict.fromkeys(m for v in CLI_COMMANDS.values() for m in _modules_of(v)))
 BUILTIN_COMMANDS = ('run', 'stage', 'audit')
 
+ENGINE_CHOICES = ('auto', 'pandas', 'spark')
+
+def engine_params(stages: list[str], engine: str | None, spark_master: str | None) -> dict:
+    """The stage parameters `--engine` and `--spark-master` set: `engine`/`spark_master` on each stage whose notebook
+    declares them (02, 06), and on stage 03 `search_engine` "spark" (or "" on pandas) with its `spark_master`."""
+    out = {}
+    for s in stages:
+        names = notebook_params(s).names
+        p = {k: v for k, v in (('engine', engine), ('spark_master', spark_master)) if v is not None and k in names}
+        if s == '03' and engine in ('spark', 'pandas'): p['search_engine'] = 'spark' if engine == 'spark' else ''
+        if p: out[s] = p
+    return out
+
+def _add_engine_args(p):
+    p.add_argument('--engine', choices=ENGINE_CHOICES, default=None, help='where the data passes run: auto (stage 02 takes Spark '
+                   'when the sources exceed its spark_above_mb), pandas or spark; sets engine on stages 02 and 06 and, for spark, '
+                   "stage 03's search_engine (default: each stage's own default)")
+    p.add_argument('--spark-master', default=None, help='the Spark master URL when Spark runs, e.g. spark://host:7077 (default local[*])')
+
 def _cmd_run(a):
     params = {k: dict(v) for k, v in CIRCLE_PARAMS.items()} if not a.no_circle else {}
+    for stage, values in engine_params(parse_stages(a.stages), a.engine, a.spark_master).items(): params.setdefault(stage, {}).update(values)
     for stage, name, value in a.param or []: params.setdefault(f'{int(stage):02d}' if stage.isdigit() else stage, {})[name] = parse_value(value)
     circle = None if a.no_circle else {'scenario': a.scenario, 'traffic_rows': a.traffic_rows, 'traffic': a.traffic, 'trigger': a.trigger}
     if a.approver.strip():     # an approval given in advance: the stages that promote record it for each digest they compute
@@ -396,7 +417,8 @@ def _cmd_run(a):
 def _cmd_stage(a):
     s = parse_stages(a.stage)
     if len(s) != 1: raise MlcycleError('mlcycle stage takes one stage number, e.g. `mlcycle stage 02`')
-    run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: {n: parse_value(v) for n, v in (a.param or [])}}, full_notebooks=a.full_notebook)
+    params = {**engine_params(s, a.engine, a.spark_master).get(s[0], {}), **{n: parse_value(v) for n, v in (a.param or [])}}
+    run_lifecycle(s, a.charter, a.workspace, a.reports, {s[0]: params}, full_notebooks=a.full_notebook)
 
 def _cmd_audit(a):
     r = verify_audit(a.workspace)
@@ -435,11 +457,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    "(default: report mode, the notebooks' exported code and Run sections)")
     r.add_argument('--kernel-per-stage', action='store_true', help='start a new kernel for each stage (default: the stages run one '
                    'after another in one kernel, each from an empty namespace, so that imports are loaded once)')
+    _add_engine_args(r)
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser('stage', help='run one stage notebook', description='Execute one stage notebook with papermill.')
     s.add_argument('stage', help='stage number, e.g. 02')
     add_common_args(s)
     s.add_argument('--full-notebook', action='store_true', help='execute the whole notebook, its examples and tests included')
+    _add_engine_args(s)
     s.set_defaults(func=_cmd_stage)
     au = sub.add_parser('audit', help='audit log commands', description='Audit log commands.')
     ausub = au.add_subparsers(dest='audit_command', metavar='ACTION', required=True)

@@ -16,11 +16,12 @@ import pandas as pd
 import mlcycle
 
 # %% auto #0
-__all__ = ['ASSETS', 'MISSING_GROUP', 'GENESIS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes', 'fingerprint_df',
-           'fingerprint_file', 'row_keys', 'group_text', 'atomic_write_bytes', 'to_json', 'atomic_write_json',
-           'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'resolve_workspace', 'owner_only',
-           'Workspace', 'verify_audit', 'StageRun', 'relocate_store', 'store_template', 'fresh_store', 'setup_mlflow',
-           'reset_mlflow', 'schema_rows', 'log_dataset']
+__all__ = ['ASSETS', 'MISSING_GROUP', 'GENESIS', 'SNAPSHOT_CHECKSUMS', 'DEFAULT_WORKSPACE', 'MlcycleError', 'sha256_bytes',
+           'fingerprint_df', 'fingerprint_file', 'row_keys', 'group_text', 'atomic_write_bytes', 'to_json',
+           'atomic_write_json', 'read_json', 'load_yaml', 'current_actor', 'AuditReport', 'AuditLog', 'snapshot_parts',
+           'read_snapshot_folder', 'resolve_workspace', 'owner_only', 'Workspace', 'verify_audit', 'StageRun',
+           'relocate_store', 'store_template', 'fresh_store', 'setup_mlflow', 'reset_mlflow', 'schema_rows',
+           'log_dataset']
 
 # %% ../nbs/00_core.ipynb #c2dfb785
 ASSETS = Path(mlcycle.__file__).parent/'assets'   # bundled data and the demo charter (package data)
@@ -241,6 +242,26 @@ class AuditLog:
         elif n: return AuditReport(False, n, 1, 'audit.head is missing')
         return AuditReport(True, n)
 
+# %% ../nbs/00_core.ipynb #5f0a1c77
+SNAPSHOT_CHECKSUMS = '_mlcycle_checksums.json'
+
+def snapshot_parts(p: Path) -> list[Path]:
+    """The part files of a snapshot folder (stage 02 on Spark), in order, after checking that they are the ones written,
+    byte for byte (`SNAPSHOT_CHECKSUMS`): a changed, added or missing part is refused."""
+    sums = p/SNAPSHOT_CHECKSUMS
+    if not sums.exists(): raise MlcycleError(f'data snapshot {p} has no {SNAPSHOT_CHECKSUMS}: it was not written by stage 02; re-run stage 02')
+    want = json.loads(sums.read_text())['files']
+    have = {f.name: fingerprint_file(f) for f in sorted(p.iterdir()) if f.suffix == '.parquet'}
+    if have != want:
+        bad = sorted(set(want) ^ set(have) | {k for k in want if k in have and want[k] != have[k]})
+        raise MlcycleError(f'data snapshot {p} does not match its checksums ({", ".join(bad[:3])}): it was altered; re-run stage 02')
+    return [p/f for f in want]
+
+def read_snapshot_folder(p: Path) -> pd.DataFrame:
+    "A snapshot folder read whole, its parts in order (`snapshot_parts` checks them first)."
+    parts = snapshot_parts(p)
+    return pd.read_parquet([str(f) for f in parts]) if parts else pd.read_parquet(p)
+
 # %% ../nbs/00_core.ipynb #a8760631
 DEFAULT_WORKSPACE = 'mlcycle-workspace'
 
@@ -329,6 +350,7 @@ class Workspace:
         "Read a dataset snapshot by its fingerprint, checking the content still matches."
         p = self.snapshot_path(fingerprint)
         if not p.exists(): raise MlcycleError(f'data snapshot {fingerprint} is missing from {self.data_dir}: re-run stage 02')
+        if p.is_dir(): return read_snapshot_folder(p)     # written by Spark: its part files checked against their checksums
         df = pd.read_parquet(p)
         if fingerprint_df(df) != fingerprint:
             raise MlcycleError(f'data snapshot {p} does not match its fingerprint {fingerprint}: it was altered; re-run stage 02')
@@ -379,6 +401,20 @@ class StageRun:
             self._files.append((tmp, self.ws.snapshot_path(fp)))
         self.manifest['outputs'].setdefault('snapshots', {})[role] = {'fingerprint': fp, 'rows': len(df), 'columns': len(df.columns)}
         return fp
+
+    def snapshot_folder(self, fingerprint: str, role: str, rows: int, columns: int, write) -> str:
+        """Stage a snapshot that `write(folder)` writes as a folder of Parquet part files (Spark does), named by a
+        `fingerprint` computed where the data lives; a checksum of each part file goes beside them (`SNAPSHOT_CHECKSUMS`)."""
+        dest = self.ws.snapshot_path(fingerprint)
+        if not dest.exists():
+            tmp = self._staging/f'{fingerprint}.parquet'
+            write(str(tmp))
+            parts = sorted(f for f in tmp.iterdir() if f.suffix == '.parquet')
+            (tmp/SNAPSHOT_CHECKSUMS).write_text(json.dumps({'fingerprint': fingerprint, 'rows': rows,
+                                                            'files': {f.name: fingerprint_file(f) for f in parts}}, indent=1))
+            self._files.append((tmp, dest))
+        self.manifest['outputs'].setdefault('snapshots', {})[role] = {'fingerprint': fingerprint, 'rows': rows, 'columns': columns, 'folder': True}
+        return fingerprint
 
     def write_json(self, relpath: str, obj) -> Path:
         "Stage a JSON file at `relpath` inside the workspace."
@@ -431,7 +467,7 @@ def _undo_commit(done: list, kept: list):
     "Put back what a failed commit changed: files moved in (their old bytes, or gone) and the effects done (last first)."
     for dest, old in reversed(kept):
         with contextlib.suppress(OSError):
-            if old is None: dest.unlink(missing_ok=True)
+            if old is None: shutil.rmtree(dest) if dest.is_dir() else dest.unlink(missing_ok=True)
             else: atomic_write_bytes(dest, old)
     for undo, result, what in reversed(done): undo(result)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import MlcycleError, Workspace, fingerprint_df, log_dataset
+from .core import MlcycleError, Workspace, fingerprint_df, log_dataset, snapshot_parts
 from .features import check_features, derived_preprocessor, semantic_kind, suggest_features
 from .charter import Charter, binary_target, load_charter, time_values, workspace_charter
 from .tasks import BinaryTask, MulticlassTask, RegressionTask, check_charter_against_data, concordance, stratify_labels, target_summary, task_of, task_target
@@ -24,8 +24,9 @@ __all__ = ['LEAKAGE_AUC', 'MIN_ROWS_PER_VALUE', 'read_only_query', 'read_only_co
            'without_excluded_labels', 'load_data', 'feature_columns', 'infer_contract', 'feature_frame', 'Violation',
            'ContractError', 'missing_rate_jumped', 'validate_batch', 'violations_frame', 'outlier_counts',
            'category_score', 'single_feature_auc_ovr', 'single_feature_auc', 'column_role', 'quality_report',
-           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'stratified_sample', 'hold_back',
-           'check_production', 'production_rows', 'run_data_stage']
+           'check_requirements', 'plot_quality', 'build_preprocessor', 'split_data', 'stratified_sample', 'load_sample',
+           'hold_back', 'check_production', 'production_verdict', 'production_rows', 'record_data_stage',
+           'require_stage_01', 'run_data_stage']
 
 # %% ../nbs/02_data.ipynb #9103301c
 def _resolve(path: str, base_dir) -> str:
@@ -343,7 +344,7 @@ def quality_report(df: pd.DataFrame, c: Charter, contract: dict) -> dict:
 def check_requirements(c: Charter, df: pd.DataFrame, quality: dict) -> list[str]:
     "The charter's data requirements that `df` fails, as messages (empty when all hold)."
     req, errs = c.data.requirements, []
-    if len(df) < req.min_rows: errs.append(f'data.requirements.min_rows: {len(df)} rows, the charter needs at least {req.min_rows}; add data or lower min_rows')
+    if quality['rows'] < req.min_rows: errs.append(f'data.requirements.min_rows: {quality["rows"]} rows, the charter needs at least {req.min_rows}; add data or lower min_rows')
     over = quality['missing'][quality['missing'].over_limit]
     for r in over.itertuples():
         if r.missing_rate == 1:
@@ -413,6 +414,19 @@ def stratified_sample(c: Charter, df: pd.DataFrame, rows: int, seed: int = 0) ->
     part, _ = train_test_split(df, train_size=int(rows), stratify=stratify_labels(c, df[c.data.target]), random_state=seed)
     return part.sort_index()
 
+# %% ../nbs/02_data.ipynb #ba13809c
+def load_sample(ws: Workspace, fingerprint: str, c: Charter, rows: int, seed: int = 0) -> pd.DataFrame:
+    "`stratified_sample(c, ws.load_snapshot(fingerprint), rows, seed)`, reading from a snapshot folder only its labels and the sampled rows."
+    p = ws.snapshot_path(fingerprint)
+    if not p.is_dir(): return stratified_sample(c, ws.load_snapshot(fingerprint), rows, seed).reset_index(drop=True)
+    import pyarrow.dataset as pads
+    d = pads.dataset([str(f) for f in snapshot_parts(p)], format='parquet')
+    if rows >= d.count_rows(): return ws.load_snapshot(fingerprint)
+    y = d.to_table(columns=[c.data.target]).column(0).to_pandas()
+    at = stratified_sample(c, pd.DataFrame({c.data.target: y}), rows, seed).index.to_numpy()
+    return d.take(at).to_pandas()
+
+
 # %% ../nbs/02_data.ipynb #7ddb3b9a
 def hold_back(df: pd.DataFrame, c: Charter, share: float | None = None, seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     "Split `df` into (rows to model, held-back production rows, the rule used): the latest `share` by time_column, else a seeded random share."
@@ -429,7 +443,10 @@ def hold_back(df: pd.DataFrame, c: Charter, share: float | None = None, seed: in
 
 def check_production(prod: pd.DataFrame, contract: dict, where: str = 'production.sources') -> list[Violation]:
     "Validate production rows against the contract; one line naming the first blocking column and its fix, else the warnings."
-    vs = validate_batch(prod, contract, raise_on_blocking=False)
+    return production_verdict(validate_batch(prod, contract, raise_on_blocking=False), where)
+
+def production_verdict(vs: list[Violation], where: str = 'production.sources') -> list[Violation]:
+    "The warnings among the production rows' violations `vs`; one line naming the first blocking column and its fix if any blocks."
     bad = [v for v in vs if v.blocking]
     if bad:
         v = bad[0]
@@ -448,14 +465,41 @@ def production_rows(c: Charter, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     return rest, prod, {'source': 'held back by stage 02', 'rule': rule, 'labelled': True}
 
 # %% ../nbs/02_data.ipynb #5e3cf506
-def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validation_size: float = 0.2) -> dict:
-    "Stage 02: load, check, split, contract, quality report; snapshots and manifest into the workspace."
+def record_data_stage(st, c: Charter, sources: list[dict], contract: dict, quality: dict, prod_rec: dict, feature_warnings: list,
+                      log_inputs, engine: dict, splits: dict) -> str:
+    """What stage 02 records, whichever engine cut the data: the contract file, an MLflow run (the splits as its inputs
+    via `log_inputs()`, counts as metrics), the manifest's outputs (with the `engine` and why) and the audit entry."""
     import mlflow
-    from mlcycle.core import setup_mlflow
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    st.write_json('data/contract.json', contract)
+    with mlflow.start_run(run_name='02_data', tags={'mlcycle.stage': '02_data', 'mlcycle.charter_hash': c.hash, 'mlcycle.engine': engine['engine']}) as run:
+        log_inputs()
+        mlflow.log_metrics({'rows': quality['rows'], 'duplicates': quality['duplicates'],
+                            'max_missing_rate': float(quality['missing'].missing_rate.max()), **{f'rows_{k}': v['rows'] for k, v in splits.items()}})
+        mlflow.log_dict(contract, 'contract.json')
+    st.manifest['outputs'].update(
+        mlflow_run_id=run.info.run_id, contract='data/contract.json', contract_features=contract['features'], production=prod_rec,
+        splits=splits, engine=engine['engine'], engine_choice=engine,
+        quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
+                 'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
+                 'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records'),
+                 'suggested_features': quality['suggested_features'], **({'leakage_rows': quality['leakage_rows']} if 'leakage_rows' in quality else {})},
+        feature_warnings=feature_warnings)
+    st.record('data_accepted', rows=quality['rows'], sources=[s['fingerprint'] for s in sources], splits={k: v['fingerprint'] for k, v in splits.items()},
+              engine=engine['engine'], why='charter fits the data; requirements met; no leakage suspect')
+    return run.info.run_id
+
+def require_stage_01(ws: Workspace) -> None:
+    "Stage 02 reads what stage 01 recorded: refuse, naming the way out, when it has not run in `ws`."
     if not ws.has_stage('01_problem_definition'):
         raise MlcycleError(f'stage 01 has not run in {ws.root}: run it first (`mlcycle stage 01`, or '
                            '`mlcycle.feasibility.run_through_data`, which runs whichever of stages 01 and 02 is missing)')
+
+def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validation_size: float = 0.2, engine: dict | None = None) -> dict:
+    """Stage 02 on pandas: load, check, split, contract, quality report; snapshots and manifest into the workspace.
+    `engine` is the record of why pandas runs it (`mlcycle.data_spark.choose_engine`), kept in the manifest."""
+    from mlcycle.core import setup_mlflow
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    require_stage_01(ws)
     c = workspace_charter(ws, charter)
     df, sources = load_data(c)
     check_charter_against_data(c, df)
@@ -469,27 +513,13 @@ def run_data_stage(charter=None, workspace=None, test_size: float = 0.2, validat
     errs = check_requirements(c, df, quality)
     if len(errs) == 1: raise MlcycleError(f'the data does not meet the charter: {errs[0]}')
     if errs: raise MlcycleError('the data does not meet the charter:\n' + '\n'.join(f'  - {e}' for e in errs))
-    exp = setup_mlflow(ws, c.name)
+    setup_mlflow(ws, c.name)
     with ws.stage('02_data', charter_hash=c.hash, sources=sources) as st:
         fps = {role: st.snapshot(part, role) for role, part in splits.items()}
         prod_rec.update(fingerprint=st.snapshot(prod, 'production'), rows=len(prod), warnings=[str(v) for v in prod_warnings])
-        st.write_json('data/contract.json', contract)
-        with mlflow.start_run(run_name='02_data', tags={'mlcycle.stage': '02_data', 'mlcycle.charter_hash': c.hash}) as run:
-            for role, part in splits.items():
-                log_dataset(part, f'{c.name}-{role}', role, targets=c.data.target, source=str(ws.snapshot_path(fps[role])))
-            mlflow.log_metrics({'rows': len(df), 'duplicates': quality['duplicates'],
-                                'max_missing_rate': float(quality['missing'].missing_rate.max()),
-                                **{f'rows_{k}': len(v) for k, v in splits.items()}})
-            mlflow.log_dict(contract, 'contract.json')
-        st.manifest['outputs'].update(
-            mlflow_run_id=run.info.run_id, contract='data/contract.json', contract_features=contract['features'], production=prod_rec,
-            splits={k: {'fingerprint': fps[k], 'rows': len(v), **target_summary(c, v[c.data.target])} for k, v in splits.items()},
-            quality={'rows': quality['rows'], 'duplicates': quality['duplicates'],
-                     'missing': quality['missing'][quality['missing'].missing > 0].to_dict('records'),
-                     'outliers': quality['outliers'].to_dict('records'), 'leakage_top': quality['leakage'].head(5).to_dict('records'),
-                     'suggested_features': quality['suggested_features']},
-            feature_warnings=feature_warnings)
-        st.record('data_accepted', rows=len(df), sources=[s['fingerprint'] for s in sources], splits=fps,
-                  why='charter fits the data; requirements met; no leakage suspect')
+        log = lambda: [log_dataset(part, f'{c.name}-{role}', role, targets=c.data.target, source=str(ws.snapshot_path(fps[role])))
+                       for role, part in splits.items()]
+        run_id = record_data_stage(st, c, sources, contract, quality, prod_rec, feature_warnings, log, engine or {'engine': 'pandas', 'why': 'called directly'},
+                                   {k: {'fingerprint': fps[k], 'rows': len(v), **target_summary(c, v[c.data.target])} for k, v in splits.items()})
     return dict(charter=c, workspace=ws, data=df, splits=splits, production=prod, production_record=prod_rec, contract=contract, quality=quality, fingerprints=fps,
-                mlflow_run_id=run.info.run_id)
+                mlflow_run_id=run_id)

@@ -165,7 +165,7 @@ def snapshot_plan(ws: Workspace, rec: dict, others: list) -> list[dict]:
     for role, fp in version_fingerprints(rec).items():
         if fp in (r['fingerprint'] for r in out): continue
         path = ws.snapshot_path(fp)
-        size = path.stat().st_size if path.exists() else 0
+        size = (sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size) if path.exists() else 0   # a folder: Spark's parts
         used_by = [f'stages/{n}' for n, txt in manifests.items() if fp in txt]
         if not path.exists(): action, why = 'absent', 'already deleted (or never snapshotted here)'
         elif fp in live_refs: action, why = 'keep', f"named by live version(s) {', '.join(live_refs[fp])}"
@@ -726,7 +726,9 @@ def delete_snapshots(r: Retirement):
     "Delete the data snapshots the plan marked for deletion."
     for s in r.plan['snapshots']:
         if s['action'] == 'delete' and (r.ws.root/s['path']).exists():
-            (r.ws.root/s['path']).unlink(); r.removed.append(s['fingerprint'])
+            p = r.ws.root/s['path']
+            shutil.rmtree(p) if p.is_dir() else p.unlink()           # a snapshot stage 02 wrote on Spark is a folder of parts
+            r.removed.append(s['fingerprint'])
     if r.removed: yield Done(f'deleted {len(r.removed)} snapshot(s)', 'snapshots_deleted', dict(model=r.name, version=r.version, fingerprints=r.removed))
 
 # %% ../nbs/09_retirement.ipynb #225527f9
