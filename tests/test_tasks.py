@@ -124,12 +124,9 @@ def test_regression_circle_diamonds(tmp_path, mlcycle):
 
 
 def _cluster_params(url: str) -> list:
-    """`mlcycle run` parameters that send stage 03's search and stage 06's statistics (and stage 02's passes, where stage 02
-    has an engine) to the Spark master at `url`."""
-    from mlcycle.stages import notebook_params
-    out = ['-p', '03', 'search_engine', 'spark', '-p', '03', 'spark_master', url, '-p', '06', 'engine', 'spark', '-p', '06', 'spark_master', url]
-    if 'engine' in notebook_params('02').names: out += ['-p', '02', 'engine', 'spark', '-p', '02', 'spark_master', url]
-    return out
+    """`mlcycle run` arguments that send stage 02's passes, stage 03's search and stage 06's statistics to the Spark
+    master at `url` (`--engine spark` sets all three)."""
+    return ['--engine', 'spark', '--spark-master', url]
 
 
 def _assert_stage06_on_cluster(ws: Path, m, cluster):
@@ -141,10 +138,13 @@ def _assert_stage06_on_cluster(ws: Path, m, cluster):
     from mlcycle.data import feature_frame
     from mlcycle.model_checks import opaque_columns
     from mlcycle.monitor import in_content_order, read_window, window_statistics
+    o2 = m('02_data')                                                   # stage 02's passes ran on the cluster
+    assert (o2['engine'], o2['engine_choice'].get('spark_master')) == ('spark', cluster.url), o2['engine_choice']
     o6 = m('06_monitoring')
     st = o6['statistics']
     assert (st['engine'], st['spark_master'], st['rows']) == ('spark', cluster.url, o6['window']['rows']), st
     apps = {a['id']: a['name'] for a in cluster.completed_apps()}
+    assert 'mlcycle-stage-02' in apps.values(), apps                   # stage 02's passes
     assert 'mlcycle-search' in apps.values(), apps                     # stage 03's search
     assert st['spark_app']['app_id'] in apps, (st['spark_app'], apps)   # the application that aggregated stage 06's window
     w = Workspace(ws)
@@ -163,8 +163,8 @@ def _assert_stage06_on_cluster(ws: Path, m, cluster):
 @pytest.mark.slow
 def test_multiclass_circle_penguins(tmp_path, mlcycle, request):
     """Penguin species: macro F1, log loss, one-vs-rest AUC with intervals; per-sex accuracy; the server answers with a species.
-    With Spark, the circle's Spark work runs on a real standalone cluster (a master and two workers): stage 03's search
-    and stage 06's statistics."""
+    With Spark, the circle's Spark work runs on a real standalone cluster (a master and two workers): stage 02's passes,
+    stage 03's search and stage 06's statistics (`mlcycle run --engine spark --spark-master URL`)."""
     from mlcycle.batch import spark_available
     cluster = None if spark_available() else request.getfixturevalue('spark_cluster')
     env = {'SPARK_LOCAL_IP': '127.0.0.1', 'OMP_NUM_THREADS': '1'}
