@@ -14,7 +14,7 @@ from .predlog import PredictionLog, SensitivePolicy
 from .request import Parsed, RowParser
 
 # %% auto #0
-__all__ = ['bucket', 'route', 'new_request_id', 'Served', 'ModelSet', 'score_batch', 'task_answers', 'Batcher', 'log_pieces']
+__all__ = ['bucket', 'route', 'new_request_id', 'Served', 'ModelSet', 'score_batch', 'task_answers', 'Batcher']
 
 # %% ../nbs/05a_batching.ipynb #e2322600
 def bucket(keys, salt: str = '') -> np.ndarray:
@@ -136,11 +136,10 @@ def _limit_threads(n):
 class Batcher:
     "Gathers concurrent requests into one model call (see above)."
     def __init__(self, get_models, parser: RowParser, policy: SensitivePolicy, log: PredictionLog | None, on_batch=None,
-                 max_batch_rows: int = 4096, max_wait_ms: float = 2.0, threads: int | None = 1, max_log_rows: int | None = None):
-        """`get_models()` gives the `ModelSet` of the next batch; `on_batch(rows)` is told each batch's size (metrics);
-        `max_log_rows`: rows per log transaction at most (whole requests; `None`: a batch is one transaction)."""
+                 max_batch_rows: int = 4096, max_wait_ms: float = 2.0, threads: int | None = 1):
+        "`get_models()` gives the `ModelSet` of the next batch; `on_batch(rows)` is told each batch's size (metrics)."
         self.get_models, self.parser, self.policy, self.log, self.on_batch = get_models, parser, policy, log, on_batch
-        self.max_batch_rows, self.max_wait, self.max_log_rows = max_batch_rows, max_wait_ms / 1000, max_log_rows
+        self.max_batch_rows, self.max_wait = max_batch_rows, max_wait_ms / 1000
         self.q: asyncio.Queue | None = None
         self.bulk: asyncio.Queue | None = None   # chunks of large requests: scored alone, when no other request waits
         self._wake: asyncio.Event | None = None
@@ -216,32 +215,22 @@ async def _score(self: Batcher, items: list, ms: ModelSet):
     for it, ans, lf in zip(items, answers, logged):
         if not it[3].done(): it[3].set_result((ans, lf))
 
-def log_pieces(sizes: list[int], most: int | None) -> list[range]:
-    "Consecutive requests (their row counts `sizes`) in pieces of at most `most` rows; a larger request is a piece alone. `None`: one piece."
-    out, start, n = [], 0, 0
-    for i, s in enumerate(sizes):
-        if most and i > start and n + s > most: out.append(range(start, i)); start, n = i, 0
-        n += s
-    return out + [range(start, len(sizes))]
-
 def _log(self: Batcher, items: list, rows: list) -> list:
-    """Hand a batch's rows to the log as one group, or in groups of whole requests of at most `max_log_rows` rows;
-    one future per request, so a refused group is retried request by request."""
+    "Hand a batch's rows to the log as one group; one future per request, so a refused group is retried request by request."
     loop = asyncio.get_running_loop()
     done = [loop.create_future() for _ in items]
-    first = [0]
-    for it in items: first.append(first[-1] + it[0].n)
-    async def settle(piece, group):
+    group = asyncio.wrap_future(self.log.submit(rows))             # one wake-up per batch when all goes well
+    async def settle():
         try:
             await group
-            for i in piece: done[i].set_result(None)
+            for d in done: d.set_result(None)
         except Exception:
-            for i in piece:
-                try: await asyncio.wrap_future(self.log.submit(rows[first[i]:first[i + 1]])); done[i].set_result(None)
-                except Exception as e: done[i].set_exception(e)
-    for piece in log_pieces([it[0].n for it in items], self.max_log_rows):   # one wake-up per piece when all goes well
-        group = asyncio.wrap_future(self.log.submit(rows[first[piece.start]:first[piece.stop]]))
-        task = loop.create_task(settle(piece, group)); self._pending.add(task); task.add_done_callback(self._pending.discard)
+            k = 0
+            for it, d in zip(items, done):
+                try: await asyncio.wrap_future(self.log.submit(rows[k:k + it[0].n])); d.set_result(None)
+                except Exception as e: d.set_exception(e)
+                k += it[0].n
+    task = loop.create_task(settle()); self._pending.add(task); task.add_done_callback(self._pending.discard)
     return done
 
 Batcher._score, Batcher._log = _score, _log

@@ -18,7 +18,7 @@ from .scorer import make_scorer
 from .serve import create_app, error_body
 
 # %% auto #0
-__all__ = ['WORKER_LOG_ROWS', 'verified_model', 'verified_models', 'WorkerState', 'setup', 'run_job', 'main']
+__all__ = ['verified_model', 'verified_models', 'WorkerState', 'setup', 'run_job', 'main']
 
 # %% ../nbs/05b_lane_worker.ipynb #4e8e02e2
 def verified_model(d: dict, trusted, probe, cache: dict) -> Served:
@@ -49,8 +49,6 @@ class WorkerState:
     trusted: list
     cache: dict = field(default_factory=dict)
 
-WORKER_LOG_ROWS = 256          # rows per prediction-log transaction of a lane worker at most (see above)
-
 async def setup(cfg: dict) -> WorkerState:
     "The worker's `ModelServer` from the server's configuration (see `mlcycle.lane.lane_pool`): log open, batcher started, no model yet."
     from mlcycle.train import model_trusted_types
@@ -58,9 +56,7 @@ async def setup(cfg: dict) -> WorkerState:
                      limits={**cfg['limits'], 'lane_workers': 0}, alias_poll_seconds=0, admin_token='', feedback_token='', **cfg['settings'])
     srv = app.state.server
     srv.id_prefix = cfg['id_prefix']            # the server's: request ids say which process answered, a worker answers for it
-    if srv.logging:             # short log transactions: the server's own one-row commits wait for one of them at most
-        srv.log = srv.batcher.log = PredictionLog(srv.log_url, max_group_rows=WORKER_LOG_ROWS)
-        srv.batcher.max_log_rows = WORKER_LOG_ROWS
+    if srv.logging: srv.log = srv.batcher.log = PredictionLog(srv.log_url)
     srv.batcher.start()
     if not srv.model_uri: setup_mlflow(srv.ws, srv.charter.name)
     return WorkerState(srv, app.state.handle, model_trusted_types(srv.charter))
