@@ -15,9 +15,13 @@ def spark_ws(adult_workspace_0102, tmp_path_factory):
     from mlcycle.batch import spark_available
     from mlcycle.core import Workspace
     if (why := spark_available()): pytest.skip(f'stage 02 on Spark untested here: {why}')
+    import shutil
     d = tmp_path_factory.mktemp('spark02')
     ref = Workspace(adult_workspace_0102/'ws')
-    ws = copy_workspace(ref, d/'ws')
+    # a whole copy, its MLflow artifacts included, so that its store is pointed at its own `mlartifacts/` (`relocate_store`):
+    # `copy_workspace` leaves the artifacts in the shared workspace, where this stage's run would then write its reports
+    shutil.copytree(ref.root, d/'ws', ignore=shutil.ignore_patterns('reports', 'predictions.db*'))
+    ws = Workspace(d/'ws')
     mlcycle_cmd('stage', '02', '--engine', 'spark', '--spark-master', 'local[2]', '--workspace', ws.root, '--reports', d/'reports',
                 cwd=d, check=True, env={'OMP_NUM_THREADS': '1'})
     return ref, Workspace(ws.root)
