@@ -67,10 +67,14 @@ def claim_room(se: float, level: float = GATE_LEVEL, power: float = 0.95) -> flo
     return float((norm.ppf(level) + norm.ppf(power)) * se)
 
 # %% ../nbs/00b_stats.ipynb #2bd12cd1
+def _draw_keys(codes: np.ndarray, k: int) -> np.ndarray:
+    "A (draws × rows) matrix of codes in 0..k−1 as one flat key per (draw, code) pair, `code + k·draw`: what one `bincount` counts."
+    return (codes + k * np.arange(codes.shape[0])[:, None]).ravel()
+
 def _auc_of_codes(code: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     "ROC AUC of each row of (score codes in 0..k−1, ascending with the score; boolean labels) matrices, by the Mann-Whitney count."
     B = code.shape[0]
-    key, yi = (code + k * np.arange(B)[:, None]).ravel(), y.ravel()
+    key, yi = _draw_keys(code, k), y.ravel()
     pos = np.bincount(key[yi], minlength=B * k).reshape(B, k).astype(float)      # positives and negatives at each distinct score
     neg = np.bincount(key[~yi], minlength=B * k).reshape(B, k).astype(float)
     n1, n0 = pos.sum(1), neg.sum(1)
@@ -239,21 +243,17 @@ GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'a
 def group_codes(groups) -> tuple[np.ndarray, np.ndarray]:
     """(code of each row in 0..k−1, the k group names sorted): the names are `group_text`'s, a missing value the group
     `<missing>`. The text is made once per distinct value, not per row: the optimism-corrected bootstrap asks ~250 times."""
-    raw, values = pd.factorize(pd.Series(np.asarray(groups, dtype=object)), use_na_sentinel=False)
+    raw, values = pd.factorize(np.asarray(groups, dtype=object), use_na_sentinel=False)     # None, NaN and NA: one value
     codes, names = pd.factorize(group_text(values), sort=True)
     return codes[raw], np.asarray(names, dtype=object)
 
-def _group_counter(codes: np.ndarray, k: int, idx: np.ndarray):
-    "A function counting rows, or summing a value given per row (`w`), per draw (row of `idx`) and group (`codes` in 0..k−1): (draws × k)."
-    B = idx.shape[0]
-    G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
-    return lambda w=None: np.bincount(G, weights=None if w is None else np.asarray(w, float)[idx].ravel(), minlength=B * k).reshape(B, k)
-
 def group_counts_per_draw(y, pred, codes, k: int, idx) -> dict:
-    "Per draw and group (0/1 `y` and `pred`): rows `n`, selections `sel`, positives `pos`, true positives `tp` and hits `hit`, each (draws × k)."
-    y, pred = np.asarray(y, float), np.asarray(pred, float)
-    cnt = _group_counter(codes, k, idx)
-    return {'n': cnt(), 'sel': cnt(pred), 'pos': cnt(y), 'tp': cnt(pred * y), 'hit': cnt(pred == y)}
+    """Per draw (row of `idx`) and group (`codes` in 0..k−1) of 0/1 labels `y` and decisions `pred`: rows `n`, selections
+    `sel`, positives `pos`, true positives `tp` and hits `hit`, each (draws × k), from one `bincount` of (draw, group, label, decision)."""
+    B, cell = idx.shape[0], 2 * np.asarray(y, np.int64) + np.asarray(pred, np.int64)     # 0..3: (label, decision) of a row
+    c = np.bincount(4 * _draw_keys(codes[idx], k) + cell[idx].ravel(), minlength=4 * B * k).reshape(B, k, 4)
+    tp = c[..., 3]
+    return {'n': c.sum(2), 'sel': c[..., 1] + tp, 'pos': c[..., 2] + tp, 'tp': tp, 'hit': c[..., 0] + tp}
 
 def rates_of_counts(c: dict, empty: float = np.nan) -> dict:
     """Rows, selection rate, TPR, FPR and accuracy of each count of `group_counts_per_draw`, NaN for a group without rows. A
@@ -312,8 +312,9 @@ def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
 # %% ../nbs/00b_stats.ipynb #40b45b08
 def group_means_per_draw(values, codes, k: int, idx) -> tuple[np.ndarray, np.ndarray]:
     "(rows, mean of `values`) per draw and group (`codes` in 0..k−1): two (draws × k) matrices, NaN mean for an absent group."
-    cnt = _group_counter(codes, k, idx)
-    n, s = cnt(), cnt(values)
+    B, key = idx.shape[0], _draw_keys(codes[idx], k)
+    n = np.bincount(key, minlength=B * k).reshape(B, k)
+    s = np.bincount(key, weights=np.asarray(values, float)[idx].ravel(), minlength=B * k).reshape(B, k)
     with np.errstate(invalid='ignore', divide='ignore'): return n, np.where(n > 0, s / n, np.nan)
 
 # %% ../nbs/00b_stats.ipynb #80f128d3
@@ -344,7 +345,7 @@ def resampled_class_metric(metric: str, y, proba: pd.DataFrame | None, pred, idx
     if metric not in CLASS_METRICS: raise MlcycleError(f'no resampled form of multiclass metric {metric!r}; known: {", ".join(CLASS_METRICS)}')
     classes, codes = np.unique(np.concatenate([y, pred]), return_inverse=True)
     k, B, hit = len(classes), idx.shape[0], (y == pred).astype(float)
-    cnt = lambda c, w=None: np.bincount((c[idx] + k * np.arange(B)[:, None]).ravel(), None if w is None else w[idx].ravel(), minlength=B * k).reshape(B, k)
+    cnt = lambda c, w=None: np.bincount(_draw_keys(c[idx], k), None if w is None else w[idx].ravel(), minlength=B * k).reshape(B, k)
     pos, pp, tp = cnt(codes[:len(y)]), cnt(codes[len(y):]), cnt(codes[:len(y)], hit)
     with warnings.catch_warnings(), np.errstate(invalid='ignore', divide='ignore'):
         warnings.simplefilter('ignore', RuntimeWarning)
