@@ -296,9 +296,9 @@ def resampled_fairness_gaps(y, pred, groups, idx, min_group_size: int | None = N
     judge the groups on the whole split first). With it, as a charter judges a sample and fairlearn computes the gap: the
     groups with at least `min_group_size` rows in that draw, TPR (FPR) 0 for a group without positives (negatives), and
     NaN where fewer than two groups are judged (`tasks.fairness_value` is the one-draw case)."""
-    codes, names = group_codes(groups)
+    (codes, names), y, pred = group_codes(groups), np.asarray(y).astype(int), np.asarray(pred).astype(int)
     def gaps(I):
-        c = group_counts_per_draw(np.asarray(y).astype(int), np.asarray(pred).astype(int), codes, len(names), I)
+        c = group_counts_per_draw(y, pred, codes, len(names), I)
         if min_group_size is None: return fairness_gaps_per_draw(rates_of_counts(c))
         return fairness_gaps_per_draw(rates_of_counts(c, empty=0.0), c['n'] >= max(min_group_size, 1), least=2)
     parts = [gaps(idx[b]) for b in draw_blocks(idx)]

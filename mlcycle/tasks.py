@@ -195,7 +195,7 @@ class Task:
     def draws(self, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
         "`metric` on every bootstrap draw (rows of `idx`): all at once where `mlcycle.stats` has a resampled form."
         y, pred = np.asarray(y), np.asarray(pred)
-        if METRICS[metric][0] == 'fairness': return fairness_draws(metric, y, pred, sens, idx, min_group_size)   # group counts on every draw at once
+        if METRICS.get(metric, ('',))[0] == 'fairness': return fairness_draws(metric, y, pred, sens, idx, min_group_size)   # group counts on every draw at once
         if isinstance(proba, pd.DataFrame) and metric in CLASS_METRICS: return resampled_class_metric(metric, y, proba, pred, idx)
         if isinstance(proba, pd.DataFrame) and metric == 'expected_calibration_error':   # bins from each draw's own scores
             hit, conf = top_label(y, proba)
