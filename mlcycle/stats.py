@@ -19,10 +19,11 @@ __all__ = ['N_RESAMPLES', 'GATE_LEVEL', 'DRAW_BLOCK_CELLS', 'RESAMPLED_METRICS',
            'percentile_ci', 'one_sided_bound', 'claim_level', 'claim_room', 'roc_auc_rows', 'draw_blocks',
            'resampled_auc', 'resampled_metric', 'performance_with_ci', 'resampled_errors', 'paired_difference_test',
            'welch_test', 'two_mean_sample_size', 'paired_mean_sample_size', 'take_rows', 'optimism_corrected',
-           'group_rates_per_draw', 'fairness_gaps_per_draw', 'resampled_fairness_gaps', 'resampled_fairness',
-           'group_means_per_draw', 'group_difference_per_draw', 'resampled_class_metric', 'normal_interval',
-           'wilson_interval', 'auc_delong', 'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size',
-           'paired_sample_size', 'obrien_fleming_spent', 'sequential_look']
+           'group_codes', 'group_counts_per_draw', 'rates_of_counts', 'group_rates_per_draw', 'spread_per_draw',
+           'fairness_gaps_per_draw', 'resampled_fairness_gaps', 'resampled_fairness', 'group_means_per_draw',
+           'group_difference_per_draw', 'resampled_class_metric', 'normal_interval', 'wilson_interval', 'auc_delong',
+           'two_proportion_test', 'mcnemar_test', 'two_proportion_sample_size', 'paired_sample_size',
+           'obrien_fleming_spent', 'sequential_look']
 
 # %% ../nbs/00b_stats.ipynb #cc1a1d31
 N_RESAMPLES = 500
@@ -66,12 +67,24 @@ def claim_room(se: float, level: float = GATE_LEVEL, power: float = 0.95) -> flo
     return float((norm.ppf(level) + norm.ppf(power)) * se)
 
 # %% ../nbs/00b_stats.ipynb #2bd12cd1
+def _draw_keys(codes: np.ndarray, k: int) -> np.ndarray:
+    "A (draws × rows) matrix of codes in 0..k−1 as one flat key per (draw, code) pair, `code + k·draw`: what one `bincount` counts."
+    return (codes + k * np.arange(codes.shape[0])[:, None]).ravel()
+
+def _auc_of_codes(code: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    "ROC AUC of each row of (score codes in 0..k−1, ascending with the score; boolean labels) matrices, by the Mann-Whitney count."
+    B = code.shape[0]
+    key, yi = _draw_keys(code, k), y.ravel()
+    pos = np.bincount(key[yi], minlength=B * k).reshape(B, k).astype(float)      # positives and negatives at each distinct score
+    neg = np.bincount(key[~yi], minlength=B * k).reshape(B, k).astype(float)
+    n1, n0 = pos.sum(1), neg.sum(1)
+    with np.errstate(invalid='ignore', divide='ignore'):    # each positive beats the negatives below it, and half of those tied with it
+        return np.where((n1 > 0) & (n0 > 0), (pos * (np.cumsum(neg, 1) - neg / 2)).sum(1) / (n1 * n0), np.nan)
+
 def roc_auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    "ROC AUC of each row of (labels, scores) matrices: the Mann-Whitney statistic with tied scores given average ranks."
-    r = rankdata(s, axis=1, method='average')
-    n1 = y.sum(1); n0 = y.shape[1] - n1
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where((n1 > 0) & (n0 > 0), ((r * y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
+    "ROC AUC of each row of (labels, scores) matrices: the Mann-Whitney count, each row's scores ranked on their own (ties count half)."
+    y, s = np.asarray(y).astype(bool), np.asarray(s, float)
+    return _auc_of_codes(rankdata(s, axis=1, method='dense').astype(np.int64) - 1, y, s.shape[1])
 
 # %% ../nbs/00b_stats.ipynb #9e5cbeb3
 DRAW_BLOCK_CELLS = 2**24   # bootstrap work is done this many (draw, row) cells at a time: its memory does not grow with the draws
@@ -85,16 +98,8 @@ def resampled_auc(y, s, idx: np.ndarray, cells: int = DRAW_BLOCK_CELLS) -> np.nd
     "ROC AUC of every draw (row of `idx`) of labels `y` and scores `s`, as `roc_auc_rows(y[idx], s[idx])`, the scores ranked once."
     y = np.asarray(y).astype(bool)
     _, code = np.unique(np.asarray(s, float), return_inverse=True)
-    k, out = int(code.max()) + 1 if len(code) else 0, np.empty(idx.shape[0])
-    for b in draw_blocks(idx, cells):
-        I = idx[b]; B = I.shape[0]
-        key, yi = (code[I] + k * np.arange(B)[:, None]).ravel(), y[I].ravel()
-        pos = np.bincount(key[yi], minlength=B * k).reshape(B, k).astype(float)
-        neg = np.bincount(key[~yi], minlength=B * k).reshape(B, k).astype(float)
-        n1, n0 = pos.sum(1), neg.sum(1)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            out[b] = np.where((n1 > 0) & (n0 > 0), (pos * (np.cumsum(neg, 1) - neg / 2)).sum(1) / (n1 * n0), np.nan)
-    return out
+    k = int(code.max()) + 1 if len(code) else 0
+    return np.concatenate([_auc_of_codes(code[idx[b]], y[idx[b]], k) for b in draw_blocks(idx, cells)] or [np.empty(0)])
 
 # %% ../nbs/00b_stats.ipynb #e843f608
 RESAMPLED_METRICS = ['roc_auc', 'accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'log_loss', 'brier']
@@ -235,39 +240,68 @@ def optimism_corrected(fit, outputs, metric, X, y, *, model=None, fit_rows: int 
 # %% ../nbs/00b_stats.ipynb #0ef9037b
 GROUP_RATES = ['selection_rate', 'true_positive_rate', 'false_positive_rate', 'accuracy']
 
+def group_codes(groups) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each row in 0..k−1, the k group names sorted): the names are `group_text`'s, a missing value the group
+    `<missing>`. The text is made once per distinct value, not per row: the optimism-corrected bootstrap asks ~250 times."""
+    raw, values = pd.factorize(np.asarray(groups, dtype=object), use_na_sentinel=False)     # None, NaN and NA: one value
+    codes, names = pd.factorize(group_text(values), sort=True)
+    return codes[raw], np.asarray(names, dtype=object)
+
+def group_counts_per_draw(y, pred, codes, k: int, idx) -> dict:
+    """Per draw (row of `idx`) and group (`codes` in 0..k−1) of 0/1 labels `y` and decisions `pred`: rows `n`, selections
+    `sel`, positives `pos`, true positives `tp` and hits `hit`, each (draws × k), from one `bincount` of (draw, group, label, decision)."""
+    B, cell = idx.shape[0], 2 * np.asarray(y, np.int64) + np.asarray(pred, np.int64)     # 0..3: (label, decision) of a row
+    c = np.bincount(4 * _draw_keys(codes[idx], k) + cell[idx].ravel(), minlength=4 * B * k).reshape(B, k, 4)
+    tp = c[..., 3]
+    return {'n': c.sum(2), 'sel': c[..., 1] + tp, 'pos': c[..., 2] + tp, 'tp': tp, 'hit': c[..., 0] + tp}
+
+def rates_of_counts(c: dict, empty: float = np.nan) -> dict:
+    """Rows, selection rate, TPR, FPR and accuracy of each count of `group_counts_per_draw`, NaN for a group without rows. A
+    group without positives (negatives) has TPR (FPR) `empty`: NaN, undefined, or 0, which is how fairlearn's gaps count it."""
+    n, neg, fp = c['n'], c['n'] - c['pos'], c['sel'] - c['tp']
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return {'n': n, 'selection_rate': np.where(n > 0, c['sel'] / n, np.nan), 'true_positive_rate': np.where(c['pos'] > 0, c['tp'] / c['pos'], empty),
+                'false_positive_rate': np.where(neg > 0, fp / neg, empty), 'accuracy': np.where(n > 0, c['hit'] / n, np.nan)}
+
 def group_rates_per_draw(y, pred, codes, k: int, idx, cells: int = DRAW_BLOCK_CELLS) -> dict:
     "Per draw and group (`codes` in 0..k−1, −1 for none): rows, selection rate, TPR, FPR and accuracy (NaN where undefined); `draw_blocks` at a time."
-    if len(blocks := draw_blocks(idx, cells)) > 1:
-        parts = [group_rates_per_draw(y, pred, codes, k, idx[b], cells) for b in blocks]
-        return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
-    B = idx.shape[0]
-    G = codes[idx] + k * np.arange(B)[:, None]
-    Y, P = y[idx], pred[idx]
-    cnt = lambda w=None: np.bincount(G.ravel(), weights=None if w is None else w.ravel(), minlength=B * k).reshape(B, k)
-    n, sel, pos, tp, hit = cnt(), cnt(P), cnt(Y), cnt(P * Y), cnt((P == Y).astype(float))
-    neg, fp = n - pos, sel - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return {'n': n, 'selection_rate': np.where(n > 0, sel / n, np.nan), 'true_positive_rate': np.where(pos > 0, tp / pos, np.nan),
-                'false_positive_rate': np.where(neg > 0, fp / neg, np.nan), 'accuracy': np.where(n > 0, hit / n, np.nan)}
+    parts = [rates_of_counts(group_counts_per_draw(y, pred, codes, k, idx[b])) for b in draw_blocks(idx, cells)]
+    return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
 
 # %% ../nbs/00b_stats.ipynb #a18401b8
 GAP_METRICS = ['demographic_parity_difference', 'demographic_parity_ratio', 'equalized_odds_difference']
 
-def fairness_gaps_per_draw(rates: dict) -> dict:
-    "Fairness gaps per draw from `group_rates_per_draw` (groups absent from a draw left out, as fairlearn does)."
-    with warnings.catch_warnings(), np.errstate(invalid='ignore', divide='ignore'):
-        warnings.simplefilter('ignore', RuntimeWarning)
-        spread = lambda a: np.nanmax(a, 1) - np.nanmin(a, 1)
-        return {'demographic_parity_difference': spread(rates['selection_rate']),
-                'demographic_parity_ratio': np.nanmin(rates['selection_rate'], 1) / np.nanmax(rates['selection_rate'], 1),
-                'equalized_odds_difference': np.fmax(spread(rates['true_positive_rate']), spread(rates['false_positive_rate']))}
+def spread_per_draw(r, judged, least: int = 2) -> np.ndarray:
+    "Largest minus smallest of each draw's values `r` (draws × groups) over its `judged` groups, NaN values left out; NaN where fewer than `least` are judged."
+    r = np.where(judged, r, np.nan)
+    if not r.shape[1]: return np.full(r.shape[0], np.nan)
+    return np.where(judged.sum(1) >= least, np.fmax.reduce(r, 1) - np.fmin.reduce(r, 1), np.nan)
+
+def fairness_gaps_per_draw(rates: dict, judged=None, least: int = 1) -> dict:
+    """Fairness gaps per draw from `rates_of_counts`, over the `judged` groups (default: those in the draw, as fairlearn
+    leaves out a group absent from the data); NaN where fewer than `least` groups are judged."""
+    judged = rates['n'] > 0 if judged is None else judged
+    sr = np.where(judged, rates['selection_rate'], np.nan)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        ratio = np.fmin.reduce(sr, 1) / np.fmax.reduce(sr, 1) if sr.shape[1] else np.full(sr.shape[0], np.nan)
+    return {'demographic_parity_difference': spread_per_draw(sr, judged, least),
+            'demographic_parity_ratio': np.where(judged.sum(1) >= least, ratio, np.nan),
+            'equalized_odds_difference': np.fmax(spread_per_draw(rates['true_positive_rate'], judged, least),
+                                                 spread_per_draw(rates['false_positive_rate'], judged, least))}
 
 # %% ../nbs/00b_stats.ipynb #16aa6a56
-def resampled_fairness_gaps(y, pred, groups, idx) -> dict:
-    "Every fairness gap (`GAP_METRICS`) of `groups` on every bootstrap draw, from one count of each draw's group rates (`draw_blocks` at a time)."
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    codes, uniq = pd.factorize(group_text(groups), sort=True)
-    parts = [fairness_gaps_per_draw(group_rates_per_draw(y, pred, codes, len(uniq), idx[b])) for b in draw_blocks(idx)]
+def resampled_fairness_gaps(y, pred, groups, idx, min_group_size: int | None = None) -> dict:
+    """Every fairness gap (`GAP_METRICS`) of `groups` on every bootstrap draw, from one count of each draw's groups (`draw_blocks`
+    at a time). Without `min_group_size`, over the groups in the draw, undefined rates left out (stages 04 and 08, which
+    judge the groups on the whole split first). With it, as a charter judges a sample and fairlearn computes the gap: the
+    groups with at least `min_group_size` rows in that draw, TPR (FPR) 0 for a group without positives (negatives), and
+    NaN where fewer than two groups are judged (`tasks.fairness_value` is the one-draw case)."""
+    (codes, names), y, pred = group_codes(groups), np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    def gaps(I):
+        c = group_counts_per_draw(y, pred, codes, len(names), I)
+        if min_group_size is None: return fairness_gaps_per_draw(rates_of_counts(c))
+        return fairness_gaps_per_draw(rates_of_counts(c, empty=0.0), c['n'] >= max(min_group_size, 1), least=2)
+    parts = [gaps(idx[b]) for b in draw_blocks(idx)]
     return {m: np.concatenate([p[m] for p in parts]) for m in GAP_METRICS}
 
 def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
@@ -278,21 +312,18 @@ def resampled_fairness(metric: str, y, pred, groups, idx) -> np.ndarray:
 # %% ../nbs/00b_stats.ipynb #40b45b08
 def group_means_per_draw(values, codes, k: int, idx) -> tuple[np.ndarray, np.ndarray]:
     "(rows, mean of `values`) per draw and group (`codes` in 0..k−1): two (draws × k) matrices, NaN mean for an absent group."
-    B = idx.shape[0]
-    G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
-    n = np.bincount(G, minlength=B * k).reshape(B, k)
-    s = np.bincount(G, weights=np.asarray(values, float)[idx].ravel(), minlength=B * k).reshape(B, k)
+    B, key = idx.shape[0], _draw_keys(codes[idx], k)
+    n = np.bincount(key, minlength=B * k).reshape(B, k)
+    s = np.bincount(key, weights=np.asarray(values, float)[idx].ravel(), minlength=B * k).reshape(B, k)
     with np.errstate(invalid='ignore', divide='ignore'): return n, np.where(n > 0, s / n, np.nan)
 
 # %% ../nbs/00b_stats.ipynb #80f128d3
 def group_difference_per_draw(values, groups, idx, min_group_size: int = 1) -> np.ndarray:
     """Largest minus smallest group mean of `values` on every draw, over the groups with at least `min_group_size` rows in
     that draw (NaN when fewer than two are): `mae_difference` / `accuracy_difference` of every draw at once."""
-    codes, uniq = pd.factorize(group_text(groups), sort=True)
-    n, m = group_means_per_draw(values, codes, len(uniq), idx)
-    judged = n >= max(min_group_size, 1)
-    m = np.where(judged, m, np.nan)
-    return np.where(judged.sum(1) >= 2, np.fmax.reduce(m, 1) - np.fmin.reduce(m, 1), np.nan)
+    codes, names = group_codes(groups)
+    n, m = group_means_per_draw(values, codes, len(names), idx)
+    return spread_per_draw(m, n >= max(min_group_size, 1))
 
 # %% ../nbs/00b_stats.ipynb #e2dccb2f
 CLASS_METRICS = ['accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc_ovr', 'log_loss']
@@ -304,7 +335,7 @@ def resampled_class_metric(metric: str, y, proba: pd.DataFrame | None, pred, idx
     if metric == 'accuracy': return (y == pred)[idx].mean(1)
     if metric == 'roc_auc_ovr':          # mean over the classes with both positives and negatives in the draw
         S = proba.to_numpy(float)
-        auc = np.stack([roc_auc_rows((y == k)[idx], S[:, j][idx]) for j, k in enumerate(cols)], 1)
+        auc = np.stack([resampled_auc(y == k, S[:, j], idx) for j, k in enumerate(cols)], 1)
         ok = ~np.isnan(auc)
         return np.where(ok.any(1), np.where(ok, auc, 0).sum(1) / np.maximum(ok.sum(1), 1), np.nan)
     if metric == 'log_loss':             # scikit-learn's: columns in sorted-label order, clipped to [eps, 1 − eps]
@@ -314,7 +345,7 @@ def resampled_class_metric(metric: str, y, proba: pd.DataFrame | None, pred, idx
     if metric not in CLASS_METRICS: raise MlcycleError(f'no resampled form of multiclass metric {metric!r}; known: {", ".join(CLASS_METRICS)}')
     classes, codes = np.unique(np.concatenate([y, pred]), return_inverse=True)
     k, B, hit = len(classes), idx.shape[0], (y == pred).astype(float)
-    cnt = lambda c, w=None: np.bincount((c[idx] + k * np.arange(B)[:, None]).ravel(), None if w is None else w[idx].ravel(), minlength=B * k).reshape(B, k)
+    cnt = lambda c, w=None: np.bincount(_draw_keys(c[idx], k), None if w is None else w[idx].ravel(), minlength=B * k).reshape(B, k)
     pos, pp, tp = cnt(codes[:len(y)]), cnt(codes[len(y):]), cnt(codes[:len(y)], hit)
     with warnings.catch_warnings(), np.errstate(invalid='ignore', divide='ignore'):
         warnings.simplefilter('ignore', RuntimeWarning)

@@ -13,7 +13,7 @@ import pandas as pd
 from .calibration import expected_calibration_error, top_label
 from .core import MlcycleError, group_text
 from .stats import (CLASS_METRICS, ERROR_METRICS, GAP_METRICS, GROUP_RATES, group_difference_per_draw, mcnemar_test, paired_difference_test,
-                           resampled_class_metric, resampled_errors, two_proportion_test, welch_test)
+                           resampled_auc, resampled_class_metric, resampled_errors, resampled_fairness_gaps, two_proportion_test, welch_test)
 from .charter import (FAIRNESS_METRICS, METRICS, TASK_METRICS, Charter, CharterError, binary_target, charter_data_errors,
                              judged_rows, too_small_note, unjudged_reason)
 from .latency import score_rows
@@ -36,19 +36,9 @@ def concordance(y, score) -> float:
     return float((1 + tau) / 2) if np.isfinite(tau) else 0.5
 
 def roc_auc(positive, score) -> float:
-    """ROC AUC of the boolean `positive` against the finite `score`, computed as scikit-learn's `roc_auc_score` computes it
-    (the same curve, the same corners kept, the same trapezoids) without its input checks, which cost more than the sum
-    on a few hundred rows: the optimism-corrected bootstrap asks for it some 250 times per class."""
-    from scipy.integrate import trapezoid
-    s = np.asarray(score, dtype=np.float64); order = np.argsort(-s, kind='stable')
-    s, y = s[order], np.asarray(positive, dtype=bool)[order].astype(np.float64)
-    thr = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]              # the last row of each run of equal scores
-    tps = np.cumsum(y, dtype=np.float64)[thr]; fps = 1 + thr.astype(np.float64) - tps
-    if fps.shape[0] > 2:                                             # drop the points collinear with their neighbours
-        keep = np.nonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
-        fps, tps = fps[keep], tps[keep]
-    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-    return float(trapezoid(tps / tps[-1], fps / fps[-1]))
+    """ROC AUC of the boolean `positive` against the finite `score`: the one-draw case of `stats.resampled_auc` (the
+    Mann-Whitney count over the distinct scores), scikit-learn's `roc_auc_score` to rounding, without its input checks."""
+    return float(resampled_auc(positive, score, np.arange(len(score))[None])[0])
 
 def ovr_auc(y_true, proba: pd.DataFrame) -> float:
     "Mean one-vs-rest ROC AUC over the classes (columns of `proba`) that have both positives and negatives in `y_true`."
@@ -56,52 +46,21 @@ def ovr_auc(y_true, proba: pd.DataFrame) -> float:
     aucs = [roc_auc(y == str(k), proba[k]) for k in proba.columns if 0 < (y == str(k)).sum() < len(y)]
     return float(np.mean(aucs)) if aucs else float('nan')
 
-def fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int) -> np.ndarray:
-    "A fairness metric on every resample (rows `idx[b]`), over the groups judged in that resample; NaN where fewer than two are."
-    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
-    codes, uniq = pd.factorize(group_text(groups)); k, B = len(uniq), len(idx)
-    G = (codes[idx] + k * np.arange(B)[:, None]).ravel()
-    cnt = lambda w=None: np.bincount(G, weights=None if w is None else w[idx].ravel().astype(float), minlength=B * k).reshape(B, k)
-    n, sel, pos, tp = cnt(), cnt(pred), cnt(y), cnt(pred * y)
-    judged = n >= min_group_size
-    with np.errstate(invalid='ignore', divide='ignore'):
-        rate = lambda a, b: np.where(judged & (b > 0), a / np.where(b > 0, b, 1), np.nan)
-        sr, tpr, fpr = rate(sel, n), rate(tp, pos), rate(sel - tp, n - pos)
-        spread = lambda r: np.where(judged.sum(1) >= 2, np.nanmax(np.where(np.isnan(r), -np.inf, r), 1) - np.nanmin(np.where(np.isnan(r), np.inf, r), 1), np.nan)
-        if metric == 'demographic_parity_difference': return spread(sr)
-        if metric == 'demographic_parity_ratio':
-            lo, hi = np.nanmin(np.where(np.isnan(sr), np.inf, sr), 1), np.nanmax(np.where(np.isnan(sr), -np.inf, sr), 1)
-            return np.where(judged.sum(1) >= 2, lo / hi, np.nan)
-        return np.fmax(spread(tpr), spread(fpr))
+def fairness_draws(metric: str, y, pred, groups, idx, min_group_size: int = 1) -> np.ndarray:
+    """A fairness gap on every draw (row of `idx`), as fairlearn computes it on that draw's rows, over the groups judged
+    there (at least `min_group_size` rows; NaN where fewer than two are): the spread (largest − smallest) of each group's
+    selection rate (`demographic_parity_difference`), their ratio smallest / largest (`demographic_parity_ratio`), the
+    larger spread of TPR and FPR, a group without positives (negatives) counting 0 as in fairlearn
+    (`equalized_odds_difference`), or of each group's accuracy or MAE (`accuracy_difference`, `mae_difference`)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    if metric == 'mae_difference': return group_difference_per_draw(np.abs(pred.astype(float) - y.astype(float)), groups, idx, min_group_size)
+    if metric == 'accuracy_difference': return group_difference_per_draw(y.astype(str) == pred.astype(str), groups, idx, min_group_size)
+    if metric not in GAP_METRICS: raise ValueError(f'{metric!r} is not a fairness gap')
+    return resampled_fairness_gaps(y, pred, groups, idx, min_group_size)[metric]
 
 def fairness_value(metric: str, y, pred, sensitive, min_group_size: int = 1) -> float:
-    """A fairness gap over the judged groups (NaN when fewer than two are judged), as fairlearn computes it: the spread
-    (largest − smallest) of each group's selection rate (`demographic_parity_difference`), their ratio smallest / largest
-    (`demographic_parity_ratio`), the larger spread of TPR and FPR, a group without positives (negatives) counting 0 as
-    in fairlearn (`equalized_odds_difference`), or of each group's accuracy or MAE (`accuracy_difference`, `mae_difference`)."""
-    raw, values = pd.factorize(pd.Series(np.asarray(sensitive, dtype=object)), use_na_sentinel=False)   # the values once, then their text
-    codes = pd.factorize(group_text(values))[0][raw]               # group_text per distinct value, not per row (it is called ~250 times)
-    judged = np.bincount(codes) >= min_group_size                  # the groups `judged_rows` keeps
-    keep, k = judged[codes], int(judged.sum())
-    if k < 2: return float('nan')
-    codes = (np.cumsum(judged) - 1)[codes[keep]]                   # 0..k-1 over the judged groups
-    y, pred = np.asarray(y)[keep], np.asarray(pred)[keep]
-    count = lambda w=None: np.bincount(codes, weights=None if w is None else np.asarray(w, float), minlength=k)
-    spread = lambda r: float(r.max() - r.min())
-    if metric == 'mae_difference':     # per group as scikit-learn's mean_absolute_error sums it (a column mean), not by bincount
-        e = np.abs(pred.astype(float) - y.astype(float)).reshape(-1, 1)
-        return spread(np.array([np.average(e[codes == g], axis=0)[0] for g in range(k)]))
-    n = count()
-    if metric == 'accuracy_difference': return spread(count(y == pred) / n)
-    sel = count(pred == 1)
-    if metric == 'demographic_parity_difference': return spread(sel / n)
-    if metric == 'demographic_parity_ratio':
-        with np.errstate(invalid='ignore', divide='ignore'): return float((sel / n).min() / (sel / n).max())
-    if metric != 'equalized_odds_difference': raise ValueError(f'{metric!r} is not a fairness gap')
-    pos, tp = count(y == 1), count((y == 1) & (pred == 1))
-    with np.errstate(invalid='ignore', divide='ignore'):
-        tpr, fpr = np.where(pos > 0, tp / pos, 0.0), np.where(n - pos > 0, (sel - tp) / (n - pos), 0.0)
-    return max(spread(tpr), spread(fpr))
+    "A fairness gap of the sample, fairlearn's value over the judged groups (NaN when fewer than two are): the one-draw case of `fairness_draws`."
+    return float(fairness_draws(metric, y, pred, sensitive, np.arange(len(y))[None], min_group_size)[0])
 
 def _error_metric(metric: str, y, pred) -> float:
     "rmse, mae, abs_mean_error or r2 of predicted numbers."
@@ -236,8 +195,7 @@ class Task:
     def draws(self, metric: str, y, proba, pred, idx, sens=None, min_group_size: int = 1) -> np.ndarray:
         "`metric` on every bootstrap draw (rows of `idx`): all at once where `mlcycle.stats` has a resampled form."
         y, pred = np.asarray(y), np.asarray(pred)
-        if metric == 'mae_difference': return group_difference_per_draw(np.abs(pred.astype(float) - y.astype(float)), sens, idx, min_group_size)
-        if metric == 'accuracy_difference': return group_difference_per_draw(y.astype(str) == pred.astype(str), sens, idx, min_group_size)
+        if METRICS.get(metric, ('',))[0] == 'fairness': return fairness_draws(metric, y, pred, sens, idx, min_group_size)   # group counts on every draw at once
         if isinstance(proba, pd.DataFrame) and metric in CLASS_METRICS: return resampled_class_metric(metric, y, proba, pred, idx)
         if isinstance(proba, pd.DataFrame) and metric == 'expected_calibration_error':   # bins from each draw's own scores
             hit, conf = top_label(y, proba)
@@ -394,9 +352,6 @@ class BinaryTask(Task):
     def can_stratify(self, labels): return len(labels) > 0 and min(np.bincount(np.asarray(labels, dtype=int), minlength=2)) >= 2
     def cv_outputs(self, out):
         p = np.asarray(out, float); return p, (p >= 0.5).astype(int)
-    def draws(self, metric, y, proba, pred, idx, sens=None, min_group_size=1):
-        if metric in FAIRNESS_METRICS: return fairness_draws(metric, y, pred, sens, idx, min_group_size)   # group rates on every draw at once
-        return super().draws(metric, y, proba, pred, idx, sens, min_group_size)
     def answer_columns(self, score, label, classes=None):
         return {'score': np.asarray(score, dtype='float64'), 'prediction': np.asarray(label, dtype='int64')}
     def scorer_outputs(self, model, X): return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype('int64')
