@@ -68,8 +68,9 @@ def phase(port, one, seconds, load_args=None) -> dict:
     if load_args:
         p = mp.Process(target=load, args=(port, *load_args, seconds + 1.5, q)); p.start()
         time.sleep(1.5)                                     # the load is under way before the one-row client starts
-    lat = one_row_client(port, one, seconds)
-    res = {'one_row_requests': len(lat), 'p50_ms': float(np.percentile(lat, 50)), 'p99_ms': float(np.percentile(lat, 99)),
+    t_start = time.perf_counter(); lat = one_row_client(port, one, seconds); t_end = time.perf_counter()
+    res = {'t_start': t_start, 't_end': t_end,       # on the machine's monotonic clock, for probe_log_waits.py
+           'one_row_requests': len(lat), 'p50_ms': float(np.percentile(lat, 50)), 'p99_ms': float(np.percentile(lat, 99)),
            'max_ms': float(lat.max())}
     if p is not None:
         out = q.get(timeout=120); p.join(30)
