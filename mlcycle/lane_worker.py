@@ -56,7 +56,7 @@ async def setup(cfg: dict) -> WorkerState:
                      limits={**cfg['limits'], 'lane_workers': 0}, alias_poll_seconds=0, admin_token='', feedback_token='', **cfg['settings'])
     srv = app.state.server
     srv.id_prefix = cfg['id_prefix']            # the server's: request ids say which process answered, a worker answers for it
-    if srv.logging: srv.log = srv.batcher.log = PredictionLog(srv.log_url)
+    if srv.logging: srv.log = srv.batcher.log = PredictionLog(srv.log_url, max_hold=srv.log_max_hold or None)
     srv.batcher.start()
     if not srv.model_uri: setup_mlflow(srv.ws, srv.charter.name)
     return WorkerState(srv, app.state.handle, model_trusted_types(srv.charter))

@@ -16,8 +16,8 @@ from .core import MlcycleError, Workspace
 # %% auto #0
 __all__ = ['SECRET_URL_KEYS', 'log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy',
            'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'add_missing_columns',
-           'PredictionLog', 'WriterLock', 'lock_writes', 'read_log', 'integrity_check', 'expired_rows', 'purge_before',
-           'purge_expired', 'register_cli']
+           'PredictionLog', 'txn_rows', 'WriterLock', 'lock_writes', 'read_log', 'integrity_check', 'expired_rows',
+           'purge_before', 'purge_expired', 'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -177,7 +177,7 @@ def add_missing_columns(conn, table) -> list[str]:
 # %% ../nbs/05a_predlog.ipynb #d5e49d39
 class PredictionLog:
     "The durable prediction log: a writer thread with group commit (see above)."
-    def __init__(self, url: str, max_group_rows: int = 50_000):
+    def __init__(self, url: str, max_group_rows: int = 50_000, max_hold: float = 0.001):
         import sqlalchemy as sa
         self.url, self.max_group_rows = url, max_group_rows
         self.engine = log_engine(url)
@@ -197,6 +197,8 @@ class PredictionLog:
         path = sqlite_path(url)
         self.lock = WriterLock(path) if path is not None else None      # writers of one SQLite file take turns (see below)
         if self.lock is not None: lock_writes(self.engine, self.lock, self._thread)
+        self.max_hold = max_hold if self.lock is not None else None     # seconds of writing per transaction (see below)
+        self.per_row = None                                              # seconds a row takes to write, as measured
         self._thread.start()
 
     def submit(self, rows: list[dict]) -> cf.Future:
@@ -239,23 +241,51 @@ def _run(self: PredictionLog):
         if held is not None: self._feedback(held)
 
 def _commit(self: PredictionLog, group):
-    "Insert a group's rows in one transaction; when it fails, each request's rows alone, so a bad row fails only its own request."
+    """Insert a group's rows: in one transaction, or, on a SQLite file, in transactions of `txn_rows` rows each (a large
+    request's rows may span several). When a transaction fails, each request's part of it alone, so a bad row fails only
+    its own request; a request's future resolves once all its rows are in, or with the first error."""
+    jobs, k = [[rs, f, 0] for _, rs, f in group], 0          # a request's rows, its future, how many rows are sent
+    while k < len(jobs):
+        cap, parts = self.txn_rows(), []
+        while k < len(jobs) and cap > 0:
+            j = jobs[k]; a = j[2]; b = min(len(j[0]), a + cap)
+            parts.append((j, a, b)); j[2] = b; cap -= b - a
+            if b == len(j[0]): k += 1
+        err = self._insert(parts)
+        for p in parts if err is not None else ():
+            e = err if len(parts) == 1 else self._insert([p])
+            if e is not None and not p[0][1].done():
+                p[0][1].set_exception(e); p[0][2] = len(p[0][0])           # its later rows are not written
+                if k < len(jobs) and jobs[k] is p[0]: k += 1
+        for j, a, b in parts:
+            if b == len(j[0]) and not j[1].done(): j[1].set_result(len(j[0]))
+
+def _insert(self: PredictionLog, parts) -> Exception | None:
+    "One transaction with the rows of `parts` (`(job, first, end)`); the error if it failed. Learns how long a row takes to write."
+    rows = [r for j, a, b in parts for r in j[0][a:b]]
+    if not rows: return None
     try:
         try:
             with self.engine.begin() as conn:
-                rows = [r for _, rs, _ in group for r in rs]
-                if rows: conn.execute(self.predictions.insert(), rows)
+                conn.execute(self.predictions.insert(), rows)
+                if self.max_hold is not None and self.lock.held and len(rows) >= 16:     # writing time under the lock, the commit's fsync aside
+                    s = (time.perf_counter() - self.lock.since) / len(rows)
+                    self.per_row = s if self.per_row is None else 0.7 * self.per_row + 0.3 * s
         finally: self._unlock()                  # committed or rolled back: the next writer may go
-        self.commits += 1; self.rows_written += len(rows)
-        for _, rs, f in group: f.set_result(len(rs))
-    except Exception as e:
-        if len(group) == 1: group[0][2].set_exception(e); return
-        for job in group: self._commit([job])
+    except Exception as e: return e
+    self.commits += 1; self.rows_written += len(rows)
+    return None
+
+def txn_rows(self: PredictionLog) -> int:
+    "Rows per transaction: all of a group, or on SQLite as many as `max_hold` seconds of writing take (16 at least, 64 before any is measured)."
+    if self.max_hold is None: return self.max_group_rows
+    if self.per_row is None: return 64
+    return int(min(self.max_group_rows, max(16, self.max_hold / self.per_row)))
 
 def _unlock(self: PredictionLog):
     if self.lock is not None: self.lock.release()
 
-PredictionLog._run, PredictionLog._commit, PredictionLog._unlock = _run, _commit, _unlock
+PredictionLog._run, PredictionLog._commit, PredictionLog._insert, PredictionLog.txn_rows, PredictionLog._unlock = _run, _commit, _insert, txn_rows, _unlock
 
 # %% ../nbs/05a_predlog.ipynb #4ab33649
 def _feedback(self: PredictionLog, job):
@@ -290,14 +320,14 @@ class WriterLock:
     def __init__(self, db: Path):
         self.path = Path(f'{db}-lock'); _private_file(self.path)
         self.fd = os.open(self.path, os.O_RDWR)    # this log's own open file: its lock excludes every other one, in this process too
-        self.held, self.waits, self.wait_s = False, 0, 0.0      # waits: acquisitions that found another writer
+        self.held, self.waits, self.wait_s, self.since = False, 0, 0.0, 0.0   # waits: acquisitions that found another writer
     def acquire(self):
         if self.held: return
         try: fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             t = time.perf_counter(); fcntl.flock(self.fd, fcntl.LOCK_EX)
             self.waits += 1; self.wait_s += time.perf_counter() - t
-        self.held = True
+        self.held, self.since = True, time.perf_counter()
     def release(self):
         if self.held: fcntl.flock(self.fd, fcntl.LOCK_UN); self.held = False
     def close(self):                                   # twice is fine: a log closed by two lifespans that shared it

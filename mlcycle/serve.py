@@ -257,6 +257,7 @@ class ModelServer:
         self.admin_token = admin_token if admin_token is not None else os.environ.get('MLCYCLE_ADMIN_TOKEN', '')
         self.feedback_token = feedback_token if feedback_token is not None else self._feedback_token()
         self.log_url, self.logging, self.log = log_url or ws.prediction_log_url, log, None
+        self.log_max_hold = 0.001        # seconds of writing per SQLite log transaction (`Limits.log_hold_ms`; `create_app` sets it)
         self.model_uri, self.model_version, self.probe = model_uri, model_version, contract_probe(self.contract)
         self.metrics, self.models, self.error = Metrics(), None, 'loading models'
         self.batcher = Batcher(lambda: self.models, self.parser, self.policy, None, self.metrics.batch_rows.observe, max_batch_rows, max_wait_ms, threads)
@@ -307,7 +308,7 @@ async def start(self: ModelServer):
     loop = asyncio.get_running_loop()
     self._reload_lock = asyncio.Lock()
     if self.logging:
-        self.log = await loop.run_in_executor(None, PredictionLog, self.log_url)
+        self.log = await loop.run_in_executor(None, lambda: PredictionLog(self.log_url, max_hold=self.log_max_hold or None))
         self.batcher.log = self.log
     self.batcher.start()
     try:
@@ -545,6 +546,7 @@ class Limits:
     lane_workers: int = 1             # processes that decode, score, explain and log bulk and explained requests (0: in this process)
     lane_nice: int = 10               # their CPU priority below the server's (os.nice): a busy core goes to the one-row lane first
     lane_timeout: float = 120.0       # seconds a lane job may take; then its worker is replaced and the request gets 503
+    log_hold_ms: float = 1.0          # on SQLite, ms of writing per log transaction: a lane worker's large batch is several (0: one)
 
 class Lane:
     "At most `slots` holders at a time and `queue` waiting; `enter()` raises `RequestError(status)` with Retry-After when full or after `wait` s."
@@ -828,6 +830,7 @@ def create_app(workspace=None, *, max_body_bytes: int = 8 << 20, body_timeout: f
     limits = Limits(**limits) if isinstance(limits, dict) else limits or Limits()
     srv = ModelServer(workspace, **settings)
     srv.admin_guard = AdminGuard(limits, srv.metrics.auth_failures)
+    srv.log_max_hold = limits.log_hold_ms / 1e3
     srv.lane = lane_pool(srv, limits, max_body_bytes, body_timeout, settings) if limits.lane_workers > 0 else None
     @asynccontextmanager
     async def lifespan(app):
@@ -948,7 +951,8 @@ _LIMIT_HELP = {'bulk_bytes': 'a body over this many bytes is scored in the bulk 
                'admin_failures': 'wrong admin tokens from one address within --admin-window before it is locked out (429)',
                'admin_window': 'seconds over which wrong admin tokens are counted', 'admin_max_delay': 'longest lockout in seconds (it doubles from 1 s)',
                'lane_workers': 'worker processes that answer bulk and explain=true requests off the server\'s interpreter (0: in the server)',
-               'lane_nice': 'how much lower the lane workers\' CPU priority is (os.nice)', 'lane_timeout': 'seconds a lane job may take (then 503, the worker is replaced)'}
+               'lane_nice': 'how much lower the lane workers\' CPU priority is (os.nice)', 'lane_timeout': 'seconds a lane job may take (then 503, the worker is replaced)',
+               'log_hold_ms': 'on a SQLite log, milliseconds of writing per transaction, so a large batch does not hold the file from the others (0: one transaction)'}
 
 def _limits(args) -> dict:
     "The `Limits` fields given on the command line (all of them: argparse fills the defaults)."

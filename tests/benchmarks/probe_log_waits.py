@@ -1,13 +1,13 @@
 """Where the one-row tail beside bulk clients goes (issue 32 item 4): `bench_fairness.py` run against a probed copy of
 the package, then the probes matched to the benchmark's phases on the machine's monotonic clock. Run on demand:
 
-    python tests/benchmarks/probe_log_waits.py --workspace DIR [--rounds 3] [--out probes.json]
+    python tests/benchmarks/probe_log_waits.py --workspace DIR [--rounds 3] [--serve-args "--log-hold-ms 0"] [--out probes.json]
 
 The copy (a temporary folder; the checkout is not changed) has two probes the product does not carry, because they
 would sit on the serving path:
 - in the server's event loop, a task that sleeps 1 ms and records how late it wakes (is the loop blocked while bulk
   bodies are relayed to the lane?);
-- around each of the server's own prediction-log commits, its start, its length and how long it waited for the log's
+- around each of the server's own prediction-log transactions, its start, its length and how long it waited for the log's
   lock file (`WriterLock.wait_s`), i.e. for a lane worker's transaction.
 Both are written when the server shuts down. Prints, per phase: the loop's lateness and the commits' lengths and waits.
 """
@@ -34,17 +34,16 @@ EDITS = {
         _j.dump({'loop': _lags, 'commits': _PROBE}, open(_os.environ['MLCYCLE_PROBE_OUT'] + f'.{_os.getpid()}.json', 'w'))
         await srv.stop()
         if warming is not None: warming.cancel()""")],
-    'predlog.py': [('''def _commit(self: PredictionLog, group):
-    "Insert a group's rows in one transaction; when it fails, each request's rows alone, so a bad row fails only its own request."
-    try:''', '''_PROBE = []
+    'predlog.py': [("PredictionLog._run, PredictionLog._commit, PredictionLog._insert, PredictionLog.txn_rows, PredictionLog._unlock = _run, _commit, _insert, txn_rows, _unlock",
+                    """PredictionLog._run, PredictionLog._commit, PredictionLog._insert, PredictionLog.txn_rows, PredictionLog._unlock = _run, _commit, _insert, txn_rows, _unlock
+_PROBE = []
 
-def _commit(self: PredictionLog, group):
+def _insert_probed(self: PredictionLog, parts):
     t0, w0 = time.perf_counter(), (self.lock.wait_s if self.lock is not None else 0.0)
-    try: return _commit_probed(self, group)
+    try: return _insert(self, parts)
     finally: _PROBE.append((t0, time.perf_counter() - t0, (self.lock.wait_s if self.lock is not None else 0.0) - w0))
 
-def _commit_probed(self: PredictionLog, group):
-    try:'''), ("        for job in group: self._commit([job])", "        for job in group: _commit_probed(self, [job])")],
+PredictionLog._insert = _insert_probed""")],
 }
 
 
@@ -69,6 +68,7 @@ def main():
     ap.add_argument('--workspace', required=True)
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--seconds', type=float, default=8.0)
+    ap.add_argument('--serve-args', default='', help='extra `mlcycle serve` arguments, e.g. "--log-hold-ms 0" for one transaction per batch')
     ap.add_argument('--out', default=None)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -76,7 +76,7 @@ def main():
         out = Path(d)/'probe'
         bench = Path(d)/'bench.json'
         subprocess.run([sys.executable, str(ROOT/'tests'/'benchmarks'/'bench_fairness.py'), '--workspace', a.workspace,
-                        '--rounds', str(a.rounds), '--seconds', str(a.seconds), '--code', str(code), '--out', str(bench)],
+                        '--rounds', str(a.rounds), '--seconds', str(a.seconds), '--code', str(code), '--out', str(bench)] + (['--serve-args', a.serve_args] if a.serve_args else []),
                        env={**os.environ, 'MLCYCLE_PROBE_OUT': str(out)})       # exits 1 when its goal is missed: still measured
         if not bench.exists(): raise SystemExit('bench_fairness.py wrote no results: see its output above')
         (probe_file,) = Path(d).glob('probe.*.json')
