@@ -8,7 +8,7 @@
 # share the candidate table; splitting the mitigations into their own module is the next step.
 from __future__ import annotations
 
-import contextlib, os, tempfile, time, warnings
+import contextlib, os, sys, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -552,6 +552,7 @@ def search_backend(engine: str = '', master: str = 'local[*]'):
     from joblib import parallel_backend
     from joblibspark import register_spark
     from pyspark.sql import SparkSession
+    os.environ.setdefault('PYSPARK_PYTHON', sys.executable)    # the executors' Python: this one (with mlcycle), not whatever python3 is on PATH
     spark = SparkSession.builder.master(master).appName('mlcycle-search').config('spark.ui.enabled', 'false').getOrCreate()
     wait_for_executors(spark, master)
     register_spark()

@@ -1,6 +1,9 @@
 """Beyond one machine: `mlcycle predict --engine spark` (Spark local mode) equals the in-process path row for row; stages
 01-05 against a real MLflow tracking server on PostgreSQL; stage 06's statistics on Spark equal pandas'; the standalone
 cluster the suite starts says why when it does not come up (the circle on it: tests/test_tasks.py, penguins)."""
+import os, subprocess, sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -249,6 +252,30 @@ def test_search_on_spark_selects_the_same_model():
     pd.testing.assert_frame_equal(spark.search_results[cols], local.search_results[cols])
     assert np.array_equal(spark.model.predict_proba(X), local.model.predict_proba(X))
 
+
+def test_search_on_spark_runs_with_mlcycles_python_whatever_is_on_path(tmp_path):
+    """`.venv/bin/mlcycle run --engine spark` without the environment activated: the search's executors run this Python
+    (the one with mlcycle and joblib), not whatever `python3` comes first on PATH (here a stand-in that fails). Before,
+    they ran the system's `python3`, which lacks joblib, and stage 03 failed with "'_ExceptionWithTraceback' object is
+    not iterable"."""
+    from mlcycle.batch import spark_available
+    why = spark_available()
+    if why: pytest.skip(f'the Spark search untested here: {why}')
+    pytest.importorskip('joblibspark', reason='the Spark search needs joblibspark (pip install ".[spark]")')
+    shims = tmp_path/'bin'; shims.mkdir()
+    for name in ('python3', 'python'):                   # the first python3 on PATH: one that cannot run anything
+        (shims/name).write_text('#!/bin/sh\necho "not the Python with mlcycle" >&2\nexit 3\n'); (shims/name).chmod(0o755)
+    code = ("from mlcycle.charter import binary_target, load_charter\n"
+            "from mlcycle.data import adult, feature_frame, infer_contract\n"
+            "from mlcycle.train import search_backend, search_candidate\n"
+            "c, df = load_charter(), adult().sample(400, random_state=0)\n"
+            "contract = infer_contract(df, c); X, y = feature_frame(df, contract), binary_target(c, df.income)\n"
+            "with search_backend('spark', 'local[1]'): r = search_candidate('logistic_regression', contract, X, y, n_iter=2, seed=1, n_jobs=2)\n"
+            "print('cv', r.cv_mean)")
+    env = {k: v for k, v in os.environ.items() if k not in ('PYSPARK_PYTHON', 'PYSPARK_DRIVER_PYTHON', 'VIRTUAL_ENV')}
+    env['PATH'] = os.pathsep.join([str(shims)] + [p for p in env.get('PATH', '').split(os.pathsep) if p and Path(p).resolve() != Path(sys.executable).parent.resolve()])
+    r = subprocess.run([sys.executable, '-c', code], env={**env, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0 and 'cv ' in r.stdout, r.stderr[-3000:]
 
 def test_stage06_window_statistics_spark_equals_pandas(tmp_path):
     """Stage 06's `window_statistics` on a log window (Adult's test file under a shift, with gaps, scored by a model, two
