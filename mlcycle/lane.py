@@ -12,7 +12,7 @@ from .request import RequestError
 # %% auto #0
 __all__ = ['WORKER_MAIN', 'pack_frame', 'read_frame', 'read_frame_sync', 'private_stdout', 'write_all', 'serve_frames',
            'LanePool', 'call', 'stop', 'metrics_text', 'model_descriptor', 'offload', 'warm', 'lower_priority',
-           'lane_pool']
+           'autogroup_nice', 'lane_pool']
 
 # %% ../nbs/05a_lane.ipynb #e9900685
 _LEN = struct.Struct('>II')
@@ -200,6 +200,12 @@ def lower_priority(nice: int):
     try:
         with open('/proc/self/autogroup', 'w') as f: f.write(str(nice))
     except OSError: pass                               # no autogroup scheduling here: the process's nice is enough
+
+def autogroup_nice(pid='self') -> str | None:
+    "The nice of process `pid`'s autogroup as the kernel reports it; None where it reports none (no autogroup scheduling, or a process in a cgroup's own group: the file is then empty)."
+    try: parts = open(f'/proc/{pid}/autogroup').read().split()
+    except OSError: return None
+    return parts[-1] if parts else None
 
 def lane_pool(srv, limits, max_body_bytes: int, body_timeout: float, settings: dict) -> LanePool:
     "The (not yet started) `LanePool` of `srv` (a `ModelServer`) for `limits` (a `mlcycle.serve.Limits`)."

@@ -14,10 +14,10 @@ import pandas as pd
 from .core import MlcycleError, Workspace
 
 # %% auto #0
-__all__ = ['SECRET_URL_KEYS', 'log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists', 'SensitivePolicy',
-           'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback', 'add_missing_columns',
-           'PredictionLog', 'txn_rows', 'WriterLock', 'lock_writes', 'read_log', 'integrity_check', 'expired_rows',
-           'purge_before', 'purge_expired', 'register_cli']
+__all__ = ['SECRET_URL_KEYS', 'LOG_MAX_HOLD', 'log_tables', 'safe_url', 'sqlite_path', 'log_engine', 'log_exists',
+           'SensitivePolicy', 'workspace_secret', 'workspace_log_key', 'sensitive_decoder', 'classify_feedback',
+           'add_missing_columns', 'PredictionLog', 'txn_rows', 'WriterLock', 'lock_writes', 'read_log',
+           'integrity_check', 'expired_rows', 'purge_before', 'purge_expired', 'register_cli']
 
 # %% ../nbs/05a_predlog.ipynb #a0f16d91
 def _prediction_table(meta):
@@ -175,9 +175,11 @@ def add_missing_columns(conn, table) -> list[str]:
     return added
 
 # %% ../nbs/05a_predlog.ipynb #d5e49d39
+LOG_MAX_HOLD = 0.001      # seconds of writing per transaction on a SQLite log (see "Writers of one SQLite file take turns")
+
 class PredictionLog:
     "The durable prediction log: a writer thread with group commit (see above)."
-    def __init__(self, url: str, max_group_rows: int = 50_000, max_hold: float = 0.001):
+    def __init__(self, url: str, max_group_rows: int = 50_000, max_hold: float = LOG_MAX_HOLD):
         import sqlalchemy as sa
         self.url, self.max_group_rows = url, max_group_rows
         self.engine = log_engine(url)

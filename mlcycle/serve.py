@@ -19,7 +19,7 @@ from .charter import workspace_charter
 from .tasks import task_of
 from .request import LabelCheck, RequestError, RowParser, mlflow_records, openapi_bodies, parse_feedback
 from .scorer import contract_probe, make_scorer
-from .predlog import PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
+from .predlog import LOG_MAX_HOLD, PredictionLog, SensitivePolicy, safe_url, workspace_log_key, workspace_secret
 from .batching import Batcher, ModelSet, Served, bucket, new_request_id, route
 from .lane import lane_pool, offload, warm
 from .registry import decided_pointer, fetch_model, lifecycle_record, record_log, record_required, vouch
@@ -257,7 +257,7 @@ class ModelServer:
         self.admin_token = admin_token if admin_token is not None else os.environ.get('MLCYCLE_ADMIN_TOKEN', '')
         self.feedback_token = feedback_token if feedback_token is not None else self._feedback_token()
         self.log_url, self.logging, self.log = log_url or ws.prediction_log_url, log, None
-        self.log_max_hold = 0.001        # seconds of writing per SQLite log transaction (`Limits.log_hold_ms`; `create_app` sets it)
+        self.log_max_hold = LOG_MAX_HOLD        # seconds of writing per SQLite log transaction (`Limits.log_hold_ms`; `create_app` sets it)
         self.model_uri, self.model_version, self.probe = model_uri, model_version, contract_probe(self.contract)
         self.metrics, self.models, self.error = Metrics(), None, 'loading models'
         self.batcher = Batcher(lambda: self.models, self.parser, self.policy, None, self.metrics.batch_rows.observe, max_batch_rows, max_wait_ms, threads)
@@ -546,7 +546,7 @@ class Limits:
     lane_workers: int = 1             # processes that decode, score, explain and log bulk and explained requests (0: in this process)
     lane_nice: int = 10               # their CPU priority below the server's (os.nice): a busy core goes to the one-row lane first
     lane_timeout: float = 120.0       # seconds a lane job may take; then its worker is replaced and the request gets 503
-    log_hold_ms: float = 1.0          # on SQLite, ms of writing per log transaction: a lane worker's large batch is several (0: one)
+    log_hold_ms: float = LOG_MAX_HOLD * 1e3   # on SQLite, ms of writing per log transaction: a lane worker's large batch is several (0: one)
 
 class Lane:
     "At most `slots` holders at a time and `queue` waiting; `enter()` raises `RequestError(status)` with Retry-After when full or after `wait` s."

@@ -14,6 +14,7 @@ from conftest import poll
 
 from mlcycle.core import atomic_write_json
 from mlcycle.deploy import promote
+from mlcycle.lane import autogroup_nice
 from mlcycle.predlog import read_log
 
 pytestmark = pytest.mark.timeout(600)
@@ -39,9 +40,8 @@ def _alive(pid: int) -> bool:
 def _below_the_server(pid: int):
     "The worker runs at nice 10 (`--lane-nice`), and so does its session's scheduling group where the kernel has autogroups."
     assert os.getpriority(os.PRIO_PROCESS, pid) == 10
-    ag = Path(f'/proc/{pid}/autogroup')
-    group = ag.read_text().split() if ag.exists() else []                            # empty for a process in a cgroup's own group
-    if group: assert group[-1] == '10', group                                         # else its nice would not count against the server
+    group = autogroup_nice(pid)
+    if group is not None: assert group == '10', group               # else its nice would not count against the server
 
 
 def _hash_sensitive(ws):
