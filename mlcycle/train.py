@@ -8,7 +8,7 @@
 # share the candidate table; splitting the mitigations into their own module is the next step.
 from __future__ import annotations
 
-import contextlib, os, tempfile, time, warnings
+import contextlib, os, sys, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,8 +551,9 @@ def search_backend(engine: str = '', master: str = 'local[*]'):
     if engine in ('', 'local'): return contextlib.nullcontext()
     from joblib import parallel_backend
     from joblibspark import register_spark
-    from mlcycle.batch import spark_session      # its executors run this Python (PYSPARK_PYTHON), not whatever python3 is on PATH
-    spark = spark_session(master, 'mlcycle-search')
+    from pyspark.sql import SparkSession
+    os.environ.setdefault('PYSPARK_PYTHON', sys.executable)   # executors run this Python, not whatever python3 is on PATH (as batch.spark_session; not imported from there: batch imports train)
+    spark = SparkSession.builder.master(master).appName('mlcycle-search').config('spark.ui.enabled', 'false').getOrCreate()
     wait_for_executors(spark, master)
     register_spark()
     return parallel_backend('spark')
